@@ -1,0 +1,418 @@
+//! The HTTP API: OpenAI-compatible chat completions (sync), async submission and polling.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sluice_schemas::openai::{ChatCompletionRequest, Model, ModelList};
+use sluice_schemas::{
+    encode, now_ms, Audit, AuditAction, Priority, Request, Result as ResultRecord, Topic,
+};
+use tracing::Instrument;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::kafka::send;
+use crate::state::AppState;
+use crate::tokens::count_prompt_tokens;
+
+pub const PRIORITY_HEADER: &str = "x-sluice-priority";
+pub const TIMEOUT_HEADER: &str = "x-sluice-timeout-ms";
+pub const REQUEST_ID_HEADER: &str = "x-sluice-request-id";
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.config.server.max_body_bytes;
+    Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/requests", post(submit))
+        .route("/v1/requests/{id}", get(request_status))
+        .route("/v1/models", get(models))
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Sluice's own options, given in the body as `"sluice": {...}` (removed before the body
+/// reaches a provider) or as `x-sluice-*` headers.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SluiceOptions {
+    priority: Option<String>,
+    timeout_ms: Option<u64>,
+    #[serde(default)]
+    attributes: HashMap<String, String>,
+}
+
+enum Mode {
+    Sync,
+    Async,
+}
+
+/// A validated request, ready to publish.
+struct Accepted {
+    record: Request,
+    topic: Topic,
+}
+
+async fn chat_completions(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let caller = match app.keys.authenticate(&headers) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let span = tracing::info_span!("chat_completions", team = %caller.team, request_id = tracing::field::Empty);
+    async move {
+        let accepted = match validate(&app, &caller, &headers, body, Mode::Sync) {
+            Ok(a) => a,
+            Err(e) => return app.reject(&caller, e),
+        };
+        let request_id = accepted.record.request_id.clone();
+        tracing::Span::current().record("request_id", request_id.as_str());
+        let mut guard = app.waiters.register(&request_id);
+        if let Err(e) = app.publish(&accepted).await {
+            return e.into_response();
+        }
+        let now = now_ms();
+        let until_deadline = Duration::from_millis((accepted.record.deadline_ms - now).max(0) as u64);
+        // A worker answers `expired` at the deadline; the grace covers its round trip.
+        let wait = app
+            .config
+            .server
+            .sync_timeout_ms
+            .min(until_deadline + Duration::from_secs(2));
+        match tokio::time::timeout(wait, &mut guard.receiver).await {
+            Ok(Ok(result)) => result_response(&result),
+            Ok(Err(_)) => ApiError::ShuttingDown.into_response(),
+            Err(_) => ApiError::SyncTimeout(wait.as_millis(), request_id).into_response(),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn submit(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let caller = match app.keys.authenticate(&headers) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let accepted = match validate(&app, &caller, &headers, body, Mode::Async) {
+        Ok(a) => a,
+        Err(e) => return app.reject(&caller, e),
+    };
+    if let Err(e) = app.publish(&accepted).await {
+        return e.into_response();
+    }
+    let r = &accepted.record;
+    app.remember(&r.request_id, &r.team);
+    let location = format!("/v1/requests/{}", r.request_id);
+    let mut response = (
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "id": r.request_id,
+            "object": "sluice.request",
+            "status": "queued",
+            "model": r.model,
+            "priority": r.priority.as_str(),
+            "created_at": r.created_at_ms / 1000,
+            "deadline_at": r.deadline_ms / 1000,
+            "prompt_tokens": r.prompt_tokens,
+        })),
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    response
+}
+
+async fn request_status(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let caller = app.keys.authenticate(&headers)?;
+    if let Some(stored) = app
+        .store
+        .result(&id, &caller.team)
+        .await
+        .map_err(ApiError::StoreUnavailable)?
+    {
+        let body: Value = serde_json::from_str(&stored.body).unwrap_or(Value::Null);
+        let (response, error) = if stored.status == "completed" {
+            (body, Value::Null)
+        } else {
+            (Value::Null, body.get("error").cloned().unwrap_or(body))
+        };
+        return Ok(Json(json!({
+            "id": id,
+            "object": "sluice.request",
+            "status": stored.status,
+            "model": stored.model,
+            "http_status": stored.http_status,
+            "completed_at": stored.finished_at_ms / 1000,
+            "response": response,
+            "error": error,
+        }))
+        .into_response());
+    }
+    let queued = app.recently_accepted(&id, &caller.team)
+        || app
+            .store
+            .was_accepted(&id, &caller.team)
+            .await
+            .map_err(ApiError::StoreUnavailable)?;
+    if queued {
+        return Ok(Json(json!({
+            "id": id,
+            "object": "sluice.request",
+            "status": "queued",
+            "response": Value::Null,
+            "error": Value::Null,
+        }))
+        .into_response());
+    }
+    // Another team's request is indistinguishable from a missing one.
+    Err(ApiError::RequestNotFound(id))
+}
+
+async fn models(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<ModelList>, ApiError> {
+    app.keys.authenticate(&headers)?;
+    let data = app
+        .config
+        .models
+        .iter()
+        .map(|m| Model {
+            id: m.id.clone(),
+            object: "model".into(),
+            created: 0,
+            owned_by: m.owned_by.clone(),
+        })
+        .collect();
+    Ok(Json(ModelList {
+        object: "list".into(),
+        data,
+    }))
+}
+
+async fn not_found() -> Response {
+    let body = sluice_schemas::openai::ErrorBody::new(
+        "invalid_request_error",
+        Some("unknown_url"),
+        "Unknown request URL. See the README for the endpoints Sluice serves.",
+    );
+    (StatusCode::NOT_FOUND, Json(body)).into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    let body = sluice_schemas::openai::ErrorBody::new(
+        "invalid_request_error",
+        Some("method_not_allowed"),
+        "Method not allowed for this URL.",
+    );
+    (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
+}
+
+/// The caller sees what the provider (or the worker, for failures) answered.
+fn result_response(result: &ResultRecord) -> Response {
+    let status = StatusCode::from_u16(result.http_status as u16).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut response = (status, result.body.clone()).into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Ok(v) = HeaderValue::from_str(&result.request_id) {
+        h.insert(REQUEST_ID_HEADER, v);
+    }
+    response
+}
+
+fn validate(
+    app: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    mode: Mode,
+) -> Result<Accepted, ApiError> {
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::BodyTooLarge {
+                limit: app.config.server.max_body_bytes,
+            }
+        } else {
+            ApiError::NotJson
+        }
+    })?;
+    let mut request: ChatCompletionRequest =
+        serde_json::from_slice(&body).map_err(ApiError::InvalidJson)?;
+    let options: SluiceOptions = match request.extra.remove("sluice") {
+        Some(v) => serde_json::from_value(v).map_err(|_| ApiError::InvalidParam {
+            param: "sluice",
+            problem: "expected an object with optional priority, timeout_ms and attributes",
+        })?,
+        None => SluiceOptions::default(),
+    };
+    if request.model.trim().is_empty() {
+        return Err(ApiError::EmptyModel);
+    }
+    let tokenizer = *app
+        .models
+        .get(&request.model)
+        .ok_or_else(|| ApiError::UnknownModel(request.model.clone()))?;
+    if request.messages.is_empty() {
+        return Err(ApiError::EmptyMessages);
+    }
+    if request.stream == Some(true) {
+        return Err(ApiError::InvalidParam {
+            param: "stream",
+            problem: "streaming is not enabled on this deployment yet; send stream: false",
+        });
+    }
+    let priority = match options
+        .priority
+        .as_deref()
+        .or_else(|| headers.get(PRIORITY_HEADER).and_then(|v| v.to_str().ok()))
+    {
+        None => Priority::Standard,
+        Some(p) => Priority::parse(p).ok_or_else(|| ApiError::InvalidPriority(p.to_string()))?,
+    };
+    let timeout = match options.timeout_ms {
+        Some(ms) => Some(ms.to_string()),
+        None => headers
+            .get(TIMEOUT_HEADER)
+            .map(|v| v.to_str().unwrap_or("").to_string()),
+    };
+    let max = app.config.deadlines.max_ms;
+    let timeout = match timeout {
+        None => app.config.deadlines.default_for(priority),
+        Some(raw) => match raw.trim().parse::<u64>() {
+            Ok(ms) if ms > 0 && Duration::from_millis(ms) <= max => Duration::from_millis(ms),
+            _ => return Err(ApiError::InvalidTimeout(raw)),
+        },
+    };
+    let prompt_tokens = count_prompt_tokens(tokenizer, &request.messages);
+    let created_at_ms = now_ms();
+    let request_id = format!("req_{}", uuid::Uuid::now_v7().simple());
+    let max_tokens = request.completion_cap().map(|n| n.min(i32::MAX as u32) as i32);
+    let body = serde_json::to_string(&request).map_err(ApiError::InvalidJson)?;
+    let topic = if app.team_topics.contains(&caller.team) {
+        Topic::TeamRequests(priority, caller.team.clone())
+    } else {
+        Topic::Requests(priority)
+    };
+    let reply = match mode {
+        Mode::Sync => Some(app.reply_to.clone()),
+        Mode::Async => None,
+    };
+    Ok(Accepted {
+        record: Request {
+            request_id,
+            team: caller.team.clone(),
+            key_id: caller.key_id.clone(),
+            priority,
+            model: request.model,
+            created_at_ms,
+            deadline_ms: created_at_ms + timeout.as_millis() as i64,
+            traceparent: headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            reply,
+            prompt_tokens: prompt_tokens.min(i32::MAX as usize) as i32,
+            max_tokens,
+            body,
+            stream: false,
+            attributes: options.attributes,
+        },
+        topic,
+    })
+}
+
+impl AppState {
+    /// Writes the request (and its audit event) to Kafka; returns once the broker acked it.
+    async fn publish(&self, accepted: &Accepted) -> Result<(), ApiError> {
+        let r = &accepted.record;
+        let payload = encode(r).map_err(ApiError::Encode)?;
+        let audit = audit_event(r, AuditAction::Accepted, 200, None);
+        let topic = self.topics.name(&accepted.topic);
+        let (sent, audited) = tokio::join!(
+            send(&self.producer, &topic, &r.team, &payload, None),
+            self.send_audit(&audit),
+        );
+        sent.map_err(ApiError::QueueUnavailable)?;
+        if let Err(error) = audited {
+            tracing::error!(request_id = %r.request_id, %error, "audit event not written");
+        }
+        Ok(())
+    }
+
+    async fn send_audit(&self, audit: &Audit) -> Result<(), rdkafka::error::KafkaError> {
+        let payload = match encode(audit) {
+            Ok(p) => p,
+            Err(error) => {
+                tracing::error!(%error, "audit event not encodable");
+                return Ok(());
+            }
+        };
+        let topic = self.topics.name(&Topic::Audit);
+        send(&self.producer, &topic, &audit.team, &payload, None).await
+    }
+
+    /// Answers a rejected request and records the rejection for audit (in the background).
+    fn reject(self: &Arc<Self>, caller: &Caller, error: ApiError) -> Response {
+        let audit = Audit {
+            event_id: uuid::Uuid::now_v7().simple().to_string(),
+            request_id: String::new(),
+            team: caller.team.clone(),
+            key_id: caller.key_id.clone(),
+            action: AuditAction::Rejected,
+            model: String::new(),
+            priority: Priority::Standard,
+            http_status: error.status().as_u16() as i32,
+            reason: Some(error.body().error.code.unwrap_or_default()),
+            prompt_tokens: 0,
+            occurred_at_ms: now_ms(),
+        };
+        let app = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Err(error) = app.send_audit(&audit).await {
+                tracing::warn!(%error, "rejection audit event not written");
+            }
+        });
+        error.into_response()
+    }
+}
+
+fn audit_event(r: &Request, action: AuditAction, status: i32, reason: Option<String>) -> Audit {
+    Audit {
+        event_id: uuid::Uuid::now_v7().simple().to_string(),
+        request_id: r.request_id.clone(),
+        team: r.team.clone(),
+        key_id: r.key_id.clone(),
+        action,
+        model: r.model.clone(),
+        priority: r.priority,
+        http_status: status,
+        reason,
+        prompt_tokens: r.prompt_tokens,
+        occurred_at_ms: now_ms(),
+    }
+}

@@ -1,0 +1,268 @@
+//! Ingress configuration: a TOML file, then `SLUICE_<SECTION>_<KEY>` environment overrides.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::Deserialize;
+
+use sluice_schemas::Priority;
+
+use crate::error::ConfigError;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub kafka: KafkaConfig,
+    #[serde(default)]
+    pub clickhouse: ClickHouseConfig,
+    #[serde(default)]
+    pub deadlines: DeadlineConfig,
+    #[serde(default)]
+    pub routing: RoutingConfig,
+    /// API keys; plaintext never appears here, only its SHA-256.
+    #[serde(default)]
+    pub keys: Vec<KeyConfig>,
+    /// Models callers may ask for (the workers map them to deployments).
+    #[serde(default)]
+    pub models: Vec<ModelConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: String,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// How long a sync caller waits for its result before a 504 (the request still runs).
+    #[serde(with = "millis")]
+    pub sync_timeout_ms: Duration,
+    /// The reply partition this replica listens on (give each replica its own).
+    pub reply_partition: i32,
+    /// Name of this replica in logs and audit.
+    pub instance_id: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 4 * 1024 * 1024,
+            sync_timeout_ms: Duration::from_secs(120),
+            reply_partition: 0,
+            instance_id: "ingress-0".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    pub bootstrap: String,
+    pub topic_prefix: String,
+    /// How long a produce may wait for the broker's acks before the caller gets 503.
+    #[serde(with = "millis")]
+    pub produce_timeout_ms: Duration,
+    /// Create missing topics at start-up.
+    pub create_topics: bool,
+    /// librdkafka settings passed through (applied before the ones correctness depends on).
+    pub options: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            bootstrap: "127.0.0.1:19092".into(),
+            topic_prefix: "sluice".into(),
+            produce_timeout_ms: Duration::from_secs(5),
+            create_topics: true,
+            options: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouseConfig {
+    pub url: String,
+    pub database: String,
+    pub user: Option<String>,
+    pub password: Option<String>,
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        ClickHouseConfig {
+            url: "http://127.0.0.1:18123".into(),
+            database: "sluice".into(),
+            user: None,
+            password: None,
+        }
+    }
+}
+
+impl fmt::Debug for ClickHouseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClickHouseConfig")
+            .field("url", &self.url)
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// Default time a request may wait before it must not reach a provider, per class.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeadlineConfig {
+    #[serde(with = "millis")]
+    pub interactive_ms: Duration,
+    #[serde(with = "millis")]
+    pub standard_ms: Duration,
+    #[serde(with = "millis")]
+    pub batch_ms: Duration,
+    /// Longest deadline a caller may ask for.
+    #[serde(with = "millis")]
+    pub max_ms: Duration,
+}
+
+impl Default for DeadlineConfig {
+    fn default() -> Self {
+        DeadlineConfig {
+            interactive_ms: Duration::from_secs(120),
+            standard_ms: Duration::from_secs(30 * 60),
+            batch_ms: Duration::from_secs(24 * 3600),
+            max_ms: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+impl DeadlineConfig {
+    pub fn default_for(&self, priority: Priority) -> Duration {
+        match priority {
+            Priority::Interactive => self.interactive_ms,
+            Priority::Standard => self.standard_ms,
+            Priority::Batch => self.batch_ms,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Teams whose requests go to dedicated topics (`<prefix>.requests.<class>.team.<team>`).
+    pub team_topics: Vec<String>,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// Public identifier of the key (appears in usage and audit).
+    pub id: String,
+    pub team: String,
+    /// Hex SHA-256 of the key's plaintext.
+    pub sha256: String,
+}
+
+impl fmt::Debug for KeyConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyConfig")
+            .field("id", &self.id)
+            .field("team", &self.team)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub id: String,
+    #[serde(default = "default_owner")]
+    pub owned_by: String,
+    /// Tokenizer for prompt counting: "o200k_base" or "cl100k_base" (default: by model name).
+    #[serde(default)]
+    pub tokenizer: Option<String>,
+}
+
+fn default_owner() -> String {
+    "sluice".into()
+}
+
+impl Config {
+    /// Loads `path` (if given) and then the environment.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = path {
+            if !path.exists() {
+                return Err(ConfigError::Missing(path.to_path_buf()));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        let config: Config = figment
+            .merge(Env::prefixed("SLUICE_").map(|k| k.as_str().replacen('_', ".", 1).into()))
+            .extract()
+            .map_err(|e| ConfigError::Invalid(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for key in &self.keys {
+            if key.sha256.len() != 64 || hex::decode(&key.sha256).is_err() {
+                return Err(ConfigError::Field {
+                    field: format!("keys[{}].sha256", key.id),
+                    problem: "must be 64 hex characters (SHA-256 of the key)",
+                });
+            }
+            if !sluice_schemas::topics::is_valid_team_name(&key.team) {
+                return Err(ConfigError::Field {
+                    field: format!("keys[{}].team", key.id),
+                    problem: "team names use letters, digits, '-' and '_' (at most 64)",
+                });
+            }
+        }
+        for team in &self.routing.team_topics {
+            if !sluice_schemas::topics::is_valid_team_name(team) {
+                return Err(ConfigError::Field {
+                    field: "routing.team_topics".into(),
+                    problem: "team names use letters, digits, '-' and '_' (at most 64)",
+                });
+            }
+        }
+        for model in &self.models {
+            if let Some(t) = &model.tokenizer {
+                if crate::tokens::Tokenizer::parse(t).is_none() {
+                    return Err(ConfigError::Field {
+                        field: format!("models[{}].tokenizer", model.id),
+                        problem: "must be \"o200k_base\" or \"cl100k_base\"",
+                    });
+                }
+            }
+        }
+        if self.models.is_empty() {
+            return Err(ConfigError::Field {
+                field: "models".into(),
+                problem: "at least one model must be configured",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Durations in config are plain milliseconds (`*_ms` keys).
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}

@@ -1,0 +1,172 @@
+//! Every way a request can fail, mapped once to OpenAI's error shape.
+
+use std::path::PathBuf;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use rdkafka::error::KafkaError;
+use sluice_schemas::openai::ErrorBody;
+use sluice_schemas::CodecError;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    Missing(PathBuf),
+    #[error("invalid configuration")]
+    Invalid(#[source] Box<figment::Error>),
+    #[error("invalid configuration: `{field}` {problem}")]
+    Field { field: String, problem: &'static str },
+}
+
+/// Errors of the HTTP API. Each maps to one status and OpenAI error type/code.
+#[derive(Debug, Error)]
+pub enum ApiError {
+    #[error("Missing bearer authentication in header")]
+    MissingKey,
+    #[error("Incorrect API key provided")]
+    InvalidKey,
+    #[error("We could not parse the JSON body of your request: {0}")]
+    InvalidJson(#[source] serde_json::Error),
+    #[error("Request body must be JSON (Content-Type: application/json)")]
+    NotJson,
+    #[error("Request body is larger than the limit of {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("'messages' must contain at least one message")]
+    EmptyMessages,
+    #[error("'model' must not be empty")]
+    EmptyModel,
+    #[error("The model `{0}` does not exist or you do not have access to it")]
+    UnknownModel(String),
+    #[error("Invalid priority `{0}`: expected interactive, standard or batch")]
+    InvalidPriority(String),
+    #[error("Invalid timeout `{0}`: expected a positive number of milliseconds up to the configured maximum")]
+    InvalidTimeout(String),
+    #[error("Invalid value for `{param}`: {problem}")]
+    InvalidParam {
+        param: &'static str,
+        problem: &'static str,
+    },
+    #[error("No request with id `{0}`")]
+    RequestNotFound(String),
+    #[error("The request queue is unavailable; nothing was accepted, retry later")]
+    QueueUnavailable(#[source] KafkaError),
+    #[error("The results store is unavailable; retry later")]
+    StoreUnavailable(#[source] clickhouse::error::Error),
+    #[error("Timed out after {0} ms waiting for the result of request {1}; it is still being processed and can be fetched at GET /v1/requests/{1}")]
+    SyncTimeout(u128, String),
+    #[error("Internal error encoding the request")]
+    Encode(#[source] CodecError),
+    #[error("Internal error: the ingress is shutting down")]
+    ShuttingDown,
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str, Option<&'static str>, Option<&'static str>) {
+        use ApiError::*;
+        match self {
+            MissingKey | InvalidKey => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                Some("invalid_api_key"),
+                None,
+            ),
+            InvalidJson(_) | NotJson => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("invalid_json"),
+                None,
+            ),
+            BodyTooLarge { .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                Some("request_too_large"),
+                None,
+            ),
+            EmptyMessages => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("invalid_value"),
+                Some("messages"),
+            ),
+            EmptyModel => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("invalid_value"),
+                Some("model"),
+            ),
+            UnknownModel(_) => (
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                Some("model_not_found"),
+                Some("model"),
+            ),
+            InvalidPriority(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("invalid_value"),
+                Some("priority"),
+            ),
+            InvalidTimeout(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("invalid_value"),
+                Some("timeout_ms"),
+            ),
+            InvalidParam { param, .. } => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("invalid_value"),
+                Some(param),
+            ),
+            RequestNotFound(_) => (
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                Some("not_found"),
+                None,
+            ),
+            QueueUnavailable(_) | StoreUnavailable(_) | ShuttingDown => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                Some("service_unavailable"),
+                None,
+            ),
+            SyncTimeout(..) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                Some("result_timeout"),
+                None,
+            ),
+            Encode(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", None, None),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.parts().0
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        let (_, kind, code, param) = self.parts();
+        let mut body = ErrorBody::new(kind, code, self.to_string());
+        if let Some(param) = param {
+            body = body.with_param(param);
+        }
+        body
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(error = %self, source = ?std::error::Error::source(&self), "request failed");
+        }
+        let mut response = (status, axum::Json(self.body())).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

@@ -1,0 +1,104 @@
+//! Kafka clients of the ingress: the request producer, topic provisioning, and the settings
+//! the request/reply path depends on.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sluice_schemas::{Topic, Topics};
+
+use crate::config::KafkaConfig;
+
+/// Base client settings: bootstrap, then the user's passthrough options.
+pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &kafka.bootstrap);
+    for (k, v) in &kafka.options {
+        cc.set(k, v);
+    }
+    cc
+}
+
+/// The request producer. A 2xx is only returned after the broker acknowledged the write to
+/// all in-sync replicas, so these settings come after (and override) passthrough options.
+pub fn producer(kafka: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
+    let mut cc = ClientConfig::new();
+    // Sync callers wait on this path: send at once rather than batching for throughput.
+    cc.set("linger.ms", "1");
+    cc.set("bootstrap.servers", &kafka.bootstrap);
+    for (k, v) in &kafka.options {
+        cc.set(k, v);
+    }
+    cc.set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set(
+            "message.timeout.ms",
+            kafka.produce_timeout_ms.as_millis().to_string(),
+        );
+    cc.create()
+}
+
+/// Produces one message and waits for its acknowledgement.
+pub async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+    partition: Option<i32>,
+) -> Result<(), KafkaError> {
+    let mut record = FutureRecord::to(topic).key(key).payload(payload);
+    if let Some(p) = partition {
+        record = record.partition(p);
+    }
+    // The queue wait is bounded by message.timeout.ms, which also bounds delivery.
+    producer
+        .send(record, Duration::from_secs(0))
+        .await
+        .map(|_| ())
+        .map_err(|(e, _)| e)
+}
+
+/// Creates every topic in `wanted` that does not exist yet (idempotent).
+pub async fn ensure_topics(
+    kafka: &KafkaConfig,
+    topics: &Topics,
+    wanted: &[Topic],
+) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(kafka).create()?;
+    let names: Vec<String> = wanted.iter().map(|t| topics.name(t)).collect();
+    let new_topics: Vec<NewTopic<'_>> = wanted
+        .iter()
+        .zip(&names)
+        .map(|(topic, name)| {
+            topic.config().iter().fold(
+                NewTopic::new(name, topic.partitions(), TopicReplication::Fixed(-1)),
+                |t, (k, v)| t.set(k, v),
+            )
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin.create_topics(&new_topics, &opts).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                tracing::error!(topic = %name, error = %code, "topic creation failed");
+                return Err(KafkaError::AdminOp(code));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// All topics a deployment with these per-team topics needs.
+pub fn wanted_topics(team_topics: &[String]) -> Vec<Topic> {
+    let mut wanted = Topics::shared();
+    for team in team_topics {
+        for p in sluice_schemas::Priority::ALL {
+            wanted.push(Topic::TeamRequests(p, team.clone()));
+        }
+    }
+    wanted
+}

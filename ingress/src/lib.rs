@@ -1,0 +1,80 @@
+//! Sluice ingress: accepts OpenAI-compatible requests over HTTP, authenticates and validates
+//! them, counts prompt tokens, and publishes them durably to Kafka. Sync callers wait for
+//! their result on a reply topic; async callers poll results from ClickHouse.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod kafka;
+pub mod lookup;
+pub mod replies;
+pub mod state;
+pub mod tokens;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use error::ApiError;
+use state::AppState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot reach Kafka or create topics")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running ingress.
+pub struct Ingress {
+    pub addr: SocketAddr,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Creates missing topics, starts the reply listener and serves HTTP until `shutdown`.
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Ingress, StartError> {
+    let topics = sluice_schemas::Topics::new(config.kafka.topic_prefix.clone());
+    if config.kafka.create_topics {
+        let wanted = kafka::wanted_topics(&config.routing.team_topics);
+        kafka::ensure_topics(&config.kafka, &topics, &wanted).await?;
+    }
+    let producer = kafka::producer(&config.kafka)?;
+    let reply_topic = topics.name(&sluice_schemas::Topic::Replies);
+    let consumer =
+        replies::reply_consumer(&config.kafka, &reply_topic, config.server.reply_partition)?;
+    let waiters = replies::Waiters::default();
+    tokio::spawn(replies::run(consumer, waiters.clone(), shutdown.clone()));
+
+    let listen = config.server.listen.clone();
+    let listener = TcpListener::bind(&listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: listen.clone(),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: listen,
+        source,
+    })?;
+    let state = Arc::new(AppState::new(config, producer, waiters));
+    let app = api::router(state);
+    tracing::info!(%addr, "ingress listening");
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "ingress server stopped");
+        }
+    });
+    Ok(Ingress { addr, task })
+}

@@ -1,0 +1,82 @@
+//! Async request status, read from ClickHouse (where the analytics sink lands every result),
+//! so any ingress replica can answer for any request.
+
+use clickhouse::{Client, Row};
+use serde::Deserialize;
+
+use crate::config::ClickHouseConfig;
+
+#[derive(Debug, Row, Deserialize)]
+pub struct StoredResult {
+    pub status: String,
+    pub http_status: i32,
+    pub body: String,
+    pub model: String,
+    pub finished_at_ms: i64,
+}
+
+#[derive(Clone)]
+pub struct ResultStore {
+    client: Client,
+    database: String,
+}
+
+impl ResultStore {
+    pub fn new(config: &ClickHouseConfig) -> ResultStore {
+        let mut client = Client::default()
+            .with_url(&config.url)
+            // ClickHouse 18.16 (Debian) cannot validate row types; casts in the queries
+            // below pin the types instead.
+            .with_validation(false);
+        if let Some(user) = &config.user {
+            client = client.with_user(user);
+        }
+        if let Some(password) = &config.password {
+            client = client.with_password(password);
+        }
+        ResultStore {
+            client,
+            database: config.database.clone(),
+        }
+    }
+
+    /// The final result of a request of `team`, if it has landed.
+    pub async fn result(
+        &self,
+        request_id: &str,
+        team: &str,
+    ) -> Result<Option<StoredResult>, clickhouse::error::Error> {
+        let sql = format!(
+            "SELECT status, toInt32(http_status), body, model, toInt64(finished_at_ms) \
+             FROM {}.results FINAL WHERE request_id = ? AND team = ? LIMIT 1",
+            self.database
+        );
+        self.client
+            .query(&sql)
+            .bind(request_id)
+            .bind(team)
+            .fetch_optional::<StoredResult>()
+            .await
+    }
+
+    /// Whether an `accepted` audit row exists for a request of `team`.
+    pub async fn was_accepted(
+        &self,
+        request_id: &str,
+        team: &str,
+    ) -> Result<bool, clickhouse::error::Error> {
+        let sql = format!(
+            "SELECT toUInt64(count()) FROM {}.audit \
+             WHERE request_id = ? AND team = ? AND action = 'accepted'",
+            self.database
+        );
+        let n: u64 = self
+            .client
+            .query(&sql)
+            .bind(request_id)
+            .bind(team)
+            .fetch_one()
+            .await?;
+        Ok(n > 0)
+    }
+}

@@ -1,0 +1,118 @@
+//! The reply path for sync callers: this replica listens on one partition of the replies
+//! topic and hands each result to the caller waiting for it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use sluice_schemas::{decode, Result as ResultRecord};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::KafkaConfig;
+use crate::kafka::client_config;
+
+/// Callers waiting for their results, by request id.
+#[derive(Default, Clone)]
+pub struct Waiters {
+    inner: Arc<Mutex<HashMap<String, oneshot::Sender<ResultRecord>>>>,
+}
+
+/// Removes the waiter when the caller stops waiting (timeout, disconnect).
+pub struct WaitGuard {
+    waiters: Waiters,
+    request_id: String,
+    pub receiver: oneshot::Receiver<ResultRecord>,
+}
+
+impl Drop for WaitGuard {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.waiters.inner.lock() {
+            map.remove(&self.request_id);
+        }
+    }
+}
+
+impl Waiters {
+    pub fn register(&self, request_id: &str) -> WaitGuard {
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut map) = self.inner.lock() {
+            map.insert(request_id.to_string(), tx);
+        }
+        WaitGuard {
+            waiters: self.clone(),
+            request_id: request_id.to_string(),
+            receiver: rx,
+        }
+    }
+
+    fn deliver(&self, result: ResultRecord) {
+        let waiter = self
+            .inner
+            .lock()
+            .ok()
+            .and_then(|mut map| map.remove(&result.request_id));
+        if let Some(tx) = waiter {
+            let _ = tx.send(result);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A consumer assigned to this replica's reply partition, starting at its current end so
+/// that no reply produced after start-up is missed.
+pub fn reply_consumer(
+    kafka: &KafkaConfig,
+    topic: &str,
+    partition: i32,
+) -> Result<StreamConsumer, KafkaError> {
+    let mut cc = client_config(kafka);
+    // No group membership: the partition is assigned, offsets are never committed.
+    cc.set("group.id", format!("{topic}-reader"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        // Apache Kafka answers a waiting fetch as soon as data arrives, so the wait bound
+        // adds no latency; a small minimum keeps replies flowing one by one.
+        .set("fetch.min.bytes", "1")
+        .set("fetch.wait.max.ms", "100");
+    let consumer: StreamConsumer = cc.create()?;
+    // Blocks briefly, once, at start-up.
+    let (_, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(high))?;
+    consumer.assign(&tpl)?;
+    Ok(consumer)
+}
+
+/// Delivers replies until `shutdown` fires.
+pub async fn run(consumer: StreamConsumer, waiters: Waiters, shutdown: CancellationToken) {
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            m = consumer.recv() => m,
+        };
+        match message {
+            Ok(m) => match m.payload().map(decode::<ResultRecord>) {
+                Some(Ok(result)) => waiters.deliver(result),
+                Some(Err(error)) => {
+                    tracing::warn!(offset = m.offset(), %error, "undecodable reply skipped")
+                }
+                None => {}
+            },
+            Err(error) => {
+                tracing::warn!(%error, "reply consumer error");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}

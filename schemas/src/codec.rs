@@ -1,0 +1,150 @@
+//! Avro single-object encoding: `C3 01`, the writer schema's 8-byte CRC-64-AVRO (Rabin)
+//! fingerprint, then the Avro binary datum.
+//!
+//! Evolution rule (checked by tests): a new version of a record only appends fields with
+//! defaults. So a reader resolves any older version it knows by fingerprint, and reads a
+//! newer version it does not know yet as its own latest schema followed by fields it ignores.
+
+use std::io::Cursor;
+use std::sync::LazyLock;
+
+use apache_avro::rabin::Rabin;
+use apache_avro::{from_avro_datum, from_value, write_avro_datum_ref, Schema};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::CodecError;
+use crate::records::{Audit, Request, Result as ResultRecord, Usage};
+
+const MARKER: [u8; 2] = [0xC3, 0x01];
+const HEADER_LEN: usize = 10;
+
+/// The schema versions of one record type this build knows, oldest first.
+pub struct SchemaSet {
+    versions: Vec<(u64, Schema)>,
+}
+
+impl SchemaSet {
+    /// Parses embedded `.avsc` texts. They are compiled in and covered by tests, so a parse
+    /// failure is a build defect, not a runtime condition.
+    #[allow(clippy::expect_used)]
+    fn parse(texts: &[&str]) -> SchemaSet {
+        let versions = texts
+            .iter()
+            .map(|text| {
+                let schema = Schema::parse_str(text).expect("embedded Avro schema must parse");
+                (fingerprint(&schema), schema)
+            })
+            .collect();
+        SchemaSet { versions }
+    }
+
+    /// The schema this build writes.
+    pub fn current(&self) -> &Schema {
+        // `parse` is always given at least one text.
+        &self.versions[self.versions.len() - 1].1
+    }
+
+    pub fn current_fingerprint(&self) -> u64 {
+        self.versions[self.versions.len() - 1].0
+    }
+
+    /// Every known version, oldest first.
+    pub fn versions(&self) -> impl Iterator<Item = &Schema> {
+        self.versions.iter().map(|(_, s)| s)
+    }
+
+    fn find(&self, fingerprint: u64) -> Option<&Schema> {
+        self.versions
+            .iter()
+            .find(|(fp, _)| *fp == fingerprint)
+            .map(|(_, s)| s)
+    }
+}
+
+/// CRC-64-AVRO fingerprint of a schema's canonical form.
+pub fn fingerprint(schema: &Schema) -> u64 {
+    let bytes = schema.fingerprint::<Rabin>().bytes;
+    let mut fp = [0u8; 8];
+    fp.copy_from_slice(&bytes[..8]);
+    u64::from_le_bytes(fp)
+}
+
+/// A Kafka message type with embedded Avro schemas.
+pub trait Record: Serialize + DeserializeOwned {
+    const NAME: &'static str;
+    fn schemas() -> &'static SchemaSet;
+}
+
+macro_rules! record {
+    ($ty:ty, $name:literal, [$($file:literal),+]) => {
+        impl Record for $ty {
+            const NAME: &'static str = $name;
+            fn schemas() -> &'static SchemaSet {
+                static SET: LazyLock<SchemaSet> = LazyLock::new(|| {
+                    SchemaSet::parse(&[$(include_str!(concat!("../avro/", $file))),+])
+                });
+                &SET
+            }
+        }
+    };
+}
+
+record!(Request, "Request", ["request.v1.avsc", "request.v2.avsc"]);
+record!(ResultRecord, "Result", ["result.v1.avsc"]);
+record!(Usage, "Usage", ["usage.v1.avsc"]);
+record!(Audit, "Audit", ["audit.v1.avsc"]);
+
+/// Encodes a record with the current schema.
+pub fn encode<T: Record>(record: &T) -> Result<Vec<u8>, CodecError> {
+    let set = T::schemas();
+    let mut buf = Vec::with_capacity(256);
+    buf.extend_from_slice(&MARKER);
+    buf.extend_from_slice(&set.current_fingerprint().to_le_bytes());
+    write_avro_datum_ref(set.current(), record, &mut buf).map_err(|e| CodecError::Encode {
+        record: T::NAME,
+        source: Box::new(e),
+    })?;
+    Ok(buf)
+}
+
+/// Decodes a record written by any version this build knows, or by a newer one.
+pub fn decode<T: Record>(bytes: &[u8]) -> Result<T, CodecError> {
+    if bytes.len() < HEADER_LEN {
+        return Err(CodecError::TooShort { len: bytes.len() });
+    }
+    if bytes[..2] != MARKER {
+        return Err(CodecError::BadMarker);
+    }
+    let mut fp = [0u8; 8];
+    fp.copy_from_slice(&bytes[2..HEADER_LEN]);
+    let fingerprint = u64::from_le_bytes(fp);
+    let set = T::schemas();
+    let current = set.current();
+    let mut cursor = Cursor::new(&bytes[HEADER_LEN..]);
+    let decode_err = |e| CodecError::Decode {
+        record: T::NAME,
+        source: Box::new(e),
+    };
+    let value = match set.find(fingerprint) {
+        Some(writer) => {
+            let value = from_avro_datum(writer, &mut cursor, Some(current)).map_err(decode_err)?;
+            let trailing = bytes.len() - HEADER_LEN - cursor.position() as usize;
+            if trailing != 0 {
+                return Err(CodecError::TrailingBytes {
+                    record: T::NAME,
+                    trailing,
+                });
+            }
+            value
+        }
+        // A newer writer: its fields start with ours (append-only evolution).
+        None => from_avro_datum(current, &mut cursor, None).map_err(|_| {
+            CodecError::UnknownSchema {
+                record: T::NAME,
+                fingerprint,
+            }
+        })?,
+    };
+    from_value(&value).map_err(decode_err)
+}

@@ -1,0 +1,28 @@
+//! Sluice's wire contracts, shared by ingress, workers and analytics.
+//!
+//! - [`records`]: the Rust types of every Kafka message (Avro records).
+//! - [`codec`]: Avro single-object encoding with schema fingerprints, and a decoder that
+//!   rejects garbage with an error instead of panicking.
+//! - [`topics`]: every topic as an enum, with its partitioning and retention.
+//! - [`openai`]: the OpenAI-compatible HTTP wire types the ingress accepts and returns.
+//!
+//! No runtime logic lives here: no I/O, no Kafka clients.
+
+pub mod codec;
+pub mod error;
+pub mod openai;
+pub mod records;
+pub mod topics;
+
+pub use codec::{decode, encode, Record};
+pub use error::CodecError;
+pub use records::{Audit, AuditAction, Priority, ReplyTo, Request, Result, Status, Usage};
+pub use topics::{Topic, Topics};
+
+/// Milliseconds since the Unix epoch, the one time unit on the wire.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,161 @@
+//! Rust types of the Avro records. Field names and order match the `.avsc` files exactly.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Scheduling class of a request. Workers prefer higher classes without starving lower ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    Interactive,
+    #[default]
+    Standard,
+    Batch,
+}
+
+impl Priority {
+    pub const ALL: [Priority; 3] = [Priority::Interactive, Priority::Standard, Priority::Batch];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Interactive => "interactive",
+            Priority::Standard => "standard",
+            Priority::Batch => "batch",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Priority> {
+        Priority::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+/// Where a waiting sync caller listens for its result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyTo {
+    pub topic: String,
+    pub partition: i32,
+}
+
+/// An accepted LLM request (`request.v2.avsc`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    pub request_id: String,
+    pub team: String,
+    pub key_id: String,
+    pub priority: Priority,
+    pub model: String,
+    pub created_at_ms: i64,
+    pub deadline_ms: i64,
+    pub traceparent: Option<String>,
+    pub reply: Option<ReplyTo>,
+    pub prompt_tokens: i32,
+    pub max_tokens: Option<i32>,
+    /// The OpenAI chat completion request body, as JSON.
+    pub body: String,
+    pub stream: bool,
+    pub attributes: HashMap<String, String>,
+}
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Completed,
+    Failed,
+    Expired,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+            Status::Expired => "expired",
+        }
+    }
+}
+
+/// The outcome of one request (`result.v1.avsc`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Result {
+    pub request_id: String,
+    pub team: String,
+    pub key_id: String,
+    pub priority: Priority,
+    pub model: String,
+    pub traceparent: Option<String>,
+    pub status: Status,
+    pub http_status: i32,
+    /// OpenAI-shaped response (completed) or error body (failed, expired), as JSON.
+    pub body: String,
+    pub error_kind: Option<String>,
+    pub provider: String,
+    pub deployment: String,
+    pub attempts: i32,
+    pub prompt_tokens: i32,
+    pub completion_tokens: i32,
+    pub created_at_ms: i64,
+    pub started_at_ms: i64,
+    pub finished_at_ms: i64,
+    pub worker: String,
+}
+
+/// Billable usage of one request (`usage.v1.avsc`). Cost in nano-USD keeps sums exact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    pub request_id: String,
+    pub team: String,
+    pub key_id: String,
+    pub priority: Priority,
+    pub model: String,
+    pub provider: String,
+    pub deployment: String,
+    pub status: Status,
+    pub prompt_tokens: i32,
+    pub completion_tokens: i32,
+    pub cached_tokens: i32,
+    pub cost_nanos: i64,
+    pub created_at_ms: i64,
+    pub latency_ms: i64,
+    pub occurred_at_ms: i64,
+}
+
+/// What an audit row records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditAction {
+    Accepted,
+    Rejected,
+    Completed,
+    Failed,
+    Expired,
+}
+
+impl AuditAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditAction::Accepted => "accepted",
+            AuditAction::Rejected => "rejected",
+            AuditAction::Completed => "completed",
+            AuditAction::Failed => "failed",
+            AuditAction::Expired => "expired",
+        }
+    }
+}
+
+/// Who did what and when, without prompt text (`audit.v1.avsc`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Audit {
+    pub event_id: String,
+    pub request_id: String,
+    pub team: String,
+    pub key_id: String,
+    pub action: AuditAction,
+    pub model: String,
+    pub priority: Priority,
+    pub http_status: i32,
+    pub reason: Option<String>,
+    pub prompt_tokens: i32,
+    pub occurred_at_ms: i64,
+}

@@ -1,0 +1,168 @@
+//! Every Kafka topic Sluice uses. Names are derived here and nowhere else.
+
+use crate::records::Priority;
+
+/// A logical topic. Its name gets the deployment's prefix (so tests can run side by side).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Topic {
+    /// Requests of one priority class, keyed by team.
+    Requests(Priority),
+    /// Requests of one priority class for a team that has dedicated topics.
+    TeamRequests(Priority, String),
+    /// Final results of every request.
+    Results,
+    /// Billable usage events.
+    Usage,
+    /// Audit events.
+    Audit,
+    /// Results (and stream chunks) for waiting sync callers; short retention.
+    Replies,
+    /// Messages that could not be decoded, with the reason in headers.
+    DeadLetter,
+}
+
+impl Topic {
+    pub fn partitions(&self) -> i32 {
+        match self {
+            Topic::Requests(_) | Topic::Results | Topic::Usage | Topic::Audit => 6,
+            Topic::TeamRequests(..) => 3,
+            Topic::Replies => 6,
+            Topic::DeadLetter => 1,
+        }
+    }
+
+    /// Topic-level configs applied at creation.
+    pub fn config(&self) -> &'static [(&'static str, &'static str)] {
+        const WEEK: &str = "604800000";
+        match self {
+            Topic::Replies => &[("retention.ms", "3600000")],
+            Topic::DeadLetter => &[("retention.ms", "2592000000")],
+            _ => &[("retention.ms", WEEK)],
+        }
+    }
+}
+
+/// Topic names under one prefix (default `sluice`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    prefix: String,
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Topics::new("sluice")
+    }
+}
+
+impl Topics {
+    pub fn new(prefix: impl Into<String>) -> Topics {
+        Topics {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn name(&self, topic: &Topic) -> String {
+        let p = &self.prefix;
+        match topic {
+            Topic::Requests(priority) => format!("{p}.requests.{}", priority.as_str()),
+            Topic::TeamRequests(priority, team) => {
+                format!("{p}.requests.{}.team.{team}", priority.as_str())
+            }
+            Topic::Results => format!("{p}.results"),
+            Topic::Usage => format!("{p}.usage"),
+            Topic::Audit => format!("{p}.audit"),
+            Topic::Replies => format!("{p}.replies"),
+            Topic::DeadLetter => format!("{p}.dead-letter"),
+        }
+    }
+
+    /// The shared topics every deployment has (team topics come from configuration).
+    pub fn shared() -> Vec<Topic> {
+        let mut all: Vec<Topic> = Priority::ALL.into_iter().map(Topic::Requests).collect();
+        all.extend([
+            Topic::Results,
+            Topic::Usage,
+            Topic::Audit,
+            Topic::Replies,
+            Topic::DeadLetter,
+        ]);
+        all
+    }
+
+    /// librdkafka subscription pattern matching every request topic of one priority,
+    /// shared and per-team.
+    pub fn requests_pattern(&self, priority: Priority) -> String {
+        format!(
+            "^{}\\.requests\\.{}(\\.team\\..+)?$",
+            escape_regex(&self.prefix),
+            priority.as_str()
+        )
+    }
+
+    /// The priority class of a request topic name, if it is one of ours.
+    pub fn priority_of(&self, topic: &str) -> Option<Priority> {
+        let rest = topic.strip_prefix(&self.prefix)?.strip_prefix(".requests.")?;
+        let class = rest.split('.').next()?;
+        Priority::parse(class)
+    }
+}
+
+fn escape_regex(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if !c.is_ascii_alphanumeric() && c != '_' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Team names become part of topic names and ClickHouse values: keep them to Kafka's
+/// legal topic characters.
+pub fn is_valid_team_name(team: &str) -> bool {
+    !team.is_empty()
+        && team.len() <= 64
+        && team
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_priorities_round_trip() {
+        let topics = Topics::new("t1");
+        for p in Priority::ALL {
+            let shared = topics.name(&Topic::Requests(p));
+            let team = topics.name(&Topic::TeamRequests(p, "acme".into()));
+            assert_eq!(topics.priority_of(&shared), Some(p));
+            assert_eq!(topics.priority_of(&team), Some(p));
+        }
+        assert_eq!(topics.priority_of("t1.results"), None);
+        assert_eq!(topics.priority_of("other.requests.batch"), None);
+        assert_eq!(topics.name(&Topic::Usage), "t1.usage");
+    }
+
+    #[test]
+    fn pattern_escapes_prefix() {
+        assert_eq!(
+            Topics::new("a.b-c").requests_pattern(Priority::Batch),
+            "^a\\.b\\-c\\.requests\\.batch(\\.team\\..+)?$"
+        );
+    }
+
+    #[test]
+    fn team_names() {
+        assert!(is_valid_team_name("team-a_1"));
+        assert!(!is_valid_team_name(""));
+        assert!(!is_valid_team_name("a/b"));
+        assert!(!is_valid_team_name("a.b"));
+    }
+}

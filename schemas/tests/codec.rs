@@ -1,0 +1,227 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+
+use apache_avro::schema::RecordSchema;
+use apache_avro::types::Value;
+use apache_avro::{from_avro_datum, to_avro_datum, to_value, Schema};
+use sluice_schemas::codec::{fingerprint, Record};
+use sluice_schemas::{
+    decode, encode, Audit, AuditAction, CodecError, Priority, ReplyTo, Request, Result, Status,
+    Usage,
+};
+
+fn request() -> Request {
+    Request {
+        request_id: "req_1".into(),
+        team: "acme".into(),
+        key_id: "key_a".into(),
+        priority: Priority::Interactive,
+        model: "gpt-4o-mini".into(),
+        created_at_ms: 1_700_000_000_000,
+        deadline_ms: 1_700_000_060_000,
+        traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+        reply: Some(ReplyTo {
+            topic: "sluice.replies".into(),
+            partition: 3,
+        }),
+        prompt_tokens: 12,
+        max_tokens: None,
+        body: r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#.into(),
+        stream: true,
+        attributes: HashMap::from([("app".to_string(), "crm".to_string())]),
+    }
+}
+
+fn result() -> Result {
+    Result {
+        request_id: "req_1".into(),
+        team: "acme".into(),
+        key_id: "key_a".into(),
+        priority: Priority::Batch,
+        model: "m".into(),
+        traceparent: None,
+        status: Status::Failed,
+        http_status: 502,
+        body: "{}".into(),
+        error_kind: Some("upstream".into()),
+        provider: "openai".into(),
+        deployment: "d1".into(),
+        attempts: 3,
+        prompt_tokens: 1,
+        completion_tokens: 0,
+        created_at_ms: 1,
+        started_at_ms: 2,
+        finished_at_ms: 3,
+        worker: "w1".into(),
+    }
+}
+
+#[test]
+fn every_record_round_trips() {
+    let r = request();
+    assert_eq!(decode::<Request>(&encode(&r).unwrap()).unwrap(), r);
+    let res = result();
+    assert_eq!(decode::<Result>(&encode(&res).unwrap()).unwrap(), res);
+    let u = Usage {
+        request_id: "req_1".into(),
+        team: "acme".into(),
+        key_id: "k".into(),
+        priority: Priority::Standard,
+        model: "m".into(),
+        provider: "openai".into(),
+        deployment: "d".into(),
+        status: Status::Expired,
+        prompt_tokens: 10,
+        completion_tokens: 20,
+        cached_tokens: 5,
+        cost_nanos: 123_456_789_012,
+        created_at_ms: 8,
+        latency_ms: 40,
+        occurred_at_ms: 9,
+    };
+    assert_eq!(decode::<Usage>(&encode(&u).unwrap()).unwrap(), u);
+    let a = Audit {
+        event_id: "e".into(),
+        request_id: "r".into(),
+        team: "t".into(),
+        key_id: "k".into(),
+        action: AuditAction::Rejected,
+        model: "m".into(),
+        priority: Priority::Standard,
+        http_status: 429,
+        reason: Some("budget".into()),
+        prompt_tokens: 0,
+        occurred_at_ms: 1,
+    };
+    assert_eq!(decode::<Audit>(&encode(&a).unwrap()).unwrap(), a);
+}
+
+#[test]
+fn garbage_is_rejected_with_an_error() {
+    assert!(matches!(
+        decode::<Request>(b""),
+        Err(CodecError::TooShort { len: 0 })
+    ));
+    assert!(matches!(
+        decode::<Request>(b"{\"json\": \"not avro\"}"),
+        Err(CodecError::BadMarker)
+    ));
+    let good = encode(&request()).unwrap();
+    // Truncated anywhere in the body.
+    for cut in [11, good.len() / 2, good.len() - 1] {
+        assert!(decode::<Request>(&good[..cut]).is_err(), "cut at {cut}");
+    }
+    // Extra bytes after a known schema's last field.
+    let mut longer = good.clone();
+    longer.push(0);
+    assert!(matches!(
+        decode::<Request>(&longer),
+        Err(CodecError::TrailingBytes { .. })
+    ));
+    // A record of another type is not silently read as a request.
+    let usage_bytes = encode(&result()).unwrap();
+    assert!(decode::<Usage>(&usage_bytes).is_err());
+    // Pseudo-random bytes behind a valid marker.
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    for _ in 0..2_000 {
+        let len = (state % 200) as usize;
+        let mut bytes = vec![0xC3, 0x01];
+        for _ in 0..len {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            bytes.push(state as u8);
+        }
+        // Must return (Ok or Err), never panic.
+        let _ = decode::<Request>(&bytes);
+    }
+}
+
+fn record_fields(schema: &Schema) -> Vec<(String, bool)> {
+    match schema {
+        Schema::Record(RecordSchema { fields, .. }) => fields
+            .iter()
+            .map(|f| (f.name.clone(), f.default.is_some()))
+            .collect(),
+        _ => panic!("not a record"),
+    }
+}
+
+/// The codec's forward compatibility rests on this rule: each version only appends fields,
+/// each with a default.
+#[test]
+fn versions_only_append_fields_with_defaults() {
+    fn check<T: Record>() {
+        let versions: Vec<&Schema> = T::schemas().versions().collect();
+        for pair in versions.windows(2) {
+            let (old, new) = (record_fields(pair[0]), record_fields(pair[1]));
+            assert!(new.len() > old.len(), "{}: a version must add fields", T::NAME);
+            assert_eq!(&new[..old.len()], &old[..], "{}: old fields changed", T::NAME);
+            for (name, has_default) in &new[old.len()..] {
+                assert!(has_default, "{}: new field {name} needs a default", T::NAME);
+            }
+        }
+    }
+    check::<Request>();
+    check::<Result>();
+    check::<Usage>();
+    check::<Audit>();
+}
+
+fn frame(schema: &Schema, datum: Vec<u8>) -> Vec<u8> {
+    let mut out = vec![0xC3, 0x01];
+    out.extend_from_slice(&fingerprint(schema).to_le_bytes());
+    out.extend(datum);
+    out
+}
+
+fn v2_fields_as_value(schema: &Schema, extra: Vec<(String, Value)>) -> Value {
+    let Value::Record(mut fields) = to_value(request()).unwrap() else {
+        panic!("record expected")
+    };
+    fields.extend(extra);
+    let keep: Vec<String> = record_fields(schema).into_iter().map(|f| f.0).collect();
+    fields.retain(|(name, _)| keep.contains(name));
+    Value::Record(fields).resolve(schema).unwrap()
+}
+
+/// New reader (v2), old writer (v1): fields added in v2 take their defaults.
+#[test]
+fn current_reader_reads_previous_version() {
+    let v1 = Schema::parse_str(include_str!("../avro/request.v1.avsc")).unwrap();
+    let datum = to_avro_datum(&v1, v2_fields_as_value(&v1, vec![])).unwrap();
+    let decoded = decode::<Request>(&frame(&v1, datum)).unwrap();
+    let mut expected = request();
+    expected.stream = false;
+    expected.attributes.clear();
+    assert_eq!(decoded, expected);
+}
+
+/// Old reader (v2), new writer (v3, unknown to this build): v3's extra field is skipped.
+#[test]
+fn current_reader_reads_next_version() {
+    let v3 = Schema::parse_str(include_str!("../testdata/request.v3.avsc")).unwrap();
+    let value = v2_fields_as_value(&v3, vec![("region".into(), Value::String("us".into()))]);
+    let datum = to_avro_datum(&v3, value).unwrap();
+    assert_eq!(decode::<Request>(&frame(&v3, datum)).unwrap(), request());
+}
+
+/// A v1 reader (an older deployment) reads what this build writes.
+#[test]
+fn previous_reader_reads_current_version() {
+    let v1 = Schema::parse_str(include_str!("../avro/request.v1.avsc")).unwrap();
+    let bytes = encode(&request()).unwrap();
+    let mut body = &bytes[10..];
+    let value = from_avro_datum(&v1, &mut body, None).unwrap();
+    let Value::Record(fields) = value else {
+        panic!("record expected")
+    };
+    let get = |n: &str| fields.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    assert_eq!(get("request_id"), Some(Value::String("req_1".into())));
+    assert_eq!(
+        get("body"),
+        Some(Value::String(request().body)),
+        "last v1 field read intact"
+    );
+}

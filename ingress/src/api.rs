@@ -87,7 +87,8 @@ async fn chat_completions(
             return e.into_response();
         }
         let now = now_ms();
-        let until_deadline = Duration::from_millis((accepted.record.deadline_ms - now).max(0) as u64);
+        let until_deadline =
+            Duration::from_millis((accepted.record.deadline_ms - now).max(0) as u64);
         // A worker answers `expired` at the deadline; the grace covers its round trip.
         let wait = app
             .config
@@ -238,7 +239,10 @@ fn result_response(result: &ResultRecord) -> Response {
     let status = StatusCode::from_u16(result.http_status as u16).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut response = (status, result.body.clone()).into_response();
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if let Ok(v) = HeaderValue::from_str(&result.request_id) {
         h.insert(REQUEST_ID_HEADER, v);
     }
@@ -311,7 +315,9 @@ fn validate(
     let prompt_tokens = count_prompt_tokens(tokenizer, &request.messages);
     let created_at_ms = now_ms();
     let request_id = format!("req_{}", uuid::Uuid::now_v7().simple());
-    let max_tokens = request.completion_cap().map(|n| n.min(i32::MAX as u32) as i32);
+    let max_tokens = request
+        .completion_cap()
+        .map(|n| n.min(i32::MAX as u32) as i32);
     let body = serde_json::to_string(&request).map_err(ApiError::InvalidJson)?;
     let topic = if app.team_topics.contains(&caller.team) {
         Topic::TeamRequests(priority, caller.team.clone())

@@ -80,18 +80,12 @@ mod tests {
             sha256: hex_digest("sk-test"),
         }]);
         let mut h = HeaderMap::new();
-        assert!(matches!(
-            store.authenticate(&h),
-            Err(ApiError::MissingKey)
-        ));
+        assert!(matches!(store.authenticate(&h), Err(ApiError::MissingKey)));
         h.insert("authorization", "Bearer sk-wrong".parse().unwrap());
         assert!(matches!(store.authenticate(&h), Err(ApiError::InvalidKey)));
         h.insert("authorization", "Bearer sk-test".parse().unwrap());
         assert_eq!(store.authenticate(&h).unwrap().team, "acme");
         h.insert("authorization", "Basic abc".parse().unwrap());
-        assert!(matches!(
-            store.authenticate(&h),
-            Err(ApiError::MissingKey)
-        ));
+        assert!(matches!(store.authenticate(&h), Err(ApiError::MissingKey)));
     }
 }

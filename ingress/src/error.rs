@@ -16,7 +16,10 @@ pub enum ConfigError {
     #[error("invalid configuration")]
     Invalid(#[source] Box<figment::Error>),
     #[error("invalid configuration: `{field}` {problem}")]
-    Field { field: String, problem: &'static str },
+    Field {
+        field: String,
+        problem: &'static str,
+    },
 }
 
 /// Errors of the HTTP API. Each maps to one status and OpenAI error type/code.
@@ -62,7 +65,14 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    fn parts(&self) -> (StatusCode, &'static str, Option<&'static str>, Option<&'static str>) {
+    fn parts(
+        &self,
+    ) -> (
+        StatusCode,
+        &'static str,
+        Option<&'static str>,
+        Option<&'static str>,
+    ) {
         use ApiError::*;
         match self {
             MissingKey | InvalidKey => (
@@ -137,7 +147,12 @@ impl ApiError {
                 Some("result_timeout"),
                 None,
             ),
-            Encode(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", None, None),
+            Encode(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                None,
+                None,
+            ),
         }
     }
 

@@ -32,12 +32,10 @@ pub fn producer(kafka: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
     for (k, v) in &kafka.options {
         cc.set(k, v);
     }
-    cc.set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set(
-            "message.timeout.ms",
-            kafka.produce_timeout_ms.as_millis().to_string(),
-        );
+    cc.set("acks", "all").set("enable.idempotence", "true").set(
+        "message.timeout.ms",
+        kafka.produce_timeout_ms.as_millis().to_string(),
+    );
     cc.create()
 }
 

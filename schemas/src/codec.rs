@@ -139,12 +139,12 @@ pub fn decode<T: Record>(bytes: &[u8]) -> Result<T, CodecError> {
             value
         }
         // A newer writer: its fields start with ours (append-only evolution).
-        None => from_avro_datum(current, &mut cursor, None).map_err(|_| {
-            CodecError::UnknownSchema {
+        None => {
+            from_avro_datum(current, &mut cursor, None).map_err(|_| CodecError::UnknownSchema {
                 record: T::NAME,
                 fingerprint,
-            }
-        })?,
+            })?
+        }
     };
     from_value(&value).map_err(decode_err)
 }

@@ -8,7 +8,10 @@ pub enum CodecError {
     #[error("message does not start with the Avro single-object marker C3 01")]
     BadMarker,
     #[error("message was written with schema fingerprint {fingerprint:016x}, which is not a {record} schema this build knows")]
-    UnknownSchema { record: &'static str, fingerprint: u64 },
+    UnknownSchema {
+        record: &'static str,
+        fingerprint: u64,
+    },
     #[error("message body is not a valid {record} record")]
     Decode {
         record: &'static str,
@@ -22,5 +25,8 @@ pub enum CodecError {
         source: Box<apache_avro::Error>,
     },
     #[error("{record} record has {trailing} bytes after its last field")]
-    TrailingBytes { record: &'static str, trailing: usize },
+    TrailingBytes {
+        record: &'static str,
+        trailing: usize,
+    },
 }

@@ -105,7 +105,9 @@ impl Topics {
 
     /// The priority class of a request topic name, if it is one of ours.
     pub fn priority_of(&self, topic: &str) -> Option<Priority> {
-        let rest = topic.strip_prefix(&self.prefix)?.strip_prefix(".requests.")?;
+        let rest = topic
+            .strip_prefix(&self.prefix)?
+            .strip_prefix(".requests.")?;
         let class = rest.split('.').next()?;
         Priority::parse(class)
     }

@@ -156,8 +156,17 @@ fn versions_only_append_fields_with_defaults() {
         let versions: Vec<&Schema> = T::schemas().versions().collect();
         for pair in versions.windows(2) {
             let (old, new) = (record_fields(pair[0]), record_fields(pair[1]));
-            assert!(new.len() > old.len(), "{}: a version must add fields", T::NAME);
-            assert_eq!(&new[..old.len()], &old[..], "{}: old fields changed", T::NAME);
+            assert!(
+                new.len() > old.len(),
+                "{}: a version must add fields",
+                T::NAME
+            );
+            assert_eq!(
+                &new[..old.len()],
+                &old[..],
+                "{}: old fields changed",
+                T::NAME
+            );
             for (name, has_default) in &new[old.len()..] {
                 assert!(has_default, "{}: new field {name} needs a default", T::NAME);
             }

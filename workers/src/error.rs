@@ -1,0 +1,83 @@
+use std::path::PathBuf;
+use std::time::Duration;
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    Missing(PathBuf),
+    #[error("invalid configuration")]
+    Invalid(#[source] Box<figment::Error>),
+    #[error("invalid configuration: `{field}` {problem}")]
+    Field {
+        field: String,
+        problem: &'static str,
+    },
+}
+
+#[derive(Debug, Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("Kafka client error")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("HTTP client could not be built")]
+    Http(#[source] reqwest::Error),
+}
+
+/// A failed provider call.
+#[derive(Debug, Error)]
+pub enum ProviderError {
+    #[error("provider answered HTTP {status}")]
+    Status {
+        status: u16,
+        /// The provider's error body, passed to the caller.
+        body: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("provider did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("could not reach the provider")]
+    Connect(#[source] reqwest::Error),
+    #[error("provider response could not be read")]
+    Body(#[source] reqwest::Error),
+    #[error("provider response is not a chat completion")]
+    Malformed(#[source] serde_json::Error),
+    #[error("request body is not valid JSON")]
+    BadRequest(#[source] serde_json::Error),
+}
+
+impl ProviderError {
+    /// Whether trying again may succeed: throttling, server errors, timeouts, broken connections.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            ProviderError::Status { status, .. } => {
+                matches!(status, 408 | 409 | 429) || *status >= 500
+            }
+            ProviderError::Timeout(_) | ProviderError::Connect(_) | ProviderError::Body(_) => true,
+            ProviderError::Malformed(_) | ProviderError::BadRequest(_) => false,
+        }
+    }
+
+    /// A stable label for metrics and the `error_kind` column.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProviderError::Status { status: 429, .. } => "rate_limited",
+            ProviderError::Status { status, .. } if *status >= 500 => "upstream_error",
+            ProviderError::Status { .. } => "upstream_rejected",
+            ProviderError::Timeout(_) => "timeout",
+            ProviderError::Connect(_) => "connect",
+            ProviderError::Body(_) => "body",
+            ProviderError::Malformed(_) => "malformed_response",
+            ProviderError::BadRequest(_) => "bad_request",
+        }
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ProviderError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,414 @@
+//! Processing one request: deadline check, provider call with retries and fallback, then
+//! the result, reply, usage and audit events.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::time::{Duration, Instant};
+
+use rdkafka::producer::FutureProducer;
+use serde_json::{Map, Value};
+use sluice_schemas::openai::{CompletionUsage, ErrorBody};
+use sluice_schemas::{
+    encode, now_ms, Audit, AuditAction, Request, Result as ResultRecord, Status, Topic, Topics,
+    Usage,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Deployment};
+use crate::error::ProviderError;
+use crate::pricing::PriceTable;
+use crate::providers::{Client, Completion, Provider};
+use crate::publish::{send, Outgoing};
+
+/// Everything a request's processing needs, shared by all tasks of a worker.
+pub struct Processor {
+    pub worker_id: String,
+    pub topics: Topics,
+    pub producer: FutureProducer,
+    pub deployments: HashMap<String, Vec<(Deployment, Client)>>,
+    pub prices: PriceTable,
+    pub shutdown: CancellationToken,
+}
+
+/// How a request ended, before it becomes events.
+struct Outcome {
+    status: Status,
+    http_status: i32,
+    body: String,
+    error_kind: Option<&'static str>,
+    provider: String,
+    deployment: String,
+    attempts: i32,
+    usage: CompletionUsage,
+    started_at_ms: i64,
+}
+
+impl Processor {
+    pub fn new(
+        config: &Config,
+        producer: FutureProducer,
+        http: reqwest::Client,
+        shutdown: CancellationToken,
+    ) -> Processor {
+        let mut deployments: HashMap<String, Vec<(Deployment, Client)>> = HashMap::new();
+        for d in &config.deployments {
+            let client = Client::new(&d.provider, http.clone());
+            deployments
+                .entry(d.model.clone())
+                .or_default()
+                .push((d.clone(), client));
+        }
+        Processor {
+            worker_id: config.worker.id.clone(),
+            topics: Topics::new(config.kafka.topic_prefix.clone()),
+            producer,
+            deployments,
+            prices: PriceTable::new(&config.prices),
+            shutdown,
+        }
+    }
+
+    /// Runs the request and publishes its events. Returns false if the events could not be
+    /// published before shutdown: then the message must not be marked done.
+    #[tracing::instrument(skip_all, fields(request_id = %request.request_id, team = %request.team))]
+    pub async fn process(&self, request: Request) -> bool {
+        let outcome = self.run(&request).await;
+        self.publish(&request, outcome).await
+    }
+
+    async fn run(&self, request: &Request) -> Outcome {
+        let started_at_ms = now_ms();
+        if started_at_ms >= request.deadline_ms {
+            tracing::info!(
+                late_ms = started_at_ms - request.deadline_ms,
+                "request expired in queue"
+            );
+            return failure(
+                Status::Expired,
+                504,
+                ErrorBody::new(
+                    "timeout",
+                    Some("deadline_exceeded"),
+                    "The request expired in the queue before it reached a provider.",
+                ),
+                "expired",
+                started_at_ms,
+            );
+        }
+        let Some(chain) = self.deployments.get(&request.model) else {
+            return failure(
+                Status::Failed,
+                404,
+                ErrorBody::new(
+                    "invalid_request_error",
+                    Some("model_not_found"),
+                    format!("No worker deployment serves model `{}`.", request.model),
+                ),
+                "no_deployment",
+                started_at_ms,
+            );
+        };
+        let body: Map<String, Value> = match serde_json::from_str(&request.body) {
+            Ok(b) => b,
+            Err(_) => {
+                return failure(
+                    Status::Failed,
+                    400,
+                    ErrorBody::new(
+                        "invalid_request_error",
+                        Some("invalid_json"),
+                        "The request body is not a JSON object.",
+                    ),
+                    "bad_request",
+                    started_at_ms,
+                )
+            }
+        };
+        let mut attempts = 0;
+        let mut last: Option<(ProviderError, &Deployment)> = None;
+        'chain: for (deployment, client) in chain {
+            for retry in 0..=deployment.max_retries {
+                let remaining = request.deadline_ms - now_ms();
+                if remaining <= 0 {
+                    break 'chain;
+                }
+                attempts += 1;
+                let timeout = deployment
+                    .timeout_ms
+                    .min(Duration::from_millis(remaining as u64));
+                let began = Instant::now();
+                match client.complete(body.clone(), timeout).await {
+                    Ok(Completion { body, usage }) => {
+                        tracing::debug!(deployment = %deployment.name, attempts, elapsed_ms = began.elapsed().as_millis() as u64, "completed");
+                        return Outcome {
+                            status: Status::Completed,
+                            http_status: 200,
+                            body,
+                            error_kind: None,
+                            provider: deployment.provider.kind().into(),
+                            deployment: deployment.name.clone(),
+                            attempts,
+                            usage,
+                            started_at_ms,
+                        };
+                    }
+                    Err(error) => {
+                        tracing::warn!(deployment = %deployment.name, attempt = attempts, kind = error.kind(), %error, "provider call failed");
+                        let retriable = error.is_retriable();
+                        let wait = backoff(retry, error.retry_after(), &request.request_id);
+                        last = Some((error, deployment));
+                        if !retriable {
+                            break 'chain;
+                        }
+                        if retry < deployment.max_retries {
+                            tokio::select! {
+                                _ = tokio::time::sleep(wait) => {}
+                                _ = self.shutdown.cancelled() => break 'chain,
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        match last {
+            Some((error, deployment)) => {
+                provider_failure(error, deployment, attempts, started_at_ms)
+            }
+            None => failure(
+                Status::Expired,
+                504,
+                ErrorBody::new(
+                    "timeout",
+                    Some("deadline_exceeded"),
+                    "The request reached its deadline before a provider answered.",
+                ),
+                "expired",
+                started_at_ms,
+            ),
+        }
+    }
+
+    async fn publish(&self, request: &Request, outcome: Outcome) -> bool {
+        let finished_at_ms = now_ms();
+        let cached = outcome
+            .usage
+            .prompt_tokens_details
+            .map_or(0, |d| d.cached_tokens);
+        let cost_nanos = match self.prices.cost_nanos(
+            &request.model,
+            outcome.usage.prompt_tokens,
+            cached,
+            outcome.usage.completion_tokens,
+        ) {
+            Some(c) => c,
+            None => {
+                if outcome.status == Status::Completed {
+                    tracing::warn!(model = %request.model, "no price configured; cost recorded as 0");
+                }
+                0
+            }
+        };
+        let result = ResultRecord {
+            request_id: request.request_id.clone(),
+            team: request.team.clone(),
+            key_id: request.key_id.clone(),
+            priority: request.priority,
+            model: request.model.clone(),
+            traceparent: request.traceparent.clone(),
+            status: outcome.status,
+            http_status: outcome.http_status,
+            body: outcome.body,
+            error_kind: outcome.error_kind.map(str::to_string),
+            provider: outcome.provider.clone(),
+            deployment: outcome.deployment.clone(),
+            attempts: outcome.attempts,
+            prompt_tokens: clamp(outcome.usage.prompt_tokens),
+            completion_tokens: clamp(outcome.usage.completion_tokens),
+            created_at_ms: request.created_at_ms,
+            started_at_ms: outcome.started_at_ms,
+            finished_at_ms,
+            worker: self.worker_id.clone(),
+        };
+        let usage = Usage {
+            request_id: request.request_id.clone(),
+            team: request.team.clone(),
+            key_id: request.key_id.clone(),
+            priority: request.priority,
+            model: request.model.clone(),
+            provider: outcome.provider,
+            deployment: outcome.deployment,
+            status: outcome.status,
+            prompt_tokens: clamp(outcome.usage.prompt_tokens),
+            completion_tokens: clamp(outcome.usage.completion_tokens),
+            cached_tokens: clamp(cached),
+            cost_nanos,
+            created_at_ms: request.created_at_ms,
+            latency_ms: finished_at_ms - request.created_at_ms,
+            occurred_at_ms: finished_at_ms,
+        };
+        let audit = Audit {
+            event_id: format!("{}-{}", request.request_id, outcome.status.as_str()),
+            request_id: request.request_id.clone(),
+            team: request.team.clone(),
+            key_id: request.key_id.clone(),
+            action: match outcome.status {
+                Status::Completed => AuditAction::Completed,
+                Status::Failed => AuditAction::Failed,
+                Status::Expired => AuditAction::Expired,
+            },
+            model: request.model.clone(),
+            priority: request.priority,
+            http_status: outcome.http_status,
+            reason: result.error_kind.clone(),
+            prompt_tokens: clamp(outcome.usage.prompt_tokens),
+            occurred_at_ms: finished_at_ms,
+        };
+        let (result_bytes, usage_bytes, audit_bytes) =
+            match (encode(&result), encode(&usage), encode(&audit)) {
+                (Ok(r), Ok(u), Ok(a)) => (r, u, a),
+                _ => {
+                    // Only a schema defect gets here; nothing sensible can be published.
+                    tracing::error!("result events could not be encoded");
+                    return true;
+                }
+            };
+        let results_topic = self.topics.name(&Topic::Results);
+        let usage_topic = self.topics.name(&Topic::Usage);
+        let audit_topic = self.topics.name(&Topic::Audit);
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let reply = async {
+                match &request.reply {
+                    Some(r) => {
+                        send(
+                            &self.producer,
+                            Outgoing {
+                                topic: &r.topic,
+                                key: &request.request_id,
+                                payload: &result_bytes,
+                                partition: Some(r.partition),
+                                headers: None,
+                            },
+                        )
+                        .await
+                    }
+                    None => Ok(()),
+                }
+            };
+            let out = |topic, payload| Outgoing {
+                topic,
+                key: &request.request_id,
+                payload,
+                partition: None,
+                headers: None,
+            };
+            let (a, b, c, d) = tokio::join!(
+                reply,
+                send(&self.producer, out(&results_topic, &result_bytes)),
+                send(&self.producer, out(&usage_topic, &usage_bytes)),
+                send(&self.producer, out(&audit_topic, &audit_bytes)),
+            );
+            match a.and(b).and(c).and(d) {
+                Ok(()) => return true,
+                Err(error) => {
+                    // Never mark the request done before its events are durable; resending
+                    // is safe because every sink deduplicates by request id.
+                    tracing::warn!(%error, "publishing result events failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.shutdown.cancelled() => return false,
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+fn clamp(n: u32) -> i32 {
+    n.min(i32::MAX as u32) as i32
+}
+
+fn failure(
+    status: Status,
+    http_status: i32,
+    body: ErrorBody,
+    kind: &'static str,
+    started_at_ms: i64,
+) -> Outcome {
+    Outcome {
+        status,
+        http_status,
+        body: body.to_json(),
+        error_kind: Some(kind),
+        provider: String::new(),
+        deployment: String::new(),
+        attempts: 0,
+        usage: CompletionUsage::default(),
+        started_at_ms,
+    }
+}
+
+fn provider_failure(
+    error: ProviderError,
+    deployment: &Deployment,
+    attempts: i32,
+    started_at_ms: i64,
+) -> Outcome {
+    let kind = error.kind();
+    let (http_status, body) = match error {
+        // The provider's own error body is already in the caller's (OpenAI) shape.
+        ProviderError::Status { status, body, .. }
+            if serde_json::from_str::<ErrorBody>(&body).is_ok() =>
+        {
+            (status as i32, body)
+        }
+        ProviderError::Status { status, .. } => (
+            status as i32,
+            ErrorBody::new(
+                "upstream_error",
+                Some(kind),
+                format!("The provider answered HTTP {status}."),
+            )
+            .to_json(),
+        ),
+        ProviderError::Timeout(_) => (
+            504,
+            ErrorBody::new(
+                "timeout",
+                Some(kind),
+                "The provider did not answer in time.",
+            )
+            .to_json(),
+        ),
+        other => (
+            502,
+            ErrorBody::new("upstream_error", Some(kind), other.to_string()).to_json(),
+        ),
+    };
+    Outcome {
+        status: Status::Failed,
+        http_status,
+        body,
+        error_kind: Some(kind),
+        provider: deployment.provider.kind().into(),
+        deployment: deployment.name.clone(),
+        attempts,
+        usage: CompletionUsage::default(),
+        started_at_ms,
+    }
+}
+
+/// Exponential backoff with full jitter, at least what the provider asked for.
+fn backoff(retry: u32, retry_after: Option<Duration>, seed: &str) -> Duration {
+    let base = Duration::from_millis(200) * 2u32.saturating_pow(retry.min(6));
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write(seed.as_bytes());
+    hasher.write_u32(retry);
+    let jittered = base.mul_f64((hasher.finish() % 1000) as f64 / 1000.0);
+    match retry_after {
+        Some(asked) => asked.max(jittered),
+        None => jittered,
+    }
+    .min(Duration::from_secs(60))
+}

@@ -359,8 +359,9 @@ impl AppState {
         let payload = encode(r).map_err(ApiError::Encode)?;
         let audit = audit_event(r, AuditAction::Accepted, 200, None);
         let topic = self.topics.name(&accepted.topic);
+        let partition = self.partition_for(&accepted.topic, &r.team);
         let (sent, audited) = tokio::join!(
-            send(&self.producer, &topic, &r.team, &payload, None),
+            send(&self.producer, &topic, &r.team, &payload, Some(partition)),
             self.send_audit(&audit),
         );
         sent.map_err(ApiError::QueueUnavailable)?;

@@ -154,11 +154,24 @@ impl DeadlineConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingConfig {
     /// Teams whose requests go to dedicated topics (`<prefix>.requests.<class>.team.<team>`).
     pub team_topics: Vec<String>,
+    /// A team's requests spread over this many consecutive partitions of a request topic
+    /// (starting at a hash of the team): several workers can serve one team, while a
+    /// flooding team never occupies every partition.
+    pub partitions_per_team: u32,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            team_topics: Vec::new(),
+            partitions_per_team: 3,
+        }
+    }
 }
 
 #[derive(Clone, Deserialize)]
@@ -206,7 +219,7 @@ impl Config {
             figment = figment.merge(Toml::file(path));
         }
         let config: Config = figment
-            .merge(Env::prefixed("SLUICE_").map(|k| k.as_str().replacen('_', ".", 1).into()))
+            .merge(env_overrides())
             .extract()
             .map_err(|e| ConfigError::Invalid(Box::new(e)))?;
         config.validate()?;
@@ -236,6 +249,12 @@ impl Config {
                 });
             }
         }
+        if self.routing.partitions_per_team == 0 {
+            return Err(ConfigError::Field {
+                field: "routing.partitions_per_team".into(),
+                problem: "must be at least 1",
+            });
+        }
         for model in &self.models {
             if let Some(t) = &model.tokenizer {
                 if crate::tokens::Tokenizer::parse(t).is_none() {
@@ -257,6 +276,21 @@ impl Config {
 }
 
 /// Durations in config are plain milliseconds (`*_ms` keys).
+/// The sections env vars may override. Other `SLUICE_*` variables (another service's, or
+/// the scripts' `SLUICE_STATE`) are not ours and must not trip `deny_unknown_fields`.
+const ENV_SECTIONS: [&str; 5] = ["server", "kafka", "clickhouse", "deadlines", "routing"];
+
+/// `SLUICE_KAFKA_BOOTSTRAP` -> `kafka.bootstrap`.
+fn env_overrides() -> Env {
+    Env::prefixed("SLUICE_")
+        .filter(|k| {
+            k.as_str().split_once('_').is_some_and(|(section, _)| {
+                ENV_SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(section))
+            })
+        })
+        .map(|k| k.as_str().replacen('_', ".", 1).into())
+}
+
 mod millis {
     use std::time::Duration;
 
@@ -264,5 +298,35 @@ mod millis {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_sections_and_ignores_other_variables() {
+        let dir = std::env::temp_dir().join(format!("sluice-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("ingress.toml");
+        std::fs::write(
+            &file,
+            "[server]\nlisten = \"127.0.0.1:1\"\n[[models]]\nid = \"m\"\n",
+        )
+        .unwrap();
+        std::env::set_var("SLUICE_SERVER_REPLY_PARTITION", "4");
+        std::env::set_var("SLUICE_STATE", "/tmp/not-a-config-key");
+        let config = Config::load(Some(&file)).unwrap();
+        std::env::remove_var("SLUICE_SERVER_REPLY_PARTITION");
+        assert_eq!(config.server.reply_partition, 4);
+        assert_eq!(config.server.listen, "127.0.0.1:1");
+
+        std::fs::write(&file, "[server]\nlisten = 1\nbogus = true\n").unwrap();
+        let err = Config::load(Some(&file)).unwrap_err();
+        assert!(format!("{err:?}").contains("bogus"), "{err:?}");
+        std::fs::write(&file, "[[models]]\nid = \"m\"\ntokenizer = \"x\"\n").unwrap();
+        let err = Config::load(Some(&file)).unwrap_err().to_string();
+        assert!(err.contains("models[m].tokenizer"), "{err}");
     }
 }

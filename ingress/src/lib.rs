@@ -50,7 +50,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Ingres
     let producer = kafka::producer(&config.kafka)?;
     let reply_topic = topics.name(&sluice_schemas::Topic::Replies);
     let consumer =
-        replies::reply_consumer(&config.kafka, &reply_topic, config.server.reply_partition)?;
+        replies::reply_consumer(&config.kafka, &reply_topic, config.server.reply_partition).await?;
     let waiters = replies::Waiters::default();
     tokio::spawn(replies::run(consumer, waiters.clone(), shutdown.clone()));
 

@@ -71,7 +71,7 @@ impl Waiters {
 
 /// A consumer assigned to this replica's reply partition, starting at its current end so
 /// that no reply produced after start-up is missed.
-pub fn reply_consumer(
+pub async fn reply_consumer(
     kafka: &KafkaConfig,
     topic: &str,
     partition: i32,
@@ -86,8 +86,19 @@ pub fn reply_consumer(
         .set("fetch.min.bytes", "1")
         .set("fetch.wait.max.ms", "100");
     let consumer: StreamConsumer = cc.create()?;
-    // Blocks briefly, once, at start-up.
-    let (_, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
+    // Right after topic creation the partition may not be in metadata yet: retry briefly.
+    let mut attempt = 0;
+    let high = loop {
+        match consumer.fetch_watermarks(topic, partition, Duration::from_secs(5)) {
+            Ok((_, high)) => break high,
+            Err(error) if attempt < 50 => {
+                tracing::debug!(%error, "reply partition not ready yet");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(error) => return Err(error),
+        }
+    };
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Offset(high))?;
     consumer.assign(&tpl)?;

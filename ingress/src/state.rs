@@ -1,10 +1,11 @@
 //! What every handler shares.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
 use rdkafka::producer::FutureProducer;
-use sluice_schemas::{now_ms, ReplyTo, Topics};
+use sluice_schemas::{now_ms, ReplyTo, Topic, Topics};
 
 use crate::auth::KeyStore;
 use crate::config::Config;
@@ -27,6 +28,7 @@ pub struct AppState {
     pub reply_to: ReplyTo,
     pub store: ResultStore,
     recent: Mutex<HashMap<String, (String, i64)>>,
+    spread: AtomicU32,
 }
 
 impl AppState {
@@ -58,8 +60,18 @@ impl AppState {
             producer,
             waiters,
             recent: Mutex::new(HashMap::new()),
+            spread: AtomicU32::new(0),
             config,
         }
+    }
+
+    /// The partition for a team's next request: round robin over the team's
+    /// `partitions_per_team` consecutive partitions, starting at a stable hash of the team.
+    pub fn partition_for(&self, topic: &Topic, team: &str) -> i32 {
+        let partitions = topic.partitions().max(1) as u32;
+        let span = self.config.routing.partitions_per_team.clamp(1, partitions);
+        let turn = self.spread.fetch_add(1, Ordering::Relaxed) % span;
+        ((team_hash(team) % partitions + turn) % partitions) as i32
     }
 
     pub fn remember(&self, request_id: &str, team: &str) {
@@ -80,4 +92,11 @@ impl AppState {
             .and_then(|r| r.get(request_id).cloned())
             .is_some_and(|(t, at)| t == team && now - at < REMEMBER_MS)
     }
+}
+
+/// FNV-1a: stable across builds and replicas, unlike std's randomized hasher.
+fn team_hash(team: &str) -> u32 {
+    team.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
 }

@@ -114,7 +114,7 @@ impl Config {
             figment = figment.merge(Toml::file(path));
         }
         let config: Config = figment
-            .merge(Env::prefixed("SLUICE_").map(|k| k.as_str().replacen('_', ".", 1).into()))
+            .merge(env_overrides())
             .extract()
             .map_err(|e| ConfigError::Invalid(Box::new(e)))?;
         config.validate()?;
@@ -160,6 +160,21 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The sections env vars may override. Other `SLUICE_*` variables (another service's, or
+/// the scripts' `SLUICE_STATE`) are not ours and must not trip `deny_unknown_fields`.
+const ENV_SECTIONS: [&str; 2] = ["kafka", "worker"];
+
+/// `SLUICE_KAFKA_BOOTSTRAP` -> `kafka.bootstrap`.
+fn env_overrides() -> Env {
+    Env::prefixed("SLUICE_")
+        .filter(|k| {
+            k.as_str().split_once('_').is_some_and(|(section, _)| {
+                ENV_SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(section))
+            })
+        })
+        .map(|k| k.as_str().replacen('_', ".", 1).into())
 }
 
 mod millis {

@@ -1,0 +1,349 @@
+//! A whole Sluice stack per test, on the real Kafka and ClickHouse started by
+//! scripts/services.sh: its own topic prefix, consumer groups and ClickHouse database, so
+//! tests run side by side.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sluice_tests::mock::{Behaviour, MockProvider};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const KEY_A: &str = "sk-test-team-a";
+pub const KEY_B: &str = "sk-test-team-b";
+pub const MODEL: &str = "gpt-4o-mini";
+/// USD per million tokens for MODEL in every test stack.
+pub const PRICE_IN: f64 = 0.15;
+pub const PRICE_OUT: f64 = 0.6;
+
+pub fn kafka_bootstrap() -> String {
+    std::env::var("SLUICE_KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:19092".into())
+}
+
+pub fn clickhouse_url() -> String {
+    std::env::var("SLUICE_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:18123".into())
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+pub struct StackOptions {
+    pub bootstrap: String,
+    pub behaviour: Behaviour,
+    /// Start an in-process worker.
+    pub worker: bool,
+    pub clickhouse_url: String,
+    pub produce_timeout: Duration,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        StackOptions {
+            bootstrap: kafka_bootstrap(),
+            behaviour: Behaviour::default(),
+            worker: true,
+            clickhouse_url: clickhouse_url(),
+            produce_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+pub struct Stack {
+    pub prefix: String,
+    pub database: String,
+    pub bootstrap: String,
+    pub base: String,
+    pub mock: MockProvider,
+    pub http: reqwest::Client,
+    pub shutdown: CancellationToken,
+    worker_shutdown: Vec<(CancellationToken, JoinHandle<()>)>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Stack {
+    pub async fn start(options: StackOptions) -> Stack {
+        let prefix = unique("t");
+        let database = format!("sluice_{prefix}");
+        let shutdown = CancellationToken::new();
+        let mock = MockProvider::start(options.behaviour)
+            .await
+            .expect("mock provider");
+
+        let mut ingress = sluice_ingress::Config {
+            server: Default::default(),
+            kafka: Default::default(),
+            clickhouse: Default::default(),
+            deadlines: Default::default(),
+            routing: Default::default(),
+            keys: vec![key("key_a", "team-a", KEY_A), key("key_b", "team-b", KEY_B)],
+            models: vec![sluice_ingress::config::ModelConfig {
+                id: MODEL.into(),
+                owned_by: "openai".into(),
+                tokenizer: None,
+            }],
+        };
+        ingress.server.listen = "127.0.0.1:0".into();
+        ingress.server.sync_timeout_ms = Duration::from_secs(30);
+        ingress.kafka.bootstrap = options.bootstrap.clone();
+        ingress.kafka.topic_prefix = prefix.clone();
+        ingress.kafka.produce_timeout_ms = options.produce_timeout;
+        ingress.clickhouse.url = options.clickhouse_url.clone();
+        ingress.clickhouse.database = database.clone();
+        let running = sluice_ingress::start(ingress, shutdown.clone())
+            .await
+            .expect("ingress starts (is Kafka up? scripts/services.sh start)");
+
+        let mut analytics = sluice_analytics::Config::default();
+        analytics.kafka.bootstrap = options.bootstrap.clone();
+        analytics.kafka.topic_prefix = prefix.clone();
+        analytics.kafka.group_id = format!("{prefix}-analytics");
+        analytics.clickhouse.url = clickhouse_url();
+        analytics.clickhouse.database = database.clone();
+        analytics.sink.flush_interval_ms = Duration::from_millis(200);
+        // Tables exist before the test's first query.
+        let client = sluice_analytics::client(&analytics.clickhouse);
+        sluice_analytics::apply_migrations(&client, &database)
+            .await
+            .expect("migrations apply (is ClickHouse up?)");
+        let sink_shutdown = shutdown.clone();
+        let sink = tokio::spawn(async move {
+            if let Err(e) = sluice_analytics::run(analytics, sink_shutdown).await {
+                panic!("analytics sink failed: {e:?}");
+            }
+        });
+
+        let mut stack = Stack {
+            base: format!("http://{}", running.addr),
+            prefix,
+            database,
+            bootstrap: options.bootstrap,
+            mock,
+            http: reqwest::Client::new(),
+            shutdown,
+            worker_shutdown: Vec::new(),
+            tasks: vec![running.task, sink],
+        };
+        if options.worker {
+            stack.add_worker("w1");
+        }
+        stack
+    }
+
+    /// Worker config for this stack (shared by in-process and subprocess workers).
+    pub fn worker_config(&self, id: &str) -> sluice_workers::Config {
+        let toml = self.worker_toml(id);
+        let mut config = figment_from(&toml);
+        config.worker.id = id.into();
+        config
+    }
+
+    pub fn worker_toml(&self, id: &str) -> String {
+        format!(
+            r#"
+[kafka]
+bootstrap = "{bootstrap}"
+topic_prefix = "{prefix}"
+group_id = "{prefix}-workers"
+options = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
+
+[worker]
+id = "{id}"
+max_in_flight = 64
+drain_timeout_ms = 10000
+
+[[deployments]]
+name = "mock-{MODEL}"
+model = "{MODEL}"
+timeout_ms = 20000
+max_retries = 2
+provider = {{ type = "openai", base_url = "{base}" }}
+
+[[prices]]
+model = "{MODEL}"
+input_per_million = {PRICE_IN}
+output_per_million = {PRICE_OUT}
+"#,
+            bootstrap = self.bootstrap,
+            prefix = self.prefix,
+            base = self.mock.base_url(),
+        )
+    }
+
+    pub fn add_worker(&mut self, id: &str) {
+        let config = self.worker_config(id);
+        let token = self.shutdown.child_token();
+        let t = token.clone();
+        let handle = tokio::spawn(async move {
+            if let Err(e) = sluice_workers::run(config, t).await {
+                panic!("worker failed: {e:?}");
+            }
+        });
+        self.worker_shutdown.push((token, handle));
+    }
+
+    pub async fn stop_workers(&mut self) {
+        for (token, handle) in self.worker_shutdown.drain(..) {
+            token.cancel();
+            let _ = handle.await;
+        }
+    }
+
+    pub async fn post(&self, path: &str, key: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .expect("ingress answers");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn get(&self, path: &str, key: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("ingress answers");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Submits async requests and returns their ids.
+    pub async fn submit_many(&self, n: usize, key: &str) -> Vec<String> {
+        let mut ids = Vec::with_capacity(n);
+        for i in 0..n {
+            let (status, body) = self
+                .post("/v1/requests", key, chat(&format!("question {i}")))
+                .await;
+            assert_eq!(status, 202, "{body}");
+            ids.push(body["id"].as_str().expect("id").to_string());
+        }
+        ids
+    }
+
+    /// Runs a query on this stack's database and returns TSV.
+    pub async fn ch(&self, sql: &str) -> String {
+        ch_query(&sql.replace("{db}", &self.database)).await
+    }
+
+    /// Polls until `count_sql` returns `want` (bounded wait; the assertion is on the value).
+    pub async fn wait_count(&self, count_sql: &str, want: u64, limit: Duration) -> u64 {
+        let mut last = 0;
+        let deadline = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < deadline {
+            last = self.ch(count_sql).await.trim().parse().unwrap_or(0);
+            if last >= want {
+                return last;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        last
+    }
+
+    pub async fn stop(mut self) {
+        self.stop_workers().await;
+        self.shutdown.cancel();
+        for t in self.tasks.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
+        }
+        let _ = ch_query(&format!("DROP DATABASE IF EXISTS {}", self.database)).await;
+    }
+}
+
+fn figment_from(toml: &str) -> sluice_workers::Config {
+    use figment::providers::Format;
+    let config: sluice_workers::Config =
+        figment::Figment::from(figment::providers::Toml::string(toml))
+            .extract()
+            .expect("worker config");
+    config.validate().expect("valid worker config");
+    config
+}
+
+fn key(id: &str, team: &str, plaintext: &str) -> sluice_ingress::config::KeyConfig {
+    sluice_ingress::config::KeyConfig {
+        id: id.into(),
+        team: team.into(),
+        sha256: sluice_ingress::auth::hex_digest(plaintext),
+    }
+}
+
+pub fn chat(text: &str) -> Value {
+    json!({"model": MODEL, "messages": [{"role": "user", "content": text}]})
+}
+
+pub async fn ch_query(sql: &str) -> String {
+    let response = reqwest::Client::new()
+        .post(clickhouse_url())
+        .body(sql.to_string())
+        .send()
+        .await
+        .expect("ClickHouse answers");
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    assert!(status.is_success(), "ClickHouse error for {sql}: {text}");
+    text
+}
+
+/// Retries `f` until it returns Some, within `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A workspace binary built by `cargo build --workspace --bins` (scripts/test.sh does).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let path = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .map(|p| p.join(name))
+        .expect("target dir");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
+}

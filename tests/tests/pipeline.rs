@@ -1,0 +1,458 @@
+//! End-to-end tests of the pipeline on the real Kafka and ClickHouse:
+//! ingress -> Kafka -> workers -> mock provider -> Kafka -> analytics -> ClickHouse.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+use sluice_tests::mock::Behaviour;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sync_call_returns_the_provider_answer_and_bills_what_it_reported() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let (status, body) = stack
+        .post("/v1/chat/completions", KEY_A, chat("What is Kafka?"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "chat.completion");
+    let calls = stack.mock.calls();
+    assert_eq!(calls.len(), 1, "exactly one provider call");
+    let call = &calls[0];
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        call.content.as_str()
+    );
+    assert_eq!(body["usage"]["prompt_tokens"], call.prompt_tokens);
+    assert_eq!(body["usage"]["completion_tokens"], call.completion_tokens);
+    // The provider never sees Sluice's own fields.
+    assert_eq!(
+        call.body.as_ref().unwrap()["messages"][0]["content"],
+        "What is Kafka?"
+    );
+
+    let n = stack
+        .wait_count("SELECT count() FROM {db}.usage FINAL", 1, WAIT)
+        .await;
+    assert_eq!(n, 1);
+    let row = stack
+        .ch("SELECT team, key_id, model, prompt_tokens, completion_tokens, cost_nanos, status FROM {db}.usage FINAL")
+        .await;
+    let cols: Vec<&str> = row.trim().split('\t').collect();
+    let (p, c) = (call.prompt_tokens as i64, call.completion_tokens as i64);
+    let expected_cost = p * (PRICE_IN * 1000.0) as i64 + c * (PRICE_OUT * 1000.0) as i64;
+    assert_eq!(
+        cols,
+        vec![
+            "team-a",
+            "key_a",
+            MODEL,
+            &p.to_string(),
+            &c.to_string(),
+            &expected_cost.to_string(),
+            "completed"
+        ]
+    );
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn async_submit_then_poll_and_other_teams_cannot_read_it() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let (status, accepted) = stack
+        .post("/v1/requests", KEY_A, chat("summarise this"))
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    assert_eq!(accepted["status"], "queued");
+    let id = accepted["id"].as_str().unwrap().to_string();
+
+    let done = eventually(WAIT, || async {
+        let (status, body) = stack.get(&format!("/v1/requests/{id}"), KEY_A).await;
+        assert_eq!(status, 200, "{body}");
+        (body["status"] == "completed").then_some(body)
+    })
+    .await
+    .expect("request completes");
+    let call = &stack.mock.calls()[0];
+    assert_eq!(
+        done["response"]["choices"][0]["message"]["content"],
+        call.content.as_str()
+    );
+    assert_eq!(
+        done["response"]["usage"]["prompt_tokens"],
+        call.prompt_tokens
+    );
+
+    // Another team's key sees nothing, not even that the request exists.
+    let (status, body) = stack.get(&format!("/v1/requests/{id}"), KEY_B).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "not_found");
+    let (status, _) = stack.get("/v1/requests/req_doesnotexist", KEY_A).await;
+    assert_eq!(status, 404);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn provider_errors_reach_the_caller_in_openai_shape() {
+    use sluice_tests::mock::Failure;
+    let stack = Stack::start(StackOptions::default()).await;
+    // A non-retriable 400 from the provider is passed through, not retried.
+    stack.mock.fail_next([Failure::status(400)]);
+    let (status, body) = stack
+        .post("/v1/chat/completions", KEY_A, chat("bad for the provider"))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].is_string(), "{body}");
+    assert_eq!(stack.mock.call_count(), 1, "4xx is not retried");
+    // Two 500s then success: retried and answered.
+    stack
+        .mock
+        .fail_next([Failure::server_error(), Failure::server_error()]);
+    let (status, body) = stack
+        .post("/v1/chat/completions", KEY_A, chat("flaky provider"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(stack.mock.call_count(), 4);
+    let n = stack
+        .wait_count("SELECT count() FROM {db}.results FINAL", 2, WAIT)
+        .await;
+    assert_eq!(n, 2);
+    let rows = stack
+        .ch("SELECT status, http_status, attempts FROM {db}.results FINAL ORDER BY created_at, attempts")
+        .await;
+    let mut rows: Vec<&str> = rows.lines().collect();
+    rows.sort();
+    assert_eq!(rows, vec!["completed\t200\t3", "failed\t400\t1"]);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_past_its_deadline_never_reaches_the_provider() {
+    let mut stack = Stack::start(StackOptions {
+        worker: false,
+        ..StackOptions::default()
+    })
+    .await;
+    let mut request = chat("too late");
+    request["sluice"] = json!({"timeout_ms": 1});
+    let (status, body) = stack.post("/v1/requests", KEY_A, request).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["id"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    stack.add_worker("late-worker");
+    let done = eventually(WAIT, || async {
+        let (_, body) = stack.get(&format!("/v1/requests/{id}"), KEY_A).await;
+        (body["status"] == "expired").then_some(body)
+    })
+    .await
+    .expect("expired result");
+    assert_eq!(done["error"]["code"], "deadline_exceeded");
+    assert_eq!(stack.mock.call_count(), 0);
+    let usage = stack
+        .ch("SELECT status, prompt_tokens, cost_nanos FROM {db}.usage FINAL")
+        .await;
+    assert_eq!(usage.trim(), "expired\t0\t0");
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_gets_a_clear_openai_error_and_nothing_is_published() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let url = format!("{}/v1/chat/completions", stack.base);
+    let raw = |body: &'static str, key: Option<&'static str>| {
+        let mut r = stack
+            .http
+            .post(&url)
+            .body(body)
+            .header("content-type", "application/json");
+        if let Some(k) = key {
+            r = r.bearer_auth(k);
+        }
+        async move {
+            let resp = r.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().await.expect("JSON error body");
+            (status, body)
+        }
+    };
+    let cases: Vec<(&str, u16, &str, Option<&str>, &str)> = vec![
+        // (body, status, code, key, what)
+        (
+            r#"{"model": "gpt-4o-mini", "messages": [{"role":"user","content":"hi"}]}"#,
+            401,
+            "invalid_api_key",
+            None,
+            "missing key",
+        ),
+        (
+            r#"{"model": "gpt-4o-mini", "messages": [{"role":"user","content":"hi"}]}"#,
+            401,
+            "invalid_api_key",
+            Some("sk-wrong"),
+            "wrong key",
+        ),
+        (
+            r#"{"model": "gpt-4o-mini", "messages": ["#,
+            400,
+            "invalid_json",
+            Some(KEY_A),
+            "malformed JSON",
+        ),
+        (
+            r#"{"model": 42, "messages": []}"#,
+            400,
+            "invalid_json",
+            Some(KEY_A),
+            "wrong type",
+        ),
+        (
+            r#"{"model": "gpt-4o-mini", "messages": "hi"}"#,
+            400,
+            "invalid_json",
+            Some(KEY_A),
+            "messages not a list",
+        ),
+        (
+            r#"{"model": "gpt-4o-mini", "messages": [{"role":"wizard","content":"hi"}]}"#,
+            400,
+            "invalid_json",
+            Some(KEY_A),
+            "unknown role",
+        ),
+        (
+            r#"{"model": "gpt-4o-mini", "messages": [], "max_tokens": -1}"#,
+            400,
+            "invalid_json",
+            Some(KEY_A),
+            "negative max_tokens",
+        ),
+        (
+            r#"{"model": "gpt-4o-mini"}"#,
+            400,
+            "invalid_json",
+            Some(KEY_A),
+            "no messages",
+        ),
+        (
+            r#"{"model": "gpt-4o-mini", "messages": []}"#,
+            400,
+            "invalid_value",
+            Some(KEY_A),
+            "empty messages",
+        ),
+        (
+            r#"{"model": "", "messages": [{"role":"user","content":"hi"}]}"#,
+            400,
+            "invalid_value",
+            Some(KEY_A),
+            "empty model",
+        ),
+        (
+            r#"{"model": "gpt-9", "messages": [{"role":"user","content":"hi"}]}"#,
+            404,
+            "model_not_found",
+            Some(KEY_A),
+            "unknown model",
+        ),
+        (
+            r#"{"model": "gpt-4o-mini", "messages": [{"role":"user","content":"hi"}], "sluice": {"priority": "urgent"}}"#,
+            400,
+            "invalid_value",
+            Some(KEY_A),
+            "bad priority",
+        ),
+        (
+            r#"{"model": "gpt-4o-mini", "messages": [{"role":"user","content":"hi"}], "sluice": {"timeout_ms": 0}}"#,
+            400,
+            "invalid_value",
+            Some(KEY_A),
+            "zero timeout",
+        ),
+        (
+            r#"{"model": "gpt-4o-mini", "messages": [{"role":"user","content":"hi"}], "sluice": {"colour": "red"}}"#,
+            400,
+            "invalid_value",
+            Some(KEY_A),
+            "unknown sluice option",
+        ),
+        (
+            r#"[1, 2, 3]"#,
+            400,
+            "invalid_json",
+            Some(KEY_A),
+            "not an object",
+        ),
+        ("", 400, "invalid_json", Some(KEY_A), "empty body"),
+    ];
+    for (body, status, code, key, what) in cases {
+        let (got, err) = raw(body, key).await;
+        assert_eq!(got, status, "{what}: {err}");
+        assert_eq!(err["error"]["code"], code, "{what}: {err}");
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{what}"
+        );
+        assert!(err["error"]["type"].is_string(), "{what}");
+    }
+    // Oversized body.
+    let big = format!(
+        r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "x".repeat(5 * 1024 * 1024)
+    );
+    let resp = stack
+        .http
+        .post(&url)
+        .bearer_auth(KEY_A)
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 413);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "request_too_large");
+    // Bad priority header.
+    let resp = stack
+        .http
+        .post(&url)
+        .bearer_auth(KEY_A)
+        .header("x-sluice-priority", "now!")
+        .json(&chat("hi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    // Unknown route and wrong method, in the same shape.
+    let (status, body) = stack.get("/v1/nothing-here", KEY_A).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("unknown_url"))
+    );
+    let (status, body) = stack.get("/v1/chat/completions", KEY_A).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (405, Some("method_not_allowed"))
+    );
+
+    // None of it reached a provider; the one valid request after it still works.
+    assert_eq!(stack.mock.call_count(), 0);
+    let (status, body) = stack
+        .post("/v1/chat/completions", KEY_A, chat("fine"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_workers_share_the_load_and_every_request_is_billed_once() {
+    let mut stack = Stack::start(StackOptions {
+        behaviour: Behaviour {
+            latency: sluice_tests::mock::Latency::Fixed(Duration::from_millis(50)),
+            ..Behaviour::default()
+        },
+        ..StackOptions::default()
+    })
+    .await;
+    stack.add_worker("w2");
+    // Let the group settle with both members before the load arrives.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ids = stack.submit_many(120, KEY_A).await;
+    let n = stack
+        .wait_count(
+            "SELECT count() FROM {db}.usage FINAL",
+            ids.len() as u64,
+            WAIT,
+        )
+        .await;
+    assert_eq!(n, ids.len() as u64);
+    let workers = stack
+        .ch("SELECT uniqExact(worker) FROM {db}.results FINAL")
+        .await;
+    assert_eq!(workers.trim(), "2", "both workers processed requests");
+    let billed = stack
+        .ch("SELECT uniqExact(request_id), count() FROM {db}.usage FINAL")
+        .await;
+    assert_eq!(billed.trim(), format!("{0}\t{0}", ids.len()));
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_worker_loses_nothing_and_bills_nothing_twice() {
+    let mut stack = Stack::start(StackOptions {
+        worker: false,
+        behaviour: Behaviour {
+            latency: sluice_tests::mock::Latency::Fixed(Duration::from_millis(1500)),
+            ..Behaviour::default()
+        },
+        ..StackOptions::default()
+    })
+    .await;
+    let config = std::env::temp_dir().join(format!("{}-worker.toml", stack.prefix));
+    std::fs::write(&config, stack.worker_toml("doomed")).unwrap();
+    let mut doomed = std::process::Command::new(workspace_bin("sluice-worker"))
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let ids = stack.submit_many(30, KEY_A).await;
+    // Kill it while requests are in flight at the provider.
+    let in_flight = eventually(WAIT, || async {
+        (stack.mock.call_count() >= 10).then_some(())
+    })
+    .await;
+    assert!(
+        in_flight.is_some(),
+        "the doomed worker started calling the provider"
+    );
+    doomed.kill().unwrap();
+    doomed.wait().unwrap();
+    let answered_before_kill = stack.ch("SELECT count() FROM {db}.results FINAL").await;
+    assert!(
+        answered_before_kill.trim().parse::<usize>().unwrap() < ids.len(),
+        "the kill happened mid-flight"
+    );
+
+    stack.add_worker("survivor");
+    let n = stack
+        .wait_count(
+            "SELECT count() FROM {db}.usage FINAL",
+            ids.len() as u64,
+            WAIT * 2,
+        )
+        .await;
+    assert_eq!(n, ids.len() as u64, "every accepted request finished");
+    let summary = stack
+        .ch("SELECT uniqExact(request_id), count(), sum(prompt_tokens) > 0 FROM {db}.usage FINAL")
+        .await;
+    assert_eq!(
+        summary.trim(),
+        format!("{0}\t{0}\t1", ids.len()),
+        "billed once each"
+    );
+    // The provider did see some requests twice (at-least-once); billing did not.
+    assert!(stack.mock.call_count() as usize >= ids.len());
+    let _ = std::fs::remove_file(config);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clickhouse_down_gives_503_not_a_hang() {
+    let stack = Stack::start(StackOptions {
+        clickhouse_url: "http://127.0.0.1:9".into(),
+        ..StackOptions::default()
+    })
+    .await;
+    let (status, body) = stack.post("/v1/requests", KEY_A, chat("hello")).await;
+    assert_eq!(status, 202, "accepting needs only Kafka: {body}");
+    let (status, body) = stack.get("/v1/requests/req_x", KEY_A).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "service_unavailable");
+    stack.stop().await;
+}

@@ -347,3 +347,54 @@ pub fn repo_root() -> PathBuf {
         .expect("repo root")
         .to_path_buf()
 }
+
+/// A private Kafka broker (its own ports and data dir) that a test may stop and restart.
+pub struct PrivateBroker {
+    pub bootstrap: String,
+    env: Vec<(String, String)>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+impl PrivateBroker {
+    pub fn start() -> PrivateBroker {
+        let port = free_port();
+        let state = std::env::temp_dir().join(unique("sluice-broker-"));
+        let broker = PrivateBroker {
+            bootstrap: format!("127.0.0.1:{port}"),
+            env: vec![
+                ("SLUICE_STATE".into(), state.display().to_string()),
+                ("KAFKA_PORT".into(), port.to_string()),
+                ("KAFKA_CONTROLLER_PORT".into(), free_port().to_string()),
+                ("KAFKA_HEAP".into(), "256m".into()),
+            ],
+        };
+        broker.services("start-kafka");
+        broker
+    }
+
+    pub fn services(&self, command: &str) {
+        let status = std::process::Command::new("bash")
+            .arg(repo_root().join("scripts/services.sh"))
+            .arg(command)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("services.sh runs");
+        assert!(status.success(), "services.sh {command} failed");
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.services("stop-kafka");
+        if let Some((_, state)) = self.env.iter().find(|(k, _)| k == "SLUICE_STATE") {
+            let _ = std::fs::remove_dir_all(state);
+        }
+    }
+}

@@ -456,3 +456,50 @@ async fn clickhouse_down_gives_503_not_a_hang() {
     assert_eq!(body["error"]["code"], "service_unavailable");
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kafka_down_gives_503_and_a_broker_restart_loses_nothing_accepted() {
+    let broker = PrivateBroker::start();
+    let mut stack = Stack::start(StackOptions {
+        bootstrap: broker.bootstrap.clone(),
+        worker: false,
+        produce_timeout: Duration::from_secs(2),
+        ..StackOptions::default()
+    })
+    .await;
+    let before = stack.submit_many(20, KEY_A).await;
+
+    broker.services("stop-kafka");
+    let started = std::time::Instant::now();
+    let (status, body) = stack.post("/v1/requests", KEY_A, chat("nobody home")).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "service_unavailable");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "answered instead of hanging"
+    );
+
+    broker.services("start-kafka");
+    // The producer reconnects on its own; accepted again once the broker is back.
+    let after = eventually(WAIT, || async {
+        let (status, body) = stack.post("/v1/requests", KEY_A, chat("back again")).await;
+        (status == 202).then(|| body["id"].as_str().unwrap().to_string())
+    })
+    .await
+    .expect("accepting again after the restart");
+
+    stack.add_worker("after-restart");
+    let want = before.len() as u64 + 1;
+    let n = stack
+        .wait_count("SELECT count() FROM {db}.usage FINAL", want, WAIT * 2)
+        .await;
+    assert_eq!(n, want, "every request accepted before the restart was processed");
+    let ids = stack.ch("SELECT request_id FROM {db}.results FINAL").await;
+    for id in before.iter().chain([&after]) {
+        assert!(ids.contains(id.as_str()), "{id} has a result");
+    }
+    // The 503'd request was never accepted, so it never ran.
+    assert_eq!(stack.mock.call_count(), want);
+    stack.stop().await;
+    drop(broker);
+}

@@ -59,7 +59,7 @@ if [[ -d tests/python ]]; then
   if [[ -f $REQ ]]; then
     want=$(sha256sum "$REQ" | cut -c1-16)
     if [[ ! -f $VENV/.requirements.sha || $(cat "$VENV/.requirements.sha") != "$want" ]]; then
-      "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$REQ"
+      "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$REQ"  # chdb-core needs none of its declared deps here
       echo "$want" >"$VENV/.requirements.sha"
     fi
   fi

@@ -27,7 +27,9 @@ impl ResultStore {
             .with_url(&config.url)
             // ClickHouse 18.16 (Debian) cannot validate row types; casts in the queries
             // below pin the types instead.
-            .with_validation(false);
+            .with_validation(false)
+            // Small lookups: lz4 framing only adds a round of latency here.
+            .with_compression(clickhouse::Compression::None);
         if let Some(user) = &config.user {
             client = client.with_user(user);
         }

@@ -493,7 +493,10 @@ async fn kafka_down_gives_503_and_a_broker_restart_loses_nothing_accepted() {
     let n = stack
         .wait_count("SELECT count() FROM {db}.usage FINAL", want, WAIT * 2)
         .await;
-    assert_eq!(n, want, "every request accepted before the restart was processed");
+    assert_eq!(
+        n, want,
+        "every request accepted before the restart was processed"
+    );
     let ids = stack.ch("SELECT request_id FROM {db}.results FINAL").await;
     for id in before.iter().chain([&after]) {
         assert!(ids.contains(id.as_str()), "{id} has a result");

@@ -1,0 +1,77 @@
+//! `sluice-analytics [--config FILE] [migrate|run]`: apply migrations, then sink Kafka into
+//! ClickHouse until Ctrl-C or SIGTERM.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use sluice_analytics::{apply_migrations, client, Config};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+#[derive(Parser)]
+#[command(name = "sluice-analytics", version, about)]
+struct Cli {
+    /// TOML configuration file; SLUICE_<SECTION>_<KEY> environment variables override it.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Clone, Copy)]
+enum Command {
+    /// Apply pending ClickHouse migrations and exit.
+    Migrate,
+    /// Apply pending migrations, then run the sink (the default).
+    Run,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let config = Config::load(cli.config.as_deref()).context("loading configuration")?;
+    info!(?config, "configuration loaded");
+
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Migrate => {
+            let applied =
+                apply_migrations(&client(&config.clickhouse), &config.clickhouse.database)
+                    .await
+                    .context("applying migrations")?;
+            info!(?applied, database = %config.clickhouse.database, "migrations done");
+        }
+        Command::Run => {
+            let shutdown = CancellationToken::new();
+            tokio::spawn(cancel_on_signal(shutdown.clone()));
+            sluice_analytics::run(config, shutdown)
+                .await
+                .context("running the sink")?;
+        }
+    }
+    Ok(())
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => drop(term.recv().await),
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        () = term => {}
+    }
+    info!("shutdown signal received, flushing");
+    shutdown.cancel();
+}

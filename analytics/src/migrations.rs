@@ -1,0 +1,257 @@
+//! Versioned schema migrations, embedded from `analytics/migrations/NNNN_name.sql`.
+//!
+//! A file is SQL text with `{db}` where the database goes; statements end with `;` at the end
+//! of a line; lines starting with `--` are comments. Applied migrations are recorded in
+//! `{db}.schema_migrations`, so re-running applies nothing new. Statements use IF NOT EXISTS,
+//! so a migration interrupted half-way (or run by two processes at once) is safe to re-run.
+
+use clickhouse::Client;
+use tracing::info;
+
+use crate::config::is_valid_identifier;
+use crate::error::Error;
+use crate::queries::render;
+use crate::tables::Table;
+
+macro_rules! migration_files {
+    ($($file:literal),+ $(,)?) => {
+        &[$(($file, include_str!(concat!("../migrations/", $file)))),+]
+    };
+}
+
+/// Every migration file, in order. A unit test checks this list against the directory.
+const FILES: &[(&str, &str)] = migration_files!["0001_tables.sql", "0002_views.sql"];
+
+/// The database and `schema_migrations`, created (if missing) before anything else.
+pub const BOOKKEEPING: &str = include_str!("../migrations/schema_migrations.sql");
+
+/// One migration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migration {
+    pub version: u32,
+    pub name: &'static str,
+    pub file: &'static str,
+    /// SQL text with `{db}` placeholders.
+    pub sql: &'static str,
+}
+
+impl Migration {
+    /// The statements of this migration for database `db`.
+    pub fn statements(&self, db: &str) -> Vec<String> {
+        split_statements(&render(self.sql, &[("db", db)]))
+    }
+}
+
+/// The embedded migrations, in version order.
+pub fn migrations() -> Result<Vec<Migration>, Error> {
+    let mut all = Vec::with_capacity(FILES.len());
+    for (file, sql) in FILES {
+        let (version, name) = parse_file_name(file)?;
+        all.push(Migration {
+            version,
+            name,
+            file,
+            sql,
+        });
+    }
+    if all.windows(2).any(|w| w[0].version >= w[1].version) {
+        return Err(Error::MigrationFile {
+            file: "(list)",
+            problem: "versions must be unique and listed in increasing order",
+        });
+    }
+    Ok(all)
+}
+
+/// `0001_tables.sql` -> `(1, "tables")`.
+pub fn parse_file_name(file: &'static str) -> Result<(u32, &'static str), Error> {
+    let bad = |problem| Error::MigrationFile { file, problem };
+    let stem = file
+        .strip_suffix(".sql")
+        .ok_or_else(|| bad("must end with .sql"))?;
+    let (digits, name) = stem
+        .split_once('_')
+        .ok_or_else(|| bad("must be named NNNN_name.sql"))?;
+    if digits.len() != 4 || !digits.bytes().all(|b| b.is_ascii_digit()) || name.is_empty() {
+        return Err(bad("must be named NNNN_name.sql"));
+    }
+    let version = digits
+        .parse()
+        .map_err(|_| bad("must be named NNNN_name.sql"))?;
+    Ok((version, name))
+}
+
+/// Splits SQL text into statements at `;` ending a line; drops `--` comment lines and blank
+/// statements. A last statement without `;` is kept.
+pub fn split_statements(sql: &str) -> Vec<String> {
+    let mut statements = Vec::new();
+    let mut current = String::new();
+    for line in sql.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with("--") {
+            continue;
+        }
+        if let Some(body) = trimmed.strip_suffix(';') {
+            current.push_str(line.trim_end().strip_suffix(';').unwrap_or(body));
+            push_statement(&mut statements, &mut current);
+        } else {
+            current.push_str(line);
+            current.push('\n');
+        }
+    }
+    push_statement(&mut statements, &mut current);
+    statements
+}
+
+fn push_statement(statements: &mut Vec<String>, current: &mut String) {
+    let statement = current.trim();
+    if !statement.is_empty() {
+        statements.push(statement.to_owned());
+    }
+    current.clear();
+}
+
+/// Creates `db` if needed and applies every migration not yet recorded there, in order.
+/// Returns the versions applied now (empty when the schema was up to date).
+///
+/// `client` may be bound to any database: statements name theirs, and the ones that run
+/// before `db` exists go through the `default` database.
+pub async fn apply_migrations(client: &Client, db: &str) -> Result<Vec<u32>, Error> {
+    if !is_valid_identifier(db) {
+        return Err(Error::ConfigField {
+            field: "clickhouse.database",
+            problem: "must be letters, digits and '_', not starting with a digit",
+        });
+    }
+    let migrations = migrations()?;
+    let admin = client.clone().with_database("default");
+    for sql in split_statements(&render(BOOKKEEPING, &[("db", db)])) {
+        admin
+            .query_raw(&sql)
+            .execute()
+            .await
+            .map_err(Error::clickhouse("schema_migrations setup"))?;
+    }
+    let applied: Vec<u32> = admin
+        .query(&format!(
+            "SELECT DISTINCT version FROM {db}.{}",
+            Table::SchemaMigrations.name()
+        ))
+        .fetch_all()
+        .await
+        .map_err(Error::clickhouse("schema_migrations read"))?;
+
+    let mut now_applied = Vec::new();
+    for migration in migrations.iter().filter(|m| !applied.contains(&m.version)) {
+        for (i, statement) in migration.statements(db).iter().enumerate() {
+            admin
+                .query_raw(statement)
+                .execute()
+                .await
+                .map_err(|source| Error::Migration {
+                    version: migration.version,
+                    name: migration.name,
+                    statement: i + 1,
+                    source,
+                })?;
+        }
+        admin
+            .query(&format!(
+                "INSERT INTO {db}.{} (version, name) VALUES (?, ?)",
+                Table::SchemaMigrations.name()
+            ))
+            .bind(migration.version)
+            .bind(migration.name)
+            .execute()
+            .await
+            .map_err(Error::clickhouse("schema_migrations record"))?;
+        info!(
+            database = db,
+            version = migration.version,
+            name = migration.name,
+            "applied migration"
+        );
+        now_applied.push(migration.version);
+    }
+    Ok(now_applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names() {
+        assert_eq!(parse_file_name("0001_tables.sql").unwrap(), (1, "tables"));
+        assert_eq!(
+            parse_file_name("0420_add_thing.sql").unwrap(),
+            (420, "add_thing")
+        );
+        for bad in [
+            "1_x.sql",
+            "0001.sql",
+            "0001_.sql",
+            "00a1_x.sql",
+            "0001_x.txt",
+        ] {
+            assert!(parse_file_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn splits_at_semicolons_ending_lines() {
+        let sql = "-- header; not a statement end\nCREATE TABLE a (x String DEFAULT 'a;b')\nENGINE = Log;\n\n  -- comment\nSELECT 1;  \n;\nSELECT 2\n";
+        assert_eq!(
+            split_statements(sql),
+            vec![
+                "CREATE TABLE a (x String DEFAULT 'a;b')\nENGINE = Log",
+                "SELECT 1",
+                "SELECT 2"
+            ]
+        );
+        assert!(split_statements("-- only comments;\n\n").is_empty());
+    }
+
+    #[test]
+    fn embedded_list_matches_directory() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut on_disk: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".sql") && n != "schema_migrations.sql")
+            .collect();
+        on_disk.sort();
+        let listed: Vec<&str> = migrations().unwrap().iter().map(|m| m.file).collect();
+        assert_eq!(
+            on_disk, listed,
+            "add new migration files to FILES in migrations.rs"
+        );
+    }
+
+    #[test]
+    fn every_statement_is_rendered_and_qualified() {
+        for migration in migrations().unwrap() {
+            let statements = migration.statements("sluice_x");
+            assert!(!statements.is_empty(), "{}", migration.file);
+            for statement in statements {
+                assert!(!statement.contains('{'), "{statement}");
+                assert!(!statement.contains('?'), "{statement}");
+                assert!(statement.contains("IF NOT EXISTS"), "{statement}");
+                assert!(statement.contains("sluice_x."), "{statement}");
+            }
+        }
+        for statement in split_statements(&render(BOOKKEEPING, &[("db", "sluice_x")])) {
+            assert!(statement.contains("IF NOT EXISTS sluice_x"), "{statement}");
+        }
+        assert!(BOOKKEEPING.contains(Table::SchemaMigrations.name()));
+        // Every view the code names exists in some migration.
+        let all: String = migrations().unwrap().iter().map(|m| m.sql).collect();
+        for view in Table::VIEWS {
+            assert!(
+                all.contains(&format!("VIEW IF NOT EXISTS {{db}}.{} AS", view.name())),
+                "{}",
+                view.name()
+            );
+        }
+    }
+}

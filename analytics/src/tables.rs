@@ -1,0 +1,357 @@
+//! ClickHouse tables and their rows. Columns with a DEFAULT in the migrations (`created_at`,
+//! `day`, `results.latency_ms`, `audit.occurred_at`) are derived by ClickHouse and not sent.
+//!
+//! Rows go as RowBinary without server-side validation (ClickHouse 18.16 cannot validate):
+//! each field's Rust type must be the exact width and signedness of its column. The
+//! integration tests read every column back to hold this.
+
+use std::time::Duration;
+
+use clickhouse::{Client, Row, RowOwned, RowWrite};
+use serde::{Deserialize, Serialize};
+use sluice_schemas::{Audit, Usage};
+
+use crate::config::Compression;
+use crate::error::Error;
+
+/// Every table (and view) Sluice writes or reads, by its unqualified name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Table {
+    Results,
+    Usage,
+    Audit,
+    SchemaMigrations,
+    SpendByTeamDay,
+    SpendByTeamModelDay,
+    SpendByKeyDay,
+    LatencyByModelHour,
+    OutcomesByTeamDay,
+}
+
+impl Table {
+    pub const VIEWS: [Table; 5] = [
+        Table::SpendByTeamDay,
+        Table::SpendByTeamModelDay,
+        Table::SpendByKeyDay,
+        Table::LatencyByModelHour,
+        Table::OutcomesByTeamDay,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Results => "results",
+            Table::Usage => "usage",
+            Table::Audit => "audit",
+            Table::SchemaMigrations => "schema_migrations",
+            Table::SpendByTeamDay => "spend_by_team_day",
+            Table::SpendByTeamModelDay => "spend_by_team_model_day",
+            Table::SpendByKeyDay => "spend_by_key_day",
+            Table::LatencyByModelHour => "latency_by_model_hour",
+            Table::OutcomesByTeamDay => "outcomes_by_team_day",
+        }
+    }
+}
+
+/// A row type and the table it goes to.
+pub trait TableRow: RowOwned + RowWrite + Send + Sync {
+    const TABLE: Table;
+}
+
+/// One request outcome (`results`), from [`sluice_schemas::Result`].
+#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
+pub struct ResultRow {
+    pub request_id: String,
+    pub team: String,
+    pub key_id: String,
+    pub priority: String,
+    pub model: String,
+    /// W3C traceparent, '' when absent.
+    pub traceparent: String,
+    pub status: String,
+    pub http_status: i32,
+    /// OpenAI-shaped response or error body (JSON).
+    pub body: String,
+    /// '' when the request did not fail.
+    pub error_kind: String,
+    pub provider: String,
+    pub deployment: String,
+    pub attempts: i32,
+    pub prompt_tokens: i32,
+    pub completion_tokens: i32,
+    pub created_at_ms: i64,
+    pub started_at_ms: i64,
+    /// Also the ReplacingMergeTree version: a re-processed request keeps its latest result.
+    pub finished_at_ms: u64,
+    pub worker: String,
+}
+
+impl TableRow for ResultRow {
+    const TABLE: Table = Table::Results;
+}
+
+impl From<sluice_schemas::Result> for ResultRow {
+    fn from(r: sluice_schemas::Result) -> Self {
+        ResultRow {
+            request_id: r.request_id,
+            team: r.team,
+            key_id: r.key_id,
+            priority: r.priority.as_str().to_owned(),
+            model: r.model,
+            traceparent: r.traceparent.unwrap_or_default(),
+            status: r.status.as_str().to_owned(),
+            http_status: r.http_status,
+            body: r.body,
+            error_kind: r.error_kind.unwrap_or_default(),
+            provider: r.provider,
+            deployment: r.deployment,
+            attempts: r.attempts,
+            prompt_tokens: r.prompt_tokens,
+            completion_tokens: r.completion_tokens,
+            created_at_ms: r.created_at_ms,
+            started_at_ms: r.started_at_ms,
+            finished_at_ms: non_negative(r.finished_at_ms),
+            worker: r.worker,
+        }
+    }
+}
+
+/// Billable usage of one request (`usage`), from [`sluice_schemas::Usage`].
+#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
+pub struct UsageRow {
+    pub request_id: String,
+    pub team: String,
+    pub key_id: String,
+    pub priority: String,
+    pub model: String,
+    pub provider: String,
+    pub deployment: String,
+    pub status: String,
+    pub prompt_tokens: i32,
+    pub completion_tokens: i32,
+    pub cached_tokens: i32,
+    pub cost_nanos: i64,
+    pub created_at_ms: i64,
+    pub latency_ms: i64,
+    /// The ReplacingMergeTree version.
+    pub occurred_at_ms: u64,
+}
+
+impl TableRow for UsageRow {
+    const TABLE: Table = Table::Usage;
+}
+
+impl From<Usage> for UsageRow {
+    fn from(u: Usage) -> Self {
+        UsageRow {
+            request_id: u.request_id,
+            team: u.team,
+            key_id: u.key_id,
+            priority: u.priority.as_str().to_owned(),
+            model: u.model,
+            provider: u.provider,
+            deployment: u.deployment,
+            status: u.status.as_str().to_owned(),
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            cached_tokens: u.cached_tokens,
+            cost_nanos: u.cost_nanos,
+            created_at_ms: u.created_at_ms,
+            latency_ms: u.latency_ms,
+            occurred_at_ms: non_negative(u.occurred_at_ms),
+        }
+    }
+}
+
+/// One audit event (`audit`), from [`sluice_schemas::Audit`].
+#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
+pub struct AuditRow {
+    pub event_id: String,
+    pub request_id: String,
+    pub team: String,
+    pub key_id: String,
+    pub action: String,
+    pub model: String,
+    pub priority: String,
+    pub http_status: i32,
+    /// '' when there is none.
+    pub reason: String,
+    pub prompt_tokens: i32,
+    /// The ReplacingMergeTree version.
+    pub occurred_at_ms: u64,
+}
+
+impl TableRow for AuditRow {
+    const TABLE: Table = Table::Audit;
+}
+
+impl From<Audit> for AuditRow {
+    fn from(a: Audit) -> Self {
+        AuditRow {
+            event_id: a.event_id,
+            request_id: a.request_id,
+            team: a.team,
+            key_id: a.key_id,
+            action: a.action.as_str().to_owned(),
+            model: a.model,
+            priority: a.priority.as_str().to_owned(),
+            http_status: a.http_status,
+            reason: a.reason.unwrap_or_default(),
+            prompt_tokens: a.prompt_tokens,
+            occurred_at_ms: non_negative(a.occurred_at_ms),
+        }
+    }
+}
+
+/// Wire timestamps are `long`; the version columns are UInt64.
+fn non_negative(ms: i64) -> u64 {
+    u64::try_from(ms).unwrap_or(0)
+}
+
+/// A ClickHouse client for `config` (validation off: ClickHouse 18.16 cannot validate).
+pub fn client(config: &crate::config::ClickHouseConfig) -> Client {
+    let mut client = Client::default()
+        .with_url(&config.url)
+        .with_database(&config.database)
+        .with_validation(false)
+        .with_compression(match config.compression {
+            Compression::Lz4 => clickhouse::Compression::Lz4,
+            Compression::None => clickhouse::Compression::None,
+        });
+    if let Some(user) = &config.user {
+        client = client.with_user(user);
+    }
+    if let Some(password) = &config.password {
+        client = client.with_password(password);
+    }
+    client
+}
+
+/// Inserts `rows` into their table in one INSERT. The client must be bound to the database.
+pub async fn insert<R: TableRow>(
+    client: &Client,
+    rows: &[R],
+    timeout: Duration,
+) -> Result<(), Error> {
+    let table = R::TABLE.name();
+    let mut insert = client
+        .insert::<R>(table)
+        .await
+        .map_err(Error::clickhouse("insert"))?
+        .with_timeouts(Some(timeout), Some(timeout));
+    for row in rows {
+        insert
+            .write(row)
+            .await
+            .map_err(Error::clickhouse("insert"))?;
+    }
+    insert.end().await.map_err(Error::clickhouse("insert"))
+}
+
+/// The final result of `request_id` of `team`, if it has landed (duplicates collapsed).
+pub async fn find_result(
+    client: &Client,
+    database: &str,
+    request_id: &str,
+    team: &str,
+) -> Result<Option<ResultRow>, Error> {
+    let sql = format!(
+        "SELECT ?fields FROM {database}.{} FINAL WHERE request_id = ? AND team = ? LIMIT 1",
+        Table::Results.name()
+    );
+    client
+        .query(&sql)
+        .bind(request_id)
+        .bind(team)
+        .fetch_optional::<ResultRow>()
+        .await
+        .map_err(Error::clickhouse("result lookup"))
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_schemas::{AuditAction, Priority, Status};
+
+    use super::*;
+
+    #[test]
+    fn result_row_maps_options_and_enums() {
+        let result = sluice_schemas::Result {
+            request_id: "r1".into(),
+            team: "acme".into(),
+            key_id: "k1".into(),
+            priority: Priority::Interactive,
+            model: "gpt-4o-mini".into(),
+            traceparent: None,
+            status: Status::Failed,
+            http_status: 502,
+            body: r#"{"error":{"message":"upstream"}}"#.into(),
+            error_kind: Some("upstream_error".into()),
+            provider: "openai".into(),
+            deployment: "openai-east".into(),
+            attempts: 3,
+            prompt_tokens: 12,
+            completion_tokens: 0,
+            created_at_ms: 1_700_000_000_000,
+            started_at_ms: 1_700_000_000_100,
+            finished_at_ms: 1_700_000_001_000,
+            worker: "w-1".into(),
+        };
+        let row = ResultRow::from(result);
+        assert_eq!(row.priority, "interactive");
+        assert_eq!(row.status, "failed");
+        assert_eq!(row.traceparent, "");
+        assert_eq!(row.error_kind, "upstream_error");
+        assert_eq!(row.finished_at_ms, 1_700_000_001_000);
+        assert_eq!(row.attempts, 3);
+    }
+
+    #[test]
+    fn usage_and_audit_rows() {
+        let usage = Usage {
+            request_id: "r1".into(),
+            team: "acme".into(),
+            key_id: "k1".into(),
+            priority: Priority::Batch,
+            model: "m".into(),
+            provider: "p".into(),
+            deployment: "d".into(),
+            status: Status::Expired,
+            prompt_tokens: 5,
+            completion_tokens: 0,
+            cached_tokens: 2,
+            cost_nanos: 123_456_789_012,
+            created_at_ms: 1,
+            latency_ms: 9,
+            occurred_at_ms: -5,
+        };
+        let row = UsageRow::from(usage);
+        assert_eq!(
+            (row.priority.as_str(), row.status.as_str()),
+            ("batch", "expired")
+        );
+        assert_eq!(row.cost_nanos, 123_456_789_012);
+        assert_eq!(row.cached_tokens, 2);
+        assert_eq!(
+            row.occurred_at_ms, 0,
+            "a negative version is clamped, not wrapped"
+        );
+
+        let audit = Audit {
+            event_id: "e1".into(),
+            request_id: "r1".into(),
+            team: "acme".into(),
+            key_id: "k1".into(),
+            action: AuditAction::Rejected,
+            model: "m".into(),
+            priority: Priority::Standard,
+            http_status: 429,
+            reason: Some("budget_exceeded".into()),
+            prompt_tokens: 7,
+            occurred_at_ms: 42,
+        };
+        let row = AuditRow::from(audit);
+        assert_eq!(row.action, "rejected");
+        assert_eq!(row.reason, "budget_exceeded");
+        assert_eq!(row.occurred_at_ms, 42);
+    }
+}

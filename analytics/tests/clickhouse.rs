@@ -1,0 +1,213 @@
+//! Migrations, row types, views and analyst queries against the real ClickHouse
+//! (SLUICE_CLICKHOUSE_URL, 18.16 on the test machines). Each test has its own database.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use sluice_analytics::config::{ClickHouseConfig, Compression};
+use sluice_analytics::tables::{insert, AuditRow, ResultRow, UsageRow};
+use sluice_analytics::{apply_migrations, client, find_result};
+use support::*;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn migrations_apply_once_then_nothing() {
+    let config = clickhouse_config().await;
+    let client = client(&config);
+    let db = &config.database;
+
+    assert_eq!(apply_migrations(&client, db).await.unwrap(), vec![1, 2]);
+    assert_eq!(
+        apply_migrations(&client, db).await.unwrap(),
+        Vec::<u32>::new()
+    );
+
+    let recorded = tsv(
+        &client,
+        &format!("SELECT version, name FROM {db}.schema_migrations FINAL ORDER BY version"),
+    )
+    .await;
+    assert_eq!(recorded, "version\tname\n1\ttables\n2\tviews\n");
+    let tables = tsv(
+        &client,
+        &format!("SELECT name FROM system.tables WHERE database = '{db}' ORDER BY name"),
+    )
+    .await;
+    assert_eq!(
+        tables,
+        "name\naudit\nlatency_by_model_hour\noutcomes_by_team_day\nresults\nschema_migrations\n\
+         spend_by_key_day\nspend_by_team_day\nspend_by_team_model_day\nusage\n"
+    );
+    drop_database(&client, db).await;
+}
+
+#[tokio::test]
+async fn fixtures_give_the_expected_views_and_queries() {
+    let config = clickhouse_config().await;
+    let client = client(&config);
+    let db = &config.database;
+    apply_migrations(&client, db).await.unwrap();
+
+    let usage: Vec<UsageRow> = usage_records().into_iter().map(Into::into).collect();
+    let results: Vec<ResultRow> = result_records().into_iter().map(Into::into).collect();
+    let audit: Vec<AuditRow> = audit_records().into_iter().map(Into::into).collect();
+    // Twice: the second time is a whole batch redelivered after a crash before the commit.
+    for _ in 0..2 {
+        insert(&client, &usage, TIMEOUT).await.unwrap();
+        insert(&client, &results, TIMEOUT).await.unwrap();
+        insert(&client, &audit, TIMEOUT).await.unwrap();
+    }
+    for (table, unique) in [
+        ("usage", UNIQUE_USAGE),
+        ("results", UNIQUE_RESULTS),
+        ("audit", UNIQUE_AUDIT),
+    ] {
+        assert_eq!(
+            count(&client, &format!("SELECT count() FROM {db}.{table} FINAL")).await,
+            unique,
+            "{table}"
+        );
+    }
+    assert_views_and_queries(&client, db).await;
+    drop_database(&client, db).await;
+}
+
+#[tokio::test]
+async fn rows_read_back_as_written() {
+    // RowBinary without validation: a field of the wrong width would shift every column
+    // after it. Reading each row back proves the Rust types match the columns.
+    let config = clickhouse_config().await;
+    let client = client(&config);
+    let db = &config.database;
+    apply_migrations(&client, db).await.unwrap();
+
+    let results: Vec<ResultRow> = result_records().into_iter().map(Into::into).collect();
+    insert(&client, &results, TIMEOUT).await.unwrap();
+    let r03 = results.iter().find(|r| r.request_id == "r03").unwrap();
+    let found = find_result(&client, db, "r03", "acme").await.unwrap();
+    assert_eq!(found.as_ref(), Some(r03));
+    assert!(r03.body.contains(r#""content":"two\nlines""#));
+    assert_eq!(
+        find_result(&client, db, "r03", "globex").await.unwrap(),
+        None
+    );
+    // r05 was processed twice: the later result wins.
+    let r05 = find_result(&client, db, "r05", "globex")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r05.worker, "worker-2");
+
+    let usage: Vec<UsageRow> = usage_records().into_iter().map(Into::into).collect();
+    insert(&client, &usage, TIMEOUT).await.unwrap();
+    let stored: Vec<UsageRow> = client
+        .query(&format!(
+            "SELECT ?fields FROM {db}.usage FINAL ORDER BY request_id"
+        ))
+        .fetch_all()
+        .await
+        .unwrap();
+    let mut want = usage.clone();
+    want.sort_by(|a, b| a.request_id.cmp(&b.request_id));
+    want.dedup();
+    assert_eq!(stored, want);
+
+    let audit: Vec<AuditRow> = audit_records().into_iter().map(Into::into).collect();
+    insert(&client, &audit, TIMEOUT).await.unwrap();
+    let stored: Vec<AuditRow> = client
+        .query(&format!(
+            "SELECT ?fields FROM {db}.audit FINAL WHERE action = 'rejected' ORDER BY event_id"
+        ))
+        .fetch_all()
+        .await
+        .unwrap();
+    let mut want: Vec<AuditRow> = audit
+        .into_iter()
+        .filter(|a| a.action == "rejected")
+        .collect();
+    want.sort_by(|a, b| a.event_id.cmp(&b.event_id));
+    want.dedup();
+    assert_eq!(stored, want);
+
+    // Derived columns, in UTC whatever the server's time zone.
+    let derived = tsv(
+        &client,
+        &format!("SELECT created_at, day FROM {db}.usage FINAL WHERE request_id = 'r03'"),
+    )
+    .await;
+    assert_eq!(
+        derived,
+        "created_at\tday\n2025-03-03 23:59:59\t2025-03-03\n"
+    );
+    drop_database(&client, db).await;
+}
+
+#[tokio::test]
+async fn a_duplicate_usage_record_is_billed_once() {
+    let config = clickhouse_config().await;
+    let client = client(&config);
+    let db = &config.database;
+    apply_migrations(&client, db).await.unwrap();
+
+    let one = UsageRow::from(usage_records().remove(0));
+    // Separate inserts, so separate parts: only FINAL (in the views) collapses them.
+    insert(&client, std::slice::from_ref(&one), TIMEOUT)
+        .await
+        .unwrap();
+    insert(&client, std::slice::from_ref(&one), TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(
+        count(&client, &format!("SELECT count() FROM {db}.usage")).await,
+        2
+    );
+    let spend = tsv(
+        &client,
+        &format!("SELECT requests, cost_nanos FROM {db}.spend_by_team_day"),
+    )
+    .await;
+    assert_eq!(
+        spend,
+        format!("requests\tcost_nanos\n1\t{}\n", one.cost_nanos)
+    );
+    drop_database(&client, db).await;
+}
+
+/// Insert throughput of the sink's insert path. Run by hand:
+/// `cargo test -p sluice-analytics --test clickhouse -- --ignored --nocapture`
+#[tokio::test]
+#[ignore]
+async fn insert_throughput() {
+    let config = clickhouse_config().await;
+    let db = &config.database;
+    apply_migrations(&client(&config), db).await.unwrap();
+    let template = UsageRow::from(usage_records().remove(0));
+    let rows: Vec<UsageRow> = (0..200_000)
+        .map(|i| UsageRow {
+            request_id: format!("req-{i:08}"),
+            ..template.clone()
+        })
+        .collect();
+    for compression in [Compression::Lz4, Compression::None] {
+        let client = client(&ClickHouseConfig {
+            compression,
+            ..config.clone()
+        });
+        for batch in [1_000usize, 10_000, 50_000] {
+            let started = Instant::now();
+            for chunk in rows.chunks(batch) {
+                insert(&client, chunk, TIMEOUT).await.unwrap();
+            }
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "usage insert, {compression:?}, batches of {batch}: {} rows in {secs:.2} s = {:.0} rows/s",
+                rows.len(),
+                rows.len() as f64 / secs
+            );
+        }
+    }
+    drop_database(&client(&config), db).await;
+}

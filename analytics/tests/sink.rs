@@ -1,0 +1,370 @@
+//! The sink end to end against the real broker (SLUICE_KAFKA_BOOTSTRAP) and ClickHouse
+//! (SLUICE_CLICKHOUSE_URL). Each test has its own topic prefix, consumer group and database.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use clickhouse::Client;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::Headers;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use sluice_analytics::config::{ClickHouseConfig, KafkaConfig, SinkConfig};
+use sluice_analytics::sink::{DLQ_OFFSET, DLQ_PARTITION, DLQ_REASON, DLQ_TOPIC};
+use sluice_analytics::{apply_migrations, client, Config, Sink, SinkStats};
+use sluice_schemas::{encode, Topic, Topics};
+use support::*;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(60);
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn sink_config(prefix: &str, clickhouse: ClickHouseConfig) -> Config {
+    Config {
+        kafka: KafkaConfig {
+            bootstrap: kafka_bootstrap(),
+            topic_prefix: prefix.to_owned(),
+            group_id: unique("analytics-test"),
+            options: BTreeMap::new(),
+        },
+        clickhouse,
+        sink: SinkConfig {
+            // Small batches and a short interval: several flushes and commits per test.
+            max_batch_rows: 7,
+            flush_interval_ms: Duration::from_millis(200),
+            insert_timeout_ms: Duration::from_secs(10),
+            retry_max_backoff_ms: Duration::from_millis(300),
+            shutdown_timeout_ms: Duration::from_secs(5),
+        },
+    }
+}
+
+/// Creates this test's topics. Fails loudly when the broker is not running: CI starts it.
+async fn create_topics(prefix: &str) -> Topics {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", kafka_bootstrap())
+        .create()
+        .unwrap();
+    if let Err(e) = admin.inner().fetch_metadata(None, KAFKA_TIMEOUT) {
+        panic!(
+            "Kafka is not reachable at {} ({e}); start it with `bash scripts/services.sh start` \
+             or set SLUICE_KAFKA_BOOTSTRAP",
+            kafka_bootstrap()
+        );
+    }
+    let topics = Topics::new(prefix);
+    let wanted = [
+        Topic::Results,
+        Topic::Usage,
+        Topic::Audit,
+        Topic::DeadLetter,
+    ];
+    let names: Vec<String> = wanted.iter().map(|t| topics.name(t)).collect();
+    let new: Vec<NewTopic<'_>> = wanted
+        .iter()
+        .zip(&names)
+        .map(|(t, name)| NewTopic::new(name, t.partitions(), TopicReplication::Fixed(1)))
+        .collect();
+    for result in admin
+        .create_topics(
+            &new,
+            &AdminOptions::new().operation_timeout(Some(KAFKA_TIMEOUT)),
+        )
+        .await
+        .unwrap()
+    {
+        result.unwrap();
+    }
+    topics
+}
+
+fn producer() -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", kafka_bootstrap())
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "1")
+        .create()
+        .unwrap()
+}
+
+/// Deletes this test's topics (best effort: the broker is a scratch one).
+async fn delete_topics(topics: &Topics) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", kafka_bootstrap())
+        .create()
+        .unwrap();
+    let names: Vec<String> = [
+        Topic::Results,
+        Topic::Usage,
+        Topic::Audit,
+        Topic::DeadLetter,
+    ]
+    .iter()
+    .map(|t| topics.name(t))
+    .collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    drop(admin.delete_topics(&names, &AdminOptions::new()).await);
+}
+
+/// Produces `payload` keyed by `key`; returns (partition, offset).
+async fn produce(producer: &FutureProducer, topic: &str, key: &str, payload: &[u8]) -> (i32, i64) {
+    let delivery = producer
+        .send(
+            FutureRecord::to(topic).key(key).payload(payload),
+            KAFKA_TIMEOUT,
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    (delivery.partition, delivery.offset)
+}
+
+/// Produces every fixture record (duplicates included) to its topic, keyed by team.
+async fn produce_fixtures(producer: &FutureProducer, topics: &Topics) {
+    let usage = topics.name(&Topic::Usage);
+    for record in usage_records() {
+        produce(producer, &usage, &record.team, &encode(&record).unwrap()).await;
+    }
+    let results = topics.name(&Topic::Results);
+    for record in result_records() {
+        produce(producer, &results, &record.team, &encode(&record).unwrap()).await;
+    }
+    let audit = topics.name(&Topic::Audit);
+    for record in audit_records() {
+        produce(producer, &audit, &record.team, &encode(&record).unwrap()).await;
+    }
+}
+
+async fn wait_for_counts(client: &Client, db: &str, want: [(&str, u64); 3]) {
+    let started = Instant::now();
+    loop {
+        let mut got = Vec::new();
+        for (table, _) in want {
+            // Errors until the sink has applied the migrations.
+            let sql = format!("SELECT count() FROM {db}.{table} FINAL");
+            got.push(client.query(&sql).fetch_one::<u64>().await.ok());
+        }
+        if want.iter().map(|(_, n)| Some(*n)).eq(got.iter().copied()) {
+            return;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "rows in ClickHouse: {got:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Committed offset and high watermark of every partition of `topics`, for `group`.
+fn committed_and_end(group: &str, topics: &[String]) -> Vec<(String, i32, Offset, i64)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_bootstrap())
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for topic in topics {
+        for partition in 0..6 {
+            tpl.add_partition(topic, partition);
+        }
+    }
+    let committed = consumer.committed_offsets(tpl, KAFKA_TIMEOUT).unwrap();
+    committed
+        .elements()
+        .iter()
+        .map(|e| {
+            let (_, high) = consumer
+                .fetch_watermarks(e.topic(), e.partition(), KAFKA_TIMEOUT)
+                .unwrap();
+            (e.topic().to_owned(), e.partition(), e.offset(), high)
+        })
+        .collect()
+}
+
+fn run_sink(config: &Config) -> (CancellationToken, tokio::task::JoinHandle<SinkStats>) {
+    let shutdown = CancellationToken::new();
+    let sink = Sink::new(config).unwrap();
+    let handle = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { sink.run(shutdown).await.unwrap() }
+    });
+    (shutdown, handle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_lands_records_once_and_dead_letters_garbage() {
+    let clickhouse = clickhouse_config().await;
+    let prefix = unique("t");
+    let topics = create_topics(&prefix).await;
+    let config = sink_config(&prefix, clickhouse);
+    let db = config.clickhouse.database.clone();
+    let ch = client(&config.clickhouse);
+
+    let producer = producer();
+    produce_fixtures(&producer, &topics).await;
+    let usage_topic = topics.name(&Topic::Usage);
+    let garbage = produce(&producer, &usage_topic, "acme", b"definitely not avro").await;
+    let mut truncated = encode(&result_records().remove(0)).unwrap();
+    truncated.truncate(40);
+    let results_topic = topics.name(&Topic::Results);
+    let cut = produce(&producer, &results_topic, "globex", &truncated).await;
+
+    // In process, as main does: migrate, then run until cancelled.
+    let shutdown = CancellationToken::new();
+    let sink = tokio::spawn(sluice_analytics::run(config.clone(), shutdown.clone()));
+    wait_for_counts(
+        &ch,
+        &db,
+        [
+            ("usage", UNIQUE_USAGE),
+            ("results", UNIQUE_RESULTS),
+            ("audit", UNIQUE_AUDIT),
+        ],
+    )
+    .await;
+    // The duplicate and the superseded result are absorbed: the views match the fixtures.
+    assert_views_and_queries(&ch, &db).await;
+
+    // Both bad messages are in the dead-letter topic, with where they came from and why.
+    let dlq: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_bootstrap())
+        .set("group.id", unique("dlq-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    dlq.subscribe(&[&topics.name(&Topic::DeadLetter)]).unwrap();
+    let mut dead = Vec::new();
+    while dead.len() < 2 {
+        let message = tokio::time::timeout(WAIT, dlq.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let headers = message.headers().unwrap();
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|h| h.key == name)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8(v.to_vec()).unwrap())
+                .unwrap_or_else(|| panic!("header {name} missing"))
+        };
+        dead.push((
+            header(DLQ_TOPIC),
+            header(DLQ_PARTITION).parse::<i32>().unwrap(),
+            header(DLQ_OFFSET).parse::<i64>().unwrap(),
+            header(DLQ_REASON),
+            message.payload().unwrap().to_vec(),
+        ));
+    }
+    dead.sort();
+    assert_eq!(
+        (dead[0].0.as_str(), dead[0].1, dead[0].2),
+        (results_topic.as_str(), cut.0, cut.1)
+    );
+    assert_eq!(dead[0].4, truncated);
+    assert!(dead[0].3.contains("Result"), "reason: {}", dead[0].3);
+    assert_eq!(
+        (dead[1].0.as_str(), dead[1].1, dead[1].2),
+        (usage_topic.as_str(), garbage.0, garbage.1)
+    );
+    assert_eq!(dead[1].4, b"definitely not avro");
+    assert!(dead[1].3.contains("marker"), "reason: {}", dead[1].3);
+
+    shutdown.cancel();
+    let stats = tokio::time::timeout(WAIT, sink)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!((stats.dead_lettered, stats.unwritten), (2, 0));
+    assert_eq!(stats.usage, usage_records().len() as u64);
+    assert!(stats.batches >= 2, "{stats:?}");
+
+    // Everything consumed is committed, and nothing past it.
+    for (topic, partition, committed, end) in committed_and_end(
+        &config.kafka.group_id,
+        &[usage_topic, results_topic, topics.name(&Topic::Audit)],
+    ) {
+        let want = if end == 0 {
+            Offset::Invalid
+        } else {
+            Offset::Offset(end)
+        };
+        assert_eq!(committed, want, "{topic}[{partition}]");
+    }
+    drop_database(&ch, &db).await;
+    delete_topics(&topics).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_wait_while_clickhouse_is_down() {
+    let clickhouse = clickhouse_config().await;
+    let prefix = unique("t");
+    let topics = create_topics(&prefix).await;
+    let good = sink_config(&prefix, clickhouse);
+    let ch = client(&good.clickhouse);
+    let db = good.clickhouse.database.clone();
+    apply_migrations(&ch, &db).await.unwrap();
+
+    let producer = producer();
+    let usage_topic = topics.name(&Topic::Usage);
+    let records = usage_records();
+    for record in &records[..3] {
+        produce(
+            &producer,
+            &usage_topic,
+            &record.team,
+            &encode(record).unwrap(),
+        )
+        .await;
+    }
+
+    // Same group, a ClickHouse that refuses connections (nothing listens on port 1).
+    let mut down = good.clone();
+    down.clickhouse.url = "http://127.0.0.1:1".into();
+    down.sink.shutdown_timeout_ms = Duration::from_millis(500);
+    let (shutdown, handle) = run_sink(&down);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    shutdown.cancel();
+    let stats = tokio::time::timeout(WAIT, handle).await.unwrap().unwrap();
+    assert_eq!(
+        (stats.usage, stats.batches, stats.unwritten),
+        (0, 0, 3),
+        "{stats:?}"
+    );
+    for (topic, partition, committed, _) in
+        committed_and_end(&good.kafka.group_id, std::slice::from_ref(&usage_topic))
+    {
+        assert_eq!(
+            committed,
+            Offset::Invalid,
+            "{topic}[{partition}] committed without its rows"
+        );
+    }
+
+    // ClickHouse back: the same group consumes the records again and lands them.
+    let (shutdown, handle) = run_sink(&good);
+    wait_for_counts(&ch, &db, [("usage", 3), ("results", 0), ("audit", 0)]).await;
+    shutdown.cancel();
+    let stats = tokio::time::timeout(WAIT, handle).await.unwrap().unwrap();
+    assert_eq!(stats.usage, 3);
+    for (topic, partition, committed, end) in
+        committed_and_end(&good.kafka.group_id, std::slice::from_ref(&usage_topic))
+    {
+        let want = if end == 0 {
+            Offset::Invalid
+        } else {
+            Offset::Offset(end)
+        };
+        assert_eq!(committed, want, "{topic}[{partition}]");
+    }
+    drop(producer.flush(KAFKA_TIMEOUT));
+    drop_database(&ch, &db).await;
+    delete_topics(&topics).await;
+}

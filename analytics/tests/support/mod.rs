@@ -1,0 +1,236 @@
+//! Shared by the integration tests: service endpoints, per-test databases, the fixture TSVs
+//! (also read by tests/python) and the expected outputs of views and analyst queries.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use clickhouse::Client;
+use sluice_analytics::config::ClickHouseConfig;
+use sluice_analytics::queries::{render_query, QUERIES};
+use sluice_analytics::Table;
+use sluice_schemas::{Audit, Priority, Usage};
+
+/// The date `make_expected.py` pins `{today}` to.
+pub const TODAY: &str = "toDate('2025-03-04')";
+
+pub fn clickhouse_url() -> String {
+    std::env::var("SLUICE_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:18123".into())
+}
+
+pub fn kafka_bootstrap() -> String {
+    std::env::var("SLUICE_KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:19092".into())
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+/// A ClickHouse config for a database of this test's own. Fails loudly when ClickHouse is
+/// not running: CI always starts it (`scripts/services.sh start`).
+pub async fn clickhouse_config() -> ClickHouseConfig {
+    let config = ClickHouseConfig {
+        url: clickhouse_url(),
+        database: unique("sluice_test"),
+        ..ClickHouseConfig::default()
+    };
+    let probe = Client::default()
+        .with_url(&config.url)
+        .with_validation(false);
+    let version: Result<String, _> = probe.query("SELECT version()").fetch_one().await;
+    if let Err(e) = version {
+        panic!(
+            "ClickHouse is not reachable at {} ({e}); start it with `bash scripts/services.sh start` \
+             or set SLUICE_CLICKHOUSE_URL",
+            config.url
+        );
+    }
+    config
+}
+
+pub async fn drop_database(client: &Client, db: &str) {
+    client
+        .query_raw(&format!("DROP DATABASE IF EXISTS {db}"))
+        .execute()
+        .await
+        .ok();
+}
+
+fn fixtures_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// Undoes ClickHouse's TSV escaping.
+fn unescape(field: &str) -> String {
+    let mut out = String::with_capacity(field.len());
+    let mut chars = field.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('t') => out.push('\t'),
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some('0') => out.push('\0'),
+            Some('b') => out.push('\u{8}'),
+            Some('f') => out.push('\u{c}'),
+            Some(other) => out.push(other),
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
+/// The rows of `fixtures/<name>.tsv` as column -> value maps.
+pub fn fixture(name: &str) -> Vec<HashMap<String, String>> {
+    let text = std::fs::read_to_string(fixtures_dir().join(format!("{name}.tsv"))).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split('\t').collect();
+    lines
+        .map(|line| {
+            let fields: Vec<&str> = line.split('\t').collect();
+            assert_eq!(fields.len(), header.len(), "{name}: {line}");
+            header
+                .iter()
+                .zip(fields)
+                .map(|(h, f)| (h.to_string(), unescape(f)))
+                .collect()
+        })
+        .collect()
+}
+
+fn int<T: std::str::FromStr>(row: &HashMap<String, String>, column: &str) -> T
+where
+    T::Err: std::fmt::Debug,
+{
+    row[column].parse().unwrap()
+}
+
+fn enumeration<T: serde::de::DeserializeOwned>(row: &HashMap<String, String>, column: &str) -> T {
+    serde_json::from_value(serde_json::Value::String(row[column].clone())).unwrap()
+}
+
+fn optional(row: &HashMap<String, String>, column: &str) -> Option<String> {
+    Some(row[column].clone()).filter(|s| !s.is_empty())
+}
+
+pub fn usage_records() -> Vec<Usage> {
+    fixture("usage")
+        .iter()
+        .map(|r| Usage {
+            request_id: r["request_id"].clone(),
+            team: r["team"].clone(),
+            key_id: r["key_id"].clone(),
+            priority: Priority::parse(&r["priority"]).unwrap(),
+            model: r["model"].clone(),
+            provider: r["provider"].clone(),
+            deployment: r["deployment"].clone(),
+            status: enumeration(r, "status"),
+            prompt_tokens: int(r, "prompt_tokens"),
+            completion_tokens: int(r, "completion_tokens"),
+            cached_tokens: int(r, "cached_tokens"),
+            cost_nanos: int(r, "cost_nanos"),
+            created_at_ms: int(r, "created_at_ms"),
+            latency_ms: int(r, "latency_ms"),
+            occurred_at_ms: int(r, "occurred_at_ms"),
+        })
+        .collect()
+}
+
+pub fn result_records() -> Vec<sluice_schemas::Result> {
+    fixture("results")
+        .iter()
+        .map(|r| sluice_schemas::Result {
+            request_id: r["request_id"].clone(),
+            team: r["team"].clone(),
+            key_id: r["key_id"].clone(),
+            priority: Priority::parse(&r["priority"]).unwrap(),
+            model: r["model"].clone(),
+            traceparent: optional(r, "traceparent"),
+            status: enumeration(r, "status"),
+            http_status: int(r, "http_status"),
+            body: r["body"].clone(),
+            error_kind: optional(r, "error_kind"),
+            provider: r["provider"].clone(),
+            deployment: r["deployment"].clone(),
+            attempts: int(r, "attempts"),
+            prompt_tokens: int(r, "prompt_tokens"),
+            completion_tokens: int(r, "completion_tokens"),
+            created_at_ms: int(r, "created_at_ms"),
+            started_at_ms: int(r, "started_at_ms"),
+            finished_at_ms: int(r, "finished_at_ms"),
+            worker: r["worker"].clone(),
+        })
+        .collect()
+}
+
+pub fn audit_records() -> Vec<Audit> {
+    fixture("audit")
+        .iter()
+        .map(|r| Audit {
+            event_id: r["event_id"].clone(),
+            request_id: r["request_id"].clone(),
+            team: r["team"].clone(),
+            key_id: r["key_id"].clone(),
+            action: enumeration(r, "action"),
+            model: r["model"].clone(),
+            priority: Priority::parse(&r["priority"]).unwrap(),
+            http_status: int(r, "http_status"),
+            reason: optional(r, "reason"),
+            prompt_tokens: int(r, "prompt_tokens"),
+            occurred_at_ms: int(r, "occurred_at_ms"),
+        })
+        .collect()
+}
+
+/// Unique records per table in the fixtures (each has one duplicate inside; results also a
+/// superseded version of r05).
+pub const UNIQUE_USAGE: u64 = 12;
+pub const UNIQUE_RESULTS: u64 = 12;
+pub const UNIQUE_AUDIT: u64 = 29;
+
+pub fn expected(name: &str) -> String {
+    let path = fixtures_dir().join(format!("expected/{name}.tsv"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+pub async fn tsv(client: &Client, sql: &str) -> String {
+    let bytes = client
+        .query_raw(sql)
+        .fetch_bytes("TSVWithNames")
+        .unwrap()
+        .collect()
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+pub async fn count(client: &Client, sql: &str) -> u64 {
+    client.query(sql).fetch_one::<u64>().await.unwrap()
+}
+
+/// Every view (rows sorted: views have no order) and every analyst query (in its own order)
+/// gives exactly the expected output for the fixtures.
+pub async fn assert_views_and_queries(client: &Client, db: &str) {
+    for view in Table::VIEWS {
+        let got = tsv(client, &format!("SELECT * FROM {db}.{}", view.name())).await;
+        let mut lines: Vec<&str> = got.lines().collect();
+        lines[1..].sort_unstable();
+        let want = expected(view.name());
+        assert_eq!(
+            lines,
+            want.lines().collect::<Vec<_>>(),
+            "view {}",
+            view.name()
+        );
+    }
+    for (name, sql) in QUERIES {
+        let got = tsv(client, &render_query(sql, db, TODAY)).await;
+        assert_eq!(got, expected(name), "query {name}");
+    }
+}

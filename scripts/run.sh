@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Runs Sluice end to end on this machine: Kafka + ClickHouse (scripts/services.sh), the mock
+# LLM provider, the ingress, a worker group and the analytics sink, all on 127.0.0.1.
+#
+#   scripts/run.sh          start everything, print where to send requests, run until Ctrl-C
+#   scripts/run.sh stop     stop what a running `scripts/run.sh` started (from another shell)
+#
+# Knobs: WORKERS [2] workers in the group, MOCK_LATENCY_MS [40], INGRESS_PORT [8080],
+# MOCK_PORT [9100], KEEP_SERVICES=1 leaves Kafka and ClickHouse running on exit,
+# PROFILE [release].
+set -euo pipefail
+
+REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO_DIR"
+export SLUICE_STATE="${SLUICE_STATE:-$REPO_DIR/.state}"
+RUN_DIR="$SLUICE_STATE/run"
+LOG_DIR="$RUN_DIR/logs"
+WORKERS="${WORKERS:-2}"
+MOCK_LATENCY_MS="${MOCK_LATENCY_MS:-40}"
+INGRESS_PORT="${INGRESS_PORT:-8080}"
+MOCK_PORT="${MOCK_PORT:-9100}"
+KEEP_SERVICES="${KEEP_SERVICES:-0}"
+PROFILE="${PROFILE:-release}"
+BIN="$REPO_DIR/target/$PROFILE"
+
+log() { printf '[run] %s\n' "$*" >&2; }
+services() { bash "$REPO_DIR/scripts/services.sh" "$@"; }
+
+stop_processes() {
+  local f pid
+  for f in "$RUN_DIR"/*.pid; do
+    [[ -e $f ]] || continue
+    pid=$(cat "$f")
+    # Graceful: each service drains and commits on SIGTERM.
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for f in "$RUN_DIR"/*.pid; do
+    [[ -e $f ]] || continue
+    pid=$(cat "$f")
+    for _ in $(seq 1 150); do [[ -d /proc/$pid ]] || break; sleep 0.1; done
+    [[ -d /proc/$pid ]] && kill -KILL "$pid" 2>/dev/null || true
+    rm -f "$f"
+  done
+}
+
+if [[ ${1:-} == stop ]]; then
+  stop_processes
+  [[ $KEEP_SERVICES == 1 ]] || services stop
+  exit 0
+fi
+
+wait_http() { # url what
+  for _ in $(seq 1 300); do
+    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  log "ERROR: $2 did not come up; see $LOG_DIR"
+  exit 1
+}
+
+start() { # name binary args...
+  local name=$1; shift
+  nohup "$@" >"$LOG_DIR/$name.log" 2>&1 &
+  echo $! >"$RUN_DIR/$name.pid"
+}
+
+on_exit() {
+  trap - EXIT INT TERM
+  log "stopping Sluice"
+  stop_processes
+  if [[ $KEEP_SERVICES != 1 ]]; then services stop || true; fi
+}
+
+mkdir -p "$RUN_DIR" "$LOG_DIR"
+stop_processes   # leftovers of a run that was killed
+
+log "building ($PROFILE)"
+if [[ $PROFILE == release ]]; then cargo build --release --bins; else cargo build --bins; fi
+
+log "starting Kafka and ClickHouse"
+eval "$(services start)"
+trap on_exit EXIT INT TERM
+
+export RUST_LOG="${RUST_LOG:-info,rdkafka=warn}"
+start mock-provider "$BIN/mock-provider" --listen "127.0.0.1:$MOCK_PORT" --latency-ms "$MOCK_LATENCY_MS"
+wait_http "http://127.0.0.1:$MOCK_PORT/v1/models" "mock provider"
+
+# The ingress creates the topics; the sink applies the ClickHouse migrations.
+SLUICE_SERVER_LISTEN="127.0.0.1:$INGRESS_PORT" \
+  start ingress "$BIN/sluice-ingress" --config config/ingress.toml
+wait_http "http://127.0.0.1:$INGRESS_PORT/healthz" "ingress"
+start analytics "$BIN/sluice-analytics" --config config/analytics.toml
+for i in $(seq 1 "$WORKERS"); do
+  SLUICE_WORKER_ID="worker-$i" start "worker-$i" "$BIN/sluice-worker" --config config/worker.toml
+done
+
+cat <<BANNER
+
+  Sluice is running.
+
+  OpenAI-compatible endpoint   http://127.0.0.1:$INGRESS_PORT/v1      (demo key: sk-sluice-demo)
+  Models                       gpt-4o-mini, local-llama  (served by the mock provider on :$MOCK_PORT)
+
+  Sync:
+    curl -s http://127.0.0.1:$INGRESS_PORT/v1/chat/completions -H 'Authorization: Bearer sk-sluice-demo' \\
+      -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}'
+  Async:
+    curl -s http://127.0.0.1:$INGRESS_PORT/v1/requests -H 'Authorization: Bearer sk-sluice-demo' \\
+      -H 'x-sluice-priority: batch' -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}'
+    curl -s http://127.0.0.1:$INGRESS_PORT/v1/requests/<id> -H 'Authorization: Bearer sk-sluice-demo'
+
+  Spend in ClickHouse (rows land within a second or two):
+    clickhouse-client --port ${CH_TCP_PORT:-19000} -q 'SELECT * FROM sluice.spend_by_team_model_day'
+    curl -s '$SLUICE_CLICKHOUSE_URL' --data-binary 'SELECT * FROM sluice.spend_by_team_day FORMAT PrettyCompact'
+
+  Logs: $LOG_DIR    Stop: Ctrl-C here, or scripts/run.sh stop
+
+BANNER
+
+# Run until interrupted, or until a Sluice process dies.
+while true; do
+  for f in "$RUN_DIR"/*.pid; do
+    [[ -e $f ]] || continue
+    pid=$(cat "$f")
+    if [[ ! -d /proc/$pid ]]; then
+      log "ERROR: $(basename "$f" .pid) exited; last log lines:"
+      tail -n 20 "$LOG_DIR/$(basename "$f" .pid).log" >&2 || true
+      exit 1
+    fi
+  done
+  sleep 1
+done

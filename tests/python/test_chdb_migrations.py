@@ -1,0 +1,183 @@
+"""Sluice's ClickHouse SQL on *current* ClickHouse, in process (chdb-core).
+
+The services on the test machines run ClickHouse 18.16; production runs a current release.
+This runs every migration (twice: they must be idempotent), loads the shared fixtures and
+checks every analyst view and query against the same expected files as the Rust integration
+tests on 18.16 (analytics/tests/fixtures/expected/, computed by make_expected.py).
+
+Install (chdb-core declares pandas and pyarrow but does not need them for this):
+    python3 -m venv /tmp/venv-chdb
+    /tmp/venv-chdb/bin/pip install --no-deps -r tests/python/requirements.txt
+    /tmp/venv-chdb/bin/python -m pytest tests/python -q
+"""
+
+import filecmp
+import glob
+import importlib.util
+import os
+import re
+
+import pytest
+from chdb.session import Session
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ANALYTICS = os.path.join(ROOT, "analytics")
+MIGRATIONS = os.path.join(ANALYTICS, "migrations")
+QUERIES = os.path.join(ANALYTICS, "queries")
+FIXTURES = os.path.join(ANALYTICS, "tests", "fixtures")
+EXPECTED = os.path.join(FIXTURES, "expected")
+DB = "sluice_chdb_test"
+TODAY = "toDate('2025-03-04')"  # the date make_expected.py pins the analyst queries to
+VIEWS = [
+    "spend_by_team_day",
+    "spend_by_team_model_day",
+    "spend_by_key_day",
+    "latency_by_model_hour",
+    "outcomes_by_team_day",
+]
+
+
+def split_statements(sql):
+    """The same rules as analytics/src/migrations.rs: `;` ending a line ends a statement,
+    `--` lines are comments."""
+    statements, current = [], []
+    for line in sql.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("--"):
+            continue
+        if stripped.endswith(";"):
+            current.append(line.rstrip()[:-1])
+            statements.append("\n".join(current).strip())
+            current = []
+        else:
+            current.append(line)
+    statements.append("\n".join(current).strip())
+    return [s for s in statements if s]
+
+
+def render(sql, **values):
+    for name, value in values.items():
+        sql = sql.replace("{%s}" % name, value)
+    return sql
+
+
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+
+def migration_files():
+    files = sorted(glob.glob(os.path.join(MIGRATIONS, "[0-9][0-9][0-9][0-9]_*.sql")))
+    assert files, "no migrations found"
+    return files
+
+
+def query_names():
+    return sorted(os.path.basename(p)[:-4] for p in glob.glob(os.path.join(QUERIES, "*.sql")))
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory):
+    s = Session(str(tmp_path_factory.mktemp("chdb")))
+    # Without it chdb accepts a bare expression as a query, which a server would reject.
+    s.query("SET implicit_select=0")
+    yield s
+    s.close()
+
+
+def q(session, sql, fmt="TSV"):
+    return str(session.query(sql, fmt))
+
+
+def migrate(session):
+    for sql in [read(os.path.join(MIGRATIONS, "schema_migrations.sql"))] + [read(f) for f in migration_files()]:
+        for statement in split_statements(render(sql, db=DB)):
+            q(session, statement)
+
+
+def load_fixture(session, table):
+    with open(os.path.join(FIXTURES, table + ".tsv")) as f:
+        header = f.readline().rstrip("\n").split("\t")
+        data = f.read()
+    q(session, "INSERT INTO %s.%s (%s) FORMAT TSV\n%s" % (DB, table, ", ".join(header), data))
+    return data.count("\n")
+
+
+@pytest.fixture(scope="module")
+def loaded(session):
+    migrate(session)
+    migrate(session)  # idempotent: IF NOT EXISTS everywhere
+    rows = {table: load_fixture(session, table) for table in ("usage", "results", "audit")}
+    # The whole batch again, as a redelivery after a crash before the commit would.
+    for table in rows:
+        load_fixture(session, table)
+    return rows
+
+
+def expected(name):
+    path = os.path.join(EXPECTED, name + ".tsv")
+    assert os.path.exists(path), "missing expected output %s (run make_expected.py)" % path
+    return read(path).splitlines()
+
+
+def test_every_view_and_query_has_expected_output():
+    names = {os.path.basename(p)[:-4] for p in glob.glob(os.path.join(EXPECTED, "*.tsv"))}
+    assert names == set(VIEWS) | set(query_names())
+
+
+def test_expected_files_are_current(tmp_path):
+    """expected/ is what make_expected.py computes from the fixtures now."""
+    spec = importlib.util.spec_from_file_location("make_expected", os.path.join(FIXTURES, "make_expected.py"))
+    oracle = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(oracle)
+    oracle.main(str(tmp_path))
+    names = sorted(os.listdir(tmp_path))
+    assert names == sorted(os.listdir(EXPECTED))
+    _, mismatch, errors = filecmp.cmpfiles(str(tmp_path), EXPECTED, names, shallow=False)
+    assert not mismatch and not errors, "run analytics/tests/fixtures/make_expected.py"
+
+
+def test_migrations_create_tables_and_views(session, loaded):
+    tables = set(q(session, "SELECT name FROM system.tables WHERE database = '%s'" % DB).split())
+    assert {"results", "usage", "audit", "schema_migrations"} | set(VIEWS) <= tables
+    # Every view the migrations create is one this test checks.
+    created = set(re.findall(r"VIEW IF NOT EXISTS \{db\}\.(\w+)", "".join(read(f) for f in migration_files())))
+    assert created == set(VIEWS)
+
+
+def test_duplicates_collapse_with_final(session, loaded):
+    # Each fixture has a duplicate record inside it and was loaded twice.
+    assert loaded == {"usage": 13, "results": 14, "audit": 30}
+    for table, unique in (("usage", 12), ("results", 12), ("audit", 29)):
+        stored = int(q(session, "SELECT count() FROM %s.%s" % (DB, table)))
+        # Current releases collapse duplicates within one INSERT already (optimize_on_insert);
+        # 18.16 does not. Either way FINAL gives one row per record.
+        assert stored >= 2 * unique, table
+        assert q(session, "SELECT count() FROM %s.%s FINAL" % (DB, table)).strip() == str(unique)
+    # The re-processed request keeps its latest result (version = finished_at_ms).
+    assert q(session, "SELECT worker, latency_ms FROM %s.results FINAL WHERE request_id = 'r05'" % DB) == "worker-2\t2100\n"
+
+
+def test_derived_columns_and_escapes(session, loaded):
+    row = q(
+        session,
+        "SELECT created_at, day FROM %s.usage FINAL WHERE request_id = 'r03'" % DB,
+    )
+    assert row == "2025-03-03 23:59:59\t2025-03-03\n"
+    body = q(session, "SELECT body FROM %s.results FINAL WHERE request_id = 'r03'" % DB, "RawBLOB")
+    assert '"content":"two\\nlines"' in body  # TSV \\n -> JSON's own \n escape, kept as text
+
+
+@pytest.mark.parametrize("view", VIEWS)
+def test_view_matches_expected(session, loaded, view):
+    want = expected(view)
+    got = q(session, "SELECT * FROM %s.%s" % (DB, view), "TSVWithNames").splitlines()
+    assert got[0] == want[0], "columns of %s" % view
+    assert sorted(got[1:]) == want[1:]
+
+
+@pytest.mark.parametrize("name", query_names())
+def test_query_matches_expected(session, loaded, name):
+    sql = render(read(os.path.join(QUERIES, name + ".sql")), db=DB, today=TODAY)
+    got = q(session, sql, "TSVWithNames").splitlines()
+    assert got == expected(name)

@@ -1,0 +1,4 @@
+//! Sluice's end-to-end test support: the mock LLM provider that tests, demos and benchmarks
+//! use in place of real providers. The end-to-end tests themselves live in `tests/`.
+
+pub mod mock;

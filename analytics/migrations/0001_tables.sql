@@ -53,6 +53,9 @@ CREATE TABLE IF NOT EXISTS {db}.usage
     created_at_ms Int64,
     latency_ms Int64,
     occurred_at_ms UInt64,
+    -- 1 when the token counts are a tiktoken estimate: the provider reported none (a stream
+    -- cut before its usage chunk, a caller that went away).
+    estimated UInt8 DEFAULT 0,
     created_at DateTime('UTC') DEFAULT toDateTime(intDiv(created_at_ms, 1000)),
     day Date DEFAULT toDate(created_at)
 )

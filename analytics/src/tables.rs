@@ -134,6 +134,8 @@ pub struct UsageRow {
     pub latency_ms: i64,
     /// The ReplacingMergeTree version.
     pub occurred_at_ms: u64,
+    /// 1 when the token counts are a tiktoken estimate (the provider reported none).
+    pub estimated: u8,
 }
 
 impl TableRow for UsageRow {
@@ -158,6 +160,7 @@ impl From<Usage> for UsageRow {
             created_at_ms: u.created_at_ms,
             latency_ms: u.latency_ms,
             occurred_at_ms: non_negative(u.occurred_at_ms),
+            estimated: u8::from(u.estimated),
         }
     }
 }
@@ -323,8 +326,10 @@ mod tests {
             created_at_ms: 1,
             latency_ms: 9,
             occurred_at_ms: -5,
+            estimated: true,
         };
         let row = UsageRow::from(usage);
+        assert_eq!(row.estimated, 1);
         assert_eq!(
             (row.priority.as_str(), row.status.as_str()),
             ("batch", "expired")

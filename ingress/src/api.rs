@@ -82,6 +82,13 @@ async fn chat_completions(
         };
         let request_id = accepted.record.request_id.clone();
         tracing::Span::current().record("request_id", request_id.as_str());
+        if accepted.record.stream {
+            let guard = app.waiters.register_stream(&request_id);
+            if let Err(e) = app.publish(&accepted).await {
+                return e.into_response();
+            }
+            return crate::stream::respond(Arc::clone(&app), &accepted.record, guard).await;
+        }
         let mut guard = app.waiters.register(&request_id);
         if let Err(e) = app.publish(&accepted).await {
             return e.into_response();
@@ -235,7 +242,7 @@ async fn method_not_allowed() -> Response {
 }
 
 /// The caller sees what the provider (or the worker, for failures) answered.
-fn result_response(result: &ResultRecord) -> Response {
+pub(crate) fn result_response(result: &ResultRecord) -> Response {
     let status = StatusCode::from_u16(result.http_status as u16).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut response = (status, result.body.clone()).into_response();
     let h = response.headers_mut();
@@ -284,10 +291,17 @@ fn validate(
     if request.messages.is_empty() {
         return Err(ApiError::EmptyMessages);
     }
-    if request.stream == Some(true) {
+    let stream = request.stream == Some(true);
+    if stream && matches!(mode, Mode::Async) {
         return Err(ApiError::InvalidParam {
             param: "stream",
-            problem: "streaming is not enabled on this deployment yet; send stream: false",
+            problem: "async requests cannot stream; use POST /v1/chat/completions",
+        });
+    }
+    if !stream && request.extra.contains_key("stream_options") {
+        return Err(ApiError::InvalidParam {
+            param: "stream_options",
+            problem: "stream_options is only allowed when stream is true",
         });
     }
     let priority = match options
@@ -345,7 +359,7 @@ fn validate(
             prompt_tokens: prompt_tokens.min(i32::MAX as usize) as i32,
             max_tokens,
             body,
-            stream: false,
+            stream,
             attributes: options.attributes,
         },
         topic,

@@ -10,6 +10,7 @@ pub mod kafka;
 pub mod lookup;
 pub mod replies;
 pub mod state;
+pub mod stream;
 pub mod tokens;
 
 use std::net::SocketAddr;

@@ -7,18 +7,33 @@ use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
+use rdkafka::message::Headers;
 use rdkafka::{Message, Offset, TopicPartitionList};
-use sluice_schemas::{decode, Result as ResultRecord};
-use tokio::sync::oneshot;
+use sluice_schemas::{decode, Result as ResultRecord, StreamChunk};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaConfig;
 use crate::kafka::client_config;
 
+/// What a streaming caller receives: chunks in order, then the result.
+#[derive(Debug)]
+pub enum ReplyEvent {
+    Chunk(StreamChunk),
+    End(Box<ResultRecord>),
+}
+
+enum Waiter {
+    Once(oneshot::Sender<ResultRecord>),
+    // Unbounded: a stream is bounded by the completion's size, and a slow caller must not
+    // stall the one consumer that serves every caller of this replica.
+    Stream(mpsc::UnboundedSender<ReplyEvent>),
+}
+
 /// Callers waiting for their results, by request id.
 #[derive(Default, Clone)]
 pub struct Waiters {
-    inner: Arc<Mutex<HashMap<String, oneshot::Sender<ResultRecord>>>>,
+    inner: Arc<Mutex<HashMap<String, Waiter>>>,
 }
 
 /// Removes the waiter when the caller stops waiting (timeout, disconnect).
@@ -26,6 +41,21 @@ pub struct WaitGuard {
     waiters: Waiters,
     request_id: String,
     pub receiver: oneshot::Receiver<ResultRecord>,
+}
+
+/// Removes a stream waiter when the response stream is dropped.
+pub struct StreamGuard {
+    waiters: Waiters,
+    request_id: String,
+    pub receiver: mpsc::UnboundedReceiver<ReplyEvent>,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.waiters.inner.lock() {
+            map.remove(&self.request_id);
+        }
+    }
 }
 
 impl Drop for WaitGuard {
@@ -40,9 +70,21 @@ impl Waiters {
     pub fn register(&self, request_id: &str) -> WaitGuard {
         let (tx, rx) = oneshot::channel();
         if let Ok(mut map) = self.inner.lock() {
-            map.insert(request_id.to_string(), tx);
+            map.insert(request_id.to_string(), Waiter::Once(tx));
         }
         WaitGuard {
+            waiters: self.clone(),
+            request_id: request_id.to_string(),
+            receiver: rx,
+        }
+    }
+
+    pub fn register_stream(&self, request_id: &str) -> StreamGuard {
+        let (tx, rx) = mpsc::unbounded_channel();
+        if let Ok(mut map) = self.inner.lock() {
+            map.insert(request_id.to_string(), Waiter::Stream(tx));
+        }
+        StreamGuard {
             waiters: self.clone(),
             request_id: request_id.to_string(),
             receiver: rx,
@@ -55,8 +97,22 @@ impl Waiters {
             .lock()
             .ok()
             .and_then(|mut map| map.remove(&result.request_id));
-        if let Some(tx) = waiter {
-            let _ = tx.send(result);
+        match waiter {
+            Some(Waiter::Once(tx)) => {
+                let _ = tx.send(result);
+            }
+            Some(Waiter::Stream(tx)) => {
+                let _ = tx.send(ReplyEvent::End(Box::new(result)));
+            }
+            None => {}
+        }
+    }
+
+    fn deliver_chunk(&self, chunk: StreamChunk) {
+        if let Ok(map) = self.inner.lock() {
+            if let Some(Waiter::Stream(tx)) = map.get(&chunk.request_id) {
+                let _ = tx.send(ReplyEvent::Chunk(chunk));
+            }
         }
     }
 
@@ -113,13 +169,23 @@ pub async fn run(consumer: StreamConsumer, waiters: Waiters, shutdown: Cancellat
             m = consumer.recv() => m,
         };
         match message {
-            Ok(m) => match m.payload().map(decode::<ResultRecord>) {
-                Some(Ok(result)) => waiters.deliver(result),
-                Some(Err(error)) => {
-                    tracing::warn!(offset = m.offset(), %error, "undecodable reply skipped")
+            Ok(m) => {
+                let payload = m.payload().unwrap_or_default();
+                let is_chunk = m.headers().is_some_and(|h| {
+                    h.iter().any(|h| {
+                        h.key == sluice_schemas::REPLY_KIND_HEADER
+                            && h.value == Some(sluice_schemas::REPLY_KIND_CHUNK.as_bytes())
+                    })
+                });
+                let delivered = if is_chunk {
+                    decode::<StreamChunk>(payload).map(|c| waiters.deliver_chunk(c))
+                } else {
+                    decode::<ResultRecord>(payload).map(|r| waiters.deliver(r))
+                };
+                if let Err(error) = delivered {
+                    tracing::warn!(offset = m.offset(), %error, "undecodable reply skipped");
                 }
-                None => {}
-            },
+            }
             Err(error) => {
                 tracing::warn!(%error, "reply consumer error");
                 tokio::time::sleep(Duration::from_millis(100)).await;

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::CodecError;
-use crate::records::{Audit, Request, Result as ResultRecord, Usage};
+use crate::records::{Audit, Cancel, Request, Result as ResultRecord, StreamChunk, Usage};
 
 const MARKER: [u8; 2] = [0xC3, 0x01];
 const HEADER_LEN: usize = 10;
@@ -92,7 +92,9 @@ macro_rules! record {
 
 record!(Request, "Request", ["request.v1.avsc", "request.v2.avsc"]);
 record!(ResultRecord, "Result", ["result.v1.avsc"]);
-record!(Usage, "Usage", ["usage.v1.avsc"]);
+record!(Usage, "Usage", ["usage.v1.avsc", "usage.v2.avsc"]);
+record!(StreamChunk, "StreamChunk", ["stream_chunk.v1.avsc"]);
+record!(Cancel, "Cancel", ["cancel.v1.avsc"]);
 record!(Audit, "Audit", ["audit.v1.avsc"]);
 
 /// Encodes a record with the current schema.

@@ -16,7 +16,16 @@ pub mod topics;
 
 pub use codec::{decode, encode, Record};
 pub use error::CodecError;
-pub use records::{Audit, AuditAction, Priority, ReplyTo, Request, Result, Status, Usage};
+pub use records::{
+    Audit, AuditAction, Cancel, Priority, ReplyTo, Request, Result, Status, StreamChunk, Usage,
+};
+
+/// Kafka header naming what a reply-topic message holds.
+pub const REPLY_KIND_HEADER: &str = "sluice.kind";
+/// [`REPLY_KIND_HEADER`] value of a [`StreamChunk`].
+pub const REPLY_KIND_CHUNK: &str = "chunk";
+/// [`REPLY_KIND_HEADER`] value of a [`Result`].
+pub const REPLY_KIND_RESULT: &str = "result";
 pub use topics::{Topic, Topics};
 
 /// Milliseconds since the Unix epoch, the one time unit on the wire.

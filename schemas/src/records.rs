@@ -101,7 +101,7 @@ pub struct Result {
     pub worker: String,
 }
 
-/// Billable usage of one request (`usage.v1.avsc`). Cost in nano-USD keeps sums exact.
+/// Billable usage of one request (`usage.v2.avsc`). Cost in nano-USD keeps sums exact.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Usage {
     pub request_id: String,
@@ -119,6 +119,8 @@ pub struct Usage {
     pub created_at_ms: i64,
     pub latency_ms: i64,
     pub occurred_at_ms: i64,
+    /// Token counts were estimated (tiktoken) because the provider reported none.
+    pub estimated: bool,
 }
 
 /// What an audit row records.
@@ -157,5 +159,25 @@ pub struct Audit {
     pub http_status: i32,
     pub reason: Option<String>,
     pub prompt_tokens: i32,
+    pub occurred_at_ms: i64,
+}
+
+/// One streamed event on its way to the waiting caller (`stream_chunk.v1.avsc`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamChunk {
+    pub request_id: String,
+    /// Which processing attempt produced it (worker id).
+    pub attempt: String,
+    pub seq: i32,
+    /// An OpenAI `chat.completion.chunk`, as JSON.
+    pub data: String,
+}
+
+/// The caller went away; workers stop or skip the request (`cancel.v1.avsc`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cancel {
+    pub request_id: String,
+    pub team: String,
+    pub reason: String,
     pub occurred_at_ms: i64,
 }

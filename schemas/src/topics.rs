@@ -19,6 +19,8 @@ pub enum Topic {
     Replies,
     /// Messages that could not be decoded, with the reason in headers.
     DeadLetter,
+    /// Cancellations of requests whose caller went away; every worker reads all of it.
+    Cancels,
 }
 
 impl Topic {
@@ -28,6 +30,7 @@ impl Topic {
             Topic::TeamRequests(..) => 3,
             Topic::Replies => 6,
             Topic::DeadLetter => 1,
+            Topic::Cancels => 3,
         }
     }
 
@@ -35,7 +38,7 @@ impl Topic {
     pub fn config(&self) -> &'static [(&'static str, &'static str)] {
         const WEEK: &str = "604800000";
         match self {
-            Topic::Replies => &[("retention.ms", "3600000")],
+            Topic::Replies | Topic::Cancels => &[("retention.ms", "3600000")],
             Topic::DeadLetter => &[("retention.ms", "2592000000")],
             _ => &[("retention.ms", WEEK)],
         }
@@ -77,6 +80,7 @@ impl Topics {
             Topic::Audit => format!("{p}.audit"),
             Topic::Replies => format!("{p}.replies"),
             Topic::DeadLetter => format!("{p}.dead-letter"),
+            Topic::Cancels => format!("{p}.cancels"),
         }
     }
 
@@ -89,6 +93,7 @@ impl Topics {
             Topic::Audit,
             Topic::Replies,
             Topic::DeadLetter,
+            Topic::Cancels,
         ]);
         all
     }

@@ -77,6 +77,7 @@ fn every_record_round_trips() {
         cached_tokens: 5,
         cost_nanos: 123_456_789_012,
         created_at_ms: 8,
+        estimated: true,
         latency_ms: 40,
         occurred_at_ms: 9,
     };
@@ -95,6 +96,26 @@ fn every_record_round_trips() {
         occurred_at_ms: 1,
     };
     assert_eq!(decode::<Audit>(&encode(&a).unwrap()).unwrap(), a);
+    let c = sluice_schemas::StreamChunk {
+        request_id: "r".into(),
+        attempt: "w1".into(),
+        seq: 7,
+        data: "{}".into(),
+    };
+    assert_eq!(
+        decode::<sluice_schemas::StreamChunk>(&encode(&c).unwrap()).unwrap(),
+        c
+    );
+    let x = sluice_schemas::Cancel {
+        request_id: "r".into(),
+        team: "t".into(),
+        reason: "client_disconnected".into(),
+        occurred_at_ms: 5,
+    };
+    assert_eq!(
+        decode::<sluice_schemas::Cancel>(&encode(&x).unwrap()).unwrap(),
+        x
+    );
 }
 
 #[test]
@@ -176,6 +197,8 @@ fn versions_only_append_fields_with_defaults() {
     check::<Result>();
     check::<Usage>();
     check::<Audit>();
+    check::<sluice_schemas::StreamChunk>();
+    check::<sluice_schemas::Cancel>();
 }
 
 fn frame(schema: &Schema, datum: Vec<u8>) -> Vec<u8> {

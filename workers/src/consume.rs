@@ -90,7 +90,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), crat
         .build()
         .map_err(crate::WorkerError::Http)?;
     let producer = crate::publish::producer(&config.kafka)?;
-    let processor = Arc::new(Processor::new(&config, producer, http, shutdown.clone()));
+    let cancellations = crate::cancel::Cancellations::default();
+    let listener = crate::cancel::listener(&config.kafka).await?;
+    tokio::spawn(crate::cancel::run(
+        listener,
+        cancellations.clone(),
+        shutdown.clone(),
+    ));
+    let processor = Arc::new(Processor::new(
+        &config,
+        producer,
+        http,
+        cancellations,
+        shutdown.clone(),
+    ));
     let permits = Arc::new(Semaphore::new(config.worker.max_in_flight));
     let mut tasks = JoinSet::new();
     tracing::info!(worker = %config.worker.id, group = %config.kafka.group_id, "worker consuming");

@@ -46,6 +46,8 @@ pub enum ProviderError {
     Malformed(#[source] serde_json::Error),
     #[error("request body is not valid JSON")]
     BadRequest(#[source] serde_json::Error),
+    #[error("provider stream is not valid server-sent events")]
+    StreamBroken,
 }
 
 impl ProviderError {
@@ -56,7 +58,9 @@ impl ProviderError {
                 matches!(status, 408 | 409 | 429) || *status >= 500
             }
             ProviderError::Timeout(_) | ProviderError::Connect(_) | ProviderError::Body(_) => true,
-            ProviderError::Malformed(_) | ProviderError::BadRequest(_) => false,
+            ProviderError::Malformed(_)
+            | ProviderError::BadRequest(_)
+            | ProviderError::StreamBroken => false,
         }
     }
 
@@ -71,6 +75,7 @@ impl ProviderError {
             ProviderError::Body(_) => "body",
             ProviderError::Malformed(_) => "malformed_response",
             ProviderError::BadRequest(_) => "bad_request",
+            ProviderError::StreamBroken => "stream_broken",
         }
     }
 

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant};
 
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureProducer;
 use serde_json::{Map, Value};
 use sluice_schemas::openai::{CompletionUsage, ErrorBody};
@@ -14,6 +15,7 @@ use sluice_schemas::{
 };
 use tokio_util::sync::CancellationToken;
 
+use crate::cancel::Cancellations;
 use crate::config::{Config, Deployment};
 use crate::error::ProviderError;
 use crate::pricing::PriceTable;
@@ -27,20 +29,26 @@ pub struct Processor {
     pub producer: FutureProducer,
     pub deployments: HashMap<String, Vec<(Deployment, Client)>>,
     pub prices: PriceTable,
+    pub cancellations: Cancellations,
     pub shutdown: CancellationToken,
 }
 
+/// The deployments serving a model, in fallback order.
+pub(crate) type Chain<'a> = &'a [(Deployment, Client)];
+
 /// How a request ended, before it becomes events.
-struct Outcome {
-    status: Status,
-    http_status: i32,
-    body: String,
-    error_kind: Option<&'static str>,
-    provider: String,
-    deployment: String,
-    attempts: i32,
-    usage: CompletionUsage,
-    started_at_ms: i64,
+pub(crate) struct Outcome {
+    pub status: Status,
+    pub http_status: i32,
+    pub body: String,
+    pub error_kind: Option<&'static str>,
+    pub provider: String,
+    pub deployment: String,
+    pub attempts: i32,
+    pub usage: CompletionUsage,
+    /// Usage is a tiktoken estimate: the provider reported none.
+    pub estimated: bool,
+    pub started_at_ms: i64,
 }
 
 impl Processor {
@@ -48,6 +56,7 @@ impl Processor {
         config: &Config,
         producer: FutureProducer,
         http: reqwest::Client,
+        cancellations: Cancellations,
         shutdown: CancellationToken,
     ) -> Processor {
         let mut deployments: HashMap<String, Vec<(Deployment, Client)>> = HashMap::new();
@@ -64,6 +73,7 @@ impl Processor {
             producer,
             deployments,
             prices: PriceTable::new(&config.prices),
+            cancellations,
             shutdown,
         }
     }
@@ -72,18 +82,32 @@ impl Processor {
     /// published before shutdown: then the message must not be marked done.
     #[tracing::instrument(skip_all, fields(request_id = %request.request_id, team = %request.team))]
     pub async fn process(&self, request: Request) -> bool {
-        let outcome = self.run(&request).await;
+        let registration = self.cancellations.register(&request.request_id);
+        let outcome = match self.prepare(&request) {
+            Err(outcome) => outcome,
+            Ok(_) if registration.token.is_cancelled() => crate::stream::caller_gone(now_ms()),
+            Ok((chain, body)) if request.stream => {
+                self.run_stream(&request, body, chain, &registration.token, now_ms())
+                    .await
+            }
+            Ok((chain, body)) => self.run(&request, body, chain).await,
+        };
         self.publish(&request, outcome).await
     }
 
-    async fn run(&self, request: &Request) -> Outcome {
+    /// Checks what needs no provider: the deadline, a deployment for the model, the body.
+    #[allow(clippy::result_large_err)]
+    fn prepare<'a>(
+        &'a self,
+        request: &Request,
+    ) -> Result<(Chain<'a>, Map<String, Value>), Outcome> {
         let started_at_ms = now_ms();
         if started_at_ms >= request.deadline_ms {
             tracing::info!(
                 late_ms = started_at_ms - request.deadline_ms,
                 "request expired in queue"
             );
-            return failure(
+            return Err(failure(
                 Status::Expired,
                 504,
                 ErrorBody::new(
@@ -93,10 +117,10 @@ impl Processor {
                 ),
                 "expired",
                 started_at_ms,
-            );
+            ));
         }
         let Some(chain) = self.deployments.get(&request.model) else {
-            return failure(
+            return Err(failure(
                 Status::Failed,
                 404,
                 ErrorBody::new(
@@ -106,24 +130,31 @@ impl Processor {
                 ),
                 "no_deployment",
                 started_at_ms,
-            );
+            ));
         };
-        let body: Map<String, Value> = match serde_json::from_str(&request.body) {
-            Ok(b) => b,
-            Err(_) => {
-                return failure(
-                    Status::Failed,
-                    400,
-                    ErrorBody::new(
-                        "invalid_request_error",
-                        Some("invalid_json"),
-                        "The request body is not a JSON object.",
-                    ),
-                    "bad_request",
-                    started_at_ms,
-                )
-            }
-        };
+        match serde_json::from_str(&request.body) {
+            Ok(body) => Ok((chain, body)),
+            Err(_) => Err(failure(
+                Status::Failed,
+                400,
+                ErrorBody::new(
+                    "invalid_request_error",
+                    Some("invalid_json"),
+                    "The request body is not a JSON object.",
+                ),
+                "bad_request",
+                started_at_ms,
+            )),
+        }
+    }
+
+    async fn run(
+        &self,
+        request: &Request,
+        body: Map<String, Value>,
+        chain: &[(Deployment, Client)],
+    ) -> Outcome {
+        let started_at_ms = now_ms();
         let mut attempts = 0;
         let mut last: Option<(ProviderError, &Deployment)> = None;
         'chain: for (deployment, client) in chain {
@@ -149,6 +180,7 @@ impl Processor {
                             deployment: deployment.name.clone(),
                             attempts,
                             usage,
+                            estimated: false,
                             started_at_ms,
                         };
                     }
@@ -245,6 +277,7 @@ impl Processor {
             created_at_ms: request.created_at_ms,
             latency_ms: finished_at_ms - request.created_at_ms,
             occurred_at_ms: finished_at_ms,
+            estimated: outcome.estimated,
         };
         let audit = Audit {
             event_id: format!("{}-{}", request.request_id, outcome.status.as_str()),
@@ -287,7 +320,10 @@ impl Processor {
                                 key: &request.request_id,
                                 payload: &result_bytes,
                                 partition: Some(r.partition),
-                                headers: None,
+                                headers: Some(OwnedHeaders::new().insert(Header {
+                                    key: sluice_schemas::REPLY_KIND_HEADER,
+                                    value: Some(sluice_schemas::REPLY_KIND_RESULT),
+                                })),
                             },
                         )
                         .await
@@ -329,7 +365,7 @@ fn clamp(n: u32) -> i32 {
     n.min(i32::MAX as u32) as i32
 }
 
-fn failure(
+pub(crate) fn failure(
     status: Status,
     http_status: i32,
     body: ErrorBody,
@@ -345,11 +381,12 @@ fn failure(
         deployment: String::new(),
         attempts: 0,
         usage: CompletionUsage::default(),
+        estimated: false,
         started_at_ms,
     }
 }
 
-fn provider_failure(
+pub(crate) fn provider_failure(
     error: ProviderError,
     deployment: &Deployment,
     attempts: i32,
@@ -395,12 +432,13 @@ fn provider_failure(
         deployment: deployment.name.clone(),
         attempts,
         usage: CompletionUsage::default(),
+        estimated: false,
         started_at_ms,
     }
 }
 
 /// Exponential backoff with full jitter, at least what the provider asked for.
-fn backoff(retry: u32, retry_after: Option<Duration>, seed: &str) -> Duration {
+pub(crate) fn backoff(retry: u32, retry_after: Option<Duration>, seed: &str) -> Duration {
     let base = Duration::from_millis(200) * 2u32.saturating_pow(retry.min(6));
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write(seed.as_bytes());

@@ -138,6 +138,7 @@ pub fn usage_records() -> Vec<Usage> {
             created_at_ms: int(r, "created_at_ms"),
             latency_ms: int(r, "latency_ms"),
             occurred_at_ms: int(r, "occurred_at_ms"),
+            estimated: false,
         })
         .collect()
 }

@@ -215,6 +215,12 @@ pub struct RecordedCall {
     pub usage_reported: bool,
     /// The error answered (status error, or the error event of a stream).
     pub error: Option<ApiError>,
+    /// When a stream's body ended: sent in full, cut, or dropped because the client went
+    /// away. `None` for non-streaming answers and streams still running.
+    pub ended_at: Option<SystemTime>,
+    /// The client went away before the stream ended; the counts above are what was
+    /// produced until then.
+    pub client_gone: bool,
 }
 
 impl RecordedCall {
@@ -244,6 +250,8 @@ impl RecordedCall {
             completion_tokens: 0,
             content: String::new(),
             finish_reason: None,
+            ended_at: None,
+            client_gone: false,
             usage_reported: false,
             error: None,
         }
@@ -292,6 +300,13 @@ impl Shared {
         behaviour
             .record_calls
             .then_some(behaviour.max_recorded_calls)
+    }
+
+    /// Updates a recorded call (if still kept) with what happened after it was recorded.
+    pub(crate) fn update(&self, seq: u64, f: impl FnOnce(&mut RecordedCall)) {
+        if let Some(call) = self.calls().iter_mut().rev().find(|c| c.seq == seq) {
+            f(call);
+        }
     }
 
     /// Keep `call`, evicting the oldest beyond `max`.

@@ -70,6 +70,14 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start(options: StackOptions) -> Stack {
+        // RUST_LOG=sluice_ingress=debug etc. shows the services' logs in a failing test.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn,rdkafka=off".into()),
+            )
+            .try_init();
         let prefix = unique("t");
         let database = format!("sluice_{prefix}");
         let shutdown = CancellationToken::new();

@@ -41,7 +41,11 @@ pub struct Completion {
     pub usage: CompletionUsage,
 }
 
-/// What every provider does: one chat completion call.
+/// A provider's stream of server-sent events, translated to OpenAI `chat.completion.chunk`
+/// JSON (and the final `[DONE]`).
+pub type EventStream = futures::stream::BoxStream<'static, Result<String, ProviderError>>;
+
+/// What every provider does: one chat completion call, whole or streamed.
 pub trait Provider {
     /// `request` is the caller's OpenAI chat request (Sluice's own fields removed).
     fn complete(
@@ -49,6 +53,15 @@ pub trait Provider {
         request: Map<String, Value>,
         timeout: Duration,
     ) -> impl std::future::Future<Output = Result<Completion, ProviderError>> + Send;
+
+    /// Starts a streamed completion; `timeout` bounds the wait for the response head. An
+    /// error before the stream starts is retriable like any other; once events flow, the
+    /// caller owns idle timeouts.
+    fn stream(
+        &self,
+        request: Map<String, Value>,
+        timeout: Duration,
+    ) -> impl std::future::Future<Output = Result<EventStream, ProviderError>> + Send;
 }
 
 /// A provider client built from config.
@@ -73,6 +86,16 @@ impl Provider for Client {
     ) -> Result<Completion, ProviderError> {
         match self {
             Client::Openai(p) => p.complete(request, timeout).await,
+        }
+    }
+
+    async fn stream(
+        &self,
+        request: Map<String, Value>,
+        timeout: Duration,
+    ) -> Result<EventStream, ProviderError> {
+        match self {
+            Client::Openai(p) => p.stream(request, timeout).await,
         }
     }
 }

@@ -6,7 +6,10 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use sluice_schemas::openai::ChatCompletionResponse;
 
-use super::{retry_after, Completion, Provider};
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+
+use super::{retry_after, Completion, EventStream, Provider};
 use crate::error::ProviderError;
 
 #[derive(Clone, Deserialize)]
@@ -83,11 +86,12 @@ impl Provider for OpenAi {
         if let Some(model) = &self.model {
             request.insert("model".into(), Value::String(model.clone()));
         }
-        let mut call = self.http.post(&self.url).timeout(timeout).json(&request);
-        if let Some(key) = &self.api_key {
-            call = call.bearer_auth(key);
-        }
-        let response = call.send().await.map_err(|e| classify(e, timeout))?;
+        let response = self
+            .post(&request)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| classify(e, timeout))?;
         let status = response.status();
         let retry = retry_after(response.headers());
         let body = response.text().await.map_err(|e| {
@@ -110,6 +114,51 @@ impl Provider for OpenAi {
             usage: parsed.usage.unwrap_or_default(),
             body,
         })
+    }
+
+    async fn stream(
+        &self,
+        mut request: Map<String, Value>,
+        timeout: Duration,
+    ) -> Result<EventStream, ProviderError> {
+        if let Some(model) = &self.model {
+            request.insert("model".into(), Value::String(model.clone()));
+        }
+        let response = tokio::time::timeout(timeout, self.post(&request).send())
+            .await
+            .map_err(|_| ProviderError::Timeout(timeout))?
+            .map_err(|e| classify(e, timeout))?;
+        let status = response.status();
+        if !status.is_success() {
+            let retry = retry_after(response.headers());
+            let body = response.text().await.unwrap_or_default();
+            return Err(ProviderError::Status {
+                status: status.as_u16(),
+                body,
+                retry_after: retry,
+            });
+        }
+        Ok(response
+            .bytes_stream()
+            .eventsource()
+            .map(|event| match event {
+                Ok(event) => Ok(event.data),
+                Err(eventsource_stream::EventStreamError::Transport(e)) => {
+                    Err(ProviderError::Body(e))
+                }
+                Err(_) => Err(ProviderError::StreamBroken),
+            })
+            .boxed())
+    }
+}
+
+impl OpenAi {
+    fn post(&self, request: &Map<String, Value>) -> reqwest::RequestBuilder {
+        let call = self.http.post(&self.url).json(request);
+        match &self.api_key {
+            Some(key) => call.bearer_auth(key),
+            None => call,
+        }
     }
 }
 

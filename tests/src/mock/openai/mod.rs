@@ -247,7 +247,17 @@ async fn chat_completions(
             () = shared.stopped() => {}
         }
     }
-    answer.respond(&shared, &conn, plan.latency).await
+    let progress = Progress {
+        shared: Arc::clone(&shared),
+        seq,
+    };
+    answer.respond(&shared, &conn, plan.latency, progress).await
+}
+
+/// Where a stream reports how it really ended (the recorded call is the plan until then).
+pub(super) struct Progress {
+    pub(super) shared: Arc<Shared>,
+    pub(super) seq: u64,
 }
 
 /// Decide the answer: injected failure, then auth, JSON, fields, model, then the reply.
@@ -370,7 +380,13 @@ impl Answer {
         }
     }
 
-    async fn respond(self, shared: &Shared, conn: &Conn, processing: Duration) -> Response {
+    async fn respond(
+        self,
+        shared: &Shared,
+        conn: &Conn,
+        processing: Duration,
+        progress: Progress,
+    ) -> Response {
         match self {
             Answer::Error(error) => error.into_response(processing),
             Answer::Hang => {
@@ -386,7 +402,7 @@ impl Answer {
                 Response::new(Body::empty())
             }
             Answer::Completion(completion) => match completion.stream {
-                Some(_) => completion.into_event_stream(processing),
+                Some(_) => completion.into_event_stream(processing, progress),
                 None => completion.into_json(processing),
             },
         }
@@ -482,8 +498,9 @@ impl Completion {
         }
     }
 
-    fn into_event_stream(self, processing: Duration) -> Response {
-        let events = futures::stream::unfold(EventStream::new(self), |mut events| async move {
+    fn into_event_stream(self, processing: Duration, progress: Progress) -> Response {
+        let events = EventStream::new(self, progress);
+        let events = futures::stream::unfold(events, |mut events| async move {
             let event = events.next_event().await?;
             Some((event, events))
         });

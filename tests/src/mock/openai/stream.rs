@@ -9,7 +9,7 @@ use axum::body::Bytes;
 use serde::Serialize;
 
 use super::wire::{finish_reason, ChunkChoiceJson, ChunkJson, Delta, ErrorEnvelope, UsageJson};
-use super::{Completion, Fault, StreamShape, SERVICE_TIER, SYSTEM_FINGERPRINT};
+use super::{Completion, Fault, Progress, StreamShape, SERVICE_TIER, SYSTEM_FINGERPRINT};
 use crate::mock::reply;
 
 /// Words in the first `chunks_sent` of `chunks` chunks: chunk `j` holds words
@@ -54,10 +54,38 @@ pub(super) struct EventStream {
     sent: u32,
     /// Where the next content chunk starts in the reply.
     offset: usize,
+    progress: Progress,
+}
+
+impl Drop for EventStream {
+    /// hyper drops the body when the stream ended or the client went away: record which,
+    /// and what really got out.
+    fn drop(&mut self) {
+        let gone = !matches!(self.next, Step::End);
+        let words = self.completion.reply.completion_tokens;
+        let chunks_sent = self.sent.saturating_sub(1).min(self.chunks);
+        let sent_words = words_in_chunks(chunks_sent, words, self.chunks);
+        let content_end = self.offset;
+        let finish_sent = self.sent >= self.chunks + 2;
+        let usage_sent = self.include_usage && self.sent >= self.chunks + 3;
+        let content = self.completion.reply.content.clone();
+        self.progress.shared.update(self.progress.seq, |call| {
+            call.ended_at = Some(std::time::SystemTime::now());
+            if gone {
+                call.client_gone = true;
+                call.completion_tokens = sent_words;
+                call.content = content[..content_end].to_owned();
+                if !finish_sent {
+                    call.finish_reason = None;
+                }
+                call.usage_reported = usage_sent;
+            }
+        });
+    }
 }
 
 impl EventStream {
-    pub(super) fn new(mut completion: Completion) -> EventStream {
+    pub(super) fn new(mut completion: Completion, progress: Progress) -> EventStream {
         let shape = completion.stream.take().unwrap_or(StreamShape {
             include_usage: false,
             chunks: completion.reply.completion_tokens,
@@ -71,6 +99,7 @@ impl EventStream {
             next: Step::Role,
             sent: 0,
             offset: 0,
+            progress,
         }
     }
 

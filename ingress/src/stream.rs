@@ -1,0 +1,174 @@
+//! Streaming responses: the caller gets OpenAI's server-sent events as the worker forwards
+//! them over the reply topic. A caller that goes away cancels the provider call.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::HeaderValue;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use sluice_schemas::openai::ErrorBody;
+use sluice_schemas::{encode, now_ms, Cancel, Request, Status, StreamChunk, Topic};
+
+use crate::error::ApiError;
+use crate::kafka::send;
+use crate::replies::{ReplyEvent, StreamGuard};
+use crate::state::AppState;
+
+/// Publishes a `Cancel` for the request when dropped while armed: the response stream was
+/// dropped before the result arrived, so the caller is gone.
+struct CancelOnDrop {
+    app: Arc<AppState>,
+    request_id: String,
+    team: String,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let app = Arc::clone(&self.app);
+        let cancel = Cancel {
+            request_id: std::mem::take(&mut self.request_id),
+            team: std::mem::take(&mut self.team),
+            reason: "client_disconnected".into(),
+            occurred_at_ms: now_ms(),
+        };
+        tracing::info!(request_id = %cancel.request_id, "stream caller went away; cancelling");
+        tokio::spawn(async move {
+            let Ok(payload) = encode(&cancel) else { return };
+            let topic = app.topics.name(&Topic::Cancels);
+            if let Err(error) =
+                send(&app.producer, &topic, &cancel.request_id, &payload, None).await
+            {
+                tracing::warn!(%error, request_id = %cancel.request_id, "cancel not published");
+            }
+        });
+    }
+}
+
+struct StreamState {
+    guard: StreamGuard,
+    cancel: CancelOnDrop,
+    /// The attempt whose chunks the caller is getting (a redelivered request streams again
+    /// under another attempt; those chunks are not mixed in).
+    attempt: String,
+    next_seq: i32,
+    pending: Option<StreamChunk>,
+    idle: Duration,
+    done: bool,
+}
+
+fn error_event(body: &str) -> Event {
+    Event::default().data(body)
+}
+
+/// Waits for the first event, then streams. Failures before the first chunk are answered as
+/// plain JSON errors with their status, as OpenAI does.
+pub async fn respond(app: Arc<AppState>, record: &Request, mut guard: StreamGuard) -> Response {
+    let mut cancel = CancelOnDrop {
+        app: Arc::clone(&app),
+        request_id: record.request_id.clone(),
+        team: record.team.clone(),
+        armed: true,
+    };
+    let until_deadline = Duration::from_millis((record.deadline_ms - now_ms()).max(0) as u64);
+    let wait = app
+        .config
+        .server
+        .sync_timeout_ms
+        .min(until_deadline + Duration::from_secs(2));
+    let first = match tokio::time::timeout(wait, guard.receiver.recv()).await {
+        Ok(Some(event)) => event,
+        Ok(None) => return ApiError::ShuttingDown.into_response(),
+        Err(_) => {
+            return ApiError::SyncTimeout(wait.as_millis(), record.request_id.clone())
+                .into_response()
+        }
+    };
+    let first = match first {
+        ReplyEvent::End(result) => {
+            cancel.armed = false;
+            return crate::api::result_response(&result);
+        }
+        ReplyEvent::Chunk(chunk) => chunk,
+    };
+    let state = StreamState {
+        guard,
+        cancel,
+        attempt: first.attempt.clone(),
+        next_seq: first.seq + 1,
+        pending: Some(first),
+        idle: app.config.server.sync_timeout_ms,
+        done: false,
+    };
+    let events = futures::stream::unfold(state, |mut st| async move {
+        let event = next_event(&mut st).await?;
+        Some((Ok::<Event, Infallible>(event), st))
+    });
+    let mut response = Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&record.request_id) {
+        response
+            .headers_mut()
+            .insert(crate::api::REQUEST_ID_HEADER, v);
+    }
+    response
+}
+
+async fn next_event(st: &mut StreamState) -> Option<Event> {
+    if st.done {
+        return None;
+    }
+    if let Some(chunk) = st.pending.take() {
+        return Some(Event::default().data(chunk.data));
+    }
+    loop {
+        let event = match tokio::time::timeout(st.idle, st.guard.receiver.recv()).await {
+            Ok(Some(event)) => event,
+            Ok(None) => {
+                st.done = true;
+                return None;
+            }
+            Err(_) => {
+                st.done = true;
+                let body = ErrorBody::new(
+                    "timeout",
+                    Some("stream_idle_timeout"),
+                    "No data arrived for this stream in time.",
+                );
+                return Some(error_event(&body.to_json()));
+            }
+        };
+        match event {
+            ReplyEvent::Chunk(chunk) => {
+                if chunk.attempt != st.attempt || chunk.seq != st.next_seq {
+                    // Another attempt (redelivery) or a duplicate: never mixed in.
+                    continue;
+                }
+                st.next_seq += 1;
+                return Some(Event::default().data(chunk.data));
+            }
+            ReplyEvent::End(result) => {
+                st.done = true;
+                st.cancel.armed = false;
+                if result.worker != st.attempt {
+                    let body = ErrorBody::new(
+                        "server_error",
+                        Some("stream_interrupted"),
+                        "The worker serving this stream failed mid-way; the request was completed by another worker but its output cannot be spliced into this stream.",
+                    );
+                    return Some(error_event(&body.to_json()));
+                }
+                return Some(match result.status {
+                    Status::Completed => Event::default().data("[DONE]"),
+                    Status::Failed | Status::Expired => error_event(&result.body),
+                });
+            }
+        }
+    }
+}

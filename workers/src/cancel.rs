@@ -1,0 +1,159 @@
+//! Cancellations: when a streaming caller goes away the ingress publishes a `Cancel`; every
+//! worker reads the whole cancels topic and stops the matching provider call, or skips the
+//! request if it has not started yet.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use sluice_schemas::{decode, now_ms, Cancel, Topic, Topics};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::KafkaConfig;
+use crate::publish::client_config;
+
+/// How long a cancellation of a request not (yet) running here is remembered.
+const REMEMBER_MS: i64 = 10 * 60 * 1000;
+
+#[derive(Default)]
+struct State {
+    running: HashMap<String, CancellationToken>,
+    /// Cancelled before they started here, with the time of the cancellation.
+    early: HashMap<String, i64>,
+}
+
+/// Requests in flight that a cancellation can stop.
+#[derive(Clone, Default)]
+pub struct Cancellations {
+    state: Arc<Mutex<State>>,
+}
+
+/// Unregisters the request when processing ends.
+pub struct Registration {
+    cancellations: Cancellations,
+    request_id: String,
+    pub token: CancellationToken,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.cancellations.state.lock() {
+            s.running.remove(&self.request_id);
+        }
+    }
+}
+
+impl Cancellations {
+    /// Registers a request about to run; its token is already cancelled if a cancellation
+    /// arrived before it started.
+    pub fn register(&self, request_id: &str) -> Registration {
+        let token = CancellationToken::new();
+        if let Ok(mut s) = self.state.lock() {
+            if s.early.remove(request_id).is_some() {
+                token.cancel();
+            }
+            s.running.insert(request_id.to_string(), token.clone());
+        }
+        Registration {
+            cancellations: self.clone(),
+            request_id: request_id.to_string(),
+            token,
+        }
+    }
+
+    pub fn cancel(&self, request_id: &str) {
+        let Ok(mut s) = self.state.lock() else {
+            return;
+        };
+        match s.running.get(request_id) {
+            Some(token) => token.cancel(),
+            None => {
+                let now = now_ms();
+                if s.early.len() >= 100_000 {
+                    s.early.retain(|_, at| now - *at < REMEMBER_MS);
+                }
+                s.early.insert(request_id.to_string(), now);
+            }
+        }
+    }
+}
+
+/// A consumer of every partition of the cancels topic, from its current end.
+pub async fn listener(kafka: &KafkaConfig) -> Result<StreamConsumer, KafkaError> {
+    let topic = Topics::new(kafka.topic_prefix.clone()).name(&Topic::Cancels);
+    let mut cc = client_config(kafka);
+    cc.set("group.id", format!("{topic}-reader"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false");
+    let consumer: StreamConsumer = cc.create()?;
+    let mut tpl = TopicPartitionList::new();
+    for partition in 0..Topic::Cancels.partitions() {
+        let mut attempt = 0;
+        let high = loop {
+            match consumer.fetch_watermarks(&topic, partition, Duration::from_secs(5)) {
+                Ok((_, high)) => break high,
+                Err(error) if attempt < 50 => {
+                    tracing::debug!(%error, "cancels topic not ready yet");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(error) => return Err(error),
+            }
+        };
+        tpl.add_partition_offset(&topic, partition, Offset::Offset(high))?;
+    }
+    consumer.assign(&tpl)?;
+    Ok(consumer)
+}
+
+/// Applies cancellations until `shutdown`.
+pub async fn run(
+    consumer: StreamConsumer,
+    cancellations: Cancellations,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            m = consumer.recv() => m,
+        };
+        match message {
+            Ok(m) => match m.payload().map(decode::<Cancel>) {
+                Some(Ok(cancel)) => {
+                    tracing::debug!(request_id = %cancel.request_id, reason = %cancel.reason, "cancel received");
+                    cancellations.cancel(&cancel.request_id);
+                }
+                Some(Err(error)) => tracing::warn!(%error, "undecodable cancel skipped"),
+                None => {}
+            },
+            Err(error) => {
+                tracing::warn!(%error, "cancel listener error");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cancels_running_and_early_requests() {
+        let c = Cancellations::default();
+        let running = c.register("a");
+        assert!(!running.token.is_cancelled());
+        c.cancel("a");
+        assert!(running.token.is_cancelled());
+        drop(running);
+        c.cancel("b");
+        assert!(
+            c.register("b").token.is_cancelled(),
+            "cancelled before it started"
+        );
+        assert!(!c.register("c").token.is_cancelled());
+    }
+}

@@ -1,0 +1,391 @@
+//! Streamed completions: provider events are forwarded to the caller's reply partition as
+//! they arrive, in order; the result and usage follow. Usage is produced however the stream
+//! ends (done, provider error, broken connection, caller gone), estimated when the provider
+//! never reported it.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::future_producer::OwnedDeliveryResult;
+use rdkafka::producer::FutureRecord;
+use serde_json::{json, Map, Value};
+use sluice_schemas::openai::{CompletionUsage, ErrorBody};
+use sluice_schemas::{encode, now_ms, Request, Status, StreamChunk};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Deployment;
+use crate::error::ProviderError;
+use crate::process::{backoff, failure, provider_failure, Outcome, Processor};
+use crate::providers::{Client, Provider};
+
+/// How a started stream ended.
+enum End {
+    Done,
+    /// The provider sent an error event (its JSON), which becomes the caller's error event.
+    ProviderError(String),
+    Broken(ProviderError),
+    IdleTimeout(Duration),
+    CallerGone,
+}
+
+/// What the stream produced so far.
+#[derive(Default)]
+struct Collected {
+    id: Option<String>,
+    model: Option<String>,
+    created: Option<i64>,
+    text: String,
+    finish_reason: Option<String>,
+    usage: Option<CompletionUsage>,
+}
+
+impl Collected {
+    fn absorb(&mut self, chunk: &Value) {
+        if self.id.is_none() {
+            self.id = chunk["id"].as_str().map(str::to_string);
+            self.model = chunk["model"].as_str().map(str::to_string);
+            self.created = chunk["created"].as_i64();
+        }
+        if let Some(choice) = chunk["choices"].get(0) {
+            if let Some(text) = choice["delta"]["content"].as_str() {
+                self.text.push_str(text);
+            }
+            if let Some(reason) = choice["finish_reason"].as_str() {
+                self.finish_reason = Some(reason.to_string());
+            }
+        }
+        if chunk["usage"].is_object() {
+            self.usage = serde_json::from_value(chunk["usage"].clone()).ok();
+        }
+    }
+
+    /// The whole completion, as a non-streaming call would have returned it.
+    fn completion(&self, usage: CompletionUsage) -> String {
+        json!({
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": self.text},
+                "finish_reason": self.finish_reason,
+            }],
+            "usage": usage,
+        })
+        .to_string()
+    }
+}
+
+/// Token counts to bill: the provider's, or a tiktoken estimate of what was generated.
+fn usage_or_estimate(request: &Request, collected: &Collected) -> (CompletionUsage, bool) {
+    if let Some(usage) = collected.usage {
+        return (usage, false);
+    }
+    let bpe = tiktoken_rs::bpe_for_model(&request.model)
+        .unwrap_or_else(|_| tiktoken_rs::cl100k_base_singleton());
+    let prompt = request.prompt_tokens.max(0) as u32;
+    let completion = bpe.encode_ordinary(&collected.text).len() as u32;
+    let usage = CompletionUsage {
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+        total_tokens: prompt + completion,
+        prompt_tokens_details: None,
+    };
+    (usage, true)
+}
+
+impl Processor {
+    pub(crate) async fn run_stream(
+        &self,
+        request: &Request,
+        mut body: Map<String, Value>,
+        chain: &[(Deployment, Client)],
+        cancel: &CancellationToken,
+        started_at_ms: i64,
+    ) -> Outcome {
+        let caller_wants_usage = body
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        body.insert("stream".into(), Value::Bool(true));
+        // Always ask for usage: it is the bill. Forwarded only if the caller asked for it.
+        let mut options = body
+            .get("stream_options")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        options.insert("include_usage".into(), Value::Bool(true));
+        body.insert("stream_options".into(), Value::Object(options));
+
+        let mut attempts = 0;
+        let mut last: Option<(ProviderError, &Deployment)> = None;
+        'chain: for (deployment, client) in chain {
+            for retry in 0..=deployment.max_retries {
+                let remaining = request.deadline_ms - now_ms();
+                if remaining <= 0 || cancel.is_cancelled() {
+                    break 'chain;
+                }
+                attempts += 1;
+                let timeout = deployment
+                    .timeout_ms
+                    .min(Duration::from_millis(remaining as u64));
+                let started = tokio::select! {
+                    s = client.stream(body.clone(), timeout) => s,
+                    _ = cancel.cancelled() => break 'chain,
+                };
+                match started {
+                    Ok(events) => {
+                        // Events flow: from here on there is no retry, the caller has them.
+                        return self
+                            .forward(request, events, deployment, caller_wants_usage, cancel)
+                            .await
+                            .into_outcome(request, deployment, attempts, started_at_ms);
+                    }
+                    Err(error) => {
+                        tracing::warn!(deployment = %deployment.name, attempt = attempts, kind = error.kind(), %error, "provider stream failed to start");
+                        let retriable = error.is_retriable();
+                        let wait = backoff(retry, error.retry_after(), &request.request_id);
+                        last = Some((error, deployment));
+                        if !retriable {
+                            break 'chain;
+                        }
+                        if retry < deployment.max_retries {
+                            tokio::select! {
+                                _ = tokio::time::sleep(wait) => {}
+                                _ = cancel.cancelled() => break 'chain,
+                                _ = self.shutdown.cancelled() => break 'chain,
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if cancel.is_cancelled() {
+            return caller_gone(started_at_ms);
+        }
+        match last {
+            Some((error, deployment)) => {
+                provider_failure(error, deployment, attempts, started_at_ms)
+            }
+            None => failure(
+                Status::Expired,
+                504,
+                ErrorBody::new(
+                    "timeout",
+                    Some("deadline_exceeded"),
+                    "The request reached its deadline before a provider answered.",
+                ),
+                "expired",
+                started_at_ms,
+            ),
+        }
+    }
+
+    /// Forwards events to the reply partition until the stream ends.
+    async fn forward(
+        &self,
+        request: &Request,
+        mut events: crate::providers::EventStream,
+        deployment: &Deployment,
+        caller_wants_usage: bool,
+        cancel: &CancellationToken,
+    ) -> Forwarded {
+        let mut collected = Collected::default();
+        let mut deliveries = Vec::new();
+        let mut seq = 0;
+        let idle = deployment.timeout_ms;
+        let end = loop {
+            let event = tokio::select! {
+                _ = cancel.cancelled() => break End::CallerGone,
+                e = tokio::time::timeout(idle, events.next()) => e,
+            };
+            let data = match event {
+                Err(_) => break End::IdleTimeout(idle),
+                // The connection ended without [DONE].
+                Ok(None) => break End::Broken(ProviderError::StreamBroken),
+                Ok(Some(Err(error))) => break End::Broken(error),
+                Ok(Some(Ok(data))) => data,
+            };
+            if data.trim() == "[DONE]" {
+                break End::Done;
+            }
+            let Ok(chunk) = serde_json::from_str::<Value>(&data) else {
+                break End::Broken(ProviderError::StreamBroken);
+            };
+            if chunk.get("error").is_some() {
+                break End::ProviderError(data);
+            }
+            collected.absorb(&chunk);
+            let usage_only = chunk["choices"].as_array().is_some_and(Vec::is_empty)
+                && chunk["usage"].is_object();
+            if !usage_only || caller_wants_usage {
+                deliveries.push(self.send_chunk(request, seq, data));
+                seq += 1;
+            }
+        };
+        // The result must follow every chunk: wait for their acks first.
+        for delivery in deliveries {
+            if let Err(error) = delivery.await {
+                tracing::warn!(%error, "stream chunk not delivered");
+            }
+        }
+        Forwarded {
+            end,
+            collected,
+            chunks: seq,
+        }
+    }
+
+    fn send_chunk(
+        &self,
+        request: &Request,
+        seq: i32,
+        data: String,
+    ) -> futures::future::BoxFuture<'static, Result<(), String>> {
+        let Some(reply) = &request.reply else {
+            return Box::pin(async { Ok(()) });
+        };
+        let chunk = StreamChunk {
+            request_id: request.request_id.clone(),
+            attempt: self.worker_id.clone(),
+            seq,
+            data,
+        };
+        let payload = match encode(&chunk) {
+            Ok(p) => p,
+            Err(e) => return Box::pin(async move { Err(e.to_string()) }),
+        };
+        let headers = OwnedHeaders::new().insert(Header {
+            key: sluice_schemas::REPLY_KIND_HEADER,
+            value: Some(sluice_schemas::REPLY_KIND_CHUNK),
+        });
+        let record = FutureRecord::to(&reply.topic)
+            .partition(reply.partition)
+            .key(&request.request_id)
+            .payload(&payload)
+            .headers(headers);
+        // Enqueued now, in order; the idempotent producer keeps that order per partition.
+        match self.producer.send_result(record) {
+            Ok(delivery) => Box::pin(async move {
+                match delivery.await {
+                    Ok(OwnedDeliveryResult::Ok(_)) => Ok(()),
+                    Ok(OwnedDeliveryResult::Err((e, _))) => Err(e.to_string()),
+                    Err(_) => Err("producer dropped".into()),
+                }
+            }),
+            Err((e, _)) => Box::pin(async move { Err(e.to_string()) }),
+        }
+    }
+}
+
+struct Forwarded {
+    end: End,
+    collected: Collected,
+    chunks: i32,
+}
+
+impl Forwarded {
+    fn into_outcome(
+        self,
+        request: &Request,
+        deployment: &Deployment,
+        attempts: i32,
+        started_at_ms: i64,
+    ) -> Outcome {
+        let (usage, estimated) = usage_or_estimate(request, &self.collected);
+        let (status, http_status, error_kind, body) = match self.end {
+            End::Done => (
+                Status::Completed,
+                200,
+                None,
+                self.collected.completion(usage),
+            ),
+            End::ProviderError(data) => (
+                Status::Failed,
+                502,
+                Some("upstream_error"),
+                match serde_json::from_str::<ErrorBody>(&data) {
+                    Ok(provider_error) => provider_error.to_json(),
+                    Err(_) => ErrorBody::new(
+                        "upstream_error",
+                        Some("stream_error"),
+                        "The provider reported an error mid-stream.",
+                    )
+                    .to_json(),
+                },
+            ),
+            End::Broken(error) => (
+                Status::Failed,
+                502,
+                Some("stream_broken"),
+                ErrorBody::new(
+                    "upstream_error",
+                    Some("stream_broken"),
+                    format!(
+                        "The provider stream broke after {} chunks: {error}",
+                        self.chunks
+                    ),
+                )
+                .to_json(),
+            ),
+            End::IdleTimeout(idle) => (
+                Status::Failed,
+                504,
+                Some("timeout"),
+                ErrorBody::new(
+                    "timeout",
+                    Some("stream_idle_timeout"),
+                    format!("The provider sent nothing for {} ms.", idle.as_millis()),
+                )
+                .to_json(),
+            ),
+            End::CallerGone => (
+                Status::Failed,
+                499,
+                Some("client_disconnected"),
+                ErrorBody::new(
+                    "invalid_request_error",
+                    Some("client_disconnected"),
+                    "The caller disconnected; the provider call was stopped.",
+                )
+                .to_json(),
+            ),
+        };
+        tracing::debug!(
+            chunks = self.chunks,
+            estimated,
+            status = status.as_str(),
+            "stream ended"
+        );
+        Outcome {
+            status,
+            http_status,
+            body,
+            error_kind,
+            provider: deployment.provider.kind().into(),
+            deployment: deployment.name.clone(),
+            attempts,
+            usage,
+            estimated,
+            started_at_ms,
+        }
+    }
+}
+
+/// The caller went away before any provider answered: nothing to bill.
+pub(crate) fn caller_gone(started_at_ms: i64) -> Outcome {
+    failure(
+        Status::Failed,
+        499,
+        ErrorBody::new(
+            "invalid_request_error",
+            Some("client_disconnected"),
+            "The caller disconnected before the request reached a provider.",
+        ),
+        "client_disconnected",
+        started_at_ms,
+    )
+}

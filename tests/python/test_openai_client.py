@@ -1,0 +1,205 @@
+"""Sluice as a user sees it: the official `openai` Python package pointed at the ingress.
+
+Starts the real binaries (target/debug, built by scripts/test.sh) on the real Kafka and
+ClickHouse from scripts/services.sh, under a topic prefix, consumer groups and database of
+their own: mock provider, ingress, one worker and the analytics sink.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+import uuid
+
+import openai
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.path.join(REPO, "target", "debug")
+KAFKA = os.environ.get("SLUICE_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
+CLICKHOUSE = os.environ.get("SLUICE_CLICKHOUSE_URL", "http://127.0.0.1:18123")
+DEMO_KEY = "sk-sluice-demo"  # config/ingress.toml, team "demo"
+MODEL = "gpt-4o-mini"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url, proc, what, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except Exception:
+            time.sleep(0.1)
+    raise RuntimeError(f"{what} did not answer at {url}")
+
+
+def clickhouse(sql):
+    req = urllib.request.Request(CLICKHOUSE, data=sql.encode())
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return r.read().decode()
+
+
+@pytest.fixture(scope="module")
+def stack():
+    for name in ("mock-provider", "sluice-ingress", "sluice-worker", "sluice-analytics"):
+        assert os.path.exists(os.path.join(BIN, name)), f"build first: cargo build --bins ({name})"
+    prefix = "py" + uuid.uuid4().hex[:10]
+    database = f"sluice_{prefix}"
+    mock_port, ingress_port = free_port(), free_port()
+    tmp = tempfile.mkdtemp(prefix="sluice-py-")
+    with open(os.path.join(REPO, "config", "worker.toml")) as f:
+        worker_toml = f.read().replace("127.0.0.1:9100", f"127.0.0.1:{mock_port}")
+    worker_config = os.path.join(tmp, "worker.toml")
+    with open(worker_config, "w") as f:
+        f.write(worker_toml)
+    env = dict(
+        os.environ,
+        RUST_LOG="warn",
+        SLUICE_KAFKA_BOOTSTRAP=KAFKA,
+        SLUICE_KAFKA_TOPIC_PREFIX=prefix,
+        SLUICE_CLICKHOUSE_URL=CLICKHOUSE,
+        SLUICE_CLICKHOUSE_DATABASE=database,
+        SLUICE_SERVER_LISTEN=f"127.0.0.1:{ingress_port}",
+        SLUICE_SINK_FLUSH_INTERVAL_MS="200",
+    )
+    procs = []
+    logs = []
+
+    def start(name, *args, **extra):
+        log = open(os.path.join(tmp, f"{name}.log"), "w")
+        logs.append(log)
+        proc = subprocess.Popen([os.path.join(BIN, name), *args], env=dict(env, **extra),
+                                stdout=log, stderr=subprocess.STDOUT)
+        procs.append(proc)
+        return proc
+
+    try:
+        mock = start("mock-provider", "--listen", f"127.0.0.1:{mock_port}", "--completion-tokens", "24")
+        wait_http(f"http://127.0.0.1:{mock_port}/v1/models", mock, "mock provider")
+        ingress = start("sluice-ingress", "--config", os.path.join(REPO, "config", "ingress.toml"))
+        wait_http(f"http://127.0.0.1:{ingress_port}/healthz", ingress, "ingress")
+        start("sluice-analytics", "--config", os.path.join(REPO, "config", "analytics.toml"),
+              SLUICE_KAFKA_GROUP_ID=f"{prefix}-analytics")
+        start("sluice-worker", "--config", worker_config,
+              SLUICE_KAFKA_GROUP_ID=f"{prefix}-workers", SLUICE_WORKER_ID=f"{prefix}-w1")
+        yield {
+            "base_url": f"http://127.0.0.1:{ingress_port}/v1",
+            "mock_url": f"http://127.0.0.1:{mock_port}/v1",
+            "database": database,
+            "logs": tmp,
+        }
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in reversed(procs):
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for log in logs:
+            log.close()
+        try:
+            clickhouse(f"DROP DATABASE IF EXISTS {database}")
+        except Exception:
+            pass
+
+
+def client(stack, key=DEMO_KEY):
+    return openai.OpenAI(base_url=stack["base_url"], api_key=key, max_retries=0, timeout=60)
+
+
+def direct(stack):
+    """The mock provider called directly: what Sluice must reproduce."""
+    return openai.OpenAI(base_url=stack["mock_url"], api_key="unused", max_retries=0)
+
+
+MESSAGES = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "Name three rivers of Europe"},
+]
+
+
+def test_models_are_listed(stack):
+    ids = [m.id for m in client(stack).models.list()]
+    assert MODEL in ids
+
+
+def test_a_completion_equals_what_the_provider_produced(stack):
+    through = client(stack).chat.completions.create(model=MODEL, messages=MESSAGES)
+    expected = direct(stack).chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert through.choices[0].message.content == expected.choices[0].message.content
+    assert through.choices[0].finish_reason == "stop"
+    assert through.usage.prompt_tokens == expected.usage.prompt_tokens
+    assert through.usage.completion_tokens == expected.usage.completion_tokens
+
+
+def test_a_stream_equals_what_the_provider_produced_and_is_billed(stack):
+    stream = client(stack).chat.completions.create(
+        model=MODEL, messages=MESSAGES, stream=True, stream_options={"include_usage": True})
+    deltas, usage, finish, request_id = [], None, None, None
+    for chunk in stream:
+        assert chunk.object == "chat.completion.chunk"
+        if chunk.choices:
+            deltas.append(chunk.choices[0].delta.content or "")
+            finish = chunk.choices[0].finish_reason or finish
+        if chunk.usage:
+            usage = chunk.usage
+    request_id = stream.response.headers["x-sluice-request-id"]
+    expected = direct(stack).chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert "".join(deltas) == expected.choices[0].message.content
+    assert finish == "stop"
+    assert usage.completion_tokens == expected.usage.completion_tokens
+
+    row = ""
+    deadline = time.time() + 60
+    while time.time() < deadline and not row.strip():
+        row = clickhouse(
+            f"SELECT prompt_tokens, completion_tokens, estimated FROM {stack['database']}.usage "
+            f"FINAL WHERE request_id = '{request_id}'")
+        time.sleep(0.2)
+    assert row.split() == [str(usage.prompt_tokens), str(usage.completion_tokens), "0"]
+
+
+def test_async_submit_then_poll(stack):
+    body = {"model": MODEL, "messages": MESSAGES}
+    req = urllib.request.Request(
+        stack["base_url"] + "/requests", data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {DEMO_KEY}", "Content-Type": "application/json",
+                 "x-sluice-priority": "batch"})
+    with urllib.request.urlopen(req) as r:
+        assert r.status == 202
+        accepted = json.load(r)
+    deadline = time.time() + 60
+    status = {}
+    while time.time() < deadline:
+        poll = urllib.request.Request(stack["base_url"] + f"/requests/{accepted['id']}",
+                                      headers={"Authorization": f"Bearer {DEMO_KEY}"})
+        with urllib.request.urlopen(poll) as r:
+            status = json.load(r)
+        if status["status"] == "completed":
+            break
+        time.sleep(0.2)
+    assert status["status"] == "completed"
+    expected = direct(stack).chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert status["response"]["choices"][0]["message"]["content"] == expected.choices[0].message.content
+
+
+def test_errors_are_the_sdk_exceptions_a_user_expects(stack):
+    with pytest.raises(openai.AuthenticationError):
+        client(stack, key="sk-wrong").chat.completions.create(model=MODEL, messages=MESSAGES)
+    with pytest.raises(openai.NotFoundError) as e:
+        client(stack).chat.completions.create(model="gpt-nope", messages=MESSAGES)
+    assert e.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError):
+        client(stack).chat.completions.create(model=MODEL, messages=[])

@@ -9,7 +9,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedMessage;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use sluice_schemas::{decode, Priority, Request, Topic, Topics};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -17,6 +17,8 @@ use crate::config::Config;
 use crate::offsets::{OffsetTracker, PartitionKey};
 use crate::process::Processor;
 use crate::publish::{client_config, dead_letter_headers, send, Outgoing};
+use crate::schedule::Scheduler;
+use crate::throttle::TeamQuotas;
 
 /// Keeps the offset tracker in step with the group's assignments.
 pub struct WorkerContext {
@@ -58,33 +60,74 @@ type WorkerConsumer = StreamConsumer<WorkerContext>;
 
 fn consumer(
     config: &Config,
+    class: Priority,
     tracker: Arc<Mutex<OffsetTracker>>,
 ) -> Result<WorkerConsumer, KafkaError> {
     let mut cc = client_config(&config.kafka);
-    cc.set("group.id", &config.kafka.group_id)
-        .set("auto.offset.reset", "earliest")
-        // New per-team topics are picked up by the subscription pattern within seconds.
-        .set("topic.metadata.refresh.interval.ms", "10000")
-        // At-least-once: librdkafka commits only offsets this code stored, which never pass
-        // an unfinished message. Applied after passthrough options on purpose.
-        .set("enable.auto.commit", "true")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false");
+    // One group per class: each class is drained, paused and resumed on its own.
+    cc.set(
+        "group.id",
+        format!("{}-{}", config.kafka.group_id, class.as_str()),
+    )
+    .set("auto.offset.reset", "earliest")
+    // New per-team topics are picked up by the subscription pattern within seconds.
+    .set("topic.metadata.refresh.interval.ms", "10000")
+    // At-least-once: librdkafka commits only offsets this code stored, which never pass
+    // an unfinished message. Applied after passthrough options on purpose.
+    .set("enable.auto.commit", "true")
+    .set("enable.auto.offset.store", "false")
+    .set("enable.partition.eof", "false");
     cc.create_with_context(WorkerContext { tracker })
+}
+
+/// A request taken from Kafka, waiting in the local scheduler.
+struct Job {
+    request: Request,
+    key: PartitionKey,
+    offset: i64,
+    generation: u64,
+    consumer: Arc<WorkerConsumer>,
+}
+
+/// What the intake tasks and the dispatcher share.
+struct Local {
+    scheduler: Mutex<Scheduler<Job>>,
+    /// Signalled when a job is queued.
+    queued: Notify,
+    /// Signalled when a job leaves the queue (room for paused intakes).
+    room: Notify,
+    tracker: Arc<Mutex<OffsetTracker>>,
+}
+
+/// Marks a message finished and stores the offset Kafka may now commit.
+fn finish(
+    tracker: &Mutex<OffsetTracker>,
+    consumer: &WorkerConsumer,
+    key: &PartitionKey,
+    offset: i64,
+    generation: u64,
+) {
+    let next = tracker
+        .lock()
+        .ok()
+        .and_then(|mut t| t.finish(key, offset, generation));
+    if let Some(next) = next {
+        let mut tpl = TopicPartitionList::new();
+        if tpl
+            .add_partition_offset(&key.topic, key.partition, Offset::Offset(next))
+            .is_ok()
+        {
+            // Fails only if the partition was revoked meanwhile: then the new owner
+            // processes the message again and sinks deduplicate it.
+            let _ = consumer.store_offsets(&tpl);
+        }
+    }
 }
 
 /// Runs a worker until `shutdown`, then drains requests in flight.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), crate::WorkerError> {
     let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
-    let consumer = Arc::new(consumer(&config, tracker.clone())?);
     let topics = Topics::new(config.kafka.topic_prefix.clone());
-    let patterns: Vec<String> = Priority::ALL
-        .into_iter()
-        .map(|p| topics.requests_pattern(p))
-        .collect();
-    let refs: Vec<&str> = patterns.iter().map(String::as_str).collect();
-    consumer.subscribe(&refs)?;
-
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(config.worker.max_in_flight)
         .build()
@@ -104,62 +147,80 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), crat
         cancellations,
         shutdown.clone(),
     ));
-    let permits = Arc::new(Semaphore::new(config.worker.max_in_flight));
-    let mut tasks = JoinSet::new();
+    let scheduling = &config.scheduling;
+    let local = Arc::new(Local {
+        scheduler: Mutex::new(Scheduler::new(scheduling.policy())),
+        queued: Notify::new(),
+        room: Notify::new(),
+        tracker: tracker.clone(),
+    });
+    let quotas = TeamQuotas::new(&scheduling.team_tokens_per_minute);
+
+    let mut intakes = JoinSet::new();
+    for class in Priority::ALL {
+        let consumer = Arc::new(consumer(&config, class, tracker.clone())?);
+        consumer.subscribe(&[topics.requests_pattern(class).as_str()])?;
+        intakes.spawn(intake(
+            consumer,
+            class,
+            Arc::clone(&local),
+            Arc::clone(&processor),
+            topics.clone(),
+            scheduling.max_queued_per_class,
+            scheduling.default_completion_tokens,
+            shutdown.clone(),
+        ));
+    }
     tracing::info!(worker = %config.worker.id, group = %config.kafka.group_id, "worker consuming");
 
+    let permits = Arc::new(Semaphore::new(config.worker.max_in_flight));
+    let mut tasks = JoinSet::new();
     loop {
         while tasks.try_join_next().is_some() {}
-        // Backpressure: no more messages are taken while max_in_flight are running.
+        // No more work starts while max_in_flight requests are running.
         let permit = tokio::select! {
             _ = shutdown.cancelled() => break,
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
         };
-        let message = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            m = consumer.recv() => m,
-        };
-        let message = match message {
-            Ok(m) => m.detach(),
-            Err(error) => {
-                tracing::warn!(%error, "consumer error");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
-        };
-        let key = PartitionKey {
-            topic: message.topic().to_string(),
-            partition: message.partition(),
-        };
-        let offset = message.offset();
-        let generation = match tracker.lock() {
-            Ok(mut t) => t.start(&key, offset),
-            Err(_) => continue,
-        };
-        let processor = processor.clone();
-        let tracker = tracker.clone();
-        let consumer = consumer.clone();
-        let topics = topics.clone();
-        tasks.spawn(async move {
-            let done = handle(&processor, &topics, message).await;
-            drop(permit);
-            if !done {
-                return;
-            }
-            let next = tracker
+        let job = loop {
+            let popped = local
+                .scheduler
                 .lock()
                 .ok()
-                .and_then(|mut t| t.finish(&key, offset, generation));
-            if let Some(next) = next {
-                let mut tpl = TopicPartitionList::new();
-                if tpl
-                    .add_partition_offset(&key.topic, key.partition, Offset::Offset(next))
-                    .is_ok()
-                {
-                    // Fails only if the partition was revoked meanwhile: then the new
-                    // owner processes the message again and sinks deduplicate it.
-                    let _ = consumer.store_offsets(&tpl);
-                }
+                .and_then(|mut s| s.pop(|team, cost| quotas.try_take(team, cost)));
+            if let Some((_, job)) = popped {
+                break Some(job);
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break None,
+                _ = local.queued.notified() => {}
+                // Teams over their quota become eligible again with time.
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        };
+        let Some(job) = job else { break };
+        local.room.notify_waiters();
+        let current = local
+            .tracker
+            .lock()
+            .is_ok_and(|t| t.is_current(&job.key, job.generation));
+        if !current {
+            // Its partition was revoked while it waited: the new owner runs it.
+            continue;
+        }
+        let processor = processor.clone();
+        let tracker = tracker.clone();
+        tasks.spawn(async move {
+            let done = processor.process(job.request).await;
+            drop(permit);
+            if done {
+                finish(
+                    &tracker,
+                    &job.consumer,
+                    &job.key,
+                    job.offset,
+                    job.generation,
+                );
             }
         });
     }
@@ -176,53 +237,148 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), crat
         );
         tasks.abort_all();
     }
+    // Intakes commit what is stored before leaving their groups.
+    while intakes.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Takes requests of one class from Kafka into the scheduler. When the class's local queue
+/// is full its partitions are paused (still polling, so the group keeps the member) and
+/// resumed once the queue has drained to half.
+#[allow(clippy::too_many_arguments)]
+async fn intake(
+    consumer: Arc<WorkerConsumer>,
+    class: Priority,
+    local: Arc<Local>,
+    processor: Arc<Processor>,
+    topics: Topics,
+    max_queued: usize,
+    default_completion: u32,
+    shutdown: CancellationToken,
+) {
+    let mut paused = false;
+    loop {
+        let queued = local.scheduler.lock().map_or(0, |s| s.len(class));
+        if queued >= max_queued {
+            // Re-applied each time: partitions assigned meanwhile start unpaused.
+            if let Ok(assignment) = consumer.assignment() {
+                let _ = consumer.pause(&assignment);
+            }
+            if !paused {
+                tracing::debug!(
+                    class = class.as_str(),
+                    queued,
+                    "local queue full; partitions paused"
+                );
+            }
+            paused = true;
+        } else if paused && queued <= max_queued / 2 {
+            if let Ok(assignment) = consumer.assignment() {
+                let _ = consumer.resume(&assignment);
+            }
+            tracing::debug!(class = class.as_str(), queued, "partitions resumed");
+            paused = false;
+        }
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = local.room.notified(), if paused => continue,
+            m = consumer.recv() => m,
+        };
+        let message = match message {
+            Ok(m) => m.detach(),
+            Err(error) => {
+                tracing::warn!(%error, "consumer error");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let key = PartitionKey {
+            topic: message.topic().to_string(),
+            partition: message.partition(),
+        };
+        let offset = message.offset();
+        let generation = match local.tracker.lock() {
+            Ok(mut t) => t.start(&key, offset),
+            Err(_) => continue,
+        };
+        match decode::<Request>(message.payload().unwrap_or_default()) {
+            Ok(request) => {
+                let estimate = u64::from(request.prompt_tokens.max(0) as u32)
+                    + u64::from(
+                        request
+                            .max_tokens
+                            .map_or(default_completion, |m| m.max(0) as u32),
+                    );
+                let team = request.team.clone();
+                if let Ok(mut s) = local.scheduler.lock() {
+                    s.push(
+                        class,
+                        &team,
+                        estimate,
+                        Job {
+                            request,
+                            key,
+                            offset,
+                            generation,
+                            consumer: Arc::clone(&consumer),
+                        },
+                    );
+                }
+                local.queued.notify_one();
+            }
+            Err(error) => {
+                if dead_letter(&processor, &topics, &message, &error.to_string()).await {
+                    finish(&local.tracker, &consumer, &key, offset, generation);
+                }
+            }
+        }
+    }
     // Commit what is stored before leaving the group.
     if let Err(error) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
         tracing::debug!(%error, "final commit");
     }
-    Ok(())
 }
 
-/// Processes one message. Returns whether it is finished (its offset may be committed).
-async fn handle(processor: &Processor, topics: &Topics, message: OwnedMessage) -> bool {
+/// Sends an undecodable message to the dead-letter topic with the reason. Returns whether
+/// it was written (then its offset may be committed).
+async fn dead_letter(
+    processor: &Processor,
+    topics: &Topics,
+    message: &OwnedMessage,
+    reason: &str,
+) -> bool {
+    tracing::warn!(topic = message.topic(), partition = message.partition(), offset = message.offset(), %reason, "undecodable request sent to dead-letter topic");
+    let dlq = topics.name(&Topic::DeadLetter);
+    let headers = dead_letter_headers(
+        reason,
+        message.topic(),
+        message.partition(),
+        message.offset(),
+    );
+    let key = message
+        .key()
+        .map(String::from_utf8_lossy)
+        .unwrap_or_default();
     let payload = message.payload().unwrap_or_default();
-    match decode::<Request>(payload) {
-        Ok(request) => processor.process(request).await,
-        Err(error) => {
-            let reason = error.to_string();
-            tracing::warn!(topic = message.topic(), partition = message.partition(), offset = message.offset(), %reason, "undecodable request sent to dead-letter topic");
-            let dlq = topics.name(&Topic::DeadLetter);
-            let headers = dead_letter_headers(
-                &reason,
-                message.topic(),
-                message.partition(),
-                message.offset(),
-            );
-            let key = message
-                .key()
-                .map(String::from_utf8_lossy)
-                .unwrap_or_default();
-            loop {
-                let sent = send(
-                    &processor.producer,
-                    Outgoing {
-                        topic: &dlq,
-                        key: &key,
-                        payload,
-                        partition: None,
-                        headers: Some(headers.clone()),
-                    },
-                )
-                .await;
-                match sent {
-                    Ok(()) => return true,
-                    Err(error) => {
-                        tracing::warn!(%error, "dead-letter produce failed; retrying");
-                        tokio::select! {
-                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                            _ = processor.shutdown.cancelled() => return false,
-                        }
-                    }
+    loop {
+        let sent = send(
+            &processor.producer,
+            Outgoing {
+                topic: &dlq,
+                key: &key,
+                payload,
+                partition: None,
+                headers: Some(headers.clone()),
+            },
+        )
+        .await;
+        match sent {
+            Ok(()) => return true,
+            Err(error) => {
+                tracing::warn!(%error, "dead-letter produce failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = processor.shutdown.cancelled() => return false,
                 }
             }
         }

@@ -71,6 +71,13 @@ impl OffsetTracker {
         })
     }
 
+    /// Whether a message started under `generation` still belongs to this assignment.
+    pub fn is_current(&self, key: &PartitionKey, generation: u64) -> bool {
+        self.partitions
+            .get(key)
+            .is_some_and(|s| s.generation == generation)
+    }
+
     pub fn in_flight(&self) -> usize {
         self.partitions.values().map(|s| s.in_flight.len()).sum()
     }

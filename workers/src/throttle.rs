@@ -1,0 +1,229 @@
+//! Token-aware throttling with governor: per deployment, requests and tokens per minute as
+//! the provider's quotas say, so a worker waits for capacity instead of collecting 429s; per
+//! team, a token quota per worker. Requests are charged their estimate up front and settled
+//! with the real usage afterwards. A 429 that still happens makes the limiter back off.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::time::Instant;
+
+/// Limits of one deployment (the provider's quota for the key behind it).
+#[derive(Debug, Clone, Copy, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub requests_per_minute: Option<NonZeroU32>,
+    pub tokens_per_minute: Option<NonZeroU32>,
+}
+
+/// Penalty factors are kept in thousandths.
+const UNIT: u64 = 1000;
+const MAX_PENALTY: u64 = 4 * UNIT;
+
+pub struct DeploymentThrottle {
+    rpm: Option<DefaultDirectRateLimiter>,
+    tpm: Option<Arc<DefaultDirectRateLimiter>>,
+    tpm_burst: u32,
+    /// Tokens charged too much by earlier estimates, deducted from the next charges.
+    credit: AtomicU64,
+    /// Charge multiplier after 429s, decaying back to 1 on successes.
+    penalty: AtomicU64,
+    paused_until: Mutex<Option<Instant>>,
+}
+
+impl DeploymentThrottle {
+    pub fn new(limits: Limits) -> DeploymentThrottle {
+        DeploymentThrottle {
+            rpm: limits
+                .requests_per_minute
+                .map(|n| RateLimiter::direct(Quota::per_minute(n))),
+            tpm: limits
+                .tokens_per_minute
+                .map(|n| Arc::new(RateLimiter::direct(Quota::per_minute(n)))),
+            tpm_burst: limits.tokens_per_minute.map_or(u32::MAX, NonZeroU32::get),
+            credit: AtomicU64::new(0),
+            penalty: AtomicU64::new(UNIT),
+            paused_until: Mutex::new(None),
+        }
+    }
+
+    /// The tokens a request of `estimate` tokens is charged now.
+    fn charge(&self, estimate: u64) -> u32 {
+        let penalty = self.penalty.load(Ordering::Relaxed);
+        let mut charge = estimate.saturating_mul(penalty) / UNIT;
+        // Use up credit from over-estimates, leaving at least one token charged.
+        let take = self
+            .credit
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                Some(c - c.min(charge.saturating_sub(1)))
+            })
+            .map_or(0, |before| before.min(charge.saturating_sub(1)));
+        charge -= take;
+        charge.clamp(1, u64::from(self.tpm_burst)) as u32
+    }
+
+    /// Waits until the deployment has capacity for a request of `estimate` tokens.
+    pub async fn acquire(&self, estimate: u64) {
+        let paused = self.paused_until.lock().ok().and_then(|p| *p);
+        if let Some(until) = paused {
+            tokio::time::sleep_until(until).await;
+        }
+        if let Some(rpm) = &self.rpm {
+            rpm.until_ready().await;
+        }
+        if let Some(tpm) = &self.tpm {
+            if let Some(n) = NonZeroU32::new(self.charge(estimate)) {
+                // n never exceeds the burst, so this cannot fail.
+                let _ = tpm.until_n_ready(n).await;
+            }
+        }
+    }
+
+    /// Settles a finished call: the real usage replaces the estimate.
+    pub fn settle(&self, estimate: u64, actual: u64) {
+        let factor = self.penalty.load(Ordering::Relaxed);
+        if factor > UNIT {
+            let decayed = (factor * 98 / 100).max(UNIT);
+            self.penalty.store(decayed, Ordering::Relaxed);
+        }
+        if actual < estimate {
+            self.credit.fetch_add(estimate - actual, Ordering::Relaxed);
+        } else if actual > estimate {
+            // Under-estimated: the difference is owed, paid from future capacity.
+            if let (Some(tpm), Some(n)) = (
+                &self.tpm,
+                NonZeroU32::new((actual - estimate).min(u64::from(self.tpm_burst)) as u32),
+            ) {
+                let tpm = Arc::clone(tpm);
+                tokio::spawn(async move {
+                    let _ = tpm.until_n_ready(n).await;
+                });
+            }
+        }
+    }
+
+    /// The provider still said 429: pause for what it asked (or a second) and charge more.
+    pub fn throttled(&self, retry_after: Option<Duration>) {
+        let until = Instant::now() + retry_after.unwrap_or(Duration::from_secs(1));
+        if let Ok(mut paused) = self.paused_until.lock() {
+            if paused.is_none_or(|p| p < until) {
+                *paused = Some(until);
+            }
+        }
+        let _ = self
+            .penalty
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
+                Some((p * 5 / 4).min(MAX_PENALTY))
+            });
+    }
+
+    pub fn penalty(&self) -> f64 {
+        self.penalty.load(Ordering::Relaxed) as f64 / UNIT as f64
+    }
+}
+
+/// Per-team token quotas, per worker replica.
+#[derive(Default)]
+pub struct TeamQuotas {
+    by_team: HashMap<String, (DefaultDirectRateLimiter, u32)>,
+}
+
+impl TeamQuotas {
+    pub fn new(tokens_per_minute: &HashMap<String, NonZeroU32>) -> TeamQuotas {
+        TeamQuotas {
+            by_team: tokens_per_minute
+                .iter()
+                .map(|(team, n)| {
+                    (
+                        team.clone(),
+                        (RateLimiter::direct(Quota::per_minute(*n)), n.get()),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Takes `tokens` of the team's quota if it has them now. Teams without a quota always
+    /// may; a request bigger than the whole quota is charged the whole quota.
+    pub fn try_take(&self, team: &str, tokens: u64) -> bool {
+        let Some((limiter, burst)) = self.by_team.get(team) else {
+            return true;
+        };
+        let n = tokens.clamp(1, u64::from(*burst)) as u32;
+        NonZeroU32::new(n).is_some_and(|n| matches!(limiter.check_n(n), Ok(Ok(()))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nz(n: u32) -> NonZeroU32 {
+        NonZeroU32::new(n).unwrap()
+    }
+
+    #[test]
+    fn over_estimates_become_credit_for_the_next_charges() {
+        let t = DeploymentThrottle::new(Limits {
+            requests_per_minute: None,
+            tokens_per_minute: Some(nz(100_000)),
+        });
+        assert_eq!(t.charge(1000), 1000);
+        // Charged 1000, used 400: the next 1000-token request is charged 400.
+        t.credit.fetch_add(600, Ordering::Relaxed);
+        assert_eq!(t.charge(1000), 400);
+        assert_eq!(t.credit.load(Ordering::Relaxed), 0);
+        // Credit never brings a charge to zero.
+        t.credit.fetch_add(5000, Ordering::Relaxed);
+        assert_eq!(t.charge(10), 1);
+        assert_eq!(t.credit.load(Ordering::Relaxed), 4991);
+        // Nothing is charged beyond the bucket's size.
+        t.credit.store(0, Ordering::Relaxed);
+        assert_eq!(t.charge(1_000_000), 100_000);
+    }
+
+    #[tokio::test]
+    async fn a_429_pauses_and_raises_the_charge_until_successes_bring_it_back() {
+        let t = DeploymentThrottle::new(Limits::default());
+        assert_eq!(t.penalty(), 1.0);
+        t.throttled(Some(Duration::from_millis(1)));
+        t.throttled(None);
+        assert_eq!(t.penalty(), 1.562, "x1.25 twice, in thousandths");
+        assert_eq!(t.charge(1000), 1562);
+        assert!(t.paused_until.lock().unwrap().is_some());
+        for _ in 0..100 {
+            t.settle(10, 10);
+        }
+        assert_eq!(t.penalty(), 1.0);
+        for _ in 0..20 {
+            t.throttled(None);
+        }
+        assert_eq!(t.penalty(), 4.0, "bounded");
+    }
+
+    #[tokio::test]
+    async fn waits_for_capacity_instead_of_overrunning_the_quota() {
+        let t = DeploymentThrottle::new(Limits {
+            requests_per_minute: Some(nz(2)),
+            tokens_per_minute: None,
+        });
+        t.acquire(1).await;
+        t.acquire(1).await;
+        // The third request of this minute is not let through now.
+        let third = tokio::time::timeout(Duration::from_millis(50), t.acquire(1)).await;
+        assert!(third.is_err());
+    }
+
+    #[test]
+    fn team_quotas() {
+        let q = TeamQuotas::new(&HashMap::from([("small".to_string(), nz(1000))]));
+        assert!(q.try_take("small", 600));
+        assert!(!q.try_take("small", 600), "only 400 left this minute");
+        assert!(q.try_take("small", 400));
+        assert!(q.try_take("unlimited", 1_000_000));
+    }
+}

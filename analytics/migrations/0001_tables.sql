@@ -27,6 +27,8 @@ CREATE TABLE IF NOT EXISTS {db}.results
     started_at_ms Int64,
     finished_at_ms UInt64,
     worker String,
+    -- Deployments passed over (failed, or skipped with an open circuit) before the last.
+    fallbacks Int32 DEFAULT 0,
     created_at DateTime('UTC') DEFAULT toDateTime(intDiv(created_at_ms, 1000)),
     -- What the caller waited: queueing, retries and the provider call.
     latency_ms Int64 DEFAULT finished_at_ms - created_at_ms

@@ -83,6 +83,8 @@ pub struct ResultRow {
     /// Also the ReplacingMergeTree version: a re-processed request keeps its latest result.
     pub finished_at_ms: u64,
     pub worker: String,
+    /// Deployments passed over before the one that answered (or failed last).
+    pub fallbacks: i32,
 }
 
 impl TableRow for ResultRow {
@@ -111,6 +113,7 @@ impl From<sluice_schemas::Result> for ResultRow {
             started_at_ms: r.started_at_ms,
             finished_at_ms: non_negative(r.finished_at_ms),
             worker: r.worker,
+            fallbacks: r.fallbacks,
         }
     }
 }
@@ -298,6 +301,7 @@ mod tests {
             started_at_ms: 1_700_000_000_100,
             finished_at_ms: 1_700_000_001_000,
             worker: "w-1".into(),
+            fallbacks: 1,
         };
         let row = ResultRow::from(result);
         assert_eq!(row.priority, "interactive");
@@ -306,6 +310,7 @@ mod tests {
         assert_eq!(row.error_kind, "upstream_error");
         assert_eq!(row.finished_at_ms, 1_700_000_001_000);
         assert_eq!(row.attempts, 3);
+        assert_eq!(row.fallbacks, 1);
     }
 
     #[test]

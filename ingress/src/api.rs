@@ -33,6 +33,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.config.server.max_body_bytes;
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/messages", post(crate::anthropic::messages))
         .route("/v1/requests", post(submit))
         .route("/v1/requests/{id}", get(request_status))
         .route("/v1/models", get(models))
@@ -65,33 +66,73 @@ struct Accepted {
     topic: Topic,
 }
 
+/// The wire format of a sync endpoint. Both carry the same internal (OpenAI) request
+/// through Kafka; they differ in what callers send and get back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// `POST /v1/chat/completions`.
+    OpenAi,
+    /// `POST /v1/messages` (Anthropic's Messages API).
+    Anthropic,
+}
+
+impl Dialect {
+    pub(crate) fn error(self, error: ApiError) -> Response {
+        match self {
+            Dialect::OpenAi => error.into_response(),
+            Dialect::Anthropic => crate::anthropic::error_response(error),
+        }
+    }
+
+    pub(crate) fn result(self, result: &ResultRecord) -> Response {
+        match self {
+            Dialect::OpenAi => result_response(result),
+            Dialect::Anthropic => crate::anthropic::result_response(result),
+        }
+    }
+}
+
 async fn chat_completions(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    sync_call(app, headers, body, Dialect::OpenAi).await
+}
+
+/// A sync call in either dialect: publish, then wait for the result (or its stream).
+pub(crate) async fn sync_call(
+    app: Arc<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    dialect: Dialect,
+) -> Response {
     let caller = match app.keys.authenticate(&headers) {
         Ok(c) => c,
-        Err(e) => return e.into_response(),
+        Err(e) => return dialect.error(e),
     };
+    if let Err(e) = app.keys.check_rate(&caller) {
+        return dialect.error(e);
+    }
     let span = tracing::info_span!("chat_completions", team = %caller.team, request_id = tracing::field::Empty);
     async move {
-        let accepted = match validate(&app, &caller, &headers, body, Mode::Sync) {
+        let accepted = match validate(&app, &caller, &headers, body, Mode::Sync, dialect) {
             Ok(a) => a,
-            Err(e) => return app.reject(&caller, e),
+            Err(e) => return app.reject(&caller, e, dialect),
         };
         let request_id = accepted.record.request_id.clone();
         tracing::Span::current().record("request_id", request_id.as_str());
         if accepted.record.stream {
             let guard = app.waiters.register_stream(&request_id);
             if let Err(e) = app.publish(&accepted).await {
-                return e.into_response();
+                return dialect.error(e);
             }
-            return crate::stream::respond(Arc::clone(&app), &accepted.record, guard).await;
+            return crate::stream::respond(Arc::clone(&app), &accepted.record, guard, dialect)
+                .await;
         }
         let mut guard = app.waiters.register(&request_id);
         if let Err(e) = app.publish(&accepted).await {
-            return e.into_response();
+            return dialect.error(e);
         }
         let now = now_ms();
         let until_deadline =
@@ -103,9 +144,9 @@ async fn chat_completions(
             .sync_timeout_ms
             .min(until_deadline + Duration::from_secs(2));
         match tokio::time::timeout(wait, &mut guard.receiver).await {
-            Ok(Ok(result)) => result_response(&result),
-            Ok(Err(_)) => ApiError::ShuttingDown.into_response(),
-            Err(_) => ApiError::SyncTimeout(wait.as_millis(), request_id).into_response(),
+            Ok(Ok(result)) => dialect.result(&result),
+            Ok(Err(_)) => dialect.error(ApiError::ShuttingDown),
+            Err(_) => dialect.error(ApiError::SyncTimeout(wait.as_millis(), request_id)),
         }
     }
     .instrument(span)
@@ -121,9 +162,9 @@ async fn submit(
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
-    let accepted = match validate(&app, &caller, &headers, body, Mode::Async) {
+    let accepted = match validate(&app, &caller, &headers, body, Mode::Async, Dialect::OpenAi) {
         Ok(a) => a,
-        Err(e) => return app.reject(&caller, e),
+        Err(e) => return app.reject(&caller, e, Dialect::OpenAi),
     };
     if let Err(e) = app.publish(&accepted).await {
         return e.into_response();
@@ -262,6 +303,7 @@ fn validate(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
     mode: Mode,
+    dialect: Dialect,
 ) -> Result<Accepted, ApiError> {
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -272,6 +314,10 @@ fn validate(
             ApiError::NotJson
         }
     })?;
+    let body: std::borrow::Cow<'_, [u8]> = match dialect {
+        Dialect::OpenAi => std::borrow::Cow::Borrowed(&body),
+        Dialect::Anthropic => std::borrow::Cow::Owned(crate::anthropic::to_openai(&body)?),
+    };
     let mut request: ChatCompletionRequest =
         serde_json::from_slice(&body).map_err(ApiError::InvalidJson)?;
     let options: SluiceOptions = match request.extra.remove("sluice") {
@@ -398,7 +444,7 @@ impl AppState {
     }
 
     /// Answers a rejected request and records the rejection for audit (in the background).
-    fn reject(self: &Arc<Self>, caller: &Caller, error: ApiError) -> Response {
+    fn reject(self: &Arc<Self>, caller: &Caller, error: ApiError, dialect: Dialect) -> Response {
         let audit = Audit {
             event_id: uuid::Uuid::now_v7().simple().to_string(),
             request_id: String::new(),
@@ -418,7 +464,7 @@ impl AppState {
                 tracing::warn!(%error, "rejection audit event not written");
             }
         });
-        error.into_response()
+        dialect.error(error)
     }
 }
 

@@ -1,8 +1,11 @@
 //! API keys: callers present `Authorization: Bearer <key>`; we keep only SHA-256 digests.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use axum::http::HeaderMap;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use sha2::{Digest, Sha256};
 
 use crate::config::KeyConfig;
@@ -17,9 +20,11 @@ pub struct Caller {
 
 /// Keys by digest. Looking up a digest does not leak the key through timing: an attacker
 /// controls the key, not its digest.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct KeyStore {
     by_digest: HashMap<[u8; 32], Caller>,
+    /// Per-key limits on sync requests, by key id.
+    limits: HashMap<String, DefaultDirectRateLimiter>,
 }
 
 impl KeyStore {
@@ -38,17 +43,41 @@ impl KeyStore {
                 ))
             })
             .collect();
-        KeyStore { by_digest }
+        let limits = keys
+            .iter()
+            .filter_map(|k| {
+                let rpm = k.requests_per_minute?;
+                Some((k.id.clone(), RateLimiter::direct(Quota::per_minute(rpm))))
+            })
+            .collect();
+        KeyStore { by_digest, limits }
     }
 
+    /// Takes one sync request from the caller's allowance, or says how long to wait.
+    pub fn check_rate(&self, caller: &Caller) -> Result<(), ApiError> {
+        let Some(limiter) = self.limits.get(&caller.key_id) else {
+            return Ok(());
+        };
+        limiter.check().map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            ApiError::RateLimited {
+                retry_after: wait.max(Duration::from_millis(1)),
+            }
+        })
+    }
+
+    /// The key is `Authorization: Bearer <key>` (OpenAI's SDKs) or `x-api-key: <key>`
+    /// (Anthropic's).
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
-        let value = headers
+        let bearer = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .ok_or(ApiError::MissingKey)?;
-        let key = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            });
+        let key = bearer
+            .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
             .map(str::trim)
             .filter(|k| !k.is_empty())
             .ok_or(ApiError::MissingKey)?;
@@ -73,11 +102,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn per_key_rate_limits() {
+        let store = KeyStore::from_config(&[KeyConfig {
+            id: "k1".into(),
+            team: "acme".into(),
+            sha256: hex_digest("sk-test"),
+            requests_per_minute: std::num::NonZeroU32::new(2),
+        }]);
+        let caller = Caller {
+            key_id: "k1".into(),
+            team: "acme".into(),
+        };
+        assert!(store.check_rate(&caller).is_ok());
+        assert!(store.check_rate(&caller).is_ok());
+        match store.check_rate(&caller) {
+            Err(ApiError::RateLimited { retry_after }) => {
+                assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(30))
+            }
+            other => panic!("expected a rate limit, got {other:?}"),
+        }
+        let other = Caller {
+            key_id: "k2".into(),
+            team: "acme".into(),
+        };
+        assert!(store.check_rate(&other).is_ok(), "keys without a limit");
+    }
+
+    #[test]
     fn bearer_keys() {
         let store = KeyStore::from_config(&[KeyConfig {
             id: "k1".into(),
             team: "acme".into(),
             sha256: hex_digest("sk-test"),
+            requests_per_minute: None,
         }]);
         let mut h = HeaderMap::new();
         assert!(matches!(store.authenticate(&h), Err(ApiError::MissingKey)));

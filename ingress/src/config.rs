@@ -182,6 +182,10 @@ pub struct KeyConfig {
     pub team: String,
     /// Hex SHA-256 of the key's plaintext.
     pub sha256: String,
+    /// Sync requests (chat completions) this key may make per minute; async submissions are
+    /// not limited here, they wait in Kafka.
+    #[serde(default)]
+    pub requests_per_minute: Option<std::num::NonZeroU32>,
 }
 
 impl fmt::Debug for KeyConfig {

@@ -50,6 +50,8 @@ pub enum ApiError {
         param: &'static str,
         problem: &'static str,
     },
+    #[error("Rate limit reached for this API key; retry after {} ms", retry_after.as_millis())]
+    RateLimited { retry_after: std::time::Duration },
     #[error("No request with id `{0}`")]
     RequestNotFound(String),
     #[error("The request queue is unavailable; nothing was accepted, retry later")]
@@ -129,6 +131,12 @@ impl ApiError {
                 Some("invalid_value"),
                 Some(param),
             ),
+            RateLimited { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "requests",
+                Some("rate_limit_exceeded"),
+                None,
+            ),
             RequestNotFound(_) => (
                 StatusCode::NOT_FOUND,
                 "invalid_request_error",
@@ -176,11 +184,22 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::warn!(error = %self, source = ?std::error::Error::source(&self), "request failed");
         }
+        let retry_after = match &self {
+            ApiError::RateLimited { retry_after } => Some(retry_after.as_secs_f64().ceil() as u64),
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(1),
+            _ => None,
+        };
         let mut response = (status, axum::Json(self.body())).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if let Some(secs) = retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        if let ApiError::RateLimited { retry_after } = &self {
+            response.headers_mut().insert(
+                "retry-after-ms",
+                HeaderValue::from(retry_after.as_millis().min(u128::from(u64::MAX)) as u64),
+            );
         }
         response
     }

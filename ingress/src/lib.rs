@@ -2,6 +2,7 @@
 //! them, counts prompt tokens, and publishes them durably to Kafka. Sync callers wait for
 //! their result on a reply topic; async callers poll results from ClickHouse.
 
+pub mod anthropic;
 pub mod api;
 pub mod auth;
 pub mod config;

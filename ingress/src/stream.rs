@@ -1,6 +1,8 @@
-//! Streaming responses: the caller gets OpenAI's server-sent events as the worker forwards
-//! them over the reply topic. A caller that goes away cancels the provider call.
+//! Streaming responses: the caller gets OpenAI's server-sent events (or, on
+//! `/v1/messages`, Anthropic's) as the worker forwards them over the reply topic. A caller
+//! that goes away cancels the provider call.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +13,8 @@ use axum::response::{IntoResponse, Response};
 use sluice_schemas::openai::ErrorBody;
 use sluice_schemas::{encode, now_ms, Cancel, Request, Status, StreamChunk, Topic};
 
+use crate::anthropic::StreamWriter;
+use crate::api::Dialect;
 use crate::error::ApiError;
 use crate::kafka::send;
 use crate::replies::{ReplyEvent, StreamGuard};
@@ -60,15 +64,29 @@ struct StreamState {
     pending: Option<StreamChunk>,
     idle: Duration,
     done: bool,
+    /// Anthropic's events for `/v1/messages`; `None` = OpenAI's as they come.
+    anthropic: Option<StreamWriter>,
+    /// Rendered events not sent yet.
+    queue: VecDeque<Event>,
 }
 
-fn error_event(body: &str) -> Event {
-    Event::default().data(body)
+/// What the reply topic delivers to a stream, before it is rendered in a dialect.
+enum Out {
+    /// An OpenAI chunk (JSON).
+    Chunk(String),
+    Done,
+    /// An OpenAI error body (JSON).
+    Error(String),
 }
 
 /// Waits for the first event, then streams. Failures before the first chunk are answered as
 /// plain JSON errors with their status, as OpenAI does.
-pub async fn respond(app: Arc<AppState>, record: &Request, mut guard: StreamGuard) -> Response {
+pub async fn respond(
+    app: Arc<AppState>,
+    record: &Request,
+    mut guard: StreamGuard,
+    dialect: Dialect,
+) -> Response {
     let mut cancel = CancelOnDrop {
         app: Arc::clone(&app),
         request_id: record.request_id.clone(),
@@ -83,16 +101,18 @@ pub async fn respond(app: Arc<AppState>, record: &Request, mut guard: StreamGuar
         .min(until_deadline + Duration::from_secs(2));
     let first = match tokio::time::timeout(wait, guard.receiver.recv()).await {
         Ok(Some(event)) => event,
-        Ok(None) => return ApiError::ShuttingDown.into_response(),
+        Ok(None) => return dialect.error(ApiError::ShuttingDown),
         Err(_) => {
-            return ApiError::SyncTimeout(wait.as_millis(), record.request_id.clone())
-                .into_response()
+            return dialect.error(ApiError::SyncTimeout(
+                wait.as_millis(),
+                record.request_id.clone(),
+            ))
         }
     };
     let first = match first {
         ReplyEvent::End(result) => {
             cancel.armed = false;
-            return crate::api::result_response(&result);
+            return dialect.result(&result);
         }
         ReplyEvent::Chunk(chunk) => chunk,
     };
@@ -104,10 +124,25 @@ pub async fn respond(app: Arc<AppState>, record: &Request, mut guard: StreamGuar
         pending: Some(first),
         idle: app.config.server.sync_timeout_ms,
         done: false,
+        anthropic: (dialect == Dialect::Anthropic)
+            .then(|| StreamWriter::new(&record.model, record.prompt_tokens)),
+        queue: VecDeque::new(),
     };
     let events = futures::stream::unfold(state, |mut st| async move {
-        let event = next_event(&mut st).await?;
-        Some((Ok::<Event, Infallible>(event), st))
+        loop {
+            if let Some(event) = st.queue.pop_front() {
+                return Some((Ok::<Event, Infallible>(event), st));
+            }
+            let out = next_out(&mut st).await?;
+            let rendered = match (&mut st.anthropic, out) {
+                (None, Out::Chunk(data) | Out::Error(data)) => vec![Event::default().data(data)],
+                (None, Out::Done) => vec![Event::default().data("[DONE]")],
+                (Some(writer), Out::Chunk(data)) => writer.chunk(&data),
+                (Some(writer), Out::Done) => writer.done(),
+                (Some(writer), Out::Error(body)) => writer.error(&body),
+            };
+            st.queue.extend(rendered);
+        }
     });
     let mut response = Sse::new(events)
         .keep_alive(KeepAlive::default())
@@ -120,12 +155,12 @@ pub async fn respond(app: Arc<AppState>, record: &Request, mut guard: StreamGuar
     response
 }
 
-async fn next_event(st: &mut StreamState) -> Option<Event> {
+async fn next_out(st: &mut StreamState) -> Option<Out> {
     if st.done {
         return None;
     }
     if let Some(chunk) = st.pending.take() {
-        return Some(Event::default().data(chunk.data));
+        return Some(Out::Chunk(chunk.data));
     }
     loop {
         let event = match tokio::time::timeout(st.idle, st.guard.receiver.recv()).await {
@@ -141,7 +176,7 @@ async fn next_event(st: &mut StreamState) -> Option<Event> {
                     Some("stream_idle_timeout"),
                     "No data arrived for this stream in time.",
                 );
-                return Some(error_event(&body.to_json()));
+                return Some(Out::Error(body.to_json()));
             }
         };
         match event {
@@ -151,7 +186,7 @@ async fn next_event(st: &mut StreamState) -> Option<Event> {
                     continue;
                 }
                 st.next_seq += 1;
-                return Some(Event::default().data(chunk.data));
+                return Some(Out::Chunk(chunk.data));
             }
             ReplyEvent::End(result) => {
                 st.done = true;
@@ -162,11 +197,11 @@ async fn next_event(st: &mut StreamState) -> Option<Event> {
                         Some("stream_interrupted"),
                         "The worker serving this stream failed mid-way; the request was completed by another worker but its output cannot be spliced into this stream.",
                     );
-                    return Some(error_event(&body.to_json()));
+                    return Some(Out::Error(body.to_json()));
                 }
                 return Some(match result.status {
-                    Status::Completed => Event::default().data("[DONE]"),
-                    Status::Failed | Status::Expired => error_event(&result.body),
+                    Status::Completed => Out::Done,
+                    Status::Failed | Status::Expired => Out::Error(result.body),
                 });
             }
         }

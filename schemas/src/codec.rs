@@ -91,7 +91,7 @@ macro_rules! record {
 }
 
 record!(Request, "Request", ["request.v1.avsc", "request.v2.avsc"]);
-record!(ResultRecord, "Result", ["result.v1.avsc"]);
+record!(ResultRecord, "Result", ["result.v1.avsc", "result.v2.avsc"]);
 record!(Usage, "Usage", ["usage.v1.avsc", "usage.v2.avsc"]);
 record!(StreamChunk, "StreamChunk", ["stream_chunk.v1.avsc"]);
 record!(Cancel, "Cancel", ["cancel.v1.avsc"]);

@@ -76,7 +76,7 @@ impl Status {
     }
 }
 
-/// The outcome of one request (`result.v1.avsc`).
+/// The outcome of one request (`result.v2.avsc`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Result {
     pub request_id: String,
@@ -99,6 +99,9 @@ pub struct Result {
     pub started_at_ms: i64,
     pub finished_at_ms: i64,
     pub worker: String,
+    /// Deployments passed over (failed, or skipped with an open circuit) before the one
+    /// that answered, or failed last. 0 in records written before v2.
+    pub fallbacks: i32,
 }
 
 /// Billable usage of one request (`usage.v2.avsc`). Cost in nano-USD keeps sums exact.

@@ -54,6 +54,7 @@ fn result() -> Result {
         started_at_ms: 2,
         finished_at_ms: 3,
         worker: "w1".into(),
+        fallbacks: 2,
     }
 }
 
@@ -256,4 +257,32 @@ fn previous_reader_reads_current_version() {
         Some(Value::String(request().body)),
         "last v1 field read intact"
     );
+}
+
+/// Results written by v1 workers (no `fallbacks`) read as 0 fallbacks; v1 readers read v2.
+#[test]
+fn result_v1_and_v2_read_each_other() {
+    let v1 = Schema::parse_str(include_str!("../avro/result.v1.avsc")).unwrap();
+    let Value::Record(mut fields) = to_value(result()).unwrap() else {
+        panic!("record expected")
+    };
+    fields.retain(|(name, _)| name != "fallbacks");
+    let datum = to_avro_datum(&v1, Value::Record(fields).resolve(&v1).unwrap()).unwrap();
+    let decoded = decode::<Result>(&frame(&v1, datum)).unwrap();
+    assert_eq!(
+        decoded,
+        Result {
+            fallbacks: 0,
+            ..result()
+        }
+    );
+
+    let bytes = encode(&result()).unwrap();
+    let mut body = &bytes[10..];
+    let Value::Record(old) = from_avro_datum(&v1, &mut body, None).unwrap() else {
+        panic!("record expected")
+    };
+    assert!(old
+        .iter()
+        .any(|(k, v)| k == "worker" && *v == Value::String("w1".into())));
 }

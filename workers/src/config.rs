@@ -18,9 +18,18 @@ pub struct Config {
     pub kafka: KafkaConfig,
     #[serde(default)]
     pub worker: WorkerConfig,
-    /// Where each model is served. A model may have several deployments (tried in order).
+    #[serde(default)]
+    pub scheduling: crate::schedule::SchedulingConfig,
+    /// Where each model is served. A model may have several deployments: one is chosen
+    /// by weight, the others follow as fallbacks.
     #[serde(default)]
     pub deployments: Vec<Deployment>,
+    /// Names callers may use besides the deployed models (aliases), and fallback chains
+    /// across models.
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    #[serde(default)]
+    pub circuit_breaker: CircuitBreakerConfig,
     /// Prices per model, in USD per million tokens.
     #[serde(default)]
     pub prices: Vec<Price>,
@@ -75,8 +84,12 @@ impl Default for WorkerConfig {
 pub struct Deployment {
     /// Unique name, recorded in results and usage.
     pub name: String,
-    /// The model name callers use.
+    /// The model name callers use (deployments sharing it are load-balanced).
     pub model: String,
+    /// Share of this model's requests tried here first, relative to the other deployments
+    /// of the model; 0 = only ever a fallback.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
     pub provider: ProviderConfig,
     /// Per-attempt timeout.
     #[serde(default = "default_timeout", with = "millis")]
@@ -92,6 +105,42 @@ fn default_timeout() -> Duration {
 
 fn default_retries() -> u32 {
     2
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// A name callers use and the models it is served by, in fallback order.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// An alias (`smart`, `fast`), or a deployed model's name: then this chain replaces the
+    /// model's own (list the model first to keep it and add fallbacks).
+    pub name: String,
+    /// Deployed models, tried in order; within each, deployments are chosen by weight.
+    pub models: Vec<String>,
+}
+
+/// Takes a failing deployment out of rotation, then probes it back.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CircuitBreakerConfig {
+    /// Consecutive failures (throttling, server errors, timeouts, refused keys) that open a
+    /// deployment's circuit; 0 turns circuit breaking off.
+    pub failure_threshold: u32,
+    /// How long an open circuit keeps the deployment out before one probe request.
+    #[serde(with = "millis")]
+    pub cooldown_ms: Duration,
+}
+
+impl Default for CircuitBreakerConfig {
+    fn default() -> Self {
+        CircuitBreakerConfig {
+            failure_threshold: 5,
+            cooldown_ms: Duration::from_secs(30),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -129,17 +178,76 @@ impl Config {
                 "at least one deployment is needed",
             ));
         }
+        self.scheduling
+            .validate()
+            .map_err(|problem| field("scheduling".into(), problem))?;
         if self.worker.max_in_flight == 0 {
             return Err(field("worker.max_in_flight".into(), "must be at least 1"));
         }
         let mut names = std::collections::HashSet::new();
         for (i, d) in self.deployments.iter().enumerate() {
+            if d.name.trim().is_empty() {
+                return Err(field(format!("deployments[{i}].name"), "must not be empty"));
+            }
             if !names.insert(d.name.as_str()) {
                 return Err(field(format!("deployments[{i}].name"), "is not unique"));
             }
-            d.provider
-                .validate()
-                .map_err(|problem| field(format!("deployments[{i}].provider"), problem))?;
+            if d.model.trim().is_empty() {
+                return Err(field(
+                    format!("deployments[{i}].model"),
+                    "must not be empty",
+                ));
+            }
+            if d.timeout_ms.is_zero() {
+                return Err(field(
+                    format!("deployments[{i}].timeout_ms"),
+                    "must be at least 1",
+                ));
+            }
+            if d.max_retries > 10 {
+                return Err(field(
+                    format!("deployments[{i}].max_retries"),
+                    "must be at most 10",
+                ));
+            }
+            d.provider.validate().map_err(|invalid| {
+                field(
+                    format!("deployments[{i}].provider.{}", invalid.field),
+                    invalid.problem,
+                )
+            })?;
+        }
+        let models: std::collections::HashSet<&str> =
+            self.deployments.iter().map(|d| d.model.as_str()).collect();
+        let mut routes = std::collections::HashSet::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            if r.name.trim().is_empty() {
+                return Err(field(format!("routes[{i}].name"), "must not be empty"));
+            }
+            if !routes.insert(r.name.as_str()) {
+                return Err(field(format!("routes[{i}].name"), "is not unique"));
+            }
+            if r.models.is_empty() {
+                return Err(field(
+                    format!("routes[{i}].models"),
+                    "must list at least one model",
+                ));
+            }
+            for (j, m) in r.models.iter().enumerate() {
+                if !models.contains(m.as_str()) {
+                    return Err(field(
+                        format!("routes[{i}].models[{j}]"),
+                        "is not the model of any deployment",
+                    ));
+                }
+            }
+        }
+        if self.circuit_breaker.failure_threshold > 0 && self.circuit_breaker.cooldown_ms.is_zero()
+        {
+            return Err(field(
+                "circuit_breaker.cooldown_ms".into(),
+                "must be at least 1 when failure_threshold is set",
+            ));
         }
         for (i, p) in self.prices.iter().enumerate() {
             let prices = [
@@ -164,7 +272,7 @@ impl Config {
 
 /// The sections env vars may override. Other `SLUICE_*` variables (another service's, or
 /// the scripts' `SLUICE_STATE`) are not ours and must not trip `deny_unknown_fields`.
-const ENV_SECTIONS: [&str; 2] = ["kafka", "worker"];
+const ENV_SECTIONS: [&str; 3] = ["kafka", "worker", "scheduling"];
 
 /// `SLUICE_KAFKA_BOOTSTRAP` -> `kafka.bootstrap`.
 fn env_overrides() -> Env {
@@ -184,5 +292,158 @@ mod millis {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn parse(toml: &str) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir().join(format!(
+            "sluice-worker-cfg-{}-{}",
+            std::process::id(),
+            toml.len()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("worker.toml");
+        std::fs::write(&file, toml).unwrap();
+        let loaded = Config::load(Some(&file));
+        let _ = std::fs::remove_dir_all(&dir);
+        loaded
+    }
+
+    const GOOD: &str = r#"
+[[deployments]]
+name = "openai-gpt-4o"
+model = "gpt-4o"
+weight = 3
+provider = { type = "openai", base_url = "https://api.openai.com/v1" }
+
+[[deployments]]
+name = "azure-gpt-4o"
+model = "gpt-4o"
+provider = { type = "azure", endpoint = "https://res.openai.azure.com", deployment = "gpt-4o" }
+
+[[deployments]]
+name = "claude"
+model = "claude-sonnet"
+timeout_ms = 90000
+max_retries = 1
+provider = { type = "anthropic", model = "claude-sonnet-4-5", default_max_tokens = 2048 }
+
+[[deployments]]
+name = "gemini-flash"
+model = "gemini-flash"
+provider = { type = "gemini", model = "gemini-2.5-flash" }
+
+[[deployments]]
+name = "local-llama"
+model = "llama"
+weight = 0
+provider = { type = "openai_compatible", base_url = "http://127.0.0.1:8000/v1" }
+
+[[routes]]
+name = "smart"
+models = ["gpt-4o", "claude-sonnet"]
+
+[[routes]]
+name = "fast"
+models = ["gemini-flash", "llama"]
+
+[circuit_breaker]
+failure_threshold = 3
+cooldown_ms = 10000
+"#;
+
+    #[test]
+    fn every_provider_type_and_the_catalogue_parse() {
+        let config = parse(GOOD).unwrap();
+        let kinds: Vec<&str> = config
+            .deployments
+            .iter()
+            .map(|d| d.provider.kind())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "openai",
+                "azure",
+                "anthropic",
+                "gemini",
+                "openai_compatible"
+            ]
+        );
+        assert_eq!(config.deployments[0].weight, 3);
+        assert_eq!(config.deployments[1].weight, 1, "weight defaults to 1");
+        assert_eq!(config.routes[0].models, ["gpt-4o", "claude-sonnet"]);
+        assert_eq!(config.circuit_breaker.failure_threshold, 3);
+        let ProviderConfig::Anthropic(anthropic) = &config.deployments[2].provider else {
+            panic!("anthropic");
+        };
+        assert_eq!(anthropic.base_url, "https://api.anthropic.com");
+        assert_eq!(anthropic.version, "2023-06-01");
+    }
+
+    #[test]
+    fn the_shipped_configs_load() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        for file in ["worker.toml", "worker.compose.toml"] {
+            let config = Config::load(Some(&root.join(file))).unwrap();
+            assert!(config.routes.iter().any(|r| r.name == "smart"), "{file}");
+        }
+    }
+
+    #[test]
+    fn bad_configuration_is_rejected_naming_the_field() {
+        let cases = [
+            (
+                GOOD.replace("base_url = \"http://127.0.0.1:8000/v1\"", "base_url = \"127.0.0.1:8000/v1\""),
+                "`deployments[4].provider.base_url` must start with http:// or https://",
+            ),
+            (
+                GOOD.replace("endpoint = \"https://res.openai.azure.com\"", "endpoint = \"res\""),
+                "`deployments[1].provider.endpoint` must start with http:// or https://",
+            ),
+            (
+                GOOD.replace("default_max_tokens = 2048", "default_max_tokens = 0"),
+                "`deployments[2].provider.default_max_tokens` must be at least 1",
+            ),
+            (
+                GOOD.replace("name = \"azure-gpt-4o\"", "name = \"openai-gpt-4o\""),
+                "`deployments[1].name` is not unique",
+            ),
+            (
+                GOOD.replace("models = [\"gemini-flash\", \"llama\"]", "models = [\"gemini-flash\", \"llama-3\"]"),
+                "`routes[1].models[1]` is not the model of any deployment",
+            ),
+            (
+                GOOD.replace("name = \"fast\"", "name = \"smart\""),
+                "`routes[1].name` is not unique",
+            ),
+            (
+                GOOD.replace("timeout_ms = 90000", "timeout_ms = 0"),
+                "`deployments[2].timeout_ms` must be at least 1",
+            ),
+            (
+                GOOD.replace("model = \"gemini-2.5-flash\"", "model = \"models/gemini:x\""),
+                "`deployments[3].provider.model` must be a bare Gemini model name",
+            ),
+            (
+                GOOD.replace("provider = { type = \"gemini\"", "provider = { api_key_env = \"SLUICE_TEST_UNSET_KEY_VAR\", type = \"gemini\""),
+                "`deployments[3].provider.api_key_env` names an environment variable that is not set",
+            ),
+        ];
+        for (toml, want) in cases {
+            let err = parse(&toml).unwrap_err().to_string();
+            assert!(err.contains(want), "want {want:?}, got {err:?}");
+        }
+        // Unknown keys and provider types are rejected by name too.
+        let err = parse(&GOOD.replace("weight = 3", "wieght = 3")).unwrap_err();
+        assert!(format!("{err:?}").contains("wieght"), "{err:?}");
+        let err = parse(&GOOD.replace("type = \"gemini\"", "type = \"palm\"")).unwrap_err();
+        assert!(format!("{err:?}").contains("palm"), "{err:?}");
     }
 }

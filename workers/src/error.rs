@@ -51,7 +51,8 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
-    /// Whether trying again may succeed: throttling, server errors, timeouts, broken connections.
+    /// Whether trying the same deployment again may succeed: throttling, server errors
+    /// (Anthropic's 529 included), timeouts, broken connections.
     pub fn is_retriable(&self) -> bool {
         match self {
             ProviderError::Status { status, .. } => {
@@ -64,10 +65,20 @@ impl ProviderError {
         }
     }
 
+    /// Whether another deployment may succeed where this one failed: everything retriable,
+    /// plus the answers that are about the deployment rather than the request (its key is
+    /// refused, or it does not have the model). These also count against its circuit breaker.
+    /// A 400 says the request is wrong and would be wrong everywhere.
+    pub fn is_deployment_fault(&self) -> bool {
+        self.is_retriable()
+            || matches!(self, ProviderError::Status { status, .. } if matches!(status, 401 | 403 | 404))
+    }
+
     /// A stable label for metrics and the `error_kind` column.
     pub fn kind(&self) -> &'static str {
         match self {
             ProviderError::Status { status: 429, .. } => "rate_limited",
+            ProviderError::Status { status: 529, .. } => "overloaded",
             ProviderError::Status { status, .. } if *status >= 500 => "upstream_error",
             ProviderError::Status { .. } => "upstream_rejected",
             ProviderError::Timeout(_) => "timeout",

@@ -2,6 +2,7 @@
 //! over HTTP, and emits result, reply, usage and audit events before marking each message
 //! done. At-least-once: a crash redelivers unfinished work; sinks deduplicate by request id.
 
+pub mod breaker;
 pub mod cancel;
 pub mod config;
 pub mod consume;
@@ -11,7 +12,10 @@ pub mod pricing;
 pub mod process;
 pub mod providers;
 pub mod publish;
+pub mod routing;
+pub mod schedule;
 pub mod stream;
+pub mod throttle;
 
 pub use config::Config;
 pub use consume::run;

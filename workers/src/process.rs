@@ -1,7 +1,6 @@
 //! Processing one request: deadline check, provider call with retries and fallback, then
 //! the result, reply, usage and audit events.
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant};
 
@@ -15,26 +14,28 @@ use sluice_schemas::{
 };
 use tokio_util::sync::CancellationToken;
 
+use crate::breaker::Admission;
 use crate::cancel::Cancellations;
 use crate::config::{Config, Deployment};
 use crate::error::ProviderError;
 use crate::pricing::PriceTable;
-use crate::providers::{Client, Completion, Provider};
+use crate::providers::{Completion, Provider};
 use crate::publish::{send, Outgoing};
+use crate::routing::{random_for, Catalogue, Target};
 
 /// Everything a request's processing needs, shared by all tasks of a worker.
 pub struct Processor {
     pub worker_id: String,
     pub topics: Topics,
     pub producer: FutureProducer,
-    pub deployments: HashMap<String, Vec<(Deployment, Client)>>,
+    pub catalogue: Catalogue,
     pub prices: PriceTable,
     pub cancellations: Cancellations,
     pub shutdown: CancellationToken,
 }
 
-/// The deployments serving a model, in fallback order.
-pub(crate) type Chain<'a> = &'a [(Deployment, Client)];
+/// The deployments to try for a request (indices into the catalogue), in order.
+pub(crate) type Chain = Vec<usize>;
 
 /// How a request ended, before it becomes events.
 pub(crate) struct Outcome {
@@ -44,7 +45,11 @@ pub(crate) struct Outcome {
     pub error_kind: Option<&'static str>,
     pub provider: String,
     pub deployment: String,
+    /// The model of the deployment that answered (prices are per served model).
+    pub served_model: String,
     pub attempts: i32,
+    /// Deployments passed over (failed, or skipped with an open circuit) before the last.
+    pub fallbacks: i32,
     pub usage: CompletionUsage,
     /// Usage is a tiktoken estimate: the provider reported none.
     pub estimated: bool,
@@ -59,19 +64,11 @@ impl Processor {
         cancellations: Cancellations,
         shutdown: CancellationToken,
     ) -> Processor {
-        let mut deployments: HashMap<String, Vec<(Deployment, Client)>> = HashMap::new();
-        for d in &config.deployments {
-            let client = Client::new(&d.provider, http.clone());
-            deployments
-                .entry(d.model.clone())
-                .or_default()
-                .push((d.clone(), client));
-        }
         Processor {
             worker_id: config.worker.id.clone(),
             topics: Topics::new(config.kafka.topic_prefix.clone()),
             producer,
-            deployments,
+            catalogue: Catalogue::new(config, &http),
             prices: PriceTable::new(&config.prices),
             cancellations,
             shutdown,
@@ -97,10 +94,7 @@ impl Processor {
 
     /// Checks what needs no provider: the deadline, a deployment for the model, the body.
     #[allow(clippy::result_large_err)]
-    fn prepare<'a>(
-        &'a self,
-        request: &Request,
-    ) -> Result<(Chain<'a>, Map<String, Value>), Outcome> {
+    fn prepare(&self, request: &Request) -> Result<(Chain, Map<String, Value>), Outcome> {
         let started_at_ms = now_ms();
         if started_at_ms >= request.deadline_ms {
             tracing::info!(
@@ -119,7 +113,10 @@ impl Processor {
                 started_at_ms,
             ));
         }
-        let Some(chain) = self.deployments.get(&request.model) else {
+        let Some(chain) = self
+            .catalogue
+            .chain(&request.model, random_for(&request.request_id))
+        else {
             return Err(failure(
                 Status::Failed,
                 404,
@@ -148,29 +145,30 @@ impl Processor {
         }
     }
 
-    async fn run(
-        &self,
-        request: &Request,
-        body: Map<String, Value>,
-        chain: &[(Deployment, Client)],
-    ) -> Outcome {
+    async fn run(&self, request: &Request, body: Map<String, Value>, chain: Chain) -> Outcome {
         let started_at_ms = now_ms();
-        let mut attempts = 0;
-        let mut last: Option<(ProviderError, &Deployment)> = None;
-        'chain: for (deployment, client) in chain {
+        let mut tally = Tally::default();
+        let mut last: Option<(ProviderError, &Target)> = None;
+        'chain: for (position, &index) in chain.iter().enumerate() {
+            let target = self.catalogue.target(index);
+            let deployment = &target.deployment;
+            let has_next = position + 1 < chain.len();
             for retry in 0..=deployment.max_retries {
                 let remaining = request.deadline_ms - now_ms();
                 if remaining <= 0 {
                     break 'chain;
                 }
-                attempts += 1;
+                if !tally.admit(target, position) {
+                    continue 'chain;
+                }
                 let timeout = deployment
                     .timeout_ms
                     .min(Duration::from_millis(remaining as u64));
                 let began = Instant::now();
-                match client.complete(body.clone(), timeout).await {
+                match target.client.complete(body.clone(), timeout).await {
                     Ok(Completion { body, usage }) => {
-                        tracing::debug!(deployment = %deployment.name, attempts, elapsed_ms = began.elapsed().as_millis() as u64, "completed");
+                        target.breaker.success();
+                        tracing::debug!(deployment = %deployment.name, attempts = tally.attempts, elapsed_ms = began.elapsed().as_millis() as u64, "completed");
                         return Outcome {
                             status: Status::Completed,
                             http_status: 200,
@@ -178,46 +176,33 @@ impl Processor {
                             error_kind: None,
                             provider: deployment.provider.kind().into(),
                             deployment: deployment.name.clone(),
-                            attempts,
+                            served_model: deployment.model.clone(),
+                            attempts: tally.attempts,
+                            fallbacks: tally.fallbacks,
                             usage,
                             estimated: false,
                             started_at_ms,
                         };
                     }
                     Err(error) => {
-                        tracing::warn!(deployment = %deployment.name, attempt = attempts, kind = error.kind(), %error, "provider call failed");
-                        let retriable = error.is_retriable();
-                        let wait = backoff(retry, error.retry_after(), &request.request_id);
-                        last = Some((error, deployment));
-                        if !retriable {
-                            break 'chain;
-                        }
-                        if retry < deployment.max_retries {
-                            tokio::select! {
-                                _ = tokio::time::sleep(wait) => {}
-                                _ = self.shutdown.cancelled() => break 'chain,
+                        let next =
+                            after_failure(&error, target, retry, has_next, request, tally.attempts);
+                        last = Some((error, target));
+                        match next {
+                            Next::Retry(wait) => {
+                                tokio::select! {
+                                    _ = tokio::time::sleep(wait) => {}
+                                    _ = self.shutdown.cancelled() => break 'chain,
+                                }
                             }
+                            Next::Fallback => continue 'chain,
+                            Next::Stop => break 'chain,
                         }
                     }
                 }
             }
         }
-        match last {
-            Some((error, deployment)) => {
-                provider_failure(error, deployment, attempts, started_at_ms)
-            }
-            None => failure(
-                Status::Expired,
-                504,
-                ErrorBody::new(
-                    "timeout",
-                    Some("deadline_exceeded"),
-                    "The request reached its deadline before a provider answered.",
-                ),
-                "expired",
-                started_at_ms,
-            ),
-        }
+        tally.end(last, &request.model, started_at_ms)
     }
 
     async fn publish(&self, request: &Request, outcome: Outcome) -> bool {
@@ -226,12 +211,16 @@ impl Processor {
             .usage
             .prompt_tokens_details
             .map_or(0, |d| d.cached_tokens);
-        let cost_nanos = match self.prices.cost_nanos(
-            &request.model,
-            outcome.usage.prompt_tokens,
-            cached,
-            outcome.usage.completion_tokens,
-        ) {
+        let cost = |model: &str| {
+            self.prices.cost_nanos(
+                model,
+                outcome.usage.prompt_tokens,
+                cached,
+                outcome.usage.completion_tokens,
+            )
+        };
+        // The served model's price; the requested name's (an alias may have one) otherwise.
+        let cost_nanos = match cost(&outcome.served_model).or_else(|| cost(&request.model)) {
             Some(c) => c,
             None => {
                 if outcome.status == Status::Completed {
@@ -254,6 +243,7 @@ impl Processor {
             provider: outcome.provider.clone(),
             deployment: outcome.deployment.clone(),
             attempts: outcome.attempts,
+            fallbacks: outcome.fallbacks,
             prompt_tokens: clamp(outcome.usage.prompt_tokens),
             completion_tokens: clamp(outcome.usage.completion_tokens),
             created_at_ms: request.created_at_ms,
@@ -379,7 +369,9 @@ pub(crate) fn failure(
         error_kind: Some(kind),
         provider: String::new(),
         deployment: String::new(),
+        served_model: String::new(),
         attempts: 0,
+        fallbacks: 0,
         usage: CompletionUsage::default(),
         estimated: false,
         started_at_ms,
@@ -430,11 +422,132 @@ pub(crate) fn provider_failure(
         error_kind: Some(kind),
         provider: deployment.provider.kind().into(),
         deployment: deployment.name.clone(),
+        served_model: deployment.model.clone(),
         attempts,
+        fallbacks: 0,
         usage: CompletionUsage::default(),
         estimated: false,
         started_at_ms,
     }
+}
+
+/// Attempts and fallbacks of one request, and the circuit breakers it met.
+#[derive(Default)]
+pub(crate) struct Tally {
+    pub attempts: i32,
+    pub fallbacks: i32,
+    /// Deployments skipped because their circuit was open.
+    pub skipped: i32,
+}
+
+impl Tally {
+    /// Asks the target's breaker; counts the attempt if it may be called.
+    pub(crate) fn admit(&mut self, target: &Target, position: usize) -> bool {
+        match target.breaker.admit(Instant::now()) {
+            Admission::Rejected => {
+                tracing::debug!(deployment = %target.deployment.name, "circuit open; skipped");
+                self.skipped += 1;
+                false
+            }
+            admission => {
+                if admission == Admission::Probe {
+                    tracing::info!(deployment = %target.deployment.name, "circuit half open; probing");
+                }
+                self.attempts += 1;
+                self.fallbacks = position as i32;
+                true
+            }
+        }
+    }
+
+    /// The outcome when no deployment answered.
+    pub(crate) fn end(
+        &self,
+        last: Option<(ProviderError, &Target)>,
+        model: &str,
+        started_at_ms: i64,
+    ) -> Outcome {
+        match last {
+            Some((error, target)) => {
+                let mut outcome =
+                    provider_failure(error, &target.deployment, self.attempts, started_at_ms);
+                outcome.fallbacks = self.fallbacks;
+                outcome
+            }
+            None if self.skipped > 0 => {
+                let mut outcome = failure(
+                    Status::Failed,
+                    503,
+                    ErrorBody::new(
+                        "service_unavailable",
+                        Some("deployments_unavailable"),
+                        format!("Every deployment serving `{model}` is failing and out of rotation for a cool-down; retry later."),
+                    ),
+                    "circuit_open",
+                    started_at_ms,
+                );
+                outcome.fallbacks = self.skipped - 1;
+                outcome
+            }
+            None => failure(
+                Status::Expired,
+                504,
+                ErrorBody::new(
+                    "timeout",
+                    Some("deadline_exceeded"),
+                    "The request reached its deadline before a provider answered.",
+                ),
+                "expired",
+                started_at_ms,
+            ),
+        }
+    }
+}
+
+/// What to do after a failed attempt.
+pub(crate) enum Next {
+    /// The same deployment again, after this wait.
+    Retry(Duration),
+    /// The next deployment of the chain.
+    Fallback,
+    /// Give up: the error is the caller's answer.
+    Stop,
+}
+
+/// Records the failure with the deployment's breaker and decides what comes next:
+/// - a request error (400, 422, ...) would fail anywhere: stop, never retried;
+/// - a deployment fault that retrying cannot fix (401, 403, 404): the next deployment;
+/// - throttled (429) with a fallback left: the next deployment at once, rather than wait;
+/// - otherwise retry with backoff (at least the provider's Retry-After), then fall back;
+///   a wait that would end past the deadline is not waited.
+pub(crate) fn after_failure(
+    error: &ProviderError,
+    target: &Target,
+    retry: u32,
+    has_next: bool,
+    request: &Request,
+    attempt: i32,
+) -> Next {
+    let deployment = &target.deployment;
+    tracing::warn!(deployment = %deployment.name, attempt, kind = error.kind(), %error, "provider call failed");
+    if !error.is_deployment_fault() {
+        // The deployment answered: it is healthy, the request is not.
+        target.breaker.success();
+        return Next::Stop;
+    }
+    if target.breaker.failure(Instant::now()) {
+        tracing::warn!(deployment = %deployment.name, "circuit opened");
+    }
+    let throttled = matches!(error, ProviderError::Status { status: 429, .. });
+    if !error.is_retriable() || retry >= deployment.max_retries || (throttled && has_next) {
+        return if has_next { Next::Fallback } else { Next::Stop };
+    }
+    let wait = backoff(retry, error.retry_after(), &request.request_id);
+    let remaining = Duration::from_millis((request.deadline_ms - now_ms()).max(0) as u64);
+    if wait >= remaining {
+        return if has_next { Next::Fallback } else { Next::Stop };
+    }
+    Next::Retry(wait)
 }
 
 /// Exponential backoff with full jitter, at least what the provider asked for.

@@ -14,10 +14,10 @@ use sluice_schemas::openai::{CompletionUsage, ErrorBody};
 use sluice_schemas::{encode, now_ms, Request, Status, StreamChunk};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Deployment;
 use crate::error::ProviderError;
-use crate::process::{backoff, failure, provider_failure, Outcome, Processor};
-use crate::providers::{Client, Provider};
+use crate::process::{after_failure, failure, Chain, Next, Outcome, Processor, Tally};
+use crate::providers::Provider;
+use crate::routing::Target;
 
 /// How a started stream ended.
 enum End {
@@ -36,6 +36,8 @@ struct Collected {
     model: Option<String>,
     created: Option<i64>,
     text: String,
+    /// Tool calls assembled from their deltas, by position.
+    tool_calls: Vec<Value>,
     finish_reason: Option<String>,
     usage: Option<CompletionUsage>,
 }
@@ -51,6 +53,27 @@ impl Collected {
             if let Some(text) = choice["delta"]["content"].as_str() {
                 self.text.push_str(text);
             }
+            for call in choice["delta"]["tool_calls"]
+                .as_array()
+                .map_or(&[][..], Vec::as_slice)
+            {
+                let position = call["index"].as_u64().unwrap_or(0) as usize;
+                while self.tool_calls.len() <= position {
+                    self.tool_calls.push(json!({"id": "", "type": "function",
+                        "function": {"name": "", "arguments": ""}}));
+                }
+                let entry = &mut self.tool_calls[position];
+                if let Some(id) = call["id"].as_str() {
+                    entry["id"] = json!(id);
+                }
+                for key in ["name", "arguments"] {
+                    if let Some(part) = call["function"][key].as_str() {
+                        let joined =
+                            format!("{}{part}", entry["function"][key].as_str().unwrap_or(""));
+                        entry["function"][key] = json!(joined);
+                    }
+                }
+            }
             if let Some(reason) = choice["finish_reason"].as_str() {
                 self.finish_reason = Some(reason.to_string());
             }
@@ -62,6 +85,13 @@ impl Collected {
 
     /// The whole completion, as a non-streaming call would have returned it.
     fn completion(&self, usage: CompletionUsage) -> String {
+        let mut message = json!({"role": "assistant", "content": self.text});
+        if !self.tool_calls.is_empty() {
+            message["tool_calls"] = json!(self.tool_calls);
+            if self.text.is_empty() {
+                message["content"] = Value::Null;
+            }
+        }
         json!({
             "id": self.id,
             "object": "chat.completion",
@@ -69,7 +99,7 @@ impl Collected {
             "model": self.model,
             "choices": [{
                 "index": 0,
-                "message": {"role": "assistant", "content": self.text},
+                "message": message,
                 "finish_reason": self.finish_reason,
             }],
             "usage": usage,
@@ -101,7 +131,7 @@ impl Processor {
         &self,
         request: &Request,
         mut body: Map<String, Value>,
-        chain: &[(Deployment, Client)],
+        chain: Chain,
         cancel: &CancellationToken,
         started_at_ms: i64,
     ) -> Outcome {
@@ -120,44 +150,56 @@ impl Processor {
         options.insert("include_usage".into(), Value::Bool(true));
         body.insert("stream_options".into(), Value::Object(options));
 
-        let mut attempts = 0;
-        let mut last: Option<(ProviderError, &Deployment)> = None;
-        'chain: for (deployment, client) in chain {
+        let mut tally = Tally::default();
+        let mut last: Option<(ProviderError, &Target)> = None;
+        'chain: for (position, &index) in chain.iter().enumerate() {
+            let target = self.catalogue.target(index);
+            let deployment = &target.deployment;
+            let has_next = position + 1 < chain.len();
             for retry in 0..=deployment.max_retries {
                 let remaining = request.deadline_ms - now_ms();
                 if remaining <= 0 || cancel.is_cancelled() {
                     break 'chain;
                 }
-                attempts += 1;
+                if !tally.admit(target, position) {
+                    continue 'chain;
+                }
                 let timeout = deployment
                     .timeout_ms
                     .min(Duration::from_millis(remaining as u64));
                 let started = tokio::select! {
-                    s = client.stream(body.clone(), timeout) => s,
+                    s = target.client.stream(body.clone(), timeout) => s,
                     _ = cancel.cancelled() => break 'chain,
                 };
                 match started {
                     Ok(events) => {
                         // Events flow: from here on there is no retry, the caller has them.
-                        return self
-                            .forward(request, events, deployment, caller_wants_usage, cancel)
-                            .await
-                            .into_outcome(request, deployment, attempts, started_at_ms);
+                        let forwarded = self
+                            .forward(request, events, target, caller_wants_usage, cancel)
+                            .await;
+                        match &forwarded.end {
+                            End::Done => target.breaker.success(),
+                            End::CallerGone | End::ProviderError(_) => {}
+                            End::Broken(_) | End::IdleTimeout(_) => {
+                                target.breaker.failure(std::time::Instant::now());
+                            }
+                        }
+                        return forwarded.into_outcome(request, target, &tally, started_at_ms);
                     }
                     Err(error) => {
-                        tracing::warn!(deployment = %deployment.name, attempt = attempts, kind = error.kind(), %error, "provider stream failed to start");
-                        let retriable = error.is_retriable();
-                        let wait = backoff(retry, error.retry_after(), &request.request_id);
-                        last = Some((error, deployment));
-                        if !retriable {
-                            break 'chain;
-                        }
-                        if retry < deployment.max_retries {
-                            tokio::select! {
-                                _ = tokio::time::sleep(wait) => {}
-                                _ = cancel.cancelled() => break 'chain,
-                                _ = self.shutdown.cancelled() => break 'chain,
+                        let next =
+                            after_failure(&error, target, retry, has_next, request, tally.attempts);
+                        last = Some((error, target));
+                        match next {
+                            Next::Retry(wait) => {
+                                tokio::select! {
+                                    _ = tokio::time::sleep(wait) => {}
+                                    _ = cancel.cancelled() => break 'chain,
+                                    _ = self.shutdown.cancelled() => break 'chain,
+                                }
                             }
+                            Next::Fallback => continue 'chain,
+                            Next::Stop => break 'chain,
                         }
                     }
                 }
@@ -166,22 +208,7 @@ impl Processor {
         if cancel.is_cancelled() {
             return caller_gone(started_at_ms);
         }
-        match last {
-            Some((error, deployment)) => {
-                provider_failure(error, deployment, attempts, started_at_ms)
-            }
-            None => failure(
-                Status::Expired,
-                504,
-                ErrorBody::new(
-                    "timeout",
-                    Some("deadline_exceeded"),
-                    "The request reached its deadline before a provider answered.",
-                ),
-                "expired",
-                started_at_ms,
-            ),
-        }
+        tally.end(last, &request.model, started_at_ms)
     }
 
     /// Forwards events to the reply partition until the stream ends.
@@ -189,14 +216,14 @@ impl Processor {
         &self,
         request: &Request,
         mut events: crate::providers::EventStream,
-        deployment: &Deployment,
+        target: &Target,
         caller_wants_usage: bool,
         cancel: &CancellationToken,
     ) -> Forwarded {
         let mut collected = Collected::default();
         let mut deliveries = Vec::new();
         let mut seq = 0;
-        let idle = deployment.timeout_ms;
+        let idle = target.deployment.timeout_ms;
         let end = loop {
             let event = tokio::select! {
                 _ = cancel.cancelled() => break End::CallerGone,
@@ -291,10 +318,11 @@ impl Forwarded {
     fn into_outcome(
         self,
         request: &Request,
-        deployment: &Deployment,
-        attempts: i32,
+        target: &Target,
+        tally: &Tally,
         started_at_ms: i64,
     ) -> Outcome {
+        let deployment = &target.deployment;
         let (usage, estimated) = usage_or_estimate(request, &self.collected);
         let (status, http_status, error_kind, body) = match self.end {
             End::Done => (
@@ -367,7 +395,9 @@ impl Forwarded {
             error_kind,
             provider: deployment.provider.kind().into(),
             deployment: deployment.name.clone(),
-            attempts,
+            served_model: deployment.model.clone(),
+            attempts: tally.attempts,
+            fallbacks: tally.fallbacks,
             usage,
             estimated,
             started_at_ms,
@@ -388,4 +418,33 @@ pub(crate) fn caller_gone(started_at_ms: i64) -> Outcome {
         "client_disconnected",
         started_at_ms,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_streamed_tool_call_is_assembled_for_the_result() {
+        let mut collected = Collected::default();
+        for chunk in [
+            json!({"id": "c1", "model": "m", "created": 1, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}),
+            json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}]}}]}),
+            json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\":"}}]}}]}),
+            json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "\"Paris\"}"}}]}}]}),
+            json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}),
+        ] {
+            collected.absorb(&chunk);
+        }
+        let body: Value =
+            serde_json::from_str(&collected.completion(CompletionUsage::default())).unwrap();
+        assert_eq!(
+            body["choices"][0]["message"],
+            json!({"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+                "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]})
+        );
+        assert_eq!(body["choices"][0]["finish_reason"], "tool_calls");
+    }
 }

@@ -166,6 +166,7 @@ pub fn result_records() -> Vec<sluice_schemas::Result> {
             started_at_ms: int(r, "started_at_ms"),
             finished_at_ms: int(r, "finished_at_ms"),
             worker: r["worker"].clone(),
+            fallbacks: int(r, "fallbacks"),
         })
         .collect()
 }

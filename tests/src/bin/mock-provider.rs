@@ -9,7 +9,8 @@ use anyhow::Context as _;
 use clap::Parser;
 use sluice_tests::mock::{Behaviour, Latency, MockProvider};
 
-/// A mock OpenAI-compatible provider (see `sluice_tests::mock`).
+/// A mock LLM provider speaking OpenAI's (and Azure's), Anthropic's and Gemini's wire
+/// formats on one port (see `sluice_tests::mock`).
 #[derive(Debug, Parser)]
 struct Args {
     #[arg(long, default_value = "127.0.0.1:9100")]

@@ -15,15 +15,24 @@
 //!
 //! - [`behaviour`]: what it answers (latency, reply size, stream shape, injected failures).
 //! - [`reply`]: how reply text and token counts are derived, so tests can compute them.
-//! - [`openai`]: OpenAI Chat Completions (`/v1/chat/completions`, `/v1/models`). Anthropic
-//!   Messages and Gemini generateContent belong in sibling modules with their own routes.
+//! - [`openai`]: OpenAI Chat Completions (`/v1/chat/completions`, `/v1/models`), and Azure
+//!   OpenAI's deployment path (`/openai/deployments/{deployment}/chat/completions`).
+//! - [`anthropic`]: Anthropic Messages (`/v1/messages`), at [`MockProvider::origin`].
+//! - [`gemini`]: Gemini generateContent and streamGenerateContent
+//!   (`/v1beta/models/{model}:generateContent`), at [`MockProvider::gemini_base_url`].
+//!
+//! One instance answers every format at once, each on its own paths, so a test can put
+//! deployments of several providers in front of one mock. `GET /v1/models` is OpenAI's.
 //!
 //! Behaviour is set on the instance only; nothing in a request changes how the mock behaves.
 
+pub mod anthropic;
 pub mod behaviour;
 mod connection;
+pub mod gemini;
 pub mod openai;
 pub mod reply;
+mod sse;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -82,6 +91,8 @@ impl MockProvider {
         // Paths no provider serves are answered in OpenAI's error shape.
         let app = Router::new()
             .merge(openai::routes())
+            .merge(anthropic::routes())
+            .merge(gemini::routes())
             .fallback(openai::invalid_url)
             .method_not_allowed_fallback(openai::invalid_method)
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -117,6 +128,11 @@ impl MockProvider {
     /// OpenAI's base URL: `http://127.0.0.1:PORT/v1`.
     pub fn base_url(&self) -> String {
         format!("http://{}/v1", self.addr)
+    }
+
+    /// Gemini's base URL: `http://127.0.0.1:PORT/v1beta`.
+    pub fn gemini_base_url(&self) -> String {
+        format!("http://{}/v1beta", self.addr)
     }
 
     /// The current behaviour; `fail_next` holds the failures not yet used.

@@ -15,6 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 pub const KEY_A: &str = "sk-test-team-a";
 pub const KEY_B: &str = "sk-test-team-b";
+/// Team A's key limited to 2 sync requests a minute.
+pub const KEY_LIMITED: &str = "sk-test-team-a-limited";
 pub const MODEL: &str = "gpt-4o-mini";
 /// USD per million tokens for MODEL in every test stack.
 pub const PRICE_IN: f64 = 0.15;
@@ -42,6 +44,12 @@ pub struct StackOptions {
     pub worker: bool,
     pub clickhouse_url: String,
     pub produce_timeout: Duration,
+    /// TOML appended to every worker's config: more `[[deployments]]`, `[[routes]]`,
+    /// `[[prices]]`, `[circuit_breaker]`. `{origin}` stands for the stack's mock
+    /// (`http://127.0.0.1:PORT`).
+    pub extra_worker_toml: String,
+    /// Model names the ingress accepts besides MODEL (deployed models and aliases).
+    pub extra_models: Vec<String>,
 }
 
 impl Default for StackOptions {
@@ -52,6 +60,8 @@ impl Default for StackOptions {
             worker: true,
             clickhouse_url: clickhouse_url(),
             produce_timeout: Duration::from_secs(5),
+            extra_worker_toml: String::new(),
+            extra_models: Vec::new(),
         }
     }
 }
@@ -64,6 +74,7 @@ pub struct Stack {
     pub mock: MockProvider,
     pub http: reqwest::Client,
     pub shutdown: CancellationToken,
+    extra_worker_toml: String,
     worker_shutdown: Vec<(CancellationToken, JoinHandle<()>)>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -91,12 +102,22 @@ impl Stack {
             clickhouse: Default::default(),
             deadlines: Default::default(),
             routing: Default::default(),
-            keys: vec![key("key_a", "team-a", KEY_A), key("key_b", "team-b", KEY_B)],
-            models: vec![sluice_ingress::config::ModelConfig {
-                id: MODEL.into(),
-                owned_by: "openai".into(),
-                tokenizer: None,
-            }],
+            keys: vec![
+                key("key_a", "team-a", KEY_A),
+                key("key_b", "team-b", KEY_B),
+                sluice_ingress::config::KeyConfig {
+                    requests_per_minute: std::num::NonZeroU32::new(2),
+                    ..key("key_limited", "team-a", KEY_LIMITED)
+                },
+            ],
+            models: std::iter::once(MODEL.to_string())
+                .chain(options.extra_models.iter().cloned())
+                .map(|id| sluice_ingress::config::ModelConfig {
+                    id,
+                    owned_by: "openai".into(),
+                    tokenizer: None,
+                })
+                .collect(),
         };
         ingress.server.listen = "127.0.0.1:0".into();
         ingress.server.sync_timeout_ms = Duration::from_secs(30);
@@ -128,6 +149,7 @@ impl Stack {
             }
         });
 
+        let mock_origin = mock.origin();
         let mut stack = Stack {
             base: format!("http://{}", running.addr),
             prefix,
@@ -136,6 +158,7 @@ impl Stack {
             mock,
             http: reqwest::Client::new(),
             shutdown,
+            extra_worker_toml: options.extra_worker_toml.replace("{origin}", &mock_origin),
             worker_shutdown: Vec::new(),
             tasks: vec![running.task, sink],
         };
@@ -178,10 +201,12 @@ provider = {{ type = "openai", base_url = "{base}" }}
 model = "{MODEL}"
 input_per_million = {PRICE_IN}
 output_per_million = {PRICE_OUT}
+{extra}
 "#,
             bootstrap = self.bootstrap,
             prefix = self.prefix,
             base = self.mock.base_url(),
+            extra = self.extra_worker_toml,
         )
     }
 
@@ -294,6 +319,7 @@ fn key(id: &str, team: &str, plaintext: &str) -> sluice_ingress::config::KeyConf
         id: id.into(),
         team: team.into(),
         sha256: sluice_ingress::auth::hex_digest(plaintext),
+        requests_per_minute: None,
     }
 }
 

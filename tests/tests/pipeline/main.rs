@@ -5,6 +5,8 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod providers;
+mod scheduling;
 mod streaming;
 
 use std::time::Duration;
@@ -303,22 +305,6 @@ async fn bad_input_gets_a_clear_openai_error_and_nothing_is_published() {
         );
         assert!(err["error"]["type"].is_string(), "{what}");
     }
-    // Oversized body.
-    let big = format!(
-        r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"{}"}}]}}"#,
-        "x".repeat(5 * 1024 * 1024)
-    );
-    let resp = stack
-        .http
-        .post(&url)
-        .bearer_auth(KEY_A)
-        .body(big)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 413);
-    let err: Value = resp.json().await.unwrap();
-    assert_eq!(err["error"]["code"], "request_too_large");
     // Bad priority header.
     let resp = stack
         .http
@@ -342,6 +328,22 @@ async fn bad_input_gets_a_clear_openai_error_and_nothing_is_published() {
         (405, Some("method_not_allowed"))
     );
 
+    // Oversized body.
+    let big = format!(
+        r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "x".repeat(5 * 1024 * 1024)
+    );
+    // Its own client: the server closes a connection whose body it refused to read.
+    let resp = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(KEY_A)
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 413);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "request_too_large");
     // None of it reached a provider; the one valid request after it still works.
     assert_eq!(stack.mock.call_count(), 0);
     let (status, body) = stack

@@ -1,9 +1,20 @@
-//! Providers: a closed set, chosen by `type` in config, all behind one trait.
+//! Providers: a closed set, chosen by `type` in config, all behind one trait. Whatever the
+//! provider speaks, requests arrive and answers leave in one internal shape: the OpenAI chat
+//! completion request, response and `chat.completion.chunk` (what flows through Kafka and
+//! back to callers). Each provider module translates to and from its own wire format;
+//! [`translate`] holds what they share.
 
+pub mod anthropic;
+pub mod azure;
+pub mod gemini;
 pub mod openai;
+pub mod translate;
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use sluice_schemas::openai::CompletionUsage;
@@ -14,20 +25,54 @@ use crate::error::ProviderError;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ProviderConfig {
-    /// OpenAI or any OpenAI-compatible server (vLLM, Ollama, llama.cpp server, the mock).
+    /// OpenAI's API (or any server that speaks it).
     Openai(openai::OpenAiConfig),
+    /// A self-hosted OpenAI-compatible server (vLLM, Ollama, llama.cpp server): the same
+    /// wire format as `openai`, named apart so results and dashboards tell them apart.
+    OpenaiCompatible(openai::OpenAiConfig),
+    /// Azure OpenAI: a resource endpoint, a deployment and an API version.
+    Azure(azure::AzureConfig),
+    /// Anthropic's Messages API.
+    Anthropic(anthropic::AnthropicConfig),
+    /// Google's Gemini API (generateContent, streamGenerateContent).
+    Gemini(gemini::GeminiConfig),
+}
+
+/// A config field that is wrong: its name under `provider` and what is wrong with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Invalid {
+    pub field: &'static str,
+    pub problem: &'static str,
 }
 
 impl ProviderConfig {
-    pub fn validate(&self) -> Result<(), &'static str> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         match self {
-            ProviderConfig::Openai(c) => c.validate(),
+            ProviderConfig::Openai(c) | ProviderConfig::OpenaiCompatible(c) => c.validate(),
+            ProviderConfig::Azure(c) => c.validate(),
+            ProviderConfig::Anthropic(c) => c.validate(),
+            ProviderConfig::Gemini(c) => c.validate(),
         }
     }
 
+    /// The `type`, recorded as the provider of results and usage.
     pub fn kind(&self) -> &'static str {
         match self {
             ProviderConfig::Openai(_) => "openai",
+            ProviderConfig::OpenaiCompatible(_) => "openai_compatible",
+            ProviderConfig::Azure(_) => "azure",
+            ProviderConfig::Anthropic(_) => "anthropic",
+            ProviderConfig::Gemini(_) => "gemini",
+        }
+    }
+
+    /// The provider's own name for the model, if config sets one.
+    pub fn model(&self) -> Option<&str> {
+        match self {
+            ProviderConfig::Openai(c) | ProviderConfig::OpenaiCompatible(c) => c.model.as_deref(),
+            ProviderConfig::Azure(_) => None,
+            ProviderConfig::Anthropic(c) => c.model.as_deref(),
+            ProviderConfig::Gemini(c) => c.model.as_deref(),
         }
     }
 }
@@ -67,13 +112,25 @@ pub trait Provider {
 /// A provider client built from config.
 #[derive(Debug, Clone)]
 pub enum Client {
+    /// OpenAI, OpenAI-compatible servers and Azure OpenAI: one wire format.
     Openai(openai::OpenAi),
+    Anthropic(anthropic::Anthropic),
+    Gemini(gemini::Gemini),
 }
 
 impl Client {
-    pub fn new(config: &ProviderConfig, http: reqwest::Client) -> Client {
+    /// `model` is the provider's name for the model: the config's `model`, else the
+    /// deployment's (callers may have asked for an alias, which no provider knows).
+    pub fn new(config: &ProviderConfig, model: &str, http: reqwest::Client) -> Client {
         match config {
-            ProviderConfig::Openai(c) => Client::Openai(openai::OpenAi::new(c, http)),
+            ProviderConfig::Openai(c) | ProviderConfig::OpenaiCompatible(c) => {
+                Client::Openai(openai::OpenAi::new(c, model, http))
+            }
+            ProviderConfig::Azure(c) => Client::Openai(azure::client(c, model, http)),
+            ProviderConfig::Anthropic(c) => {
+                Client::Anthropic(anthropic::Anthropic::new(c, model, http))
+            }
+            ProviderConfig::Gemini(c) => Client::Gemini(gemini::Gemini::new(c, model, http)),
         }
     }
 }
@@ -86,6 +143,8 @@ impl Provider for Client {
     ) -> Result<Completion, ProviderError> {
         match self {
             Client::Openai(p) => p.complete(request, timeout).await,
+            Client::Anthropic(p) => p.complete(request, timeout).await,
+            Client::Gemini(p) => p.complete(request, timeout).await,
         }
     }
 
@@ -96,6 +155,8 @@ impl Provider for Client {
     ) -> Result<EventStream, ProviderError> {
         match self {
             Client::Openai(p) => p.stream(request, timeout).await,
+            Client::Anthropic(p) => p.stream(request, timeout).await,
+            Client::Gemini(p) => p.stream(request, timeout).await,
         }
     }
 }
@@ -109,4 +170,174 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     get("retry-after")
         .and_then(|v| v.trim().parse::<f64>().ok())
         .map(|s| Duration::from_secs_f64(s.clamp(0.0, 3600.0)))
+}
+
+/// Checks shared by every provider's config.
+pub(crate) fn check_url(url: &str, field: &'static str) -> Result<(), Invalid> {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(Invalid {
+            field,
+            problem: "must start with http:// or https://",
+        })
+    }
+}
+
+pub(crate) fn check_key_env(var: Option<&str>) -> Result<(), Invalid> {
+    match var {
+        Some(var) if std::env::var(var).is_err() => Err(Invalid {
+            field: "api_key_env",
+            problem: "names an environment variable that is not set",
+        }),
+        _ => Ok(()),
+    }
+}
+
+pub(crate) fn key_from_env(var: Option<&str>) -> Option<String> {
+    var.and_then(|v| std::env::var(v).ok())
+}
+
+/// Turns a provider's error body into the caller's (OpenAI) shape, with any retry hint the
+/// body carries (Gemini puts it there instead of in a header).
+pub(crate) type ErrorMapper = fn(status: u16, body: &str) -> (String, Option<Duration>);
+
+/// The OpenAI wire format: the body is already in the caller's shape.
+pub(crate) fn passthrough_error(_status: u16, body: &str) -> (String, Option<Duration>) {
+    (body.to_string(), None)
+}
+
+/// Sends a JSON call and returns the body of a 2xx answer.
+pub(crate) async fn call_json(
+    call: reqwest::RequestBuilder,
+    timeout: Duration,
+    map_error: ErrorMapper,
+) -> Result<String, ProviderError> {
+    let response = call
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(|e| classify(e, timeout))?;
+    let status = response.status();
+    let retry = retry_after(response.headers());
+    let body = response.text().await.map_err(|e| {
+        if e.is_timeout() {
+            ProviderError::Timeout(timeout)
+        } else {
+            ProviderError::Body(e)
+        }
+    })?;
+    if !status.is_success() {
+        return Err(status_error(status.as_u16(), &body, retry, map_error));
+    }
+    Ok(body)
+}
+
+/// Starts a streamed call; `timeout` bounds the wait for the response head only.
+pub(crate) async fn call_stream(
+    call: reqwest::RequestBuilder,
+    timeout: Duration,
+    map_error: ErrorMapper,
+) -> Result<reqwest::Response, ProviderError> {
+    let response = tokio::time::timeout(timeout, call.send())
+        .await
+        .map_err(|_| ProviderError::Timeout(timeout))?
+        .map_err(|e| classify(e, timeout))?;
+    let status = response.status();
+    if !status.is_success() {
+        let retry = retry_after(response.headers());
+        let body = response.text().await.unwrap_or_default();
+        return Err(status_error(status.as_u16(), &body, retry, map_error));
+    }
+    Ok(response)
+}
+
+fn status_error(
+    status: u16,
+    body: &str,
+    header_retry: Option<Duration>,
+    map_error: ErrorMapper,
+) -> ProviderError {
+    let (body, body_retry) = map_error(status, body);
+    ProviderError::Status {
+        status,
+        body,
+        retry_after: header_retry.or(body_retry),
+    }
+}
+
+pub(crate) fn classify(e: reqwest::Error, timeout: Duration) -> ProviderError {
+    if e.is_timeout() {
+        ProviderError::Timeout(timeout)
+    } else {
+        ProviderError::Connect(e)
+    }
+}
+
+/// Turns one provider's server-sent events into OpenAI chunks.
+pub(crate) trait StreamTranslator: Send + 'static {
+    /// One event (`event:` name, `data:` payload) becomes zero or more chunks, pushed to
+    /// `out` (OpenAI chunk JSON, an `{"error": ...}` object, or `[DONE]`).
+    fn event(&mut self, name: &str, data: &str, out: &mut Vec<String>)
+        -> Result<(), ProviderError>;
+
+    /// The provider's stream ended. A provider that marks its end in-band pushes nothing
+    /// here; one whose stream simply stops (Gemini) pushes its last chunks and `[DONE]` if
+    /// the stream was complete.
+    fn end(&mut self, out: &mut Vec<String>);
+}
+
+/// The chunks of a streamed response, translated event by event.
+pub(crate) fn translate_events<T: StreamTranslator>(
+    response: reqwest::Response,
+    translator: T,
+) -> EventStream {
+    struct State<T> {
+        events: futures::stream::BoxStream<
+            'static,
+            Result<eventsource_stream::Event, eventsource_stream::EventStreamError<reqwest::Error>>,
+        >,
+        translator: T,
+        pending: VecDeque<String>,
+        ended: bool,
+    }
+    let state = State {
+        events: response.bytes_stream().eventsource().boxed(),
+        translator,
+        pending: VecDeque::new(),
+        ended: false,
+    };
+    futures::stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(chunk) = st.pending.pop_front() {
+                return Some((Ok(chunk), st));
+            }
+            if st.ended {
+                return None;
+            }
+            let mut out = Vec::new();
+            match st.events.next().await {
+                None => {
+                    st.ended = true;
+                    st.translator.end(&mut out);
+                }
+                Some(Ok(event)) => {
+                    if let Err(error) = st.translator.event(&event.event, &event.data, &mut out) {
+                        st.ended = true;
+                        return Some((Err(error), st));
+                    }
+                }
+                Some(Err(eventsource_stream::EventStreamError::Transport(e))) => {
+                    st.ended = true;
+                    return Some((Err(ProviderError::Body(e)), st));
+                }
+                Some(Err(_)) => {
+                    st.ended = true;
+                    return Some((Err(ProviderError::StreamBroken), st));
+                }
+            }
+            st.pending.extend(out);
+        }
+    })
+    .boxed()
 }

@@ -1,4 +1,5 @@
-//! OpenAI Chat Completions, and every server that speaks it.
+//! OpenAI Chat Completions, and every server that speaks it (vLLM, Ollama, llama.cpp
+//! server, Azure OpenAI): the internal shape itself, so requests and answers pass unchanged.
 
 use std::time::Duration;
 
@@ -9,7 +10,10 @@ use sluice_schemas::openai::ChatCompletionResponse;
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 
-use super::{retry_after, Completion, EventStream, Provider};
+use super::{
+    call_json, call_stream, check_key_env, check_url, key_from_env, passthrough_error, Completion,
+    EventStream, Invalid, Provider,
+};
 use crate::error::ProviderError;
 
 #[derive(Clone, Deserialize)]
@@ -36,24 +40,27 @@ impl std::fmt::Debug for OpenAiConfig {
 }
 
 impl OpenAiConfig {
-    pub fn validate(&self) -> Result<(), &'static str> {
-        if !(self.base_url.starts_with("http://") || self.base_url.starts_with("https://")) {
-            return Err("base_url must start with http:// or https://");
-        }
-        if let Some(var) = &self.api_key_env {
-            if std::env::var(var).is_err() {
-                return Err("api_key_env names an environment variable that is not set");
-            }
-        }
-        Ok(())
+    pub fn validate(&self) -> Result<(), Invalid> {
+        check_url(&self.base_url, "base_url")?;
+        check_key_env(self.api_key_env.as_deref())
     }
+}
+
+/// How a call presents its key.
+#[derive(Clone)]
+pub(crate) enum Auth {
+    None,
+    /// `Authorization: Bearer <key>` (OpenAI and compatible servers).
+    Bearer(String),
+    /// A header of its own, e.g. Azure's `api-key`.
+    Header(&'static str, String),
 }
 
 #[derive(Clone)]
 pub struct OpenAi {
     url: String,
-    api_key: Option<String>,
-    model: Option<String>,
+    auth: Auth,
+    model: String,
     http: reqwest::Client,
 }
 
@@ -64,14 +71,25 @@ impl std::fmt::Debug for OpenAi {
 }
 
 impl OpenAi {
-    pub fn new(config: &OpenAiConfig, http: reqwest::Client) -> OpenAi {
+    pub fn new(config: &OpenAiConfig, model: &str, http: reqwest::Client) -> OpenAi {
+        let auth = match key_from_env(config.api_key_env.as_deref()) {
+            Some(key) => Auth::Bearer(key),
+            None => Auth::None,
+        };
+        OpenAi::with_url(
+            format!("{}/chat/completions", config.base_url.trim_end_matches('/')),
+            auth,
+            model,
+            http,
+        )
+    }
+
+    /// A client for an OpenAI-shaped endpoint at `url`.
+    pub(crate) fn with_url(url: String, auth: Auth, model: &str, http: reqwest::Client) -> OpenAi {
         OpenAi {
-            url: format!("{}/chat/completions", config.base_url.trim_end_matches('/')),
-            api_key: config
-                .api_key_env
-                .as_ref()
-                .and_then(|v| std::env::var(v).ok()),
-            model: config.model.clone(),
+            url,
+            auth,
+            model: model.to_string(),
             http,
         }
     }
@@ -80,34 +98,10 @@ impl OpenAi {
 impl Provider for OpenAi {
     async fn complete(
         &self,
-        mut request: Map<String, Value>,
+        request: Map<String, Value>,
         timeout: Duration,
     ) -> Result<Completion, ProviderError> {
-        if let Some(model) = &self.model {
-            request.insert("model".into(), Value::String(model.clone()));
-        }
-        let response = self
-            .post(&request)
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(|e| classify(e, timeout))?;
-        let status = response.status();
-        let retry = retry_after(response.headers());
-        let body = response.text().await.map_err(|e| {
-            if e.is_timeout() {
-                ProviderError::Timeout(timeout)
-            } else {
-                ProviderError::Body(e)
-            }
-        })?;
-        if !status.is_success() {
-            return Err(ProviderError::Status {
-                status: status.as_u16(),
-                body,
-                retry_after: retry,
-            });
-        }
+        let body = call_json(self.post(request), timeout, passthrough_error).await?;
         let parsed: ChatCompletionResponse =
             serde_json::from_str(&body).map_err(ProviderError::Malformed)?;
         Ok(Completion {
@@ -118,26 +112,10 @@ impl Provider for OpenAi {
 
     async fn stream(
         &self,
-        mut request: Map<String, Value>,
+        request: Map<String, Value>,
         timeout: Duration,
     ) -> Result<EventStream, ProviderError> {
-        if let Some(model) = &self.model {
-            request.insert("model".into(), Value::String(model.clone()));
-        }
-        let response = tokio::time::timeout(timeout, self.post(&request).send())
-            .await
-            .map_err(|_| ProviderError::Timeout(timeout))?
-            .map_err(|e| classify(e, timeout))?;
-        let status = response.status();
-        if !status.is_success() {
-            let retry = retry_after(response.headers());
-            let body = response.text().await.unwrap_or_default();
-            return Err(ProviderError::Status {
-                status: status.as_u16(),
-                body,
-                retry_after: retry,
-            });
-        }
+        let response = call_stream(self.post(request), timeout, passthrough_error).await?;
         Ok(response
             .bytes_stream()
             .eventsource()
@@ -153,19 +131,13 @@ impl Provider for OpenAi {
 }
 
 impl OpenAi {
-    fn post(&self, request: &Map<String, Value>) -> reqwest::RequestBuilder {
-        let call = self.http.post(&self.url).json(request);
-        match &self.api_key {
-            Some(key) => call.bearer_auth(key),
-            None => call,
+    fn post(&self, mut request: Map<String, Value>) -> reqwest::RequestBuilder {
+        request.insert("model".into(), Value::String(self.model.clone()));
+        let call = self.http.post(&self.url).json(&request);
+        match &self.auth {
+            Auth::None => call,
+            Auth::Bearer(key) => call.bearer_auth(key),
+            Auth::Header(name, key) => call.header(*name, key),
         }
-    }
-}
-
-fn classify(e: reqwest::Error, timeout: Duration) -> ProviderError {
-    if e.is_timeout() {
-        ProviderError::Timeout(timeout)
-    } else {
-        ProviderError::Connect(e)
     }
 }

@@ -1,6 +1,8 @@
 //! OpenAI Chat Completions as api.openai.com speaks it: `POST /v1/chat/completions`
 //! (JSON or `text/event-stream`), `GET /v1/models`, `GET /v1/models/{model}`, and OpenAI's
 //! error shape `{"error": {"message", "type", "param", "code"}}` for everything that fails.
+//! Azure OpenAI's deployment path `POST /openai/deployments/{deployment}/chat/completions`
+//! is answered the same way, with the key taken from Azure's `api-key` header.
 //!
 //! A call is handled in OpenAI's order: an injected status, timeout or disconnect first (it
 //! replaces everything else), then the API key (401), the JSON (400), the request fields
@@ -20,7 +22,7 @@
 
 mod errors;
 mod models;
-mod stream;
+pub(super) mod stream;
 mod wire;
 
 use std::borrow::Cow;
@@ -56,13 +58,17 @@ pub(super) const SERVICE_TIER: &str = "default";
 pub(super) const MODEL_CREATED: u64 = 1_700_000_000;
 /// The longest a `Timeout` call holds its connection if neither the client nor shutdown
 /// ends it first.
-const HANG: Duration = Duration::from_secs(3600);
+pub(super) const HANG: Duration = Duration::from_secs(3600);
 
 /// OpenAI's routes. Unknown paths and methods are answered by [`invalid_url`] and
 /// [`invalid_method`], set on the whole router.
 pub(crate) fn routes() -> Router<Arc<Shared>> {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
+        .route(
+            "/openai/deployments/{deployment}/chat/completions",
+            post(chat_completions),
+        )
         .route("/v1/models", get(models::list_models))
         .route("/v1/models/{model}", get(models::retrieve_model))
 }
@@ -137,21 +143,22 @@ fn completion_cap(request: &Value) -> Option<u32> {
         .map(|cap| u32::try_from(cap).unwrap_or(u32::MAX))
 }
 
-/// Everything about one call decided up front, under the behaviour lock.
-struct Plan {
-    latency: Duration,
-    completion_tokens: u32,
-    stream_chunks: Option<NonZeroU32>,
-    stream_chunk_delay: Duration,
-    failure: Option<Failure>,
-    key: KeyCheck,
-    model_exists: bool,
+/// Everything about one call decided up front, under the behaviour lock (shared by every
+/// wire format the mock speaks).
+pub(super) struct Plan {
+    pub(super) latency: Duration,
+    pub(super) completion_tokens: u32,
+    pub(super) stream_chunks: Option<NonZeroU32>,
+    pub(super) stream_chunk_delay: Duration,
+    pub(super) failure: Option<Failure>,
+    pub(super) key: KeyCheck,
+    pub(super) model_exists: bool,
     /// `Some(max calls kept)` when recording.
-    record: Option<usize>,
+    pub(super) record: Option<usize>,
 }
 
 impl Plan {
-    fn take(shared: &Shared, presented_key: Option<&str>, model: Option<&str>) -> Plan {
+    pub(super) fn take(shared: &Shared, presented_key: Option<&str>, model: Option<&str>) -> Plan {
         let mut behaviour = shared.behaviour();
         let failure = (!behaviour.fail_next.is_empty()).then(|| behaviour.fail_next.remove(0));
         Plan {
@@ -223,7 +230,9 @@ async fn chat_completions(
     let seq = shared.next_seq();
     let received_at = SystemTime::now();
     let body = serde_json::from_slice::<Value>(&raw_body).ok();
-    let presented_key = bearer_key(&headers);
+    // Azure OpenAI sends its key as `api-key`.
+    let presented_key =
+        bearer_key(&headers).or_else(|| headers.get("api-key").and_then(|v| v.to_str().ok()));
     let model = body.as_ref().and_then(|b| b.get("model")?.as_str());
     let plan = Plan::take(&shared, presented_key, model);
     if let Some(failure) = &plan.failure {
@@ -551,7 +560,7 @@ pub(super) fn bearer_key(headers: &HeaderMap) -> Option<&str> {
         .filter(|key| !key.is_empty())
 }
 
-fn unix_now() -> u64 {
+pub(super) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

@@ -14,7 +14,7 @@ use crate::mock::reply;
 
 /// Words in the first `chunks_sent` of `chunks` chunks: chunk `j` holds words
 /// `[j*words/chunks, (j+1)*words/chunks)`.
-pub(super) fn words_in_chunks(chunks_sent: u32, words: u32, chunks: u32) -> u32 {
+pub(crate) fn words_in_chunks(chunks_sent: u32, words: u32, chunks: u32) -> u32 {
     if chunks == 0 {
         return 0;
     }
@@ -23,7 +23,7 @@ pub(super) fn words_in_chunks(chunks_sent: u32, words: u32, chunks: u32) -> u32 
 
 /// A body stream item that ends the connection. The yield first lets hyper flush what was
 /// already sent, so the client gets everything before the cut.
-pub(super) fn cut() -> impl futures::Stream<Item = io::Result<Bytes>> {
+pub(crate) fn cut() -> impl futures::Stream<Item = io::Result<Bytes>> {
     futures::stream::once(async {
         tokio::task::yield_now().await;
         Err(io::Error::new(

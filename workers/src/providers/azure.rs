@@ -1,0 +1,102 @@
+//! Azure OpenAI: OpenAI's wire format at a per-deployment URL,
+//! `{endpoint}/openai/deployments/{deployment}/chat/completions?api-version=...`, with the
+//! key in an `api-key` header. The Azure deployment decides the model.
+
+use serde::Deserialize;
+
+use super::openai::{Auth, OpenAi};
+use super::{check_key_env, check_url, key_from_env, Invalid};
+
+/// The GA API version used when config names none.
+pub const DEFAULT_API_VERSION: &str = "2024-10-21";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AzureConfig {
+    /// The resource endpoint, e.g. `https://my-resource.openai.azure.com`.
+    pub endpoint: String,
+    /// The Azure deployment name (what Azure calls the model deployment).
+    pub deployment: String,
+    #[serde(default = "default_api_version")]
+    pub api_version: String,
+    /// Name of the environment variable holding the key (sent as `api-key`).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+}
+
+fn default_api_version() -> String {
+    DEFAULT_API_VERSION.into()
+}
+
+impl AzureConfig {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        check_url(&self.endpoint, "endpoint")?;
+        if self.deployment.is_empty()
+            || !self
+                .deployment
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(Invalid {
+                field: "deployment",
+                problem: "must be an Azure deployment name (letters, digits, '-', '_', '.')",
+            });
+        }
+        if self.api_version.trim().is_empty() {
+            return Err(Invalid {
+                field: "api_version",
+                problem: "must not be empty",
+            });
+        }
+        check_key_env(self.api_key_env.as_deref())
+    }
+
+    pub fn url(&self) -> String {
+        format!(
+            "{}/openai/deployments/{}/chat/completions?api-version={}",
+            self.endpoint.trim_end_matches('/'),
+            self.deployment,
+            self.api_version
+        )
+    }
+}
+
+/// An OpenAI client pointed at the Azure deployment.
+pub fn client(config: &AzureConfig, model: &str, http: reqwest::Client) -> OpenAi {
+    let auth = match key_from_env(config.api_key_env.as_deref()) {
+        Some(key) => Auth::Header("api-key", key),
+        None => Auth::None,
+    };
+    OpenAi::with_url(config.url(), auth, model, http)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deployment_url_as_azure_documents_it() {
+        let config: AzureConfig = toml_config(
+            r#"endpoint = "https://my-resource.openai.azure.com/"
+               deployment = "gpt-4o-prod""#,
+        );
+        assert_eq!(
+            config.url(),
+            "https://my-resource.openai.azure.com/openai/deployments/gpt-4o-prod/chat/completions?api-version=2024-10-21"
+        );
+        assert!(config.validate().is_ok());
+        let bad: AzureConfig = toml_config(
+            r#"endpoint = "my-resource.openai.azure.com"
+               deployment = "x""#,
+        );
+        assert_eq!(bad.validate().map_err(|e| e.field), Err("endpoint"));
+    }
+
+    fn toml_config(text: &str) -> AzureConfig {
+        use figment::providers::Format;
+        #[allow(clippy::unwrap_used)]
+        figment::Figment::from(figment::providers::Toml::string(text))
+            .extract()
+            .unwrap()
+    }
+}

@@ -97,6 +97,10 @@ pub struct Deployment {
     /// Retries after the first attempt, on retriable failures only.
     #[serde(default = "default_retries")]
     pub max_retries: u32,
+    /// The provider's quotas for this deployment; the worker waits for capacity instead of
+    /// calling into a 429.
+    #[serde(default)]
+    pub limits: crate::throttle::Limits,
 }
 
 fn default_timeout() -> Duration {

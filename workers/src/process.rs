@@ -32,6 +32,8 @@ pub struct Processor {
     pub prices: PriceTable,
     pub cancellations: Cancellations,
     pub shutdown: CancellationToken,
+    /// Completion tokens assumed for a request without max_tokens.
+    pub default_completion_tokens: u32,
 }
 
 /// The deployments to try for a request (indices into the catalogue), in order.
@@ -70,6 +72,7 @@ impl Processor {
             producer,
             catalogue: Catalogue::new(config, &http),
             prices: PriceTable::new(&config.prices),
+            default_completion_tokens: config.scheduling.default_completion_tokens,
             cancellations,
             shutdown,
         }
@@ -145,6 +148,39 @@ impl Processor {
         }
     }
 
+    /// Tokens a request is expected to use: its prompt plus its completion cap (or the
+    /// configured expectation).
+    pub(crate) fn estimate(&self, request: &Request) -> u64 {
+        let completion = request
+            .max_tokens
+            .map_or(self.default_completion_tokens, |m| m.max(0) as u32);
+        u64::from(request.prompt_tokens.max(0) as u32) + u64::from(completion)
+    }
+
+    /// Waits until the deployment has capacity for the request. False if the deadline, the
+    /// caller or shutdown came first.
+    pub(crate) async fn wait_capacity(
+        &self,
+        target: &Target,
+        estimate: u64,
+        request: &Request,
+        cancel: Option<&CancellationToken>,
+    ) -> bool {
+        let remaining = Duration::from_millis((request.deadline_ms - now_ms()).max(0) as u64);
+        let cancelled = async {
+            match cancel {
+                Some(c) => c.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = target.throttle.acquire(estimate) => true,
+            _ = tokio::time::sleep(remaining) => false,
+            _ = self.shutdown.cancelled() => false,
+            _ = cancelled => false,
+        }
+    }
+
     async fn run(&self, request: &Request, body: Map<String, Value>, chain: Chain) -> Outcome {
         let started_at_ms = now_ms();
         let mut tally = Tally::default();
@@ -161,6 +197,11 @@ impl Processor {
                 if !tally.admit(target, position) {
                     continue 'chain;
                 }
+                let estimate = self.estimate(request);
+                if !self.wait_capacity(target, estimate, request, None).await {
+                    break 'chain;
+                }
+                let remaining = (request.deadline_ms - now_ms()).max(1);
                 let timeout = deployment
                     .timeout_ms
                     .min(Duration::from_millis(remaining as u64));
@@ -168,6 +209,9 @@ impl Processor {
                 match target.client.complete(body.clone(), timeout).await {
                     Ok(Completion { body, usage }) => {
                         target.breaker.success();
+                        target
+                            .throttle
+                            .settle(estimate, u64::from(usage.total_tokens));
                         tracing::debug!(deployment = %deployment.name, attempts = tally.attempts, elapsed_ms = began.elapsed().as_millis() as u64, "completed");
                         return Outcome {
                             status: Status::Completed,
@@ -539,6 +583,10 @@ pub(crate) fn after_failure(
         tracing::warn!(deployment = %deployment.name, "circuit opened");
     }
     let throttled = matches!(error, ProviderError::Status { status: 429, .. });
+    if throttled {
+        // Our limits did not match the provider's: back off for everyone using it.
+        target.throttle.throttled(error.retry_after());
+    }
     if !error.is_retriable() || retry >= deployment.max_retries || (throttled && has_next) {
         return if has_next { Next::Fallback } else { Next::Stop };
     }

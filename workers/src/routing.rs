@@ -19,6 +19,7 @@ pub struct Target {
     pub deployment: Deployment,
     pub client: Client,
     pub breaker: Breaker,
+    pub throttle: crate::throttle::DeploymentThrottle,
 }
 
 #[derive(Debug)]
@@ -39,6 +40,7 @@ impl Catalogue {
                 Target {
                     client: Client::new(&d.provider, model, http.clone()),
                     breaker: Breaker::new(breaker.failure_threshold, breaker.cooldown_ms),
+                    throttle: crate::throttle::DeploymentThrottle::new(d.limits),
                     deployment: d.clone(),
                 }
             })

@@ -164,6 +164,14 @@ impl Processor {
                 if !tally.admit(target, position) {
                     continue 'chain;
                 }
+                let estimate = self.estimate(request);
+                if !self
+                    .wait_capacity(target, estimate, request, Some(cancel))
+                    .await
+                {
+                    break 'chain;
+                }
+                let remaining = (request.deadline_ms - now_ms()).max(1);
                 let timeout = deployment
                     .timeout_ms
                     .min(Duration::from_millis(remaining as u64));
@@ -184,7 +192,12 @@ impl Processor {
                                 target.breaker.failure(std::time::Instant::now());
                             }
                         }
-                        return forwarded.into_outcome(request, target, &tally, started_at_ms);
+                        let outcome =
+                            forwarded.into_outcome(request, target, &tally, started_at_ms);
+                        target
+                            .throttle
+                            .settle(estimate, u64::from(outcome.usage.total_tokens));
+                        return outcome;
                     }
                     Err(error) => {
                         let next =

@@ -35,6 +35,16 @@ pub struct DeploymentThrottle {
     paused_until: Mutex<Option<Instant>>,
 }
 
+impl std::fmt::Debug for DeploymentThrottle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeploymentThrottle")
+            .field("rpm", &self.rpm.is_some())
+            .field("tpm_burst", &self.tpm_burst)
+            .field("penalty", &self.penalty())
+            .finish()
+    }
+}
+
 impl DeploymentThrottle {
     pub fn new(limits: Limits) -> DeploymentThrottle {
         DeploymentThrottle {

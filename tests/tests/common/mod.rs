@@ -50,6 +50,8 @@ pub struct StackOptions {
     pub extra_worker_toml: String,
     /// Model names the ingress accepts besides MODEL (deployed models and aliases).
     pub extra_models: Vec<String>,
+    /// Requests a worker runs at once.
+    pub max_in_flight: usize,
 }
 
 impl Default for StackOptions {
@@ -62,6 +64,7 @@ impl Default for StackOptions {
             produce_timeout: Duration::from_secs(5),
             extra_worker_toml: String::new(),
             extra_models: Vec::new(),
+            max_in_flight: 64,
         }
     }
 }
@@ -75,6 +78,7 @@ pub struct Stack {
     pub http: reqwest::Client,
     pub shutdown: CancellationToken,
     extra_worker_toml: String,
+    max_in_flight: usize,
     worker_shutdown: Vec<(CancellationToken, JoinHandle<()>)>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -159,6 +163,7 @@ impl Stack {
             http: reqwest::Client::new(),
             shutdown,
             extra_worker_toml: options.extra_worker_toml.replace("{origin}", &mock_origin),
+            max_in_flight: options.max_in_flight,
             worker_shutdown: Vec::new(),
             tasks: vec![running.task, sink],
         };
@@ -187,7 +192,7 @@ options = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
 
 [worker]
 id = "{id}"
-max_in_flight = 64
+max_in_flight = {max_in_flight}
 drain_timeout_ms = 10000
 
 [[deployments]]
@@ -207,6 +212,7 @@ output_per_million = {PRICE_OUT}
             prefix = self.prefix,
             base = self.mock.base_url(),
             extra = self.extra_worker_toml,
+            max_in_flight = self.max_in_flight,
         )
     }
 

@@ -164,7 +164,7 @@ impl Sink {
             (names.name(&Topic::Audit), Kind::Audit),
         ];
 
-        let consumer: StreamConsumer<SinkContext> = kafka_config(config, &[])
+        let consumer: StreamConsumer<SinkContext> = kafka_config(config, CONSUMER_DEFAULTS)
             .set("group.id", &config.kafka.group_id)
             // Offsets move only when we commit, after the rows are in ClickHouse.
             .set("enable.auto.commit", "false")
@@ -479,6 +479,12 @@ fn offsets(positions: &HashMap<(String, i32), i64>) -> TopicPartitionList {
 /// Dead-letter producer defaults, which the passthrough options may change. librdkafka's
 /// default message.timeout.ms (5 minutes) would stall the sink that long per failed attempt.
 const PRODUCER_DEFAULTS: &[(&str, &str)] = &[("message.timeout.ms", "30000"), ("linger.ms", "5")];
+
+/// The sink buffers for `flush_interval_ms` anyway: fetching in big batches spares the broker
+/// a fetch per message burst (measured: sink CPU 13% -> 3%, broker 64% -> 50% of a core at
+/// 1,000 sync req/s; docs/benchmarks.md). Kept below the default flush interval.
+const CONSUMER_DEFAULTS: &[(&str, &str)] =
+    &[("fetch.min.bytes", "1000000"), ("fetch.wait.max.ms", "500")];
 
 /// Our defaults, then the passthrough options, then (by the caller, after this) the settings
 /// correctness depends on, so those win.

@@ -14,8 +14,43 @@ use crate::replies::Waiters;
 use crate::tokens::Tokenizer;
 
 /// How long this replica remembers an accepted async request locally, covering the time
-/// until the analytics sink has landed its audit row in ClickHouse.
-const REMEMBER_MS: i64 = 10 * 60 * 1000;
+/// until the analytics sink has landed its audit row in ClickHouse (its flush interval, ~1 s,
+/// plus slack for a slow insert).
+const REMEMBER_MS: i64 = 60 * 1000;
+/// At most this many remembered requests (beyond it the oldest are forgotten early; their
+/// audit rows answer instead).
+const REMEMBER_MAX: usize = 200_000;
+
+/// Recently accepted async requests, oldest first, with O(1) expiry.
+#[derive(Default)]
+struct Recent {
+    by_id: HashMap<String, (String, i64)>,
+    order: std::collections::VecDeque<(String, i64)>,
+}
+
+impl Recent {
+    fn insert(&mut self, request_id: &str, team: &str, now: i64) {
+        // Expire from the front: amortized O(1) per accepted request.
+        while let Some((id, at)) = self.order.front().cloned() {
+            if now - at < REMEMBER_MS && self.order.len() < REMEMBER_MAX {
+                break;
+            }
+            self.order.pop_front();
+            if self.by_id.get(&id).is_some_and(|(_, t)| *t == at) {
+                self.by_id.remove(&id);
+            }
+        }
+        self.by_id
+            .insert(request_id.to_string(), (team.to_string(), now));
+        self.order.push_back((request_id.to_string(), now));
+    }
+
+    fn contains(&self, request_id: &str, team: &str, now: i64) -> bool {
+        self.by_id
+            .get(request_id)
+            .is_some_and(|(t, at)| t == team && now - at < REMEMBER_MS)
+    }
+}
 
 pub struct AppState {
     pub config: Config,
@@ -27,7 +62,7 @@ pub struct AppState {
     pub waiters: Waiters,
     pub reply_to: ReplyTo,
     pub store: ResultStore,
-    recent: Mutex<HashMap<String, (String, i64)>>,
+    recent: Mutex<Recent>,
     spread: AtomicU32,
 }
 
@@ -59,7 +94,7 @@ impl AppState {
             topics,
             producer,
             waiters,
-            recent: Mutex::new(HashMap::new()),
+            recent: Mutex::new(Recent::default()),
             spread: AtomicU32::new(0),
             config,
         }
@@ -75,12 +110,8 @@ impl AppState {
     }
 
     pub fn remember(&self, request_id: &str, team: &str) {
-        let now = now_ms();
         if let Ok(mut recent) = self.recent.lock() {
-            if recent.len() >= 100_000 {
-                recent.retain(|_, (_, at)| now - *at < REMEMBER_MS);
-            }
-            recent.insert(request_id.to_string(), (team.to_string(), now));
+            recent.insert(request_id, team, now_ms());
         }
     }
 
@@ -88,9 +119,7 @@ impl AppState {
         let now = now_ms();
         self.recent
             .lock()
-            .ok()
-            .and_then(|r| r.get(request_id).cloned())
-            .is_some_and(|(t, at)| t == team && now - at < REMEMBER_MS)
+            .is_ok_and(|r| r.contains(request_id, team, now))
     }
 }
 
@@ -99,4 +128,27 @@ fn team_hash(team: &str) -> u32 {
     team.bytes().fold(0x811c_9dc5u32, |h, b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_requests_expire_in_order_and_stay_bounded() {
+        let mut r = Recent::default();
+        r.insert("a", "t1", 0);
+        r.insert("b", "t2", 10);
+        assert!(r.contains("a", "t1", 20));
+        assert!(!r.contains("a", "t2", 20), "another team's id is not known");
+        assert!(!r.contains("a", "t1", REMEMBER_MS), "expired by time");
+        r.insert("c", "t1", REMEMBER_MS + 5);
+        assert_eq!(r.order.len(), 2, "a was dropped on insert");
+        assert!(!r.by_id.contains_key("a"));
+        for i in 0..REMEMBER_MAX + 10 {
+            r.insert(&format!("x{i}"), "t", REMEMBER_MS + 6);
+        }
+        assert_eq!(r.order.len(), REMEMBER_MAX);
+        assert_eq!(r.by_id.len(), REMEMBER_MAX);
+    }
 }

@@ -36,6 +36,9 @@ pub struct Behaviour {
     /// Models that exist: others get 404 `model_not_found`, and this is what the model list
     /// endpoint lists. Empty = every model exists.
     pub models: Vec<String>,
+    /// The provider's own rate limit (GCRA, a minute's worth of burst, as OpenAI's request
+    /// limits behave): calls beyond it get 429 `rate_limit_exceeded` with Retry-After.
+    pub requests_per_minute: Option<NonZeroU32>,
     /// Keep received calls for [`super::MockProvider::calls`]. Off for benchmarks.
     pub record_calls: bool,
     /// Only the most recent this many calls are kept.
@@ -52,6 +55,7 @@ impl Default for Behaviour {
             fail_next: Vec::new(),
             api_key: None,
             models: Vec::new(),
+            requests_per_minute: None,
             record_calls: true,
             max_recorded_calls: 10_000,
         }

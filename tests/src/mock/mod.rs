@@ -37,6 +37,7 @@ mod sse;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -83,6 +84,7 @@ impl MockProvider {
         let addr = connection::reachable(listener.local_addr()?);
         let (stop, stopped) = watch::channel(());
         let shared = Arc::new(Shared {
+            limiter: Mutex::new(None),
             behaviour: Mutex::new(behaviour),
             calls: Mutex::new(VecDeque::new()),
             received: AtomicU64::new(0),
@@ -287,12 +289,31 @@ impl RecordedCall {
 /// State shared by the handlers of one mock instance.
 pub(crate) struct Shared {
     behaviour: Mutex<Behaviour>,
+    /// The provider's rate limit, rebuilt when the behaviour's limit changes.
+    limiter: Mutex<Option<(NonZeroU32, governor::DefaultDirectRateLimiter)>>,
     calls: Mutex<VecDeque<RecordedCall>>,
     received: AtomicU64,
     stopped: watch::Receiver<()>,
 }
 
 impl Shared {
+    /// Takes one call from the provider's rate limit; the wait if it is exhausted.
+    pub(crate) fn rate_limit(&self, per_minute: Option<NonZeroU32>) -> Option<Duration> {
+        let per_minute = per_minute?;
+        let mut limiter = self.limiter.lock().unwrap_or_else(PoisonError::into_inner);
+        if limiter.as_ref().is_none_or(|(n, _)| *n != per_minute) {
+            *limiter = Some((
+                per_minute,
+                governor::RateLimiter::direct(governor::Quota::per_minute(per_minute)),
+            ));
+        }
+        let (_, l) = limiter.as_ref()?;
+        l.check().err().map(|not_until| {
+            use governor::clock::Clock;
+            not_until.wait_time_from(governor::clock::DefaultClock::default().now())
+        })
+    }
+
     /// The behaviour, locked. Hold it only to copy out what a call needs.
     pub(crate) fn behaviour(&self) -> MutexGuard<'_, Behaviour> {
         // A panic elsewhere cannot leave a Behaviour half-written in a way that matters here.

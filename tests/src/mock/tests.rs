@@ -856,3 +856,25 @@ async fn shutdown_ends_hanging_calls_and_frees_the_port() {
     );
     assert!(reqwest::get(format!("{base_url}/models")).await.is_err());
 }
+
+#[tokio::test]
+async fn its_own_rate_limit_answers_429_with_retry_after() {
+    let mock = mock(Behaviour {
+        requests_per_minute: std::num::NonZeroU32::new(2),
+        ..Behaviour::default()
+    })
+    .await;
+    for _ in 0..2 {
+        assert_eq!(post(&mock, &chat("hi")).await.status(), 200);
+    }
+    let response = post(&mock, &chat("hi")).await;
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=30).contains(&retry_after), "{retry_after}");
+    let (status, body) = error_of(response).await;
+    assert_eq!(status, 429);
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+}

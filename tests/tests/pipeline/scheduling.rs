@@ -68,6 +68,11 @@ limits = { requests_per_minute = 2 }
 "#
         .into(),
         extra_models: vec!["tight-model".into()],
+        // The provider enforces the same quota: a call beyond it would get a 429.
+        behaviour: sluice_tests::mock::Behaviour {
+            requests_per_minute: std::num::NonZeroU32::new(2),
+            ..Default::default()
+        },
         ..StackOptions::default()
     })
     .await;
@@ -86,6 +91,10 @@ limits = { requests_per_minute = 2 }
     // The third waits for capacity (30 s at 2 a minute) rather than being sent now.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(stack.mock.call_count(), 2);
+    assert!(
+        stack.mock.calls().iter().all(|c| c.status == Some(200)),
+        "no call was answered 429"
+    );
     let results = stack.ch("SELECT count() FROM {db}.results FINAL").await;
     assert_eq!(results.trim(), "2");
     stack.stop().await;

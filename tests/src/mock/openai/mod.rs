@@ -160,7 +160,12 @@ pub(super) struct Plan {
 impl Plan {
     pub(super) fn take(shared: &Shared, presented_key: Option<&str>, model: Option<&str>) -> Plan {
         let mut behaviour = shared.behaviour();
-        let failure = (!behaviour.fail_next.is_empty()).then(|| behaviour.fail_next.remove(0));
+        let mut failure = (!behaviour.fail_next.is_empty()).then(|| behaviour.fail_next.remove(0));
+        if failure.is_none() {
+            failure = shared
+                .rate_limit(behaviour.requests_per_minute)
+                .map(|wait| Failure::rate_limited(wait.max(Duration::from_millis(1))));
+        }
         Plan {
             latency: behaviour.latency.sample(),
             completion_tokens: behaviour.completion_tokens,

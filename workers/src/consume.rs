@@ -1,6 +1,7 @@
 //! The consume loop: many requests in flight, bounded; offsets stored only up to the oldest
 //! unfinished message of each partition.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -91,12 +92,43 @@ struct Job {
 
 /// What the intake tasks and the dispatcher share.
 struct Local {
-    scheduler: Mutex<Scheduler<Job>>,
+    scheduler: Mutex<Queue>,
     /// Signalled when a job is queued.
     queued: Notify,
     /// Signalled when a job leaves the queue (room for paused intakes).
     room: Notify,
     tracker: Arc<Mutex<OffsetTracker>>,
+}
+
+/// The scheduler and how many of its jobs came from each partition.
+struct Queue {
+    scheduler: Scheduler<Job>,
+    by_partition: HashMap<PartitionKey, usize>,
+}
+
+impl Queue {
+    fn push(&mut self, class: Priority, team: &str, cost: u64, job: Job) -> usize {
+        let n = self.by_partition.entry(job.key.clone()).or_insert(0);
+        *n += 1;
+        let n = *n;
+        self.scheduler.push(class, team, cost, job);
+        n
+    }
+
+    fn pop(&mut self, eligible: impl FnMut(&str, u64) -> bool) -> Option<Job> {
+        let (_, job) = self.scheduler.pop(eligible)?;
+        if let Some(n) = self.by_partition.get_mut(&job.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.by_partition.remove(&job.key);
+            }
+        }
+        Some(job)
+    }
+
+    fn queued_from(&self, key: &PartitionKey) -> usize {
+        self.by_partition.get(key).copied().unwrap_or(0)
+    }
 }
 
 /// Marks a message finished and stores the offset Kafka may now commit.
@@ -149,7 +181,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), crat
     ));
     let scheduling = &config.scheduling;
     let local = Arc::new(Local {
-        scheduler: Mutex::new(Scheduler::new(scheduling.policy())),
+        scheduler: Mutex::new(Queue {
+            scheduler: Scheduler::new(scheduling.policy()),
+            by_partition: HashMap::new(),
+        }),
         queued: Notify::new(),
         room: Notify::new(),
         tracker: tracker.clone(),
@@ -166,7 +201,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), crat
             Arc::clone(&local),
             Arc::clone(&processor),
             topics.clone(),
-            scheduling.max_queued_per_class,
+            scheduling.max_queued_per_partition,
             scheduling.default_completion_tokens,
             shutdown.clone(),
         ));
@@ -188,7 +223,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), crat
                 .lock()
                 .ok()
                 .and_then(|mut s| s.pop(|team, cost| quotas.try_take(team, cost)));
-            if let Some((_, job)) = popped {
+            if let Some(job) = popped {
                 break Some(job);
             }
             tokio::select! {
@@ -242,9 +277,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), crat
     Ok(())
 }
 
-/// Takes requests of one class from Kafka into the scheduler. When the class's local queue
-/// is full its partitions are paused (still polling, so the group keeps the member) and
-/// resumed once the queue has drained to half.
+/// Takes requests of one class from Kafka into the scheduler. A partition with
+/// `max_queued` requests waiting locally is paused (the consumer keeps polling, so the group
+/// keeps the member) and resumed once half of them have left: a team flooding its
+/// partitions stops being read ahead, while the other partitions keep flowing.
 #[allow(clippy::too_many_arguments)]
 async fn intake(
     consumer: Arc<WorkerConsumer>,
@@ -256,32 +292,31 @@ async fn intake(
     default_completion: u32,
     shutdown: CancellationToken,
 ) {
-    let mut paused = false;
+    let mut paused: Vec<PartitionKey> = Vec::new();
     loop {
-        let queued = local.scheduler.lock().map_or(0, |s| s.len(class));
-        if queued >= max_queued {
-            // Re-applied each time: partitions assigned meanwhile start unpaused.
-            if let Ok(assignment) = consumer.assignment() {
-                let _ = consumer.pause(&assignment);
-            }
-            if !paused {
+        if !paused.is_empty() {
+            let queue = local.scheduler.lock();
+            let (ready, still): (Vec<_>, Vec<_>) = paused.drain(..).partition(|k| {
+                queue
+                    .as_ref()
+                    .map_or(true, |q| q.queued_from(k) <= max_queued / 2)
+            });
+            drop(queue);
+            paused = still;
+            if !ready.is_empty() {
+                let _ = consumer.resume(&partition_list(&ready));
                 tracing::debug!(
                     class = class.as_str(),
-                    queued,
-                    "local queue full; partitions paused"
+                    resumed = ready.len(),
+                    "partitions resumed"
                 );
             }
-            paused = true;
-        } else if paused && queued <= max_queued / 2 {
-            if let Ok(assignment) = consumer.assignment() {
-                let _ = consumer.resume(&assignment);
-            }
-            tracing::debug!(class = class.as_str(), queued, "partitions resumed");
-            paused = false;
         }
         let message = tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = local.room.notified(), if paused => continue,
+            _ = local.room.notified(), if !paused.is_empty() => continue,
+            // A wake-up can be missed between the check above and this wait: re-check.
+            _ = tokio::time::sleep(Duration::from_millis(100)), if !paused.is_empty() => continue,
             m = consumer.recv() => m,
         };
         let message = match message {
@@ -310,21 +345,25 @@ async fn intake(
                             .map_or(default_completion, |m| m.max(0) as u32),
                     );
                 let team = request.team.clone();
-                if let Ok(mut s) = local.scheduler.lock() {
-                    s.push(
-                        class,
-                        &team,
-                        estimate,
-                        Job {
-                            request,
-                            key,
-                            offset,
-                            generation,
-                            consumer: Arc::clone(&consumer),
-                        },
-                    );
-                }
+                let job = Job {
+                    request,
+                    key: key.clone(),
+                    offset,
+                    generation,
+                    consumer: Arc::clone(&consumer),
+                };
+                let queued = local
+                    .scheduler
+                    .lock()
+                    .map_or(0, |mut q| q.push(class, &team, estimate, job));
                 local.queued.notify_one();
+                if queued >= max_queued && !paused.contains(&key) {
+                    // Messages already fetched may still arrive: bounded by librdkafka's
+                    // fetch queue.
+                    let _ = consumer.pause(&partition_list(std::slice::from_ref(&key)));
+                    tracing::debug!(class = class.as_str(), topic = %key.topic, partition = key.partition, queued, "partition paused");
+                    paused.push(key);
+                }
             }
             Err(error) => {
                 if dead_letter(&processor, &topics, &message, &error.to_string()).await {
@@ -383,4 +422,12 @@ async fn dead_letter(
             }
         }
     }
+}
+
+fn partition_list(keys: &[PartitionKey]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for k in keys {
+        tpl.add_partition(&k.topic, k.partition);
+    }
+    tpl
 }

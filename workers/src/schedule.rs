@@ -314,8 +314,10 @@ mod tests {
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SchedulingConfig {
-    /// Requests of one class waiting locally before its partitions are paused.
-    pub max_queued_per_class: usize,
+    /// Requests from one partition waiting locally before that partition is paused. The
+    /// worker reads ahead this far past a flooding team's backlog to reach other teams'
+    /// requests in the same partition.
+    pub max_queued_per_partition: usize,
     /// Minimum share of dispatches for standard and batch while they have backlog.
     pub standard_min_share: f64,
     pub batch_min_share: f64,
@@ -330,7 +332,7 @@ pub struct SchedulingConfig {
 impl Default for SchedulingConfig {
     fn default() -> Self {
         SchedulingConfig {
-            max_queued_per_class: 512,
+            max_queued_per_partition: 1000,
             standard_min_share: 0.2,
             batch_min_share: 0.05,
             team_weights: HashMap::new(),
@@ -353,8 +355,8 @@ impl SchedulingConfig {
         if !share(self.standard_min_share) || !share(self.batch_min_share) {
             return Err("min shares must be between 0 and 0.5");
         }
-        if self.max_queued_per_class == 0 {
-            return Err("max_queued_per_class must be at least 1");
+        if self.max_queued_per_partition == 0 {
+            return Err("max_queued_per_partition must be at least 1");
         }
         if self.team_weights.values().any(|&w| w == 0) {
             return Err("team weights must be at least 1");

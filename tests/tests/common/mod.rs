@@ -52,6 +52,9 @@ pub struct StackOptions {
     pub extra_models: Vec<String>,
     /// Requests a worker runs at once.
     pub max_in_flight: usize,
+    /// The ingress's `[guard]` section, as TOML without the `[guard]` prefix
+    /// (`[default.pii]`, `[teams.team-a]`, `[[templates]]`, ...).
+    pub guard_toml: String,
 }
 
 impl Default for StackOptions {
@@ -65,6 +68,7 @@ impl Default for StackOptions {
             extra_worker_toml: String::new(),
             extra_models: Vec::new(),
             max_in_flight: 64,
+            guard_toml: String::new(),
         }
     }
 }
@@ -122,6 +126,12 @@ impl Stack {
                     tokenizer: None,
                 })
                 .collect(),
+            guard: {
+                use figment::providers::Format;
+                figment::Figment::from(figment::providers::Toml::string(&options.guard_toml))
+                    .extract()
+                    .expect("guard TOML")
+            },
         };
         ingress.server.listen = "127.0.0.1:0".into();
         ingress.server.sync_timeout_ms = Duration::from_secs(30);
@@ -307,6 +317,33 @@ output_per_million = {PRICE_OUT}
             let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
         }
         let _ = ch_query(&format!("DROP DATABASE IF EXISTS {}", self.database)).await;
+        delete_topics(&self.bootstrap, &self.prefix).await;
+    }
+}
+
+/// Deletes the topics of a test's prefix, so repeated runs do not pile topics up on the
+/// shared broker.
+async fn delete_topics(bootstrap: &str, prefix: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let Ok(admin) = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create::<AdminClient<DefaultClientContext>>()
+    else {
+        return;
+    };
+    let Ok(metadata) = admin.inner().fetch_metadata(None, Duration::from_secs(5)) else {
+        return;
+    };
+    let ours: Vec<String> = metadata
+        .topics()
+        .iter()
+        .map(|t| t.name().to_string())
+        .filter(|name| name.starts_with(&format!("{prefix}.")))
+        .collect();
+    let names: Vec<&str> = ours.iter().map(String::as_str).collect();
+    if !names.is_empty() {
+        let _ = admin.delete_topics(&names, &AdminOptions::new()).await;
     }
 }
 

@@ -1,0 +1,423 @@
+#!/usr/bin/env bash
+# Sluice benchmark: builds the release binaries, starts a whole stack (Kafka + ClickHouse via
+# scripts/services.sh; mock provider, ingress, one worker and the analytics sink as release
+# binaries with the configs in config/), drives it with tests/src/bin/loadgen.rs and prints
+# the figures as markdown tables. Everything it starts is stopped on exit. docs/benchmarks.md
+# explains the scenarios and records a run. Takes about 5 minutes plus the build.
+#
+#   scripts/bench.sh                 full run; figures on stdout, logs on stderr
+#
+# The stack runs beside anything else on the machine: its own ports, a fresh topic prefix and
+# consumer groups (bench<epoch>), and the ClickHouse database sluice_bench (dropped and
+# re-created at start). Knobs [defaults]:
+#   BENCH_INGRESS_PORT [18180]  BENCH_MOCK_PORT [19180]
+#   BENCH_MOCK_LATENCY_MS [0]   fixed latency of the mock provider's answers
+#   BENCH_STEP [15s]  BENCH_WARMUP [3s]      measured time and warmup of each load step
+#   BENCH_SYNC_RATES ["100 500 1000"]        sync steps, req/s (each: direct, then through)
+#   BENCH_ASYNC_RATE [5000]  BENCH_ASYNC_CONNECTIONS [64]
+#   BENCH_E2E_SAMPLES [50]   BENCH_DRAIN_S [30]  BENCH_NO_BUILD [0]
+#   BENCH_SCENARIOS ["sync e2e async soak"]   which parts to run
+#   BENCH_SOAK [30s]   the soak: closed-loop async load on one ingress, answers/s every second
+#   BENCH_KAFKA_OPTIONS [""]   librdkafka settings added to the ingress's and the worker's
+#                              [kafka.options] for an experiment, e.g. '"linger.ms" = "0"'
+#   BENCH_ANALYTICS_KAFKA_OPTIONS [""]  the same for the analytics sink's consumer
+#   BENCH_OUT [<repo>/.state/bench]           logs, loadgen JSON, results.md
+set -euo pipefail
+
+REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO_DIR"
+SLUICE_STATE="${SLUICE_STATE:-$REPO_DIR/.state}"
+export SLUICE_STATE
+
+INGRESS_PORT="${BENCH_INGRESS_PORT:-18180}"
+MOCK_PORT="${BENCH_MOCK_PORT:-19180}"
+MOCK_LATENCY_MS="${BENCH_MOCK_LATENCY_MS:-0}"
+STEP="${BENCH_STEP:-15s}"
+WARMUP="${BENCH_WARMUP:-3s}"
+SYNC_RATES="${BENCH_SYNC_RATES:-100 500 1000}"
+ASYNC_RATE="${BENCH_ASYNC_RATE:-5000}"
+ASYNC_CONNECTIONS="${BENCH_ASYNC_CONNECTIONS:-64}"
+E2E_SAMPLES="${BENCH_E2E_SAMPLES:-50}"
+DRAIN_S="${BENCH_DRAIN_S:-30}"
+OUT="${BENCH_OUT:-$SLUICE_STATE/bench}"
+SCENARIOS="${BENCH_SCENARIOS:-sync e2e async soak}"
+SOAK="${BENCH_SOAK:-30s}"
+KAFKA_OPTIONS="${BENCH_KAFKA_OPTIONS:-}"
+ANALYTICS_KAFKA_OPTIONS="${BENCH_ANALYTICS_KAFKA_OPTIONS:-}"
+
+KEY=sk-sluice-demo          # demo key of config/ingress.toml (team demo)
+MODEL=gpt-4o-mini
+DB=sluice_bench
+# Fresh topics and consumer groups per run (as the tests do): nothing a previous run left in
+# a topic, and no change of the worker's group naming, can make a run replay old requests.
+PREFIX="${BENCH_PREFIX:-bench$(date +%s)}"
+BIN="$REPO_DIR/target/release"
+INGRESS="http://127.0.0.1:$INGRESS_PORT"
+MOCK="http://127.0.0.1:$MOCK_PORT"
+BODY="{\"model\":\"$MODEL\",\"messages\":[{\"role\":\"user\",\"content\":\"Say hello in one short sentence.\"}]}"
+
+T0=$SECONDS
+log() { printf '[bench +%ss] %s\n' "$((SECONDS - T0))" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+services() { bash "$REPO_DIR/scripts/services.sh" "$@"; }
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+command -v jq >/dev/null || {
+  log "installing jq (formats the figures)"
+  apt-get update -qq && apt-get install -y -qq jq >/dev/null
+}
+mkdir -p "$OUT"
+rm -f "$OUT"/*.json "$OUT"/*.json.tmp "$OUT"/*.log "$OUT"/*.tsv
+touch "$OUT/steps.tsv" "$OUT/cpu.tsv" "$OUT/gc.tsv" "$OUT/hwm.tsv"
+
+# ---------- cleanup: only what this run started ----------
+status_before=$(services status 2>/dev/null || true)
+stop_services=()
+grep -q '^kafka *running' <<<"$status_before" || stop_services+=(stop-kafka)
+grep -q '^clickhouse *running' <<<"$status_before" || stop_services+=(stop-clickhouse)
+declare -A PID=()   # name -> pid of the processes this run started
+# Running, and not a zombie waiting to be reaped.
+alive() { local s; s=$(cat "/proc/$1/stat" 2>/dev/null) && [[ ${s##*) } != Z* ]]; }
+on_exit() {
+  local rc=$? name pid i
+  for name in analytics worker ingress mock; do
+    pid=${PID[$name]:-}
+    [[ -n $pid ]] || continue
+    kill -TERM "$pid" 2>/dev/null || continue
+    # The worker drains in-flight requests and the sink flushes: give them time.
+    for ((i = 0; i < 300; i++)); do alive "$pid" || break; sleep 0.1; done
+    if alive "$pid"; then log "$name still running after 30s: SIGKILL"; kill -KILL "$pid" 2>/dev/null || true; fi
+  done
+  for s in "${stop_services[@]}"; do services "$s" || true; done
+  ((rc == 0)) || log "FAILED (exit $rc); logs in $OUT"
+  exit "$rc"
+}
+trap on_exit EXIT
+trap 'exit 130' INT TERM
+
+# ---------- build, services ----------
+if [[ ${BENCH_NO_BUILD:-0} != 1 ]]; then
+  log "cargo build --release --bins"
+  cargo build --release --bins >&2
+fi
+for b in sluice-ingress sluice-worker sluice-analytics mock-provider loadgen; do
+  [[ -x $BIN/$b ]] || die "$BIN/$b is missing (cargo build --release --bins)"
+done
+log "services: Kafka + ClickHouse"
+eval "$(services start)"
+CH="$SLUICE_CLICKHOUSE_URL"
+KAFKA_PID=$(cat "$SLUICE_STATE/kafka/kafka.pid")
+CLICKHOUSE_PID=$(cat "$SLUICE_STATE/clickhouse/server.pid")
+for p in "$INGRESS_PORT" "$MOCK_PORT"; do
+  port_open "$p" && die "port $p is in use (set BENCH_INGRESS_PORT / BENCH_MOCK_PORT)"
+done
+curl -sf "$CH" --data-binary "DROP DATABASE IF EXISTS $DB" >/dev/null || die "ClickHouse refused DROP DATABASE"
+
+# ---------- the stack ----------
+start() { # name logfile env... -- cmd...
+  local name=$1 logf=$2; shift 2
+  local envs=()
+  while [[ $1 != -- ]]; do envs+=("$1"); shift; done
+  shift
+  env "${envs[@]}" "$@" >"$logf" 2>&1 &
+  PID[$name]=$!
+}
+wait_for() { # what timeout_s cmd...
+  local what=$1 t=$2 deadline=$((SECONDS + $2)) name
+  shift 2
+  until "$@" >/dev/null 2>&1; do
+    # A process that exited (bad config, port taken) will not become ready: say so at once.
+    for name in "${!PID[@]}"; do
+      alive "${PID[$name]}" && continue
+      tail -n 20 "$OUT/$name.log" >&2
+      die "$name exited while waiting for $what (log: $OUT/$name.log)"
+    done
+    ((SECONDS < deadline)) || die "$what not ready after ${t}s (logs in $OUT)"
+    sleep 0.1
+  done
+}
+
+log "mock provider on $MOCK (latency ${MOCK_LATENCY_MS} ms, 16 completion tokens)"
+start mock "$OUT/mock.log" RUST_LOG=warn -- \
+  "$BIN/mock-provider" --listen "127.0.0.1:$MOCK_PORT" --latency-ms "$MOCK_LATENCY_MS" --completion-tokens 16
+wait_for "mock provider" 10 curl -sf "$MOCK/v1/models"
+
+# The configs of config/, the worker's deployments pointed at this run's mock, and the
+# experiment's librdkafka settings (if any) appended.
+sed "s#http://127.0.0.1:9100#$MOCK#g" config/worker.toml >"$OUT/worker.toml"
+grep -q "$MOCK/v1" "$OUT/worker.toml" || die "config/worker.toml has no mock deployment on 127.0.0.1:9100"
+cp config/ingress.toml "$OUT/ingress.toml"
+cp config/analytics.toml "$OUT/analytics.toml"
+if [[ -n $ANALYTICS_KAFKA_OPTIONS ]]; then
+  log "experiment: analytics [kafka.options] += $ANALYTICS_KAFKA_OPTIONS"
+  if grep -q '^\[kafka.options\]' config/analytics.toml; then
+    awk -v add="$ANALYTICS_KAFKA_OPTIONS" '{ print } /^\[kafka.options\]/ { print add }' config/analytics.toml >"$OUT/analytics.toml"
+  else
+    printf '\n[kafka.options]\n%s\n' "$ANALYTICS_KAFKA_OPTIONS" >>"$OUT/analytics.toml"
+  fi
+fi
+if [[ -n $KAFKA_OPTIONS ]]; then
+  log "experiment: ingress and worker [kafka.options] += $KAFKA_OPTIONS"
+  for f in "$OUT/ingress.toml" "$OUT/worker.toml"; do
+    grep -q '^\[kafka.options\]' "$f" && die "$f already has [kafka.options]; BENCH_KAFKA_OPTIONS cannot add to it"
+    printf '\n[kafka.options]\n%s\n' "$KAFKA_OPTIONS" >>"$f"
+  done
+fi
+
+start_ingress() {
+  start ingress "$OUT/ingress.log" SLUICE_SERVER_LISTEN="127.0.0.1:$INGRESS_PORT" \
+    SLUICE_KAFKA_TOPIC_PREFIX="$PREFIX" SLUICE_CLICKHOUSE_DATABASE="$DB" -- \
+    "$BIN/sluice-ingress" --config "$OUT/ingress.toml"
+  wait_for ingress 60 curl -sf "$INGRESS/healthz"
+}
+# Each async step starts on a fresh ingress, so that no step inherits the previous one's
+# per-replica state (the map of recently accepted requests: docs/benchmarks.md).
+restart_ingress() {
+  local pid=${PID[ingress]} i
+  kill -TERM "$pid"
+  for ((i = 0; i < 100; i++)); do alive "$pid" || break; sleep 0.1; done
+  alive "$pid" && die "ingress did not stop within 10s"
+  start_ingress
+}
+log "ingress on $INGRESS, topic prefix $PREFIX"
+start_ingress
+
+log "worker (group $PREFIX-workers) and analytics sink (group $PREFIX-analytics, database $DB)"
+start worker "$OUT/worker.log" SLUICE_KAFKA_TOPIC_PREFIX="$PREFIX" SLUICE_KAFKA_GROUP_ID="$PREFIX-workers" -- \
+  "$BIN/sluice-worker" --config "$OUT/worker.toml"
+start analytics "$OUT/analytics.log" SLUICE_KAFKA_TOPIC_PREFIX="$PREFIX" \
+  SLUICE_KAFKA_GROUP_ID="$PREFIX-analytics" SLUICE_CLICKHOUSE_DATABASE="$DB" -- \
+  "$BIN/sluice-analytics" --config "$OUT/analytics.toml" run
+
+# Ready = a sync request comes back through the worker, and its usage row reaches ClickHouse.
+sync_ok() {
+  [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 10 -H "Authorization: Bearer $KEY" \
+    -H 'Content-Type: application/json' -d "$BODY" "$INGRESS/v1/chat/completions") == 200 ]]
+}
+wait_for "worker (sync round trip)" 60 sync_ok
+usage_rows() { curl -sf "$CH" --data-binary "SELECT count() FROM $DB.usage" 2>/dev/null || echo 0; }
+usage_seen() { (($(usage_rows) > 0)); }
+wait_for "analytics sink (first usage row)" 60 usage_seen
+log "stack ready"
+
+# ---------- measuring ----------
+PROCS=(ingress worker analytics mock kafka clickhouse)
+pid_of() {
+  case $1 in
+    kafka) echo "$KAFKA_PID" ;;
+    clickhouse) echo "$CLICKHOUSE_PID" ;;
+    *) echo "${PID[$1]}" ;;
+  esac
+}
+# utime + stime of a process, in clock ticks (fields 14 and 15 of /proc/<pid>/stat; the
+# command name in field 2 may hold spaces, so split after its closing parenthesis).
+cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
+kb() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
+HZ=$(getconf CLK_TCK)
+# Kafka's garbage collections ("count seconds" of young + mixed/full pauses), from the JDK's
+# jstat, which services.sh installs with the JDK; GC pauses stop the broker for their length.
+kafka_gc() {
+  command -v jstat >/dev/null || { echo "0 0"; return; }
+  jstat -gc "$KAFKA_PID" 2>/dev/null | awk 'NR == 1 { for (i = 1; i <= NF; i++) c[$i] = i }
+    NR == 2 { printf "%d %.3f\n", $c["YGC"] + $c["FGC"], $c["YGCT"] + $c["FGCT"] }'
+}
+# Microseconds during which some runnable task waited for a core (pressure stall information):
+# how oversubscribed the two cores were, whoever caused it. (/proc/stat cannot tell: this kernel
+# samples it at each tick, and timer-driven processes that sleep before the tick escape it.)
+cpu_wait_us() { awk '/^some/ { sub("total=", "", $5); print $5 }' /proc/pressure/cpu 2>/dev/null || echo 0; }
+declare -A TICKS=()
+mark() {
+  local p
+  GC_BEFORE=$(kafka_gc)
+  TICKS[wait]=$(cpu_wait_us)
+  for p in "${PROCS[@]}"; do TICKS[$p]=$(cpu_ticks "$(pid_of "$p")"); done
+  MARK_MS=$(date +%s%3N)
+}
+# Appends "scenario proc cpu%-of-one-core" rows (and "scenario wait %") to cpu.tsv, and the
+# step's Kafka GC pauses to gc.tsv.
+account() { # scenario
+  local p now dt n0 t0 n1 t1
+  now=$(date +%s%3N); dt=$((now - MARK_MS))
+  for p in "${PROCS[@]}"; do
+    local pid; pid=$(pid_of "$p")
+    printf '%s\t%s\t%s\n' "$1" "$p" \
+      "$(awk -v d="$(($(cpu_ticks "$pid") - TICKS[$p]))" -v hz="$HZ" -v ms="$dt" 'BEGIN {printf "%.0f", d / hz * 100000 / ms}')" >>"$OUT/cpu.tsv"
+  done
+  printf '%s\t%s\t%s\n' "$1" wait \
+    "$(awk -v d="$(($(cpu_wait_us) - TICKS[wait]))" -v ms="$dt" 'BEGIN {printf "%.0f", d / 10 / ms}')" >>"$OUT/cpu.tsv"
+  # Stop-the-world pauses only (G1's concurrent cycles run beside the application).
+  read -r n0 t0 <<<"$GC_BEFORE"
+  read -r n1 t1 <<<"$(kafka_gc)"
+  awk -v s="$1" -v n="$((n1 - n0))" -v t0="$t0" -v t1="$t1" \
+    'BEGIN { ms = (t1 - t0) * 1000; printf "%s\t%d\t%.0f\t%.1f\n", s, n, ms, n ? ms / n : 0 }' >>"$OUT/gc.tsv"
+}
+
+N=0
+run_step() { # label loadgen-args...
+  local label=$1; shift
+  N=$((N + 1))
+  local f; f="$OUT/$(printf '%02d' "$N").json"
+  log "$label"
+  mark
+  local from_ms=$MARK_MS
+  "$BIN/loadgen" --json "$@" >"$f.tmp" 2>"$OUT/$(printf '%02d' "$N").log" \
+    || { cat "$OUT/$(printf '%02d' "$N").log" >&2; die "loadgen failed: $label"; }
+  account "$label"
+  printf '%s\t%s\t%s\n' "$label" "$from_ms" "$(date +%s%3N)" >>"$OUT/steps.tsv"
+  jq -c --arg l "$label" '. + {"label": $l}' "$f.tmp" >"$f" && rm -f "$f.tmp"
+  sed 's/^/    /' "$OUT/$(printf '%02d' "$N").log" >&2
+}
+
+want() { [[ " $SCENARIOS " == *" $1 "* ]]; }
+want sync || SYNC_RATES=""
+# Waits (at most DRAIN_S) until `accepted` usage rows beyond `rows_before` are in ClickHouse;
+# prints how long after the load that took, or how many are missing.
+drain() { # rows_before accepted load_start_ms
+  local want=$(($1 + $2)) end rows done_ms
+  log "backlog: waiting up to ${DRAIN_S}s for $2 usage rows"
+  end=$(date +%s%3N)
+  while rows=$(usage_rows); ((rows < want && $(date +%s%3N) - end < DRAIN_S * 1000)); do sleep 0.2; done
+  done_ms=$(date +%s%3N)
+  if ((rows >= want)); then
+    echo "all $2 usage rows were in ClickHouse $((done_ms - end)) ms after the load stopped" \
+      "($(($2 * 1000 / (done_ms - $3))) rows/s from the first request on)"
+  else
+    echo "$((want - rows)) of $2 usage rows still missing ${DRAIN_S}s after the load stopped" \
+      "(worker + sink: $(((rows - $1) * 1000 / (done_ms - $3))) rows/s from the first request on)"
+  fi
+}
+
+# (b) sync: the same body straight to the mock, then through the ingress, at each rate.
+for rate in $SYNC_RATES; do
+  run_step "sync direct ${rate}/s" --mode open --url "$MOCK/v1/chat/completions" --body "$BODY" \
+    --rate "$rate" --duration "$STEP" --warmup "$WARMUP"
+  run_step "sync ingress ${rate}/s" --mode open --url "$INGRESS/v1/chat/completions" --key "$KEY" \
+    --body "$BODY" --rate "$rate" --duration "$STEP" --warmup "$WARMUP"
+done
+# (c) accept -> usage row in ClickHouse, one request at a time, before any async backlog.
+want e2e && run_step "e2e accept->ClickHouse" --mode e2e --url "$INGRESS/v1/requests" --key "$KEY" \
+  --body "$BODY" --expect-status 202 --samples "$E2E_SAMPLES" --clickhouse-url "$CH" --database "$DB"
+# (a) async accept: at the target rate, then as fast as the connections go. The worker and the
+# sink process the accepted requests at the same time, on the same two cores.
+if want async; then
+  rows_before_async=$(usage_rows)
+  async_from_ms=$(date +%s%3N)
+  restart_ingress
+  run_step "async ingress ${ASYNC_RATE}/s" --mode open --url "$INGRESS/v1/requests" --key "$KEY" \
+    --body "$BODY" --expect-status 202 --rate "$ASYNC_RATE" --duration "$STEP" --warmup "$WARMUP"
+  restart_ingress
+  run_step "async ingress closed x${ASYNC_CONNECTIONS}" --mode closed --url "$INGRESS/v1/requests" \
+    --key "$KEY" --body "$BODY" --expect-status 202 --concurrency "$ASYNC_CONNECTIONS" \
+    --duration "$STEP" --warmup "$WARMUP"
+  # The backlog: how long after the load stops the worker + sink have every usage row.
+  accepted_async=$(jq -s '[.[] | select(.label | startswith("async")) | .ok] | add' "$OUT"/*.json)
+  backlog=$(drain "$rows_before_async" "$accepted_async" "$async_from_ms")
+fi
+# Async soak: one fresh ingress under closed-loop load for BENCH_SOAK, answers/s each second.
+if want soak; then
+  restart_ingress
+  rows_before_soak=$(usage_rows)
+  soak_from_ms=$(date +%s%3N)
+  run_step "async soak closed x${ASYNC_CONNECTIONS}" --mode closed --url "$INGRESS/v1/requests" \
+    --key "$KEY" --body "$BODY" --expect-status 202 --concurrency "$ASYNC_CONNECTIONS" \
+    --duration "$SOAK" --warmup 0s --progress
+  soak_log="$OUT/$(printf '%02d' "$N").log"
+  soak_backlog=$(drain "$rows_before_soak" "$(jq -r .ok "$OUT/$(printf '%02d' "$N").json")" "$soak_from_ms")
+fi
+for p in "${PROCS[@]}"; do
+  printf '%s\t%s\t%s\n' "$p" "$(kb "$(pid_of "$p")" VmRSS)" "$(kb "$(pid_of "$p")" VmHWM)" >>"$OUT/hwm.tsv"
+done
+
+# ---------- report ----------
+{
+  echo "## Sluice benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo
+  echo "$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/ {print $2}') GiB;" \
+    "mock latency ${MOCK_LATENCY_MS} ms; steps ${STEP} after ${WARMUP} warmup; load average at the end $(cut -d' ' -f1-3 /proc/loadavg)."
+  echo
+  echo "### Load steps (latency of successful answers, ms, measured from each request's scheduled send time)"
+  echo
+  echo "Open-loop steps schedule request i at start + i/rate; \"send lag p99\" is how late the load"
+  echo "generator itself sent them (included in the latencies: it is CPU starvation, not the stack)."
+  echo
+  echo "| scenario | sent | ok | errors | achieved req/s | p50 | p90 | p99 | p99.9 | max | send lag p99 | loadgen CPU s |"
+  echo "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+  jq -rs '.[] | select(.mode != "e2e") |
+    "| \(.label) | \(.sent) | \(.ok) | \(.errors_by_status | to_entries | map("\(.key): \(.value)") | join(", ") | if . == "" then "-" else . end) | \(.achieved_rps | floor) | \(.p50_ms) | \(.p90_ms) | \(.p99_ms) | \(.p999_ms) | \(.max_ms) | \(.send_lag_p99_ms // "-") | \(.loadgen_cpu_s) |"' "$OUT"/*.json
+  echo
+  if [[ -n $SYNC_RATES ]]; then
+    echo "### Sync added latency (through the ingress minus straight to the mock; difference of percentiles, ms)"
+    echo
+    echo "| rate | direct p50 | direct p99 | through p50 | through p99 | added p50 | added p99 |"
+    echo "|---:|---:|---:|---:|---:|---:|---:|"
+    for rate in $SYNC_RATES; do
+      jq -rs --arg d "sync direct ${rate}/s" --arg t "sync ingress ${rate}/s" --arg r "$rate" '
+        (map(select(.label == $d))[0]) as $a | (map(select(.label == $t))[0]) as $b |
+        "| \($r)/s | \($a.p50_ms) | \($a.p99_ms) | \($b.p50_ms) | \($b.p99_ms) | \(($b.p50_ms - $a.p50_ms) * 1000 | round / 1000) | \(($b.p99_ms - $a.p99_ms) * 1000 | round / 1000) |"' "$OUT"/*.json
+    done
+    echo
+  fi
+  if want e2e; then
+    echo "### Accept -> usage row visible in ClickHouse ($E2E_SAMPLES requests one at a time, ClickHouse polled every 20 ms, ms)"
+    echo
+    echo "| stage | p50 | p99 |"
+    echo "|---|---:|---:|"
+    jq -rs '.[] | select(.mode == "e2e") |
+      "| POST /v1/requests -> 202 | \(.accept_p50_ms) | \(.accept_p99_ms) |",
+      "| accepted -> worker started (Kafka) | \(.worker_start_p50_ms) | \(.worker_start_p99_ms) |",
+      "| accepted -> worker finished (+ mock call) | \(.worker_done_p50_ms) | \(.worker_done_p99_ms) |",
+      "| **POST -> usage row visible** (ok \(.ok)/\(.sent), max \(.max_ms)) | **\(.p50_ms)** | **\(.p99_ms)** |"' "$OUT"/*.json
+    echo
+  fi
+  if want async; then echo "Async backlog: $backlog."; echo; fi
+  if want soak; then
+    echo "Async soak, answers/s in each second of $SOAK on one fresh ingress (closed loop, $ASYNC_CONNECTIONS connections):"
+    echo
+    echo "    $(awk '$1 ~ /^[0-9]+s$/ && $3 == "answers/s" { print $2 }' "$soak_log" | paste -sd' ')"
+    echo
+    echo "Soak backlog: $soak_backlog."
+    echo
+  fi
+  echo "### Where the time goes: the results rows of each step's requests (ClickHouse, ms resolution)"
+  echo
+  echo "created = the ingress stamped the request (before its Kafka produce); started / finished ="
+  echo "the worker began / ended the provider call. p50 / p99, ms."
+  echo
+  echo "| scenario | rows | created -> worker started | provider call | created -> worker finished |"
+  echo "|---|---:|---:|---:|---:|"
+  while IFS=$'\t' read -r label from_ms to_ms; do
+    [[ $label == *ingress* ]] || continue
+    curl -sf "$CH" --data-binary "SELECT count(),
+        quantilesExact(0.5, 0.99)(started_at_ms - created_at_ms),
+        quantilesExact(0.5, 0.99)(toInt64(finished_at_ms) - started_at_ms),
+        quantilesExact(0.5, 0.99)(toInt64(finished_at_ms) - created_at_ms)
+      FROM $DB.results FINAL WHERE created_at_ms >= $from_ms AND created_at_ms < $to_ms FORMAT TabSeparated" |
+      awk -F'\t' -v l="$label" '{ for (i = 2; i <= 4; i++) { gsub(/[][]/, "", $i); sub(/,/, " / ", $i) }
+                                   printf "| %s | %s | %s | %s | %s |\n", l, $1, $2, $3, $4 }'
+  done <"$OUT/steps.tsv"
+  echo
+  echo "### CPU per process (% of one core, over each step)"
+  echo
+  echo "cpu wait = share of the step's time during which some runnable task waited for a core"
+  echo "(/proc/pressure/cpu), from this stack, the load generator or anything else on the machine."
+  echo
+  printf '| scenario |'; printf ' %s |' "${PROCS[@]}" "cpu wait %"; echo
+  printf '|---|'; printf -- '---:|%.0s' "${PROCS[@]}" wait; echo
+  awk -F'\t' -v procs="${PROCS[*]} wait" '
+    { if (!($1 in seen)) { seen[$1] = 1; order[++n] = $1 } v[$1, $2] = $3 }
+    END { np = split(procs, p, " ")
+          for (i = 1; i <= n; i++) { line = "| " order[i] " |"; for (j = 1; j <= np; j++) line = line " " v[order[i], p[j]] " |"; print line } }' "$OUT/cpu.tsv"
+  echo
+  echo "### Kafka JVM stop-the-world GC pauses per step (jstat)"
+  echo
+  echo "| scenario | pauses | total ms | mean ms |"
+  echo "|---|---:|---:|---:|"
+  awk -F'\t' '{ printf "| %s | %s | %s | %s |\n", $1, $2, $3, $4 }' "$OUT/gc.tsv"
+  echo
+  echo "### Memory at the end (MB): resident now / peak resident (VmHWM)"
+  echo
+  printf '|'; printf ' %s |' "${PROCS[@]}"; echo
+  printf '|'; printf -- '---:|%.0s' "${PROCS[@]}"; echo
+  awk -F'\t' '{ line = line " " int($2 / 1024) " / " int($3 / 1024) " |" } END { print "|" line }' "$OUT/hwm.tsv"
+} | tee "$OUT/results.md"
+log "done; figures also in $OUT/results.md"

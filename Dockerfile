@@ -6,7 +6,7 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 # rdkafka builds its bundled librdkafka with configure + make; the rust image (buildpack-deps)
-# already has gcc, make, perl and zlib headers, so no extra packages.
+# already has gcc, make, perl, zlib and OpenSSL headers (TLS to Kafka), so no extra packages.
 COPY . .
 # Cache mounts keep the registry and target dir between builds; the binaries are copied out
 # of the (cached, hence not-in-image) target dir in the same step.
@@ -21,9 +21,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 # ---- runtime ----
 FROM debian:bookworm-slim
-# ca-certificates: TLS to real model providers; curl: container health checks.
+# ca-certificates: TLS to real model providers; curl: container health checks; libssl3:
+# librdkafka's TLS to Kafka.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates curl \
+ && apt-get install -y --no-install-recommends ca-certificates curl libssl3 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin sluice
 COPY --from=build /out/ /usr/local/bin/

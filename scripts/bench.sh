@@ -16,7 +16,15 @@
 #   BENCH_SYNC_RATES ["100 500 1000"]        sync steps, req/s (each: direct, then through)
 #   BENCH_ASYNC_RATE [5000]  BENCH_ASYNC_CONNECTIONS [64]
 #   BENCH_E2E_SAMPLES [50]   BENCH_DRAIN_S [30]  BENCH_NO_BUILD [0]
-#   BENCH_SCENARIOS ["sync e2e async soak"]   which parts to run
+#   BENCH_SCENARIOS ["sync e2e async soak"]   which parts to run; "streams" (not in the
+#                              default) measures streaming, with the knobs below
+#   BENCH_STREAM_RATES ["20 100 200"]        new streams/s (each: direct, then through)
+#   BENCH_STREAM_CHUNKS [50]  BENCH_STREAM_DELAY_MS [20]   the mock's streams
+#   BENCH_STREAM_OPEN [1000]  BENCH_STREAM_SLOW_DELAY_MS [400]  concurrent open streams for
+#                              the memory step, and the chunk delay that keeps them open
+#   BENCH_STREAM_IN_FLIGHT [1100]   the worker's max_in_flight during the streams scenario
+#   BENCH_CANCEL_SAMPLES [100]  BENCH_DISCONNECT_AFTER [5]  BENCH_RELAY_PORT [19181]
+#                              (BENCH_CANCEL_SAMPLES=0 / BENCH_STREAM_OPEN=0 skip those steps)
 #   BENCH_SOAK [30s]   the soak: closed-loop async load on one ingress, answers/s every second
 #   BENCH_KAFKA_OPTIONS [""]   librdkafka settings added to the ingress's and the worker's
 #                              [kafka.options] for an experiment, e.g. '"linger.ms" = "0"'
@@ -43,6 +51,15 @@ OUT="${BENCH_OUT:-$SLUICE_STATE/bench}"
 SCENARIOS="${BENCH_SCENARIOS:-sync e2e async soak}"
 SOAK="${BENCH_SOAK:-30s}"
 KAFKA_OPTIONS="${BENCH_KAFKA_OPTIONS:-}"
+STREAM_RATES="${BENCH_STREAM_RATES:-20 100 200}"
+STREAM_CHUNKS="${BENCH_STREAM_CHUNKS:-50}"
+STREAM_DELAY_MS="${BENCH_STREAM_DELAY_MS:-20}"
+STREAM_OPEN="${BENCH_STREAM_OPEN:-1000}"
+STREAM_SLOW_DELAY_MS="${BENCH_STREAM_SLOW_DELAY_MS:-400}"
+STREAM_IN_FLIGHT="${BENCH_STREAM_IN_FLIGHT:-1100}"
+CANCEL_SAMPLES="${BENCH_CANCEL_SAMPLES:-100}"
+DISCONNECT_AFTER="${BENCH_DISCONNECT_AFTER:-5}"
+RELAY_PORT="${BENCH_RELAY_PORT:-19181}"
 ANALYTICS_KAFKA_OPTIONS="${BENCH_ANALYTICS_KAFKA_OPTIONS:-}"
 
 KEY=sk-sluice-demo          # demo key of config/ingress.toml (team demo)
@@ -55,6 +72,10 @@ BIN="$REPO_DIR/target/release"
 INGRESS="http://127.0.0.1:$INGRESS_PORT"
 MOCK="http://127.0.0.1:$MOCK_PORT"
 BODY="{\"model\":\"$MODEL\",\"messages\":[{\"role\":\"user\",\"content\":\"Say hello in one short sentence.\"}]}"
+STREAM_BODY="{\"model\":\"$MODEL\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"Say hello in one short sentence.\"}]}"
+# The cancel step's model: the worker reaches its deployment through loadgen's relay.
+RELAY_MODEL=local-llama
+CANCEL_BODY="{\"model\":\"$RELAY_MODEL\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"Say hello in one short sentence.\"}]}"
 
 T0=$SECONDS
 log() { printf '[bench +%ss] %s\n' "$((SECONDS - T0))" "$*" >&2; }
@@ -108,7 +129,7 @@ eval "$(services start)"
 CH="$SLUICE_CLICKHOUSE_URL"
 KAFKA_PID=$(cat "$SLUICE_STATE/kafka/kafka.pid")
 CLICKHOUSE_PID=$(cat "$SLUICE_STATE/clickhouse/server.pid")
-for p in "$INGRESS_PORT" "$MOCK_PORT"; do
+for p in "$INGRESS_PORT" "$MOCK_PORT" "$RELAY_PORT"; do
   port_open "$p" && die "port $p is in use (set BENCH_INGRESS_PORT / BENCH_MOCK_PORT)"
 done
 curl -sf "$CH" --data-binary "DROP DATABASE IF EXISTS $DB" >/dev/null || die "ClickHouse refused DROP DATABASE"
@@ -137,16 +158,37 @@ wait_for() { # what timeout_s cmd...
   done
 }
 
+start_mock() { # extra mock-provider args...
+  start mock "$OUT/mock.log" RUST_LOG=warn -- \
+    "$BIN/mock-provider" --listen "127.0.0.1:$MOCK_PORT" --latency-ms "$MOCK_LATENCY_MS" "$@"
+  wait_for "mock provider" 10 curl -sf "$MOCK/v1/models"
+}
+# The streams scenario restarts the mock with other stream shapes (its behaviour is global).
+restart_mock() { # extra mock-provider args...
+  local pid=${PID[mock]} i
+  kill -TERM "$pid"
+  for ((i = 0; i < 100; i++)); do alive "$pid" || break; sleep 0.1; done
+  alive "$pid" && die "mock did not stop within 10s"
+  start_mock "$@"
+}
 log "mock provider on $MOCK (latency ${MOCK_LATENCY_MS} ms, 16 completion tokens)"
-start mock "$OUT/mock.log" RUST_LOG=warn -- \
-  "$BIN/mock-provider" --listen "127.0.0.1:$MOCK_PORT" --latency-ms "$MOCK_LATENCY_MS" --completion-tokens 16
-wait_for "mock provider" 10 curl -sf "$MOCK/v1/models"
+start_mock --completion-tokens 16
 
 # The configs of config/, the worker's deployments pointed at this run's mock, and the
 # experiment's librdkafka settings (if any) appended.
 sed "s#http://127.0.0.1:9100#$MOCK#g" config/worker.toml >"$OUT/worker.toml"
 grep -q "$MOCK/v1" "$OUT/worker.toml" || die "config/worker.toml has no mock deployment on 127.0.0.1:9100"
 cp config/ingress.toml "$OUT/ingress.toml"
+# The streams scenario's cancel step: the deployment of $RELAY_MODEL goes through loadgen's
+# relay on RELAY_PORT (which forwards to the mock), so the relay sees when the worker closes
+# its provider connection. Nothing else calls that model.
+if [[ " $SCENARIOS " == *" streams "* ]]; then
+  awk -v mock="$MOCK" -v relay="http://127.0.0.1:$RELAY_PORT" -v model="\"$RELAY_MODEL\"" '
+    /^\[\[/ { mine = 0 } $1 == "model" && $3 == model { mine = 1 }
+    mine && /base_url/ { sub(mock, relay) } { print }' "$OUT/worker.toml" >"$OUT/worker.toml.tmp"
+  mv "$OUT/worker.toml.tmp" "$OUT/worker.toml"
+  grep -q "127.0.0.1:$RELAY_PORT" "$OUT/worker.toml" || die "no deployment of $RELAY_MODEL to route through the relay"
+fi
 cp config/analytics.toml "$OUT/analytics.toml"
 if [[ -n $ANALYTICS_KAFKA_OPTIONS ]]; then
   log "experiment: analytics [kafka.options] += $ANALYTICS_KAFKA_OPTIONS"
@@ -183,8 +225,11 @@ log "ingress on $INGRESS, topic prefix $PREFIX"
 start_ingress
 
 log "worker (group $PREFIX-workers) and analytics sink (group $PREFIX-analytics, database $DB)"
-start worker "$OUT/worker.log" SLUICE_KAFKA_TOPIC_PREFIX="$PREFIX" SLUICE_KAFKA_GROUP_ID="$PREFIX-workers" -- \
-  "$BIN/sluice-worker" --config "$OUT/worker.toml"
+# 1,000 concurrent streams need as many provider calls in flight (the shipped config: 256).
+want_streams=0; [[ " $SCENARIOS " == *" streams "* ]] && want_streams=1
+WORKER_ENV=(SLUICE_KAFKA_TOPIC_PREFIX="$PREFIX" SLUICE_KAFKA_GROUP_ID="$PREFIX-workers")
+((want_streams)) && WORKER_ENV+=(SLUICE_WORKER_MAX_IN_FLIGHT="$STREAM_IN_FLIGHT")
+start worker "$OUT/worker.log" "${WORKER_ENV[@]}" -- "$BIN/sluice-worker" --config "$OUT/worker.toml"
 start analytics "$OUT/analytics.log" SLUICE_KAFKA_TOPIC_PREFIX="$PREFIX" \
   SLUICE_KAFKA_GROUP_ID="$PREFIX-analytics" SLUICE_CLICKHOUSE_DATABASE="$DB" -- \
   "$BIN/sluice-analytics" --config "$OUT/analytics.toml" run
@@ -324,6 +369,53 @@ if want soak; then
   soak_log="$OUT/$(printf '%02d' "$N").log"
   soak_backlog=$(drain "$rows_before_soak" "$(jq -r .ok "$OUT/$(printf '%02d' "$N").json")" "$soak_from_ms")
 fi
+# Streaming: time to first token and whole stream, direct vs through, at each rate of new
+# streams (each stream STREAM_CHUNKS content chunks STREAM_DELAY_MS apart); then client
+# disconnect -> provider connection closed; then memory with STREAM_OPEN streams open at once.
+# Every (ingress RSS, worker RSS, Kafka RSS, client connections to the ingress), each 0.5 s.
+sample_mem() {
+  while :; do
+    printf '%s\t%s\t%s\t%s\t%s\n' "$(date +%s%3N)" "$(kb "${PID[ingress]}" VmRSS)" \
+      "$(kb "${PID[worker]}" VmRSS)" "$(kb "$KAFKA_PID" VmRSS)" \
+      "$(ss -Htn state established "( sport = :$INGRESS_PORT )" | wc -l)"
+    sleep 0.5
+  done
+}
+if ((want_streams)); then
+  stream_mock=(--completion-tokens "$STREAM_CHUNKS" --stream-chunks "$STREAM_CHUNKS")
+  log "mock restarted: streams of $STREAM_CHUNKS content chunks ${STREAM_DELAY_MS} ms apart"
+  restart_mock "${stream_mock[@]}" --stream-chunk-delay-ms "$STREAM_DELAY_MS"
+  for rate in $STREAM_RATES; do
+    run_step "stream direct ${rate}/s" --mode open --url "$MOCK/v1/chat/completions" \
+      --body "$STREAM_BODY" --rate "$rate" --duration "$STEP" --warmup "$WARMUP"
+    run_step "stream ingress ${rate}/s" --mode open --url "$INGRESS/v1/chat/completions" \
+      --key "$KEY" --body "$STREAM_BODY" --rate "$rate" --duration "$STEP" --warmup "$WARMUP"
+  done
+  if ((CANCEL_SAMPLES > 0)); then
+    run_step "stream cancel x${CANCEL_SAMPLES}" --mode cancel --url "$INGRESS/v1/chat/completions" \
+      --key "$KEY" --body "$CANCEL_BODY" --samples "$CANCEL_SAMPLES" \
+      --disconnect-after "$DISCONNECT_AFTER" --relay-listen "127.0.0.1:$RELAY_PORT" \
+      --relay-upstream "127.0.0.1:$MOCK_PORT"
+    cancel_json="$OUT/$(printf '%02d' "$N").json"
+  fi
+  # Memory: a fresh ingress (its baseline), then STREAM_OPEN connections each open one long
+  # stream at once (closed loop; nothing new starts after the first second).
+  if ((STREAM_OPEN > 0)); then
+    log "mock restarted: chunks ${STREAM_SLOW_DELAY_MS} ms apart (streams stay open)"
+    restart_mock "${stream_mock[@]}" --stream-chunk-delay-ms "$STREAM_SLOW_DELAY_MS"
+    restart_ingress
+    sync_ok || die "no sync answer from the restarted ingress"
+    sleep 1
+    mem_base="$(kb "${PID[ingress]}" VmRSS) $(kb "${PID[worker]}" VmRSS) $(kb "$KAFKA_PID" VmRSS)"
+    sample_mem >"$OUT/stream-mem.tsv" &
+    sampler=$!
+    run_step "stream open x${STREAM_OPEN}" --mode closed --url "$INGRESS/v1/chat/completions" \
+      --key "$KEY" --body "$STREAM_BODY" --concurrency "$STREAM_OPEN" --duration 1s --warmup 0s \
+      --timeout 300s
+    kill "$sampler"
+    mem_hwm="$(kb "${PID[ingress]}" VmHWM) $(kb "${PID[worker]}" VmHWM)"
+  fi
+fi
 for p in "${PROCS[@]}"; do
   printf '%s\t%s\t%s\n' "$p" "$(kb "$(pid_of "$p")" VmRSS)" "$(kb "$(pid_of "$p")" VmHWM)" >>"$OUT/hwm.tsv"
 done
@@ -377,6 +469,35 @@ done
     echo
     echo "Soak backlog: $soak_backlog."
     echo
+  fi
+  if ((want_streams)); then
+    echo "### Streaming: time to first token and whole stream (direct to the mock vs through Sluice, ms)"
+    echo
+    echo "Open loop, new streams/s; each stream $STREAM_CHUNKS content chunks ${STREAM_DELAY_MS} ms apart. TTFT = scheduled send ->"
+    echo "first SSE event with non-empty delta.content; total = -> data: [DONE]. Added = difference of percentiles."
+    echo
+    echo "| rate | TTFT direct p50 / p99 | TTFT through p50 / p99 | **TTFT added p50 / p99** | total direct p50 / p99 | total through p50 / p99 | total added p50 / p99 |"
+    echo "|---:|---:|---:|---:|---:|---:|---:|"
+    for rate in $STREAM_RATES; do
+      jq -rs --arg d "stream direct ${rate}/s" --arg t "stream ingress ${rate}/s" --arg r "$rate" '
+        def r3: . * 1000 | round / 1000;
+        (map(select(.label == $d))[0]) as $a | (map(select(.label == $t))[0]) as $b |
+        "| \($r)/s | \($a.ttft_p50_ms) / \($a.ttft_p99_ms) | \($b.ttft_p50_ms) / \($b.ttft_p99_ms) | **\(($b.ttft_p50_ms - $a.ttft_p50_ms) | r3) / \(($b.ttft_p99_ms - $a.ttft_p99_ms) | r3)** | \($a.total_p50_ms) / \($a.total_p99_ms) | \($b.total_p50_ms) / \($b.total_p99_ms) | \(($b.total_p50_ms - $a.total_p50_ms) | r3) / \(($b.total_p99_ms - $a.total_p99_ms) | r3) |"' "$OUT"/*.json
+    done
+    echo
+    [[ -n ${cancel_json:-} ]] && jq -r '"Client disconnect (after \(.disconnect_after) SSE events, \(.sent) streams one at a time) -> the worker closed its provider connection (seen by loadgen'"'"'s relay): p50 \(.p50_ms) ms, p90 \(.p90_ms) ms, p99 \(.p99_ms) ms, max \(.max_ms) ms; ok \(.ok)/\(.sent), errors \(.errors_by_status); \(.relay_connections) provider connections for \(.sent) streams."' "$cancel_json"
+    echo
+    if ((STREAM_OPEN > 0)); then
+      read -r b_in b_wk b_kf <<<"$mem_base"
+      read -r h_in h_wk <<<"$mem_hwm"
+      awk -F'\t' -v b_in="$b_in" -v b_wk="$b_wk" -v b_kf="$b_kf" -v h_in="$h_in" -v h_wk="$h_wk" -v n="$STREAM_OPEN" '
+        { if ($5 > conns) conns = $5; if ($2 > in_) in_ = $2; if ($3 > wk) wk = $3; if ($4 > kf) kf = $4 }
+        END { printf "%d streams opened at once (chunks every '"$STREAM_SLOW_DELAY_MS"' ms), at most %d client connections to the ingress at one sample. " \
+                "Resident memory, MB, before -> peak sample (VmHWM): ingress %.0f -> %.0f (%.0f), %.1f KB per open stream; " \
+                "worker %.0f -> %.0f (%.0f since it started); Kafka %.0f -> %.0f.\n",
+                n, conns, b_in / 1024, in_ / 1024, h_in / 1024, (in_ - b_in) / n, b_wk / 1024, wk / 1024, h_wk / 1024, b_kf / 1024, kf / 1024 }' "$OUT/stream-mem.tsv"
+      echo
+    fi
   fi
   echo "### Where the time goes: the results rows of each step's requests (ClickHouse, ms resolution)"
   echo

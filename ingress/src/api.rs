@@ -21,6 +21,7 @@ use tracing::Instrument;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::guard::{Asked, Output, Policy};
 use crate::kafka::send;
 use crate::state::AppState;
 use crate::tokens::count_prompt_tokens;
@@ -31,6 +32,10 @@ pub const REQUEST_ID_HEADER: &str = "x-sluice-request-id";
 
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.config.server.max_body_bytes;
+    let header_limits = (
+        state.config.server.max_header_count,
+        state.config.server.max_header_bytes,
+    );
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/messages", post(crate::anthropic::messages))
@@ -41,6 +46,22 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                let (count, bytes) = header_limits;
+                async move {
+                    let headers = request.headers();
+                    let size: usize = headers
+                        .iter()
+                        .map(|(k, v)| k.as_str().len() + v.len())
+                        .sum();
+                    if headers.len() > count || size > bytes {
+                        return ApiError::HeadersTooLarge { count, bytes }.into_response();
+                    }
+                    next.run(request).await
+                }
+            },
+        ))
         .with_state(state)
 }
 
@@ -53,6 +74,12 @@ struct SluiceOptions {
     timeout_ms: Option<u64>,
     #[serde(default)]
     attributes: HashMap<String, String>,
+    /// A prompt template, `name@version` or `name` (the latest version).
+    template: Option<String>,
+    /// The template's variables.
+    variables: Option<serde_json::Map<String, Value>>,
+    /// Restore masked PII in the answer (sync only); default: the team's `pii.restore`.
+    restore: Option<bool>,
 }
 
 enum Mode {
@@ -64,6 +91,12 @@ enum Mode {
 struct Accepted {
     record: Request,
     topic: Topic,
+    /// The team's guardrail policy.
+    policy: Arc<Policy>,
+    /// Masked values to put back into a sync answer.
+    restorer: Option<crate::guard::restore::Restorer>,
+    /// The final messages' text for the input moderation check (empty: no check).
+    moderation_input: Vec<String>,
 }
 
 /// The wire format of a sync endpoint. Both carry the same internal (OpenAI) request
@@ -120,15 +153,29 @@ pub(crate) async fn sync_call(
             Ok(a) => a,
             Err(e) => return app.reject(&caller, e, dialect),
         };
+        if let Err(e) = accepted
+            .policy
+            .moderate_input(&accepted.moderation_input)
+            .await
+        {
+            return app.reject(&caller, e, dialect);
+        }
         let request_id = accepted.record.request_id.clone();
         tracing::Span::current().record("request_id", request_id.as_str());
+        let output = Output::new(Arc::clone(&accepted.policy), accepted.restorer.clone());
         if accepted.record.stream {
             let guard = app.waiters.register_stream(&request_id);
             if let Err(e) = app.publish(&accepted).await {
                 return dialect.error(e);
             }
-            return crate::stream::respond(Arc::clone(&app), &accepted.record, guard, dialect)
-                .await;
+            return crate::stream::respond(
+                Arc::clone(&app),
+                &accepted.record,
+                guard,
+                dialect,
+                output,
+            )
+            .await;
         }
         let mut guard = app.waiters.register(&request_id);
         if let Err(e) = app.publish(&accepted).await {
@@ -144,7 +191,13 @@ pub(crate) async fn sync_call(
             .sync_timeout_ms
             .min(until_deadline + Duration::from_secs(2));
         match tokio::time::timeout(wait, &mut guard.receiver).await {
-            Ok(Ok(result)) => dialect.result(&result),
+            Ok(Ok(mut result)) => match output.finish(&mut result).await {
+                Ok(()) => dialect.result(&result),
+                Err(e) => {
+                    app.audit_refusal(&accepted.record, &e);
+                    dialect.error(e)
+                }
+            },
             Ok(Err(_)) => dialect.error(ApiError::ShuttingDown),
             Err(_) => dialect.error(ApiError::SyncTimeout(wait.as_millis(), request_id)),
         }
@@ -166,6 +219,13 @@ async fn submit(
         Ok(a) => a,
         Err(e) => return app.reject(&caller, e, Dialect::OpenAi),
     };
+    if let Err(e) = accepted
+        .policy
+        .moderate_input(&accepted.moderation_input)
+        .await
+    {
+        return app.reject(&caller, e, Dialect::OpenAi);
+    }
     if let Err(e) = app.publish(&accepted).await {
         return e.into_response();
     }
@@ -205,17 +265,54 @@ async fn request_status(
         .map_err(ApiError::StoreUnavailable)?
     {
         let body: Value = serde_json::from_str(&stored.body).unwrap_or(Value::Null);
-        let (response, error) = if stored.status == "completed" {
-            (body, Value::Null)
-        } else {
+        let policy = app.guard.policy(&caller.team);
+        let mut status = stored.status.clone();
+        let mut http_status = stored.http_status;
+        let (response, error) = if stored.status != "completed" {
             (Value::Null, body.get("error").cloned().unwrap_or(body))
+        } else if policy.moderates_output() {
+            // Async results are checked when they are read: the caller never gets a
+            // completion the team's classifier refuses.
+            match policy
+                .moderate_output(&crate::guard::completion_texts(&stored.body))
+                .await
+            {
+                Ok(()) => (body, Value::Null),
+                Err(e @ ApiError::ModerationUnavailable(_)) => return Err(e),
+                Err(e) => {
+                    app.send_refusal(
+                        Audit {
+                            event_id: String::new(),
+                            request_id: id.clone(),
+                            team: caller.team.clone(),
+                            key_id: caller.key_id.clone(),
+                            action: AuditAction::Rejected,
+                            model: stored.model.clone(),
+                            priority: Priority::Standard,
+                            http_status: 0,
+                            reason: None,
+                            prompt_tokens: 0,
+                            occurred_at_ms: 0,
+                        },
+                        &e,
+                    );
+                    status = "failed".into();
+                    http_status = i32::from(e.status().as_u16());
+                    (
+                        Value::Null,
+                        serde_json::to_value(e.body().error).unwrap_or_default(),
+                    )
+                }
+            }
+        } else {
+            (body, Value::Null)
         };
         return Ok(Json(json!({
             "id": id,
             "object": "sluice.request",
-            "status": stored.status,
+            "status": status,
             "model": stored.model,
-            "http_status": stored.http_status,
+            "http_status": http_status,
             "completed_at": stored.finished_at_ms / 1000,
             "response": response,
             "error": error,
@@ -323,10 +420,16 @@ fn validate(
     let options: SluiceOptions = match request.extra.remove("sluice") {
         Some(v) => serde_json::from_value(v).map_err(|_| ApiError::InvalidParam {
             param: "sluice",
-            problem: "expected an object with optional priority, timeout_ms and attributes",
+            problem: "expected an object with optional priority, timeout_ms, attributes, template, variables and restore",
         })?,
         None => SluiceOptions::default(),
     };
+    if options.restore == Some(true) && matches!(mode, Mode::Async) {
+        return Err(ApiError::InvalidParam {
+            param: "sluice.restore",
+            problem: "masked values are never restored in async results: results are stored, and the mapping from placeholder to value never leaves the ingress; use POST /v1/chat/completions",
+        });
+    }
     if request.model.trim().is_empty() {
         return Err(ApiError::EmptyModel);
     }
@@ -334,7 +437,8 @@ fn validate(
         .models
         .get(&request.model)
         .ok_or_else(|| ApiError::UnknownModel(request.model.clone()))?;
-    if request.messages.is_empty() {
+    // With a template, the template's messages may be all there is.
+    if request.messages.is_empty() && options.template.is_none() {
         return Err(ApiError::EmptyMessages);
     }
     let stream = request.stream == Some(true);
@@ -372,6 +476,22 @@ fn validate(
             _ => return Err(ApiError::InvalidTimeout(raw)),
         },
     };
+    let policy_restore = matches!(mode, Mode::Sync)
+        && options
+            .restore
+            .unwrap_or_else(|| app.guard.policy(&caller.team).restores());
+    let prepared = app.guard.prepare(
+        &caller.team,
+        &mut request.messages,
+        Asked {
+            template: options.template.as_deref(),
+            variables: options.variables.as_ref(),
+            restore: policy_restore,
+        },
+    )?;
+    if request.messages.is_empty() {
+        return Err(ApiError::EmptyMessages);
+    }
     let prompt_tokens = count_prompt_tokens(tokenizer, &request.messages);
     let created_at_ms = now_ms();
     let request_id = format!("req_{}", uuid::Uuid::now_v7().simple());
@@ -409,6 +529,9 @@ fn validate(
             attributes: options.attributes,
         },
         topic,
+        policy: prepared.policy,
+        restorer: prepared.restorer,
+        moderation_input: prepared.moderation_input,
     })
 }
 
@@ -431,7 +554,7 @@ impl AppState {
         Ok(())
     }
 
-    async fn send_audit(&self, audit: &Audit) -> Result<(), rdkafka::error::KafkaError> {
+    pub(crate) async fn send_audit(&self, audit: &Audit) -> Result<(), rdkafka::error::KafkaError> {
         let payload = match encode(audit) {
             Ok(p) => p,
             Err(error) => {
@@ -454,7 +577,7 @@ impl AppState {
             model: String::new(),
             priority: Priority::Standard,
             http_status: error.status().as_u16() as i32,
-            reason: Some(error.body().error.code.unwrap_or_default()),
+            reason: Some(error.audit_reason()),
             prompt_tokens: 0,
             occurred_at_ms: now_ms(),
         };
@@ -468,7 +591,35 @@ impl AppState {
     }
 }
 
-fn audit_event(r: &Request, action: AuditAction, status: i32, reason: Option<String>) -> Audit {
+impl AppState {
+    /// Records (in the background) that a guardrail withheld the answer of an accepted
+    /// request.
+    pub(crate) fn audit_refusal(self: &Arc<Self>, r: &Request, error: &ApiError) {
+        self.send_refusal(audit_event(r, AuditAction::Rejected, 0, None), error);
+    }
+
+    /// [`AppState::audit_refusal`] from a template made by [`audit_event`].
+    pub(crate) fn send_refusal(self: &Arc<Self>, mut audit: Audit, error: &ApiError) {
+        audit.event_id = uuid::Uuid::now_v7().simple().to_string();
+        audit.action = AuditAction::Rejected;
+        audit.http_status = i32::from(error.status().as_u16());
+        audit.reason = Some(error.audit_reason());
+        audit.occurred_at_ms = now_ms();
+        let app = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Err(error) = app.send_audit(&audit).await {
+                tracing::warn!(%error, "refusal audit event not written");
+            }
+        });
+    }
+}
+
+pub(crate) fn audit_event(
+    r: &Request,
+    action: AuditAction,
+    status: i32,
+    reason: Option<String>,
+) -> Audit {
     Audit {
         event_id: uuid::Uuid::now_v7().simple().to_string(),
         request_id: r.request_id.clone(),
@@ -483,3 +634,6 @@ fn audit_event(r: &Request, action: AuditAction, status: i32, reason: Option<Str
         occurred_at_ms: now_ms(),
     }
 }
+
+#[cfg(test)]
+mod fuzz;

@@ -7,6 +7,7 @@ use axum::http::HeaderMap;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use crate::config::KeyConfig;
 use crate::error::ApiError;
@@ -18,11 +19,18 @@ pub struct Caller {
     pub team: String,
 }
 
-/// Keys by digest. Looking up a digest does not leak the key through timing: an attacker
-/// controls the key, not its digest.
+/// Keys by digest.
+///
+/// Timing: the presented key is hashed first, and only its SHA-256 is looked up, so any
+/// timing difference in the lookup (SipHash with a per-process random key picks the
+/// bucket; the bucket's entries are compared with an early-exit `memcmp`) depends on the
+/// digest, which an attacker cannot steer byte by byte towards a stored one without
+/// SHA-256 preimages. The final equality is checked again in constant time
+/// (`subtle::ConstantTimeEq`) so the property holds even if the map implementation
+/// changes.
 #[derive(Default)]
 pub struct KeyStore {
-    by_digest: HashMap<[u8; 32], Caller>,
+    by_digest: HashMap<[u8; 32], ([u8; 32], Caller)>,
     /// Per-key limits on sync requests, by key id.
     limits: HashMap<String, DefaultDirectRateLimiter>,
 }
@@ -36,10 +44,13 @@ impl KeyStore {
                 let digest: [u8; 32] = bytes.try_into().ok()?;
                 Some((
                     digest,
-                    Caller {
-                        key_id: k.id.clone(),
-                        team: k.team.clone(),
-                    },
+                    (
+                        digest,
+                        Caller {
+                            key_id: k.id.clone(),
+                            team: k.team.clone(),
+                        },
+                    ),
                 ))
             })
             .collect();
@@ -81,10 +92,11 @@ impl KeyStore {
             .map(str::trim)
             .filter(|k| !k.is_empty())
             .ok_or(ApiError::MissingKey)?;
-        self.by_digest
-            .get(&digest(key))
-            .cloned()
-            .ok_or(ApiError::InvalidKey)
+        let presented = digest(key);
+        match self.by_digest.get(&presented) {
+            Some((stored, caller)) if bool::from(stored.ct_eq(&presented)) => Ok(caller.clone()),
+            _ => Err(ApiError::InvalidKey),
+        }
     }
 }
 

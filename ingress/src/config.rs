@@ -32,6 +32,9 @@ pub struct Config {
     /// Models callers may ask for (the workers map them to deployments).
     #[serde(default)]
     pub models: Vec<ModelConfig>,
+    /// Guardrails: PII, prompt guard, moderation, templates, decorators (docs/security.md).
+    #[serde(default)]
+    pub guard: crate::guard::config::GuardConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -47,6 +50,12 @@ pub struct ServerConfig {
     pub reply_partition: i32,
     /// Name of this replica in logs and audit.
     pub instance_id: String,
+    /// Most request headers accepted (431 beyond). hyper refuses more than 100 before
+    /// this check runs.
+    pub max_header_count: usize,
+    /// Largest total size of request header names and values (431 beyond). hyper refuses
+    /// a request head over ~400 KiB before this check runs.
+    pub max_header_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -57,6 +66,8 @@ impl Default for ServerConfig {
             sync_timeout_ms: Duration::from_secs(120),
             reply_partition: 0,
             instance_id: "ingress-0".into(),
+            max_header_count: 64,
+            max_header_bytes: 16 * 1024,
         }
     }
 }
@@ -269,6 +280,13 @@ impl Config {
                 }
             }
         }
+        if self.server.max_header_count == 0 || self.server.max_header_bytes == 0 {
+            return Err(ConfigError::Field {
+                field: "server.max_header_count/max_header_bytes".into(),
+                problem: "must be more than 0",
+            });
+        }
+        crate::guard::Guard::from_config(&self.guard)?;
         if self.models.is_empty() {
             return Err(ConfigError::Field {
                 field: "models".into(),

@@ -22,6 +22,31 @@ pub enum ConfigError {
     },
 }
 
+/// Why the moderation classifier gave no verdict.
+#[derive(Debug, Error)]
+pub enum ModerationError {
+    #[error("the moderation classifier did not answer in time")]
+    Timeout,
+    #[error("the moderation classifier answered HTTP {0}")]
+    Status(u16),
+    #[error("the moderation classifier could not be reached")]
+    Transport(#[source] reqwest::Error),
+    #[error("the moderation classifier's answer is not a moderation result")]
+    Invalid(#[source] serde_json::Error),
+    #[error("the moderation classifier's answer has no results")]
+    NoResults,
+}
+
+impl ModerationError {
+    pub fn from_reqwest(error: reqwest::Error) -> ModerationError {
+        if error.is_timeout() {
+            ModerationError::Timeout
+        } else {
+            ModerationError::Transport(error)
+        }
+    }
+}
+
 /// Errors of the HTTP API. Each maps to one status and OpenAI error type/code.
 #[derive(Debug, Error)]
 pub enum ApiError {
@@ -64,6 +89,47 @@ pub enum ApiError {
     Encode(#[source] CodecError),
     #[error("Internal error: the ingress is shutting down")]
     ShuttingDown,
+    #[error("Request headers exceed the limit of {count} headers or {bytes} bytes")]
+    HeadersTooLarge { count: usize, bytes: usize },
+    #[error("The request was blocked by guardrail rule `{rule}`")]
+    PromptBlocked { rule: String },
+    #[error("The request contains {}, which this team's policy does not allow to leave the gateway (category: {})", describe_categories(.categories), .categories.join(", "))]
+    PiiBlocked { categories: Vec<&'static str> },
+    #[error("The request was flagged by content moderation{}", flagged_list(.categories))]
+    ContentFlagged { categories: Vec<String> },
+    #[error("The response was withheld: it was flagged by content moderation{}", flagged_list(.categories))]
+    OutputFlagged { categories: Vec<String> },
+    #[error("Content moderation is unavailable and this team's policy requires it; retry later")]
+    ModerationUnavailable(#[source] ModerationError),
+    #[error("Template `{0}` does not exist (or is not available to this key's team)")]
+    TemplateNotFound(String),
+    #[error("Template `{template}` needs the variable `{variable}` in sluice.variables")]
+    TemplateVariableMissing { template: String, variable: String },
+    #[error("Template `{template}` has no variable `{variable}`")]
+    TemplateVariableUnknown { template: String, variable: String },
+    #[error("Template variable `{0}` must be a string, number or boolean")]
+    TemplateVariableInvalid(String),
+}
+
+fn describe_categories(categories: &[&str]) -> String {
+    let described: Vec<&str> = categories
+        .iter()
+        .filter_map(|c| {
+            crate::guard::pii::Category::ALL
+                .iter()
+                .find(|k| k.as_str() == *c)
+                .map(|k| k.describe())
+        })
+        .collect();
+    described.join(" and ")
+}
+
+fn flagged_list(categories: &[String]) -> String {
+    if categories.is_empty() {
+        String::new()
+    } else {
+        format!(" (categories: {})", categories.join(", "))
+    }
 }
 
 impl ApiError {
@@ -161,6 +227,84 @@ impl ApiError {
                 None,
                 None,
             ),
+            HeadersTooLarge { .. } => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "invalid_request_error",
+                Some("headers_too_large"),
+                None,
+            ),
+            PromptBlocked { .. } => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("prompt_blocked"),
+                Some("messages"),
+            ),
+            PiiBlocked { .. } => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("pii_detected"),
+                Some("messages"),
+            ),
+            ContentFlagged { .. } => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("content_flagged"),
+                Some("messages"),
+            ),
+            OutputFlagged { .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request_error",
+                Some("output_flagged"),
+                None,
+            ),
+            ModerationUnavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                Some("moderation_unavailable"),
+                None,
+            ),
+            TemplateNotFound(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("template_not_found"),
+                Some("sluice.template"),
+            ),
+            TemplateVariableMissing { .. } => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("template_variable_missing"),
+                Some("sluice.variables"),
+            ),
+            TemplateVariableUnknown { .. } => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("template_variable_unknown"),
+                Some("sluice.variables"),
+            ),
+            TemplateVariableInvalid(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("invalid_value"),
+                Some("sluice.variables"),
+            ),
+        }
+    }
+
+    /// The `reason` of the audit row for a refused request: the guardrail rule that
+    /// matched (`deny.<id>`, `injection.<id>`, `pii.<category>`, `moderation.input`, ...),
+    /// else the error code.
+    pub fn audit_reason(&self) -> String {
+        match self {
+            ApiError::PromptBlocked { rule } => rule.clone(),
+            ApiError::PiiBlocked { categories } => categories
+                .iter()
+                .map(|c| format!("pii.{c}"))
+                .collect::<Vec<_>>()
+                .join(","),
+            ApiError::ContentFlagged { .. } => "moderation.input".into(),
+            ApiError::OutputFlagged { .. } => "moderation.output".into(),
+            ApiError::ModerationUnavailable(_) => "moderation.unavailable".into(),
+            _ => self.parts().2.unwrap_or_default().to_string(),
         }
     }
 

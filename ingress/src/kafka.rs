@@ -102,3 +102,38 @@ pub fn wanted_topics(team_topics: &[String]) -> Vec<Topic> {
     }
     wanted
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// librdkafka is built with OpenSSL: TLS (and SASL_SSL with SCRAM) settings pass through
+    /// `[kafka] options` (docs/security.md). Without it, creating the client fails with
+    /// "OpenSSL not available at build time".
+    #[test]
+    fn tls_options_are_accepted() {
+        let mut kafka = KafkaConfig {
+            bootstrap: "127.0.0.1:1".into(),
+            ..KafkaConfig::default()
+        };
+        kafka
+            .options
+            .insert("security.protocol".into(), "SSL".into());
+        kafka.options.insert(
+            "ssl.endpoint.identification.algorithm".into(),
+            "https".into(),
+        );
+        assert!(producer(&kafka).is_ok());
+        kafka
+            .options
+            .insert("security.protocol".into(), "SASL_SSL".into());
+        kafka
+            .options
+            .insert("sasl.mechanism".into(), "SCRAM-SHA-512".into());
+        kafka.options.insert("sasl.username".into(), "u".into());
+        kafka.options.insert("sasl.password".into(), "p".into());
+        assert!(producer(&kafka).is_ok());
+    }
+}

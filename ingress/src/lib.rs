@@ -7,6 +7,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod guard;
 pub mod kafka;
 pub mod lookup;
 pub mod replies;
@@ -26,6 +27,8 @@ use state::AppState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("invalid configuration")]
+    Config(#[from] error::ConfigError),
     #[error("cannot reach Kafka or create topics")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("cannot listen on {addr}")]
@@ -44,6 +47,8 @@ pub struct Ingress {
 
 /// Creates missing topics, starts the reply listener and serves HTTP until `shutdown`.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Ingress, StartError> {
+    // Compiled before anything starts: a bad pattern or template fails start-up, naming it.
+    let guard = guard::Guard::from_config(&config.guard)?;
     let topics = sluice_schemas::Topics::new(config.kafka.topic_prefix.clone());
     if config.kafka.create_topics {
         let wanted = kafka::wanted_topics(&config.routing.team_topics);
@@ -67,7 +72,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Ingres
         addr: listen,
         source,
     })?;
-    let state = Arc::new(AppState::new(config, producer, waiters));
+    let state = Arc::new(AppState::new(config, producer, waiters).with_guard(guard));
     let app = api::router(state);
     tracing::info!(%addr, "ingress listening");
     let task = tokio::spawn(async move {

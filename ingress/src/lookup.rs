@@ -82,3 +82,40 @@ impl ResultStore {
         Ok(n > 0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::io::Read;
+
+    use super::*;
+
+    /// `https://` URLs speak TLS (rustls): the server's first byte is a TLS handshake
+    /// record (0x16), not an "unsupported scheme" error before connecting.
+    #[tokio::test]
+    async fn https_urls_use_tls() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let first_byte = std::thread::spawn(move || {
+            let (mut socket, _) = listener.accept().unwrap();
+            let mut byte = [0u8; 1];
+            socket.read_exact(&mut byte).unwrap();
+            byte[0]
+        });
+        let store = ResultStore::new(&ClickHouseConfig {
+            url: format!("https://{addr}"),
+            ..ClickHouseConfig::default()
+        });
+        let lookup =
+            tokio::time::timeout(std::time::Duration::from_secs(10), store.result("r", "t"));
+        let first = tokio::task::spawn_blocking(move || first_byte.join().unwrap());
+        // The server never answers the handshake: the client times out or errs; only
+        // what it sent matters.
+        let (lookup, first) = tokio::join!(lookup, first);
+        if let Ok(Err(error)) = lookup {
+            assert!(!error.to_string().contains("scheme is not http"), "{error}");
+        }
+        assert_eq!(first.unwrap(), 0x16, "a TLS ClientHello");
+    }
+}

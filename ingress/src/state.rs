@@ -9,6 +9,7 @@ use sluice_schemas::{now_ms, ReplyTo, Topic, Topics};
 
 use crate::auth::KeyStore;
 use crate::config::Config;
+use crate::guard::Guard;
 use crate::lookup::ResultStore;
 use crate::replies::Waiters;
 use crate::tokens::Tokenizer;
@@ -62,6 +63,8 @@ pub struct AppState {
     pub waiters: Waiters,
     pub reply_to: ReplyTo,
     pub store: ResultStore,
+    /// Guardrail policies and templates (none until [`AppState::with_guard`]).
+    pub guard: Guard,
     recent: Mutex<Recent>,
     spread: AtomicU32,
 }
@@ -90,6 +93,7 @@ impl AppState {
                 partition: config.server.reply_partition,
             },
             store: ResultStore::new(&config.clickhouse),
+            guard: Guard::default(),
             models,
             topics,
             producer,
@@ -98,6 +102,11 @@ impl AppState {
             spread: AtomicU32::new(0),
             config,
         }
+    }
+
+    pub fn with_guard(mut self, guard: Guard) -> AppState {
+        self.guard = guard;
+        self
     }
 
     /// The partition for a team's next request: round robin over the team's

@@ -11,11 +11,12 @@ use axum::http::HeaderValue;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use sluice_schemas::openai::ErrorBody;
-use sluice_schemas::{encode, now_ms, Cancel, Request, Status, StreamChunk, Topic};
+use sluice_schemas::{encode, now_ms, Audit, Cancel, Request, Status, StreamChunk, Topic};
 
 use crate::anthropic::StreamWriter;
 use crate::api::Dialect;
 use crate::error::ApiError;
+use crate::guard::{Output, StreamOutput};
 use crate::kafka::send;
 use crate::replies::{ReplyEvent, StreamGuard};
 use crate::state::AppState;
@@ -68,6 +69,10 @@ struct StreamState {
     anthropic: Option<StreamWriter>,
     /// Rendered events not sent yet.
     queue: VecDeque<Event>,
+    /// Restoration and output moderation; `None` when the policy has neither.
+    output: Option<StreamOutput>,
+    /// The audit row for a stream a guardrail cuts (filled in then).
+    audit: Audit,
 }
 
 /// What the reply topic delivers to a stream, before it is rendered in a dialect.
@@ -86,6 +91,7 @@ pub async fn respond(
     record: &Request,
     mut guard: StreamGuard,
     dialect: Dialect,
+    output: Output,
 ) -> Response {
     let mut cancel = CancelOnDrop {
         app: Arc::clone(&app),
@@ -110,8 +116,12 @@ pub async fn respond(
         }
     };
     let first = match first {
-        ReplyEvent::End(result) => {
+        ReplyEvent::End(mut result) => {
             cancel.armed = false;
+            if let Err(e) = output.finish(&mut result).await {
+                app.audit_refusal(record, &e);
+                return dialect.error(e);
+            }
             return dialect.result(&result);
         }
         ReplyEvent::Chunk(chunk) => chunk,
@@ -127,6 +137,8 @@ pub async fn respond(
         anthropic: (dialect == Dialect::Anthropic)
             .then(|| StreamWriter::new(&record.model, record.prompt_tokens)),
         queue: VecDeque::new(),
+        output: (!output.is_noop()).then(|| output.into_stream()),
+        audit: crate::api::audit_event(record, sluice_schemas::AuditAction::Rejected, 0, None),
     };
     let events = futures::stream::unfold(state, |mut st| async move {
         loop {
@@ -134,14 +146,18 @@ pub async fn respond(
                 return Some((Ok::<Event, Infallible>(event), st));
             }
             let out = next_out(&mut st).await?;
-            let rendered = match (&mut st.anthropic, out) {
-                (None, Out::Chunk(data) | Out::Error(data)) => vec![Event::default().data(data)],
-                (None, Out::Done) => vec![Event::default().data("[DONE]")],
-                (Some(writer), Out::Chunk(data)) => writer.chunk(&data),
-                (Some(writer), Out::Done) => writer.done(),
-                (Some(writer), Out::Error(body)) => writer.error(&body),
-            };
-            st.queue.extend(rendered);
+            for out in guard_output(&mut st, out).await {
+                let rendered = match (&mut st.anthropic, out) {
+                    (None, Out::Chunk(data) | Out::Error(data)) => {
+                        vec![Event::default().data(data)]
+                    }
+                    (None, Out::Done) => vec![Event::default().data("[DONE]")],
+                    (Some(writer), Out::Chunk(data)) => writer.chunk(&data),
+                    (Some(writer), Out::Done) => writer.done(),
+                    (Some(writer), Out::Error(body)) => writer.error(&body),
+                };
+                st.queue.extend(rendered);
+            }
         }
     });
     let mut response = Sse::new(events)
@@ -153,6 +169,41 @@ pub async fn respond(
             .insert(crate::api::REQUEST_ID_HEADER, v);
     }
     response
+}
+
+/// Applies the output guardrails to what the reply topic delivered: masked values restored
+/// (text that may be a split placeholder is held back, then released), and moderation of
+/// the text so far; a flagged stream ends with an error event instead of its next chunk
+/// or its final event (the provider call is cancelled if still running).
+async fn guard_output(st: &mut StreamState, out: Out) -> Vec<Out> {
+    let Some(output) = st.output.as_mut() else {
+        return vec![out];
+    };
+    let (outs, checked) = match out {
+        Out::Chunk(data) => {
+            let data = output.chunk(data);
+            (vec![Out::Chunk(data)], output.check_due().await)
+        }
+        Out::Done => {
+            let checked = output.check_final().await;
+            let mut outs: Vec<Out> = output.finish().map(Out::Chunk).into_iter().collect();
+            outs.push(Out::Done);
+            (outs, checked)
+        }
+        Out::Error(body) => {
+            let mut outs: Vec<Out> = output.finish().map(Out::Chunk).into_iter().collect();
+            outs.push(Out::Error(body));
+            (outs, Ok(()))
+        }
+    };
+    match checked {
+        Ok(()) => outs,
+        Err(error) => {
+            st.done = true;
+            st.cancel.app.send_refusal(st.audit.clone(), &error);
+            vec![Out::Error(error.body().to_json())]
+        }
+    }
 }
 
 async fn next_out(st: &mut StreamState) -> Option<Out> {

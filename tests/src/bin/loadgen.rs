@@ -9,6 +9,16 @@
 //!   previous one answered: maximum throughput, latency measured per request.
 //! - `e2e`: one async request at a time, then polls ClickHouse every 20 ms until its usage row
 //!   is visible: accept-to-analytics time.
+//! - `cancel`: one streamed request at a time, dropped after `--disconnect-after` SSE events;
+//!   a TCP relay in this process (`--relay-listen`, forwarding to `--relay-upstream`) sits
+//!   in front of the provider and times when the worker closes its provider connection.
+//!
+//! With `--stream` (or a body with `"stream": true`) open and closed modes read each answer
+//! as server-sent events and record two latencies: to the first `data:` event whose
+//! `choices[0].delta.content` is a non-empty string (time to first token; the role-only first
+//! chunk does not count), and to `data: [DONE]` (the whole stream; the usual `p50_ms`...).
+//! A stream that ends without `[DONE]` counts as error `no_done`, an error event as
+//! `stream_error`.
 //!
 //! `loadgen --mode open --url http://127.0.0.1:18180/v1/requests --key sk-sluice-demo
 //!  --rate 5000 --duration 15s --expect-status 202 --json`
@@ -42,10 +52,12 @@ enum Mode {
     Open,
     Closed,
     E2e,
+    Cancel,
 }
 
-/// HTTP load generator: open-loop constant rate, closed-loop max throughput, or
-/// accept-to-ClickHouse timing.
+/// HTTP load generator: open-loop constant rate, closed-loop max throughput (both with
+/// `--stream`: time to first token and to [DONE]), accept-to-ClickHouse timing, or
+/// disconnect-to-provider-cancel timing.
 #[derive(Debug, Parser)]
 #[command(name = "loadgen")]
 struct Args {
@@ -99,9 +111,22 @@ struct Args {
     /// e2e mode: the database the analytics sink writes to.
     #[arg(long, default_value = "sluice_bench")]
     database: String,
-    /// e2e mode: requests to time.
+    /// e2e and cancel modes: requests to time.
     #[arg(long, default_value_t = 50)]
     samples: usize,
+    /// Read answers as server-sent events: time to first token and to `[DONE]`. Implied by a
+    /// body with `"stream": true`.
+    #[arg(long)]
+    stream: bool,
+    /// Cancel mode: close the connection after this many SSE `data:` events.
+    #[arg(long, default_value_t = 5)]
+    disconnect_after: u32,
+    /// Cancel mode: where the relay listens (the worker's provider base URL must point here).
+    #[arg(long)]
+    relay_listen: Option<std::net::SocketAddr>,
+    /// Cancel mode: the provider the relay forwards to.
+    #[arg(long)]
+    relay_upstream: Option<std::net::SocketAddr>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -134,12 +159,16 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
         Some(path) => std::fs::read(path).with_context(|| format!("reading --body {path}"))?,
         None => args.body.clone().into_bytes(),
     };
+    let stream = args.stream
+        || args.mode == Mode::Cancel
+        || serde_json::from_slice::<Value>(&body).is_ok_and(|v| v["stream"] == json!(true));
     let target = Target {
         url: args.url.clone(),
         headers: headers(args.key.as_deref())?,
         // Bytes: every request shares the one buffer.
         body: Bytes::from(body),
         expect: args.expect_status,
+        stream,
     };
     let cpu_before = own_cpu_seconds();
     let mut report = match args.mode {
@@ -158,6 +187,7 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
             .await?
         }
         Mode::E2e => e2e(args, &client(args, 4)?, &target).await?,
+        Mode::Cancel => cancel(args, &client(args, 4)?, &target).await?,
     };
     if let (Some(before), Some(after)) = (cpu_before, own_cpu_seconds()) {
         report.json["loadgen_cpu_s"] = json!(round3(after - before));
@@ -194,6 +224,8 @@ struct Target {
     headers: HeaderMap,
     body: Bytes,
     expect: u16,
+    /// Read the answer as server-sent events.
+    stream: bool,
 }
 
 /// How one request ended: its HTTP status, or why there was none.
@@ -202,9 +234,36 @@ enum Outcome {
     Failed(&'static str),
 }
 
+/// One request's answer.
+struct Answer {
+    outcome: Outcome,
+    /// The body (not kept for streams).
+    body: Bytes,
+    /// Streams: when the first event with content arrived.
+    first_token: Option<Instant>,
+    /// Streams cut by `disconnect_after`: when the connection was dropped.
+    disconnected: Option<Instant>,
+}
+
+impl Answer {
+    fn failed(kind: &'static str) -> Answer {
+        Answer {
+            outcome: Outcome::Failed(kind),
+            body: Bytes::new(),
+            first_token: None,
+            disconnected: None,
+        }
+    }
+}
+
 impl Target {
-    /// Sends one request and reads the whole response.
-    async fn send(&self, client: &reqwest::Client) -> (Outcome, Bytes) {
+    /// Sends one request and reads the whole response (a stream: to `[DONE]`).
+    async fn send(&self, client: &reqwest::Client) -> Answer {
+        self.send_until(client, None).await
+    }
+
+    /// Sends one request; a stream is dropped after `disconnect_after` data events.
+    async fn send_until(&self, client: &reqwest::Client, disconnect_after: Option<u32>) -> Answer {
         let sent = client
             .post(&self.url)
             .headers(self.headers.clone())
@@ -213,15 +272,121 @@ impl Target {
             .await;
         let response = match sent {
             Ok(r) => r,
-            Err(e) => return (Outcome::Failed(error_kind(&e)), Bytes::new()),
+            Err(e) => return Answer::failed(error_kind(&e)),
         };
         let status = response.status().as_u16();
+        if self.stream && status == self.expect {
+            return read_events(response, status, disconnect_after).await;
+        }
         // The body is read in full: the response is complete only then, and the
         // connection goes back to the pool only then.
         match response.bytes().await {
-            Ok(b) => (Outcome::Status(status), b),
-            Err(e) => (Outcome::Failed(error_kind(&e)), Bytes::new()),
+            Ok(body) => Answer {
+                outcome: Outcome::Status(status),
+                body,
+                first_token: None,
+                disconnected: None,
+            },
+            Err(e) => Answer::failed(error_kind(&e)),
         }
+    }
+}
+
+/// What one SSE `data:` payload is.
+#[derive(Debug, PartialEq, Eq)]
+enum Event {
+    Done,
+    Error,
+    Content,
+    /// A chunk without content: the role chunk, the finish chunk, the usage chunk.
+    Other,
+}
+
+fn classify(payload: &[u8]) -> Event {
+    if payload == b"[DONE]" {
+        return Event::Done;
+    }
+    let Ok(v) = serde_json::from_slice::<Value>(payload) else {
+        return Event::Other;
+    };
+    if v.get("error").is_some() {
+        Event::Error
+    } else if v["choices"][0]["delta"]["content"]
+        .as_str()
+        .is_some_and(|c| !c.is_empty())
+    {
+        Event::Content
+    } else {
+        Event::Other
+    }
+}
+
+/// Reads a stream's events until `[DONE]`, an error event, its end, or `disconnect_after`
+/// data events (then the response is dropped, which closes the connection).
+async fn read_events(
+    mut response: reqwest::Response,
+    status: u16,
+    disconnect_after: Option<u32>,
+) -> Answer {
+    let mut answer = Answer {
+        outcome: Outcome::Failed("no_done"),
+        body: Bytes::new(),
+        first_token: None,
+        disconnected: None,
+    };
+    let mut pending: Vec<u8> = Vec::new();
+    let mut events = 0u32;
+    loop {
+        let chunk = match response.chunk().await {
+            Ok(Some(c)) => c,
+            Ok(None) => return answer,
+            Err(e) => {
+                answer.outcome = Outcome::Failed(error_kind(&e));
+                return answer;
+            }
+        };
+        let now = Instant::now();
+        pending.extend_from_slice(&chunk);
+        let mut consumed = 0;
+        while let Some(nl) = pending[consumed..].iter().position(|&b| b == b'\n') {
+            let line = &pending[consumed..consumed + nl];
+            consumed += nl + 1;
+            let Some(payload) = line.strip_prefix(b"data:") else {
+                continue;
+            };
+            let payload = payload.trim_ascii();
+            events += 1;
+            // Once the first token is in, only [DONE] and errors matter: no more JSON parsing
+            // than needed (the generator shares the cores with the stack).
+            let event = if answer.first_token.is_none() {
+                classify(payload)
+            } else if payload == b"[DONE]" {
+                Event::Done
+            } else if payload.starts_with(b"{\"error\"") {
+                Event::Error
+            } else {
+                Event::Other
+            };
+            match event {
+                Event::Done => {
+                    answer.outcome = Outcome::Status(status);
+                    return answer;
+                }
+                Event::Error => {
+                    answer.outcome = Outcome::Failed("stream_error");
+                    return answer;
+                }
+                Event::Content if answer.first_token.is_none() => answer.first_token = Some(now),
+                Event::Content | Event::Other => {}
+            }
+            if disconnect_after.is_some_and(|n| events >= n) {
+                drop(response);
+                answer.disconnected = Some(Instant::now());
+                answer.outcome = Outcome::Failed("disconnected");
+                return answer;
+            }
+        }
+        pending.drain(..consumed);
     }
 }
 
@@ -240,6 +405,8 @@ fn error_kind(e: &reqwest::Error) -> &'static str {
 /// Results of the measured requests.
 struct Tally {
     latency: Histogram<u64>,
+    /// Streams: to the first event with content.
+    ttft: Histogram<u64>,
     /// How late the generator itself sent requests (open mode): its own limit, not the server's.
     send_lag: Histogram<u64>,
     ok: u64,
@@ -253,6 +420,7 @@ impl Tally {
     fn new() -> anyhow::Result<Tally> {
         Ok(Tally {
             latency: histogram()?,
+            ttft: histogram()?,
             send_lag: histogram()?,
             ok: 0,
             answered: 0,
@@ -262,12 +430,27 @@ impl Tally {
     }
 
     fn record(&mut self, outcome: &Outcome, expect: u16, latency: Duration, done: Instant) {
+        self.record_stream(outcome, expect, latency, None, done);
+    }
+
+    /// `ttft`: a stream's time to its first token, from the same origin as `latency`.
+    fn record_stream(
+        &mut self,
+        outcome: &Outcome,
+        expect: u16,
+        latency: Duration,
+        ttft: Option<Duration>,
+        done: Instant,
+    ) {
         self.answered += 1;
         self.last_done = Some(self.last_done.map_or(done, |t| t.max(done)));
         match outcome {
             Outcome::Status(s) if *s == expect => {
                 self.ok += 1;
                 self.latency.saturating_record(micros(latency));
+                if let Some(ttft) = ttft {
+                    self.ttft.saturating_record(micros(ttft));
+                }
             }
             Outcome::Status(s) => *self.errors.entry(s.to_string()).or_default() += 1,
             Outcome::Failed(kind) => *self.errors.entry((*kind).to_string()).or_default() += 1,
@@ -332,11 +515,12 @@ async fn open_loop(
             let (client, target, tally) = (client2.clone(), target2.clone(), tally2.clone());
             runtime.spawn(async move {
                 let lag = Instant::now().saturating_duration_since(scheduled);
-                let (outcome, _) = target.send(&client).await;
+                let answer = target.send(&client).await;
                 let done = Instant::now();
                 if measured {
+                    let ttft = answer.first_token.map(|f| f - scheduled);
                     let mut t = lock(&tally);
-                    t.record(&outcome, target.expect, done - scheduled, done);
+                    t.record_stream(&answer.outcome, target.expect, done - scheduled, ttft, done);
                     t.send_lag.saturating_record(micros(lag));
                 }
                 // Only now: the final wait takes all permits back as "everything recorded".
@@ -358,7 +542,7 @@ async fn open_loop(
         t.errors.insert("unanswered".into(), unanswered);
     }
     let window = measured_window(&t, measure_from, args.duration);
-    let mut report = summarize(Mode::Open, &t, scheduled_count, window);
+    let mut report = summarize(Mode::Open, &t, scheduled_count, window, target.stream);
     report.json["rate"] = json!(args.rate);
     report.json["concurrency_cap"] = json!(cap);
     report.json["send_lag_p50_ms"] = json!(ms(t.send_lag.value_at_quantile(0.5)));
@@ -397,11 +581,18 @@ async fn closed_loop(
                 if began >= end {
                     return sent;
                 }
-                let (outcome, _) = target.send(&client).await;
+                let answer = target.send(&client).await;
                 let done = Instant::now();
                 if began >= measure_from {
                     sent += 1;
-                    lock(&tally).record(&outcome, target.expect, done - began, done);
+                    let ttft = answer.first_token.map(|f| f - began);
+                    lock(&tally).record_stream(
+                        &answer.outcome,
+                        target.expect,
+                        done - began,
+                        ttft,
+                        done,
+                    );
                 }
             }
         });
@@ -413,7 +604,7 @@ async fn closed_loop(
     progress.inspect(tokio::task::JoinHandle::abort);
     let t = std::mem::replace(&mut *lock(&tally), Tally::new()?);
     let window = measured_window(&t, measure_from, args.duration);
-    let mut report = summarize(Mode::Closed, &t, sent, window);
+    let mut report = summarize(Mode::Closed, &t, sent, window, target.stream);
     report.json["connections"] = json!(connections);
     report.summary = format!(
         "closed loop, {connections} connections, for {:?} (warmup {:?})\n{}",
@@ -456,11 +647,11 @@ async fn wait_all(permits: &Semaphore, cap: usize, limit: Duration) -> bool {
         .is_ok()
 }
 
-fn summarize(mode: Mode, t: &Tally, sent: u64, window: Duration) -> Report {
+fn summarize(mode: Mode, t: &Tally, sent: u64, window: Duration, stream: bool) -> Report {
     let h = &t.latency;
     let achieved = t.answered as f64 / window.as_secs_f64();
     let q = |quantile| ms(h.value_at_quantile(quantile));
-    let json = json!({
+    let mut json = json!({
         "mode": format!("{mode:?}").to_lowercase(),
         "sent": sent,
         "ok": t.ok,
@@ -482,17 +673,46 @@ fn summarize(mode: Mode, t: &Tally, sent: u64, window: Duration) -> Report {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let summary = format!(
+    let mut summary = format!(
         "sent {sent}, ok {}, errors {errors}; {achieved:.0} answers/s over {:.1} s\n\
-         latency of ok answers (ms): p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+         latency of ok answers{} (ms): p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
         t.ok,
         window.as_secs_f64(),
+        match (mode, stream) {
+            (Mode::Cancel, _) => ": client disconnect -> provider connection closed",
+            (_, true) => ", to [DONE]",
+            (_, false) => "",
+        },
         q(0.5),
         q(0.9),
         q(0.99),
         q(0.999),
         ms(h.max()),
     );
+    if stream {
+        let f = &t.ttft;
+        let tq = |quantile| ms(f.value_at_quantile(quantile));
+        json["stream"] = json!(true);
+        for (name, quantile) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)] {
+            json[format!("ttft_{name}_ms")] = json!(tq(quantile));
+            if mode != Mode::Cancel {
+                json[format!("total_{name}_ms")] = json!(q(quantile));
+            }
+        }
+        json["ttft_max_ms"] = json!(ms(f.max()));
+        if mode != Mode::Cancel {
+            json["total_max_ms"] = json!(ms(h.max()));
+        }
+        summary += &format!(
+            "\ntime to first token (first content event, ms): p50 {:.3}  p90 {:.3}  p99 {:.3}  \
+             p99.9 {:.3}  max {:.3}",
+            tq(0.5),
+            tq(0.9),
+            tq(0.99),
+            tq(0.999),
+            ms(f.max()),
+        );
+    }
     Report { summary, json }
 }
 
@@ -507,7 +727,7 @@ async fn e2e(args: &Args, client: &reqwest::Client, target: &Target) -> anyhow::
     let start = Instant::now();
     for _ in 0..args.samples {
         let began = Instant::now();
-        let (outcome, body) = target.send(client).await;
+        let Answer { outcome, body, .. } = target.send(client).await;
         let accepted = Instant::now();
         let id = match &outcome {
             Outcome::Status(s) if *s == target.expect => request_id(&body)?,
@@ -553,7 +773,13 @@ async fn e2e(args: &Args, client: &reqwest::Client, target: &Target) -> anyhow::
             to_worker_done.saturating_record(finished.saturating_mul(1000).max(1));
         }
     }
-    let mut report = summarize(Mode::E2e, &total, args.samples as u64, start.elapsed());
+    let mut report = summarize(
+        Mode::E2e,
+        &total,
+        args.samples as u64,
+        start.elapsed(),
+        false,
+    );
     let stages = [
         ("accept", "POST -> 202", &accept),
         (
@@ -585,6 +811,143 @@ async fn e2e(args: &Args, client: &reqwest::Client, target: &Target) -> anyhow::
         args.samples, args.database, report.summary
     );
     Ok(report)
+}
+
+/// How long the cancel mode waits for the provider connection to close after a disconnect.
+const CANCEL_WAIT: Duration = Duration::from_secs(10);
+
+/// Client disconnect -> provider connection closed, one stream at a time: each stream is
+/// dropped after `--disconnect-after` data events, and the relay in front of the provider
+/// reports when the worker closed its connection. Between samples no other stream runs, so
+/// the next close after a disconnect is that stream's.
+async fn cancel(args: &Args, client: &reqwest::Client, target: &Target) -> anyhow::Result<Report> {
+    let (Some(listen), Some(upstream)) = (args.relay_listen, args.relay_upstream) else {
+        bail!("cancel mode needs --relay-listen and --relay-upstream");
+    };
+    let (mut closes, accepted) = relay(listen, upstream).await?;
+    // latency = disconnect -> provider connection closed; ttft from the send.
+    let mut tally = Tally::new()?;
+    let mut to_disconnect = histogram()?;
+    let start = Instant::now();
+    for _ in 0..args.samples {
+        while closes.try_recv().is_ok() {}
+        let began = Instant::now();
+        let answer = target.send_until(client, Some(args.disconnect_after)).await;
+        let Some(disconnected) = answer.disconnected else {
+            let outcome = match answer.outcome {
+                // The stream ended before it could be cut.
+                Outcome::Status(_) => Outcome::Failed("completed"),
+                other => other,
+            };
+            tally.record(&outcome, target.expect, Duration::ZERO, Instant::now());
+            continue;
+        };
+        to_disconnect.saturating_record(micros(disconnected - began));
+        match tokio::time::timeout(CANCEL_WAIT, closes.recv()).await {
+            Ok(Some(closed)) => {
+                let ttft = answer.first_token.map(|f| f - began);
+                let outcome = Outcome::Status(target.expect);
+                let latency = closed.saturating_duration_since(disconnected);
+                tally.record_stream(&outcome, target.expect, latency, ttft, closed);
+            }
+            _ => {
+                let outcome = Outcome::Failed("not_closed");
+                tally.record(&outcome, target.expect, Duration::ZERO, Instant::now());
+            }
+        }
+        // Let the stack settle (the cancelled request's usage, result and audit events).
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut report = summarize(
+        Mode::Cancel,
+        &tally,
+        args.samples as u64,
+        start.elapsed(),
+        true,
+    );
+    let connections = accepted.load(std::sync::atomic::Ordering::Relaxed);
+    report.json["disconnect_after"] = json!(args.disconnect_after);
+    report.json["relay_connections"] = json!(connections);
+    report.json["send_to_disconnect_p50_ms"] = json!(ms(to_disconnect.value_at_quantile(0.5)));
+    report.json["send_to_disconnect_p99_ms"] = json!(ms(to_disconnect.value_at_quantile(0.99)));
+    report.summary = format!(
+        "cancel: {} streams one at a time, each dropped after {} SSE events; latency = client \
+         disconnect -> the worker closed its provider connection (relay {listen} -> \
+         {upstream}, {connections} connections)\n{}\nsend -> disconnect: p50 {:.3} ms, p99 {:.3} ms",
+        args.samples,
+        args.disconnect_after,
+        report.summary,
+        ms(to_disconnect.value_at_quantile(0.5)),
+        ms(to_disconnect.value_at_quantile(0.99)),
+    );
+    Ok(report)
+}
+
+/// A TCP relay from `listen` to `upstream`. Sends the time at which each connection's client
+/// side (the worker) went away: its end of stream or reset, or a failed write to it.
+/// Also counts the connections accepted.
+async fn relay(
+    listen: std::net::SocketAddr,
+    upstream: std::net::SocketAddr,
+) -> anyhow::Result<(
+    tokio::sync::mpsc::UnboundedReceiver<Instant>,
+    Arc<std::sync::atomic::AtomicU64>,
+)> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("relay: binding {listen}"))?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((down, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let Ok(up) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                // Best effort: without it a small write may wait for an ack.
+                let _ = (down.set_nodelay(true), up.set_nodelay(true));
+                let client_gone = tokio::select! {
+                    _ = pump(&down, &up) => true,
+                    // Ok: the provider closed the connection, not a cancel.
+                    r = pump(&up, &down) => r.is_err(),
+                };
+                if client_gone {
+                    let _ = tx.send(Instant::now());
+                }
+            });
+        }
+    });
+    Ok((rx, accepted))
+}
+
+/// Copies bytes from one socket to the other until end of stream (Ok) or an error.
+async fn pump(from: &tokio::net::TcpStream, to: &tokio::net::TcpStream) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        from.readable().await?;
+        let n = match from.try_read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        let mut written = 0;
+        while written < n {
+            to.writable().await?;
+            match to.try_write(&buf[written..n]) {
+                Ok(k) => written += k,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
 }
 
 /// The `id` of an accepted async request, checked to be safe inside a SQL string literal.
@@ -667,6 +1030,17 @@ mod tests {
         assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
         assert!(parse_duration("5h").is_err());
         assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn sse_events_are_classified() {
+        assert_eq!(classify(b"[DONE]"), Event::Done);
+        let role = br#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#;
+        assert_eq!(classify(role), Event::Other);
+        let content = br#"{"choices":[{"index":0,"delta":{"content":"hi"}}]}"#;
+        assert_eq!(classify(content), Event::Content);
+        assert_eq!(classify(br#"{"error":{"message":"x"}}"#), Event::Error);
+        assert_eq!(classify(br#"{"choices":[],"usage":{}}"#), Event::Other);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod guardrails;
 mod providers;
 mod scheduling;
 mod streaming;
@@ -157,6 +158,11 @@ async fn a_request_past_its_deadline_never_reaches_the_provider() {
     .expect("expired result");
     assert_eq!(done["error"]["code"], "deadline_exceeded");
     assert_eq!(stack.mock.call_count(), 0);
+    // The usage row comes through its own topic: it may land a flush after the result.
+    let n = stack
+        .wait_count("SELECT count() FROM {db}.usage FINAL", 1, WAIT)
+        .await;
+    assert_eq!(n, 1);
     let usage = stack
         .ch("SELECT status, prompt_tokens, cost_nanos FROM {db}.usage FINAL")
         .await;

@@ -115,14 +115,6 @@ impl Waiters {
             }
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.inner.lock().map(|m| m.len()).unwrap_or(0)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// A consumer assigned to this replica's reply partition, starting at its current end so

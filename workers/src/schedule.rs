@@ -104,16 +104,8 @@ impl<T> Scheduler<T> {
         class.len += 1;
     }
 
-    pub fn len(&self, priority: Priority) -> usize {
-        self.classes[class_index(priority)].len
-    }
-
     pub fn total(&self) -> usize {
         self.classes.iter().map(|c| c.len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.total() == 0
     }
 
     /// The next item to run. `eligible(team, cost)` is asked only for the item about to be

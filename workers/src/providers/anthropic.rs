@@ -28,7 +28,7 @@ pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
 pub const DEFAULT_VERSION: &str = "2023-06-01";
 pub const DEFAULT_MAX_TOKENS: u32 = 4096;
 
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AnthropicConfig {
     /// Without `/v1`: `https://api.anthropic.com` (the default).
@@ -56,17 +56,6 @@ fn default_version() -> String {
 }
 fn default_max_tokens() -> u32 {
     DEFAULT_MAX_TOKENS
-}
-
-impl std::fmt::Debug for AnthropicConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AnthropicConfig")
-            .field("base_url", &self.base_url)
-            .field("api_key_env", &self.api_key_env)
-            .field("model", &self.model)
-            .field("version", &self.version)
-            .finish_non_exhaustive()
-    }
 }
 
 impl AnthropicConfig {

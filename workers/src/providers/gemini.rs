@@ -27,7 +27,7 @@ use crate::error::ProviderError;
 
 pub const DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis.com/v1beta";
 
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GeminiConfig {
     /// With the API version: `https://generativelanguage.googleapis.com/v1beta` (default).
@@ -43,16 +43,6 @@ pub struct GeminiConfig {
 
 fn default_base_url() -> String {
     DEFAULT_BASE_URL.into()
-}
-
-impl std::fmt::Debug for GeminiConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GeminiConfig")
-            .field("base_url", &self.base_url)
-            .field("api_key_env", &self.api_key_env)
-            .field("model", &self.model)
-            .finish()
-    }
 }
 
 impl GeminiConfig {

@@ -16,7 +16,7 @@ use super::{
 };
 use crate::error::ProviderError;
 
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OpenAiConfig {
     /// e.g. `https://api.openai.com/v1` or `http://127.0.0.1:8000/v1`.
@@ -27,16 +27,6 @@ pub struct OpenAiConfig {
     /// The provider's name for the model, if it differs from the name callers use.
     #[serde(default)]
     pub model: Option<String>,
-}
-
-impl std::fmt::Debug for OpenAiConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenAiConfig")
-            .field("base_url", &self.base_url)
-            .field("api_key_env", &self.api_key_env)
-            .field("model", &self.model)
-            .finish()
-    }
 }
 
 impl OpenAiConfig {

@@ -330,7 +330,9 @@ async fn offsets_wait_while_clickhouse_is_down() {
     down.clickhouse.url = "http://127.0.0.1:1".into();
     down.sink.shutdown_timeout_ms = Duration::from_millis(500);
     let (shutdown, handle) = run_sink(&down);
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Long enough for a first group join on a fresh broker (CI creates __consumer_offsets
+    // while the tests start) and the fetch: the sink must have read all 3 before shutdown.
+    tokio::time::sleep(Duration::from_secs(10)).await;
     shutdown.cancel();
     let stats = tokio::time::timeout(WAIT, handle).await.unwrap().unwrap();
     assert_eq!(

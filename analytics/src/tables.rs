@@ -358,6 +358,7 @@ mod tests {
             reason: Some("budget_exceeded".into()),
             prompt_tokens: 7,
             occurred_at_ms: 42,
+            ..Audit::default()
         };
         let row = AuditRow::from(audit);
         assert_eq!(row.action, "rejected");

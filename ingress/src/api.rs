@@ -293,6 +293,7 @@ async fn request_status(
                             reason: None,
                             prompt_tokens: 0,
                             occurred_at_ms: 0,
+                            ..Audit::default()
                         },
                         &e,
                     );
@@ -580,6 +581,7 @@ impl AppState {
             reason: Some(error.audit_reason()),
             prompt_tokens: 0,
             occurred_at_ms: now_ms(),
+            ..Audit::default()
         };
         let app = Arc::clone(self);
         tokio::spawn(async move {
@@ -632,6 +634,8 @@ pub(crate) fn audit_event(
         reason,
         prompt_tokens: r.prompt_tokens,
         occurred_at_ms: now_ms(),
+        deadline_ms: r.deadline_ms,
+        ..Audit::default()
     }
 }
 

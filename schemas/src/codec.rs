@@ -95,7 +95,7 @@ record!(ResultRecord, "Result", ["result.v1.avsc", "result.v2.avsc"]);
 record!(Usage, "Usage", ["usage.v1.avsc", "usage.v2.avsc"]);
 record!(StreamChunk, "StreamChunk", ["stream_chunk.v1.avsc"]);
 record!(Cancel, "Cancel", ["cancel.v1.avsc"]);
-record!(Audit, "Audit", ["audit.v1.avsc"]);
+record!(Audit, "Audit", ["audit.v1.avsc", "audit.v2.avsc"]);
 
 /// Encodes a record with the current schema.
 pub fn encode<T: Record>(record: &T) -> Result<Vec<u8>, CodecError> {

@@ -127,9 +127,10 @@ pub struct Usage {
 }
 
 /// What an audit row records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum AuditAction {
+    #[default]
     Accepted,
     Rejected,
     Completed,
@@ -149,8 +150,9 @@ impl AuditAction {
     }
 }
 
-/// Who did what and when, without prompt text (`audit.v1.avsc`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Who did what and when (`audit.v2.avsc`). Prompt and completion text only when the
+/// team's audit policy allows it; otherwise their SHA-256 only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct Audit {
     pub event_id: String,
     pub request_id: String,
@@ -163,6 +165,16 @@ pub struct Audit {
     pub reason: Option<String>,
     pub prompt_tokens: i32,
     pub occurred_at_ms: i64,
+    /// `accepted`: the budget reservation (nano-USD) held until the request's usage arrives.
+    pub reserved_nanos: i64,
+    /// `accepted`: the request's deadline (a reservation without usage lapses after it).
+    pub deadline_ms: i64,
+    pub prompt_sha256: Option<String>,
+    pub prompt_text: Option<String>,
+    pub completion_sha256: Option<String>,
+    pub completion_text: Option<String>,
+    /// Policy decisions, comma-separated (e.g. `pii:redact:email`).
+    pub policy: Option<String>,
 }
 
 /// One streamed event on its way to the waiting caller (`stream_chunk.v1.avsc`).

@@ -95,6 +95,13 @@ fn every_record_round_trips() {
         reason: Some("budget".into()),
         prompt_tokens: 0,
         occurred_at_ms: 1,
+        reserved_nanos: 12_000,
+        deadline_ms: 99,
+        prompt_sha256: Some("ab".into()),
+        prompt_text: None,
+        completion_sha256: None,
+        completion_text: Some("hi".into()),
+        policy: Some("pii:redact:email".into()),
     };
     assert_eq!(decode::<Audit>(&encode(&a).unwrap()).unwrap(), a);
     let c = sluice_schemas::StreamChunk {

@@ -158,6 +158,9 @@ prop_compose! {
         Audit {
             event_id: ids.0, request_id: ids.1, team: ids.2, key_id: ids.3, action,
             model: ids.4, priority, http_status, reason, prompt_tokens, occurred_at_ms,
+            reserved_nanos: i64::from(prompt_tokens), deadline_ms: occurred_at_ms,
+            prompt_sha256: None, prompt_text: None, completion_sha256: None,
+            completion_text: None, policy: None,
         }
     }
 }

@@ -329,6 +329,7 @@ impl Processor {
             reason: result.error_kind.clone(),
             prompt_tokens: clamp(outcome.usage.prompt_tokens),
             occurred_at_ms: finished_at_ms,
+            ..Audit::default()
         };
         let (result_bytes, usage_bytes, audit_bytes) =
             match (encode(&result), encode(&usage), encode(&audit)) {

@@ -186,6 +186,7 @@ pub fn audit_records() -> Vec<Audit> {
             reason: optional(r, "reason"),
             prompt_tokens: int(r, "prompt_tokens"),
             occurred_at_ms: int(r, "occurred_at_ms"),
+            ..Audit::default()
         })
         .collect()
 }

@@ -14,7 +14,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::CodecError;
-use crate::records::{Audit, Cancel, Request, Result as ResultRecord, StreamChunk, Usage};
+use crate::records::{
+    ApiKey, Audit, BudgetAlert, Cancel, Request, Result as ResultRecord, StreamChunk, Usage,
+};
 
 const MARKER: [u8; 2] = [0xC3, 0x01];
 const HEADER_LEN: usize = 10;
@@ -96,6 +98,8 @@ record!(Usage, "Usage", ["usage.v1.avsc", "usage.v2.avsc"]);
 record!(StreamChunk, "StreamChunk", ["stream_chunk.v1.avsc"]);
 record!(Cancel, "Cancel", ["cancel.v1.avsc"]);
 record!(Audit, "Audit", ["audit.v1.avsc", "audit.v2.avsc"]);
+record!(BudgetAlert, "BudgetAlert", ["budget_alert.v1.avsc"]);
+record!(ApiKey, "ApiKey", ["api_key.v1.avsc"]);
 
 /// Encodes a record with the current schema.
 pub fn encode<T: Record>(record: &T) -> Result<Vec<u8>, CodecError> {

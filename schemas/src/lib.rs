@@ -6,18 +6,25 @@
 //! - [`topics`]: every topic as an enum, with its partitioning and retention.
 //! - [`openai`]: the OpenAI-compatible HTTP wire types the ingress accepts and returns.
 //!
-//! No runtime logic lives here: no I/O, no Kafka clients.
+//! - [`webhook`]: Standard Webhooks signing and delivery with retries.
+//!
+//! No runtime logic lives here (no Kafka clients) except webhook delivery, which the
+//! ingress and analytics must do identically.
 
+pub mod audit_content;
 pub mod codec;
 pub mod error;
 pub mod openai;
+pub mod pricing;
 pub mod records;
 pub mod topics;
+pub mod webhook;
 
 pub use codec::{decode, encode, Record};
 pub use error::CodecError;
 pub use records::{
-    Audit, AuditAction, Cancel, Priority, ReplyTo, Request, Result, Status, StreamChunk, Usage,
+    ApiKey, Audit, AuditAction, BudgetAlert, Cancel, Priority, ReplyTo, Request, Result, Status,
+    StreamChunk, Usage,
 };
 
 /// Kafka header naming what a reply-topic message holds.

@@ -196,3 +196,42 @@ pub struct Cancel {
     pub reason: String,
     pub occurred_at_ms: i64,
 }
+
+/// Settled spend of a budget crossed an alert threshold (`budget_alert.v1.avsc`).
+/// `alert_id` = `scope:subject:period_start_ms:threshold_pct`, the same on every replica.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BudgetAlert {
+    pub alert_id: String,
+    /// `team` or `key`.
+    pub scope: String,
+    pub subject: String,
+    /// `day` or `month`.
+    pub period: String,
+    pub period_start_ms: i64,
+    pub threshold_pct: i32,
+    pub limit_nanos: i64,
+    pub spent_nanos: i64,
+    pub occurred_at_ms: i64,
+    pub instance: String,
+}
+
+/// The latest state of one API key (`api_key.v1.avsc`), on the compacted keys topic keyed
+/// by `key_id`. Holds the secret's SHA-256 only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKey {
+    pub key_id: String,
+    pub team: String,
+    pub label: Option<String>,
+    /// Hex SHA-256 of the secret.
+    pub sha256: String,
+    /// Recognisable part of the secret (`sk-sluice-…a1b2`), never the secret.
+    pub hint: String,
+    /// Models this key may call; empty: every configured model.
+    pub allowed_models: Vec<String>,
+    pub requests_per_minute: Option<i32>,
+    pub expires_at_ms: Option<i64>,
+    /// Revocation is final: the ingress never un-revokes a key.
+    pub revoked: bool,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}

@@ -21,6 +21,13 @@ pub enum Topic {
     DeadLetter,
     /// Cancellations of requests whose caller went away; every worker reads all of it.
     Cancels,
+    /// Budget threshold crossings; every ingress replica may emit the same alert (same
+    /// `alert_id`), the analytics sink deduplicates.
+    BudgetAlerts,
+    /// API keys made through the admin API: compacted, one partition (a total order, so
+    /// the last record per key id wins on every replica), Kafka key = key id. Every ingress
+    /// replica reads all of it.
+    Keys,
 }
 
 impl Topic {
@@ -29,8 +36,8 @@ impl Topic {
             Topic::Requests(_) | Topic::Results | Topic::Usage | Topic::Audit => 6,
             Topic::TeamRequests(..) => 3,
             Topic::Replies => 6,
-            Topic::DeadLetter => 1,
-            Topic::Cancels => 3,
+            Topic::DeadLetter | Topic::Keys => 1,
+            Topic::Cancels | Topic::BudgetAlerts => 3,
         }
     }
 
@@ -40,6 +47,11 @@ impl Topic {
         match self {
             Topic::Replies | Topic::Cancels => &[("retention.ms", "3600000")],
             Topic::DeadLetter => &[("retention.ms", "2592000000")],
+            // Kept forever: compaction keeps the latest state of every key.
+            Topic::Keys => &[("cleanup.policy", "compact")],
+            // The ingress rebuilds the month's budget spend from usage at start-up: keep a
+            // whole month plus slack (35 days).
+            Topic::Usage => &[("retention.ms", "3024000000")],
             _ => &[("retention.ms", WEEK)],
         }
     }
@@ -81,6 +93,8 @@ impl Topics {
             Topic::Replies => format!("{p}.replies"),
             Topic::DeadLetter => format!("{p}.dead-letter"),
             Topic::Cancels => format!("{p}.cancels"),
+            Topic::BudgetAlerts => format!("{p}.budget-alerts"),
+            Topic::Keys => format!("{p}.keys"),
         }
     }
 
@@ -94,6 +108,8 @@ impl Topics {
             Topic::Replies,
             Topic::DeadLetter,
             Topic::Cancels,
+            Topic::BudgetAlerts,
+            Topic::Keys,
         ]);
         all
     }

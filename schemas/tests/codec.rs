@@ -124,6 +124,22 @@ fn every_record_round_trips() {
         decode::<sluice_schemas::Cancel>(&encode(&x).unwrap()).unwrap(),
         x
     );
+    let b = sluice_schemas::BudgetAlert {
+        alert_id: "team:demo:1764547200000:80".into(),
+        scope: "team".into(),
+        subject: "demo".into(),
+        period: "month".into(),
+        period_start_ms: 1_764_547_200_000,
+        threshold_pct: 80,
+        limit_nanos: 10_000_000_000,
+        spent_nanos: 8_000_000_001,
+        occurred_at_ms: 1_764_600_000_000,
+        instance: "ingress-0".into(),
+    };
+    assert_eq!(
+        decode::<sluice_schemas::BudgetAlert>(&encode(&b).unwrap()).unwrap(),
+        b
+    );
 }
 
 #[test]
@@ -207,6 +223,8 @@ fn versions_only_append_fields_with_defaults() {
     check::<Audit>();
     check::<sluice_schemas::StreamChunk>();
     check::<sluice_schemas::Cancel>();
+    check::<sluice_schemas::BudgetAlert>();
+    check::<sluice_schemas::ApiKey>();
 }
 
 fn frame(schema: &Schema, datum: Vec<u8>) -> Vec<u8> {
@@ -292,4 +310,25 @@ fn result_v1_and_v2_read_each_other() {
     assert!(old
         .iter()
         .any(|(k, v)| k == "worker" && *v == Value::String("w1".into())));
+}
+
+#[test]
+fn api_key_round_trips() {
+    let k = sluice_schemas::ApiKey {
+        key_id: "key_1".into(),
+        team: "t".into(),
+        label: Some("app".into()),
+        sha256: "ab".repeat(32),
+        hint: "sk-sluice-…a1b2".into(),
+        allowed_models: vec!["m1".into(), "m2".into()],
+        requests_per_minute: Some(60),
+        expires_at_ms: None,
+        revoked: true,
+        created_at_ms: 1,
+        updated_at_ms: 2,
+    };
+    assert_eq!(
+        decode::<sluice_schemas::ApiKey>(&encode(&k).unwrap()).unwrap(),
+        k
+    );
 }

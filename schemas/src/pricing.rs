@@ -1,0 +1,161 @@
+//! Model prices and the cost of a request in nano-USD, by exact integer arithmetic from
+//! per-million-token prices. Shared: workers bill usage with it, the ingress prices budget
+//! reservations with it.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+
+/// One model's price (`[[prices]]` in the worker and ingress configs), USD per million tokens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub model: String,
+    pub input_per_million: f64,
+    pub output_per_million: f64,
+    #[serde(default)]
+    pub cached_input_per_million: Option<f64>,
+}
+
+impl Price {
+    /// Whether every price is finite and not negative.
+    pub fn is_valid(&self) -> bool {
+        [
+            Some(self.input_per_million),
+            Some(self.output_per_million),
+            self.cached_input_per_million,
+        ]
+        .into_iter()
+        .flatten()
+        .all(|v| v.is_finite() && v >= 0.0)
+    }
+}
+
+/// Prices in nano-USD per token: $1 per million tokens is 1,000 nano-USD per token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TokenPrices {
+    input: i64,
+    output: i64,
+    cached_input: i64,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct PriceTable {
+    by_model: HashMap<String, TokenPrices>,
+}
+
+fn nanos_per_token(per_million_usd: f64) -> i64 {
+    // Prices are quoted with at most 3 decimals per million tokens, which is exact here.
+    (per_million_usd * 1000.0).round() as i64
+}
+
+impl PriceTable {
+    pub fn new(prices: &[Price]) -> PriceTable {
+        let by_model = prices
+            .iter()
+            .map(|p| {
+                let input = nanos_per_token(p.input_per_million);
+                (
+                    p.model.clone(),
+                    TokenPrices {
+                        input,
+                        output: nanos_per_token(p.output_per_million),
+                        cached_input: p.cached_input_per_million.map_or(input, nanos_per_token),
+                    },
+                )
+            })
+            .collect();
+        PriceTable { by_model }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_model.is_empty()
+    }
+
+    /// Cost of one request; a model without a price costs 0 (and is logged by the caller).
+    pub fn cost_nanos(
+        &self,
+        model: &str,
+        prompt: u32,
+        cached: u32,
+        completion: u32,
+    ) -> Option<i64> {
+        let p = self.by_model.get(model)?;
+        let cached = cached.min(prompt) as i64;
+        let uncached = prompt as i64 - cached;
+        Some(uncached * p.input + cached * p.cached_input + completion as i64 * p.output)
+    }
+
+    /// The most a request can cost if it may be served by any of `models` (an alias's
+    /// fallback chain): no cached-input discount, the highest input and output price of the
+    /// chain. Models without a price are skipped; `None` when none has one.
+    pub fn max_cost_nanos<'a>(
+        &self,
+        models: impl IntoIterator<Item = &'a str>,
+        prompt: u32,
+        completion: u32,
+    ) -> Option<i64> {
+        models
+            .into_iter()
+            .filter_map(|m| self.by_model.get(m))
+            .map(|p| {
+                (prompt as i64)
+                    .saturating_mul(p.input)
+                    .saturating_add((completion as i64).saturating_mul(p.output))
+            })
+            .max()
+    }
+
+    /// [`PriceTable::max_cost_nanos`] over every priced model: the conservative price of a
+    /// model the table does not know.
+    pub fn max_cost_any_nanos(&self, prompt: u32, completion: u32) -> Option<i64> {
+        self.max_cost_nanos(self.by_model.keys().map(String::as_str), prompt, completion)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn price(model: &str, input: f64, output: f64, cached: Option<f64>) -> Price {
+        Price {
+            model: model.into(),
+            input_per_million: input,
+            output_per_million: output,
+            cached_input_per_million: cached,
+        }
+    }
+
+    #[test]
+    fn cost_is_exact() {
+        let table = PriceTable::new(&[price("gpt-4o-mini", 0.15, 0.6, Some(0.075))]);
+        // 1000 prompt (200 cached) + 500 completion:
+        // 800 * 150 + 200 * 75 + 500 * 600 = 120000 + 15000 + 300000 nano-USD.
+        assert_eq!(
+            table.cost_nanos("gpt-4o-mini", 1000, 200, 500),
+            Some(435_000)
+        );
+        assert_eq!(table.cost_nanos("unknown", 1, 0, 1), None);
+    }
+
+    #[test]
+    fn max_cost_takes_the_dearest_model_of_a_chain() {
+        let table = PriceTable::new(&[
+            price("cheap", 0.15, 0.6, None),
+            price("dear", 3.0, 15.0, Some(0.3)),
+        ]);
+        // 100 * 3000 + 10 * 15000
+        assert_eq!(
+            table.max_cost_nanos(["cheap", "dear", "unpriced"], 100, 10),
+            Some(450_000)
+        );
+        assert_eq!(table.max_cost_nanos(["cheap"], 100, 10), Some(21_000));
+        assert_eq!(table.max_cost_nanos(["unpriced"], 100, 10), None);
+        assert_eq!(table.max_cost_any_nanos(100, 10), Some(450_000));
+        assert!(!price("x", f64::NAN, 1.0, None).is_valid());
+        assert!(!price("x", 1.0, 1.0, Some(-1.0)).is_valid());
+        assert!(price("x", 1.0, 1.0, None).is_valid());
+    }
+}

@@ -1,0 +1,425 @@
+//! Webhooks as Sluice sends them: the Standard Webhooks format (standardwebhooks.com), so
+//! receivers can verify them with any of that spec's libraries, and delivery with retries.
+//!
+//! Every delivery is a `POST` of `{"type", "timestamp", "data"}` with the headers
+//! `webhook-id` (stable across retries: receivers dedup on it), `webhook-timestamp` (unix
+//! seconds) and, when the endpoint has a secret, `webhook-signature: v1,<base64 HMAC-SHA256
+//! of "{id}.{timestamp}.{body}">`.
+//!
+//! This is the one piece of I/O in the shared crate: the ingress (batch and request
+//! callbacks) and analytics (budget alerts) must send identical, identically signed events.
+
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+pub const ID_HEADER: &str = "webhook-id";
+pub const TIMESTAMP_HEADER: &str = "webhook-timestamp";
+pub const SIGNATURE_HEADER: &str = "webhook-signature";
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("webhook secret is not `whsec_<base64>` or is empty")]
+    BadSecret,
+    #[error("webhook URL {0:?} is not an absolute http(s) URL")]
+    BadUrl(String),
+    #[error("webhook event not serializable")]
+    Encode(#[source] serde_json::Error),
+    #[error("webhook endpoint answered {status} after {attempts} attempts")]
+    Rejected { status: u16, attempts: u32 },
+    #[error("webhook endpoint unreachable after {attempts} attempts")]
+    Unreachable {
+        attempts: u32,
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
+/// A signing secret: `whsec_<base64>` as the spec writes them (the bytes after the prefix
+/// are the HMAC key), or any other non-empty string used as raw bytes.
+#[derive(Clone)]
+pub struct Secret(Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl Secret {
+    pub fn parse(text: &str) -> Result<Secret, WebhookError> {
+        let text = text.trim();
+        let bytes = match text.strip_prefix("whsec_") {
+            Some(b64) => BASE64.decode(b64).map_err(|_| WebhookError::BadSecret)?,
+            None => text.as_bytes().to_vec(),
+        };
+        if bytes.is_empty() {
+            return Err(WebhookError::BadSecret);
+        }
+        Ok(Secret(bytes))
+    }
+}
+
+/// `v1,<signature>` for one message.
+pub fn sign(secret: &Secret, id: &str, timestamp: i64, body: &[u8]) -> String {
+    let mut mac = mac(secret);
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()))
+}
+
+/// Checks a `webhook-signature` header (space-separated `v1,<sig>` entries, any may match)
+/// in constant time. For receivers and tests; the timestamp tolerance is the caller's.
+pub fn verify(secret: &Secret, id: &str, timestamp: i64, body: &[u8], header: &str) -> bool {
+    header.split_whitespace().any(|entry| {
+        let Some(sig) = entry.strip_prefix("v1,") else {
+            return false;
+        };
+        let Ok(sig) = BASE64.decode(sig) else {
+            return false;
+        };
+        let mut mac = mac(secret);
+        mac.update(format!("{id}.{timestamp}.").as_bytes());
+        mac.update(body);
+        mac.verify_slice(&sig).is_ok()
+    })
+}
+
+fn mac(secret: &Secret) -> Hmac<Sha256> {
+    // HMAC takes keys of any length.
+    match Hmac::<Sha256>::new_from_slice(&secret.0) {
+        Ok(m) => m,
+        Err(_) => unreachable!("HMAC accepts keys of any length"),
+    }
+}
+
+/// Checks a URL before it is stored: absolute http or https.
+pub fn check_url(url: &str) -> Result<(), WebhookError> {
+    match reqwest::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
+        _ => Err(WebhookError::BadUrl(url.to_string())),
+    }
+}
+
+/// How hard to try.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Attempts in all (the first one included).
+    pub attempts: u32,
+    /// Delay before the second attempt; doubles each time up to `max_delay`.
+    pub first_delay: Duration,
+    pub max_delay: Duration,
+    /// Per attempt.
+    pub timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        // 0.5 + 1 + 2 + 4 + 8 + 16 ≈ 31 s of retrying before giving up.
+        RetryPolicy {
+            attempts: 7,
+            first_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(16),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a successful delivery took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    pub status: u16,
+    pub attempts: u32,
+}
+
+/// Sends webhooks; cheap to clone (one connection pool).
+#[derive(Debug, Clone)]
+pub struct Sender {
+    client: reqwest::Client,
+    policy: RetryPolicy,
+}
+
+impl Sender {
+    pub fn new(policy: RetryPolicy) -> Sender {
+        let client = reqwest::Client::builder()
+            .timeout(policy.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_default();
+        Sender { client, policy }
+    }
+
+    /// Delivers one event: 2xx is done; network errors, timeouts, 408, 429 and 5xx are
+    /// retried with exponential backoff (honouring `Retry-After` seconds up to
+    /// `max_delay`); any other status is final. `id` must be stable for the event so that
+    /// a receiver can drop the duplicates at-least-once delivery implies.
+    pub async fn deliver(
+        &self,
+        url: &str,
+        secret: Option<&Secret>,
+        id: &str,
+        kind: &str,
+        data: &Value,
+    ) -> Result<Delivered, WebhookError> {
+        check_url(url)?;
+        let mut delay = self.policy.first_delay;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let now = crate::now_ms() / 1000;
+            let body = serde_json::to_vec(&json!({
+                "type": kind,
+                "timestamp": rfc3339(now),
+                "data": data,
+            }))
+            .map_err(WebhookError::Encode)?;
+            let mut request = self
+                .client
+                .post(url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .header(ID_HEADER, id)
+                .header(TIMESTAMP_HEADER, now.to_string());
+            if let Some(secret) = secret {
+                request = request.header(SIGNATURE_HEADER, sign(secret, id, now, &body));
+            }
+            let outcome = request.body(body).send().await;
+            let mut wait = delay;
+            match outcome {
+                Ok(response) if response.status().is_success() => {
+                    return Ok(Delivered {
+                        status: response.status().as_u16(),
+                        attempts: attempt,
+                    })
+                }
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let retriable = status == 408 || status == 429 || status >= 500;
+                    if !retriable || attempt >= self.policy.attempts {
+                        return Err(WebhookError::Rejected {
+                            status,
+                            attempts: attempt,
+                        });
+                    }
+                    if let Some(after) = response
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                    {
+                        wait = Duration::from_secs(after).min(self.policy.max_delay);
+                    }
+                }
+                Err(source) => {
+                    if attempt >= self.policy.attempts {
+                        return Err(WebhookError::Unreachable {
+                            attempts: attempt,
+                            source,
+                        });
+                    }
+                }
+            }
+            tracing::debug!(
+                id,
+                attempt,
+                wait_ms = wait.as_millis() as u64,
+                "webhook retry"
+            );
+            tokio::time::sleep(wait).await;
+            delay = (delay * 2).min(self.policy.max_delay);
+        }
+    }
+}
+
+impl Default for Sender {
+    fn default() -> Self {
+        Sender::new(RetryPolicy::default())
+    }
+}
+
+/// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (UTC), without a date crate.
+fn rfc3339(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn signs_the_standard_webhooks_test_vector() {
+        // The example from the Standard Webhooks specification.
+        let secret = Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let body = br#"{"test": 2432232314}"#;
+        let sig = sign(&secret, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1_614_265_330, body);
+        assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+        let header = format!("v1,bm90IGl0 {sig}");
+        assert!(verify(
+            &secret,
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1_614_265_330,
+            body,
+            &header
+        ));
+        assert!(!verify(
+            &secret,
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1_614_265_331,
+            body,
+            &sig
+        ));
+    }
+
+    #[test]
+    fn secrets_and_urls() {
+        assert!(Secret::parse("").is_err());
+        assert!(Secret::parse("whsec_!!").is_err());
+        assert!(Secret::parse("plain-secret").is_ok());
+        assert!(check_url("https://example.com/hook").is_ok());
+        assert!(check_url("ftp://example.com").is_err());
+        assert!(check_url("/relative").is_err());
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_614_265_330), "2021-02-25T15:02:10Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    /// A one-connection-per-request HTTP endpoint answering the given statuses in turn,
+    /// handing back each request's head and body.
+    async fn endpoint(
+        statuses: Vec<u16>,
+    ) -> (
+        String,
+        tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            for status in statuses {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let (head, body) = loop {
+                    let n = socket.read(&mut chunk).await.unwrap();
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let head = text[..end].to_string();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_lowercase()
+                                    .strip_prefix("content-length: ")
+                                    .map(str::to_string)
+                            })
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + len {
+                            break (head, buf[end + 4..end + 4 + len].to_vec());
+                        }
+                    }
+                };
+                tx.send((head, body)).unwrap();
+                let reply = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nretry-after: 0\r\nconnection: close\r\n\r\n"
+                );
+                socket.write_all(reply.as_bytes()).await.unwrap();
+            }
+        });
+        (url, rx)
+    }
+
+    fn header<'a>(head: &'a str, name: &str) -> &'a str {
+        head.lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(": ")?;
+                k.eq_ignore_ascii_case(name).then_some(v)
+            })
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn retries_server_errors_with_the_same_id_and_valid_signatures() {
+        let (url, mut seen) = endpoint(vec![503, 500, 204]).await;
+        let secret = Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let sender = Sender::new(RetryPolicy {
+            attempts: 5,
+            first_delay: Duration::from_millis(10),
+            ..RetryPolicy::default()
+        });
+        let data = json!({"batch_id": "batch_1", "status": "completed"});
+        let delivered = sender
+            .deliver(&url, Some(&secret), "evt_1", "batch.completed", &data)
+            .await
+            .unwrap();
+        assert_eq!(
+            delivered,
+            Delivered {
+                status: 204,
+                attempts: 3
+            }
+        );
+        for _ in 0..3 {
+            let (head, body) = seen.recv().await.unwrap();
+            assert_eq!(header(&head, ID_HEADER), "evt_1");
+            let ts: i64 = header(&head, TIMESTAMP_HEADER).parse().unwrap();
+            assert!(verify(
+                &secret,
+                "evt_1",
+                ts,
+                &body,
+                header(&head, SIGNATURE_HEADER)
+            ));
+            let event: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(event["type"], "batch.completed");
+            assert_eq!(event["data"], data);
+        }
+    }
+
+    #[tokio::test]
+    async fn client_errors_are_final() {
+        let (url, _seen) = endpoint(vec![400]).await;
+        let sender = Sender::new(RetryPolicy {
+            first_delay: Duration::from_millis(10),
+            ..RetryPolicy::default()
+        });
+        match sender.deliver(&url, None, "e", "t", &json!({})).await {
+            Err(WebhookError::Rejected {
+                status: 400,
+                attempts: 1,
+            }) => {}
+            other => panic!("expected a final 400, got {other:?}"),
+        }
+    }
+}

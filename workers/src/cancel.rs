@@ -17,12 +17,23 @@ use crate::publish::client_config;
 
 /// How long a cancellation of a request not (yet) running here is remembered.
 const REMEMBER_MS: i64 = 10 * 60 * 1000;
+/// How long a cancelled batch is remembered (longer than any completion window).
+const BATCH_REMEMBER_MS: i64 = 8 * 24 * 3600 * 1000;
 
 #[derive(Default)]
 struct State {
     running: HashMap<String, CancellationToken>,
     /// Cancelled before they started here, with the time of the cancellation.
     early: HashMap<String, i64>,
+    /// Cancelled batches (by batch id): their lines `<batch_id>-<line_no>` that have not
+    /// started are skipped.
+    batches: HashMap<String, i64>,
+}
+
+/// The batch of a batch line's request id (`<batch_id>-<line_no>`).
+fn batch_of(request_id: &str) -> Option<&str> {
+    let (batch, line) = request_id.rsplit_once('-')?;
+    (!line.is_empty() && line.bytes().all(|b| b.is_ascii_digit())).then_some(batch)
 }
 
 /// Requests in flight that a cancellation can stop.
@@ -52,7 +63,8 @@ impl Cancellations {
     pub fn register(&self, request_id: &str) -> Registration {
         let token = CancellationToken::new();
         if let Ok(mut s) = self.state.lock() {
-            if s.early.remove(request_id).is_some() {
+            let batch_cancelled = batch_of(request_id).is_some_and(|b| s.batches.contains_key(b));
+            if s.early.remove(request_id).is_some() || batch_cancelled {
                 token.cancel();
             }
             s.running.insert(request_id.to_string(), token.clone());
@@ -61,6 +73,18 @@ impl Cancellations {
             cancellations: self.clone(),
             request_id: request_id.to_string(),
             token,
+        }
+    }
+
+    /// A cancelled batch: every line of it that has not started is skipped from now on
+    /// (lines already running finish: their answer is in the batch's output).
+    pub fn cancel_batch(&self, batch_id: &str) {
+        if let Ok(mut s) = self.state.lock() {
+            let now = now_ms();
+            if s.batches.len() >= 10_000 {
+                s.batches.retain(|_, at| now - *at < BATCH_REMEMBER_MS);
+            }
+            s.batches.insert(batch_id.to_string(), now);
         }
     }
 
@@ -81,7 +105,9 @@ impl Cancellations {
     }
 }
 
-/// A consumer of every partition of the cancels topic, from its current end.
+/// A consumer of every partition of the cancels topic, from the oldest retained record
+/// (an hour): a worker that starts mid-batch still skips the lines of a batch cancelled
+/// before it started, and replayed request cancels only skip requests whose caller left.
 pub async fn listener(kafka: &KafkaConfig) -> Result<StreamConsumer, KafkaError> {
     let topic = Topics::new(kafka.topic_prefix.clone()).name(&Topic::Cancels);
     let mut cc = client_config(kafka);
@@ -92,9 +118,9 @@ pub async fn listener(kafka: &KafkaConfig) -> Result<StreamConsumer, KafkaError>
     let mut tpl = TopicPartitionList::new();
     for partition in 0..Topic::Cancels.partitions() {
         let mut attempt = 0;
-        let high = loop {
+        let low = loop {
             match consumer.fetch_watermarks(&topic, partition, Duration::from_secs(5)) {
-                Ok((_, high)) => break high,
+                Ok((low, _)) => break low,
                 Err(error) if attempt < 50 => {
                     tracing::debug!(%error, "cancels topic not ready yet");
                     attempt += 1;
@@ -103,7 +129,7 @@ pub async fn listener(kafka: &KafkaConfig) -> Result<StreamConsumer, KafkaError>
                 Err(error) => return Err(error),
             }
         };
-        tpl.add_partition_offset(&topic, partition, Offset::Offset(high))?;
+        tpl.add_partition_offset(&topic, partition, Offset::Offset(low))?;
     }
     consumer.assign(&tpl)?;
     Ok(consumer)
@@ -124,7 +150,11 @@ pub async fn run(
             Ok(m) => match m.payload().map(decode::<Cancel>) {
                 Some(Ok(cancel)) => {
                     tracing::debug!(request_id = %cancel.request_id, reason = %cancel.reason, "cancel received");
-                    cancellations.cancel(&cancel.request_id);
+                    if cancel.reason == "batch" {
+                        cancellations.cancel_batch(&cancel.request_id);
+                    } else {
+                        cancellations.cancel(&cancel.request_id);
+                    }
                 }
                 Some(Err(error)) => tracing::warn!(%error, "undecodable cancel skipped"),
                 None => {}
@@ -155,5 +185,17 @@ mod tests {
             "cancelled before it started"
         );
         assert!(!c.register("c").token.is_cancelled());
+    }
+
+    #[test]
+    fn a_cancelled_batch_skips_its_unstarted_lines_only() {
+        let c = Cancellations::default();
+        c.cancel_batch("batch_abc");
+        assert!(c.register("batch_abc-0").token.is_cancelled());
+        assert!(c.register("batch_abc-99999").token.is_cancelled());
+        assert!(!c.register("batch_abcd-1").token.is_cancelled());
+        assert!(!c.register("batch_ab-1").token.is_cancelled());
+        assert!(!c.register("req_123").token.is_cancelled());
+        assert_eq!(batch_of("batch_abc-x"), None);
     }
 }

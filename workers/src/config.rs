@@ -147,15 +147,8 @@ impl Default for CircuitBreakerConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Price {
-    pub model: String,
-    pub input_per_million: f64,
-    pub output_per_million: f64,
-    #[serde(default)]
-    pub cached_input_per_million: Option<f64>,
-}
+/// Prices live in the shared crate: the ingress prices budget reservations with them.
+pub use sluice_schemas::pricing::Price;
 
 impl Config {
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
@@ -254,16 +247,7 @@ impl Config {
             ));
         }
         for (i, p) in self.prices.iter().enumerate() {
-            let prices = [
-                Some(p.input_per_million),
-                Some(p.output_per_million),
-                p.cached_input_per_million,
-            ];
-            if prices
-                .into_iter()
-                .flatten()
-                .any(|v| !v.is_finite() || v < 0.0)
-            {
+            if !p.is_valid() {
                 return Err(field(
                     format!("prices[{i}]"),
                     "prices must be finite and not negative",

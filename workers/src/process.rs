@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureProducer;
 use serde_json::{Map, Value};
+use sluice_schemas::audit_content::AuditContent;
 use sluice_schemas::openai::{CompletionUsage, ErrorBody};
 use sluice_schemas::{
     encode, now_ms, Audit, AuditAction, Request, Result as ResultRecord, Status, Topic, Topics,
@@ -92,6 +93,15 @@ impl Processor {
             }
             Ok((chain, body)) => self.run(&request, body, chain).await,
         };
+        // Stopped by shutdown before any answer, with time left: that is no outcome. Not
+        // marked done, the message goes to the partition's next owner (a batch line
+        // interrupted by a worker restart must not end `expired`).
+        if outcome.status == Status::Expired
+            && self.shutdown.is_cancelled()
+            && now_ms() < request.deadline_ms
+        {
+            return false;
+        }
         self.publish(&request, outcome).await
     }
 
@@ -174,6 +184,8 @@ impl Processor {
             }
         };
         tokio::select! {
+            // Capacity first: a request draining at shutdown still runs when it can.
+            biased;
             _ = target.throttle.acquire(estimate) => true,
             _ = tokio::time::sleep(remaining) => false,
             _ = self.shutdown.cancelled() => false,
@@ -313,6 +325,13 @@ impl Processor {
             occurred_at_ms: finished_at_ms,
             estimated: outcome.estimated,
         };
+        // The completion under the team's audit content policy (set by the ingress).
+        let (completion_sha256, completion_text) = match outcome.status {
+            Status::Completed => sluice_schemas::audit_content::completion_text(&result.body)
+                .map(|text| AuditContent::of_attributes(&request.attributes).record(&text))
+                .unwrap_or_default(),
+            Status::Failed | Status::Expired => (None, None),
+        };
         let audit = Audit {
             event_id: format!("{}-{}", request.request_id, outcome.status.as_str()),
             request_id: request.request_id.clone(),
@@ -329,6 +348,8 @@ impl Processor {
             reason: result.error_kind.clone(),
             prompt_tokens: clamp(outcome.usage.prompt_tokens),
             occurred_at_ms: finished_at_ms,
+            completion_sha256,
+            completion_text,
             ..Audit::default()
         };
         let (result_bytes, usage_bytes, audit_bytes) =

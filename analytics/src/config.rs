@@ -26,6 +26,9 @@ pub struct Config {
     pub clickhouse: ClickHouseConfig,
     #[serde(default)]
     pub sink: SinkConfig,
+    /// Webhooks for budget alerts, per team or key (docs/budgets.md).
+    #[serde(default)]
+    pub alert_webhooks: Vec<crate::alerts::AlertWebhook>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

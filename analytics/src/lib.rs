@@ -5,12 +5,15 @@
 //! - [`migrations`]: embedded `migrations/NNNN_name.sql`, applied once each.
 //! - [`tables`]: table names, row types and the insert used by the sink.
 //! - [`queries`]: embedded analyst queries (`queries/*.sql`).
+//! - [`report`]: `sluice-analytics report spend|latency|errors`, aligned text tables.
 //! - [`sink`]: the at-least-once Kafka -> ClickHouse sink with a dead-letter topic.
 
+pub mod alerts;
 pub mod config;
 pub mod error;
 pub mod migrations;
 pub mod queries;
+pub mod report;
 pub mod sink;
 pub mod tables;
 

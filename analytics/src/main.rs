@@ -1,5 +1,5 @@
-//! `sluice-analytics [--config FILE] [migrate|run]`: apply migrations, then sink Kafka into
-//! ClickHouse until Ctrl-C or SIGTERM.
+//! `sluice-analytics [--config FILE] [migrate|run|report ...]`: apply migrations, then sink
+//! Kafka into ClickHouse until Ctrl-C or SIGTERM; or print a report (logs go to stderr).
 
 use std::path::PathBuf;
 
@@ -25,6 +25,9 @@ enum Command {
     Migrate,
     /// Apply pending migrations, then run the sink (the default).
     Run,
+    /// Print a spend, latency or error report from ClickHouse.
+    #[command(subcommand)]
+    Report(sluice_analytics::report::ReportCommand),
 }
 
 #[tokio::main]
@@ -33,6 +36,7 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
+        .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref()).context("loading configuration")?;
@@ -45,6 +49,21 @@ async fn main() -> anyhow::Result<()> {
                     .await
                     .context("applying migrations")?;
             info!(?applied, database = %config.clickhouse.database, "migrations done");
+        }
+        Command::Report(command) => {
+            let (report, days) = command.report();
+            let db = &config.clickhouse.database;
+            let table = sluice_analytics::report::run(
+                &client(&config.clickhouse),
+                db,
+                report,
+                days,
+            )
+            .await
+            .context(
+                "running the report (are the migrations applied? `sluice-analytics migrate`)",
+            )?;
+            std::io::Write::write_all(&mut std::io::stdout().lock(), table.as_bytes())?;
         }
         Command::Run => {
             let shutdown = CancellationToken::new();

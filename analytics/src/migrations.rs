@@ -4,6 +4,9 @@
 //! of a line; lines starting with `--` are comments. Applied migrations are recorded in
 //! `{db}.schema_migrations`, so re-running applies nothing new. Statements use IF NOT EXISTS,
 //! so a migration interrupted half-way (or run by two processes at once) is safe to re-run.
+//! ClickHouse 18.16 has no `ADD COLUMN IF NOT EXISTS`: a statement of the form
+//! `ALTER TABLE {db}.t ADD COLUMN c ...` (one column each) runs only when `system.columns`
+//! does not list `c` yet, which makes it just as safe to re-run.
 
 use clickhouse::Client;
 use tracing::info;
@@ -20,7 +23,13 @@ macro_rules! migration_files {
 }
 
 /// Every migration file, in order. A unit test checks this list against the directory.
-const FILES: &[(&str, &str)] = migration_files!["0001_tables.sql", "0002_views.sql"];
+const FILES: &[(&str, &str)] = migration_files![
+    "0001_tables.sql",
+    "0002_views.sql",
+    "0003_budget_alerts.sql",
+    "0004_audit_analytics.sql",
+    "0005_batches.sql",
+];
 
 /// The database and `schema_migrations`, created (if missing) before anything else.
 pub const BOOKKEEPING: &str = include_str!("../migrations/schema_migrations.sql");
@@ -103,6 +112,21 @@ pub fn split_statements(sql: &str) -> Vec<String> {
     statements
 }
 
+/// `(table, column)` of an `ALTER TABLE {db}.table ADD COLUMN column ...` statement.
+pub fn added_column<'a>(statement: &'a str, db: &str) -> Option<(&'a str, &'a str)> {
+    let mut words = statement.split_whitespace();
+    let [alter, table_word, qualified, add, column_word, column] =
+        std::array::from_fn(|_| words.next().unwrap_or(""));
+    let table = qualified.strip_prefix(db)?.strip_prefix('.')?;
+    (alter.eq_ignore_ascii_case("ALTER")
+        && table_word.eq_ignore_ascii_case("TABLE")
+        && add.eq_ignore_ascii_case("ADD")
+        && column_word.eq_ignore_ascii_case("COLUMN")
+        && !column.is_empty()
+        && !column.eq_ignore_ascii_case("IF"))
+    .then_some((table, column))
+}
+
 fn push_statement(statements: &mut Vec<String>, current: &mut String) {
     let statement = current.trim();
     if !statement.is_empty() {
@@ -144,6 +168,22 @@ pub async fn apply_migrations(client: &Client, db: &str) -> Result<Vec<u32>, Err
     let mut now_applied = Vec::new();
     for migration in migrations.iter().filter(|m| !applied.contains(&m.version)) {
         for (i, statement) in migration.statements(db).iter().enumerate() {
+            if let Some((table, column)) = added_column(statement, db) {
+                let present: u64 = admin
+                    .query(
+                        "SELECT count() FROM system.columns \
+                         WHERE database = ? AND table = ? AND name = ?",
+                    )
+                    .bind(db)
+                    .bind(table)
+                    .bind(column)
+                    .fetch_one()
+                    .await
+                    .map_err(Error::clickhouse("system.columns read"))?;
+                if present > 0 {
+                    continue;
+                }
+            }
             admin
                 .query_raw(statement)
                 .execute()
@@ -199,6 +239,34 @@ mod tests {
     }
 
     #[test]
+    fn recognises_added_columns() {
+        assert_eq!(
+            added_column(
+                "ALTER TABLE s.audit ADD COLUMN policy String DEFAULT ''",
+                "s"
+            ),
+            Some(("audit", "policy"))
+        );
+        assert_eq!(
+            added_column("alter table s.audit\n    add column x UInt8", "s"),
+            Some(("audit", "x"))
+        );
+        assert_eq!(
+            added_column("ALTER TABLE t.audit ADD COLUMN x UInt8", "s"),
+            None
+        );
+        assert_eq!(added_column("ALTER TABLE s.audit DROP COLUMN x", "s"), None);
+        assert_eq!(
+            added_column("ALTER TABLE s.audit ADD COLUMN IF NOT EXISTS x UInt8", "s"),
+            None
+        );
+        assert_eq!(
+            added_column("CREATE TABLE IF NOT EXISTS s.a (x UInt8)", "s"),
+            None
+        );
+    }
+
+    #[test]
     fn splits_at_semicolons_ending_lines() {
         let sql = "-- header; not a statement end\nCREATE TABLE a (x String DEFAULT 'a;b')\nENGINE = Log;\n\n  -- comment\nSELECT 1;  \n;\nSELECT 2\n";
         assert_eq!(
@@ -236,7 +304,18 @@ mod tests {
             for statement in statements {
                 assert!(!statement.contains('{'), "{statement}");
                 assert!(!statement.contains('?'), "{statement}");
-                assert!(statement.contains("IF NOT EXISTS"), "{statement}");
+                assert!(
+                    statement.contains("IF NOT EXISTS")
+                        || added_column(&statement, "sluice_x").is_some(),
+                    "{statement}"
+                );
+                if statement.starts_with("ALTER") {
+                    assert_eq!(
+                        statement.matches("ADD COLUMN").count(),
+                        1,
+                        "one column per ALTER, so a re-run can tell what is missing: {statement}"
+                    );
+                }
                 assert!(statement.contains("sluice_x."), "{statement}");
             }
         }

@@ -11,8 +11,10 @@ macro_rules! query_files {
 
 /// `(name, SQL template)` of every analyst query. A unit test checks it against the directory.
 pub const QUERIES: &[(&str, &str)] = query_files![
+    "error_rates_by_team_last_7_days",
     "failures_by_model_last_7_days",
     "rejections_by_team_last_7_days",
+    "spend_by_model_last_7_days",
     "spend_by_team_last_7_days",
     "spend_by_team_month_to_date",
     "top_keys_by_cost",

@@ -27,7 +27,7 @@ use tracing::{debug, error, info, instrument, warn};
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::tables::{self, AuditRow, ResultRow, TableRow, UsageRow};
+use crate::tables::{self, AuditRow, BudgetAlertRow, ResultRow, TableRow, UsageRow};
 
 /// Header names on dead-lettered messages.
 pub const DLQ_REASON: &str = "sluice.dlq.reason";
@@ -44,6 +44,7 @@ pub struct SinkStats {
     pub results: u64,
     pub usage: u64,
     pub audit: u64,
+    pub budget_alerts: u64,
     /// Messages sent to the dead-letter topic.
     pub dead_lettered: u64,
     /// Batches written and committed.
@@ -65,6 +66,7 @@ enum Kind {
     Results,
     Usage,
     Audit,
+    BudgetAlerts,
 }
 
 /// Logs librdkafka's own messages and commit failures through tracing.
@@ -133,6 +135,7 @@ struct Batch {
     results: Vec<ResultRow>,
     usage: Vec<UsageRow>,
     audit: Vec<AuditRow>,
+    budget_alerts: Vec<BudgetAlertRow>,
     messages: usize,
     /// `(topic, partition)` -> next offset to consume, i.e. the offset to commit.
     positions: HashMap<(String, i32), i64>,
@@ -151,6 +154,8 @@ pub struct Sink {
     producer: FutureProducer<SinkContext>,
     topics: Vec<(String, Kind)>,
     dead_letter_topic: String,
+    /// Budget alert webhooks (`[[alert_webhooks]]`).
+    notifier: crate::alerts::Notifier,
 }
 
 impl Sink {
@@ -162,6 +167,7 @@ impl Sink {
             (names.name(&Topic::Results), Kind::Results),
             (names.name(&Topic::Usage), Kind::Usage),
             (names.name(&Topic::Audit), Kind::Audit),
+            (names.name(&Topic::BudgetAlerts), Kind::BudgetAlerts),
         ];
 
         let consumer: StreamConsumer<SinkContext> = kafka_config(config, CONSUMER_DEFAULTS)
@@ -198,6 +204,7 @@ impl Sink {
             producer,
             topics,
             dead_letter_topic: names.name(&Topic::DeadLetter),
+            notifier: crate::alerts::Notifier::new(&config.alert_webhooks)?,
         })
     }
 
@@ -299,6 +306,9 @@ impl Sink {
                 .map_err(Rejection::from),
             Some(Kind::Audit) => decode::<sluice_schemas::Audit>(payload)
                 .map(|a| batch.audit.push(a.into()))
+                .map_err(Rejection::from),
+            Some(Kind::BudgetAlerts) => decode::<sluice_schemas::BudgetAlert>(payload)
+                .map(|a| batch.budget_alerts.push(a.into()))
                 .map_err(Rejection::from),
             None => Err(Rejection {
                 summary: "topic is not one this sink reads".into(),
@@ -417,6 +427,33 @@ impl Sink {
                 .await;
         if !written {
             return false;
+        }
+        // Alerts new to ClickHouse get their webhooks, after their rows are written.
+        let fresh = if self.notifier.is_active() && !batch.budget_alerts.is_empty() {
+            let alerts: &Vec<BudgetAlertRow> = &batch.budget_alerts;
+            let database = self.config.clickhouse.database.as_str();
+            match retry(
+                "budget_alerts lookup",
+                self.config.sink.retry_max_backoff_ms,
+                give_up,
+                || self.notifier.fresh(&self.client, database, alerts),
+            )
+            .await
+            {
+                Some(fresh) => fresh,
+                None => return false,
+            }
+        } else {
+            Vec::new()
+        };
+        if !self
+            .write(&mut batch.budget_alerts, &mut stats.budget_alerts, give_up)
+            .await
+        {
+            return false;
+        }
+        for alert in fresh {
+            self.notifier.deliver(alert);
         }
 
         let offsets = offsets(&batch.positions);

@@ -1,5 +1,7 @@
 //! ClickHouse tables and their rows. Columns with a DEFAULT in the migrations (`created_at`,
 //! `day`, `results.latency_ms`, `audit.occurred_at`) are derived by ClickHouse and not sent.
+//! Rows name their columns on insert, so a column added by a later migration (the audit
+//! content of 0004) goes into the row type wherever it fits.
 //!
 //! Rows go as RowBinary without server-side validation (ClickHouse 18.16 cannot validate):
 //! each field's Rust type must be the exact width and signedness of its column. The
@@ -20,21 +22,40 @@ pub enum Table {
     Results,
     Usage,
     Audit,
+    BudgetAlerts,
     SchemaMigrations,
     SpendByTeamDay,
     SpendByTeamModelDay,
     SpendByKeyDay,
     LatencyByModelHour,
     OutcomesByTeamDay,
+    SpendByTeamHour,
+    SpendByKeyHour,
+    SpendByModelHour,
+    SpendByModelDay,
+    SpendByProviderHour,
+    SpendByProviderDay,
+    LatencyByDeploymentHour,
+    ErrorRatesByTeamModelHour,
+    AuditTrail,
 }
 
 impl Table {
-    pub const VIEWS: [Table; 5] = [
+    pub const VIEWS: [Table; 14] = [
         Table::SpendByTeamDay,
         Table::SpendByTeamModelDay,
         Table::SpendByKeyDay,
         Table::LatencyByModelHour,
         Table::OutcomesByTeamDay,
+        Table::SpendByTeamHour,
+        Table::SpendByKeyHour,
+        Table::SpendByModelHour,
+        Table::SpendByModelDay,
+        Table::SpendByProviderHour,
+        Table::SpendByProviderDay,
+        Table::LatencyByDeploymentHour,
+        Table::ErrorRatesByTeamModelHour,
+        Table::AuditTrail,
     ];
 
     pub fn name(self) -> &'static str {
@@ -42,12 +63,22 @@ impl Table {
             Table::Results => "results",
             Table::Usage => "usage",
             Table::Audit => "audit",
+            Table::BudgetAlerts => "budget_alerts",
             Table::SchemaMigrations => "schema_migrations",
             Table::SpendByTeamDay => "spend_by_team_day",
             Table::SpendByTeamModelDay => "spend_by_team_model_day",
             Table::SpendByKeyDay => "spend_by_key_day",
             Table::LatencyByModelHour => "latency_by_model_hour",
             Table::OutcomesByTeamDay => "outcomes_by_team_day",
+            Table::SpendByTeamHour => "spend_by_team_hour",
+            Table::SpendByKeyHour => "spend_by_key_hour",
+            Table::SpendByModelHour => "spend_by_model_hour",
+            Table::SpendByModelDay => "spend_by_model_day",
+            Table::SpendByProviderHour => "spend_by_provider_hour",
+            Table::SpendByProviderDay => "spend_by_provider_day",
+            Table::LatencyByDeploymentHour => "latency_by_deployment_hour",
+            Table::ErrorRatesByTeamModelHour => "error_rates_by_team_model_hour",
+            Table::AuditTrail => "audit_trail",
         }
     }
 }
@@ -184,6 +215,14 @@ pub struct AuditRow {
     pub prompt_tokens: i32,
     /// The ReplacingMergeTree version.
     pub occurred_at_ms: u64,
+    /// '' when the team's audit content policy is `none` (and on events without content).
+    pub prompt_sha256: String,
+    /// '' unless the team's audit content policy is `full`.
+    pub prompt_text: String,
+    pub completion_sha256: String,
+    pub completion_text: String,
+    /// Policy decisions, comma-separated; '' when none applied.
+    pub policy: String,
 }
 
 impl TableRow for AuditRow {
@@ -204,6 +243,48 @@ impl From<Audit> for AuditRow {
             reason: a.reason.unwrap_or_default(),
             prompt_tokens: a.prompt_tokens,
             occurred_at_ms: non_negative(a.occurred_at_ms),
+            prompt_sha256: a.prompt_sha256.unwrap_or_default(),
+            prompt_text: a.prompt_text.unwrap_or_default(),
+            completion_sha256: a.completion_sha256.unwrap_or_default(),
+            completion_text: a.completion_text.unwrap_or_default(),
+            policy: a.policy.unwrap_or_default(),
+        }
+    }
+}
+
+/// A budget threshold crossing (`budget_alerts`), from [`sluice_schemas::BudgetAlert`].
+#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
+pub struct BudgetAlertRow {
+    /// `scope:subject:period_start_ms:threshold_pct`, the same on every replica.
+    pub alert_id: String,
+    pub scope: String,
+    pub subject: String,
+    pub period: String,
+    pub period_start_ms: i64,
+    pub threshold_pct: i32,
+    pub limit_nanos: i64,
+    pub spent_nanos: i64,
+    pub occurred_at_ms: i64,
+    pub instance: String,
+}
+
+impl TableRow for BudgetAlertRow {
+    const TABLE: Table = Table::BudgetAlerts;
+}
+
+impl From<sluice_schemas::BudgetAlert> for BudgetAlertRow {
+    fn from(a: sluice_schemas::BudgetAlert) -> Self {
+        BudgetAlertRow {
+            alert_id: a.alert_id,
+            scope: a.scope,
+            subject: a.subject,
+            period: a.period,
+            period_start_ms: a.period_start_ms,
+            threshold_pct: a.threshold_pct,
+            limit_nanos: a.limit_nanos,
+            spent_nanos: a.spent_nanos,
+            occurred_at_ms: a.occurred_at_ms,
+            instance: a.instance,
         }
     }
 }
@@ -358,9 +439,14 @@ mod tests {
             reason: Some("budget_exceeded".into()),
             prompt_tokens: 7,
             occurred_at_ms: 42,
+            prompt_sha256: Some("ab".into()),
+            policy: Some("pii:redact:email".into()),
             ..Audit::default()
         };
         let row = AuditRow::from(audit);
+        assert_eq!(row.prompt_sha256, "ab");
+        assert_eq!(row.prompt_text, "", "no text unless the policy is full");
+        assert_eq!(row.policy, "pii:redact:email");
         assert_eq!(row.action, "rejected");
         assert_eq!(row.reason, "budget_exceeded");
         assert_eq!(row.occurred_at_ms, 42);

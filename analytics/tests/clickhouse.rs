@@ -19,7 +19,10 @@ async fn migrations_apply_once_then_nothing() {
     let client = client(&config);
     let db = &config.database;
 
-    assert_eq!(apply_migrations(&client, db).await.unwrap(), vec![1, 2]);
+    let all = sluice_analytics::migrations::migrations().unwrap();
+    let versions: Vec<u32> = all.iter().map(|m| m.version).collect();
+    assert_eq!(versions[..2], [1, 2]);
+    assert_eq!(apply_migrations(&client, db).await.unwrap(), versions);
     assert_eq!(
         apply_migrations(&client, db).await.unwrap(),
         Vec::<u32>::new()
@@ -30,16 +33,32 @@ async fn migrations_apply_once_then_nothing() {
         &format!("SELECT version, name FROM {db}.schema_migrations FINAL ORDER BY version"),
     )
     .await;
-    assert_eq!(recorded, "version\tname\n1\ttables\n2\tviews\n");
+    let want: String = all
+        .iter()
+        .map(|m| format!("{}\t{}\n", m.version, m.name))
+        .collect();
+    assert_eq!(recorded, format!("version\tname\n{want}"));
     let tables = tsv(
         &client,
         &format!("SELECT name FROM system.tables WHERE database = '{db}' ORDER BY name"),
     )
     .await;
+    let tables: Vec<&str> = tables.lines().skip(1).collect();
+    for table in ["audit", "results", "usage", "schema_migrations"]
+        .into_iter()
+        .chain(sluice_analytics::Table::VIEWS.map(|v| v.name()))
+    {
+        assert!(tables.contains(&table), "{table} in {tables:?}");
+    }
+    // The audit content columns of 0004 (added by ALTER: skipped when present).
+    let audit_columns = tsv(
+        &client,
+        &format!("SELECT name FROM system.columns WHERE database = '{db}' AND table = 'audit' AND name IN ('prompt_sha256', 'prompt_text', 'completion_sha256', 'completion_text', 'policy') ORDER BY name"),
+    )
+    .await;
     assert_eq!(
-        tables,
-        "name\naudit\nlatency_by_model_hour\noutcomes_by_team_day\nresults\nschema_migrations\n\
-         spend_by_key_day\nspend_by_team_day\nspend_by_team_model_day\nusage\n"
+        audit_columns,
+        "name\ncompletion_sha256\ncompletion_text\npolicy\nprompt_sha256\nprompt_text\n"
     );
     drop_database(&client, db).await;
 }
@@ -119,17 +138,18 @@ async fn rows_read_back_as_written() {
     insert(&client, &audit, TIMEOUT).await.unwrap();
     let stored: Vec<AuditRow> = client
         .query(&format!(
-            "SELECT ?fields FROM {db}.audit FINAL WHERE action = 'rejected' ORDER BY event_id"
+            "SELECT ?fields FROM {db}.audit FINAL ORDER BY event_id"
         ))
         .fetch_all()
         .await
         .unwrap();
-    let mut want: Vec<AuditRow> = audit
-        .into_iter()
-        .filter(|a| a.action == "rejected")
-        .collect();
+    // Every event, the content columns of 0004 included.
+    let mut want: Vec<AuditRow> = audit;
     want.sort_by(|a, b| a.event_id.cmp(&b.event_id));
     want.dedup();
+    assert!(want
+        .iter()
+        .any(|a| !a.prompt_text.is_empty() && !a.policy.is_empty()));
     assert_eq!(stored, want);
 
     // Derived columns, in UTC whatever the server's time zone.

@@ -186,6 +186,11 @@ pub fn audit_records() -> Vec<Audit> {
             reason: optional(r, "reason"),
             prompt_tokens: int(r, "prompt_tokens"),
             occurred_at_ms: int(r, "occurred_at_ms"),
+            prompt_sha256: optional(r, "prompt_sha256"),
+            prompt_text: optional(r, "prompt_text"),
+            completion_sha256: optional(r, "completion_sha256"),
+            completion_text: optional(r, "completion_text"),
+            policy: optional(r, "policy"),
             ..Audit::default()
         })
         .collect()

@@ -1,0 +1,224 @@
+//! Budget alert webhooks (docs/budgets.md): the sink posts each new alert (by `alert_id`) to
+//! the `[[alert_webhooks]]` endpoints of its budget, as a Standard Webhooks event signed by
+//! `sluice_schemas::webhook`.
+//!
+//! Once per alert id: an alert already in `budget_alerts` is not sent again (every ingress
+//! replica emits its own copy, and the sink may consume a message twice). Delivery is
+//! at-least-once (an alert sent just before a crash, whose row was not written, is sent
+//! again); the `webhook-id` header is the alert id, so receivers drop the duplicate.
+
+use std::collections::HashSet;
+
+use clickhouse::Client;
+use serde::Deserialize;
+use serde_json::json;
+use sluice_schemas::webhook::{check_url, RetryPolicy, Secret, Sender};
+
+use crate::error::Error;
+use crate::tables::{BudgetAlertRow, Table};
+
+/// The webhook event type of a budget alert.
+pub const EVENT_TYPE: &str = "budget.threshold_crossed";
+
+/// `[[alert_webhooks]]`: where the alerts of one budget subject go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertWebhook {
+    /// `team` or `key`, as in the ingress's `[[budgets]]`.
+    pub scope: String,
+    /// The team name or key id; `*` for every subject of the scope.
+    pub subject: String,
+    /// Absolute http(s) URL.
+    pub url: String,
+    /// Environment variable holding the signing secret (`whsec_<base64>`); none: unsigned.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+}
+
+struct Hook {
+    config: AlertWebhook,
+    secret: Option<Secret>,
+}
+
+/// Sends budget alerts to their webhooks.
+pub struct Notifier {
+    hooks: Vec<Hook>,
+    sender: Sender,
+}
+
+impl Notifier {
+    /// Checks every webhook (scope, URL, secret present and well-formed) at start-up.
+    pub fn new(webhooks: &[AlertWebhook]) -> Result<Notifier, Error> {
+        let bad = |problem| Error::ConfigField {
+            field: "alert_webhooks",
+            problem,
+        };
+        let mut hooks = Vec::with_capacity(webhooks.len());
+        for w in webhooks {
+            if w.scope != "team" && w.scope != "key" {
+                return Err(bad("scope must be \"team\" or \"key\""));
+            }
+            if w.subject.trim().is_empty() {
+                return Err(bad("subject must name a team or key id, or be \"*\""));
+            }
+            check_url(&w.url).map_err(|_| bad("url must be an absolute http(s) URL"))?;
+            let secret = match &w.secret_env {
+                None => None,
+                Some(var) => {
+                    let text = std::env::var(var).map_err(|_| {
+                        bad("secret_env names an environment variable that is not set")
+                    })?;
+                    Some(Secret::parse(&text).map_err(|_| {
+                        bad("the secret in secret_env must be whsec_<base64> or a non-empty string")
+                    })?)
+                }
+            };
+            hooks.push(Hook {
+                config: w.clone(),
+                secret,
+            });
+        }
+        Ok(Notifier {
+            hooks,
+            sender: Sender::new(RetryPolicy::default()),
+        })
+    }
+
+    pub fn is_active(&self) -> bool {
+        !self.hooks.is_empty()
+    }
+
+    fn hooks_for<'a>(&'a self, alert: &'a BudgetAlertRow) -> impl Iterator<Item = &'a Hook> + 'a {
+        self.hooks.iter().filter(move |h| {
+            h.config.scope == alert.scope
+                && (h.config.subject == "*" || h.config.subject == alert.subject)
+        })
+    }
+
+    /// The alerts of `rows` that have a webhook and are not in `budget_alerts` yet, once
+    /// each. Call before inserting `rows`.
+    pub async fn fresh(
+        &self,
+        client: &Client,
+        database: &str,
+        rows: &[BudgetAlertRow],
+    ) -> Result<Vec<BudgetAlertRow>, Error> {
+        let mut wanted: Vec<&BudgetAlertRow> = Vec::new();
+        let mut seen = HashSet::new();
+        for row in rows {
+            if self.hooks_for(row).next().is_some() && seen.insert(row.alert_id.as_str()) {
+                wanted.push(row);
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<&str> = wanted.iter().map(|r| r.alert_id.as_str()).collect();
+        let sql = format!(
+            "SELECT alert_id FROM {database}.{} WHERE has(?, alert_id)",
+            Table::BudgetAlerts.name()
+        );
+        let known: HashSet<String> = client
+            .query(&sql)
+            .bind(ids)
+            .fetch_all::<String>()
+            .await
+            .map_err(Error::clickhouse("budget_alerts lookup"))?
+            .into_iter()
+            .collect();
+        Ok(wanted
+            .into_iter()
+            .filter(|r| !known.contains(&r.alert_id))
+            .cloned()
+            .collect())
+    }
+
+    /// Delivers `alert` to each of its webhooks in the background (with the sender's
+    /// retries); failures are logged.
+    pub fn deliver(&self, alert: BudgetAlertRow) {
+        let data = json!({
+            "alert_id": alert.alert_id,
+            "scope": alert.scope,
+            "subject": alert.subject,
+            "period": alert.period,
+            "period_start_ms": alert.period_start_ms,
+            "threshold_pct": alert.threshold_pct,
+            "limit_nanos": alert.limit_nanos,
+            "spent_nanos": alert.spent_nanos,
+            "limit_usd": alert.limit_nanos as f64 / 1e9,
+            "spent_usd": alert.spent_nanos as f64 / 1e9,
+            "occurred_at_ms": alert.occurred_at_ms,
+        });
+        for hook in self.hooks_for(&alert) {
+            let sender = self.sender.clone();
+            let url = hook.config.url.clone();
+            let secret = hook.secret.clone();
+            let id = alert.alert_id.clone();
+            let data = data.clone();
+            tokio::spawn(async move {
+                match sender
+                    .deliver(&url, secret.as_ref(), &id, EVENT_TYPE, &data)
+                    .await
+                {
+                    Ok(d) => {
+                        tracing::info!(alert_id = %id, attempts = d.attempts, "budget alert webhook delivered")
+                    }
+                    Err(error) => {
+                        tracing::warn!(alert_id = %id, %error, "budget alert webhook not delivered")
+                    }
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn hook(scope: &str, subject: &str, url: &str, secret_env: Option<&str>) -> AlertWebhook {
+        AlertWebhook {
+            scope: scope.into(),
+            subject: subject.into(),
+            url: url.into(),
+            secret_env: secret_env.map(str::to_string),
+        }
+    }
+
+    fn alert(scope: &str, subject: &str) -> BudgetAlertRow {
+        BudgetAlertRow {
+            alert_id: format!("{scope}:{subject}:0:50"),
+            scope: scope.into(),
+            subject: subject.into(),
+            period: "day".into(),
+            period_start_ms: 0,
+            threshold_pct: 50,
+            limit_nanos: 2,
+            spent_nanos: 1,
+            occurred_at_ms: 0,
+            instance: "i".into(),
+        }
+    }
+
+    #[test]
+    fn webhooks_are_checked_and_matched_by_scope_and_subject() {
+        let url = "https://hooks.example.com/x";
+        for bad in [
+            hook("org", "a", url, None),
+            hook("team", " ", url, None),
+            hook("team", "a", "ftp://x", None),
+            hook("team", "a", url, Some("SLUICE_TEST_UNSET_SECRET_VAR")),
+        ] {
+            assert!(Notifier::new(&[bad]).is_err());
+        }
+        let n =
+            Notifier::new(&[hook("team", "a", url, None), hook("key", "*", url, None)]).unwrap();
+        assert!(n.is_active());
+        assert_eq!(n.hooks_for(&alert("team", "a")).count(), 1);
+        assert_eq!(n.hooks_for(&alert("team", "b")).count(), 0);
+        assert_eq!(n.hooks_for(&alert("key", "k1")).count(), 1);
+        assert!(!Notifier::new(&[]).unwrap().is_active());
+    }
+}

@@ -327,14 +327,15 @@ pub fn error_response(error: ApiError) -> Response {
     let status = error.status();
     let message = error.to_string();
     // The OpenAI rendering logs server errors and sets Retry-After; keep both.
-    let retry_after = error
-        .into_response()
-        .headers()
-        .get(header::RETRY_AFTER)
-        .cloned();
+    let openai = error.into_response();
+    let retry_after = openai.headers().get(header::RETRY_AFTER).cloned();
+    let should_retry = openai.headers().get("x-should-retry").cloned();
     let mut response = (status, axum::Json(error_json(status.as_u16(), &message))).into_response();
     if let Some(v) = retry_after {
         response.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    if let Some(v) = should_retry {
+        response.headers_mut().insert("x-should-retry", v);
     }
     response
 }

@@ -42,7 +42,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/requests", post(submit))
         .route("/v1/requests/{id}", get(request_status))
         .route("/v1/models", get(models))
+        .merge(crate::batch::routes())
+        .route("/v1/budgets", get(crate::budget::admit::budgets))
         .route("/healthz", get(|| async { "ok" }))
+        .merge(crate::admin::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
@@ -80,6 +83,8 @@ struct SluiceOptions {
     variables: Option<serde_json::Map<String, Value>>,
     /// Restore masked PII in the answer (sync only); default: the team's `pii.restore`.
     restore: Option<bool>,
+    /// Async only: a URL notified (Standard Webhooks) when the request has its result.
+    webhook_url: Option<String>,
 }
 
 enum Mode {
@@ -97,6 +102,10 @@ struct Accepted {
     restorer: Option<crate::guard::restore::Restorer>,
     /// The final messages' text for the input moderation check (empty: no check).
     moderation_input: Vec<String>,
+    /// What the `accepted` audit event records of the prompt.
+    prompt_audit: crate::audit::PromptAudit,
+    /// Notified when an async request has its result (docs/batch.md#webhooks).
+    webhook_url: Option<String>,
 }
 
 /// The wire format of a sync endpoint. Both carry the same internal (OpenAI) request
@@ -231,6 +240,9 @@ async fn submit(
     }
     let r = &accepted.record;
     app.remember(&r.request_id, &r.team);
+    if let Some(url) = &accepted.webhook_url {
+        crate::batch::webhooks::watch_request(Arc::clone(&app), r, url.clone());
+    }
     let location = format!("/v1/requests/{}", r.request_id);
     let mut response = (
         StatusCode::ACCEPTED,
@@ -344,11 +356,12 @@ async fn models(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Json<ModelList>, ApiError> {
-    app.keys.authenticate(&headers)?;
+    let caller = app.keys.authenticate(&headers)?;
     let data = app
         .config
         .models
         .iter()
+        .filter(|m| app.keys.allows_model(&caller, &m.id))
         .map(|m| Model {
             id: m.id.clone(),
             object: "model".into(),
@@ -421,10 +434,24 @@ fn validate(
     let options: SluiceOptions = match request.extra.remove("sluice") {
         Some(v) => serde_json::from_value(v).map_err(|_| ApiError::InvalidParam {
             param: "sluice",
-            problem: "expected an object with optional priority, timeout_ms, attributes, template, variables and restore",
+            problem: "expected an object with optional priority, timeout_ms, attributes, template, variables, restore and webhook_url",
         })?,
         None => SluiceOptions::default(),
     };
+    if let Some(url) = &options.webhook_url {
+        if matches!(mode, Mode::Sync) {
+            return Err(ApiError::InvalidParam {
+                param: "sluice.webhook_url",
+                problem: "webhooks notify async requests; use POST /v1/requests",
+            });
+        }
+        if sluice_schemas::webhook::check_url(url).is_err() {
+            return Err(ApiError::InvalidParam {
+                param: "sluice.webhook_url",
+                problem: "expected an absolute http(s) URL",
+            });
+        }
+    }
     if options.restore == Some(true) && matches!(mode, Mode::Async) {
         return Err(ApiError::InvalidParam {
             param: "sluice.restore",
@@ -438,6 +465,7 @@ fn validate(
         .models
         .get(&request.model)
         .ok_or_else(|| ApiError::UnknownModel(request.model.clone()))?;
+    app.keys.check_model(caller, &request.model)?;
     // With a template, the template's messages may be all there is.
     if request.messages.is_empty() && options.template.is_none() {
         return Err(ApiError::EmptyMessages);
@@ -494,6 +522,13 @@ fn validate(
         return Err(ApiError::EmptyMessages);
     }
     let prompt_tokens = count_prompt_tokens(tokenizer, &request.messages);
+    let mut attributes = options.attributes;
+    let prompt_audit = crate::audit::PromptAudit::new(
+        app.config.audit.content_for(&caller.team),
+        &request.messages,
+        &prepared.decisions,
+        &mut attributes,
+    );
     let created_at_ms = now_ms();
     let request_id = format!("req_{}", uuid::Uuid::now_v7().simple());
     let max_tokens = request
@@ -527,12 +562,14 @@ fn validate(
             max_tokens,
             body,
             stream,
-            attributes: options.attributes,
+            attributes,
         },
         topic,
         policy: prepared.policy,
         restorer: prepared.restorer,
         moderation_input: prepared.moderation_input,
+        webhook_url: options.webhook_url,
+        prompt_audit,
     })
 }
 
@@ -541,14 +578,20 @@ impl AppState {
     async fn publish(&self, accepted: &Accepted) -> Result<(), ApiError> {
         let r = &accepted.record;
         let payload = encode(r).map_err(ApiError::Encode)?;
-        let audit = audit_event(r, AuditAction::Accepted, 200, None);
+        let mut audit = audit_event(r, AuditAction::Accepted, 200, None);
+        accepted.prompt_audit.fill(&mut audit);
+        // Budgets: hold the worst-case cost; other replicas learn it from the audit event.
+        audit.reserved_nanos = self.reserve_budget(r)?;
         let topic = self.topics.name(&accepted.topic);
         let partition = self.partition_for(&accepted.topic, &r.team);
         let (sent, audited) = tokio::join!(
             send(&self.producer, &topic, &r.team, &payload, Some(partition)),
             self.send_audit(&audit),
         );
-        sent.map_err(ApiError::QueueUnavailable)?;
+        if let Err(error) = sent {
+            self.budgets.release(&r.request_id);
+            return Err(ApiError::QueueUnavailable(error));
+        }
         if let Err(error) = audited {
             tracing::error!(request_id = %r.request_id, %error, "audit event not written");
         }
@@ -581,6 +624,7 @@ impl AppState {
             reason: Some(error.audit_reason()),
             prompt_tokens: 0,
             occurred_at_ms: now_ms(),
+            policy: crate::audit::rejection_policy(&error),
             ..Audit::default()
         };
         let app = Arc::clone(self);
@@ -607,6 +651,7 @@ impl AppState {
         audit.http_status = i32::from(error.status().as_u16());
         audit.reason = Some(error.audit_reason());
         audit.occurred_at_ms = now_ms();
+        audit.policy = crate::audit::rejection_policy(error);
         let app = Arc::clone(self);
         tokio::spawn(async move {
             if let Err(error) = app.send_audit(&audit).await {
@@ -638,6 +683,8 @@ pub(crate) fn audit_event(
         ..Audit::default()
     }
 }
+
+pub(crate) mod lines;
 
 #[cfg(test)]
 mod fuzz;

@@ -32,9 +32,25 @@ pub struct Config {
     /// Models callers may ask for (the workers map them to deployments).
     #[serde(default)]
     pub models: Vec<ModelConfig>,
+    /// The admin API (`/admin/keys`, docs/keys.md); off without an admin key.
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// Guardrails: PII, prompt guard, moderation, templates, decorators (docs/security.md).
     #[serde(default)]
     pub guard: crate::guard::config::GuardConfig,
+    /// Model prices, USD per million tokens (the workers' `[[prices]]`): budgets reserve a
+    /// request's worst-case cost with them (docs/budgets.md).
+    #[serde(default)]
+    pub prices: Vec<sluice_schemas::pricing::Price>,
+    /// Spend limits per team or key, per UTC day or month (docs/budgets.md).
+    #[serde(default)]
+    pub budgets: Vec<crate::budget::BudgetConfig>,
+    /// How budget reservations are made and held.
+    #[serde(default)]
+    pub budget: crate::budget::BudgetSettings,
+    /// What audit events keep of prompts and completions, per team (docs/analytics.md).
+    #[serde(default)]
+    pub audit: crate::audit::AuditConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -56,6 +72,9 @@ pub struct ServerConfig {
     /// Largest total size of request header names and values (431 beyond). hyper refuses
     /// a request head over ~400 KiB before this check runs.
     pub max_header_bytes: usize,
+    /// Signs batch and async-request webhooks (Standard Webhooks, `whsec_<base64>` or any
+    /// string); unsigned without it. Never printed.
+    pub webhook_secret: Option<crate::batch::WebhookSecret>,
 }
 
 impl Default for ServerConfig {
@@ -68,6 +87,7 @@ impl Default for ServerConfig {
             instance_id: "ingress-0".into(),
             max_header_count: 64,
             max_header_bytes: 16 * 1024,
+            webhook_secret: None,
         }
     }
 }
@@ -208,6 +228,15 @@ impl fmt::Debug for KeyConfig {
     }
 }
 
+/// The admin API's credentials: the SHA-256 of the admin key, never the key.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Hex SHA-256 of the admin key (`sluice-ingress --hash-key <key>`); none: the admin
+    /// API answers 403.
+    pub key_sha256: Option<String>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
@@ -242,6 +271,14 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(secret) = &self.server.webhook_secret {
+            if secret.parse().is_none() {
+                return Err(ConfigError::Field {
+                    field: "server.webhook_secret".into(),
+                    problem: "must be `whsec_<base64>` or a non-empty string",
+                });
+            }
+        }
         for key in &self.keys {
             if key.sha256.len() != 64 || hex::decode(&key.sha256).is_err() {
                 return Err(ConfigError::Field {
@@ -253,6 +290,14 @@ impl Config {
                 return Err(ConfigError::Field {
                     field: format!("keys[{}].team", key.id),
                     problem: "team names use letters, digits, '-' and '_' (at most 64)",
+                });
+            }
+        }
+        if let Some(digest) = &self.admin.key_sha256 {
+            if digest.len() != 64 || hex::decode(digest).is_err() {
+                return Err(ConfigError::Field {
+                    field: "admin.key_sha256".into(),
+                    problem: "must be 64 hex characters (SHA-256 of the admin key)",
                 });
             }
         }
@@ -287,6 +332,8 @@ impl Config {
             });
         }
         crate::guard::Guard::from_config(&self.guard)?;
+        crate::budget::validate(self)?;
+        self.audit.validate()?;
         if self.models.is_empty() {
             return Err(ConfigError::Field {
                 field: "models".into(),
@@ -300,7 +347,14 @@ impl Config {
 /// Durations in config are plain milliseconds (`*_ms` keys).
 /// The sections env vars may override. Other `SLUICE_*` variables (another service's, or
 /// the scripts' `SLUICE_STATE`) are not ours and must not trip `deny_unknown_fields`.
-const ENV_SECTIONS: [&str; 5] = ["server", "kafka", "clickhouse", "deadlines", "routing"];
+const ENV_SECTIONS: [&str; 6] = [
+    "server",
+    "kafka",
+    "clickhouse",
+    "deadlines",
+    "routing",
+    "admin",
+];
 
 /// `SLUICE_KAFKA_BOOTSTRAP` -> `kafka.bootstrap`.
 fn env_overrides() -> Env {
@@ -313,7 +367,7 @@ fn env_overrides() -> Env {
         .map(|k| k.as_str().replacen('_', ".", 1).into())
 }
 
-mod millis {
+pub(crate) mod millis {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer};
@@ -326,6 +380,31 @@ mod millis {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn admin_key_digest_from_file_or_env() {
+        let dir = std::env::temp_dir().join(format!("sluice-cfg-admin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("ingress.toml");
+        std::fs::write(
+            &file,
+            "[admin]\nkey_sha256 = \"abc\"\n[[models]]\nid = \"m\"\n",
+        )
+        .unwrap();
+        let err = Config::load(Some(&file)).unwrap_err().to_string();
+        assert!(err.contains("admin.key_sha256"), "{err}");
+        std::fs::write(&file, "[[models]]\nid = \"m\"\n").unwrap();
+        assert!(Config::load(Some(&file))
+            .unwrap()
+            .admin
+            .key_sha256
+            .is_none());
+        let digest = crate::auth::hex_digest("sk-admin");
+        std::env::set_var("SLUICE_ADMIN_KEY_SHA256", &digest);
+        let config = Config::load(Some(&file));
+        std::env::remove_var("SLUICE_ADMIN_KEY_SHA256");
+        assert_eq!(config.unwrap().admin.key_sha256, Some(digest));
+    }
 
     #[test]
     fn env_overrides_sections_and_ignores_other_variables() {

@@ -54,6 +54,26 @@ pub enum ApiError {
     MissingKey,
     #[error("Incorrect API key provided")]
     InvalidKey,
+    #[error("This API key has been revoked")]
+    KeyRevoked,
+    #[error("This API key has expired")]
+    KeyExpired,
+    #[error("This API key is not allowed to use the model `{0}`")]
+    ModelNotAllowed(String),
+    #[error("The admin API is disabled: no admin key is configured (`[admin] key_sha256` or SLUICE_ADMIN_KEY_SHA256)")]
+    AdminDisabled,
+    #[error(
+        "Missing or incorrect admin key: the admin API takes `Authorization: Bearer <admin key>`"
+    )]
+    InvalidAdminKey,
+    #[error("No API key with id `{0}`")]
+    KeyNotFound(String),
+    #[error("The API key `{id}` cannot be changed: {reason}")]
+    KeyNotChangeable { id: String, reason: &'static str },
+    #[error("Unknown parameter `{0}`")]
+    UnknownParam(String),
+    #[error("Invalid value for `allowed_models`: the model `{0}` is not configured")]
+    UnknownAllowedModel(String),
     #[error("We could not parse the JSON body of your request: {0}")]
     InvalidJson(#[source] serde_json::Error),
     #[error("Request body must be JSON (Content-Type: application/json)")]
@@ -75,6 +95,8 @@ pub enum ApiError {
         param: &'static str,
         problem: &'static str,
     },
+    #[error("{}", describe_budget(.0))]
+    BudgetExceeded(Box<crate::budget::Exceeded>),
     #[error("Rate limit reached for this API key; retry after {} ms", retry_after.as_millis())]
     RateLimited { retry_after: std::time::Duration },
     #[error("No request with id `{0}`")]
@@ -124,6 +146,27 @@ fn describe_categories(categories: &[&str]) -> String {
     described.join(" and ")
 }
 
+fn usd(nanos: i64) -> String {
+    format!("${:.4}", nanos as f64 / 1e9)
+}
+
+fn describe_budget(e: &crate::budget::Exceeded) -> String {
+    format!(
+        "Budget exceeded: the {scope} `{subject}` {period} budget of {limit} has {spent} spent and {reserved} reserved by requests in flight; this request may cost up to {cost}. It resets at {resets}.",
+        scope = e.scope.as_str(),
+        subject = e.subject,
+        period = match e.period {
+            crate::budget::Period::Day => "daily",
+            crate::budget::Period::Month => "monthly",
+        },
+        limit = usd(e.limit_nanos),
+        spent = usd(e.spent_nanos),
+        reserved = usd(e.reserved_nanos),
+        cost = usd(e.cost_nanos),
+        resets = crate::budget::format_utc(e.resets_at_ms),
+    )
+}
+
 fn flagged_list(categories: &[String]) -> String {
     if categories.is_empty() {
         String::new()
@@ -143,11 +186,48 @@ impl ApiError {
     ) {
         use ApiError::*;
         match self {
-            MissingKey | InvalidKey => (
+            MissingKey | InvalidKey | KeyRevoked | KeyExpired | InvalidAdminKey => (
                 StatusCode::UNAUTHORIZED,
                 "invalid_request_error",
                 Some("invalid_api_key"),
                 None,
+            ),
+            ModelNotAllowed(_) => (
+                StatusCode::FORBIDDEN,
+                "invalid_request_error",
+                Some("model_not_allowed"),
+                Some("model"),
+            ),
+            AdminDisabled => (
+                StatusCode::FORBIDDEN,
+                "invalid_request_error",
+                Some("admin_api_disabled"),
+                None,
+            ),
+            KeyNotFound(_) => (
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                Some("key_not_found"),
+                None,
+            ),
+            KeyNotChangeable { .. } => (
+                StatusCode::CONFLICT,
+                "invalid_request_error",
+                Some("key_not_changeable"),
+                None,
+            ),
+            // The parameter's name is set in `body`, it is not static.
+            UnknownParam(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("unknown_parameter"),
+                None,
+            ),
+            UnknownAllowedModel(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("model_not_found"),
+                Some("allowed_models"),
             ),
             InvalidJson(_) | NotJson => (
                 StatusCode::BAD_REQUEST,
@@ -196,6 +276,12 @@ impl ApiError {
                 "invalid_request_error",
                 Some("invalid_value"),
                 Some(param),
+            ),
+            BudgetExceeded(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "insufficient_quota",
+                Some("budget_exceeded"),
+                None,
             ),
             RateLimited { .. } => (
                 StatusCode::TOO_MANY_REQUESTS,
@@ -318,6 +404,9 @@ impl ApiError {
         if let Some(param) = param {
             body = body.with_param(param);
         }
+        if let ApiError::UnknownParam(name) = self {
+            body = body.with_param(name);
+        }
         body
     }
 }
@@ -338,6 +427,13 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        if let ApiError::BudgetExceeded(_) = &self {
+            // Retrying cannot help before the period resets; the OpenAI and Anthropic SDKs
+            // honour this header and do not retry.
+            response
+                .headers_mut()
+                .insert("x-should-retry", HeaderValue::from_static("false"));
         }
         if let ApiError::RateLimited { retry_after } = &self {
             response.headers_mut().insert(

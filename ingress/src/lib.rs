@@ -2,13 +2,18 @@
 //! them, counts prompt tokens, and publishes them durably to Kafka. Sync callers wait for
 //! their result on a reply topic; async callers poll results from ClickHouse.
 
+pub mod admin;
 pub mod anthropic;
 pub mod api;
+pub mod audit;
 pub mod auth;
+pub mod batch;
+pub mod budget;
 pub mod config;
 pub mod error;
 pub mod guard;
 pub mod kafka;
+pub mod key_sync;
 pub mod lookup;
 pub mod replies;
 pub mod state;
@@ -31,6 +36,13 @@ pub enum StartError {
     Config(#[from] error::ConfigError),
     #[error("cannot reach Kafka or create topics")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("cannot rebuild the budget ledger")]
+    Budget(#[from] budget::feed::FeedError),
+    #[error("the keys topic {topic} was not read to its end within {waited:?}")]
+    KeysNotLoaded {
+        topic: String,
+        waited: std::time::Duration,
+    },
     #[error("cannot listen on {addr}")]
     Listen {
         addr: String,
@@ -60,6 +72,16 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Ingres
         replies::reply_consumer(&config.kafka, &reply_topic, config.server.reply_partition).await?;
     let waiters = replies::Waiters::default();
     tokio::spawn(replies::run(consumer, waiters.clone(), shutdown.clone()));
+    // Keys before serving: a replica must not accept a key revoked before it started.
+    let keys = auth::KeyStore::from_config(&config.keys);
+    let key_log = key_sync::start(
+        &config.kafka,
+        &topics.name(&sluice_schemas::Topic::Keys),
+        keys.clone(),
+        shutdown.clone(),
+        std::time::Duration::from_secs(60),
+    )
+    .await?;
 
     let listen = config.server.listen.clone();
     let listener = TcpListener::bind(&listen)
@@ -72,7 +94,24 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Ingres
         addr: listen,
         source,
     })?;
-    let state = Arc::new(AppState::new(config, producer, waiters).with_guard(guard));
+    let state = Arc::new(
+        AppState::new(config, producer, waiters)
+            .with_guard(guard)
+            .with_keys(keys, key_log),
+    );
+    if !state.budgets.is_empty() {
+        // Serve only once this replica knows the period's spend and what is in flight.
+        budget::feed::start(
+            &state.config,
+            &topics,
+            Arc::clone(&state.budgets.ledger),
+            state.producer.clone(),
+            shutdown.clone(),
+        )
+        .await?;
+    }
+    state.batches.set_shutdown(shutdown.clone());
+    batch::driver::resume_all(Arc::clone(&state));
     let app = api::router(state);
     tracing::info!(%addr, "ingress listening");
     let task = tokio::spawn(async move {

@@ -65,6 +65,18 @@ pub struct AppState {
     pub store: ResultStore,
     /// Guardrail policies and templates (none until [`AppState::with_guard`]).
     pub guard: Guard,
+    /// The keys topic, for the admin API (none until [`AppState::with_keys`]: admin
+    /// changes answer 503).
+    pub key_log: Option<crate::key_sync::KeyLog>,
+    /// Budgets and the live spend ledger (docs/budgets.md).
+    pub budgets: crate::budget::Budgets,
+    /// The batch tables (docs/batch.md).
+    pub batches_store: crate::batch::BatchStore,
+    /// Batch cancellations and drivers of this replica.
+    pub batches: crate::batch::Batches,
+    /// Batch and async-request webhooks.
+    pub webhooks: sluice_schemas::webhook::Sender,
+    pub webhook_secret: Option<sluice_schemas::webhook::Secret>,
     recent: Mutex<Recent>,
     spread: AtomicU32,
 }
@@ -93,7 +105,17 @@ impl AppState {
                 partition: config.server.reply_partition,
             },
             store: ResultStore::new(&config.clickhouse),
+            batches_store: crate::batch::BatchStore::new(&config.clickhouse),
+            batches: crate::batch::Batches::default(),
+            webhooks: sluice_schemas::webhook::Sender::default(),
+            webhook_secret: config
+                .server
+                .webhook_secret
+                .as_ref()
+                .and_then(crate::batch::WebhookSecret::parse),
             guard: Guard::default(),
+            key_log: None,
+            budgets: crate::budget::Budgets::new(&config),
             models,
             topics,
             producer,
@@ -106,6 +128,13 @@ impl AppState {
 
     pub fn with_guard(mut self, guard: Guard) -> AppState {
         self.guard = guard;
+        self
+    }
+
+    /// The live key store (seeded from `[[keys]]`, fed by the keys topic) and its topic.
+    pub fn with_keys(mut self, keys: KeyStore, log: crate::key_sync::KeyLog) -> AppState {
+        self.keys = keys;
+        self.key_log = Some(log);
         self
     }
 

@@ -157,6 +157,9 @@ pub struct Prepared {
     pub restorer: Option<Restorer>,
     /// The final messages' text, for the input moderation check; empty without one.
     pub moderation_input: Vec<String>,
+    /// The guardrail decisions that applied, for the audit event's `policy`
+    /// (`prompt_guard:pass`, `pii:redact:email`, `template:name@2`, `decorator:prepend`, ...).
+    pub decisions: Vec<String>,
 }
 
 impl Guard {
@@ -223,7 +226,9 @@ impl Guard {
             None => {}
         }
 
+        let mut decisions = Vec::new();
         if !policy.prompt.is_empty() {
+            decisions.push("prompt_guard:pass".to_string());
             for m in messages.iter() {
                 let untrusted = matches!(m.role, Role::User | Role::Tool | Role::Function);
                 for text in m.text() {
@@ -259,6 +264,16 @@ impl Guard {
                     categories: blocked.into_iter().map(Category::as_str).collect(),
                 });
             }
+            let applied: BTreeSet<Category> =
+                findings.iter().flatten().map(|f| f.category).collect();
+            decisions.extend(applied.into_iter().filter_map(|c| {
+                let action = match policy.pii.action(c) {
+                    PiiAction::Redact => "redact",
+                    PiiAction::Mask => "mask",
+                    PiiAction::Allow | PiiAction::Block => return None,
+                };
+                Some(format!("pii:{action}:{}", c.as_str()))
+            }));
             if findings.iter().any(|f| !f.is_empty()) {
                 for s in &slots {
                     masker.reserve_existing(s);
@@ -272,15 +287,22 @@ impl Guard {
         }
 
         if let Some(reference) = asked.template {
+            let id = self.templates.id(team, reference).unwrap_or(reference);
+            decisions.push(format!("template:{id}"));
             let mut rendered = self.templates.render(team, reference, &variables)?;
             rendered.append(messages);
             *messages = rendered;
         }
         if let Some(text) = &policy.decorators.prepend_system {
             messages.insert(0, system_message(text));
+            decisions.push("decorator:prepend".to_string());
         }
         if let Some(text) = &policy.decorators.append_system {
             messages.push(system_message(text));
+            decisions.push("decorator:append".to_string());
+        }
+        if policy.moderation.as_ref().is_some_and(|c| c.config.input) {
+            decisions.push("moderation:input".to_string());
         }
 
         let moderation_input = if policy.moderation.as_ref().is_some_and(|c| c.config.input) {
@@ -301,6 +323,7 @@ impl Guard {
             policy,
             restorer,
             moderation_input,
+            decisions,
         })
     }
 }

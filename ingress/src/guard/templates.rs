@@ -142,6 +142,11 @@ impl Templates {
         (template.teams.is_empty() || template.teams.iter().any(|t| t == team)).then_some(template)
     }
 
+    /// The `name@version` that `reference` resolves to for `team`.
+    pub fn id(&self, team: &str, reference: &str) -> Option<&str> {
+        self.find(team, reference).map(|t| t.id.as_str())
+    }
+
     /// The variables a request gave, as text: strings as they are, numbers and booleans
     /// written out.
     pub fn variables(raw: &Map<String, Value>) -> Result<BTreeMap<String, String>, ApiError> {

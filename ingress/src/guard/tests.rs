@@ -272,16 +272,28 @@ messages = [
     }))
     .unwrap();
     let mut messages = vec![user("Follow-up: and ClickHouse?")];
-    g.prepare(
-        "acme",
-        &mut messages,
-        Asked {
-            template: Some("support-reply@2"),
-            variables: Some(&vars),
-            restore: false,
-        },
-    )
-    .unwrap();
+    let prepared = g
+        .prepare(
+            "acme",
+            &mut messages,
+            Asked {
+                template: Some("support-reply@2"),
+                variables: Some(&vars),
+                restore: false,
+            },
+        )
+        .unwrap();
+    // What the audit event's `policy` records (docs/analytics.md).
+    assert_eq!(
+        prepared.decisions,
+        vec![
+            "prompt_guard:pass",
+            "pii:redact:email",
+            "template:support-reply@2",
+            "decorator:prepend",
+            "decorator:append",
+        ]
+    );
     assert_eq!(
         texts(&messages),
         vec![

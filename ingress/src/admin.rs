@@ -1,0 +1,600 @@
+//! The admin API for API keys (docs/keys.md): create, list, show, rotate, revoke and
+//! change keys. Protected by the admin key (`[admin] key_sha256`); every change is written
+//! to the keys topic (acks=all) before the answer, and applied on this replica at once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Map, Value};
+use sluice_schemas::topics::is_valid_team_name;
+use sluice_schemas::{now_ms, ApiKey};
+use subtle::ConstantTimeEq;
+
+use crate::auth::{self, KeySource, StoredKey};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Longest `label`.
+const MAX_LABEL_CHARS: usize = 256;
+/// Longest lifetime a key may be given (`ttl_seconds`, `expires_at`): 10 years.
+const MAX_TTL_SECONDS: i64 = 10 * 365 * 24 * 3600;
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/admin/keys", post(create).get(list))
+        .route("/admin/keys/{id}", get(show).patch(update).delete(revoke))
+        .route("/admin/keys/{id}/rotate", post(rotate))
+        .route("/admin/keys/{id}/revoke", post(revoke))
+}
+
+/// The admin key is `Authorization: Bearer <admin key>`; compared by digest, in constant
+/// time.
+fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let stored = app
+        .config
+        .admin
+        .key_sha256
+        .as_deref()
+        .and_then(|h| hex::decode(h).ok())
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or(ApiError::AdminDisabled)?;
+    let presented = auth::presented_key(headers).ok_or(ApiError::InvalidAdminKey)?;
+    if bool::from(auth::digest(presented).ct_eq(&stored)) {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidAdminKey)
+    }
+}
+
+fn key_log(app: &AppState) -> Result<&crate::key_sync::KeyLog, ApiError> {
+    app.key_log.as_ref().ok_or(ApiError::ShuttingDown)
+}
+
+/// What the admin API shows of a key: never the secret, only its hint.
+fn view(key: &StoredKey) -> Value {
+    let r = &key.record;
+    let now = now_ms();
+    let status = if r.revoked {
+        "revoked"
+    } else if key.expired(now) {
+        "expired"
+    } else {
+        "active"
+    };
+    json!({
+        "id": r.key_id,
+        "object": "api_key",
+        "team": r.team,
+        "label": r.label,
+        "hint": r.hint,
+        "allowed_models": r.allowed_models,
+        "requests_per_minute": r.requests_per_minute,
+        "expires_at": r.expires_at_ms.map(|ms| ms / 1000),
+        "revoked": r.revoked,
+        "status": status,
+        "source": key.source.as_str(),
+        "created_at": r.created_at_ms / 1000,
+        "updated_at": r.updated_at_ms / 1000,
+    })
+}
+
+/// A view with the new secret, shown this once.
+fn with_secret(key: &StoredKey, secret: &str) -> Value {
+    let mut v = view(key);
+    v["key"] = Value::String(secret.to_string());
+    v
+}
+
+/// The body as a JSON object whose every field is one of `allowed`.
+fn fields(
+    body: Result<Bytes, BytesRejection>,
+    allowed: &[&'static str],
+    max_body: usize,
+) -> Result<Map<String, Value>, ApiError> {
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::BodyTooLarge { limit: max_body }
+        } else {
+            ApiError::NotJson
+        }
+    })?;
+    let map: Map<String, Value> = serde_json::from_slice(&body).map_err(ApiError::InvalidJson)?;
+    if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(ApiError::UnknownParam(unknown.clone()));
+    }
+    Ok(map)
+}
+
+/// The changes a create or update body asks for. Outer `None`: not given; inner `None`:
+/// given as `null` (cleared).
+#[derive(Debug, Default)]
+struct Changes {
+    label: Option<Option<String>>,
+    allowed_models: Option<Vec<String>>,
+    requests_per_minute: Option<Option<i32>>,
+    expires_at_ms: Option<Option<i64>>,
+}
+
+impl Changes {
+    fn parse(app: &AppState, map: &Map<String, Value>, now: i64) -> Result<Changes, ApiError> {
+        let mut changes = Changes::default();
+        if let Some(v) = map.get("label") {
+            changes.label = Some(match v {
+                Value::Null => None,
+                Value::String(s) if s.chars().count() <= MAX_LABEL_CHARS => Some(s.clone()),
+                _ => {
+                    return Err(ApiError::InvalidParam {
+                        param: "label",
+                        problem: "must be a string of at most 256 characters, or null",
+                    })
+                }
+            });
+        }
+        if let Some(v) = map.get("allowed_models") {
+            let bad = ApiError::InvalidParam {
+                param: "allowed_models",
+                problem: "must be an array of model names (empty or null: every model)",
+            };
+            let mut models: Vec<String> = Vec::new();
+            match v {
+                Value::Null => {}
+                Value::Array(items) => {
+                    for item in items {
+                        let Value::String(m) = item else {
+                            return Err(bad);
+                        };
+                        if !app.models.contains_key(m) {
+                            return Err(ApiError::UnknownAllowedModel(m.clone()));
+                        }
+                        if !models.contains(m) {
+                            models.push(m.clone());
+                        }
+                    }
+                }
+                _ => return Err(bad),
+            }
+            changes.allowed_models = Some(models);
+        }
+        if let Some(v) = map.get("requests_per_minute") {
+            changes.requests_per_minute = Some(match v {
+                Value::Null => None,
+                v => Some(
+                    v.as_i64()
+                        .filter(|n| *n > 0)
+                        .and_then(|n| i32::try_from(n).ok())
+                        .ok_or(ApiError::InvalidParam {
+                            param: "requests_per_minute",
+                            problem: "must be a positive integer, or null for no limit",
+                        })?,
+                ),
+            });
+        }
+        let expires_at = map.get("expires_at");
+        let ttl = map.get("ttl_seconds");
+        if expires_at.is_some() && ttl.is_some() {
+            return Err(ApiError::InvalidParam {
+                param: "ttl_seconds",
+                problem: "give either expires_at or ttl_seconds, not both",
+            });
+        }
+        let now_s = now / 1000;
+        if let Some(v) = expires_at {
+            changes.expires_at_ms = Some(match v {
+                Value::Null => None,
+                v => Some(
+                    v.as_i64()
+                        .filter(|s| *s > now_s && *s - now_s <= MAX_TTL_SECONDS)
+                        .map(|s| s * 1000)
+                        .ok_or(ApiError::InvalidParam {
+                            param: "expires_at",
+                            problem: "must be a Unix time in seconds, in the future (at most 10 years ahead), or null for no expiry",
+                        })?,
+                ),
+            });
+        }
+        if let Some(v) = ttl {
+            changes.expires_at_ms = Some(match v {
+                Value::Null => None,
+                v => Some(
+                    v.as_i64()
+                        .filter(|s| *s > 0 && *s <= MAX_TTL_SECONDS)
+                        .map(|s| now + s * 1000)
+                        .ok_or(ApiError::InvalidParam {
+                            param: "ttl_seconds",
+                            problem: "must be a positive number of seconds (at most 10 years), or null for no expiry",
+                        })?,
+                ),
+            });
+        }
+        Ok(changes)
+    }
+
+    fn apply_to(self, record: &mut ApiKey) {
+        if let Some(label) = self.label {
+            record.label = label;
+        }
+        if let Some(models) = self.allowed_models {
+            record.allowed_models = models;
+        }
+        if let Some(rpm) = self.requests_per_minute {
+            record.requests_per_minute = rpm;
+        }
+        if let Some(expires) = self.expires_at_ms {
+            record.expires_at_ms = expires;
+        }
+    }
+}
+
+fn new_secret() -> Result<String, ApiError> {
+    auth::new_secret().map_err(|error| {
+        tracing::error!(%error, "no randomness for a new key");
+        ApiError::ShuttingDown
+    })
+}
+
+/// `POST /admin/keys`: a new key; its secret is in this answer and nowhere else.
+async fn create(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&app, &headers)?;
+    let map = fields(
+        body,
+        &[
+            "team",
+            "label",
+            "allowed_models",
+            "requests_per_minute",
+            "expires_at",
+            "ttl_seconds",
+        ],
+        app.config.server.max_body_bytes,
+    )?;
+    let team = match map.get("team") {
+        Some(Value::String(t)) if is_valid_team_name(t) => t.clone(),
+        _ => {
+            return Err(ApiError::InvalidParam {
+                param: "team",
+                problem: "required: a team name of letters, digits, '-' and '_' (at most 64)",
+            })
+        }
+    };
+    let now = now_ms();
+    let changes = Changes::parse(&app, &map, now)?;
+    let secret = new_secret()?;
+    let mut record = ApiKey {
+        key_id: format!("key_{}", uuid::Uuid::now_v7().simple()),
+        team,
+        label: None,
+        sha256: auth::hex_digest(&secret),
+        hint: auth::hint(&secret),
+        allowed_models: Vec::new(),
+        requests_per_minute: None,
+        expires_at_ms: None,
+        revoked: false,
+        created_at_ms: now,
+        updated_at_ms: now,
+    };
+    changes.apply_to(&mut record);
+    let log = key_log(&app)?;
+    let stored = StoredKey {
+        record: record.clone(),
+        source: KeySource::Admin,
+    };
+    log.write(&app.producer, &app.keys, record).await?;
+    tracing::info!(key_id = %stored.record.key_id, team = %stored.record.team, "api key created");
+    Ok((StatusCode::CREATED, Json(with_secret(&stored, &secret))).into_response())
+}
+
+/// `GET /admin/keys[?team=]`.
+async fn list(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&app, &headers)?;
+    let Query(query) = query.map_err(|_| ApiError::InvalidParam {
+        param: "team",
+        problem: "the query string must be `?team=<team>`",
+    })?;
+    if let Some(unknown) = query.keys().find(|k| *k != "team") {
+        return Err(ApiError::UnknownParam(unknown.clone()));
+    }
+    let data: Vec<Value> = app
+        .keys
+        .list(query.get("team").map(String::as_str))
+        .iter()
+        .map(view)
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data})))
+}
+
+/// `GET /admin/keys/{id}`.
+async fn show(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&app, &headers)?;
+    let key = app.keys.get(&id).ok_or(ApiError::KeyNotFound(id))?;
+    Ok(Json(view(&key)))
+}
+
+/// The key as the admin API may change it: made by the admin API, and not revoked.
+fn changeable(app: &AppState, id: &str) -> Result<StoredKey, ApiError> {
+    let key = app
+        .keys
+        .get(id)
+        .ok_or_else(|| ApiError::KeyNotFound(id.to_string()))?;
+    if key.source == KeySource::Config {
+        return Err(ApiError::KeyNotChangeable {
+            id: id.to_string(),
+            reason: "it is configured in the ingress config ([[keys]]); change it there",
+        });
+    }
+    if key.record.revoked {
+        return Err(ApiError::KeyNotChangeable {
+            id: id.to_string(),
+            reason: "it is revoked, and revocation is final; create a new key",
+        });
+    }
+    Ok(key)
+}
+
+/// `POST /admin/keys/{id}/rotate`: a new secret for the same key; the old one stops working.
+async fn rotate(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&app, &headers)?;
+    let log = key_log(&app)?;
+    let _writing = log.begin(&app.keys).await?;
+    let mut key = changeable(&app, &id)?;
+    let secret = new_secret()?;
+    key.record.sha256 = auth::hex_digest(&secret);
+    key.record.hint = auth::hint(&secret);
+    key.record.updated_at_ms = now_ms();
+    log.write(&app.producer, &app.keys, key.record.clone())
+        .await?;
+    tracing::info!(key_id = %id, team = %key.record.team, "api key rotated");
+    Ok(Json(with_secret(&key, &secret)))
+}
+
+/// `POST /admin/keys/{id}/revoke` and `DELETE /admin/keys/{id}`: the key stops working for
+/// good and stays listed as revoked. Revoking a revoked key changes nothing.
+async fn revoke(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&app, &headers)?;
+    let log = key_log(&app)?;
+    let _writing = log.begin(&app.keys).await?;
+    if let Some(key) = app.keys.get(&id) {
+        if key.source == KeySource::Admin && key.record.revoked {
+            return Ok(Json(view(&key)));
+        }
+    }
+    let mut key = changeable(&app, &id)?;
+    key.record.revoked = true;
+    key.record.updated_at_ms = now_ms();
+    log.write(&app.producer, &app.keys, key.record.clone())
+        .await?;
+    tracing::info!(key_id = %id, team = %key.record.team, "api key revoked");
+    Ok(Json(view(&key)))
+}
+
+/// `PATCH /admin/keys/{id}`: change label, allowed models, rate limit or expiry.
+async fn update(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&app, &headers)?;
+    let map = fields(
+        body,
+        &[
+            "team",
+            "label",
+            "allowed_models",
+            "requests_per_minute",
+            "expires_at",
+            "ttl_seconds",
+        ],
+        app.config.server.max_body_bytes,
+    )?;
+    if map.contains_key("team") {
+        return Err(ApiError::InvalidParam {
+            param: "team",
+            problem: "a key's team cannot change; create a key for the other team",
+        });
+    }
+    let now = now_ms();
+    let changes = Changes::parse(&app, &map, now)?;
+    let log = key_log(&app)?;
+    let _writing = log.begin(&app.keys).await?;
+    let mut key = changeable(&app, &id)?;
+    changes.apply_to(&mut key.record);
+    key.record.updated_at_ms = now_ms();
+    log.write(&app.producer, &app.keys, key.record.clone())
+        .await?;
+    tracing::info!(key_id = %id, team = %key.record.team, "api key changed");
+    Ok(Json(view(&key)))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::config::Config;
+
+    const ADMIN: &str = "sk-admin-test";
+
+    fn app(admin: Option<&str>) -> Router {
+        use figment::providers::Format;
+        let mut config: Config = figment::Figment::from(figment::providers::Toml::string(
+            "[[models]]\nid = \"m1\"\ntokenizer = \"o200k_base\"\n",
+        ))
+        .extract()
+        .unwrap();
+        config.admin.key_sha256 = admin.map(auth::hex_digest);
+        config.kafka.bootstrap = "127.0.0.1:1".into();
+        let producer = crate::kafka::producer(&config.kafka).unwrap();
+        let state = AppState::new(config, producer, Default::default());
+        let keys = state.keys.clone();
+        keys.apply(
+            ApiKey {
+                key_id: "key_1".into(),
+                team: "acme".into(),
+                label: Some("app".into()),
+                sha256: auth::hex_digest("sk-sluice-one"),
+                hint: auth::hint("sk-sluice-one"),
+                allowed_models: vec![],
+                requests_per_minute: None,
+                expires_at_ms: None,
+                revoked: false,
+                created_at_ms: 1000,
+                updated_at_ms: 1000,
+            },
+            0,
+        );
+        crate::api::router(Arc::new(state))
+    }
+
+    async fn call(
+        app: &Router,
+        method: &str,
+        uri: &str,
+        key: Option<&str>,
+        body: &str,
+    ) -> (u16, Value) {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(key) = key {
+            request = request.header("authorization", format!("Bearer {key}"));
+        }
+        let response = app
+            .clone()
+            .oneshot(request.body(Body::from(body.to_string())).unwrap())
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    #[tokio::test]
+    async fn without_an_admin_key_the_admin_api_is_off() {
+        let app = app(None);
+        let (status, body) = call(&app, "GET", "/admin/keys", Some(ADMIN), "").await;
+        assert_eq!(status, 403, "{body}");
+        assert_eq!(body["error"]["code"], "admin_api_disabled");
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("key_sha256"));
+    }
+
+    #[tokio::test]
+    async fn admin_key_is_required_and_checked() {
+        let app = app(Some(ADMIN));
+        for key in [None, Some("sk-wrong"), Some("sk-sluice-one")] {
+            let (status, body) = call(&app, "GET", "/admin/keys", key, "").await;
+            assert_eq!(status, 401, "{key:?}: {body}");
+            assert_eq!(body["error"]["code"], "invalid_api_key");
+        }
+        let (status, body) = call(&app, "POST", "/admin/keys", None, r#"{"team":"t"}"#).await;
+        assert_eq!(status, 401, "{body}");
+    }
+
+    #[tokio::test]
+    async fn lists_and_shows_keys_without_secrets() {
+        let app = app(Some(ADMIN));
+        let (status, body) = call(&app, "GET", "/admin/keys", Some(ADMIN), "").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["data"][0]["id"], "key_1");
+        assert_eq!(body["data"][0]["status"], "active");
+        assert!(!body.to_string().contains("sk-sluice-one"));
+        assert!(!body
+            .to_string()
+            .contains(&auth::hex_digest("sk-sluice-one")));
+        let (_, body) = call(&app, "GET", "/admin/keys?team=other", Some(ADMIN), "").await;
+        assert_eq!(body["data"], json!([]));
+        let (status, body) = call(&app, "GET", "/admin/keys?tema=x", Some(ADMIN), "").await;
+        assert_eq!(
+            (status, body["error"]["param"].clone()),
+            (400, json!("tema"))
+        );
+        let (status, body) = call(&app, "GET", "/admin/keys/key_1", Some(ADMIN), "").await;
+        assert_eq!((status, body["label"].clone()), (200, json!("app")));
+        let (status, body) = call(&app, "GET", "/admin/keys/key_nope", Some(ADMIN), "").await;
+        assert_eq!(status, 404, "{body}");
+        assert_eq!(body["error"]["code"], "key_not_found");
+    }
+
+    #[tokio::test]
+    async fn bad_bodies_name_their_parameter() {
+        let app = app(Some(ADMIN));
+        let cases = [
+            (r#"{"label":"x"}"#, "team"),
+            (r#"{"team":"a b"}"#, "team"),
+            (r#"{"team":"t","bogus":1}"#, "bogus"),
+            (
+                r#"{"team":"t","allowed_models":["nope"]}"#,
+                "allowed_models",
+            ),
+            (r#"{"team":"t","allowed_models":"m1"}"#, "allowed_models"),
+            (
+                r#"{"team":"t","requests_per_minute":0}"#,
+                "requests_per_minute",
+            ),
+            (
+                r#"{"team":"t","requests_per_minute":"5"}"#,
+                "requests_per_minute",
+            ),
+            (r#"{"team":"t","expires_at":1}"#, "expires_at"),
+            (r#"{"team":"t","ttl_seconds":-5}"#, "ttl_seconds"),
+            (
+                r#"{"team":"t","ttl_seconds":5,"expires_at":99999999999}"#,
+                "ttl_seconds",
+            ),
+            (r#"{"team":"t","label":7}"#, "label"),
+        ];
+        for (body, param) in cases {
+            let (status, answer) = call(&app, "POST", "/admin/keys", Some(ADMIN), body).await;
+            assert_eq!(status, 400, "{body}: {answer}");
+            assert_eq!(answer["error"]["param"], param, "{body}: {answer}");
+            assert_eq!(answer["error"]["type"], "invalid_request_error");
+        }
+        let (status, answer) = call(&app, "POST", "/admin/keys", Some(ADMIN), "not json").await;
+        assert_eq!(status, 400, "{answer}");
+        let (status, answer) = call(
+            &app,
+            "PATCH",
+            "/admin/keys/key_1",
+            Some(ADMIN),
+            r#"{"team":"other"}"#,
+        )
+        .await;
+        assert_eq!(
+            (status, answer["error"]["param"].clone()),
+            (400, json!("team"))
+        );
+    }
+}

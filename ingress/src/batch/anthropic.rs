@@ -1,0 +1,300 @@
+//! Anthropic's Message Batches API: `POST /v1/messages/batches` with inline
+//! `{custom_id, params}` requests, retrieve, list, cancel, and `/results` as JSONL. The
+//! requests are stored as an input file and driven like an OpenAI batch; only the shapes
+//! differ (and errors are in Anthropic's shape).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sluice_schemas::now_ms;
+
+use super::batches::{
+    check_webhook, new_batch, outcome, page, request_cancel, view, BatchOptions, Outcome,
+    OutputKind, View,
+};
+use super::store::{BatchRow, FileLineRow, FileRow, JoinedLine};
+use super::{driver, rfc3339, BatchError};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Anthropic's limit: 100,000 requests or 256 MB per batch.
+const MAX_REQUESTS: usize = 100_000;
+const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
+/// Anthropic batches expire after 24 hours.
+const WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// A batch API error in Anthropic's shape.
+pub struct AnthropicError(BatchError);
+
+impl<E: Into<BatchError>> From<E> for AnthropicError {
+    fn from(e: E) -> AnthropicError {
+        AnthropicError(e.into())
+    }
+}
+
+impl IntoResponse for AnthropicError {
+    fn into_response(self) -> Response {
+        match self.0 {
+            BatchError::Api(e) => crate::anthropic::error_response(e),
+            e => {
+                let status = e.status();
+                let retry = e.status().is_server_error();
+                let body = json!({"type": "error", "error": {
+                    "type": crate::anthropic::error_type(status.as_u16()),
+                    "message": e.to_string(),
+                }});
+                let mut response = (status, Json(body)).into_response();
+                if retry {
+                    response
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                }
+                response
+            }
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    requests: Vec<Value>,
+    /// Sluice's options: `{"webhook_url": "https://..."}`.
+    #[serde(default)]
+    sluice: Option<BatchOptions>,
+}
+
+pub async fn create(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, AnthropicError> {
+    let caller = app.keys.authenticate(&headers)?;
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| ApiError::BodyTooLarge {
+            limit: MAX_BODY_BYTES,
+        })?;
+    let request: CreateBody = serde_json::from_slice(&bytes).map_err(BatchError::InvalidJson)?;
+    drop(bytes);
+    if request.requests.is_empty() || request.requests.len() > MAX_REQUESTS {
+        return Err(BatchError::InvalidParam {
+            param: "requests",
+            problem: format!("expected 1 to {MAX_REQUESTS} requests"),
+        }
+        .into());
+    }
+    let webhook_url = check_webhook(request.sluice.as_ref())?;
+    let file_id = format!("file-{}", uuid::Uuid::now_v7().simple());
+    let mut block = Vec::new();
+    let mut bytes = 0u64;
+    let total = request.requests.len() as u64;
+    for (i, r) in request.requests.into_iter().enumerate() {
+        let line = r.to_string();
+        bytes += line.len() as u64 + 1;
+        block.push(FileLineRow {
+            file_id: file_id.clone(),
+            line_no: i as u32,
+            line,
+        });
+        if block.len() >= 2_000 {
+            app.batches_store.insert("batch_file_lines", &block).await?;
+            block.clear();
+        }
+    }
+    app.batches_store.insert("batch_file_lines", &block).await?;
+    let file = FileRow {
+        file_id: file_id.clone(),
+        team: caller.team.clone(),
+        purpose: "anthropic_batch".into(),
+        filename: String::new(),
+        bytes,
+        lines: total,
+        created_at_ms: now_ms().max(0) as u64,
+    };
+    app.batches_store.insert("batch_files", &[file]).await?;
+    let row = new_batch(
+        &caller,
+        format!("msgbatch_{}", uuid::Uuid::now_v7().simple()),
+        "anthropic",
+        "/v1/messages",
+        &file_id,
+        "24h",
+        WINDOW,
+        total,
+        "{}".into(),
+        webhook_url,
+    );
+    app.batches_store
+        .insert("batches", std::slice::from_ref(&row))
+        .await?;
+    tracing::info!(batch_id = %row.batch_id, team = %row.team, lines = total, "message batch created");
+    driver::spawn(Arc::clone(&app), row.clone());
+    let view = view(&app, &row).await?;
+    Ok(Json(with_url(batch_object(&row, &view), &headers, &row)).into_response())
+}
+
+/// Request counts in Anthropic's terms: every line is processing until it ends.
+fn counts(row: &BatchRow, view: &View) -> Value {
+    let p = &view.progress;
+    let canceled = p.cancelled + p.unstarted;
+    let errored = p.invalid + p.failed;
+    let ended = p.succeeded + errored + canceled + p.expired;
+    json!({
+        "processing": row.total_lines.saturating_sub(ended),
+        "succeeded": p.succeeded,
+        "errored": errored,
+        "canceled": canceled,
+        "expired": p.expired,
+    })
+}
+
+pub(crate) fn batch_object(row: &BatchRow, view: &View) -> Value {
+    let processing_status = if view.ended() {
+        "ended"
+    } else if view.cancelled_at_ms > 0 {
+        "canceling"
+    } else {
+        "in_progress"
+    };
+    let time = |ms: u64| {
+        if ms == 0 {
+            Value::Null
+        } else {
+            json!(rfc3339(ms))
+        }
+    };
+    json!({
+        "id": row.batch_id,
+        "type": "message_batch",
+        "processing_status": processing_status,
+        "request_counts": counts(row, view),
+        "ended_at": if view.ended() { time(view.ended_at_ms) } else { Value::Null },
+        "created_at": time(row.created_at_ms),
+        "expires_at": time(row.expires_at_ms),
+        "archived_at": null,
+        "cancel_initiated_at": time(view.cancelled_at_ms),
+        "results_url": null,
+    })
+}
+
+/// `results_url` once the batch ended, absolute as Anthropic gives it.
+fn with_url(mut object: Value, headers: &HeaderMap, row: &BatchRow) -> Value {
+    if object["processing_status"] == "ended" {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("localhost");
+        object["results_url"] = json!(format!(
+            "http://{host}/v1/messages/batches/{}/results",
+            row.batch_id
+        ));
+    }
+    object
+}
+
+async fn find(app: &AppState, headers: &HeaderMap, id: &str) -> Result<BatchRow, AnthropicError> {
+    let caller = app.keys.authenticate(headers)?;
+    Ok(app
+        .batches_store
+        .batch(id, &caller.team)
+        .await?
+        .filter(|b| b.dialect == "anthropic")
+        .ok_or_else(|| BatchError::BatchNotFound(id.to_string()))?)
+}
+
+pub async fn retrieve(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, AnthropicError> {
+    let row = find(&app, &headers, &id).await?;
+    let view = view(&app, &row).await?;
+    Ok(Json(with_url(batch_object(&row, &view), &headers, &row)).into_response())
+}
+
+pub async fn list(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, AnthropicError> {
+    let caller = app.keys.authenticate(&headers)?;
+    let (limit, after) = page(&query)?;
+    let rows = app
+        .batches_store
+        .list(&caller.team, "anthropic", after.as_deref(), limit + 1)
+        .await?;
+    let has_more = rows.len() as u64 > limit;
+    let mut data = Vec::new();
+    for row in rows.iter().take(limit as usize) {
+        let view = view(&app, row).await?;
+        data.push(with_url(batch_object(row, &view), &headers, row));
+    }
+    Ok(Json(json!({
+        "data": data,
+        "has_more": has_more,
+        "first_id": data.first().map(|b| b["id"].clone()),
+        "last_id": data.last().map(|b| b["id"].clone()),
+    }))
+    .into_response())
+}
+
+pub async fn cancel(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, AnthropicError> {
+    let row = find(&app, &headers, &id).await?;
+    let view = request_cancel(&app, &row).await?;
+    Ok(Json(with_url(batch_object(&row, &view), &headers, &row)).into_response())
+}
+
+pub async fn results(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, AnthropicError> {
+    let row = find(&app, &headers, &id).await?;
+    let cursor = app.batches_store.joined(&row.batch_id)?;
+    let mut response =
+        super::files::output_body(cursor, row.batch_id, OutputKind::Anthropic).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-jsonl"),
+    );
+    Ok(response)
+}
+
+/// One line of Anthropic's results file.
+pub(crate) fn render_result(row: &JoinedLine) -> Option<String> {
+    let errored = |kind: &str, message: &str| json!({"type": "errored", "error": {"type": "error", "error": {"type": kind, "message": message}}});
+    let result = match outcome(row) {
+        Outcome::Pending => return None,
+        Outcome::Invalid("batch_cancelled", _) | Outcome::Cancelled => json!({"type": "canceled"}),
+        Outcome::Invalid(_, message) => errored("invalid_request_error", message),
+        Outcome::Expired => json!({"type": "expired"}),
+        Outcome::Succeeded => {
+            let body: Value = serde_json::from_str(&row.body).unwrap_or(Value::Null);
+            json!({"type": "succeeded", "message": crate::anthropic::message_from_openai(&body, &row.model)})
+        }
+        Outcome::Errored => {
+            let body: Value = serde_json::from_str(&row.body).unwrap_or(Value::Null);
+            let message = body["error"]["message"]
+                .as_str()
+                .unwrap_or("The request failed.");
+            errored(
+                crate::anthropic::error_type(row.http_status.max(0) as u16),
+                message,
+            )
+        }
+    };
+    Some(json!({"custom_id": row.custom_id, "result": result}).to_string())
+}

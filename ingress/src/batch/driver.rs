@@ -1,0 +1,428 @@
+//! The driver of one batch: streams its input lines from ClickHouse, validates each like an
+//! async request, publishes the good ones at batch priority and records every line's
+//! custom_id, request id or error, a block at a time, checkpointing after each block.
+//!
+//! Crash safety: a block's `batch_lines` rows are written before its lines are published,
+//! and the checkpoint (`lines_done`) after. A driver resumed from the checkpoint (at
+//! start-up, by any replica) redoes at most one block, under the same request ids, so
+//! results and usage collapse and no line is lost or answered twice.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use serde_json::Value;
+use sluice_schemas::now_ms;
+
+use super::batches::{batch_object, view};
+use super::store::{BatchRow, LineRow};
+use super::{line_request_id, next_version, BatchError};
+use crate::api::lines::{validate_line, Line};
+use crate::api::Dialect;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Lines per block: published concurrently, then checkpointed.
+const BLOCK: usize = 2_000;
+
+/// Starts the driver of a batch on this replica (unless one already runs here).
+pub fn spawn(app: Arc<AppState>, row: BatchRow) {
+    if !app.batches.claim(&row.batch_id) {
+        return;
+    }
+    tokio::spawn(async move {
+        let batch_id = row.batch_id.clone();
+        run(&app, row).await;
+        app.batches.release(&batch_id);
+    });
+}
+
+/// Resumes, in the background, every batch whose driver did not finish (an ingress that
+/// stopped mid-batch). Tables may not exist yet on a fresh deployment: then nothing to do.
+pub fn resume_all(app: Arc<AppState>) {
+    tokio::spawn(async move {
+        match app.batches_store.unfinished().await {
+            Ok(rows) => {
+                for row in rows {
+                    tracing::info!(batch_id = %row.batch_id, lines_done = row.lines_done, "resuming batch");
+                    spawn(Arc::clone(&app), row);
+                }
+            }
+            Err(error) => tracing::debug!(%error, "no batches to resume"),
+        }
+    });
+}
+
+async fn run(app: &AppState, mut row: BatchRow) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match drive(app, &mut row).await {
+            Ok(()) => break,
+            Err(_) if app.batches.shutting_down() => {
+                tracing::info!(batch_id = %row.batch_id, lines_done = row.lines_done, "batch driver stopped by shutdown; resumed at the next start");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(batch_id = %row.batch_id, %error, "batch driver interrupted; retrying from its checkpoint");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+    if !row.webhook_url.is_empty() {
+        notify_when_ended(app, &row).await;
+    }
+}
+
+async fn checkpoint(app: &AppState, row: &mut BatchRow) -> Result<(), BatchError> {
+    row.version = next_version();
+    app.batches_store
+        .insert("batches", std::slice::from_ref(row))
+        .await?;
+    Ok(())
+}
+
+async fn cancelled(app: &AppState, batch_id: &str) -> Result<bool, BatchError> {
+    Ok(app.batches.is_cancelled(batch_id) || app.batches_store.cancelled_at(batch_id).await? > 0)
+}
+
+/// One line's fate: a record, and the request to publish if it passed.
+fn examine(
+    app: &AppState,
+    caller: &Caller,
+    row: &BatchRow,
+    line_no: u32,
+    line: &str,
+    seen: &mut HashSet<String>,
+) -> (LineRow, Option<Line>) {
+    let mut record = LineRow {
+        batch_id: row.batch_id.clone(),
+        line_no,
+        custom_id: String::new(),
+        request_id: String::new(),
+        error_code: String::new(),
+        error_message: String::new(),
+    };
+    let anthropic = row.dialect == "anthropic";
+    let checked = (|| -> Result<(String, Bytes), (&'static str, String)> {
+        let value: Value = serde_json::from_str(line).map_err(|e| {
+            (
+                "invalid_json",
+                format!("Line {} is not valid JSON: {e}", line_no + 1),
+            )
+        })?;
+        let object = value
+            .as_object()
+            .ok_or(("invalid_json", "The line is not a JSON object.".to_string()))?;
+        let custom_id = object
+            .get("custom_id")
+            .and_then(Value::as_str)
+            .filter(|c| !c.is_empty())
+            .ok_or((
+                "missing_custom_id",
+                "The line has no `custom_id` string.".to_string(),
+            ))?
+            .to_string();
+        if custom_id.len() > 512 {
+            return Err((
+                "invalid_custom_id",
+                "`custom_id` is longer than 512 characters.".into(),
+            ));
+        }
+        let body = if anthropic {
+            object.get("params")
+        } else {
+            if object.get("method").and_then(Value::as_str) != Some("POST") {
+                return Err(("invalid_method", "`method` must be `POST`.".into()));
+            }
+            let url = object.get("url").and_then(Value::as_str).unwrap_or("");
+            if url != row.endpoint {
+                return Err((
+                    "invalid_url",
+                    format!(
+                        "`url` must be the batch's endpoint `{}`, not `{url}`.",
+                        row.endpoint
+                    ),
+                ));
+            }
+            object.get("body")
+        };
+        let body = body.filter(|b| b.is_object()).ok_or((
+            "invalid_body",
+            if anthropic {
+                "The request has no `params` object.".to_string()
+            } else {
+                "The line has no `body` object.".to_string()
+            },
+        ))?;
+        Ok((custom_id, Bytes::from(body.to_string())))
+    })();
+    let (custom_id, body) = match checked {
+        Ok(c) => c,
+        Err((code, message)) => {
+            record.error_code = code.into();
+            record.error_message = message;
+            return (record, None);
+        }
+    };
+    record.custom_id = custom_id.clone();
+    if !seen.insert(custom_id) {
+        record.error_code = "duplicate_custom_id".into();
+        record.error_message = "Another line of this batch has the same `custom_id`.".into();
+        return (record, None);
+    }
+    let dialect = if anthropic {
+        Dialect::Anthropic
+    } else {
+        Dialect::OpenAi
+    };
+    let request_id = line_request_id(&row.batch_id, line_no);
+    match validate_line(
+        app,
+        caller,
+        body,
+        dialect,
+        request_id.clone(),
+        row.expires_at_ms as i64,
+    ) {
+        Ok(line) => {
+            record.request_id = request_id;
+            (record, Some(line))
+        }
+        Err(e) => {
+            reject(&mut record, &e);
+            (record, None)
+        }
+    }
+}
+
+fn custom_id_of(line: &str) -> String {
+    serde_json::from_str::<Value>(line)
+        .ok()
+        .and_then(|v| {
+            v.get("custom_id")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .unwrap_or_default()
+}
+
+fn reject(record: &mut LineRow, error: &ApiError) {
+    record.error_code = error
+        .body()
+        .error
+        .code
+        .unwrap_or_else(|| "invalid_request".into());
+    record.error_message = error.to_string();
+    record.request_id.clear();
+}
+
+async fn drive(app: &AppState, row: &mut BatchRow) -> Result<(), BatchError> {
+    if row.published_at_ms > 0 {
+        return Ok(());
+    }
+    let caller = Caller {
+        key_id: row.key_id.clone(),
+        team: row.team.clone(),
+    };
+    // A resumed driver still rejects custom_ids used before its checkpoint.
+    let mut seen: HashSet<String> = if row.lines_done > 0 {
+        app.batches_store
+            .custom_ids(&row.batch_id, row.lines_done as u32)
+            .await?
+            .into_iter()
+            .collect()
+    } else {
+        HashSet::new()
+    };
+    if row.status == "validating" {
+        if app
+            .batches_store
+            .file(&row.input_file_id, &row.team)
+            .await?
+            .is_none()
+        {
+            row.status = "failed".into();
+            row.error_message = format!("The input file {} does not exist.", row.input_file_id);
+            row.published_at_ms = now_ms().max(0) as u64;
+            return checkpoint(app, row).await;
+        }
+        row.status = "in_progress".into();
+        checkpoint(app, row).await?;
+    }
+    let mut cursor = app
+        .batches_store
+        .file_lines(&row.input_file_id, row.lines_done as u32)?;
+    let mut stopped = false;
+    loop {
+        if app.batches.shutting_down() {
+            return Err(BatchError::Api(ApiError::ShuttingDown));
+        }
+        if !stopped && cancelled(app, &row.batch_id).await? {
+            tracing::info!(batch_id = %row.batch_id, lines_done = row.lines_done, "batch cancelled: no more lines published");
+            stopped = true;
+        }
+        let mut records = Vec::with_capacity(BLOCK);
+        let mut lines = Vec::with_capacity(BLOCK);
+        let mut end = false;
+        while records.len() < BLOCK {
+            let Some(input) = cursor.next().await? else {
+                end = true;
+                break;
+            };
+            if stopped {
+                // Accounted for, never published: the batch's counts add up to its lines.
+                records.push(LineRow {
+                    batch_id: row.batch_id.clone(),
+                    line_no: input.line_no,
+                    custom_id: custom_id_of(&input.line),
+                    request_id: String::new(),
+                    error_code: "batch_cancelled".into(),
+                    error_message: "The batch was cancelled before this request started.".into(),
+                });
+                lines.push(None);
+                continue;
+            }
+            let (record, line) = examine(app, &caller, row, input.line_no, &input.line, &mut seen);
+            records.push(record);
+            lines.push(line);
+        }
+        // Moderation (when the team has it) may refuse lines; a refusal is the line's error.
+        let moderated = futures::future::join_all(lines.iter().map(|l| async move {
+            match l {
+                Some(line) => line.moderate().await,
+                None => Ok(()),
+            }
+        }))
+        .await;
+        for (i, verdict) in moderated.into_iter().enumerate() {
+            if let Err(e) = verdict {
+                if matches!(e, ApiError::ModerationUnavailable(_)) {
+                    return Err(BatchError::Api(e));
+                }
+                reject(&mut records[i], &e);
+                lines[i] = None;
+            }
+        }
+        app.batches_store.insert("batch_lines", &records).await?;
+        publish_all(app, &mut records, &lines, row.expires_at_ms as i64).await?;
+        row.lines_done += records.len() as u64;
+        if end {
+            break;
+        }
+        checkpoint(app, row).await?;
+    }
+    row.published_at_ms = now_ms().max(0) as u64;
+    checkpoint(app, row).await?;
+    tracing::info!(batch_id = %row.batch_id, lines = row.lines_done, "batch published");
+    Ok(())
+}
+
+/// Publishes a block's lines concurrently. Kafka being unreachable interrupts the block
+/// (the driver retries it from its checkpoint). A budget that only in-flight reservations
+/// fill is waited for: those settle as answers arrive, so a batch paces itself to its
+/// team's budget instead of failing lines. A line refused for good (the budget is spent)
+/// is re-recorded with its error: the error file gets it.
+async fn publish_all(
+    app: &AppState,
+    records: &mut [LineRow],
+    lines: &[Option<Line>],
+    expires_at_ms: i64,
+) -> Result<(), BatchError> {
+    let outcomes = futures::future::join_all(lines.iter().map(|line| async move {
+        let Some(line) = line else {
+            return Ok(None);
+        };
+        let mut queue_retries = 0;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match line.publish(app).await {
+                Ok(()) => return Ok(None),
+                Err(ApiError::QueueUnavailable(e)) if queue_retries < 8 => {
+                    tracing::warn!(error = %e, "batch line not published yet; retrying");
+                    queue_retries += 1;
+                }
+                Err(ApiError::BudgetExceeded(e))
+                    if e.spent_nanos.saturating_add(e.cost_nanos) <= e.limit_nanos
+                        && now_ms() < expires_at_ms =>
+                {
+                    tracing::debug!("batch line waits for budget reservations to settle");
+                }
+                Err(e @ ApiError::QueueUnavailable(_)) => return Err(e),
+                Err(e) => return Ok(Some(e)),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }))
+    .await;
+    let mut refused = Vec::new();
+    for (record, outcome) in records.iter_mut().zip(outcomes) {
+        if let Some(error) = outcome? {
+            reject(record, &error);
+            refused.push(record.clone());
+        }
+    }
+    if !refused.is_empty() {
+        // Replaces the rows written before publishing (the last insert wins under FINAL).
+        app.batches_store.insert("batch_lines", &refused).await?;
+    }
+    Ok(())
+}
+
+/// Waits for the batch to end, then delivers its webhook (Standard Webhooks, signed when a
+/// secret is configured, retried).
+async fn notify_when_ended(app: &AppState, row: &BatchRow) {
+    let (view, current) = loop {
+        if app.batches.shutting_down() {
+            return;
+        }
+        let current = match app.batches_store.batch(&row.batch_id, &row.team).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::debug!(%error, "batch state unavailable");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+        };
+        match view(app, &current).await {
+            Ok(v) if v.ended() => break (v, current),
+            Ok(_) => {}
+            Err(error) => tracing::debug!(%error, "batch progress unavailable"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let (kind, data) = if current.dialect == "anthropic" {
+        (
+            "message_batch.ended".to_string(),
+            super::anthropic::batch_object(&current, &view),
+        )
+    } else {
+        (
+            format!("batch.{}", view.status),
+            batch_object(&current, &view),
+        )
+    };
+    let id = format!("{}-{}", current.batch_id, view.status);
+    match app
+        .webhooks
+        .deliver(
+            &current.webhook_url,
+            app.webhook_secret.as_ref(),
+            &id,
+            &kind,
+            &data,
+        )
+        .await
+    {
+        Ok(d) => {
+            tracing::info!(batch_id = %current.batch_id, attempts = d.attempts, "batch webhook delivered")
+        }
+        Err(error) => {
+            tracing::warn!(batch_id = %current.batch_id, %error, "batch webhook not delivered")
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! The Files and Batch APIs: OpenAI's (`/v1/files`, `/v1/batches`) and Anthropic's Message
+//! Batches (`/v1/messages/batches`).
+//!
+//! Uploads stream into ClickHouse line by line (`store.rs`); a driver task per batch
+//! (`driver.rs`) validates each line like an async request and publishes it at batch
+//! priority under the request id `<batch_id>-<line_no>`, checkpointing as it goes. Results
+//! land in `results` like any request's; a batch's status and counts are computed from
+//! ClickHouse on every read, so any replica answers for any batch, and output files are a
+//! join of the batch's lines with their results by request id, streamed as JSONL.
+
+pub mod anthropic;
+pub mod batches;
+pub mod driver;
+pub mod error;
+pub mod files;
+pub mod jsonl;
+pub mod store;
+pub mod webhooks;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::routing::{get, post};
+use axum::Router;
+
+pub use error::BatchError;
+pub use store::BatchStore;
+
+use crate::state::AppState;
+
+/// The routes of both batch APIs, merged into the main router.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/files", post(files::upload))
+        .route("/v1/files/{id}", get(files::retrieve))
+        .route("/v1/files/{id}/content", get(files::content))
+        .route("/v1/batches", post(batches::create).get(batches::list))
+        .route("/v1/batches/{id}", get(batches::retrieve))
+        .route("/v1/batches/{id}/cancel", post(batches::cancel))
+        .route(
+            "/v1/messages/batches",
+            post(anthropic::create).get(anthropic::list),
+        )
+        .route("/v1/messages/batches/{id}", get(anthropic::retrieve))
+        .route("/v1/messages/batches/{id}/cancel", post(anthropic::cancel))
+        .route("/v1/messages/batches/{id}/results", get(anthropic::results))
+}
+
+/// What the batch APIs share across handlers and drivers of one replica.
+#[derive(Default)]
+pub struct Batches {
+    /// Batches cancelled through this replica: their drivers stop at the next block
+    /// without waiting for ClickHouse (other replicas' cancels are read from there).
+    cancelled: Mutex<HashSet<String>>,
+    /// Batches whose driver runs on this replica.
+    driving: Mutex<HashSet<String>>,
+    /// The replica's shutdown: drivers stop at their next block (another start resumes
+    /// them from their checkpoint).
+    shutdown: std::sync::OnceLock<tokio_util::sync::CancellationToken>,
+}
+
+impl Batches {
+    pub(crate) fn mark_cancelled(&self, batch_id: &str) {
+        if let Ok(mut c) = self.cancelled.lock() {
+            c.insert(batch_id.to_string());
+        }
+    }
+
+    pub(crate) fn is_cancelled(&self, batch_id: &str) -> bool {
+        self.cancelled.lock().is_ok_and(|c| c.contains(batch_id))
+    }
+
+    /// Claims a batch for a driver on this replica; false if one already runs here.
+    pub(crate) fn claim(&self, batch_id: &str) -> bool {
+        self.driving
+            .lock()
+            .is_ok_and(|mut d| d.insert(batch_id.to_string()))
+    }
+
+    pub(crate) fn set_shutdown(&self, shutdown: tokio_util::sync::CancellationToken) {
+        let _ = self.shutdown.set(shutdown);
+    }
+
+    pub(crate) fn shutting_down(&self) -> bool {
+        self.shutdown
+            .get()
+            .is_some_and(tokio_util::sync::CancellationToken::is_cancelled)
+    }
+
+    pub(crate) fn release(&self, batch_id: &str) {
+        if let Ok(mut d) = self.driving.lock() {
+            d.remove(batch_id);
+        }
+    }
+}
+
+/// Row versions for ReplacingMergeTree: microseconds, strictly increasing in this process.
+pub(crate) fn next_version() -> u64 {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = (sluice_schemas::now_ms().max(0) as u64) * 1000;
+    let mut prev = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(prev + 1);
+        match LAST.compare_exchange(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(p) => prev = p,
+        }
+    }
+}
+
+/// The request id of line `line_no` of a batch. Deterministic: a driver that publishes a
+/// line again after a crash reuses it, so results and usage collapse on it.
+pub(crate) fn line_request_id(batch_id: &str, line_no: u32) -> String {
+    format!("{batch_id}-{line_no}")
+}
+
+/// The request-id range `[from, to)` holding every line of a batch (`-` sorts just before
+/// `.`), a primary-key range of `results`.
+pub(crate) fn request_id_range(batch_id: &str) -> (String, String) {
+    (format!("{batch_id}-"), format!("{batch_id}."))
+}
+
+/// Unix milliseconds as RFC 3339 (`2024-09-24T18:37:24.100435Z` style, millisecond
+/// precision), for Anthropic's timestamps.
+pub(crate) fn rfc3339(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_and_ranges() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_727_203_044_100), "2024-09-24T18:37:24.100Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        let (from, to) = request_id_range("batch_1");
+        let id = line_request_id("batch_1", 99_999);
+        assert!(from.as_str() <= id.as_str() && id.as_str() < to.as_str());
+        assert!(!("batch_10-1" >= from.as_str() && "batch_10-1" < to.as_str()));
+        let a = next_version();
+        assert!(next_version() > a);
+    }
+}
+
+/// The webhook signing secret from the configuration; its Debug never shows it.
+#[derive(Clone, serde::Deserialize)]
+#[serde(transparent)]
+pub struct WebhookSecret(String);
+
+impl std::fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WebhookSecret(..)")
+    }
+}
+
+impl WebhookSecret {
+    /// The signing key; `None` for a malformed secret (`Config::validate` refuses those).
+    pub fn parse(&self) -> Option<sluice_schemas::webhook::Secret> {
+        sluice_schemas::webhook::Secret::parse(&self.0).ok()
+    }
+}
+
+impl From<String> for WebhookSecret {
+    fn from(secret: String) -> WebhookSecret {
+        WebhookSecret(secret)
+    }
+}

@@ -1,0 +1,332 @@
+//! The batch tables in ClickHouse (`analytics/migrations/0005_batches.sql`).
+//!
+//! Rows go as RowBinary without server-side validation (ClickHouse 18.16 cannot validate):
+//! each field's Rust type is the exact type of its column.
+
+use clickhouse::query::RowCursor;
+use clickhouse::{Client, Row};
+use serde::{Deserialize, Serialize};
+
+use crate::config::ClickHouseConfig;
+
+#[derive(Debug, Clone, Row, Serialize, Deserialize)]
+pub struct FileRow {
+    pub file_id: String,
+    pub team: String,
+    pub purpose: String,
+    pub filename: String,
+    pub bytes: u64,
+    pub lines: u64,
+    pub created_at_ms: u64,
+}
+
+#[derive(Debug, Clone, Row, Serialize, Deserialize)]
+pub struct FileLineRow {
+    pub file_id: String,
+    pub line_no: u32,
+    pub line: String,
+}
+
+#[derive(Debug, Clone, Row, Serialize, Deserialize)]
+pub struct BatchRow {
+    pub batch_id: String,
+    pub team: String,
+    pub key_id: String,
+    /// `openai` or `anthropic`: how lines are read and results rendered.
+    pub dialect: String,
+    pub endpoint: String,
+    pub input_file_id: String,
+    pub completion_window: String,
+    /// `validating`, `in_progress` or `failed` as the driver wrote it; the status callers
+    /// see is derived (`batches.rs`).
+    pub status: String,
+    pub total_lines: u64,
+    /// Input lines validated and published (or rejected): the driver's checkpoint.
+    pub lines_done: u64,
+    pub created_at_ms: u64,
+    pub expires_at_ms: u64,
+    /// When the driver stopped for good (all lines, or a cancel); 0 while it runs.
+    pub published_at_ms: u64,
+    /// The caller's metadata, as a JSON object.
+    pub metadata: String,
+    pub webhook_url: String,
+    pub error_message: String,
+    pub version: u64,
+}
+
+#[derive(Debug, Clone, Row, Serialize, Deserialize)]
+pub struct CancelRow {
+    pub batch_id: String,
+    pub team: String,
+    pub cancelled_at_ms: u64,
+}
+
+#[derive(Debug, Clone, Row, Serialize, Deserialize)]
+pub struct LineRow {
+    pub batch_id: String,
+    pub line_no: u32,
+    pub custom_id: String,
+    /// '' when the line was not published (then `error_code` says why).
+    pub request_id: String,
+    pub error_code: String,
+    pub error_message: String,
+}
+
+/// One input line joined with its result ('' / 0 while it has none).
+#[derive(Debug, Clone, Row, Deserialize)]
+pub struct JoinedLine {
+    pub line_no: u32,
+    pub custom_id: String,
+    pub request_id: String,
+    pub error_code: String,
+    pub error_message: String,
+    pub status: String,
+    pub http_status: i32,
+    pub body: String,
+    pub error_kind: String,
+    pub model: String,
+}
+
+/// Counts behind a batch's status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Lines published (with a request id).
+    pub published: u64,
+    /// Lines rejected by validation.
+    pub invalid: u64,
+    /// Lines never published because the batch was cancelled first.
+    pub unstarted: u64,
+    /// Results landed, by kind.
+    pub succeeded: u64,
+    pub failed: u64,
+    pub expired: u64,
+    pub cancelled: u64,
+    /// When the last result finished.
+    pub last_finished_ms: u64,
+}
+
+impl Progress {
+    pub fn results(&self) -> u64 {
+        self.succeeded + self.failed + self.expired + self.cancelled
+    }
+}
+
+#[derive(Clone)]
+pub struct BatchStore {
+    client: Client,
+    database: String,
+}
+
+impl BatchStore {
+    pub fn new(config: &ClickHouseConfig) -> BatchStore {
+        let mut client = Client::default()
+            .with_url(&config.url)
+            .with_database(&config.database)
+            .with_validation(false)
+            .with_compression(clickhouse::Compression::None);
+        if let Some(user) = &config.user {
+            client = client.with_user(user);
+        }
+        if let Some(password) = &config.password {
+            client = client.with_password(password);
+        }
+        BatchStore {
+            client,
+            database: config.database.clone(),
+        }
+    }
+
+    pub async fn insert<R>(&self, table: &str, rows: &[R]) -> Result<(), clickhouse::error::Error>
+    where
+        R: clickhouse::RowOwned + clickhouse::RowWrite,
+    {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut insert = self.client.insert::<R>(table).await?;
+        for row in rows {
+            insert.write(row).await?;
+        }
+        insert.end().await
+    }
+
+    pub async fn file(
+        &self,
+        file_id: &str,
+        team: &str,
+    ) -> Result<Option<FileRow>, clickhouse::error::Error> {
+        let sql = format!(
+            "SELECT ?fields FROM {}.batch_files FINAL WHERE file_id = ? AND team = ? LIMIT 1",
+            self.database
+        );
+        self.client
+            .query(&sql)
+            .bind(file_id)
+            .bind(team)
+            .fetch_optional()
+            .await
+    }
+
+    /// The lines of a file from `from` on, in order, streamed.
+    pub fn file_lines(
+        &self,
+        file_id: &str,
+        from: u32,
+    ) -> Result<RowCursor<FileLineRow>, clickhouse::error::Error> {
+        let sql = format!(
+            "SELECT ?fields FROM {}.batch_file_lines FINAL \
+             WHERE file_id = ? AND line_no >= ? ORDER BY line_no",
+            self.database
+        );
+        self.client
+            .query(&sql)
+            .bind(file_id)
+            .bind(from)
+            .fetch::<FileLineRow>()
+    }
+
+    pub async fn batch(
+        &self,
+        batch_id: &str,
+        team: &str,
+    ) -> Result<Option<BatchRow>, clickhouse::error::Error> {
+        let sql = format!(
+            "SELECT ?fields FROM {}.batches FINAL WHERE batch_id = ? AND team = ? LIMIT 1",
+            self.database
+        );
+        self.client
+            .query(&sql)
+            .bind(batch_id)
+            .bind(team)
+            .fetch_optional()
+            .await
+    }
+
+    /// A team's batches of one dialect, newest first, older than `before` (a batch id).
+    pub async fn list(
+        &self,
+        team: &str,
+        dialect: &str,
+        before: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<BatchRow>, clickhouse::error::Error> {
+        let sql = format!(
+            "SELECT ?fields FROM {}.batches FINAL WHERE team = ? AND dialect = ? AND batch_id < ? \
+             ORDER BY batch_id DESC LIMIT ?",
+            self.database
+        );
+        // Ids are time-ordered (UUIDv7): `~` sorts after every id.
+        self.client
+            .query(&sql)
+            .bind(team)
+            .bind(dialect)
+            .bind(before.unwrap_or("~"))
+            .bind(limit)
+            .fetch_all()
+            .await
+    }
+
+    /// Batches whose driver has not finished (to resume at start-up).
+    pub async fn unfinished(&self) -> Result<Vec<BatchRow>, clickhouse::error::Error> {
+        let sql = format!(
+            "SELECT ?fields FROM {}.batches FINAL WHERE published_at_ms = 0 AND status != 'failed'",
+            self.database
+        );
+        self.client.query(&sql).fetch_all().await
+    }
+
+    pub async fn cancelled_at(&self, batch_id: &str) -> Result<u64, clickhouse::error::Error> {
+        let sql = format!(
+            "SELECT toUInt64(max(cancelled_at_ms)) FROM {}.batch_cancels WHERE batch_id = ?",
+            self.database
+        );
+        self.client.query(&sql).bind(batch_id).fetch_one().await
+    }
+
+    /// The custom_ids of lines already handled (a resumed driver keeps rejecting
+    /// duplicates).
+    pub async fn custom_ids(
+        &self,
+        batch_id: &str,
+        before_line: u32,
+    ) -> Result<Vec<String>, clickhouse::error::Error> {
+        let sql = format!(
+            "SELECT custom_id FROM {}.batch_lines FINAL \
+             WHERE batch_id = ? AND line_no < ? AND custom_id != ''",
+            self.database
+        );
+        self.client
+            .query(&sql)
+            .bind(batch_id)
+            .bind(before_line)
+            .fetch_all()
+            .await
+    }
+
+    pub async fn progress(&self, batch_id: &str) -> Result<Progress, clickhouse::error::Error> {
+        let lines_sql = format!(
+            "SELECT toUInt64(countIf(request_id != '')), \
+             toUInt64(countIf(request_id = '' AND error_code != 'batch_cancelled')), \
+             toUInt64(countIf(error_code = 'batch_cancelled')) \
+             FROM {}.batch_lines FINAL WHERE batch_id = ?",
+            self.database
+        );
+        let (published, invalid, unstarted): (u64, u64, u64) = self
+            .client
+            .query(&lines_sql)
+            .bind(batch_id)
+            .fetch_one()
+            .await?;
+        let (from, to) = super::request_id_range(batch_id);
+        let results_sql = format!(
+            "SELECT toUInt64(countIf(status = 'completed' AND http_status < 300)), \
+             toUInt64(countIf(status = 'expired')), \
+             toUInt64(countIf(status != 'expired' AND error_kind = 'client_disconnected')), \
+             toUInt64(count()), toUInt64(max(finished_at_ms)) \
+             FROM {}.results FINAL WHERE request_id >= ? AND request_id < ?",
+            self.database
+        );
+        let (succeeded, expired, cancelled, all, last_finished_ms): (u64, u64, u64, u64, u64) =
+            self.client
+                .query(&results_sql)
+                .bind(&from)
+                .bind(&to)
+                .fetch_one()
+                .await?;
+        Ok(Progress {
+            published,
+            invalid,
+            unstarted,
+            succeeded,
+            failed: all.saturating_sub(succeeded + expired + cancelled),
+            expired,
+            cancelled,
+            last_finished_ms,
+        })
+    }
+
+    /// Every line of a batch with its result, in line order, streamed. (Current ClickHouse
+    /// requires the subquery aliases; 18.16 accepts them.)
+    pub fn joined(
+        &self,
+        batch_id: &str,
+    ) -> Result<RowCursor<JoinedLine>, clickhouse::error::Error> {
+        let (from, to) = super::request_id_range(batch_id);
+        let db = &self.database;
+        let sql = format!(
+            "SELECT toUInt32(line_no), custom_id, request_id, error_code, error_message, \
+             status, toInt32(http_status), body, error_kind, model \
+             FROM (SELECT line_no, custom_id, request_id, error_code, error_message \
+                   FROM {db}.batch_lines FINAL WHERE batch_id = ?) AS l \
+             ANY LEFT JOIN (SELECT request_id, status, http_status, body, error_kind, model \
+                   FROM {db}.results FINAL WHERE request_id >= ? AND request_id < ?) AS r \
+             USING request_id ORDER BY line_no"
+        );
+        self.client
+            .query(&sql)
+            .bind(batch_id)
+            .bind(&from)
+            .bind(&to)
+            .fetch::<JoinedLine>()
+    }
+}

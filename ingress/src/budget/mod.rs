@@ -1,0 +1,432 @@
+//! Budgets with hard caps (docs/budgets.md): per team or key, per UTC day or month.
+//!
+//! Every replica keeps a live ledger ([`ledger::Ledger`]) fed from Kafka ([`feed`]):
+//! settled spend from the usage topic, and in-flight reservations from the audit topic's
+//! `accepted` events (its own and every other replica's). A request is admitted only if,
+//! for every budget that applies to it, spent + reserved + its own worst-case cost stays
+//! within the limit.
+
+pub mod admit;
+pub mod feed;
+pub mod ledger;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+use sluice_schemas::pricing::PriceTable;
+use sluice_schemas::Request;
+
+use crate::config::Config;
+use crate::error::ConfigError;
+pub use ledger::{Exceeded, Ledger};
+
+/// Whose spend a budget limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Team,
+    Key,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Team => "team",
+            Scope::Key => "key",
+        }
+    }
+}
+
+/// The budget's window: a UTC calendar day or month.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Period {
+    Day,
+    Month,
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+impl Period {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Period::Day => "day",
+            Period::Month => "month",
+        }
+    }
+
+    /// Start (ms since the epoch, UTC) of the period containing `at_ms`.
+    pub fn start_ms(self, at_ms: i64) -> i64 {
+        let day = at_ms.div_euclid(DAY_MS);
+        match self {
+            Period::Day => day * DAY_MS,
+            Period::Month => {
+                let (y, m, _) = civil_from_days(day);
+                days_from_civil(y, m, 1) * DAY_MS
+            }
+        }
+    }
+
+    /// Start of the period after the one containing `at_ms` (when a budget resets).
+    pub fn end_ms(self, at_ms: i64) -> i64 {
+        let start = self.start_ms(at_ms);
+        match self {
+            Period::Day => start + DAY_MS,
+            Period::Month => {
+                let (y, m, _) = civil_from_days(start.div_euclid(DAY_MS));
+                let (y, m) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+                days_from_civil(y, m, 1) * DAY_MS
+            }
+        }
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The date of a day number since 1970-01-01.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// `2026-12-01T00:00:00Z` for a period boundary.
+pub fn format_utc(ms: i64) -> String {
+    let day = ms.div_euclid(DAY_MS);
+    let (y, m, d) = civil_from_days(day);
+    let secs = ms.div_euclid(1000) - day * 86_400;
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// `[[budgets]]`: a spend limit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetConfig {
+    pub scope: Scope,
+    /// The team name (scope `team`) or key id (scope `key`).
+    pub subject: String,
+    pub period: Period,
+    /// The hard cap, in USD.
+    pub limit_usd: f64,
+    /// Fractions of the limit whose crossing (by settled spend) raises an alert.
+    #[serde(default = "default_alert_at")]
+    pub alert_at: Vec<f64>,
+}
+
+fn default_alert_at() -> Vec<f64> {
+    vec![0.5, 0.8, 1.0]
+}
+
+/// `[budget]`: how reservations are made and held.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BudgetSettings {
+    /// Completion tokens reserved for a request that sets no `max_tokens` /
+    /// `max_completion_tokens`.
+    pub default_completion_tokens: u32,
+    /// A reservation whose usage never arrives is released this long after the request's
+    /// deadline (covers a worker's last attempt and the usage event's way back).
+    #[serde(with = "crate::config::millis")]
+    pub reservation_grace_ms: Duration,
+    /// Most request ids remembered to ignore redelivered usage (at-least-once delivery).
+    pub dedup_window: usize,
+    /// Start-up fails if the ledger has not read the usage and audit topics up to their
+    /// ends within this time.
+    #[serde(with = "crate::config::millis")]
+    pub catch_up_timeout_ms: Duration,
+}
+
+impl Default for BudgetSettings {
+    fn default() -> Self {
+        BudgetSettings {
+            default_completion_tokens: 4096,
+            reservation_grace_ms: Duration::from_secs(120),
+            dedup_window: 500_000,
+            catch_up_timeout_ms: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Checks `[[budgets]]`, `[budget]` and `[[prices]]` (called by [`Config::validate`]).
+pub fn validate(config: &Config) -> Result<(), ConfigError> {
+    let field = |field: String, problem: &'static str| ConfigError::Field { field, problem };
+    for (i, p) in config.prices.iter().enumerate() {
+        if !p.is_valid() {
+            return Err(field(
+                format!("prices[{i}]"),
+                "prices must be finite and not negative",
+            ));
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, b) in config.budgets.iter().enumerate() {
+        let name = |f: &str| format!("budgets[{i}].{f}");
+        if b.subject.trim().is_empty() {
+            return Err(field(name("subject"), "must name a team or key id"));
+        }
+        if b.scope == Scope::Team && !sluice_schemas::topics::is_valid_team_name(&b.subject) {
+            return Err(field(
+                name("subject"),
+                "team names use letters, digits, '-' and '_' (at most 64)",
+            ));
+        }
+        if !b.limit_usd.is_finite() || b.limit_usd <= 0.0 || b.limit_usd > 1e9 {
+            return Err(field(
+                name("limit_usd"),
+                "must be a positive number of USD (at most 1e9)",
+            ));
+        }
+        let mut pcts = std::collections::HashSet::new();
+        for f in &b.alert_at {
+            if !f.is_finite() || *f <= 0.0 || *f > 1.0 {
+                return Err(field(
+                    name("alert_at"),
+                    "thresholds are fractions of the limit in (0, 1], e.g. [0.5, 0.8, 1.0]",
+                ));
+            }
+            if !pcts.insert((f * 100.0).round() as i32) {
+                return Err(field(
+                    name("alert_at"),
+                    "thresholds must differ by at least one percent",
+                ));
+            }
+        }
+        if !seen.insert((b.scope, b.subject.clone(), b.period)) {
+            return Err(field(
+                format!("budgets[{i}]"),
+                "a budget with this scope, subject and period is already configured",
+            ));
+        }
+    }
+    if !config.budgets.is_empty() && config.prices.is_empty() {
+        return Err(field(
+            "prices".into(),
+            "budgets need [[prices]] to price reservations (the same as the workers')",
+        ));
+    }
+    if config.budget.default_completion_tokens == 0 {
+        return Err(field(
+            "budget.default_completion_tokens".into(),
+            "must be at least 1",
+        ));
+    }
+    if config.budget.dedup_window == 0 {
+        return Err(field("budget.dedup_window".into(), "must be at least 1"));
+    }
+    Ok(())
+}
+
+/// The ingress's budgets: the ledger and how to price a request's reservation.
+pub struct Budgets {
+    pub ledger: Arc<Mutex<Ledger>>,
+    prices: PriceTable,
+    default_completion_tokens: u32,
+    grace_ms: i64,
+}
+
+impl Budgets {
+    pub fn new(config: &Config) -> Budgets {
+        Budgets {
+            ledger: Arc::new(Mutex::new(Ledger::new(
+                &config.budgets,
+                config.budget.dedup_window,
+            ))),
+            prices: PriceTable::new(&config.prices),
+            default_completion_tokens: config.budget.default_completion_tokens,
+            grace_ms: config.budget.reservation_grace_ms.as_millis() as i64,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ledger.lock().map_or(true, |l| l.is_empty())
+    }
+
+    /// The most `r` can cost: its counted prompt at the input price plus its completion cap
+    /// (or the configured default) at the output price, without cached-input discounts. A
+    /// model (or alias) without its own price is reserved at the dearest configured price.
+    pub fn max_cost_nanos(&self, r: &Request) -> i64 {
+        let prompt = r.prompt_tokens.max(0) as u32;
+        let completion = r
+            .max_tokens
+            .map_or(self.default_completion_tokens, |n| n.max(0) as u32);
+        self.prices
+            .max_cost_nanos([r.model.as_str()], prompt, completion)
+            .or_else(|| self.prices.max_cost_any_nanos(prompt, completion))
+            .unwrap_or(0)
+    }
+
+    /// Admits `r` under every budget that applies to it and holds its reservation, or
+    /// names the first budget it would exceed. Returns the reservation (0: no budget).
+    pub fn admit(&self, r: &Request, now_ms: i64) -> Result<i64, Exceeded> {
+        let Ok(mut ledger) = self.ledger.lock() else {
+            return Ok(0);
+        };
+        if !ledger.applies(&r.team, &r.key_id) {
+            return Ok(0);
+        }
+        let cost = self.max_cost_nanos(r);
+        ledger.admit(
+            &r.request_id,
+            &r.team,
+            &r.key_id,
+            cost,
+            now_ms,
+            r.deadline_ms.saturating_add(self.grace_ms),
+        )?;
+        Ok(cost)
+    }
+
+    /// Drops a reservation whose request was not published after all.
+    pub fn release(&self, request_id: &str) {
+        if let Ok(mut ledger) = self.ledger.lock() {
+            ledger.release(request_id);
+        }
+    }
+
+    pub fn grace_ms(&self) -> i64 {
+        self.grace_ms
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn load(toml: &str) -> Result<Config, String> {
+        use figment::providers::{Format, Toml};
+        let base = "[[models]]\nid = \"m\"\n[[prices]]\nmodel = \"m\"\ninput_per_million = 1.0\noutput_per_million = 2.0\n";
+        let config: Config = figment::Figment::from(Toml::string(&format!("{base}{toml}")))
+            .extract()
+            .map_err(|e| e.to_string())?;
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
+    #[test]
+    fn budgets_are_checked_at_start_up() {
+        let ok = load(
+            "[[budgets]]\nscope = \"team\"\nsubject = \"demo\"\nperiod = \"month\"\nlimit_usd = 10\n",
+        )
+        .unwrap();
+        assert_eq!(ok.budgets[0].alert_at, vec![0.5, 0.8, 1.0]);
+        assert_eq!(ok.budget.default_completion_tokens, 4096);
+        let bad = [
+            ("scope = \"org\"\nsubject = \"a\"\nperiod = \"day\"\nlimit_usd = 1", "org"),
+            ("scope = \"team\"\nsubject = \"a\"\nperiod = \"week\"\nlimit_usd = 1", "week"),
+            ("scope = \"team\"\nsubject = \"a\"\nperiod = \"day\"\nlimit_usd = 0", "budgets[0].limit_usd"),
+            ("scope = \"team\"\nsubject = \"a/b\"\nperiod = \"day\"\nlimit_usd = 1", "budgets[0].subject"),
+            ("scope = \"key\"\nsubject = \" \"\nperiod = \"day\"\nlimit_usd = 1", "budgets[0].subject"),
+            ("scope = \"key\"\nsubject = \"k\"\nperiod = \"day\"\nlimit_usd = 1\nalert_at = [1.5]", "budgets[0].alert_at"),
+            ("scope = \"key\"\nsubject = \"k\"\nperiod = \"day\"\nlimit_usd = 1\nwebhook = 1", "webhook"),
+        ];
+        for (toml, named) in bad {
+            let err = load(&format!("[[budgets]]\n{toml}\n")).unwrap_err();
+            assert!(err.contains(named), "{toml}: {err}");
+        }
+        let twice =
+            "[[budgets]]\nscope = \"key\"\nsubject = \"k\"\nperiod = \"day\"\nlimit_usd = 1\n";
+        let err = load(&format!("{twice}{twice}")).unwrap_err();
+        assert!(err.contains("budgets[1]"), "{err}");
+        let err = load("[budget]\ndefault_completion_tokens = 0\n").unwrap_err();
+        assert!(err.contains("default_completion_tokens"), "{err}");
+        // The example config loads, with the demo team's budget and the workers' prices.
+        let example = std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../config/ingress.toml"
+        ));
+        let config = Config::load(Some(example)).unwrap();
+        assert_eq!(config.budgets[0].subject, "demo");
+        assert_eq!(config.prices.len(), 4);
+    }
+
+    #[test]
+    fn reservations_price_the_prompt_and_the_completion_cap() {
+        let config = load(
+            "[[prices]]\nmodel = \"dear\"\ninput_per_million = 3.0\noutput_per_million = 15.0\n",
+        )
+        .unwrap();
+        let budgets = Budgets::new(&config);
+        let mut r = Request {
+            request_id: "r".into(),
+            team: "t".into(),
+            key_id: "k".into(),
+            priority: sluice_schemas::Priority::Standard,
+            model: "m".into(),
+            created_at_ms: 0,
+            deadline_ms: 0,
+            traceparent: None,
+            reply: None,
+            prompt_tokens: 100,
+            max_tokens: Some(10),
+            body: String::new(),
+            stream: false,
+            attributes: Default::default(),
+        };
+        // 100 * 1000 + 10 * 2000 nano-USD.
+        assert_eq!(budgets.max_cost_nanos(&r), 120_000);
+        // No cap: the configured default (4096 tokens).
+        r.max_tokens = None;
+        assert_eq!(budgets.max_cost_nanos(&r), 100_000 + 4096 * 2000);
+        // An alias without its own price: the dearest price configured.
+        r.model = "smart".into();
+        r.max_tokens = Some(10);
+        assert_eq!(budgets.max_cost_nanos(&r), 100 * 3000 + 10 * 15_000);
+    }
+
+    #[test]
+    fn periods_are_utc_calendar_days_and_months() {
+        // 2026-11-24T19:44:23Z
+        let t = 1_795_549_463_000;
+        assert_eq!(format_utc(Period::Day.start_ms(t)), "2026-11-24T00:00:00Z");
+        assert_eq!(format_utc(Period::Day.end_ms(t)), "2026-11-25T00:00:00Z");
+        assert_eq!(
+            format_utc(Period::Month.start_ms(t)),
+            "2026-11-01T00:00:00Z"
+        );
+        assert_eq!(format_utc(Period::Month.end_ms(t)), "2026-12-01T00:00:00Z");
+        // December rolls into the next year; a leap February has 29 days.
+        let dec = days_from_civil(2026, 12, 31) * DAY_MS + 5;
+        assert_eq!(
+            format_utc(Period::Month.end_ms(dec)),
+            "2027-01-01T00:00:00Z"
+        );
+        let feb = days_from_civil(2028, 2, 29) * DAY_MS;
+        assert_eq!(
+            format_utc(Period::Month.start_ms(feb)),
+            "2028-02-01T00:00:00Z"
+        );
+        assert_eq!(
+            format_utc(Period::Month.end_ms(feb)),
+            "2028-03-01T00:00:00Z"
+        );
+        assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
+        for day in [-1000, 0, 59, 10_000, 20_000, 30_000] {
+            let (y, m, d) = civil_from_days(day);
+            assert_eq!(days_from_civil(y, m, d), day);
+        }
+    }
+}

@@ -77,6 +77,7 @@ pub fn expected_reply(request: &Value, completion_tokens: u32) -> Reply {
     Reply {
         content: reply_text(&seed, completion_tokens),
         prompt_tokens: prompt,
+        cached_tokens: 0,
         completion_tokens,
         finish_reason,
     }

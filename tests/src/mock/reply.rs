@@ -27,6 +27,9 @@ pub enum FinishReason {
 pub struct Reply {
     pub content: String,
     pub prompt_tokens: u32,
+    /// Prompt tokens reported as served from the provider's prompt cache (part of
+    /// `prompt_tokens`); provider specific, 0 unless a provider module says otherwise.
+    pub cached_tokens: u32,
     pub completion_tokens: u32,
     pub finish_reason: FinishReason,
 }

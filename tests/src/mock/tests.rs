@@ -209,6 +209,29 @@ async fn expected_reply_matches_what_is_sent() {
 }
 
 #[tokio::test]
+async fn a_prompt_cache_key_reports_half_the_prompt_cached() {
+    let mock = mock(words(3)).await;
+    let mut request = chat("cache this prompt please");
+    let body: Value = post(&mock, &request).await.json().await.unwrap();
+    assert_eq!(body["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    request["prompt_cache_key"] = json!("k");
+    let expected = openai::expected_reply(&request, 3);
+    assert_eq!(expected.cached_tokens, expected.prompt_tokens / 2);
+    assert!(expected.cached_tokens > 0);
+    let body: Value = post(&mock, &request).await.json().await.unwrap();
+    assert_eq!(
+        body["usage"]["prompt_tokens_details"]["cached_tokens"],
+        expected.cached_tokens
+    );
+    request["stream"] = json!(true);
+    request["stream_options"] = json!({"include_usage": true});
+    let text = post(&mock, &request).await.text().await.unwrap();
+    let usage = format!("\"cached_tokens\":{}", expected.cached_tokens);
+    assert!(text.contains(&usage), "{text}");
+    mock.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn stream_without_usage() {
     let mock = mock(words(3)).await;
     let response = post(&mock, &streaming("ping 42", None)).await;

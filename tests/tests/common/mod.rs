@@ -18,6 +18,8 @@ pub const KEY_B: &str = "sk-test-team-b";
 /// Team A's key limited to 2 sync requests a minute.
 pub const KEY_LIMITED: &str = "sk-test-team-a-limited";
 pub const MODEL: &str = "gpt-4o-mini";
+/// The admin API's key in every test stack.
+pub const ADMIN_KEY: &str = "sk-test-admin";
 /// USD per million tokens for MODEL in every test stack.
 pub const PRICE_IN: f64 = 0.15;
 pub const PRICE_OUT: f64 = 0.6;
@@ -55,6 +57,16 @@ pub struct StackOptions {
     /// The ingress's `[guard]` section, as TOML without the `[guard]` prefix
     /// (`[default.pii]`, `[teams.team-a]`, `[[templates]]`, ...).
     pub guard_toml: String,
+    /// The ingress's `[server] webhook_secret` (batch and async-request webhooks).
+    pub webhook_secret: Option<String>,
+    /// The ingress's `[audit]` section, as TOML without the `[audit]` prefix
+    /// (`content = "full"`, `[teams]`).
+    pub audit_toml: String,
+    /// The ingress's `[[budgets]]` and `[budget]` sections, as TOML (docs/budgets.md). The
+    /// ingress always has MODEL's price.
+    pub budget_toml: String,
+    /// The analytics sink's `[[alert_webhooks]]` (budget alerts).
+    pub alert_webhooks: Vec<sluice_analytics::alerts::AlertWebhook>,
 }
 
 impl Default for StackOptions {
@@ -69,6 +81,10 @@ impl Default for StackOptions {
             extra_models: Vec::new(),
             max_in_flight: 64,
             guard_toml: String::new(),
+            webhook_secret: None,
+            audit_toml: String::new(),
+            budget_toml: String::new(),
+            alert_webhooks: Vec::new(),
         }
     }
 }
@@ -81,6 +97,8 @@ pub struct Stack {
     pub mock: MockProvider,
     pub http: reqwest::Client,
     pub shutdown: CancellationToken,
+    /// The first ingress's config (more replicas start from it).
+    pub ingress_config: sluice_ingress::Config,
     extra_worker_toml: String,
     max_in_flight: usize,
     worker_shutdown: Vec<(CancellationToken, JoinHandle<()>)>,
@@ -126,20 +144,39 @@ impl Stack {
                     tokenizer: None,
                 })
                 .collect(),
+            admin: sluice_ingress::config::AdminConfig {
+                key_sha256: Some(sluice_ingress::auth::hex_digest(ADMIN_KEY)),
+            },
             guard: {
                 use figment::providers::Format;
                 figment::Figment::from(figment::providers::Toml::string(&options.guard_toml))
                     .extract()
                     .expect("guard TOML")
             },
+            audit: {
+                use figment::providers::Format;
+                figment::Figment::from(figment::providers::Toml::string(&options.audit_toml))
+                    .extract()
+                    .expect("audit TOML")
+            },
+            prices: vec![sluice_schemas::pricing::Price {
+                model: MODEL.into(),
+                input_per_million: PRICE_IN,
+                output_per_million: PRICE_OUT,
+                cached_input_per_million: None,
+            }],
+            budgets: toml_section(&options.budget_toml, "budgets"),
+            budget: toml_section(&options.budget_toml, "budget"),
         };
         ingress.server.listen = "127.0.0.1:0".into();
         ingress.server.sync_timeout_ms = Duration::from_secs(30);
+        ingress.server.webhook_secret = options.webhook_secret.clone().map(Into::into);
         ingress.kafka.bootstrap = options.bootstrap.clone();
         ingress.kafka.topic_prefix = prefix.clone();
         ingress.kafka.produce_timeout_ms = options.produce_timeout;
         ingress.clickhouse.url = options.clickhouse_url.clone();
         ingress.clickhouse.database = database.clone();
+        let ingress_config = ingress.clone();
         let running = sluice_ingress::start(ingress, shutdown.clone())
             .await
             .expect("ingress starts (is Kafka up? scripts/services.sh start)");
@@ -151,6 +188,7 @@ impl Stack {
         analytics.clickhouse.url = clickhouse_url();
         analytics.clickhouse.database = database.clone();
         analytics.sink.flush_interval_ms = Duration::from_millis(200);
+        analytics.alert_webhooks = options.alert_webhooks.clone();
         // Tables exist before the test's first query.
         let client = sluice_analytics::client(&analytics.clickhouse);
         sluice_analytics::apply_migrations(&client, &database)
@@ -172,6 +210,7 @@ impl Stack {
             mock,
             http: reqwest::Client::new(),
             shutdown,
+            ingress_config,
             extra_worker_toml: options.extra_worker_toml.replace("{origin}", &mock_origin),
             max_in_flight: options.max_in_flight,
             worker_shutdown: Vec::new(),
@@ -224,6 +263,23 @@ output_per_million = {PRICE_OUT}
             extra = self.extra_worker_toml,
             max_in_flight = self.max_in_flight,
         )
+    }
+
+    /// Another ingress replica on the same topics, listening on its own reply partition;
+    /// `start` returns once it has read the keys topic.
+    pub async fn start_ingress_replica(&self, reply_partition: i32) -> IngressReplica {
+        let mut config = self.ingress_config.clone();
+        config.server.reply_partition = reply_partition;
+        config.server.instance_id = format!("ingress-{reply_partition}");
+        let shutdown = self.shutdown.child_token();
+        let running = sluice_ingress::start(config, shutdown.clone())
+            .await
+            .expect("ingress replica starts");
+        IngressReplica {
+            base: format!("http://{}", running.addr),
+            shutdown,
+            task: running.task,
+        }
     }
 
     pub fn add_worker(&mut self, id: &str) {
@@ -321,6 +377,21 @@ output_per_million = {PRICE_OUT}
     }
 }
 
+/// An ingress replica started by [`Stack::start_ingress_replica`].
+pub struct IngressReplica {
+    pub base: String,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl IngressReplica {
+    /// Stops serving (the stack's own ingress keeps running).
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(15), self.task).await;
+    }
+}
+
 /// Deletes the topics of a test's prefix, so repeated runs do not pile topics up on the
 /// shared broker.
 async fn delete_topics(bootstrap: &str, prefix: &str) {
@@ -344,6 +415,17 @@ async fn delete_topics(bootstrap: &str, prefix: &str) {
     let names: Vec<&str> = ours.iter().map(String::as_str).collect();
     if !names.is_empty() {
         let _ = admin.delete_topics(&names, &AdminOptions::new()).await;
+    }
+}
+
+/// `key` of a TOML text, or its default when absent.
+fn toml_section<T: serde::de::DeserializeOwned + Default>(toml: &str, key: &str) -> T {
+    use figment::providers::Format;
+    let figment = figment::Figment::from(figment::providers::Toml::string(toml));
+    if figment.contains(key) {
+        figment.extract_inner(key).expect("budget TOML")
+    } else {
+        T::default()
     }
 }
 

@@ -15,6 +15,8 @@
 //!   nothing.
 //! - completion tokens = `min(Behaviour::completion_tokens, max_completion_tokens or
 //!   max_tokens)`, finish reason "length" if the cap cut it, else "stop".
+//! - cached tokens (`usage.prompt_tokens_details.cached_tokens`) = half the prompt tokens,
+//!   rounded down, when the request sets `prompt_cache_key`; else 0.
 //!
 //! Files: this one decides each call's answer; `stream.rs` writes SSE events, `wire.rs`
 //! holds the response JSON types, `errors.rs` OpenAI's validation and error bodies,
@@ -85,9 +87,16 @@ pub fn expected_reply(request: &Value, completion_tokens: u32) -> Reply {
         .unwrap_or_default();
     let (completion_tokens, finish_reason) =
         reply::completion(completion_tokens, completion_cap(request));
+    let prompt_tokens = prompt_tokens(request);
+    let cached_tokens = if request.get("prompt_cache_key").is_some() {
+        prompt_tokens / 2
+    } else {
+        0
+    };
     Reply {
         content: reply_text(&seed, completion_tokens),
-        prompt_tokens: prompt_tokens(request),
+        prompt_tokens,
+        cached_tokens,
         completion_tokens,
         finish_reason,
     }

@@ -92,7 +92,10 @@ impl UsageJson {
             prompt_tokens: reply.prompt_tokens,
             completion_tokens: reply.completion_tokens,
             total_tokens: reply.prompt_tokens.saturating_add(reply.completion_tokens),
-            prompt_tokens_details: PromptTokensDetails::default(),
+            prompt_tokens_details: PromptTokensDetails {
+                cached_tokens: reply.cached_tokens,
+                audio_tokens: 0,
+            },
             completion_tokens_details: CompletionTokensDetails::default(),
         }
     }

@@ -35,6 +35,22 @@ pub const REPLY_KIND_CHUNK: &str = "chunk";
 pub const REPLY_KIND_RESULT: &str = "result";
 pub use topics::{Topic, Topics};
 
+/// Unix milliseconds as RFC 3339 in UTC: `2026-11-24T19:38:32Z`, or `…:32.125Z` with
+/// `millis` (out-of-range instants give an empty string).
+pub fn rfc3339(ms: i64, millis: bool) -> String {
+    use time::format_description::well_known::Rfc3339;
+    let Ok(at) = time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000)) else {
+        return String::new();
+    };
+    let Ok(text) = at.format(&Rfc3339) else {
+        return String::new();
+    };
+    match (millis, text.strip_suffix('Z')) {
+        (true, Some(head)) => format!("{head}.{:03}Z", ms.rem_euclid(1000)),
+        _ => text,
+    }
+}
+
 /// Milliseconds since the Unix epoch, the one time unit on the wire.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -173,7 +173,7 @@ impl Sender {
             let now = crate::now_ms() / 1000;
             let body = serde_json::to_vec(&json!({
                 "type": kind,
-                "timestamp": rfc3339(now),
+                "timestamp": crate::rfc3339(now * 1000, false),
                 "data": data,
             }))
             .map_err(WebhookError::Encode)?;
@@ -240,33 +240,6 @@ impl Default for Sender {
     }
 }
 
-/// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (UTC), without a date crate.
-fn rfc3339(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -308,9 +281,16 @@ mod tests {
 
     #[test]
     fn timestamps() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_614_265_330), "2021-02-25T15:02:10Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(crate::rfc3339(0, false), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            crate::rfc3339(1_614_265_330_000, false),
+            "2021-02-25T15:02:10Z"
+        );
+        assert_eq!(
+            crate::rfc3339(951_782_400_042, true),
+            "2000-02-29T00:00:00.042Z"
+        );
+        assert_eq!(crate::rfc3339(-1, true), "1969-12-31T23:59:59.999Z");
     }
 
     /// A one-connection-per-request HTTP endpoint answering the given statuses in turn,

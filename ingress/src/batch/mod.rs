@@ -121,29 +121,10 @@ pub(crate) fn request_id_range(batch_id: &str) -> (String, String) {
     (format!("{batch_id}-"), format!("{batch_id}."))
 }
 
-/// Unix milliseconds as RFC 3339 (`2024-09-24T18:37:24.100435Z` style, millisecond
-/// precision), for Anthropic's timestamps.
+/// Unix milliseconds as RFC 3339 with milliseconds (`2024-09-24T18:37:24.100Z`), for
+/// Anthropic's timestamps.
 pub(crate) fn rfc3339(ms: u64) -> String {
-    let secs = ms / 1000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms % 1000
-    )
+    sluice_schemas::rfc3339(ms.min(i64::MAX as u64) as i64, true)
 }
 
 #[cfg(test)]

@@ -58,66 +58,43 @@ impl Period {
 
     /// Start (ms since the epoch, UTC) of the period containing `at_ms`.
     pub fn start_ms(self, at_ms: i64) -> i64 {
-        let day = at_ms.div_euclid(DAY_MS);
+        let day = at_ms.div_euclid(DAY_MS) * DAY_MS;
         match self {
-            Period::Day => day * DAY_MS,
-            Period::Month => {
-                let (y, m, _) = civil_from_days(day);
-                days_from_civil(y, m, 1) * DAY_MS
-            }
+            Period::Day => day,
+            Period::Month => month_start(at_ms, 0).unwrap_or(day),
         }
     }
 
     /// Start of the period after the one containing `at_ms` (when a budget resets).
     pub fn end_ms(self, at_ms: i64) -> i64 {
-        let start = self.start_ms(at_ms);
+        let day = at_ms.div_euclid(DAY_MS) * DAY_MS;
         match self {
-            Period::Day => start + DAY_MS,
-            Period::Month => {
-                let (y, m, _) = civil_from_days(start.div_euclid(DAY_MS));
-                let (y, m) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-                days_from_civil(y, m, 1) * DAY_MS
-            }
+            Period::Day => day + DAY_MS,
+            Period::Month => month_start(at_ms, 1).unwrap_or(day + DAY_MS),
         }
     }
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = i64::from(m);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The date of a day number since 1970-01-01.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+/// Midnight UTC on the first day of the month containing `at_ms`, or of the next month
+/// (`ahead` = 1). None only for instants outside years ±9999.
+fn month_start(at_ms: i64, ahead: u8) -> Option<i64> {
+    let date = time::OffsetDateTime::from_unix_timestamp(at_ms.div_euclid(1000))
+        .ok()?
+        .date();
+    let (mut year, mut month) = (date.year(), date.month());
+    for _ in 0..ahead {
+        if month == time::Month::December {
+            year += 1;
+        }
+        month = month.next();
+    }
+    let first = time::Date::from_calendar_date(year, month, 1).ok()?;
+    Some(first.midnight().assume_utc().unix_timestamp() * 1000)
 }
 
 /// `2026-12-01T00:00:00Z` for a period boundary.
 pub fn format_utc(ms: i64) -> String {
-    let day = ms.div_euclid(DAY_MS);
-    let (y, m, d) = civil_from_days(day);
-    let secs = ms.div_euclid(1000) - day * 86_400;
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    sluice_schemas::rfc3339(ms, false)
 }
 
 /// `[[budgets]]`: a spend limit.
@@ -409,12 +386,14 @@ mod tests {
         );
         assert_eq!(format_utc(Period::Month.end_ms(t)), "2026-12-01T00:00:00Z");
         // December rolls into the next year; a leap February has 29 days.
-        let dec = days_from_civil(2026, 12, 31) * DAY_MS + 5;
+        // 2026-12-31T00:00:00.005Z
+        let dec = 1_798_675_200_005;
         assert_eq!(
             format_utc(Period::Month.end_ms(dec)),
             "2027-01-01T00:00:00Z"
         );
-        let feb = days_from_civil(2028, 2, 29) * DAY_MS;
+        // 2028-02-29T00:00:00Z
+        let feb = 1_835_395_200_000;
         assert_eq!(
             format_utc(Period::Month.start_ms(feb)),
             "2028-02-01T00:00:00Z"
@@ -424,9 +403,7 @@ mod tests {
             "2028-03-01T00:00:00Z"
         );
         assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
-        for day in [-1000, 0, 59, 10_000, 20_000, 30_000] {
-            let (y, m, d) = civil_from_days(day);
-            assert_eq!(days_from_civil(y, m, d), day);
-        }
+        assert_eq!(format_utc(dec), "2026-12-31T00:00:00Z");
+        assert_eq!(format_utc(feb), "2028-02-29T00:00:00Z");
     }
 }

@@ -240,24 +240,23 @@ fn new_secret() -> Result<String, ApiError> {
 }
 
 /// `POST /admin/keys`: a new key; its secret is in this answer and nowhere else.
+/// The fields a key's JSON body may have (create and update).
+const KEY_FIELDS: &[&str] = &[
+    "team",
+    "label",
+    "allowed_models",
+    "requests_per_minute",
+    "expires_at",
+    "ttl_seconds",
+];
+
 async fn create(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     authorize(&app, &headers)?;
-    let map = fields(
-        body,
-        &[
-            "team",
-            "label",
-            "allowed_models",
-            "requests_per_minute",
-            "expires_at",
-            "ttl_seconds",
-        ],
-        app.config.server.max_body_bytes,
-    )?;
+    let map = fields(body, KEY_FIELDS, app.config.server.max_body_bytes)?;
     let team = match map.get("team") {
         Some(Value::String(t)) if is_valid_team_name(t) => t.clone(),
         _ => {
@@ -401,18 +400,7 @@ async fn update(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&app, &headers)?;
-    let map = fields(
-        body,
-        &[
-            "team",
-            "label",
-            "allowed_models",
-            "requests_per_minute",
-            "expires_at",
-            "ttl_seconds",
-        ],
-        app.config.server.max_body_bytes,
-    )?;
+    let map = fields(body, KEY_FIELDS, app.config.server.max_body_bytes)?;
     if map.contains_key("team") {
         return Err(ApiError::InvalidParam {
             param: "team",

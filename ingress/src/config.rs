@@ -138,6 +138,27 @@ impl Default for ClickHouseConfig {
     }
 }
 
+impl ClickHouseConfig {
+    /// A client for the ingress's reads and small writes (lookups, batch files).
+    pub fn client(&self) -> clickhouse::Client {
+        let mut client = clickhouse::Client::default()
+            .with_url(&self.url)
+            .with_database(&self.database)
+            // ClickHouse 18.16 (Debian) cannot validate row types; casts in the queries
+            // pin the types instead.
+            .with_validation(false)
+            // Small requests: lz4 framing only adds a round of latency here.
+            .with_compression(clickhouse::Compression::None);
+        if let Some(user) = &self.user {
+            client = client.with_user(user);
+        }
+        if let Some(password) = &self.password {
+            client = client.with_password(password);
+        }
+        client
+    }
+}
+
 impl fmt::Debug for ClickHouseConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClickHouseConfig")

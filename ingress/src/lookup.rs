@@ -23,19 +23,7 @@ pub struct ResultStore {
 
 impl ResultStore {
     pub fn new(config: &ClickHouseConfig) -> ResultStore {
-        let mut client = Client::default()
-            .with_url(&config.url)
-            // ClickHouse 18.16 (Debian) cannot validate row types; casts in the queries
-            // below pin the types instead.
-            .with_validation(false)
-            // Small lookups: lz4 framing only adds a round of latency here.
-            .with_compression(clickhouse::Compression::None);
-        if let Some(user) = &config.user {
-            client = client.with_user(user);
-        }
-        if let Some(password) = &config.password {
-            client = client.with_password(password);
-        }
+        let client = config.client();
         ResultStore {
             client,
             database: config.database.clone(),

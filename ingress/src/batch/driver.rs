@@ -255,14 +255,36 @@ async fn drive(app: &AppState, row: &mut BatchRow) -> Result<(), BatchError> {
     let mut cursor = app
         .batches_store
         .file_lines(&row.input_file_id, row.lines_done as u32)?;
-    let mut stopped = false;
+    // Why the remaining lines are not published: (error code, message).
+    let mut stopped: Option<(&str, &str)> = None;
     loop {
         if app.batches.shutting_down() {
             return Err(BatchError::Api(ApiError::ShuttingDown));
         }
-        if !stopped && cancelled(app, &row.batch_id).await? {
+        if stopped.is_none() && cancelled(app, &row.batch_id).await? {
             tracing::info!(batch_id = %row.batch_id, lines_done = row.lines_done, "batch cancelled: no more lines published");
-            stopped = true;
+            stopped = Some((
+                "batch_cancelled",
+                "The batch was cancelled before this request started.",
+            ));
+        }
+        // A key revoked (or expired) while its batch runs stops the batch's publishing
+        // within one block, on every replica: lines already published still run.
+        if stopped.is_none() {
+            stopped = match app.keys.get(&row.key_id) {
+                Some(k) if k.record.revoked => Some((
+                    "key_revoked",
+                    "The batch's API key was revoked before this request was published.",
+                )),
+                Some(k) if k.expired(now_ms()) => Some((
+                    "key_expired",
+                    "The batch's API key expired before this request was published.",
+                )),
+                _ => None,
+            };
+            if let Some((code, _)) = stopped {
+                tracing::info!(batch_id = %row.batch_id, lines_done = row.lines_done, code, "batch key no longer valid: no more lines published");
+            }
         }
         let mut records = Vec::with_capacity(BLOCK);
         let mut lines = Vec::with_capacity(BLOCK);
@@ -272,15 +294,15 @@ async fn drive(app: &AppState, row: &mut BatchRow) -> Result<(), BatchError> {
                 end = true;
                 break;
             };
-            if stopped {
+            if let Some((code, message)) = stopped {
                 // Accounted for, never published: the batch's counts add up to its lines.
                 records.push(LineRow {
                     batch_id: row.batch_id.clone(),
                     line_no: input.line_no,
                     custom_id: custom_id_of(&input.line),
                     request_id: String::new(),
-                    error_code: "batch_cancelled".into(),
-                    error_message: "The batch was cancelled before this request started.".into(),
+                    error_code: code.into(),
+                    error_message: message.into(),
                 });
                 lines.push(None);
                 continue;

@@ -119,17 +119,7 @@ pub struct BatchStore {
 
 impl BatchStore {
     pub fn new(config: &ClickHouseConfig) -> BatchStore {
-        let mut client = Client::default()
-            .with_url(&config.url)
-            .with_database(&config.database)
-            .with_validation(false)
-            .with_compression(clickhouse::Compression::None);
-        if let Some(user) = &config.user {
-            client = client.with_user(user);
-        }
-        if let Some(password) = &config.password {
-            client = client.with_password(password);
-        }
+        let client = config.client();
         BatchStore {
             client,
             database: config.database.clone(),

@@ -790,3 +790,81 @@ async fn lines_left_when_the_window_ends_expire_without_reaching_the_provider() 
     );
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_revoked_mid_batch_stops_its_unpublished_lines() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let (status, created) = stack
+        .post("/admin/keys", ADMIN_KEY, json!({"team": "team-a"}))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let key = created["key"].as_str().expect("plaintext key").to_string();
+    let key_id = created["id"].as_str().expect("key id").to_string();
+    // Three of the driver's 2,000-line blocks: the revocation below lands long before the
+    // last one is read.
+    let total = 6_000u64;
+    let lines: Vec<String> = (0..total)
+        .map(|i| line(&format!("k-{i}"), "short"))
+        .collect();
+    let (status, file) = upload(&stack, &key, "batch", &lines.join("\n")).await;
+    assert_eq!(status, 200, "{file}");
+    let (status, batch) = stack
+        .post(
+            "/v1/batches",
+            &key,
+            json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions",
+                   "completion_window": "24h"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{batch}");
+    let id = batch["id"].as_str().expect("batch id").to_string();
+    let (status, revoked) = stack
+        .post(
+            &format!("/admin/keys/{key_id}/revoke"),
+            ADMIN_KEY,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{revoked}");
+
+    let batch = wait_batch(&stack, &format!("/v1/batches/{id}"), |b| {
+        b["status"] == "completed"
+    })
+    .await;
+    let counts = &batch["request_counts"];
+    let (completed, failed) = (
+        counts["completed"].as_u64().unwrap(),
+        counts["failed"].as_u64().unwrap(),
+    );
+    assert_eq!(
+        completed + failed,
+        total,
+        "every line accounted for: {batch}"
+    );
+    assert!(
+        failed >= 2_000,
+        "at least the last block was stopped: {batch}"
+    );
+    let (_, errors) = jsonl(
+        &stack,
+        &format!(
+            "/v1/files/{}/content",
+            batch["error_file_id"].as_str().unwrap()
+        ),
+        KEY_A,
+    )
+    .await;
+    assert_eq!(errors.len() as u64, failed);
+    assert!(
+        errors.iter().all(|e| e["error"]["code"] == "key_revoked"),
+        "{:?}",
+        &errors[..3]
+    );
+    // Only the lines published before the revocation reached the provider.
+    let usage = stack
+        .wait_count("SELECT count() FROM {db}.usage FINAL", completed, WAIT)
+        .await;
+    assert_eq!(usage, completed);
+    assert_eq!(stack.mock.call_count() as u64, completed);
+    stack.stop().await;
+}

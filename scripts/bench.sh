@@ -29,6 +29,9 @@
 #   BENCH_KAFKA_OPTIONS [""]   librdkafka settings added to the ingress's and the worker's
 #                              [kafka.options] for an experiment, e.g. '"linger.ms" = "0"'
 #   BENCH_ANALYTICS_KAFKA_OPTIONS [""]  the same for the analytics sink's consumer
+#   BENCH_BUDGET_USD [1000000]  the demo team's monthly budget in the ingress config: large
+#                              enough that the ledger and reservations run (their cost is
+#                              measured) but nothing is refused; "none" removes [[budgets]]
 #   BENCH_OUT [<repo>/.state/bench]           logs, loadgen JSON, results.md
 set -euo pipefail
 
@@ -58,6 +61,7 @@ STREAM_OPEN="${BENCH_STREAM_OPEN:-1000}"
 STREAM_SLOW_DELAY_MS="${BENCH_STREAM_SLOW_DELAY_MS:-400}"
 STREAM_IN_FLIGHT="${BENCH_STREAM_IN_FLIGHT:-1100}"
 CANCEL_SAMPLES="${BENCH_CANCEL_SAMPLES:-100}"
+BUDGET_USD="${BENCH_BUDGET_USD:-1000000}"
 DISCONNECT_AFTER="${BENCH_DISCONNECT_AFTER:-5}"
 RELAY_PORT="${BENCH_RELAY_PORT:-19181}"
 ANALYTICS_KAFKA_OPTIONS="${BENCH_ANALYTICS_KAFKA_OPTIONS:-}"
@@ -178,7 +182,12 @@ start_mock --completion-tokens 16
 # experiment's librdkafka settings (if any) appended.
 sed "s#http://127.0.0.1:9100#$MOCK#g" config/worker.toml >"$OUT/worker.toml"
 grep -q "$MOCK/v1" "$OUT/worker.toml" || die "config/worker.toml has no mock deployment on 127.0.0.1:9100"
-cp config/ingress.toml "$OUT/ingress.toml"
+if [[ $BUDGET_USD == none ]]; then
+  log "experiment: no [[budgets]] in the ingress config"
+  awk '/^\[/ { skip = ($0 == "[[budgets]]") } !skip { print }' config/ingress.toml >"$OUT/ingress.toml"
+else
+  sed "s/^limit_usd = .*/limit_usd = $BUDGET_USD/" config/ingress.toml >"$OUT/ingress.toml"
+fi
 # The streams scenario's cancel step: the deployment of $RELAY_MODEL goes through loadgen's
 # relay on RELAY_PORT (which forwards to the mock), so the relay sees when the worker closes
 # its provider connection. Nothing else calls that model.

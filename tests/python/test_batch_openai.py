@@ -99,7 +99,9 @@ def test_cancel_in_the_middle_through_the_sdk(stack):
     uploaded = upload(c, [request_line(f"c-{i}", "hello") for i in range(3000)])
     batch = c.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
                              completion_window="24h")
-    time.sleep(0.5)
+    # At once: the driver publishes 2,000-line blocks and checks for a cancel before each,
+    # so the second block is never published (a fast mock could finish everything in the
+    # time a sleep would give it).
     cancelled = c.batches.cancel(batch.id)
     assert cancelled.status in ("cancelling", "cancelled")
     done = wait_status(c, batch.id, {"cancelled"})

@@ -109,9 +109,17 @@ cat <<BANNER
       -H 'x-sluice-priority: batch' -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}'
     curl -s http://127.0.0.1:$INGRESS_PORT/v1/requests/<id> -H 'Authorization: Bearer sk-sluice-demo'
 
+  Keys (admin key sk-sluice-admin), budgets, batches:
+    curl -s http://127.0.0.1:$INGRESS_PORT/admin/keys -H 'Authorization: Bearer sk-sluice-admin' \
+      -d '{"team":"demo","label":"my-app"}'          # the new key is shown once
+    curl -s http://127.0.0.1:$INGRESS_PORT/v1/budgets -H 'Authorization: Bearer sk-sluice-demo'
+    OpenAI SDK: client.files.create(purpose="batch") + client.batches.create(...)   (docs/batch.md)
+
   Spend in ClickHouse (rows land within a second or two):
     clickhouse-client --port ${CH_TCP_PORT:-19000} -q 'SELECT * FROM sluice.spend_by_team_model_day'
     curl -s '$SLUICE_CLICKHOUSE_URL' --data-binary 'SELECT * FROM sluice.spend_by_team_day FORMAT PrettyCompact'
+
+    $BIN/sluice-analytics --config config/analytics.toml report spend --by team --days 7
 
   Logs: $LOG_DIR    Stop: Ctrl-C here, or scripts/run.sh stop
 

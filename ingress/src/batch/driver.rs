@@ -268,24 +268,6 @@ async fn drive(app: &AppState, row: &mut BatchRow) -> Result<(), BatchError> {
                 "The batch was cancelled before this request started.",
             ));
         }
-        // A key revoked (or expired) while its batch runs stops the batch's publishing
-        // within one block, on every replica: lines already published still run.
-        if stopped.is_none() {
-            stopped = match app.keys.get(&row.key_id) {
-                Some(k) if k.record.revoked => Some((
-                    "key_revoked",
-                    "The batch's API key was revoked before this request was published.",
-                )),
-                Some(k) if k.expired(now_ms()) => Some((
-                    "key_expired",
-                    "The batch's API key expired before this request was published.",
-                )),
-                _ => None,
-            };
-            if let Some((code, _)) = stopped {
-                tracing::info!(batch_id = %row.batch_id, lines_done = row.lines_done, code, "batch key no longer valid: no more lines published");
-            }
-        }
         let mut records = Vec::with_capacity(BLOCK);
         let mut lines = Vec::with_capacity(BLOCK);
         let mut end = false;
@@ -294,6 +276,14 @@ async fn drive(app: &AppState, row: &mut BatchRow) -> Result<(), BatchError> {
                 end = true;
                 break;
             };
+            // A key revoked (or expired) while its batch runs stops the batch's publishing
+            // at the next line, on every replica: lines already published still run.
+            if stopped.is_none() {
+                stopped = key_refusal(app, &row.key_id);
+                if let Some((code, _)) = stopped {
+                    tracing::info!(batch_id = %row.batch_id, line_no = input.line_no, code, "batch key no longer valid: no more lines published");
+                }
+            }
             if let Some((code, message)) = stopped {
                 // Accounted for, never published: the batch's counts add up to its lines.
                 records.push(LineRow {
@@ -329,7 +319,14 @@ async fn drive(app: &AppState, row: &mut BatchRow) -> Result<(), BatchError> {
             }
         }
         app.batches_store.insert("batch_lines", &records).await?;
-        publish_all(app, &mut records, &lines, row.expires_at_ms as i64).await?;
+        publish_all(
+            app,
+            &row.key_id,
+            &mut records,
+            &lines,
+            row.expires_at_ms as i64,
+        )
+        .await?;
         row.lines_done += records.len() as u64;
         if end {
             break;
@@ -342,6 +339,28 @@ async fn drive(app: &AppState, row: &mut BatchRow) -> Result<(), BatchError> {
     Ok(())
 }
 
+/// Why a line that passed validation was not published after all.
+enum Refusal {
+    Api(ApiError),
+    /// The batch's key was revoked or expired: (error code, message).
+    Key(&'static str, &'static str),
+}
+
+/// Why a batch's key may no longer publish lines: (error code, message).
+fn key_refusal(app: &AppState, key_id: &str) -> Option<(&'static str, &'static str)> {
+    match app.keys.get(key_id) {
+        Some(k) if k.record.revoked => Some((
+            "key_revoked",
+            "The batch's API key was revoked before this request was published.",
+        )),
+        Some(k) if k.expired(now_ms()) => Some((
+            "key_expired",
+            "The batch's API key expired before this request was published.",
+        )),
+        _ => None,
+    }
+}
+
 /// Publishes a block's lines concurrently. Kafka being unreachable interrupts the block
 /// (the driver retries it from its checkpoint). A budget that only in-flight reservations
 /// fill is waited for: those settle as answers arrive, so a batch paces itself to its
@@ -349,6 +368,7 @@ async fn drive(app: &AppState, row: &mut BatchRow) -> Result<(), BatchError> {
 /// is re-recorded with its error: the error file gets it.
 async fn publish_all(
     app: &AppState,
+    key_id: &str,
     records: &mut [LineRow],
     lines: &[Option<Line>],
     expires_at_ms: i64,
@@ -360,6 +380,10 @@ async fn publish_all(
         let mut queue_retries = 0;
         let mut delay = Duration::from_millis(100);
         loop {
+            // Lines wait here (for budget, for Kafka): the key may be revoked meanwhile.
+            if let Some((code, message)) = key_refusal(app, key_id) {
+                return Ok(Some(Refusal::Key(code, message)));
+            }
             match line.publish(app).await {
                 Ok(()) => return Ok(None),
                 Err(ApiError::QueueUnavailable(e)) if queue_retries < 8 => {
@@ -373,7 +397,7 @@ async fn publish_all(
                     tracing::debug!("batch line waits for budget reservations to settle");
                 }
                 Err(e @ ApiError::QueueUnavailable(_)) => return Err(e),
-                Err(e) => return Ok(Some(e)),
+                Err(e) => return Ok(Some(Refusal::Api(e))),
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(2));
@@ -382,10 +406,16 @@ async fn publish_all(
     .await;
     let mut refused = Vec::new();
     for (record, outcome) in records.iter_mut().zip(outcomes) {
-        if let Some(error) = outcome? {
-            reject(record, &error);
-            refused.push(record.clone());
+        match outcome? {
+            Some(Refusal::Api(error)) => reject(record, &error),
+            Some(Refusal::Key(code, message)) => {
+                record.error_code = code.into();
+                record.error_message = message.into();
+                record.request_id.clear();
+            }
+            None => continue,
         }
+        refused.push(record.clone());
     }
     if !refused.is_empty() {
         // Replaces the rows written before publishing (the last insert wins under FINAL).

@@ -793,16 +793,25 @@ async fn lines_left_when_the_window_ends_expire_without_reaching_the_provider() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_key_revoked_mid_batch_stops_its_unpublished_lines() {
-    let stack = Stack::start(StackOptions::default()).await;
+    // A slow provider and a team budget with room for ~8 reservations ($0.0025 each) pace the driver
+    // (it waits for reservations to settle), so the revocation lands while most lines are
+    // still unpublished, however fast the machine.
+    let stack = Stack::start(StackOptions {
+        behaviour: Behaviour {
+            latency: Latency::Fixed(Duration::from_millis(200)),
+            ..Behaviour::default()
+        },
+        budget_toml: "[[budgets]]\nscope = \"team\"\nsubject = \"team-a\"\nperiod = \"month\"\nlimit_usd = 0.02\n".into(),
+        ..StackOptions::default()
+    })
+    .await;
     let (status, created) = stack
         .post("/admin/keys", ADMIN_KEY, json!({"team": "team-a"}))
         .await;
     assert_eq!(status, 201, "{created}");
     let key = created["key"].as_str().expect("plaintext key").to_string();
     let key_id = created["id"].as_str().expect("key id").to_string();
-    // Three of the driver's 2,000-line blocks: the revocation below lands long before the
-    // last one is read.
-    let total = 6_000u64;
+    let total = 3_000u64;
     let lines: Vec<String> = (0..total)
         .map(|i| line(&format!("k-{i}"), "short"))
         .collect();

@@ -60,6 +60,17 @@ impl StoredKey {
     pub fn expired(&self, now_ms: i64) -> bool {
         self.record.expires_at_ms.is_some_and(|at| now_ms >= at)
     }
+
+    /// Why the key may not be used now (revoked or expired), if it may not.
+    pub fn refusal(&self, now_ms: i64) -> Option<ApiError> {
+        if self.record.revoked {
+            Some(ApiError::KeyRevoked)
+        } else if self.expired(now_ms) {
+            Some(ApiError::KeyExpired)
+        } else {
+            None
+        }
+    }
 }
 
 struct Entry {
@@ -307,11 +318,8 @@ impl KeyStore {
             _ => None,
         }
         .ok_or(ApiError::InvalidKey)?;
-        if entry.key.record.revoked {
-            return Err(ApiError::KeyRevoked);
-        }
-        if entry.key.expired(now_ms()) {
-            return Err(ApiError::KeyExpired);
+        if let Some(refusal) = entry.key.refusal(now_ms()) {
+            return Err(refusal);
         }
         Ok(Caller {
             key_id: entry.key.record.key_id.clone(),

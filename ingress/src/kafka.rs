@@ -22,6 +22,41 @@ pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
     cc
 }
 
+/// A consumer that is assigned partitions and never joins a group or commits offsets
+/// (reply, keys and ledger readers). `group_id` only names it to the broker. Apache Kafka
+/// answers a waiting fetch as soon as data arrives, so the wait bound adds no latency; a
+/// small minimum keeps messages flowing one by one.
+pub fn reader_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
+    let mut cc = client_config(kafka);
+    cc.set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("fetch.min.bytes", "1")
+        .set("fetch.wait.max.ms", "100");
+    cc
+}
+
+/// Runs `attempt` until it succeeds, for up to ~10 s: right after topic creation a topic
+/// may be missing from metadata, or its partitions may have no leader yet.
+pub async fn when_ready<T, F, Fut>(what: &str, mut attempt: F) -> Result<T, KafkaError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, KafkaError>>,
+{
+    let mut tries = 0;
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(error) if tries < 50 => {
+                tracing::debug!(%error, what, "not ready yet");
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
 /// The request producer. A 2xx is only returned after the broker acknowledged the write to
 /// all in-sync replicas, so these settings come after (and override) passthrough options.
 pub fn producer(kafka: &KafkaConfig) -> Result<FutureProducer, KafkaError> {

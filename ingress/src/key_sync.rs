@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::KeyStore;
 use crate::config::KafkaConfig;
 use crate::error::ApiError;
-use crate::kafka::client_config;
+use crate::kafka::{reader_config, when_ready};
 use crate::StartError;
 
 /// The keys topic has one partition: one total order of key changes.
@@ -48,29 +48,12 @@ pub async fn start(
     shutdown: CancellationToken,
     limit: Duration,
 ) -> Result<KeyLog, StartError> {
-    let mut cc = client_config(kafka);
     // No group membership: the partition is assigned and offsets are never committed.
-    cc.set("group.id", format!("{topic}-reader"))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .set("fetch.min.bytes", "1")
-        .set("fetch.wait.max.ms", "100");
+    let cc = reader_config(kafka, &format!("{topic}-reader"));
     let consumer: StreamConsumer = cc.create()?;
     let consumer = Arc::new(consumer);
     let watermarks: Arc<BaseConsumer> = Arc::new(cc.create()?);
-    // Right after topic creation the partition may not be in metadata yet: retry briefly.
-    let mut attempt = 0;
-    let high = loop {
-        match high_watermark(&watermarks, topic).await {
-            Ok(high) => break high,
-            Err(error) if attempt < 50 => {
-                tracing::debug!(%error, "keys partition not ready yet");
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(error) => return Err(error.into()),
-        }
-    };
+    let high = when_ready("keys partition", || high_watermark(&watermarks, topic)).await?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, PARTITION, Offset::Beginning)?;
     consumer.assign(&tpl)?;

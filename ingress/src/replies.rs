@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaConfig;
-use crate::kafka::client_config;
+use crate::kafka::{reader_config, when_ready};
 
 /// What a streaming caller receives: chunks in order, then the result.
 #[derive(Debug)]
@@ -124,29 +124,13 @@ pub async fn reply_consumer(
     topic: &str,
     partition: i32,
 ) -> Result<StreamConsumer, KafkaError> {
-    let mut cc = client_config(kafka);
-    // No group membership: the partition is assigned, offsets are never committed.
-    cc.set("group.id", format!("{topic}-reader"))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        // Apache Kafka answers a waiting fetch as soon as data arrives, so the wait bound
-        // adds no latency; a small minimum keeps replies flowing one by one.
-        .set("fetch.min.bytes", "1")
-        .set("fetch.wait.max.ms", "100");
-    let consumer: StreamConsumer = cc.create()?;
-    // Right after topic creation the partition may not be in metadata yet: retry briefly.
-    let mut attempt = 0;
-    let high = loop {
-        match consumer.fetch_watermarks(topic, partition, Duration::from_secs(5)) {
-            Ok((_, high)) => break high,
-            Err(error) if attempt < 50 => {
-                tracing::debug!(%error, "reply partition not ready yet");
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(error) => return Err(error),
-        }
-    };
+    let consumer: StreamConsumer = reader_config(kafka, &format!("{topic}-reader")).create()?;
+    let high = when_ready("reply partition", || async {
+        consumer
+            .fetch_watermarks(topic, partition, Duration::from_secs(5))
+            .map(|(_, high)| high)
+    })
+    .await?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Offset(high))?;
     consumer.assign(&tpl)?;

@@ -8,7 +8,6 @@ budget on team-b's demo key.
 
 import json
 import os
-import subprocess
 import tempfile
 import urllib.request
 import uuid
@@ -16,7 +15,8 @@ import uuid
 import openai
 import pytest
 
-from test_openai_client import BIN, CLICKHOUSE, KAFKA, MODEL, REPO, free_port, wait_http
+from test_openai_client import (BIN, CLICKHOUSE, KAFKA, MODEL, REPO, free_port, processes,
+                                wait_http)
 
 TEAM_B_KEY = "sk-sluice-team-b"  # config/ingress.toml: key id key_team_b, team team-b
 TINY_BUDGET = """
@@ -53,17 +53,7 @@ def budget_stack():
         SLUICE_CLICKHOUSE_DATABASE=f"sluice_{prefix}",
         SLUICE_SERVER_LISTEN=f"127.0.0.1:{ingress_port}",
     )
-    procs, logs = [], []
-
-    def start(name, *args, **extra):
-        log = open(os.path.join(tmp, f"{name}.log"), "w")
-        logs.append(log)
-        proc = subprocess.Popen([os.path.join(BIN, name), *args], env=dict(env, **extra),
-                                stdout=log, stderr=subprocess.STDOUT)
-        procs.append(proc)
-        return proc
-
-    try:
+    with processes(tmp, env) as start:
         mock = start("mock-provider", "--listen", f"127.0.0.1:{mock_port}", "--completion-tokens", "24")
         wait_http(f"http://127.0.0.1:{mock_port}/v1/models", mock, "mock provider")
         ingress = start("sluice-ingress", "--config", paths["ingress.toml"])
@@ -71,16 +61,6 @@ def budget_stack():
         start("sluice-worker", "--config", paths["worker.toml"],
               SLUICE_KAFKA_GROUP_ID=f"{prefix}-workers", SLUICE_WORKER_ID=f"{prefix}-w1")
         yield {"base_url": f"http://127.0.0.1:{ingress_port}/v1"}
-    finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in reversed(procs):
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        for log in logs:
-            log.close()
 
 
 def test_a_budget_refusal_is_a_rate_limit_error_the_sdk_does_not_retry(budget_stack):

@@ -5,6 +5,7 @@ ClickHouse from scripts/services.sh, under a topic prefix, consumer groups and d
 their own: mock provider, ingress, one worker and the analytics sink.
 """
 
+import contextlib
 import json
 import os
 import socket
@@ -50,6 +51,33 @@ def clickhouse(sql):
         return r.read().decode()
 
 
+@contextlib.contextmanager
+def processes(tmp, env):
+    """Starts binaries of target/debug with `env` (logs in `tmp`); stops them all on exit."""
+    procs, logs = [], []
+
+    def start(name, *args, **extra):
+        log = open(os.path.join(tmp, f"{name}.log"), "w")
+        logs.append(log)
+        proc = subprocess.Popen([os.path.join(BIN, name), *args], env=dict(env, **extra),
+                                stdout=log, stderr=subprocess.STDOUT)
+        procs.append(proc)
+        return proc
+
+    try:
+        yield start
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in reversed(procs):
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for log in logs:
+            log.close()
+
+
 @pytest.fixture(scope="module")
 def stack():
     for name in ("mock-provider", "sluice-ingress", "sluice-worker", "sluice-analytics"):
@@ -73,42 +101,23 @@ def stack():
         SLUICE_SERVER_LISTEN=f"127.0.0.1:{ingress_port}",
         SLUICE_SINK_FLUSH_INTERVAL_MS="200",
     )
-    procs = []
-    logs = []
-
-    def start(name, *args, **extra):
-        log = open(os.path.join(tmp, f"{name}.log"), "w")
-        logs.append(log)
-        proc = subprocess.Popen([os.path.join(BIN, name), *args], env=dict(env, **extra),
-                                stdout=log, stderr=subprocess.STDOUT)
-        procs.append(proc)
-        return proc
-
     try:
-        mock = start("mock-provider", "--listen", f"127.0.0.1:{mock_port}", "--completion-tokens", "24")
-        wait_http(f"http://127.0.0.1:{mock_port}/v1/models", mock, "mock provider")
-        ingress = start("sluice-ingress", "--config", os.path.join(REPO, "config", "ingress.toml"))
-        wait_http(f"http://127.0.0.1:{ingress_port}/healthz", ingress, "ingress")
-        start("sluice-analytics", "--config", os.path.join(REPO, "config", "analytics.toml"),
-              SLUICE_KAFKA_GROUP_ID=f"{prefix}-analytics")
-        start("sluice-worker", "--config", worker_config,
-              SLUICE_KAFKA_GROUP_ID=f"{prefix}-workers", SLUICE_WORKER_ID=f"{prefix}-w1")
-        yield {
-            "base_url": f"http://127.0.0.1:{ingress_port}/v1",
-            "mock_url": f"http://127.0.0.1:{mock_port}/v1",
-            "database": database,
-            "logs": tmp,
-        }
+        with processes(tmp, env) as start:
+            mock = start("mock-provider", "--listen", f"127.0.0.1:{mock_port}", "--completion-tokens", "24")
+            wait_http(f"http://127.0.0.1:{mock_port}/v1/models", mock, "mock provider")
+            ingress = start("sluice-ingress", "--config", os.path.join(REPO, "config", "ingress.toml"))
+            wait_http(f"http://127.0.0.1:{ingress_port}/healthz", ingress, "ingress")
+            start("sluice-analytics", "--config", os.path.join(REPO, "config", "analytics.toml"),
+                  SLUICE_KAFKA_GROUP_ID=f"{prefix}-analytics")
+            start("sluice-worker", "--config", worker_config,
+                  SLUICE_KAFKA_GROUP_ID=f"{prefix}-workers", SLUICE_WORKER_ID=f"{prefix}-w1")
+            yield {
+                "base_url": f"http://127.0.0.1:{ingress_port}/v1",
+                "mock_url": f"http://127.0.0.1:{mock_port}/v1",
+                "database": database,
+                "logs": tmp,
+            }
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in reversed(procs):
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        for log in logs:
-            log.close()
         try:
             clickhouse(f"DROP DATABASE IF EXISTS {database}")
         except Exception:

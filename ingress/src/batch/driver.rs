@@ -348,16 +348,15 @@ enum Refusal {
 
 /// Why a batch's key may no longer publish lines: (error code, message).
 fn key_refusal(app: &AppState, key_id: &str) -> Option<(&'static str, &'static str)> {
-    match app.keys.get(key_id) {
-        Some(k) if k.record.revoked => Some((
+    match app.keys.get(key_id)?.refusal(now_ms())? {
+        ApiError::KeyRevoked => Some((
             "key_revoked",
             "The batch's API key was revoked before this request was published.",
         )),
-        Some(k) if k.expired(now_ms()) => Some((
+        _ => Some((
             "key_expired",
             "The batch's API key expired before this request was published.",
         )),
-        _ => None,
     }
 }
 

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Ledger, Period};
 use crate::config::Config;
-use crate::kafka::{client_config, send};
+use crate::kafka::{reader_config, send, when_ready};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -59,13 +59,8 @@ pub async fn start(
     let usage_topic = topics.name(&Topic::Usage);
     let audit_topic = topics.name(&Topic::Audit);
 
-    let mut cc = client_config(&config.kafka);
     // No group membership: partitions are assigned, offsets never committed.
-    cc.set("group.id", format!("{}-budget-ledger", topics.prefix()))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .set("fetch.min.bytes", "1")
-        .set("fetch.wait.max.ms", "100");
+    let cc = reader_config(&config.kafka, &format!("{}-budget-ledger", topics.prefix()));
     let consumer: StreamConsumer = cc.create()?;
     let mut plan = Plan {
         tpl: TopicPartitionList::new(),
@@ -110,42 +105,20 @@ async fn plan_topic(
     from_ms: i64,
     plan: &mut Plan,
 ) -> Result<(), FeedError> {
-    // Right after topic creation the topic may not be in metadata yet: retry briefly.
-    let mut attempt = 0;
-    let partitions = loop {
-        let found = consumer
-            .fetch_metadata(Some(topic), WAIT)
-            .map(|m| {
-                m.topics()
-                    .iter()
-                    .find(|t| t.name() == topic)
-                    .map_or(0, |t| t.partitions().len() as i32)
-            })
-            .unwrap_or(0);
-        if found > 0 {
-            break found;
-        }
-        attempt += 1;
-        if attempt > 50 {
-            return Err(FeedError::Kafka(KafkaError::MetadataFetch(
+    let partitions = when_ready("ledger topic", || async {
+        let metadata = consumer.fetch_metadata(Some(topic), WAIT)?;
+        match metadata.topics().iter().find(|t| t.name() == topic) {
+            Some(t) if !t.partitions().is_empty() => Ok(t.partitions().len() as i32),
+            _ => Err(KafkaError::MetadataFetch(
                 rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
-            )));
+            )),
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    // The partitions may have no leader yet either (NotLeaderForPartition): retry briefly.
-    let mut attempt = 0;
-    let starts = loop {
-        match partition_starts(consumer, topic, partitions, from_ms) {
-            Ok(starts) => break starts,
-            Err(error) if attempt < 50 => {
-                tracing::debug!(%error, topic, "partitions not ready yet");
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(error) => return Err(error.into()),
-        }
-    };
+    })
+    .await?;
+    let starts = when_ready("ledger partitions", || async {
+        partition_starts(consumer, topic, partitions, from_ms)
+    })
+    .await?;
     for (p, start, high) in starts {
         plan.tpl
             .add_partition_offset(topic, p, Offset::Offset(start))?;

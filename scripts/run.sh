@@ -82,6 +82,9 @@ eval "$(services start)"
 trap on_exit EXIT INT TERM
 
 export RUST_LOG="${RUST_LOG:-info,rdkafka=warn}"
+# The guard example in config/ingress.toml (commented out as shipped) asks the mock provider's
+# /v1/moderations with a bearer token from this variable; the mock takes any token.
+export SLUICE_EXAMPLE_MODERATION_KEY="${SLUICE_EXAMPLE_MODERATION_KEY:-mock-moderation-key}"
 start mock-provider "$BIN/mock-provider" --listen "127.0.0.1:$MOCK_PORT" --latency-ms "$MOCK_LATENCY_MS"
 wait_http "http://127.0.0.1:$MOCK_PORT/v1/models" "mock provider"
 

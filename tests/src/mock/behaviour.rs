@@ -43,6 +43,11 @@ pub struct Behaviour {
     pub record_calls: bool,
     /// Only the most recent this many calls are kept.
     pub max_recorded_calls: usize,
+    /// `POST /v1/moderations` flags a text (category `violence`) that contains one of these
+    /// words, ASCII case ignored.
+    pub moderation_flag_words: Vec<String>,
+    /// `POST /v1/moderations` answers 500 instead of classifying.
+    pub moderation_fails: bool,
 }
 
 impl Default for Behaviour {
@@ -58,6 +63,8 @@ impl Default for Behaviour {
             requests_per_minute: None,
             record_calls: true,
             max_recorded_calls: 10_000,
+            moderation_flag_words: vec!["kill".into()],
+            moderation_fails: false,
         }
     }
 }

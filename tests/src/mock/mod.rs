@@ -88,6 +88,7 @@ impl MockProvider {
             behaviour: Mutex::new(behaviour),
             calls: Mutex::new(VecDeque::new()),
             received: AtomicU64::new(0),
+            moderations: AtomicU64::new(0),
             stopped,
         });
         // Paths no provider serves are answered in OpenAI's error shape.
@@ -161,6 +162,12 @@ impl MockProvider {
     /// Forget the recorded calls; [`MockProvider::call_count`] keeps counting.
     pub fn clear_calls(&self) {
         self.shared.calls().clear();
+    }
+
+    /// `POST /v1/moderations` calls received since start (not in [`MockProvider::calls`],
+    /// which holds generation calls).
+    pub fn moderation_count(&self) -> u64 {
+        self.shared.moderations.load(Ordering::Relaxed)
     }
 
     /// Requests received since start, recorded or not.
@@ -293,10 +300,15 @@ pub(crate) struct Shared {
     limiter: Mutex<Option<(NonZeroU32, governor::DefaultDirectRateLimiter)>>,
     calls: Mutex<VecDeque<RecordedCall>>,
     received: AtomicU64,
+    moderations: AtomicU64,
     stopped: watch::Receiver<()>,
 }
 
 impl Shared {
+    pub(crate) fn count_moderation(&self) {
+        self.moderations.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Takes one call from the provider's rate limit; the wait if it is exhausted.
     pub(crate) fn rate_limit(&self, per_minute: Option<NonZeroU32>) -> Option<Duration> {
         let per_minute = per_minute?;

@@ -901,3 +901,86 @@ async fn its_own_rate_limit_answers_429_with_retry_after() {
     assert_eq!(status, 429);
     assert_eq!(body["error"]["code"], "rate_limit_exceeded");
 }
+
+async fn moderate(mock: &MockProvider, body: &Value) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{}/moderations", mock.base_url()))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    error_of(response).await
+}
+
+#[tokio::test]
+async fn moderations_flag_the_marker_word_in_openais_shape() {
+    let mock = mock(Behaviour::default()).await;
+    let (status, body) = moderate(
+        &mock,
+        &json!({"input": ["How do I KILL a stuck process?", "Hello there"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["id"].as_str().unwrap().starts_with("modr-"), "{body}");
+    assert_eq!(body["model"], "omni-moderation-latest");
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    assert_eq!(results[0]["flagged"], true);
+    assert_eq!(results[0]["categories"]["violence"], true);
+    assert_eq!(results[0]["categories"]["hate"], false);
+    assert_eq!(
+        results[0]["category_applied_input_types"]["violence"],
+        json!(["text"])
+    );
+    assert!(results[0]["category_scores"]["violence"].as_f64().unwrap() > 0.5);
+    assert_eq!(results[1]["flagged"], false);
+    assert_eq!(results[1]["categories"].as_object().unwrap().len(), 13);
+    // "skill" contains the marker but is not the word.
+    let (_, body) = moderate(&mock, &json!({"input": "a skillful answer", "model": "m"})).await;
+    assert_eq!(body["model"], "m");
+    assert_eq!(body["results"][0]["flagged"], false);
+    // Content parts: text is classified, images never flagged.
+    let (_, body) = moderate(
+        &mock,
+        &json!({"input": [{"type": "text", "text": "kill"}, {"type": "image_url", "image_url": {"url": "x"}}]}),
+    )
+    .await;
+    assert_eq!(body["results"][0]["flagged"], true);
+    assert_eq!(body["results"][1]["flagged"], false);
+    assert_eq!(mock.moderation_count(), 3);
+    assert_eq!(
+        mock.call_count(),
+        0,
+        "moderation calls are not generation calls"
+    );
+}
+
+#[tokio::test]
+async fn moderations_validate_input_check_the_key_and_can_fail() {
+    let mock = mock(Behaviour {
+        api_key: Some("sk-right".into()),
+        ..Behaviour::default()
+    })
+    .await;
+    let (status, body) = moderate(&mock, &json!({"input": "hi"})).await;
+    assert_eq!(status, 401, "{body}");
+    let response = reqwest::Client::new()
+        .post(format!("{}/moderations", mock.base_url()))
+        .bearer_auth("sk-right")
+        .json(&json!({"model": "x"}))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = error_of(response).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["param"], "input");
+    assert_eq!(body["error"]["code"], "missing_required_parameter");
+
+    mock.set_behaviour(Behaviour {
+        moderation_fails: true,
+        ..Behaviour::default()
+    });
+    let (status, body) = moderate(&mock, &json!({"input": "hi"})).await;
+    assert_eq!(status, 500);
+    assert_eq!(body["error"]["type"], "server_error");
+}

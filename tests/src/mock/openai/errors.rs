@@ -164,7 +164,7 @@ fn json_type(value: &Value) -> &'static str {
     }
 }
 
-fn invalid_type(param: &str, expected: &str, got: &Value) -> ApiError {
+pub(super) fn invalid_type(param: &str, expected: &str, got: &Value) -> ApiError {
     ApiError::new(
         INVALID_REQUEST,
         Some("invalid_type"),
@@ -176,7 +176,7 @@ fn invalid_type(param: &str, expected: &str, got: &Value) -> ApiError {
     .with_param(param)
 }
 
-fn missing_parameter(param: &str) -> ApiError {
+pub(super) fn missing_parameter(param: &str) -> ApiError {
     ApiError::new(
         INVALID_REQUEST,
         Some("missing_required_parameter"),

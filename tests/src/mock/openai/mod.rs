@@ -1,5 +1,6 @@
 //! OpenAI Chat Completions as api.openai.com speaks it: `POST /v1/chat/completions`
-//! (JSON or `text/event-stream`), `GET /v1/models`, `GET /v1/models/{model}`, and OpenAI's
+//! (JSON or `text/event-stream`), `GET /v1/models`, `GET /v1/models/{model}`,
+//! `POST /v1/moderations` ([`moderations`]), and OpenAI's
 //! error shape `{"error": {"message", "type", "param", "code"}}` for everything that fails.
 //! Azure OpenAI's deployment path `POST /openai/deployments/{deployment}/chat/completions`
 //! is answered the same way, with the key taken from Azure's `api-key` header.
@@ -24,6 +25,7 @@
 
 mod errors;
 mod models;
+pub mod moderations;
 pub(super) mod stream;
 mod wire;
 
@@ -71,6 +73,7 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
             "/openai/deployments/{deployment}/chat/completions",
             post(chat_completions),
         )
+        .route("/v1/moderations", post(moderations::moderations))
         .route("/v1/models", get(models::list_models))
         .route("/v1/models/{model}", get(models::retrieve_model))
 }

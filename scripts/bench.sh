@@ -218,7 +218,7 @@ fi
 start_ingress() {
   start ingress "$OUT/ingress.log" SLUICE_SERVER_LISTEN="127.0.0.1:$INGRESS_PORT" \
     SLUICE_KAFKA_TOPIC_PREFIX="$PREFIX" SLUICE_CLICKHOUSE_DATABASE="$DB" -- \
-    "$BIN/sluice-ingress" --config "$OUT/ingress.toml"
+    "$BIN/sluice-ingress" --config "$OUT/ingress.toml" --demo
   wait_for ingress 60 curl -sf "$INGRESS/healthz"
 }
 # Each async step starts on a fresh ingress, so that no step inherits the previous one's

@@ -75,7 +75,7 @@ sed "s#http://127.0.0.1:9100#http://127.0.0.1:$MOCK_PORT#g" config/worker.toml >
 start mock env RUST_LOG=warn "$BIN/mock-provider" --listen "127.0.0.1:$MOCK_PORT" \
   --latency-ms "$MOCK_LATENCY_MS" --completion-tokens 16
 start ingress env "${COMMON[@]}" SLUICE_SERVER_LISTEN="127.0.0.1:$INGRESS_PORT" \
-  "$BIN/sluice-ingress" --config config/ingress.toml
+  "$BIN/sluice-ingress" --config config/ingress.toml --demo
 start analytics env "${COMMON[@]}" SLUICE_KAFKA_GROUP_ID="$PREFIX-analytics" \
   "$BIN/sluice-analytics" --config config/analytics.toml
 for ((w = 1; w <= WORKERS; w++)); do

@@ -90,7 +90,7 @@ wait_http "http://127.0.0.1:$MOCK_PORT/v1/models" "mock provider"
 
 # The ingress creates the topics; the sink applies the ClickHouse migrations.
 SLUICE_SERVER_LISTEN="127.0.0.1:$INGRESS_PORT" \
-  start ingress "$BIN/sluice-ingress" --config config/ingress.toml
+  start ingress "$BIN/sluice-ingress" --config config/ingress.toml --demo
 wait_http "http://127.0.0.1:$INGRESS_PORT/healthz" "ingress"
 start analytics "$BIN/sluice-analytics" --config config/analytics.toml
 for i in $(seq 1 "$WORKERS"); do

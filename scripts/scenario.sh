@@ -75,7 +75,7 @@ start mock "$BIN/mock-provider" --listen "127.0.0.1:$MOCK_PORT" \
 wait_http "http://127.0.0.1:$MOCK_PORT/v1/models"
 common_env=(SLUICE_KAFKA_TOPIC_PREFIX=$PREFIX SLUICE_CLICKHOUSE_DATABASE=$DB)
 start ingress env "${common_env[@]}" SLUICE_SERVER_LISTEN=127.0.0.1:$INGRESS_PORT \
-  "$BIN/sluice-ingress" --config config/ingress.toml
+  "$BIN/sluice-ingress" --config config/ingress.toml --demo
 wait_http "http://127.0.0.1:$INGRESS_PORT/healthz"
 start analytics env "${common_env[@]}" SLUICE_KAFKA_GROUP_ID=$PREFIX-analytics SLUICE_SINK_FLUSH_INTERVAL_MS=200 \
   "$BIN/sluice-analytics" --config config/analytics.toml

@@ -13,6 +13,9 @@ struct Args {
     /// Print the SHA-256 to put in `[[keys]]` for a plaintext key, then exit.
     #[arg(long, value_name = "KEY")]
     hash_key: Option<String>,
+    /// A local demo: accept the repository's published demo keys (scripts/run.sh passes it).
+    #[arg(long, env = "SLUICE_DEMO")]
+    demo: bool,
 }
 
 #[tokio::main]
@@ -32,6 +35,9 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let config = sluice_ingress::Config::load(args.config.as_deref())?;
+    if !args.demo {
+        sluice_ingress::demo::refuse_demo_secrets(&config)?;
+    }
     let shutdown = CancellationToken::new();
     let ingress = sluice_ingress::start(config, shutdown.clone()).await?;
     shutdown_on_signal(shutdown).await;

@@ -56,7 +56,7 @@ def budget_stack():
     with processes(tmp, env) as start:
         mock = start("mock-provider", "--listen", f"127.0.0.1:{mock_port}", "--completion-tokens", "24")
         wait_http(f"http://127.0.0.1:{mock_port}/v1/models", mock, "mock provider")
-        ingress = start("sluice-ingress", "--config", paths["ingress.toml"])
+        ingress = start("sluice-ingress", "--config", paths["ingress.toml"], "--demo")
         wait_http(f"http://127.0.0.1:{ingress_port}/healthz", ingress, "ingress")
         start("sluice-worker", "--config", paths["worker.toml"],
               SLUICE_KAFKA_GROUP_ID=f"{prefix}-workers", SLUICE_WORKER_ID=f"{prefix}-w1")

@@ -105,7 +105,7 @@ def stack():
         with processes(tmp, env) as start:
             mock = start("mock-provider", "--listen", f"127.0.0.1:{mock_port}", "--completion-tokens", "24")
             wait_http(f"http://127.0.0.1:{mock_port}/v1/models", mock, "mock provider")
-            ingress = start("sluice-ingress", "--config", os.path.join(REPO, "config", "ingress.toml"))
+            ingress = start("sluice-ingress", "--config", os.path.join(REPO, "config", "ingress.toml"), "--demo")
             wait_http(f"http://127.0.0.1:{ingress_port}/healthz", ingress, "ingress")
             start("sluice-analytics", "--config", os.path.join(REPO, "config", "analytics.toml"),
                   SLUICE_KAFKA_GROUP_ID=f"{prefix}-analytics")

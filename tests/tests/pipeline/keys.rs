@@ -506,3 +506,25 @@ async fn admin_api_refuses_bad_credentials_bodies_and_ids() {
     }
     stack.stop().await;
 }
+
+/// The demo keys are published: the real binary refuses to start with them unless told it
+/// runs a demo (`--demo`, as scripts/run.sh and the Python tests pass).
+#[test]
+fn the_ingress_binary_refuses_the_published_demo_keys_without_demo() {
+    let output = std::process::Command::new(workspace_bin("sluice-ingress"))
+        .arg("--config")
+        .arg(repo_root().join("config/ingress.toml"))
+        // Nothing listens here: the refusal comes before any connection.
+        .env("SLUICE_KAFKA_BOOTSTRAP", "127.0.0.1:1")
+        .env_remove("SLUICE_DEMO")
+        .output()
+        .expect("runs sluice-ingress");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr
+            .contains("`keys[0].sha256` is the digest of the published demo key `sk-sluice-demo`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--demo"), "{stderr}");
+}

@@ -51,6 +51,10 @@ pub struct Config {
     /// What audit events keep of prompts and completions, per team (docs/analytics.md).
     #[serde(default)]
     pub audit: crate::audit::AuditConfig,
+    /// Batch and async-request webhooks: allowed destinations and each team's signing
+    /// secret (docs/batch.md#webhooks).
+    #[serde(default)]
+    pub webhooks: crate::webhooks::WebhooksConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -72,9 +76,6 @@ pub struct ServerConfig {
     /// Largest total size of request header names and values (431 beyond). hyper refuses
     /// a request head over ~400 KiB before this check runs.
     pub max_header_bytes: usize,
-    /// Signs batch and async-request webhooks (Standard Webhooks, `whsec_<base64>` or any
-    /// string); unsigned without it. Never printed.
-    pub webhook_secret: Option<crate::batch::WebhookSecret>,
 }
 
 impl Default for ServerConfig {
@@ -87,7 +88,6 @@ impl Default for ServerConfig {
             instance_id: "ingress-0".into(),
             max_header_count: 64,
             max_header_bytes: 16 * 1024,
-            webhook_secret: None,
         }
     }
 }
@@ -292,14 +292,7 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if let Some(secret) = &self.server.webhook_secret {
-            if secret.parse().is_none() {
-                return Err(ConfigError::Field {
-                    field: "server.webhook_secret".into(),
-                    problem: "must be `whsec_<base64>` or a non-empty string",
-                });
-            }
-        }
+        crate::webhooks::Webhooks::from_config(&self.webhooks)?;
         for key in &self.keys {
             if key.sha256.len() != 64 || hex::decode(&key.sha256).is_err() {
                 return Err(ConfigError::Field {
@@ -368,8 +361,9 @@ impl Config {
 /// Durations in config are plain milliseconds (`*_ms` keys).
 /// The sections env vars may override. Other `SLUICE_*` variables (another service's, or
 /// the scripts' `SLUICE_STATE`) are not ours and must not trip `deny_unknown_fields`.
-const ENV_SECTIONS: [&str; 6] = [
+const ENV_SECTIONS: [&str; 7] = [
     "server",
+    "webhooks",
     "kafka",
     "clickhouse",
     "deadlines",

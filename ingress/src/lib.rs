@@ -19,6 +19,7 @@ pub mod replies;
 pub mod state;
 pub mod stream;
 pub mod tokens;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

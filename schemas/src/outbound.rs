@@ -22,6 +22,9 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 use url::{Host, Url};
 
+/// How long a submission-time DNS lookup may take.
+const LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// `[webhooks]` outbound settings an operator sets (the ingress and analytics).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -139,7 +142,10 @@ impl OutboundPolicy {
         let (url, route) = self.check(url)?;
         if route == Route::Public {
             if let Some(Host::Domain(name)) = url.host() {
-                let addrs = self.resolver.lookup(name).await?;
+                // Bounded: a caller's slow DNS must not hold its request open.
+                let addrs = tokio::time::timeout(LOOKUP_TIMEOUT, self.resolver.lookup(name))
+                    .await
+                    .map_err(|_| Refused::Unresolvable)??;
                 if addrs.is_empty() {
                     return Err(Refused::Unresolvable);
                 }

@@ -92,7 +92,7 @@ pub async fn create(
         }
         .into());
     }
-    let webhook_url = check_webhook(request.sluice.as_ref())?;
+    let webhook_url = check_webhook(&app, &caller.team, request.sluice.as_ref()).await?;
     let file_id = format!("file-{}", uuid::Uuid::now_v7().simple());
     let mut block = Vec::new();
     let mut bytes = 0u64;

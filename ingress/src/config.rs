@@ -76,6 +76,13 @@ pub struct ServerConfig {
     /// Largest total size of request header names and values (431 beyond). hyper refuses
     /// a request head over ~400 KiB before this check runs.
     pub max_header_bytes: usize,
+    /// The ingress's address as callers see it (`https://api.example.com`), for absolute
+    /// URLs it returns (Anthropic's `results_url`); none: from the `Host` header
+    /// (src/public_url.rs).
+    pub public_base_url: Option<String>,
+    /// Take the scheme of returned URLs from `X-Forwarded-Proto` (only behind a proxy that
+    /// sets it; otherwise a caller could name any scheme).
+    pub trust_forwarded_proto: bool,
 }
 
 impl Default for ServerConfig {
@@ -88,6 +95,8 @@ impl Default for ServerConfig {
             instance_id: "ingress-0".into(),
             max_header_count: 64,
             max_header_bytes: 16 * 1024,
+            public_base_url: None,
+            trust_forwarded_proto: false,
         }
     }
 }
@@ -293,6 +302,14 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         crate::webhooks::Webhooks::from_config(&self.webhooks)?;
+        if let Some(base) = &self.server.public_base_url {
+            if !crate::public_url::valid_base(base) {
+                return Err(ConfigError::Field {
+                    field: "server.public_base_url".into(),
+                    problem: "must be an absolute http(s) URL without userinfo, query or fragment",
+                });
+            }
+        }
         for key in &self.keys {
             if key.sha256.len() != 64 || hex::decode(&key.sha256).is_err() {
                 return Err(ConfigError::Field {

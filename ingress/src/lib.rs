@@ -15,6 +15,7 @@ pub mod guard;
 pub mod kafka;
 pub mod key_sync;
 pub mod lookup;
+pub mod public_url;
 pub mod replies;
 pub mod state;
 pub mod stream;

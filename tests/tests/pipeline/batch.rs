@@ -489,7 +489,25 @@ async fn anthropic_message_batches_have_anthropics_shapes() {
         json!({"processing": 0, "succeeded": 5, "errored": 1, "canceled": 0, "expired": 0}),
         "{ended}"
     );
-    assert!(ended["results_url"].as_str().unwrap().ends_with("/results"));
+    assert_eq!(
+        ended["results_url"],
+        format!("{}/v1/messages/batches/{id}/results", stack.base),
+        "the scheme and host the caller used"
+    );
+    // A caller's own X-Forwarded-Proto is not trusted unless the operator says a proxy
+    // sets it ([server] trust_forwarded_proto).
+    let spoofed: Value = stack
+        .http
+        .get(format!("{}{path}", stack.base))
+        .bearer_auth(KEY_A)
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(spoofed["results_url"], ended["results_url"]);
     assert!(ended["ended_at"].as_str().unwrap().ends_with('Z'));
     let (status, results) = jsonl(&stack, &format!("{path}/results"), KEY_A).await;
     assert_eq!(status, 200);

@@ -388,7 +388,10 @@ mod tests {
         let (url, mut seen) = endpoint(vec![503, 500, 204]).await;
         let secret = Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
         let sender = sender_for(&url, 5);
-        let data = json!({"batch_id": "batch_1", "status": "completed"});
+        // Caller text (batch metadata) is escaped by serde: quotes, comment markers and
+        // newlines stay inside one JSON string.
+        let data = json!({"batch_id": "batch_1", "status": "completed",
+                          "metadata": {"note": "\"*/ -- \n'; DROP TABLE usage"}});
         let delivered = sender
             .deliver(&url, Some(&secret), "evt_1", "batch.completed", &data)
             .await

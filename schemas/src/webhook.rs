@@ -460,11 +460,16 @@ mod tests {
         let localhost = format!("http://localhost:{port}/hook");
         let decimal = format!("http://2130706433:{port}/hook");
         let mapped = format!("http://[::ffff:127.0.0.1]:{port}/hook");
-        for target in [url.as_str(), &localhost, &decimal, &mapped] {
+        for target in [url.as_str(), &decimal, &mapped] {
             match sender.deliver(target, None, "e", "t", &json!({})).await {
-                Err(WebhookError::Refused(_)) => {}
+                Err(WebhookError::Refused(crate::outbound::Refused::Address(_))) => {}
                 other => panic!("{target}: expected a refusal, got {other:?}"),
             }
+        }
+        // A name passes the URL check; the client's resolver refuses it at connect time.
+        match sender.deliver(&localhost, None, "e", "t", &json!({})).await {
+            Err(WebhookError::Refused(crate::outbound::Refused::ResolvesPrivate)) => {}
+            other => panic!("{localhost}: expected the resolver's refusal, got {other:?}"),
         }
         assert!(seen.try_recv().is_err(), "the receiver got nothing");
     }

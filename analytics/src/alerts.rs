@@ -6,13 +6,19 @@
 //! replica emits its own copy, and the sink may consume a message twice). Delivery is
 //! at-least-once (an alert sent just before a crash, whose row was not written, is sent
 //! again); the `webhook-id` header is the alert id, so receivers drop the duplicate.
+//!
+//! The URLs are the operator's, but they go through the same outbound policy as tenants'
+//! webhooks (`sluice_schemas::outbound`): no loopback, private or link-local destination
+//! unless `[webhooks] allowed_hosts` names it, checked at start-up and by the delivery
+//! client's resolver at connect time. Every alert is signed (`secret_env` is required).
 
 use std::collections::HashSet;
 
 use clickhouse::Client;
 use serde::Deserialize;
 use serde_json::json;
-use sluice_schemas::webhook::{check_url, RetryPolicy, Secret, Sender};
+use sluice_schemas::outbound::{OutboundConfig, OutboundPolicy};
+use sluice_schemas::webhook::{RetryPolicy, Secret, Sender};
 
 use crate::error::Error;
 use crate::tables::{BudgetAlertRow, Table};
@@ -30,14 +36,15 @@ pub struct AlertWebhook {
     pub subject: String,
     /// Absolute http(s) URL.
     pub url: String,
-    /// Environment variable holding the signing secret (`whsec_<base64>`); none: unsigned.
+    /// Environment variable holding the signing secret (`whsec_<base64>`). Required:
+    /// alerts are always signed (start-up fails without it).
     #[serde(default)]
     pub secret_env: Option<String>,
 }
 
 struct Hook {
     config: AlertWebhook,
-    secret: Option<Secret>,
+    secret: Secret,
 }
 
 /// Sends budget alerts to their webhooks.
@@ -47,12 +54,17 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    /// Checks every webhook (scope, URL, secret present and well-formed) at start-up.
-    pub fn new(webhooks: &[AlertWebhook]) -> Result<Notifier, Error> {
+    /// Checks every webhook (scope, URL and destination, secret present and well-formed)
+    /// at start-up.
+    pub fn new(webhooks: &[AlertWebhook], outbound: &OutboundConfig) -> Result<Notifier, Error> {
         let bad = |problem| Error::ConfigField {
             field: "alert_webhooks",
             problem,
         };
+        let outbound = OutboundPolicy::new(outbound).map_err(|_| Error::ConfigField {
+            field: "webhooks.allowed_hosts",
+            problem: "entries must be host:port (e.g. \"127.0.0.1:9999\") or a host name",
+        })?;
         let mut hooks = Vec::with_capacity(webhooks.len());
         for w in webhooks {
             if w.scope != "team" && w.scope != "key" {
@@ -61,27 +73,26 @@ impl Notifier {
             if w.subject.trim().is_empty() {
                 return Err(bad("subject must name a team or key id, or be \"*\""));
             }
-            check_url(&w.url).map_err(|_| bad("url must be an absolute http(s) URL"))?;
-            let secret = match &w.secret_env {
-                None => None,
-                Some(var) => {
-                    let text = std::env::var(var).map_err(|_| {
-                        bad("secret_env names an environment variable that is not set")
-                    })?;
-                    Some(Secret::parse(&text).map_err(|_| {
-                        bad("the secret in secret_env must be whsec_<base64> or a non-empty string")
-                    })?)
-                }
-            };
+            outbound.check(&w.url).map_err(|_| {
+                bad("url must be an absolute http(s) URL without userinfo, to a public address or one in [webhooks] allowed_hosts")
+            })?;
+            let var = w
+                .secret_env
+                .as_ref()
+                .ok_or_else(|| bad("secret_env is required: budget alerts are always signed"))?;
+            let text = std::env::var(var)
+                .map_err(|_| bad("secret_env names an environment variable that is not set"))?;
+            let secret = Secret::parse(&text).map_err(|_| {
+                bad("the secret in secret_env must be whsec_<base64> or a non-empty string")
+            })?;
             hooks.push(Hook {
                 config: w.clone(),
                 secret,
             });
         }
-        Ok(Notifier {
-            hooks,
-            sender: Sender::new(RetryPolicy::default()),
-        })
+        let sender = Sender::new(RetryPolicy::default(), outbound)
+            .map_err(|_| bad("the webhook HTTP client could not be built"))?;
+        Ok(Notifier { hooks, sender })
     }
 
     pub fn is_active(&self) -> bool {
@@ -157,7 +168,7 @@ impl Notifier {
             let data = data.clone();
             tokio::spawn(async move {
                 match sender
-                    .deliver(&url, secret.as_ref(), &id, EVENT_TYPE, &data)
+                    .deliver(&url, Some(&secret), &id, EVENT_TYPE, &data)
                     .await
                 {
                     Ok(d) => {
@@ -202,23 +213,45 @@ mod tests {
         }
     }
 
+    const SECRET_VAR: &str = "SLUICE_TEST_ALERT_SECRET";
+
     #[test]
     fn webhooks_are_checked_and_matched_by_scope_and_subject() {
+        std::env::set_var(SECRET_VAR, "whsec_c2VjcmV0");
         let url = "https://hooks.example.com/x";
+        let strict = OutboundConfig::default();
+        let s = Some(SECRET_VAR);
         for bad in [
-            hook("org", "a", url, None),
-            hook("team", " ", url, None),
-            hook("team", "a", "ftp://x", None),
+            hook("org", "a", url, s),
+            hook("team", " ", url, s),
+            hook("team", "a", "ftp://x", s),
             hook("team", "a", url, Some("SLUICE_TEST_UNSET_SECRET_VAR")),
+            // Unsigned alerts are refused.
+            hook("team", "a", url, None),
+            // Operator URLs follow the outbound policy too.
+            hook("team", "a", "http://127.0.0.1:18123/?query=SELECT+1", s),
+            hook("team", "a", "http://169.254.169.254/latest/meta-data/", s),
+            hook("team", "a", "http://[::ffff:10.0.0.1]/", s),
+            hook("team", "a", "https://u:p@hooks.example.com/", s),
         ] {
-            assert!(Notifier::new(&[bad]).is_err());
+            assert!(Notifier::new(&[bad], &strict).is_err());
         }
-        let n =
-            Notifier::new(&[hook("team", "a", url, None), hook("key", "*", url, None)]).unwrap();
+        let n = Notifier::new(
+            &[hook("team", "a", url, s), hook("key", "*", url, s)],
+            &strict,
+        )
+        .unwrap();
         assert!(n.is_active());
         assert_eq!(n.hooks_for(&alert("team", "a")).count(), 1);
         assert_eq!(n.hooks_for(&alert("team", "b")).count(), 0);
         assert_eq!(n.hooks_for(&alert("key", "k1")).count(), 1);
-        assert!(!Notifier::new(&[]).unwrap().is_active());
+        assert!(!Notifier::new(&[], &strict).unwrap().is_active());
+        let local = OutboundConfig {
+            allowed_hosts: vec!["127.0.0.1:9999".into()],
+            https_only: false,
+        };
+        let hook_local = hook("team", "a", "http://127.0.0.1:9999/hook", s);
+        assert!(Notifier::new(std::slice::from_ref(&hook_local), &local).is_ok());
+        assert!(Notifier::new(&[hook_local], &strict).is_err());
     }
 }

@@ -15,7 +15,7 @@ use crate::error::Error;
 /// The sections this service reads. Environment variables of other sections (another
 /// service's `SLUICE_INGRESS_*`, or `SLUICE_STATE` of the service scripts) are not ours and
 /// must not trip `deny_unknown_fields`.
-const SECTIONS: [&str; 3] = ["kafka", "clickhouse", "sink"];
+const SECTIONS: [&str; 4] = ["kafka", "clickhouse", "sink", "webhooks"];
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,6 +29,10 @@ pub struct Config {
     /// Webhooks for budget alerts, per team or key (docs/budgets.md).
     #[serde(default)]
     pub alert_webhooks: Vec<crate::alerts::AlertWebhook>,
+    /// Where alert webhooks may go: `allowed_hosts` opens exact loopback or private
+    /// destinations (`host:port`), `https_only` refuses `http://` (docs/budgets.md).
+    #[serde(default)]
+    pub webhooks: sluice_schemas::outbound::OutboundConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -204,7 +204,7 @@ impl Sink {
             producer,
             topics,
             dead_letter_topic: names.name(&Topic::DeadLetter),
-            notifier: crate::alerts::Notifier::new(&config.alert_webhooks)?,
+            notifier: crate::alerts::Notifier::new(&config.alert_webhooks, &config.webhooks)?,
         })
     }
 

@@ -43,6 +43,7 @@ fn sink_config(prefix: &str, clickhouse: ClickHouseConfig) -> Config {
             shutdown_timeout_ms: Duration::from_secs(5),
         },
         alert_webhooks: Vec::new(),
+        webhooks: Default::default(),
     }
 }
 

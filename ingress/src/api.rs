@@ -228,6 +228,12 @@ async fn submit(
         Ok(a) => a,
         Err(e) => return app.reject(&caller, e, Dialect::OpenAi),
     };
+    if let Some(url) = &accepted.webhook_url {
+        // The destination's DNS answer, for a clear 400 now (delivery checks again).
+        if let Err(e) = app.webhooks.check(&caller.team, url).await {
+            return app.reject(&caller, ApiError::WebhookRefused(e), Dialect::OpenAi);
+        }
+    }
     if let Err(e) = accepted
         .policy
         .moderate_input(&accepted.moderation_input)
@@ -445,12 +451,9 @@ fn validate(
                 problem: "webhooks notify async requests; use POST /v1/requests",
             });
         }
-        if sluice_schemas::webhook::check_url(url).is_err() {
-            return Err(ApiError::InvalidParam {
-                param: "sluice.webhook_url",
-                problem: "expected an absolute http(s) URL",
-            });
-        }
+        app.webhooks
+            .check_now(&caller.team, url)
+            .map_err(ApiError::WebhookRefused)?;
     }
     if options.restore == Some(true) && matches!(mode, Mode::Async) {
         return Err(ApiError::InvalidParam {

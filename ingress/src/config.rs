@@ -51,6 +51,10 @@ pub struct Config {
     /// What audit events keep of prompts and completions, per team (docs/analytics.md).
     #[serde(default)]
     pub audit: crate::audit::AuditConfig,
+    /// Batch and async-request webhooks: allowed destinations and each team's signing
+    /// secret (docs/batch.md#webhooks).
+    #[serde(default)]
+    pub webhooks: crate::webhooks::WebhooksConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -72,9 +76,13 @@ pub struct ServerConfig {
     /// Largest total size of request header names and values (431 beyond). hyper refuses
     /// a request head over ~400 KiB before this check runs.
     pub max_header_bytes: usize,
-    /// Signs batch and async-request webhooks (Standard Webhooks, `whsec_<base64>` or any
-    /// string); unsigned without it. Never printed.
-    pub webhook_secret: Option<crate::batch::WebhookSecret>,
+    /// The ingress's address as callers see it (`https://api.example.com`), for absolute
+    /// URLs it returns (Anthropic's `results_url`); none: from the `Host` header
+    /// (src/public_url.rs).
+    pub public_base_url: Option<String>,
+    /// Take the scheme of returned URLs from `X-Forwarded-Proto` (only behind a proxy that
+    /// sets it; otherwise a caller could name any scheme).
+    pub trust_forwarded_proto: bool,
 }
 
 impl Default for ServerConfig {
@@ -87,7 +95,8 @@ impl Default for ServerConfig {
             instance_id: "ingress-0".into(),
             max_header_count: 64,
             max_header_bytes: 16 * 1024,
-            webhook_secret: None,
+            public_base_url: None,
+            trust_forwarded_proto: false,
         }
     }
 }
@@ -292,11 +301,12 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if let Some(secret) = &self.server.webhook_secret {
-            if secret.parse().is_none() {
+        crate::webhooks::Webhooks::from_config(&self.webhooks)?;
+        if let Some(base) = &self.server.public_base_url {
+            if !crate::public_url::valid_base(base) {
                 return Err(ConfigError::Field {
-                    field: "server.webhook_secret".into(),
-                    problem: "must be `whsec_<base64>` or a non-empty string",
+                    field: "server.public_base_url".into(),
+                    problem: "must be an absolute http(s) URL without userinfo, query or fragment",
                 });
             }
         }
@@ -368,8 +378,9 @@ impl Config {
 /// Durations in config are plain milliseconds (`*_ms` keys).
 /// The sections env vars may override. Other `SLUICE_*` variables (another service's, or
 /// the scripts' `SLUICE_STATE`) are not ours and must not trip `deny_unknown_fields`.
-const ENV_SECTIONS: [&str; 6] = [
+const ENV_SECTIONS: [&str; 7] = [
     "server",
+    "webhooks",
     "kafka",
     "clickhouse",
     "deadlines",

@@ -95,6 +95,8 @@ pub enum ApiError {
         param: &'static str,
         problem: &'static str,
     },
+    #[error("Invalid value for `sluice.webhook_url`: {0}")]
+    WebhookRefused(#[source] crate::webhooks::WebhookRefusal),
     #[error("{}", describe_budget(.0))]
     BudgetExceeded(Box<crate::budget::Exceeded>),
     #[error("Rate limit reached for this API key; retry after {} ms", retry_after.as_millis())]
@@ -276,6 +278,12 @@ impl ApiError {
                 "invalid_request_error",
                 Some("invalid_value"),
                 Some(param),
+            ),
+            WebhookRefused(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("invalid_value"),
+                Some("sluice.webhook_url"),
             ),
             BudgetExceeded(_) => (
                 StatusCode::TOO_MANY_REQUESTS,

@@ -16,10 +16,12 @@ pub mod guard;
 pub mod kafka;
 pub mod key_sync;
 pub mod lookup;
+pub mod public_url;
 pub mod replies;
 pub mod state;
 pub mod stream;
 pub mod tokens;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -74,9 +74,8 @@ pub struct AppState {
     pub batches_store: crate::batch::BatchStore,
     /// Batch cancellations and drivers of this replica.
     pub batches: crate::batch::Batches,
-    /// Batch and async-request webhooks.
-    pub webhooks: sluice_schemas::webhook::Sender,
-    pub webhook_secret: Option<sluice_schemas::webhook::Secret>,
+    /// Batch and async-request webhooks: destinations and each team's secret.
+    pub webhooks: crate::webhooks::Webhooks,
     recent: Mutex<Recent>,
     spread: AtomicU32,
 }
@@ -107,12 +106,9 @@ impl AppState {
             store: ResultStore::new(&config.clickhouse),
             batches_store: crate::batch::BatchStore::new(&config.clickhouse),
             batches: crate::batch::Batches::default(),
-            webhooks: sluice_schemas::webhook::Sender::default(),
-            webhook_secret: config
-                .server
-                .webhook_secret
-                .as_ref()
-                .and_then(crate::batch::WebhookSecret::parse),
+            // `Config::validate` checked it; if it fails anyway, every webhook is refused.
+            webhooks: crate::webhooks::Webhooks::from_config(&config.webhooks)
+                .unwrap_or_else(|_| crate::webhooks::Webhooks::disabled()),
             guard: Guard::default(),
             key_log: None,
             budgets: crate::budget::Budgets::new(&config),

@@ -7,6 +7,7 @@
 //! - [`openai`]: the OpenAI-compatible HTTP wire types the ingress accepts and returns.
 //!
 //! - [`webhook`]: Standard Webhooks signing and delivery with retries.
+//! - [`outbound`]: where webhooks may go (no loopback, private or link-local addresses).
 //!
 //! No runtime logic lives here (no Kafka clients) except webhook delivery, which the
 //! ingress and analytics must do identically.
@@ -15,6 +16,7 @@ pub mod audit_content;
 pub mod codec;
 pub mod error;
 pub mod openai;
+pub mod outbound;
 pub mod pricing;
 pub mod records;
 pub mod topics;

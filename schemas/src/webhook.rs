@@ -17,6 +17,8 @@ use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
+use crate::outbound::{OutboundPolicy, Route};
+
 pub const ID_HEADER: &str = "webhook-id";
 pub const TIMESTAMP_HEADER: &str = "webhook-timestamp";
 pub const SIGNATURE_HEADER: &str = "webhook-signature";
@@ -25,8 +27,11 @@ pub const SIGNATURE_HEADER: &str = "webhook-signature";
 pub enum WebhookError {
     #[error("webhook secret is not `whsec_<base64>` or is empty")]
     BadSecret,
-    #[error("webhook URL {0:?} is not an absolute http(s) URL")]
-    BadUrl(String),
+    /// The destination is not allowed (scheme, userinfo, a non-public address).
+    #[error("webhook destination refused: {0}")]
+    Refused(#[from] crate::outbound::Refused),
+    #[error("webhook HTTP client could not be built")]
+    Client(#[source] reqwest::Error),
     #[error("webhook event not serializable")]
     Encode(#[source] serde_json::Error),
     #[error("webhook endpoint answered {status} after {attempts} attempts")]
@@ -97,14 +102,6 @@ fn mac(secret: &Secret) -> Hmac<Sha256> {
     }
 }
 
-/// Checks a URL before it is stored: absolute http or https.
-pub fn check_url(url: &str) -> Result<(), WebhookError> {
-    match reqwest::Url::parse(url) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
-        _ => Err(WebhookError::BadUrl(url.to_string())),
-    }
-}
-
 /// How hard to try.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
@@ -136,21 +133,33 @@ pub struct Delivered {
     pub attempts: u32,
 }
 
-/// Sends webhooks; cheap to clone (one connection pool).
+/// Sends webhooks; cheap to clone (one connection pool per client).
 #[derive(Debug, Clone)]
 pub struct Sender {
-    client: reqwest::Client,
+    /// For allow-listed destinations.
+    allowed: reqwest::Client,
+    /// For everything else: its resolver refuses non-public addresses at connect time.
+    guarded: reqwest::Client,
+    outbound: std::sync::Arc<OutboundPolicy>,
     policy: RetryPolicy,
 }
 
 impl Sender {
-    pub fn new(policy: RetryPolicy) -> Sender {
-        let client = reqwest::Client::builder()
-            .timeout(policy.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap_or_default();
-        Sender { client, policy }
+    pub fn new(policy: RetryPolicy, outbound: OutboundPolicy) -> Result<Sender, WebhookError> {
+        // Never a fallback client on error: it would have the system resolver.
+        let (allowed, guarded) =
+            crate::outbound::clients(&outbound, policy.timeout).map_err(WebhookError::Client)?;
+        Ok(Sender {
+            allowed,
+            guarded,
+            outbound: std::sync::Arc::new(outbound),
+            policy,
+        })
+    }
+
+    /// The destination policy deliveries follow (for checks at submission).
+    pub fn outbound(&self) -> &OutboundPolicy {
+        &self.outbound
     }
 
     /// Delivers one event: 2xx is done; network errors, timeouts, 408, 429 and 5xx are
@@ -165,7 +174,13 @@ impl Sender {
         kind: &str,
         data: &Value,
     ) -> Result<Delivered, WebhookError> {
-        check_url(url)?;
+        // Again at delivery: the policy may have changed since the URL was stored, and
+        // reqwest does not call the resolver for IP-literal hosts.
+        let (url, route) = self.outbound.check(url)?;
+        let client = match route {
+            Route::AllowListed => &self.allowed,
+            Route::Public => &self.guarded,
+        };
         let mut delay = self.policy.first_delay;
         let mut attempt = 0;
         loop {
@@ -177,9 +192,8 @@ impl Sender {
                 "data": data,
             }))
             .map_err(WebhookError::Encode)?;
-            let mut request = self
-                .client
-                .post(url)
+            let mut request = client
+                .post(url.clone())
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .header(ID_HEADER, id)
                 .header(TIMESTAMP_HEADER, now.to_string());
@@ -214,6 +228,10 @@ impl Sender {
                     }
                 }
                 Err(source) => {
+                    // The guarded resolver's refusal is final, not a network error.
+                    if let Some(refused) = crate::outbound::refused_in(&source) {
+                        return Err(WebhookError::Refused(refused));
+                    }
                     if attempt >= self.policy.attempts {
                         return Err(WebhookError::Unreachable {
                             attempts: attempt,
@@ -231,12 +249,6 @@ impl Sender {
             tokio::time::sleep(wait).await;
             delay = (delay * 2).min(self.policy.max_delay);
         }
-    }
-}
-
-impl Default for Sender {
-    fn default() -> Self {
-        Sender::new(RetryPolicy::default())
     }
 }
 
@@ -274,9 +286,6 @@ mod tests {
         assert!(Secret::parse("").is_err());
         assert!(Secret::parse("whsec_!!").is_err());
         assert!(Secret::parse("plain-secret").is_ok());
-        assert!(check_url("https://example.com/hook").is_ok());
-        assert!(check_url("ftp://example.com").is_err());
-        assert!(check_url("/relative").is_err());
     }
 
     #[test]
@@ -305,7 +314,9 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let origin = url.clone();
         tokio::spawn(async move {
+            let url = origin;
             for status in statuses {
                 let (mut socket, _) = listener.accept().await.unwrap();
                 let mut buf = Vec::new();
@@ -332,12 +343,35 @@ mod tests {
                 };
                 tx.send((head, body)).unwrap();
                 let reply = format!(
-                    "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nretry-after: 0\r\nconnection: close\r\n\r\n"
+                    "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nretry-after: 0\r\nlocation: {url}/elsewhere\r\nconnection: close\r\n\r\n"
                 );
                 socket.write_all(reply.as_bytes()).await.unwrap();
             }
         });
         (url, rx)
+    }
+
+    /// A sender whose allow-list opens exactly `url`'s host and port.
+    fn sender_for(url: &str, attempts: u32) -> Sender {
+        let parsed = reqwest::Url::parse(url).unwrap();
+        let dest = format!("{}:{}", parsed.host_str().unwrap(), parsed.port().unwrap());
+        Sender::new(retry(attempts), allow(vec![dest])).unwrap()
+    }
+
+    fn retry(attempts: u32) -> RetryPolicy {
+        RetryPolicy {
+            attempts,
+            first_delay: Duration::from_millis(10),
+            ..RetryPolicy::default()
+        }
+    }
+
+    fn allow(allowed_hosts: Vec<String>) -> OutboundPolicy {
+        OutboundPolicy::new(&crate::outbound::OutboundConfig {
+            allowed_hosts,
+            https_only: false,
+        })
+        .unwrap()
     }
 
     fn header<'a>(head: &'a str, name: &str) -> &'a str {
@@ -353,12 +387,11 @@ mod tests {
     async fn retries_server_errors_with_the_same_id_and_valid_signatures() {
         let (url, mut seen) = endpoint(vec![503, 500, 204]).await;
         let secret = Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
-        let sender = Sender::new(RetryPolicy {
-            attempts: 5,
-            first_delay: Duration::from_millis(10),
-            ..RetryPolicy::default()
-        });
-        let data = json!({"batch_id": "batch_1", "status": "completed"});
+        let sender = sender_for(&url, 5);
+        // Caller text (batch metadata) is escaped by serde: quotes, comment markers and
+        // newlines stay inside one JSON string.
+        let data = json!({"batch_id": "batch_1", "status": "completed",
+                          "metadata": {"note": "\"*/ -- \n'; DROP TABLE usage"}});
         let delivered = sender
             .deliver(&url, Some(&secret), "evt_1", "batch.completed", &data)
             .await
@@ -390,10 +423,7 @@ mod tests {
     #[tokio::test]
     async fn client_errors_are_final() {
         let (url, _seen) = endpoint(vec![400]).await;
-        let sender = Sender::new(RetryPolicy {
-            first_delay: Duration::from_millis(10),
-            ..RetryPolicy::default()
-        });
+        let sender = sender_for(&url, 7);
         match sender.deliver(&url, None, "e", "t", &json!({})).await {
             Err(WebhookError::Rejected {
                 status: 400,
@@ -401,5 +431,75 @@ mod tests {
             }) => {}
             other => panic!("expected a final 400, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn redirects_are_answers_not_new_destinations() {
+        let (url, mut seen) = endpoint(vec![302, 204]).await;
+        match sender_for(&url, 3)
+            .deliver(&url, None, "e", "t", &json!({}))
+            .await
+        {
+            Err(WebhookError::Rejected {
+                status: 302,
+                attempts: 1,
+            }) => {}
+            other => panic!("expected a final 302, got {other:?}"),
+        }
+        let (head, _) = seen.recv().await.unwrap();
+        assert!(head.starts_with("POST /hook "), "{head}");
+        assert!(seen.try_recv().is_err(), "the Location was not followed");
+    }
+
+    #[tokio::test]
+    async fn a_loopback_receiver_is_refused_unless_allow_listed_and_never_contacted() {
+        let (url, mut seen) = endpoint(vec![204]).await;
+        let port = reqwest::Url::parse(&url).unwrap().port().unwrap();
+        // The allow-list names another port of the same host: still refused.
+        let sender = Sender::new(retry(3), allow(vec![format!("127.0.0.1:{}", port + 1)])).unwrap();
+        let localhost = format!("http://localhost:{port}/hook");
+        let decimal = format!("http://2130706433:{port}/hook");
+        let mapped = format!("http://[::ffff:127.0.0.1]:{port}/hook");
+        for target in [url.as_str(), &decimal, &mapped] {
+            match sender.deliver(target, None, "e", "t", &json!({})).await {
+                Err(WebhookError::Refused(crate::outbound::Refused::Address(_))) => {}
+                other => panic!("{target}: expected a refusal, got {other:?}"),
+            }
+        }
+        // A name passes the URL check; the client's resolver refuses it at connect time.
+        match sender.deliver(&localhost, None, "e", "t", &json!({})).await {
+            Err(WebhookError::Refused(crate::outbound::Refused::ResolvesPrivate)) => {}
+            other => panic!("{localhost}: expected the resolver's refusal, got {other:?}"),
+        }
+        assert!(seen.try_recv().is_err(), "the receiver got nothing");
+    }
+
+    #[tokio::test]
+    async fn a_name_rebound_to_loopback_after_submission_is_refused_at_connect_time() {
+        use std::net::{IpAddr, Ipv4Addr};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static LOOKUPS: AtomicUsize = AtomicUsize::new(0);
+        // Public at the first lookup (submission), loopback afterwards (delivery).
+        let outbound = OutboundPolicy::default().with_fake_dns(|_| {
+            if LOOKUPS.fetch_add(1, Ordering::SeqCst) == 0 {
+                vec![IpAddr::V4(Ipv4Addr::new(93, 184, 215, 14))]
+            } else {
+                vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]
+            }
+        });
+        let (url, mut seen) = endpoint(vec![204]).await;
+        let port = reqwest::Url::parse(&url).unwrap().port().unwrap();
+        let target = format!("http://rebind.example:{port}/hook");
+        let sender = Sender::new(retry(3), outbound).unwrap();
+        assert!(sender.outbound().check_resolved(&target).await.is_ok());
+        match sender.deliver(&target, None, "e", "t", &json!({})).await {
+            Err(WebhookError::Refused(crate::outbound::Refused::ResolvesPrivate)) => {}
+            other => panic!("expected the resolver's refusal, got {other:?}"),
+        }
+        assert!(
+            LOOKUPS.load(Ordering::SeqCst) >= 2,
+            "delivery resolved again"
+        );
+        assert!(seen.try_recv().is_err(), "the receiver got nothing");
     }
 }

@@ -160,9 +160,7 @@ fn finish(
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), crate::WorkerError> {
     let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
     let topics = Topics::new(config.kafka.topic_prefix.clone());
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(config.worker.max_in_flight)
-        .build()
+    let http = crate::providers::http_client(config.worker.max_in_flight)
         .map_err(crate::WorkerError::Http)?;
     let producer = crate::publish::producer(&config.kafka)?;
     let cancellations = crate::cancel::Cancellations::default();

@@ -92,7 +92,7 @@ pub async fn create(
         }
         .into());
     }
-    let webhook_url = check_webhook(request.sluice.as_ref())?;
+    let webhook_url = check_webhook(&app, &caller.team, request.sluice.as_ref()).await?;
     let file_id = format!("file-{}", uuid::Uuid::now_v7().simple());
     let mut block = Vec::new();
     let mut bytes = 0u64;
@@ -139,7 +139,7 @@ pub async fn create(
     tracing::info!(batch_id = %row.batch_id, team = %row.team, lines = total, "message batch created");
     driver::spawn(Arc::clone(&app), row.clone());
     let view = view(&app, &row).await?;
-    Ok(Json(with_url(batch_object(&row, &view), &headers, &row)).into_response())
+    Ok(Json(with_url(&app, batch_object(&row, &view), &headers, &row)).into_response())
 }
 
 /// Request counts in Anthropic's terms: every line is processing until it ends.
@@ -186,15 +186,13 @@ pub(crate) fn batch_object(row: &BatchRow, view: &View) -> Value {
     })
 }
 
-/// `results_url` once the batch ended, absolute as Anthropic gives it.
-fn with_url(mut object: Value, headers: &HeaderMap, row: &BatchRow) -> Value {
+/// `results_url` once the batch ended, absolute as Anthropic gives it, with the scheme and
+/// host the caller used (`crate::public_url`).
+fn with_url(app: &AppState, mut object: Value, headers: &HeaderMap, row: &BatchRow) -> Value {
     if object["processing_status"] == "ended" {
-        let host = headers
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("localhost");
+        let base = crate::public_url::base_url(&app.config.server, headers);
         object["results_url"] = json!(format!(
-            "http://{host}/v1/messages/batches/{}/results",
+            "{base}/v1/messages/batches/{}/results",
             row.batch_id
         ));
     }
@@ -218,7 +216,7 @@ pub async fn retrieve(
 ) -> Result<Response, AnthropicError> {
     let row = find(&app, &headers, &id).await?;
     let view = view(&app, &row).await?;
-    Ok(Json(with_url(batch_object(&row, &view), &headers, &row)).into_response())
+    Ok(Json(with_url(&app, batch_object(&row, &view), &headers, &row)).into_response())
 }
 
 pub async fn list(
@@ -236,7 +234,7 @@ pub async fn list(
     let mut data = Vec::new();
     for row in rows.iter().take(limit as usize) {
         let view = view(&app, row).await?;
-        data.push(with_url(batch_object(row, &view), &headers, row));
+        data.push(with_url(&app, batch_object(row, &view), &headers, row));
     }
     Ok(Json(json!({
         "data": data,
@@ -254,7 +252,7 @@ pub async fn cancel(
 ) -> Result<Response, AnthropicError> {
     let row = find(&app, &headers, &id).await?;
     let view = request_cancel(&app, &row).await?;
-    Ok(Json(with_url(batch_object(&row, &view), &headers, &row)).into_response())
+    Ok(Json(with_url(&app, batch_object(&row, &view), &headers, &row)).into_response())
 }
 
 pub async fn results(

@@ -66,15 +66,24 @@ pub(crate) fn parse_window(window: &str) -> Option<Duration> {
     (secs > 0 && d <= MAX_WINDOW).then_some(d)
 }
 
-pub(crate) fn check_webhook(options: Option<&BatchOptions>) -> Result<String, BatchError> {
+/// The batch's webhook URL ("" for none), refused with a 400 naming `sluice.webhook_url`
+/// if the team has no signing secret or the destination is not allowed.
+pub(crate) async fn check_webhook(
+    app: &AppState,
+    team: &str,
+    options: Option<&BatchOptions>,
+) -> Result<String, BatchError> {
     let url = options
         .and_then(|o| o.webhook_url.clone())
         .unwrap_or_default();
     if !url.is_empty() {
-        sluice_schemas::webhook::check_url(&url).map_err(|e| BatchError::InvalidParam {
-            param: "sluice.webhook_url",
-            problem: e.to_string(),
-        })?;
+        app.webhooks
+            .check(team, &url)
+            .await
+            .map_err(|e| BatchError::InvalidParam {
+                param: "sluice.webhook_url",
+                problem: e.to_string(),
+            })?;
     }
     Ok(url)
 }
@@ -103,7 +112,7 @@ pub async fn create(
                 request.completion_window
             ),
         })?;
-    let webhook_url = check_webhook(request.sluice.as_ref())?;
+    let webhook_url = check_webhook(&app, &caller.team, request.sluice.as_ref()).await?;
     let file = app
         .batches_store
         .file(&request.input_file_id, &caller.team)

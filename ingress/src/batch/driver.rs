@@ -423,8 +423,8 @@ async fn publish_all(
     Ok(())
 }
 
-/// Waits for the batch to end, then delivers its webhook (Standard Webhooks, signed when a
-/// secret is configured, retried).
+/// Waits for the batch to end, then delivers its webhook (Standard Webhooks, signed with
+/// the team's secret, retried).
 async fn notify_when_ended(app: &AppState, row: &BatchRow) {
     let (view, current) = loop {
         if app.batches.shutting_down() {
@@ -460,13 +460,7 @@ async fn notify_when_ended(app: &AppState, row: &BatchRow) {
     let id = format!("{}-{}", current.batch_id, view.status);
     match app
         .webhooks
-        .deliver(
-            &current.webhook_url,
-            app.webhook_secret.as_ref(),
-            &id,
-            &kind,
-            &data,
-        )
+        .deliver(&current.team, &current.webhook_url, &id, &kind, &data)
         .await
     {
         Ok(d) => {

@@ -144,27 +144,3 @@ mod tests {
         assert!(next_version() > a);
     }
 }
-
-/// The webhook signing secret from the configuration; its Debug never shows it.
-#[derive(Clone, serde::Deserialize)]
-#[serde(transparent)]
-pub struct WebhookSecret(String);
-
-impl std::fmt::Debug for WebhookSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("WebhookSecret(..)")
-    }
-}
-
-impl WebhookSecret {
-    /// The signing key; `None` for a malformed secret (`Config::validate` refuses those).
-    pub fn parse(&self) -> Option<sluice_schemas::webhook::Secret> {
-        sluice_schemas::webhook::Secret::parse(&self.0).ok()
-    }
-}
-
-impl From<String> for WebhookSecret {
-    fn from(secret: String) -> WebhookSecret {
-        WebhookSecret(secret)
-    }
-}

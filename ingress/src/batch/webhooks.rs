@@ -43,11 +43,7 @@ pub fn watch_request(app: Arc<AppState>, request: &Request, url: String) {
             "url": format!("/v1/requests/{id}"),
         });
         let kind = format!("request.{}", stored.status);
-        match app
-            .webhooks
-            .deliver(&url, app.webhook_secret.as_ref(), &id, &kind, &data)
-            .await
-        {
+        match app.webhooks.deliver(&team, &url, &id, &kind, &data).await {
             Ok(d) => {
                 tracing::info!(request_id = %id, attempts = d.attempts, "request webhook delivered")
             }

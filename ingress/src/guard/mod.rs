@@ -170,8 +170,15 @@ impl Guard {
                 problem: "a built-in PII detector failed to compile (a build defect)",
             });
         }
-        // One pool of connections to the classifiers.
-        let http = reqwest::Client::new();
+        // One pool of connections to the classifiers. No redirects: a 3xx would resend the
+        // prompt (a 307 keeps the body) to wherever `Location` points.
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|_| ConfigError::Field {
+                field: "guard".into(),
+                problem: "the moderation HTTP client could not be built",
+            })?;
         let default = Arc::new(Policy::from_config(
             &config.default,
             "guard.default",

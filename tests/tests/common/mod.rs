@@ -32,6 +32,12 @@ pub fn clickhouse_url() -> String {
     std::env::var("SLUICE_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:18123".into())
 }
 
+/// `host:port` of an http URL, for `allowed_hosts` (a local receiver opts in).
+pub fn host_port(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.split('/').next().unwrap_or(rest).to_string()
+}
+
 pub fn unique(prefix: &str) -> String {
     format!(
         "{prefix}{}",
@@ -57,8 +63,9 @@ pub struct StackOptions {
     /// The ingress's `[guard]` section, as TOML without the `[guard]` prefix
     /// (`[default.pii]`, `[teams.team-a]`, `[[templates]]`, ...).
     pub guard_toml: String,
-    /// The ingress's `[server] webhook_secret` (batch and async-request webhooks).
-    pub webhook_secret: Option<String>,
+    /// The ingress's `[webhooks]` section (batch and async-request webhooks), as TOML
+    /// without the `[webhooks]` prefix: `allowed_hosts = [...]`, `[teams.team-a]`.
+    pub webhooks_toml: String,
     /// The ingress's `[audit]` section, as TOML without the `[audit]` prefix
     /// (`content = "full"`, `[teams]`).
     pub audit_toml: String,
@@ -67,6 +74,8 @@ pub struct StackOptions {
     pub budget_toml: String,
     /// The analytics sink's `[[alert_webhooks]]` (budget alerts).
     pub alert_webhooks: Vec<sluice_analytics::alerts::AlertWebhook>,
+    /// The analytics sink's `[webhooks] allowed_hosts` (local alert receivers opt in).
+    pub alert_allowed_hosts: Vec<String>,
 }
 
 impl Default for StackOptions {
@@ -81,7 +90,8 @@ impl Default for StackOptions {
             extra_models: Vec::new(),
             max_in_flight: 64,
             guard_toml: String::new(),
-            webhook_secret: None,
+            webhooks_toml: String::new(),
+            alert_allowed_hosts: Vec::new(),
             audit_toml: String::new(),
             budget_toml: String::new(),
             alert_webhooks: Vec::new(),
@@ -167,10 +177,15 @@ impl Stack {
             }],
             budgets: toml_section(&options.budget_toml, "budgets"),
             budget: toml_section(&options.budget_toml, "budget"),
+            webhooks: {
+                use figment::providers::Format;
+                figment::Figment::from(figment::providers::Toml::string(&options.webhooks_toml))
+                    .extract()
+                    .expect("webhooks TOML")
+            },
         };
         ingress.server.listen = "127.0.0.1:0".into();
         ingress.server.sync_timeout_ms = Duration::from_secs(30);
-        ingress.server.webhook_secret = options.webhook_secret.clone().map(Into::into);
         ingress.kafka.bootstrap = options.bootstrap.clone();
         ingress.kafka.topic_prefix = prefix.clone();
         ingress.kafka.produce_timeout_ms = options.produce_timeout;
@@ -189,6 +204,7 @@ impl Stack {
         analytics.clickhouse.database = database.clone();
         analytics.sink.flush_interval_ms = Duration::from_millis(200);
         analytics.alert_webhooks = options.alert_webhooks.clone();
+        analytics.webhooks.allowed_hosts = options.alert_allowed_hosts.clone();
         // Tables exist before the test's first query.
         let client = sluice_analytics::client(&analytics.clickhouse);
         sluice_analytics::apply_migrations(&client, &database)

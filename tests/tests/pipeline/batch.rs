@@ -12,14 +12,14 @@ use crate::common::*;
 const WAIT: Duration = Duration::from_secs(90);
 
 /// One OpenAI batch input line.
-fn line(custom_id: &str, text: &str) -> String {
+pub(crate) fn line(custom_id: &str, text: &str) -> String {
     json!({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
            "body": {"model": MODEL, "messages": [{"role": "user", "content": text}]}})
     .to_string()
 }
 
 /// `POST /v1/files` as the SDKs send it: multipart with `purpose` then `file`.
-async fn upload(stack: &Stack, key: &str, purpose: &str, content: &str) -> (u16, Value) {
+pub(crate) async fn upload(stack: &Stack, key: &str, purpose: &str, content: &str) -> (u16, Value) {
     let boundary = "sluice-test-boundary-7d1f";
     let body = format!(
         "--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\n{purpose}\r\n\
@@ -489,7 +489,25 @@ async fn anthropic_message_batches_have_anthropics_shapes() {
         json!({"processing": 0, "succeeded": 5, "errored": 1, "canceled": 0, "expired": 0}),
         "{ended}"
     );
-    assert!(ended["results_url"].as_str().unwrap().ends_with("/results"));
+    assert_eq!(
+        ended["results_url"],
+        format!("{}/v1/messages/batches/{id}/results", stack.base),
+        "the scheme and host the caller used"
+    );
+    // A caller's own X-Forwarded-Proto is not trusted unless the operator says a proxy
+    // sets it ([server] trust_forwarded_proto).
+    let spoofed: Value = stack
+        .http
+        .get(format!("{}{path}", stack.base))
+        .bearer_auth(KEY_A)
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(spoofed["results_url"], ended["results_url"]);
     assert!(ended["ended_at"].as_str().unwrap().ends_with('Z'));
     let (status, results) = jsonl(&stack, &format!("{path}/results"), KEY_A).await;
     assert_eq!(status, 200);
@@ -556,12 +574,16 @@ async fn webhook_receiver() -> (String, Received) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn webhooks_announce_an_ended_batch_and_an_async_result_signed_and_retried() {
     const SECRET: &str = "whsec_c2x1aWNlLXRlc3Qtc2VjcmV0";
+    let (url, received) = webhook_receiver().await;
     let stack = Stack::start(StackOptions {
-        webhook_secret: Some(SECRET.into()),
+        // The receiver is local: the operator opens exactly its port.
+        webhooks_toml: format!(
+            "allowed_hosts = [\"{}\"]\n[teams.team-a]\nsecret = \"{SECRET}\"\n",
+            host_port(&url)
+        ),
         ..StackOptions::default()
     })
     .await;
-    let (url, received) = webhook_receiver().await;
     let (_, file) = upload(
         &stack,
         KEY_A,

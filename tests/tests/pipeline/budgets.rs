@@ -129,9 +129,11 @@ async fn two_replicas_hold_a_team_budget_alert_once_and_a_restart_rebuilds_the_s
         alert_webhooks: vec![sluice_analytics::alerts::AlertWebhook {
             scope: "team".into(),
             subject: "team-a".into(),
-            url: hook_url,
+            url: hook_url.clone(),
             secret_env: Some(HOOK_SECRET_ENV.into()),
         }],
+        // The receiver is local: the operator opens exactly its port.
+        alert_allowed_hosts: vec![host_port(&hook_url)],
         behaviour: Behaviour {
             latency: Latency::Fixed(Duration::from_millis(150)),
             completion_tokens: COMPLETION,

@@ -13,6 +13,7 @@ mod keys;
 mod providers;
 mod scheduling;
 mod streaming;
+mod webhooks;
 
 use std::time::Duration;
 

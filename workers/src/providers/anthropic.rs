@@ -530,7 +530,7 @@ impl StreamTranslator for AnthropicStream {
                         "The provider failed mid-stream.",
                     )
                 });
-                out.push(error.to_json());
+                out.push(super::scrub::scrub(&error.to_json()).into_owned());
             }
             // ping, content_block_stop, and event types added later.
             _ => {}

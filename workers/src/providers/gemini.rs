@@ -513,7 +513,7 @@ impl StreamTranslator for GeminiStream {
     ) -> Result<(), ProviderError> {
         let value: Value = serde_json::from_str(data).map_err(ProviderError::Malformed)?;
         if let Some(error) = value.get("error") {
-            out.push(error_body(error).to_json());
+            out.push(super::scrub::scrub(&error_body(error).to_json()).into_owned());
             return Ok(());
         }
         let response: Response = serde_json::from_value(value).map_err(ProviderError::Malformed)?;

@@ -8,6 +8,7 @@ pub mod anthropic;
 pub mod azure;
 pub mod gemini;
 pub mod openai;
+pub mod scrub;
 pub mod translate;
 
 use std::collections::VecDeque;
@@ -207,6 +208,16 @@ pub(crate) fn passthrough_error(_status: u16, body: &str) -> (String, Option<Dur
     (body.to_string(), None)
 }
 
+/// The HTTP client of provider calls. It follows no redirects: a redirected call would
+/// carry the provider key (reqwest drops `Authorization` across hosts, not `x-api-key`,
+/// `api-key` or `x-goog-api-key`) to wherever the `Location` points. A 3xx is a failed call.
+pub fn http_client(max_idle_per_host: usize) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(max_idle_per_host)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+}
+
 /// Sends a JSON call and returns the body of a 2xx answer.
 pub(crate) async fn call_json(
     call: reqwest::RequestBuilder,
@@ -261,7 +272,8 @@ fn status_error(
     let (body, body_retry) = map_error(status, body);
     ProviderError::Status {
         status,
-        body,
+        // The caller gets this body: no hint of Sluice's key, no operator account ids.
+        body: scrub::scrub(&body).into_owned(),
         retry_after: header_retry.or(body_retry),
     }
 }
@@ -340,4 +352,103 @@ pub(crate) fn translate_events<T: StreamTranslator>(
         }
     })
     .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// A server at `/v1/messages` answering `status` with `body` and `location`, recording
+    /// the `x-api-key` of each request it gets.
+    async fn server(
+        status: u16,
+        body: &'static str,
+        location: Option<String>,
+    ) -> (String, Arc<Mutex<Vec<String>>>) {
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let record = Arc::clone(&seen);
+        let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
+            let record = Arc::clone(&record);
+            let location = location.clone();
+            async move {
+                let key = headers
+                    .get("x-api-key")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                record.lock().unwrap().push(key);
+                let mut response = axum::http::Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json");
+                if let Some(l) = location {
+                    response = response.header("location", l);
+                }
+                response.body(axum::body::Body::from(body)).unwrap()
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (url, seen)
+    }
+
+    fn anthropic(base_url: &str, key_env: &str) -> anthropic::Anthropic {
+        let config: anthropic::AnthropicConfig = serde_json::from_value(serde_json::json!({
+            "base_url": base_url, "api_key_env": key_env
+        }))
+        .unwrap();
+        anthropic::Anthropic::new(&config, "claude-x", http_client(4).unwrap())
+    }
+
+    fn request() -> Map<String, Value> {
+        serde_json::from_value(serde_json::json!({
+            "model": "claude-x", "messages": [{"role": "user", "content": "hi"}]
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_redirect_does_not_carry_the_provider_key_anywhere() {
+        std::env::set_var("SLUICE_TEST_REDIRECT_KEY", "sk-ant-api03-secret-key");
+        let (elsewhere, stolen) = server(200, "{}", None).await;
+        let (provider, seen) = server(307, "{}", Some(format!("{elsewhere}/v1/messages"))).await;
+        let client = anthropic(&provider, "SLUICE_TEST_REDIRECT_KEY");
+        let outcome = client.complete(request(), Duration::from_secs(5)).await;
+        assert!(
+            matches!(outcome, Err(ProviderError::Status { status: 307, .. })),
+            "{outcome:?}"
+        );
+        assert_eq!(seen.lock().unwrap().as_slice(), ["sk-ant-api03-secret-key"]);
+        assert!(
+            stolen.lock().unwrap().is_empty(),
+            "the Location got nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn provider_error_bodies_reach_the_caller_without_key_hints_or_org_ids() {
+        std::env::set_var("SLUICE_TEST_SCRUB_KEY", "sk-ant-api03-real-key");
+        let (provider, _) = server(
+            401,
+            r#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key sk-ant-api03-rea***key for organization org-Zx81ab3CDEfgHIjkLMno4pQr"}}"#,
+            None,
+        )
+        .await;
+        let client = anthropic(&provider, "SLUICE_TEST_SCRUB_KEY");
+        match client.complete(request(), Duration::from_secs(5)).await {
+            Err(ProviderError::Status {
+                status: 401, body, ..
+            }) => {
+                assert!(!body.contains("api03"), "{body}");
+                assert!(!body.contains("Zx81ab3"), "{body}");
+                let parsed: Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(parsed["error"]["type"], "authentication_error", "{body}");
+            }
+            other => panic!("expected the provider's 401, got {other:?}"),
+        }
+    }
 }

@@ -110,6 +110,11 @@ impl Provider for OpenAi {
             .bytes_stream()
             .eventsource()
             .map(|event| match event {
+                // A mid-stream error is the provider's text too: scrubbed like a status
+                // error's body. Content chunks pass unchanged.
+                Ok(event) if event.data.starts_with("{\"error\"") => {
+                    Ok(super::scrub::scrub(&event.data).into_owned())
+                }
                 Ok(event) => Ok(event.data),
                 Err(eventsource_stream::EventStreamError::Transport(e)) => {
                     Err(ProviderError::Body(e))

@@ -7,8 +7,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use sluice_analytics::config::{ClickHouseConfig, Compression};
-use sluice_analytics::tables::{insert, AuditRow, ResultRow, UsageRow};
-use sluice_analytics::{apply_migrations, client, find_result};
+use sluice_analytics::tables::{insert, AuditRow, ResultBodyRow, ResultRow, UsageRow};
+use sluice_analytics::{apply_migrations, client, find_result, find_result_body, private_client};
 use support::*;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -108,7 +108,21 @@ async fn rows_read_back_as_written() {
     let r03 = results.iter().find(|r| r.request_id == "r03").unwrap();
     let found = find_result(&client, db, "r03", "acme").await.unwrap();
     assert_eq!(found.as_ref(), Some(r03));
-    assert!(r03.body.contains(r#""content":"two\nlines""#));
+    // The body goes to the private database, not to analysts' `results`.
+    let records = result_records();
+    let bodies: Vec<ResultBodyRow> = records.iter().map(|r| ResultBodyRow::new(r, 7)).collect();
+    let private = private_client(&config);
+    insert(&private, &bodies, TIMEOUT).await.unwrap();
+    let body = find_result_body(&client, db, "r03", "acme")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(Some(&body), bodies.iter().find(|b| b.request_id == "r03"));
+    assert!(body.body.contains(r#""content":"two\nlines""#));
+    assert_eq!(
+        find_result_body(&client, db, "r03", "globex").await.unwrap(),
+        None
+    );
     assert_eq!(
         find_result(&client, db, "r03", "globex").await.unwrap(),
         None

@@ -42,6 +42,7 @@ fn sink_config(prefix: &str, clickhouse: ClickHouseConfig) -> Config {
             retry_max_backoff_ms: Duration::from_millis(300),
             shutdown_timeout_ms: Duration::from_secs(5),
         },
+        retention: Default::default(),
         alert_webhooks: Vec::new(),
     }
 }

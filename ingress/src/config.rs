@@ -51,6 +51,24 @@ pub struct Config {
     /// What audit events keep of prompts and completions, per team (docs/analytics.md).
     #[serde(default)]
     pub audit: crate::audit::AuditConfig,
+    /// How long uploaded batch content is kept (docs/security.md).
+    #[serde(default)]
+    pub retention: RetentionConfig,
+}
+
+/// How long the ingress keeps what callers upload. Completions are kept by the analytics
+/// sink (`[retention] completion_days` there); both go when their day has passed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Days an uploaded batch input file (and its lines) is kept, at least 1.
+    pub file_days: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig { file_days: 7 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -139,11 +157,13 @@ impl Default for ClickHouseConfig {
 }
 
 impl ClickHouseConfig {
-    /// A client for the ingress's reads and small writes (lookups, batch files).
+    /// A client for the ingress's reads and small writes (lookups, batch files), bound to
+    /// the private database: the only one the ingress's ClickHouse user may use
+    /// (docs/security.md); `database` names the analyst one next to it.
     pub fn client(&self) -> clickhouse::Client {
         let mut client = clickhouse::Client::default()
             .with_url(&self.url)
-            .with_database(&self.database)
+            .with_database(sluice_schemas::tables::private_database(&self.database))
             // ClickHouse 18.16 (Debian) cannot validate row types; casts in the queries
             // pin the types instead.
             .with_validation(false)
@@ -292,6 +312,12 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.retention.file_days == 0 {
+            return Err(ConfigError::Field {
+                field: "retention.file_days".into(),
+                problem: "must be at least 1 (a batch may run for a day)".into(),
+            });
+        }
         if let Some(secret) = &self.server.webhook_secret {
             if secret.parse().is_none() {
                 return Err(ConfigError::Field {
@@ -368,13 +394,14 @@ impl Config {
 /// Durations in config are plain milliseconds (`*_ms` keys).
 /// The sections env vars may override. Other `SLUICE_*` variables (another service's, or
 /// the scripts' `SLUICE_STATE`) are not ours and must not trip `deny_unknown_fields`.
-const ENV_SECTIONS: [&str; 6] = [
+const ENV_SECTIONS: [&str; 7] = [
     "server",
     "kafka",
     "clickhouse",
     "deadlines",
     "routing",
     "admin",
+    "retention",
 ];
 
 /// `SLUICE_KAFKA_BOOTSTRAP` -> `kafka.bootstrap`.

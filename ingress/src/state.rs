@@ -105,7 +105,7 @@ impl AppState {
                 partition: config.server.reply_partition,
             },
             store: ResultStore::new(&config.clickhouse),
-            batches_store: crate::batch::BatchStore::new(&config.clickhouse),
+            batches_store: crate::batch::BatchStore::new(&config.clickhouse, &config.retention),
             batches: crate::batch::Batches::default(),
             webhooks: sluice_schemas::webhook::Sender::default(),
             webhook_secret: config

@@ -17,6 +17,7 @@ pub mod error;
 pub mod openai;
 pub mod pricing;
 pub mod records;
+pub mod tables;
 pub mod topics;
 pub mod webhook;
 

@@ -32,6 +32,16 @@ pub fn clickhouse_url() -> String {
     std::env::var("SLUICE_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:18123".into())
 }
 
+/// The DDL-capable ClickHouse user tests run as (each test creates its own databases):
+/// `SLUICE_CLICKHOUSE_USER` / `SLUICE_CLICKHOUSE_PASSWORD`, from `scripts/services.sh env`.
+pub fn clickhouse_user() -> Option<String> {
+    std::env::var("SLUICE_CLICKHOUSE_USER").ok().filter(|u| !u.is_empty())
+}
+
+pub fn clickhouse_password() -> Option<String> {
+    std::env::var("SLUICE_CLICKHOUSE_PASSWORD").ok()
+}
+
 pub fn unique(prefix: &str) -> String {
     format!(
         "{prefix}{}",
@@ -167,6 +177,7 @@ impl Stack {
             }],
             budgets: toml_section(&options.budget_toml, "budgets"),
             budget: toml_section(&options.budget_toml, "budget"),
+            retention: Default::default(),
         };
         ingress.server.listen = "127.0.0.1:0".into();
         ingress.server.sync_timeout_ms = Duration::from_secs(30);
@@ -176,6 +187,8 @@ impl Stack {
         ingress.kafka.produce_timeout_ms = options.produce_timeout;
         ingress.clickhouse.url = options.clickhouse_url.clone();
         ingress.clickhouse.database = database.clone();
+        ingress.clickhouse.user = clickhouse_user();
+        ingress.clickhouse.password = clickhouse_password();
         let ingress_config = ingress.clone();
         let running = sluice_ingress::start(ingress, shutdown.clone())
             .await
@@ -187,6 +200,8 @@ impl Stack {
         analytics.kafka.group_id = format!("{prefix}-analytics");
         analytics.clickhouse.url = clickhouse_url();
         analytics.clickhouse.database = database.clone();
+        analytics.clickhouse.user = clickhouse_user();
+        analytics.clickhouse.password = clickhouse_password();
         analytics.sink.flush_interval_ms = Duration::from_millis(200);
         analytics.alert_webhooks = options.alert_webhooks.clone();
         // Tables exist before the test's first query.
@@ -373,6 +388,11 @@ output_per_million = {PRICE_OUT}
             let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
         }
         let _ = ch_query(&format!("DROP DATABASE IF EXISTS {}", self.database)).await;
+        let _ = ch_query(&format!(
+            "DROP DATABASE IF EXISTS {}",
+            sluice_schemas::tables::private_database(&self.database)
+        ))
+        .await;
         delete_topics(&self.bootstrap, &self.prefix).await;
     }
 }
@@ -453,8 +473,13 @@ pub fn chat(text: &str) -> Value {
 }
 
 pub async fn ch_query(sql: &str) -> String {
-    let response = reqwest::Client::new()
-        .post(clickhouse_url())
+    let mut request = reqwest::Client::new().post(clickhouse_url());
+    if let Some(user) = clickhouse_user() {
+        request = request
+            .header("X-ClickHouse-User", user)
+            .header("X-ClickHouse-Key", clickhouse_password().unwrap_or_default());
+    }
+    let response = request
         .body(sql.to_string())
         .send()
         .await

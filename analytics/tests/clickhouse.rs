@@ -120,7 +120,9 @@ async fn rows_read_back_as_written() {
     assert_eq!(Some(&body), bodies.iter().find(|b| b.request_id == "r03"));
     assert!(body.body.contains(r#""content":"two\nlines""#));
     assert_eq!(
-        find_result_body(&client, db, "r03", "globex").await.unwrap(),
+        find_result_body(&client, db, "r03", "globex")
+            .await
+            .unwrap(),
         None
     );
     assert_eq!(

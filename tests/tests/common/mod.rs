@@ -35,7 +35,9 @@ pub fn clickhouse_url() -> String {
 /// The DDL-capable ClickHouse user tests run as (each test creates its own databases):
 /// `SLUICE_CLICKHOUSE_USER` / `SLUICE_CLICKHOUSE_PASSWORD`, from `scripts/services.sh env`.
 pub fn clickhouse_user() -> Option<String> {
-    std::env::var("SLUICE_CLICKHOUSE_USER").ok().filter(|u| !u.is_empty())
+    std::env::var("SLUICE_CLICKHOUSE_USER")
+        .ok()
+        .filter(|u| !u.is_empty())
 }
 
 pub fn clickhouse_password() -> Option<String> {
@@ -475,9 +477,10 @@ pub fn chat(text: &str) -> Value {
 pub async fn ch_query(sql: &str) -> String {
     let mut request = reqwest::Client::new().post(clickhouse_url());
     if let Some(user) = clickhouse_user() {
-        request = request
-            .header("X-ClickHouse-User", user)
-            .header("X-ClickHouse-Key", clickhouse_password().unwrap_or_default());
+        request = request.header("X-ClickHouse-User", user).header(
+            "X-ClickHouse-Key",
+            clickhouse_password().unwrap_or_default(),
+        );
     }
     let response = request
         .body(sql.to_string())

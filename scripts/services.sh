@@ -19,7 +19,7 @@
 #   SLUICE_CACHE           Kafka jars (kept by clean)  [$HOME/.cache/sluice]
 #   KAFKA_PORT [19092]  KAFKA_CONTROLLER_PORT [19093]  KAFKA_HEAP [512m]  KAFKA_VERSION [4.3.1]
 #   CH_HTTP_PORT [18123]  CH_TCP_PORT [19000]
-#   CH_DATABASES [sluice sluice_acl]  analyst databases the per-process users may use (each
+#   CH_DATABASES [sluice sluice_acl sluice_acl_e2e]  analyst databases the per-process users may use (each
 #                          with its `<db>_private`); see "ClickHouse users" below
 #   KAFKA_START_TIMEOUT [90]  CH_START_TIMEOUT [30]   seconds
 #
@@ -44,7 +44,7 @@ KAFKA_START_TIMEOUT="${KAFKA_START_TIMEOUT:-90}"
 CH_HTTP_PORT="${CH_HTTP_PORT:-18123}"
 CH_TCP_PORT="${CH_TCP_PORT:-19000}"
 CH_START_TIMEOUT="${CH_START_TIMEOUT:-30}"
-CH_DATABASES="${CH_DATABASES:-sluice sluice_acl}"
+CH_DATABASES="${CH_DATABASES:-sluice sluice_acl sluice_acl_e2e}"
 CH_SERVER="${CH_SERVER:-/usr/sbin/clickhouse-server}"   # Debian clickhouse-server 18.16.1
 
 KAFKA_SRC="$SCRIPT_DIR/kafka"                           # pom.xml, log4j2 configs, KafkaProbe.java

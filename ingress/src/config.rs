@@ -455,6 +455,26 @@ mod tests {
     }
 
     #[test]
+    fn retention_and_the_private_database() {
+        let dir = std::env::temp_dir().join(format!("sluice-cfg-ret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("ingress.toml");
+        std::fs::write(&file, "[[models]]\nid = \"m\"\n").unwrap();
+        assert_eq!(Config::load(Some(&file)).unwrap().retention.file_days, 7);
+        std::fs::write(
+            &file,
+            "[retention]\nfile_days = 0\n[[models]]\nid = \"m\"\n",
+        )
+        .unwrap();
+        let err = Config::load(Some(&file)).unwrap_err().to_string();
+        assert!(err.contains("retention.file_days"), "{err}");
+        // The ingress's client is bound to the private database, the only one its user has.
+        let config = ClickHouseConfig::default();
+        assert_eq!(config.database, "sluice");
+        assert_eq!(config.client().database(), Some("sluice_private"));
+    }
+
+    #[test]
     fn env_overrides_sections_and_ignores_other_variables() {
         let dir = std::env::temp_dir().join(format!("sluice-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -79,6 +79,25 @@ pub struct StackOptions {
     pub budget_toml: String,
     /// The analytics sink's `[[alert_webhooks]]` (budget alerts).
     pub alert_webhooks: Vec<sluice_analytics::alerts::AlertWebhook>,
+    /// Run the ingress and the sink as their own ClickHouse users (SLUICE_CH_INGRESS_* and
+    /// SLUICE_CH_SINK_*, from `scripts/services.sh env`) instead of the tests' migrator. Those
+    /// users are bound to fixed databases: the stack uses [`PROCESS_USERS_DATABASE`], so only
+    /// one such stack may run at a time.
+    pub process_users: bool,
+}
+
+/// The database of a `process_users` stack (one of services.sh's CH_DATABASES).
+pub const PROCESS_USERS_DATABASE: &str = "sluice_acl_e2e";
+
+/// `SLUICE_CH_<ROLE>_USER` / `_PASSWORD`.
+fn process_user(role: &str) -> (Option<String>, Option<String>) {
+    let var = |what: &str| {
+        let name = format!("SLUICE_CH_{role}_{what}");
+        Some(std::env::var(&name).unwrap_or_else(|_| {
+            panic!("{name} is not set: eval \"$(bash scripts/services.sh env)\"")
+        }))
+    };
+    (var("USER"), var("PASSWORD"))
 }
 
 impl Default for StackOptions {
@@ -97,6 +116,7 @@ impl Default for StackOptions {
             audit_toml: String::new(),
             budget_toml: String::new(),
             alert_webhooks: Vec::new(),
+            process_users: false,
         }
     }
 }
@@ -128,7 +148,18 @@ impl Stack {
             )
             .try_init();
         let prefix = unique("t");
-        let database = format!("sluice_{prefix}");
+        let database = if options.process_users {
+            // Left over from an interrupted run, if any.
+            for db in ["", "_private"] {
+                let _ = ch_query(&format!(
+                    "DROP DATABASE IF EXISTS {PROCESS_USERS_DATABASE}{db}"
+                ))
+                .await;
+            }
+            PROCESS_USERS_DATABASE.to_string()
+        } else {
+            format!("sluice_{prefix}")
+        };
         let shutdown = CancellationToken::new();
         let mock = MockProvider::start(options.behaviour)
             .await
@@ -189,8 +220,11 @@ impl Stack {
         ingress.kafka.produce_timeout_ms = options.produce_timeout;
         ingress.clickhouse.url = options.clickhouse_url.clone();
         ingress.clickhouse.database = database.clone();
-        ingress.clickhouse.user = clickhouse_user();
-        ingress.clickhouse.password = clickhouse_password();
+        (ingress.clickhouse.user, ingress.clickhouse.password) = if options.process_users {
+            process_user("INGRESS")
+        } else {
+            (clickhouse_user(), clickhouse_password())
+        };
         let ingress_config = ingress.clone();
         let running = sluice_ingress::start(ingress, shutdown.clone())
             .await
@@ -202,12 +236,17 @@ impl Stack {
         analytics.kafka.group_id = format!("{prefix}-analytics");
         analytics.clickhouse.url = clickhouse_url();
         analytics.clickhouse.database = database.clone();
-        analytics.clickhouse.user = clickhouse_user();
-        analytics.clickhouse.password = clickhouse_password();
+        (analytics.clickhouse.user, analytics.clickhouse.password) = if options.process_users {
+            process_user("SINK")
+        } else {
+            (clickhouse_user(), clickhouse_password())
+        };
+        analytics.clickhouse.migrator_user = clickhouse_user();
+        analytics.clickhouse.migrator_password = clickhouse_password();
         analytics.sink.flush_interval_ms = Duration::from_millis(200);
         analytics.alert_webhooks = options.alert_webhooks.clone();
         // Tables exist before the test's first query.
-        let client = sluice_analytics::client(&analytics.clickhouse);
+        let client = sluice_analytics::migrator_client(&analytics.clickhouse);
         sluice_analytics::apply_migrations(&client, &database)
             .await
             .expect("migrations apply (is ClickHouse up?)");

@@ -357,7 +357,7 @@ async fn migration_0006_moves_content_out_of_the_analyst_database() {
             "SELECT toString(toUInt32(expires_at)) FROM {private}.batch_files"
         ))
         .await,
-        [in_a_week.clone()]
+        std::slice::from_ref(&in_a_week)
     );
     assert_eq!(
         text(format!(

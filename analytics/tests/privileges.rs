@@ -5,6 +5,7 @@
 //!
 //! Needs `eval "$(scripts/services.sh env)"`: SLUICE_CLICKHOUSE_USER (the migrator) and
 //! SLUICE_CH_{INGRESS,SINK,ANALYST}_USER/_PASSWORD.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

@@ -315,7 +315,7 @@ impl Config {
         if self.retention.file_days == 0 {
             return Err(ConfigError::Field {
                 field: "retention.file_days".into(),
-                problem: "must be at least 1 (a batch may run for a day)".into(),
+                problem: "must be at least 1 (a batch may run for a day)",
             });
         }
         if let Some(secret) = &self.server.webhook_secret {

@@ -173,6 +173,23 @@ async fn each_process_user_is_held_to_its_own_rights() {
         "DDL queries are prohibited",
         "ingress CREATE TABLE in its own database",
     );
+    // 18.16 lets a writer lift its profile's allow_ddl=0 per query (`?allow_ddl=1`): what
+    // holds even then is allow_databases. The analyst database stays out of reach.
+    let lifted = ingress_client.clone().with_setting("allow_ddl", "1");
+    refused(
+        run(&lifted, &format!("DROP TABLE {DB}.usage")).await,
+        "Access denied",
+        "ingress DROP TABLE usage with allow_ddl=1",
+    );
+    refused(
+        run(
+            &lifted,
+            &format!("CREATE TABLE {DB}.probe (x String) ENGINE = Memory"),
+        )
+        .await,
+        "Access denied",
+        "ingress CREATE TABLE in the analyst database with allow_ddl=1",
+    );
     refused(
         run(&ingress_client, &format!("SELECT * FROM {DB}.audit")).await,
         "Access denied",

@@ -131,12 +131,15 @@ done
 log "services: Kafka + ClickHouse"
 eval "$(services start)"
 CH="$SLUICE_CLICKHOUSE_URL"
+# As the migrator (DDL), when services.sh configured users; loadgen reads the same variables.
+CH_AUTH=()
+[[ -n ${SLUICE_CLICKHOUSE_USER:-} ]] && CH_AUTH=(-u "$SLUICE_CLICKHOUSE_USER:$SLUICE_CLICKHOUSE_PASSWORD")
 KAFKA_PID=$(cat "$SLUICE_STATE/kafka/kafka.pid")
 CLICKHOUSE_PID=$(cat "$SLUICE_STATE/clickhouse/server.pid")
 for p in "$INGRESS_PORT" "$MOCK_PORT" "$RELAY_PORT"; do
   port_open "$p" && die "port $p is in use (set BENCH_INGRESS_PORT / BENCH_MOCK_PORT)"
 done
-curl -sf "$CH" --data-binary "DROP DATABASE IF EXISTS $DB" >/dev/null || die "ClickHouse refused DROP DATABASE"
+curl -sf "${CH_AUTH[@]}" "$CH" --data-binary "DROP DATABASE IF EXISTS $DB" >/dev/null || die "ClickHouse refused DROP DATABASE"
 
 # ---------- the stack ----------
 start() { # name logfile env... -- cmd...
@@ -249,7 +252,7 @@ sync_ok() {
     -H 'Content-Type: application/json' -d "$BODY" "$INGRESS/v1/chat/completions") == 200 ]]
 }
 wait_for "worker (sync round trip)" 60 sync_ok
-usage_rows() { curl -sf "$CH" --data-binary "SELECT count() FROM $DB.usage" 2>/dev/null || echo 0; }
+usage_rows() { curl -sf "${CH_AUTH[@]}" "$CH" --data-binary "SELECT count() FROM $DB.usage" 2>/dev/null || echo 0; }
 usage_seen() { (($(usage_rows) > 0)); }
 wait_for "analytics sink (first usage row)" 60 usage_seen
 log "stack ready"
@@ -517,7 +520,7 @@ done
   echo "|---|---:|---:|---:|---:|"
   while IFS=$'\t' read -r label from_ms to_ms; do
     [[ $label == *ingress* ]] || continue
-    curl -sf "$CH" --data-binary "SELECT count(),
+    curl -sf "${CH_AUTH[@]}" "$CH" --data-binary "SELECT count(),
         quantilesExact(0.5, 0.99)(started_at_ms - created_at_ms),
         quantilesExact(0.5, 0.99)(toInt64(finished_at_ms) - started_at_ms),
         quantilesExact(0.5, 0.99)(toInt64(finished_at_ms) - created_at_ms)

@@ -64,6 +64,19 @@ start() { # name binary args...
   echo $! >"$RUN_DIR/$name.pid"
 }
 
+# Each process as its own ClickHouse user (scripts/services.sh "ClickHouse users"): the
+# shell's SLUICE_CLICKHOUSE_USER is the migrator, which only the sink's migrations and
+# retention job get. A ClickHouse started before it had users exports none: then nothing is set.
+ch_env() { # role [migrator]: sets CH_ENV, the `env` arguments for that process
+  local u="SLUICE_CH_${1^^}_USER" p="SLUICE_CH_${1^^}_PASSWORD"
+  CH_ENV=(-u SLUICE_CLICKHOUSE_USER -u SLUICE_CLICKHOUSE_PASSWORD)
+  [[ -n ${!u:-} ]] || return 0
+  CH_ENV+=("SLUICE_CLICKHOUSE_USER=${!u}" "SLUICE_CLICKHOUSE_PASSWORD=${!p}")
+  if [[ ${2:-} == migrator ]]; then
+    CH_ENV+=("SLUICE_CLICKHOUSE_MIGRATOR_USER=$SLUICE_CH_MIGRATOR_USER" "SLUICE_CLICKHOUSE_MIGRATOR_PASSWORD=$SLUICE_CH_MIGRATOR_PASSWORD")
+  fi
+}
+
 on_exit() {
   trap - EXIT INT TERM
   log "stopping Sluice"
@@ -89,12 +102,15 @@ start mock-provider "$BIN/mock-provider" --listen "127.0.0.1:$MOCK_PORT" --laten
 wait_http "http://127.0.0.1:$MOCK_PORT/v1/models" "mock provider"
 
 # The ingress creates the topics; the sink applies the ClickHouse migrations.
+ch_env ingress
 SLUICE_SERVER_LISTEN="127.0.0.1:$INGRESS_PORT" \
-  start ingress "$BIN/sluice-ingress" --config config/ingress.toml --demo
+  start ingress env "${CH_ENV[@]}" "$BIN/sluice-ingress" --config config/ingress.toml --demo
 wait_http "http://127.0.0.1:$INGRESS_PORT/healthz" "ingress"
-start analytics "$BIN/sluice-analytics" --config config/analytics.toml
+ch_env sink migrator
+start analytics env "${CH_ENV[@]}" "$BIN/sluice-analytics" --config config/analytics.toml
 for i in $(seq 1 "$WORKERS"); do
-  SLUICE_WORKER_ID="worker-$i" start "worker-$i" "$BIN/sluice-worker" --config config/worker.toml
+  SLUICE_WORKER_ID="worker-$i" start "worker-$i" env -u SLUICE_CLICKHOUSE_USER -u SLUICE_CLICKHOUSE_PASSWORD \
+    "$BIN/sluice-worker" --config config/worker.toml
 done
 
 cat <<BANNER
@@ -118,11 +134,14 @@ cat <<BANNER
     curl -s http://127.0.0.1:$INGRESS_PORT/v1/budgets -H 'Authorization: Bearer sk-sluice-demo'
     OpenAI SDK: client.files.create(purpose="batch") + client.batches.create(...)   (docs/batch.md)
 
-  Spend in ClickHouse (rows land within a second or two):
-    clickhouse-client --port ${CH_TCP_PORT:-19000} -q 'SELECT * FROM sluice.spend_by_team_model_day'
-    curl -s '$SLUICE_CLICKHOUSE_URL' --data-binary 'SELECT * FROM sluice.spend_by_team_day FORMAT PrettyCompact'
+  Spend in ClickHouse (rows land within a second or two), as the read-only analyst user
+  (passwords: $SLUICE_STATE/clickhouse/credentials.env; \$SLUICE_CH_ANALYST_PASSWORD after
+  eval "\$(scripts/services.sh env)"):
+    clickhouse-client --port ${CH_TCP_PORT:-19000} --user sluice_analyst --password "\$SLUICE_CH_ANALYST_PASSWORD" -q 'SELECT * FROM sluice.spend_by_team_model_day'
+    curl -s -u "sluice_analyst:\$SLUICE_CH_ANALYST_PASSWORD" '$SLUICE_CLICKHOUSE_URL' --data-binary 'SELECT * FROM sluice.spend_by_team_day FORMAT PrettyCompact'
 
-    $BIN/sluice-analytics --config config/analytics.toml report spend --by team --days 7
+    SLUICE_CLICKHOUSE_USER=sluice_analyst SLUICE_CLICKHOUSE_PASSWORD="\$SLUICE_CH_ANALYST_PASSWORD" \\
+      $BIN/sluice-analytics --config config/analytics.toml report spend --by team --days 7
 
   Logs: $LOG_DIR    Stop: Ctrl-C here, or scripts/run.sh stop
 

@@ -19,6 +19,8 @@
 #   SLUICE_CACHE           Kafka jars (kept by clean)  [$HOME/.cache/sluice]
 #   KAFKA_PORT [19092]  KAFKA_CONTROLLER_PORT [19093]  KAFKA_HEAP [512m]  KAFKA_VERSION [4.3.1]
 #   CH_HTTP_PORT [18123]  CH_TCP_PORT [19000]
+#   CH_DATABASES [sluice sluice_acl sluice_acl_e2e]  analyst databases the per-process users may use (each
+#                          with its `<db>_private`); see "ClickHouse users" below
 #   KAFKA_START_TIMEOUT [90]  CH_START_TIMEOUT [30]   seconds
 #
 # A second, independent broker (e.g. for a restart test) only needs another state dir and ports:
@@ -42,6 +44,7 @@ KAFKA_START_TIMEOUT="${KAFKA_START_TIMEOUT:-90}"
 CH_HTTP_PORT="${CH_HTTP_PORT:-18123}"
 CH_TCP_PORT="${CH_TCP_PORT:-19000}"
 CH_START_TIMEOUT="${CH_START_TIMEOUT:-30}"
+CH_DATABASES="${CH_DATABASES:-sluice sluice_acl sluice_acl_e2e}"
 CH_SERVER="${CH_SERVER:-/usr/sbin/clickhouse-server}"   # Debian clickhouse-server 18.16.1
 
 KAFKA_SRC="$SCRIPT_DIR/kafka"                           # pom.xml, log4j2 configs, KafkaProbe.java
@@ -266,12 +269,101 @@ start_kafka() {
 # Controlled shutdown of a combined node takes a few seconds; SIGKILL only after 60s.
 stop_kafka() { stop_pidfile kafka "$KAFKA_DIR/kafka.pid" 60; }
 
+# ---------- ClickHouse users (docs/security.md) ----------
+# Each Sluice process has its own user and password; nothing is open without one.
+# 18.16 has no GRANTs: users.xml gives each user a profile (readonly, allow_ddl) and the
+# databases it may touch (allow_databases, checked for every table a query reads or writes,
+# the tables under a view included). Per-table rights do not exist, so what only the ingress
+# may read or write lives in `<db>_private` (analytics/migrations/0006_private_and_retention.sql).
+#   sluice_migrator  DDL, every database: migrations, the retention job, and tests (which
+#                    create a database per test); also exported as SLUICE_CLICKHOUSE_USER
+#   sluice_ingress   `<db>_private` only (batch tables, result bodies); allow_ddl=0
+#   sluice_sink      `<db>` and `<db>_private`, inserts; allow_ddl=0
+#   sluice_analyst   `<db>` only, readonly=1 (no writes, no settings, no table functions)
+#   default          a random password nobody is given, readonly, no database
+# allow_ddl=0 is a profile default that 18.16 lets a writer override per query
+# (`?allow_ddl=1`): what holds a writer is its databases (docs/security.md).
+# Passwords: random per state dir, in $CH_DIR/credentials.env (mode 600); users.xml holds
+# only their SHA-256.
+CH_ROLES=(migrator ingress sink analyst default)
+ch_credentials() { # create once; print the file's path
+  local f="$CH_DIR/credentials.env" role
+  if [[ ! -s $f ]]; then
+    mkdir -p "$CH_DIR"
+    ( umask 077
+      for role in "${CH_ROLES[@]}"; do
+        # A letter first: a password of digits only would parse as a number in TOML/env.
+        printf 'CH_%s_PASSWORD=p%s\n' "${role^^}" "$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')"
+      done >"$f.tmp$$" && mv "$f.tmp$$" "$f" )
+  fi
+  echo "$f"
+}
+ch_password() { # role
+  local v
+  v=$(grep "^CH_${1^^}_PASSWORD=" "$(ch_credentials)" | cut -d= -f2-)
+  [[ -n $v ]] || die "clickhouse: no password for $1 in $CH_DIR/credentials.env"
+  echo "$v"
+}
+ch_user_xml() { # name role profile databases... ('*': all)
+  local name=$1 role=$2 profile=$3 db hash; shift 3
+  hash=$(printf '%s' "$(ch_password "$role")" | sha256sum | cut -d' ' -f1)
+  printf '    <%s>\n      <password_sha256_hex>%s</password_sha256_hex>\n' "$name" "$hash"
+  printf '      <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>\n'
+  printf '      <profile>%s</profile>\n      <quota>default</quota>\n' "$profile"
+  if [[ $1 != '*' ]]; then
+    printf '      <allow_databases>\n'
+    for db in "$@"; do printf '        <database>%s</database>\n' "$db"; done
+    printf '      </allow_databases>\n'
+  fi
+  printf '    </%s>\n' "$name"
+}
+write_users_xml() {
+  local dbs=() private=() db settings
+  for db in $CH_DATABASES; do dbs+=("$db"); private+=("${db}_private"); done
+  settings='<max_memory_usage>4000000000</max_memory_usage>
+      <!-- 18.16: LowCardinality(String) DDL is refused without this -->
+      <allow_experimental_low_cardinality_type>1</allow_experimental_low_cardinality_type>'
+  {
+    cat <<EOF
+<?xml version="1.0"?>
+<!-- Written by scripts/services.sh on every start; passwords in credentials.env. -->
+<yandex>
+  <profiles>
+    <default>
+      $settings
+    </default>
+    <sluice_writer>
+      $settings
+      <allow_ddl>0</allow_ddl>
+    </sluice_writer>
+    <sluice_readonly>
+      <max_memory_usage>4000000000</max_memory_usage>
+      <readonly>1</readonly>
+    </sluice_readonly>
+  </profiles>
+  <users>
+EOF
+    ch_user_xml sluice_migrator migrator default '*'
+    ch_user_xml sluice_ingress ingress sluice_writer "${private[@]}"
+    ch_user_xml sluice_sink sink sluice_writer "${dbs[@]}" "${private[@]}"
+    ch_user_xml sluice_analyst analyst sluice_readonly "${dbs[@]}"
+    ch_user_xml default default sluice_readonly no_database
+    cat <<'EOF'
+  </users>
+  <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors><result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>
+</yandex>
+EOF
+  } >"$CH_DIR/users.xml.tmp"
+  chmod 600 "$CH_DIR/users.xml.tmp"
+  mv "$CH_DIR/users.xml.tmp" "$CH_DIR/users.xml"
+}
+
 # ---------- ClickHouse 18.16 (recipe from the shared reference script) ----------
 wait_clickhouse_ready() { # t0_ms spawned(0|1)
   local t0=$1 spawned=$2 d=$CH_DIR pidf="$CH_DIR/server.pid" i
   for ((i = 0; i < CH_START_TIMEOUT * 10; i++)); do
     if curl -sf "http://127.0.0.1:$CH_HTTP_PORT/ping" >/dev/null 2>&1; then
-      log "clickhouse: ready on http://127.0.0.1:$CH_HTTP_PORT (tcp $CH_TCP_PORT, pid $(cat "$pidf")) in $(( $(now_ms) - t0 ))ms, version $(curl -sf "http://127.0.0.1:$CH_HTTP_PORT/?query=SELECT%20version()")"
+      log "clickhouse: ready on http://127.0.0.1:$CH_HTTP_PORT (tcp $CH_TCP_PORT, pid $(cat "$pidf")) in $(( $(now_ms) - t0 ))ms, version $(ch_curl_migrator "http://127.0.0.1:$CH_HTTP_PORT/?query=SELECT%20version()")"
       return 0
     fi
     pid_alive "$pidf" || { tail -n 20 "$d/log/stdout.log" "$d/log/server.err.log" >&2 || true; die "clickhouse: exited during startup"; }
@@ -318,40 +410,36 @@ start_clickhouse() {
   <mlock_executable>false</mlock_executable>
 </yandex>
 EOF
-  cat >"$d/users.xml" <<'EOF'
-<?xml version="1.0"?>
-<yandex>
-  <profiles>
-    <default>
-      <max_memory_usage>4000000000</max_memory_usage>
-      <!-- 18.16: LowCardinality(String) DDL is refused without this -->
-      <allow_experimental_low_cardinality_type>1</allow_experimental_low_cardinality_type>
-    </default>
-  </profiles>
-  <users>
-    <default>
-      <password></password>
-      <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
-      <profile>default</profile>
-      <quota>default</quota>
-    </default>
-  </users>
-  <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors><result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>
-</yandex>
-EOF
+  write_users_xml
   t0=$(now_ms)
   # Run from its dir: users.xml is resolved relative to config.xml, tmp files stay here.
   (cd "$d" && spawn "$pidf" "$d/log/stdout.log" "$CH_SERVER" --config-file="$d/config.xml")
   wait_clickhouse_ready "$t0" 1
 }
 stop_clickhouse() { stop_pidfile clickhouse "$CH_DIR/server.pid" 30; }
+# curl as the migrator when this state dir has users (an older server may have none).
+ch_curl_migrator() {
+  if [[ -s $CH_DIR/credentials.env ]]; then
+    curl -sf -H 'X-ClickHouse-User: sluice_migrator' -H "X-ClickHouse-Key: $(ch_password migrator)" "$@"
+  else curl -sf "$@"; fi
+}
 
 # ---------- commands ----------
+# SLUICE_CLICKHOUSE_USER/PASSWORD: the migrator, for tests and tools in this shell (tests
+# create databases). Each process's own user: SLUICE_CH_<ROLE>_USER/PASSWORD, which
+# scripts/run.sh maps onto each process's SLUICE_CLICKHOUSE_*. Only once this state dir's
+# ClickHouse was started with users (credentials.env exists).
 cmd_env() {
   cat <<EOF
 export SLUICE_KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT
 export SLUICE_CLICKHOUSE_URL=http://127.0.0.1:$CH_HTTP_PORT
 EOF
+  [[ -s $CH_DIR/credentials.env ]] || return 0
+  local role
+  echo "export SLUICE_CLICKHOUSE_USER=sluice_migrator SLUICE_CLICKHOUSE_PASSWORD=$(ch_password migrator)"
+  for role in migrator ingress sink analyst; do
+    echo "export SLUICE_CH_${role^^}_USER=sluice_$role SLUICE_CH_${role^^}_PASSWORD=$(ch_password "$role")"
+  done
 }
 cmd_start() {
   # ClickHouse first: it is ready in well under a second, Kafka takes several.

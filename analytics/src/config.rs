@@ -15,7 +15,7 @@ use crate::error::Error;
 /// The sections this service reads. Environment variables of other sections (another
 /// service's `SLUICE_INGRESS_*`, or `SLUICE_STATE` of the service scripts) are not ours and
 /// must not trip `deny_unknown_fields`.
-const SECTIONS: [&str; 4] = ["kafka", "clickhouse", "sink", "webhooks"];
+const SECTIONS: [&str; 5] = ["kafka", "clickhouse", "sink", "webhooks", "retention"];
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +26,8 @@ pub struct Config {
     pub clickhouse: ClickHouseConfig,
     #[serde(default)]
     pub sink: SinkConfig,
+    #[serde(default)]
+    pub retention: RetentionConfig,
     /// Webhooks for budget alerts, per team or key (docs/budgets.md).
     #[serde(default)]
     pub alert_webhooks: Vec<crate::alerts::AlertWebhook>,
@@ -70,6 +72,12 @@ pub struct ClickHouseConfig {
     pub user: Option<String>,
     #[serde(deserialize_with = "text::option")]
     pub password: Option<String>,
+    /// The user for DDL: migrations and the retention job's partition drops. Unset: `user`.
+    /// Give the sink's `user` only inserts and reads (docs/security.md) and this one DDL.
+    #[serde(deserialize_with = "text::option")]
+    pub migrator_user: Option<String>,
+    #[serde(deserialize_with = "text::option")]
+    pub migrator_password: Option<String>,
     /// Compression of inserted data. `lz4` saves bandwidth to a remote server; on loopback
     /// `none` is faster (measured: 10k-row insert ~12 ms vs ~50 ms with lz4).
     pub compression: Compression,
@@ -90,6 +98,8 @@ impl Default for ClickHouseConfig {
             database: "sluice".into(),
             user: None,
             password: None,
+            migrator_user: None,
+            migrator_password: None,
             compression: Compression::default(),
         }
     }
@@ -102,6 +112,11 @@ impl fmt::Debug for ClickHouseConfig {
             .field("database", &self.database)
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("migrator_user", &self.migrator_user)
+            .field(
+                "migrator_password",
+                &self.migrator_password.as_ref().map(|_| "<redacted>"),
+            )
             .field("compression", &self.compression)
             .finish()
     }
@@ -135,6 +150,31 @@ impl Default for SinkConfig {
             insert_timeout_ms: Duration::from_secs(30),
             retry_max_backoff_ms: Duration::from_secs(5),
             shutdown_timeout_ms: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How long content is kept (docs/security.md): completions in the private
+/// `result_bodies` (the async and batch APIs' answers) and accepted-request markers. The
+/// ingress sets its own for uploaded files (`[retention] file_days`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Days a completion is kept after its request was accepted (whole days: tables are
+    /// partitioned by the day rows expire). Applies to rows written from now on.
+    pub completion_days: u32,
+    /// How often the retention job drops partitions whose day has passed (ClickHouse
+    /// 18.16 has no TTL; on current servers TTL deletes too and this is a backstop).
+    /// 0: never (run `sluice-analytics retention` from cron instead).
+    #[serde(with = "millis")]
+    pub interval_ms: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            completion_days: 7,
+            interval_ms: Duration::from_secs(3600),
         }
     }
 }

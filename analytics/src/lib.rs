@@ -6,6 +6,7 @@
 //! - [`tables`]: table names, row types and the insert used by the sink.
 //! - [`queries`]: embedded analyst queries (`queries/*.sql`).
 //! - [`report`]: `sluice-analytics report spend|latency|errors`, aligned text tables.
+//! - [`retention`]: drops expired content (completions, uploaded files) on a schedule.
 //! - [`sink`]: the at-least-once Kafka -> ClickHouse sink with a dead-letter topic.
 
 pub mod alerts;
@@ -14,6 +15,7 @@ pub mod error;
 pub mod migrations;
 pub mod queries;
 pub mod report;
+pub mod retention;
 pub mod sink;
 pub mod tables;
 
@@ -21,4 +23,4 @@ pub use config::Config;
 pub use error::Error;
 pub use migrations::apply_migrations;
 pub use sink::{run, Sink, SinkStats};
-pub use tables::{client, find_result, Table};
+pub use tables::{client, find_result, find_result_body, migrator_client, private_client, Table};

@@ -1,11 +1,12 @@
-//! `sluice-analytics [--config FILE] [migrate|run|report ...]`: apply migrations, then sink
-//! Kafka into ClickHouse until Ctrl-C or SIGTERM; or print a report (logs go to stderr).
+//! `sluice-analytics [--config FILE] [migrate|run|retention|report ...]`: apply migrations,
+//! then sink Kafka into ClickHouse until Ctrl-C or SIGTERM; drop expired content once; or
+//! print a report (logs go to stderr).
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use sluice_analytics::{apply_migrations, client, Config};
+use sluice_analytics::{apply_migrations, client, migrator_client, Config};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -25,6 +26,8 @@ enum Command {
     Migrate,
     /// Apply pending migrations, then run the sink (the default).
     Run,
+    /// Drop expired completions and uploaded files once (as the migrator), and exit.
+    Retention,
     /// Print a spend, latency or error report from ClickHouse.
     #[command(subcommand)]
     Report(sluice_analytics::report::ReportCommand),
@@ -44,11 +47,22 @@ async fn main() -> anyhow::Result<()> {
 
     match cli.command.unwrap_or(Command::Run) {
         Command::Migrate => {
-            let applied =
-                apply_migrations(&client(&config.clickhouse), &config.clickhouse.database)
-                    .await
-                    .context("applying migrations")?;
+            let applied = apply_migrations(
+                &migrator_client(&config.clickhouse),
+                &config.clickhouse.database,
+            )
+            .await
+            .context("applying migrations")?;
             info!(?applied, database = %config.clickhouse.database, "migrations done");
+        }
+        Command::Retention => {
+            let dropped = sluice_analytics::retention::drop_expired(
+                &migrator_client(&config.clickhouse),
+                &config.clickhouse.database,
+            )
+            .await
+            .context("dropping expired content")?;
+            info!(partitions = dropped.len(), "retention done");
         }
         Command::Report(command) => {
             let (report, days) = command.report();

@@ -7,6 +7,11 @@
 //! ClickHouse 18.16 has no `ADD COLUMN IF NOT EXISTS`: a statement of the form
 //! `ALTER TABLE {db}.t ADD COLUMN c ...` (one column each) runs only when `system.columns`
 //! does not list `c` yet, which makes it just as safe to re-run.
+//!
+//! `{private}` is the private database ([`sluice_schemas::tables`]). A comment line
+//! `-- @if ttl`, `-- @if table {db}.t` or `-- @if column {db}.t c` makes the next statement
+//! run only on a server with TTL (19.6+), while table `t` (its column `c`) exists: how a
+//! migration moves data and uses features 18.16 lacks, and stays safe to re-run.
 
 use clickhouse::Client;
 use tracing::info;
@@ -29,6 +34,7 @@ const FILES: &[(&str, &str)] = migration_files![
     "0003_budget_alerts.sql",
     "0004_audit_analytics.sql",
     "0005_batches.sql",
+    "0006_private_and_retention.sql",
 ];
 
 /// The database and `schema_migrations`, created (if missing) before anything else.
@@ -47,8 +53,127 @@ pub struct Migration {
 impl Migration {
     /// The statements of this migration for database `db`.
     pub fn statements(&self, db: &str) -> Vec<String> {
-        split_statements(&render(self.sql, &[("db", db)]))
+        self.conditional_statements(db)
+            .into_iter()
+            .map(|s| s.sql)
+            .collect()
     }
+
+    /// The statements of this migration for database `db`, with their conditions.
+    pub fn conditional_statements(&self, db: &str) -> Vec<Statement> {
+        parse_statements(&render_migration(self.sql, db))
+    }
+}
+
+/// `sql` with `{db}` and `{private}` filled in.
+pub fn render_migration(sql: &str, db: &str) -> String {
+    let private = sluice_schemas::tables::private_database(db);
+    render(sql, &[("db", db), ("private", &private)])
+}
+
+/// When a statement runs (a `-- @if ...` line before it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// The server has table TTL (ClickHouse 19.6+).
+    Ttl,
+    /// Table `database.table` exists.
+    Table { database: String, table: String },
+    /// Column `column` of `database.table` exists.
+    Column {
+        database: String,
+        table: String,
+        column: String,
+    },
+}
+
+impl Condition {
+    fn parse(text: &str) -> Option<Condition> {
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let qualified = |w: &str| w.split_once('.').map(|(d, t)| (d.to_owned(), t.to_owned()));
+        match words.as_slice() {
+            ["ttl"] => Some(Condition::Ttl),
+            ["table", name] => {
+                let (database, table) = qualified(name)?;
+                Some(Condition::Table { database, table })
+            }
+            ["column", name, column] => {
+                let (database, table) = qualified(name)?;
+                Some(Condition::Column {
+                    database,
+                    table,
+                    column: (*column).to_owned(),
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A statement and the condition it runs under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statement {
+    pub sql: String,
+    pub condition: Option<Condition>,
+}
+
+/// [`split_statements`] keeping each statement's `-- @if` condition. An unknown condition
+/// is kept as a statement that fails (`Condition` parse errors must not skip silently).
+pub fn parse_statements(sql: &str) -> Vec<Statement> {
+    let mut statements = Vec::new();
+    let mut condition: Option<Condition> = None;
+    let mut current = String::new();
+    for line in sql.lines() {
+        let trimmed = line.trim();
+        if let Some(rest) = trimmed.strip_prefix("--") {
+            if let Some(text) = rest.trim().strip_prefix("@if ") {
+                condition = Condition::parse(text);
+                if condition.is_none() {
+                    statements.push(Statement {
+                        sql: format!(
+                            "SELECT throwIf(1, 'unknown migration condition: {}')",
+                            text.replace('\'', "")
+                        ),
+                        condition: None,
+                    });
+                }
+            }
+            continue;
+        }
+        let done = trimmed.ends_with(';');
+        if done {
+            current.push_str(line.trim_end().strip_suffix(';').unwrap_or(line));
+        } else {
+            current.push_str(line);
+            current.push('\n');
+        }
+        if done {
+            let statement = current.trim();
+            if !statement.is_empty() {
+                statements.push(Statement {
+                    sql: statement.to_owned(),
+                    condition: condition.take(),
+                });
+            }
+            current.clear();
+        }
+    }
+    let statement = current.trim();
+    if !statement.is_empty() {
+        statements.push(Statement {
+            sql: statement.to_owned(),
+            condition: condition.take(),
+        });
+    }
+    statements
+}
+
+/// Whether a server of `version` (`SELECT version()`, e.g. `18.16.1`, `24.8.4.13`) has
+/// table TTL, added in 19.6.
+pub fn supports_ttl(version: &str) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let major = parts.next().unwrap_or(0);
+    let minor = parts.next().unwrap_or(0);
+    (major, minor) >= (19, 6)
 }
 
 /// The embedded migrations, in version order.
@@ -93,23 +218,7 @@ pub fn parse_file_name(file: &'static str) -> Result<(u32, &'static str), Error>
 /// Splits SQL text into statements at `;` ending a line; drops `--` comment lines and blank
 /// statements. A last statement without `;` is kept.
 pub fn split_statements(sql: &str) -> Vec<String> {
-    let mut statements = Vec::new();
-    let mut current = String::new();
-    for line in sql.lines() {
-        let trimmed = line.trim();
-        if trimmed.starts_with("--") {
-            continue;
-        }
-        if let Some(body) = trimmed.strip_suffix(';') {
-            current.push_str(line.trim_end().strip_suffix(';').unwrap_or(body));
-            push_statement(&mut statements, &mut current);
-        } else {
-            current.push_str(line);
-            current.push('\n');
-        }
-    }
-    push_statement(&mut statements, &mut current);
-    statements
+    parse_statements(sql).into_iter().map(|s| s.sql).collect()
 }
 
 /// `(table, column)` of an `ALTER TABLE {db}.table ADD COLUMN column ...` statement.
@@ -125,14 +234,6 @@ pub fn added_column<'a>(statement: &'a str, db: &str) -> Option<(&'a str, &'a st
         && !column.is_empty()
         && !column.eq_ignore_ascii_case("IF"))
     .then_some((table, column))
-}
-
-fn push_statement(statements: &mut Vec<String>, current: &mut String) {
-    let statement = current.trim();
-    if !statement.is_empty() {
-        statements.push(statement.to_owned());
-    }
-    current.clear();
 }
 
 /// Creates `db` if needed and applies every migration not yet recorded there, in order.
@@ -166,8 +267,15 @@ pub async fn apply_migrations(client: &Client, db: &str) -> Result<Vec<u32>, Err
         .map_err(Error::clickhouse("schema_migrations read"))?;
 
     let mut now_applied = Vec::new();
+    let mut ttl: Option<bool> = None;
     for migration in migrations.iter().filter(|m| !applied.contains(&m.version)) {
-        for (i, statement) in migration.statements(db).iter().enumerate() {
+        for (i, statement) in migration.conditional_statements(db).iter().enumerate() {
+            if let Some(condition) = &statement.condition {
+                if !holds(&admin, condition, &mut ttl).await? {
+                    continue;
+                }
+            }
+            let statement = &statement.sql;
             if let Some((table, column)) = added_column(statement, db) {
                 let present: u64 = admin
                     .query(
@@ -216,9 +324,100 @@ pub async fn apply_migrations(client: &Client, db: &str) -> Result<Vec<u32>, Err
     Ok(now_applied)
 }
 
+/// Whether `condition` holds on the server (`ttl` caches the version check).
+async fn holds(
+    client: &Client,
+    condition: &Condition,
+    ttl: &mut Option<bool>,
+) -> Result<bool, Error> {
+    match condition {
+        Condition::Ttl => {
+            if let Some(known) = *ttl {
+                return Ok(known);
+            }
+            let version: String = client
+                .query("SELECT version()")
+                .fetch_one()
+                .await
+                .map_err(Error::clickhouse("version read"))?;
+            let supported = supports_ttl(&version);
+            *ttl = Some(supported);
+            Ok(supported)
+        }
+        Condition::Table { database, table } => {
+            let n: u64 = client
+                .query("SELECT count() FROM system.tables WHERE database = ? AND name = ?")
+                .bind(database)
+                .bind(table)
+                .fetch_one()
+                .await
+                .map_err(Error::clickhouse("system.tables read"))?;
+            Ok(n > 0)
+        }
+        Condition::Column {
+            database,
+            table,
+            column,
+        } => {
+            let n: u64 = client
+                .query(
+                    "SELECT count() FROM system.columns \
+                     WHERE database = ? AND table = ? AND name = ?",
+                )
+                .bind(database)
+                .bind(table)
+                .bind(column)
+                .fetch_one()
+                .await
+                .map_err(Error::clickhouse("system.columns read"))?;
+            Ok(n > 0)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conditions_apply_to_the_next_statement() {
+        let sql = "-- plain comment\nCREATE TABLE a;\n-- @if ttl\nALTER TABLE a\n MODIFY TTL x;\n\
+                   -- @if column s.results body\nALTER TABLE s.results DROP COLUMN body;\n\
+                   -- @if table s.t\nDROP TABLE s.t;\nSELECT 1;\n";
+        let statements = parse_statements(sql);
+        assert_eq!(statements.len(), 5);
+        assert_eq!(statements[0].condition, None);
+        assert_eq!(statements[1].condition, Some(Condition::Ttl));
+        assert_eq!(statements[1].sql, "ALTER TABLE a\n MODIFY TTL x");
+        assert_eq!(
+            statements[2].condition,
+            Some(Condition::Column {
+                database: "s".into(),
+                table: "results".into(),
+                column: "body".into()
+            })
+        );
+        assert_eq!(
+            statements[3].condition,
+            Some(Condition::Table {
+                database: "s".into(),
+                table: "t".into()
+            })
+        );
+        assert_eq!(statements[4].condition, None);
+        // A misspelt condition fails the migration instead of running or skipping quietly.
+        let bad = parse_statements("-- @if tll\nALTER TABLE a MODIFY TTL x;\n");
+        assert!(bad[0].sql.contains("throwIf"), "{bad:?}");
+    }
+
+    #[test]
+    fn ttl_support_by_version() {
+        assert!(!supports_ttl("18.16.1"));
+        assert!(!supports_ttl("19.5.3.8"));
+        assert!(supports_ttl("19.6.2.11"));
+        assert!(supports_ttl("24.8.4.13"));
+        assert!(!supports_ttl("garbage"));
+    }
 
     #[test]
     fn file_names() {
@@ -299,24 +498,37 @@ mod tests {
     #[test]
     fn every_statement_is_rendered_and_qualified() {
         for migration in migrations().unwrap() {
-            let statements = migration.statements("sluice_x");
+            let statements = migration.conditional_statements("sluice_x");
             assert!(!statements.is_empty(), "{}", migration.file);
-            for statement in statements {
+            for Statement {
+                sql: statement,
+                condition,
+            } in statements
+            {
                 assert!(!statement.contains('{'), "{statement}");
                 assert!(!statement.contains('?'), "{statement}");
+                // Safe to re-run: IF [NOT] EXISTS, a skipped existing column, a condition
+                // that no longer holds once done, or a copy into a ReplacingMergeTree of the
+                // private database (a second copy collapses).
                 assert!(
                     statement.contains("IF NOT EXISTS")
-                        || added_column(&statement, "sluice_x").is_some(),
+                        || statement.contains("IF EXISTS")
+                        || added_column(&statement, "sluice_x").is_some()
+                        || condition.is_some()
+                        || statement.starts_with("INSERT INTO sluice_x_private."),
                     "{statement}"
                 );
-                if statement.starts_with("ALTER") {
+                if statement.starts_with("ALTER") && condition.is_none() {
                     assert_eq!(
                         statement.matches("ADD COLUMN").count(),
                         1,
                         "one column per ALTER, so a re-run can tell what is missing: {statement}"
                     );
                 }
-                assert!(statement.contains("sluice_x."), "{statement}");
+                assert!(
+                    statement.contains("sluice_x.") || statement.contains("sluice_x_private"),
+                    "{statement}"
+                );
             }
         }
         for statement in split_statements(&render(BOOKKEEPING, &[("db", "sluice_x")])) {

@@ -27,7 +27,10 @@ use tracing::{debug, error, info, instrument, warn};
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::tables::{self, AuditRow, BudgetAlertRow, ResultRow, TableRow, UsageRow};
+use crate::tables::{
+    self, AcceptedRow, AuditRow, BudgetAlertRow, ResultBodyRow, ResultRow, Table, TableRow,
+    UsageRow,
+};
 
 /// Header names on dead-lettered messages.
 pub const DLQ_REASON: &str = "sluice.dlq.reason";
@@ -54,11 +57,22 @@ pub struct SinkStats {
     pub unwritten: u64,
 }
 
-/// Applies the migrations, then runs the sink until `shutdown` is cancelled.
+/// Applies the migrations (as the migrator), then runs the sink and the retention job until
+/// `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<SinkStats, Error> {
-    let client = tables::client(&config.clickhouse);
-    crate::migrations::apply_migrations(&client, &config.clickhouse.database).await?;
-    Sink::new(&config)?.run(shutdown).await
+    let migrator = tables::migrator_client(&config.clickhouse);
+    crate::migrations::apply_migrations(&migrator, &config.clickhouse.database).await?;
+    let retention = crate::retention::spawn(
+        migrator,
+        config.clickhouse.database.clone(),
+        config.retention.interval_ms,
+        shutdown.clone(),
+    );
+    let stats = Sink::new(&config)?.run(shutdown).await;
+    if let Some(retention) = retention {
+        retention.abort();
+    }
+    stats
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,6 +147,9 @@ impl From<CodecError> for Rejection {
 #[derive(Default)]
 struct Batch {
     results: Vec<ResultRow>,
+    /// Bodies of `results` (private), and `accepted` audit events (private).
+    result_bodies: Vec<ResultBodyRow>,
+    accepted: Vec<AcceptedRow>,
     usage: Vec<UsageRow>,
     audit: Vec<AuditRow>,
     budget_alerts: Vec<BudgetAlertRow>,
@@ -150,6 +167,8 @@ struct Batch {
 pub struct Sink {
     config: Config,
     client: Client,
+    /// Bound to the private database, for [`Table::Private`] rows.
+    private_client: Client,
     consumer: StreamConsumer<SinkContext>,
     producer: FutureProducer<SinkContext>,
     topics: Vec<(String, Kind)>,
@@ -200,6 +219,7 @@ impl Sink {
         Ok(Sink {
             config: config.clone(),
             client: tables::client(&config.clickhouse),
+            private_client: tables::private_client(&config.clickhouse),
             consumer,
             producer,
             topics,
@@ -299,13 +319,21 @@ impl Sink {
         let payload = message.payload().unwrap_or_default();
         let decoded = match self.kind_of(topic) {
             Some(Kind::Results) => decode::<sluice_schemas::Result>(payload)
-                .map(|r| batch.results.push(r.into()))
+                .map(|r| {
+                    let days = self.config.retention.completion_days;
+                    batch.result_bodies.push(ResultBodyRow::new(&r, days));
+                    batch.results.push(r.into());
+                })
                 .map_err(Rejection::from),
             Some(Kind::Usage) => decode::<sluice_schemas::Usage>(payload)
                 .map(|u| batch.usage.push(u.into()))
                 .map_err(Rejection::from),
             Some(Kind::Audit) => decode::<sluice_schemas::Audit>(payload)
-                .map(|a| batch.audit.push(a.into()))
+                .map(|a| {
+                    let days = self.config.retention.completion_days;
+                    batch.accepted.extend(AcceptedRow::of(&a, days));
+                    batch.audit.push(a.into());
+                })
                 .map_err(Rejection::from),
             Some(Kind::BudgetAlerts) => decode::<sluice_schemas::BudgetAlert>(payload)
                 .map(|a| batch.budget_alerts.push(a.into()))
@@ -416,9 +444,17 @@ impl Sink {
         let started = Instant::now();
         let rows = (batch.results.len(), batch.usage.len(), batch.audit.len());
         // A table written is cleared, so a retry after a partial failure writes only the rest.
+        // Private rows first: a result visible in `results` has its body for the async API.
+        let mut private_rows = 0;
         let written = self
-            .write(&mut batch.results, &mut stats.results, give_up)
+            .write(&mut batch.result_bodies, &mut private_rows, give_up)
             .await
+            && self
+                .write(&mut batch.accepted, &mut private_rows, give_up)
+                .await
+            && self
+                .write(&mut batch.results, &mut stats.results, give_up)
+                .await
             && self
                 .write(&mut batch.usage, &mut stats.usage, give_up)
                 .await
@@ -487,11 +523,15 @@ impl Sink {
         }
         let timeout = self.config.sink.insert_timeout_ms;
         let rows_ref: &Vec<R> = rows;
+        let client = match R::TABLE {
+            Table::Private(_) => &self.private_client,
+            _ => &self.client,
+        };
         let inserted = retry(
             R::TABLE.name(),
             self.config.sink.retry_max_backoff_ms,
             give_up,
-            || tables::insert(&self.client, rows_ref, timeout),
+            || tables::insert(client, rows_ref, timeout),
         )
         .await;
         if inserted.is_none() {

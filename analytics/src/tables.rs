@@ -11,14 +11,18 @@ use std::time::Duration;
 
 use clickhouse::{Client, Row, RowOwned, RowWrite};
 use serde::{Deserialize, Serialize};
-use sluice_schemas::{Audit, Usage};
+use sluice_schemas::tables::{expires_at, PrivateTable};
+use sluice_schemas::{Audit, AuditAction, Usage};
 
 use crate::config::Compression;
 use crate::error::Error;
 
-/// Every table (and view) Sluice writes or reads, by its unqualified name.
+/// Every table (and view) Sluice writes or reads, by its unqualified name. All but
+/// [`Table::Private`] are in the analyst database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Table {
+    /// A table of the private database (`<db>_private`), which analysts cannot read.
+    Private(PrivateTable),
     Results,
     Usage,
     Audit,
@@ -60,6 +64,7 @@ impl Table {
 
     pub fn name(self) -> &'static str {
         match self {
+            Table::Private(table) => table.name(),
             Table::Results => "results",
             Table::Usage => "usage",
             Table::Audit => "audit",
@@ -83,6 +88,16 @@ impl Table {
     }
 }
 
+impl Table {
+    /// `database.table`, for the analyst database `db`.
+    pub fn qualified(self, db: &str) -> String {
+        match self {
+            Table::Private(table) => table.qualified(db),
+            other => format!("{db}.{}", other.name()),
+        }
+    }
+}
+
 /// A row type and the table it goes to.
 pub trait TableRow: RowOwned + RowWrite + Send + Sync {
     const TABLE: Table;
@@ -100,8 +115,6 @@ pub struct ResultRow {
     pub traceparent: String,
     pub status: String,
     pub http_status: i32,
-    /// OpenAI-shaped response or error body (JSON).
-    pub body: String,
     /// '' when the request did not fail.
     pub error_kind: String,
     pub provider: String,
@@ -133,7 +146,6 @@ impl From<sluice_schemas::Result> for ResultRow {
             traceparent: r.traceparent.unwrap_or_default(),
             status: r.status.as_str().to_owned(),
             http_status: r.http_status,
-            body: r.body,
             error_kind: r.error_kind.unwrap_or_default(),
             provider: r.provider,
             deployment: r.deployment,
@@ -146,6 +158,72 @@ impl From<sluice_schemas::Result> for ResultRow {
             worker: r.worker,
             fallbacks: r.fallbacks,
         }
+    }
+}
+
+/// A request's final status and its whole response body, for the async and batch APIs only
+/// (private `result_bodies`; analysts never read it). Kept until `expires_at`.
+#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
+pub struct ResultBodyRow {
+    pub request_id: String,
+    pub team: String,
+    pub status: String,
+    pub http_status: i32,
+    /// OpenAI-shaped response or error body (JSON).
+    pub body: String,
+    pub error_kind: String,
+    pub model: String,
+    pub created_at_ms: i64,
+    /// The ReplacingMergeTree version.
+    pub finished_at_ms: u64,
+    /// Seconds since the epoch: `created_at_ms` plus the retention.
+    pub expires_at: u32,
+}
+
+impl TableRow for ResultBodyRow {
+    const TABLE: Table = Table::Private(PrivateTable::ResultBodies);
+}
+
+impl ResultBodyRow {
+    pub fn new(r: &sluice_schemas::Result, retention_days: u32) -> ResultBodyRow {
+        ResultBodyRow {
+            request_id: r.request_id.clone(),
+            team: r.team.clone(),
+            status: r.status.as_str().to_owned(),
+            http_status: r.http_status,
+            body: r.body.clone(),
+            error_kind: r.error_kind.clone().unwrap_or_default(),
+            model: r.model.clone(),
+            created_at_ms: r.created_at_ms,
+            finished_at_ms: non_negative(r.finished_at_ms),
+            expires_at: expires_at(r.created_at_ms, retention_days),
+        }
+    }
+}
+
+/// A request the ingress accepted (private `accepted_requests`), so any ingress replica
+/// answers "queued" for it until its result lands.
+#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
+pub struct AcceptedRow {
+    pub request_id: String,
+    pub team: String,
+    pub occurred_at_ms: u64,
+    pub expires_at: u32,
+}
+
+impl TableRow for AcceptedRow {
+    const TABLE: Table = Table::Private(PrivateTable::AcceptedRequests);
+}
+
+impl AcceptedRow {
+    /// The row of an `accepted` audit event; none for other events.
+    pub fn of(a: &Audit, retention_days: u32) -> Option<AcceptedRow> {
+        (a.action == AuditAction::Accepted).then(|| AcceptedRow {
+            request_id: a.request_id.clone(),
+            team: a.team.clone(),
+            occurred_at_ms: non_negative(a.occurred_at_ms),
+            expires_at: expires_at(a.occurred_at_ms, retention_days),
+        })
     }
 }
 
@@ -294,26 +372,65 @@ fn non_negative(ms: i64) -> u64 {
     u64::try_from(ms).unwrap_or(0)
 }
 
-/// A ClickHouse client for `config` (validation off: ClickHouse 18.16 cannot validate).
+/// A ClickHouse client for `config` (validation off: ClickHouse 18.16 cannot validate),
+/// as the sink's user, bound to the analyst database.
 pub fn client(config: &crate::config::ClickHouseConfig) -> Client {
+    connect(
+        config,
+        &config.database,
+        config.user.as_deref(),
+        config.password.as_deref(),
+    )
+}
+
+/// [`client`] bound to the private database, for [`Table::Private`] rows.
+pub fn private_client(config: &crate::config::ClickHouseConfig) -> Client {
+    connect(
+        config,
+        &sluice_schemas::tables::private_database(&config.database),
+        config.user.as_deref(),
+        config.password.as_deref(),
+    )
+}
+
+/// A client as the migrator (DDL: migrations, retention), `user` when none is configured.
+pub fn migrator_client(config: &crate::config::ClickHouseConfig) -> Client {
+    match &config.migrator_user {
+        Some(user) => connect(
+            config,
+            "default",
+            Some(user),
+            config.migrator_password.as_deref(),
+        ),
+        None => client(config).with_database("default"),
+    }
+}
+
+fn connect(
+    config: &crate::config::ClickHouseConfig,
+    database: &str,
+    user: Option<&str>,
+    password: Option<&str>,
+) -> Client {
     let mut client = Client::default()
         .with_url(&config.url)
-        .with_database(&config.database)
+        .with_database(database)
         .with_validation(false)
         .with_compression(match config.compression {
             Compression::Lz4 => clickhouse::Compression::Lz4,
             Compression::None => clickhouse::Compression::None,
         });
-    if let Some(user) = &config.user {
+    if let Some(user) = user {
         client = client.with_user(user);
     }
-    if let Some(password) = &config.password {
+    if let Some(password) = password {
         client = client.with_password(password);
     }
     client
 }
 
-/// Inserts `rows` into their table in one INSERT. The client must be bound to the database.
+/// Inserts `rows` into their table in one INSERT. The client must be bound to the table's
+/// database (the private one for [`Table::Private`] rows).
 pub async fn insert<R: TableRow>(
     client: &Client,
     rows: &[R],
@@ -334,7 +451,8 @@ pub async fn insert<R: TableRow>(
     insert.end().await.map_err(Error::clickhouse("insert"))
 }
 
-/// The final result of `request_id` of `team`, if it has landed (duplicates collapsed).
+/// The final result of `request_id` of `team` (without its body), if it has landed
+/// (duplicates collapsed).
 pub async fn find_result(
     client: &Client,
     database: &str,
@@ -352,6 +470,26 @@ pub async fn find_result(
         .fetch_optional::<ResultRow>()
         .await
         .map_err(Error::clickhouse("result lookup"))
+}
+
+/// The stored body of `request_id` of `team`, if kept (duplicates collapsed).
+pub async fn find_result_body(
+    client: &Client,
+    database: &str,
+    request_id: &str,
+    team: &str,
+) -> Result<Option<ResultBodyRow>, Error> {
+    let sql = format!(
+        "SELECT ?fields FROM {} FINAL WHERE request_id = ? AND team = ? LIMIT 1",
+        Table::Private(PrivateTable::ResultBodies).qualified(database)
+    );
+    client
+        .query(&sql)
+        .bind(request_id)
+        .bind(team)
+        .fetch_optional::<ResultBodyRow>()
+        .await
+        .map_err(Error::clickhouse("result body lookup"))
 }
 
 #[cfg(test)]

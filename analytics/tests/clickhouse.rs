@@ -7,8 +7,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use sluice_analytics::config::{ClickHouseConfig, Compression};
-use sluice_analytics::tables::{insert, AuditRow, ResultRow, UsageRow};
-use sluice_analytics::{apply_migrations, client, find_result};
+use sluice_analytics::tables::{insert, AuditRow, ResultBodyRow, ResultRow, UsageRow};
+use sluice_analytics::{apply_migrations, client, find_result, find_result_body, private_client};
 use support::*;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -108,7 +108,23 @@ async fn rows_read_back_as_written() {
     let r03 = results.iter().find(|r| r.request_id == "r03").unwrap();
     let found = find_result(&client, db, "r03", "acme").await.unwrap();
     assert_eq!(found.as_ref(), Some(r03));
-    assert!(r03.body.contains(r#""content":"two\nlines""#));
+    // The body goes to the private database, not to analysts' `results`.
+    let records = result_records();
+    let bodies: Vec<ResultBodyRow> = records.iter().map(|r| ResultBodyRow::new(r, 7)).collect();
+    let private = private_client(&config);
+    insert(&private, &bodies, TIMEOUT).await.unwrap();
+    let body = find_result_body(&client, db, "r03", "acme")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(Some(&body), bodies.iter().find(|b| b.request_id == "r03"));
+    assert!(body.body.contains(r#""content":"two\nlines""#));
+    assert_eq!(
+        find_result_body(&client, db, "r03", "globex")
+            .await
+            .unwrap(),
+        None
+    );
     assert_eq!(
         find_result(&client, db, "r03", "globex").await.unwrap(),
         None
@@ -230,4 +246,131 @@ async fn insert_throughput() {
         }
     }
     drop_database(&client(&config), db).await;
+}
+
+/// An installation from before 0006 (bodies in `results`, batch tables next to the analyst
+/// views) upgrades in place: bodies, accepted requests and batch rows move to the private
+/// database with an expiry, and nothing of them is left where analysts read.
+#[tokio::test]
+async fn migration_0006_moves_content_out_of_the_analyst_database() {
+    use sluice_analytics::migrations::{migrations, split_statements, BOOKKEEPING};
+    use sluice_analytics::queries::render;
+
+    let config = clickhouse_config().await;
+    let ch = client(&config);
+    let db = config.database.clone();
+    let private = sluice_schemas::tables::private_database(&db);
+    let admin = ch.clone().with_database("default");
+    for sql in split_statements(&render(BOOKKEEPING, &[("db", &db)])) {
+        admin.query(&sql).execute().await.unwrap();
+    }
+    for migration in migrations().unwrap().iter().filter(|m| m.version < 6) {
+        for sql in migration.statements(&db) {
+            admin.query(&sql).execute().await.unwrap();
+        }
+        admin
+            .query(&format!(
+                "INSERT INTO {db}.schema_migrations (version, name) VALUES (?, ?)"
+            ))
+            .bind(migration.version)
+            .bind(migration.name)
+            .execute()
+            .await
+            .unwrap();
+    }
+    let created_ms = sluice_schemas::now_ms();
+    for sql in [
+        format!(
+            "INSERT INTO {db}.results (request_id, team, key_id, priority, model, traceparent, \
+             status, http_status, body, error_kind, provider, deployment, attempts, \
+             prompt_tokens, completion_tokens, created_at_ms, started_at_ms, finished_at_ms, \
+             worker) VALUES ('r1', 'acme', 'k', 'standard', 'm', '', 'completed', 200, \
+             'the completion', '', 'p', 'd', 1, 1, 1, {created_ms}, {created_ms}, {created_ms}, 'w')"
+        ),
+        format!(
+            "INSERT INTO {db}.audit (event_id, request_id, team, key_id, action, model, \
+             priority, http_status, reason, prompt_tokens, occurred_at_ms) VALUES \
+             ('e1', 'r2', 'acme', 'k', 'accepted', 'm', 'standard', 202, '', 1, {created_ms})"
+        ),
+        format!(
+            "INSERT INTO {db}.batch_files (file_id, team, purpose, filename, bytes, lines, \
+             created_at_ms) VALUES ('file-1', 'acme', 'batch', 'in.jsonl', 10, 1, {created_ms})"
+        ),
+        format!(
+            "INSERT INTO {db}.batch_file_lines (file_id, line_no, line) VALUES \
+             ('file-1', 0, 'the prompt'), ('file-orphan', 0, 'a failed upload')"
+        ),
+        format!(
+            "INSERT INTO {db}.batch_lines (batch_id, line_no, custom_id, request_id, \
+             error_code, error_message) VALUES ('batch_1', 0, 'a', 'batch_1-0', '', '')"
+        ),
+    ] {
+        ch.query(&sql).execute().await.unwrap();
+    }
+
+    assert_eq!(apply_migrations(&ch, &db).await.unwrap(), [6]);
+
+    let text = |sql: String| {
+        let ch = ch.clone();
+        async move { ch.query(&sql).fetch_all::<String>().await.unwrap() }
+    };
+    assert!(
+        text(format!(
+            "SELECT name FROM system.columns WHERE database = '{db}' AND table = 'results' \
+             AND name = 'body'"
+        ))
+        .await
+        .is_empty(),
+        "results.body is gone"
+    );
+    assert!(
+        text(format!(
+            "SELECT name FROM system.tables WHERE database = '{db}' AND name LIKE 'batch%'"
+        ))
+        .await
+        .is_empty(),
+        "no batch table is left in the analyst database"
+    );
+    assert_eq!(
+        text(format!(
+            "SELECT body FROM {private}.result_bodies WHERE request_id = 'r1'"
+        ))
+        .await,
+        ["the completion"]
+    );
+    assert_eq!(
+        text(format!(
+            "SELECT team FROM {private}.accepted_requests WHERE request_id = 'r2'"
+        ))
+        .await,
+        ["acme"]
+    );
+    assert_eq!(
+        text(format!("SELECT custom_id FROM {private}.batch_lines")).await,
+        ["a"]
+    );
+    // Moved content expires 7 days after its creation; lines of an upload that never
+    // completed (no file row) expire at once.
+    let in_a_week = (created_ms / 1000 + 7 * 86_400).to_string();
+    assert_eq!(
+        text(format!(
+            "SELECT toString(toUInt32(expires_at)) FROM {private}.batch_files"
+        ))
+        .await,
+        std::slice::from_ref(&in_a_week)
+    );
+    assert_eq!(
+        text(format!(
+            "SELECT concat(file_id, ' ', line, ' ', toString(toUInt32(expires_at))) \
+             FROM {private}.batch_file_lines ORDER BY file_id"
+        ))
+        .await,
+        [
+            format!("file-1 the prompt {in_a_week}"),
+            "file-orphan a failed upload 0".to_string()
+        ]
+    );
+    // Re-running finds nothing to do.
+    assert!(apply_migrations(&ch, &db).await.unwrap().is_empty());
+    drop_database(&ch, &db).await;
 }

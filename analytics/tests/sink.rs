@@ -42,6 +42,7 @@ fn sink_config(prefix: &str, clickhouse: ClickHouseConfig) -> Config {
             retry_max_backoff_ms: Duration::from_millis(300),
             shutdown_timeout_ms: Duration::from_secs(5),
         },
+        retention: Default::default(),
         alert_webhooks: Vec::new(),
         webhooks: Default::default(),
     }
@@ -369,6 +370,116 @@ async fn offsets_wait_while_clickhouse_is_down() {
         assert_eq!(committed, want, "{topic}[{partition}]");
     }
     drop(producer.flush(KAFKA_TIMEOUT));
+    drop_database(&ch, &db).await;
+    delete_topics(&topics).await;
+}
+
+/// Issue 14: a completion is kept for the async API only, in the private database; no
+/// analyst-facing table holds its text (for a `hash` team the audit has only its SHA-256).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completion_text_lands_only_in_the_private_database() {
+    let clickhouse = clickhouse_config().await;
+    let prefix = unique("t");
+    let topics = create_topics(&prefix).await;
+    let config = sink_config(&prefix, clickhouse);
+    let db = config.clickhouse.database.clone();
+    let private = sluice_schemas::tables::private_database(&db);
+    let ch = client(&config.clickhouse);
+
+    let marker = unique("completion-text-of-a-hash-team");
+    let mut result = result_records().remove(0);
+    result.body =
+        format!(r#"{{"choices":[{{"message":{{"role":"assistant","content":"{marker}"}}}}]}}"#);
+    let mut accepted = audit_records().remove(0);
+    accepted.request_id = result.request_id.clone();
+    accepted.team = result.team.clone();
+    accepted.event_id = unique("ev");
+    accepted.action = sluice_schemas::AuditAction::Accepted;
+    accepted.completion_text = None;
+    accepted.prompt_text = None;
+    let mut completed = accepted.clone();
+    completed.event_id = unique("ev");
+    completed.action = sluice_schemas::AuditAction::Completed;
+    completed.completion_sha256 = Some("ab".repeat(32));
+
+    let producer = producer();
+    let results_topic = topics.name(&Topic::Results);
+    produce(
+        &producer,
+        &results_topic,
+        &result.team,
+        &encode(&result).unwrap(),
+    )
+    .await;
+    let audit_topic = topics.name(&Topic::Audit);
+    for event in [&accepted, &completed] {
+        produce(
+            &producer,
+            &audit_topic,
+            &event.team,
+            &encode(event).unwrap(),
+        )
+        .await;
+    }
+
+    let shutdown = CancellationToken::new();
+    let sink = tokio::spawn(sluice_analytics::run(config.clone(), shutdown.clone()));
+    wait_for_counts(&ch, &db, [("results", 1), ("usage", 0), ("audit", 2)]).await;
+    let body_sql = format!(
+        "SELECT toUInt64(count()) FROM {private}.result_bodies FINAL \
+         WHERE request_id = '{}' AND position(body, '{marker}') > 0",
+        result.request_id
+    );
+    let started = Instant::now();
+    while ch.query(&body_sql).fetch_one::<u64>().await.unwrap() != 1 {
+        assert!(
+            started.elapsed() < WAIT,
+            "the body never reached result_bodies"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let accepted_rows: u64 = ch
+        .query(&format!(
+            "SELECT toUInt64(count()) FROM {private}.accepted_requests FINAL WHERE request_id = ?"
+        ))
+        .bind(&result.request_id)
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(accepted_rows, 1);
+
+    // Every String column of every table in the analyst database, searched for the text.
+    let columns: Vec<(String, String)> = ch
+        .query(
+            "SELECT c.table, c.name FROM system.columns AS c \
+             ANY INNER JOIN (SELECT name AS table FROM system.tables \
+                 WHERE database = ? AND engine LIKE '%MergeTree') AS t USING table \
+             WHERE c.database = ? AND c.type = 'String'",
+        )
+        .bind(&db)
+        .bind(&db)
+        .fetch_all()
+        .await
+        .unwrap();
+    assert!(
+        columns
+            .iter()
+            .any(|(t, c)| t == "audit" && c == "completion_text"),
+        "{columns:?}"
+    );
+    for (table, column) in &columns {
+        let n: u64 = ch
+            .query(&format!(
+                "SELECT toUInt64(count()) FROM {db}.{table} WHERE position({column}, ?) > 0"
+            ))
+            .bind(&marker)
+            .fetch_one()
+            .await
+            .unwrap();
+        assert_eq!(n, 0, "{db}.{table}.{column} holds the completion text");
+    }
+    shutdown.cancel();
+    sink.await.unwrap().unwrap();
     drop_database(&ch, &db).await;
     delete_topics(&topics).await;
 }

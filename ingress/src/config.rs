@@ -55,6 +55,24 @@ pub struct Config {
     /// secret (docs/batch.md#webhooks).
     #[serde(default)]
     pub webhooks: crate::webhooks::WebhooksConfig,
+    /// How long uploaded batch content is kept (docs/security.md).
+    #[serde(default)]
+    pub retention: RetentionConfig,
+}
+
+/// How long the ingress keeps what callers upload. Completions are kept by the analytics
+/// sink (`[retention] completion_days` there); both go when their day has passed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Days an uploaded batch input file (and its lines) is kept, at least 1.
+    pub file_days: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig { file_days: 7 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -148,11 +166,13 @@ impl Default for ClickHouseConfig {
 }
 
 impl ClickHouseConfig {
-    /// A client for the ingress's reads and small writes (lookups, batch files).
+    /// A client for the ingress's reads and small writes (lookups, batch files), bound to
+    /// the private database: the only one the ingress's ClickHouse user may use
+    /// (docs/security.md); `database` names the analyst one next to it.
     pub fn client(&self) -> clickhouse::Client {
         let mut client = clickhouse::Client::default()
             .with_url(&self.url)
-            .with_database(&self.database)
+            .with_database(sluice_schemas::tables::private_database(&self.database))
             // ClickHouse 18.16 (Debian) cannot validate row types; casts in the queries
             // pin the types instead.
             .with_validation(false)
@@ -301,6 +321,12 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.retention.file_days == 0 {
+            return Err(ConfigError::Field {
+                field: "retention.file_days".into(),
+                problem: "must be at least 1 (a batch may run for a day)",
+            });
+        }
         crate::webhooks::Webhooks::from_config(&self.webhooks)?;
         if let Some(base) = &self.server.public_base_url {
             if !crate::public_url::valid_base(base) {
@@ -378,7 +404,7 @@ impl Config {
 /// Durations in config are plain milliseconds (`*_ms` keys).
 /// The sections env vars may override. Other `SLUICE_*` variables (another service's, or
 /// the scripts' `SLUICE_STATE`) are not ours and must not trip `deny_unknown_fields`.
-const ENV_SECTIONS: [&str; 7] = [
+const ENV_SECTIONS: [&str; 8] = [
     "server",
     "webhooks",
     "kafka",
@@ -386,6 +412,7 @@ const ENV_SECTIONS: [&str; 7] = [
     "deadlines",
     "routing",
     "admin",
+    "retention",
 ];
 
 /// `SLUICE_KAFKA_BOOTSTRAP` -> `kafka.bootstrap`.
@@ -436,6 +463,26 @@ mod tests {
         let config = Config::load(Some(&file));
         std::env::remove_var("SLUICE_ADMIN_KEY_SHA256");
         assert_eq!(config.unwrap().admin.key_sha256, Some(digest));
+    }
+
+    #[test]
+    fn retention_and_the_private_database() {
+        let dir = std::env::temp_dir().join(format!("sluice-cfg-ret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("ingress.toml");
+        std::fs::write(&file, "[[models]]\nid = \"m\"\n").unwrap();
+        assert_eq!(Config::load(Some(&file)).unwrap().retention.file_days, 7);
+        std::fs::write(
+            &file,
+            "[retention]\nfile_days = 0\n[[models]]\nid = \"m\"\n",
+        )
+        .unwrap();
+        let err = Config::load(Some(&file)).unwrap_err().to_string();
+        assert!(err.contains("retention.file_days"), "{err}");
+        // The ingress's client is bound to the private database, the only one its user has.
+        let config = ClickHouseConfig::default();
+        assert_eq!(config.database, "sluice");
+        assert_eq!(config.client().database(), Some("sluice_private"));
     }
 
     #[test]

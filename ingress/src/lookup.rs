@@ -1,8 +1,11 @@
-//! Async request status, read from ClickHouse (where the analytics sink lands every result),
-//! so any ingress replica can answer for any request.
+//! Async request status, read from ClickHouse's private database (where the analytics sink
+//! lands every result's body and every accepted request), so any ingress replica can answer
+//! for any request. Kept for the sink's `[retention] completion_days`.
 
 use clickhouse::{Client, Row};
 use serde::Deserialize;
+
+use sluice_schemas::tables::PrivateTable;
 
 use crate::config::ClickHouseConfig;
 
@@ -38,8 +41,8 @@ impl ResultStore {
     ) -> Result<Option<StoredResult>, clickhouse::error::Error> {
         let sql = format!(
             "SELECT status, toInt32(http_status), body, model, toInt64(finished_at_ms) \
-             FROM {}.results FINAL WHERE request_id = ? AND team = ? LIMIT 1",
-            self.database
+             FROM {} FINAL WHERE request_id = ? AND team = ? LIMIT 1",
+            PrivateTable::ResultBodies.qualified(&self.database)
         );
         self.client
             .query(&sql)
@@ -49,16 +52,15 @@ impl ResultStore {
             .await
     }
 
-    /// Whether an `accepted` audit row exists for a request of `team`.
+    /// Whether the ingress accepted a request of `team` (its `accepted` audit event landed).
     pub async fn was_accepted(
         &self,
         request_id: &str,
         team: &str,
     ) -> Result<bool, clickhouse::error::Error> {
         let sql = format!(
-            "SELECT toUInt64(count()) FROM {}.audit \
-             WHERE request_id = ? AND team = ? AND action = 'accepted'",
-            self.database
+            "SELECT toUInt64(count()) FROM {} WHERE request_id = ? AND team = ?",
+            PrivateTable::AcceptedRequests.qualified(&self.database)
         );
         let n: u64 = self
             .client

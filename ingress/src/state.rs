@@ -104,7 +104,7 @@ impl AppState {
                 partition: config.server.reply_partition,
             },
             store: ResultStore::new(&config.clickhouse),
-            batches_store: crate::batch::BatchStore::new(&config.clickhouse),
+            batches_store: crate::batch::BatchStore::new(&config.clickhouse, &config.retention),
             batches: crate::batch::Batches::default(),
             // `Config::validate` checked it; if it fails anyway, every webhook is refused.
             webhooks: crate::webhooks::Webhooks::from_config(&config.webhooks)

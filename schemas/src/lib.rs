@@ -19,6 +19,7 @@ pub mod openai;
 pub mod outbound;
 pub mod pricing;
 pub mod records;
+pub mod tables;
 pub mod topics;
 pub mod webhook;
 

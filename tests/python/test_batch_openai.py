@@ -19,7 +19,7 @@ def wait_tables(stack):
     deadline = time.time() + 60
     while time.time() < deadline:
         try:
-            if clickhouse(f"EXISTS TABLE {stack['database']}.batch_lines").strip() == "1":
+            if clickhouse(f"EXISTS TABLE {stack['database']}_private.batch_lines").strip() == "1":
                 return
         except Exception:
             pass

@@ -30,6 +30,7 @@ QUERIES = os.path.join(ANALYTICS, "queries")
 FIXTURES = os.path.join(ANALYTICS, "tests", "fixtures")
 EXPECTED = os.path.join(FIXTURES, "expected")
 DB = "sluice_chdb_test"
+PRIVATE = DB + "_private"  # sluice_schemas::tables::private_database
 TODAY = "toDate('2025-03-04')"  # the date make_expected.py pins the analyst queries to
 VIEWS = [
     "spend_by_team_day",
@@ -49,22 +50,35 @@ VIEWS = [
 ]
 
 
-def split_statements(sql):
+def parse_statements(sql):
     """The same rules as analytics/src/migrations.rs: `;` ending a line ends a statement,
-    `--` lines are comments."""
-    statements, current = [], []
+    `--` lines are comments, `-- @if COND` makes the next statement conditional.
+    Returns (condition or None, statement) pairs."""
+    statements, current, condition = [], [], None
     for line in sql.splitlines():
         stripped = line.strip()
         if stripped.startswith("--"):
+            rest = stripped[2:].strip()
+            if rest.startswith("@if "):
+                condition = rest[4:].split()
+                assert condition[0] in ("ttl", "table", "column"), "unknown condition %r" % rest
             continue
         if stripped.endswith(";"):
             current.append(line.rstrip()[:-1])
-            statements.append("\n".join(current).strip())
-            current = []
+            statement = "\n".join(current).strip()
+            if statement:
+                statements.append((condition, statement))
+            current, condition = [], None
         else:
             current.append(line)
-    statements.append("\n".join(current).strip())
-    return [s for s in statements if s]
+    statement = "\n".join(current).strip()
+    if statement:
+        statements.append((condition, statement))
+    return statements
+
+
+def split_statements(sql):
+    return [statement for _, statement in parse_statements(sql)]
 
 
 def render(sql, **values):
@@ -104,9 +118,25 @@ def q(session, sql, fmt="TSV"):
 ADDED_COLUMN = re.compile(r"ALTER\s+TABLE\s+(\w+)\.(\w+)\s+ADD\s+COLUMN\s+(\w+)\s", re.I)
 
 
+def holds(session, condition):
+    """analytics/src/migrations.rs `holds`: TTL from 19.6 on; tables and columns that exist."""
+    if condition[0] == "ttl":
+        major, minor = (int(p) for p in q(session, "SELECT version()").strip().split(".")[:2])
+        return (major, minor) >= (19, 6)
+    database, table = condition[1].split(".")
+    if condition[0] == "table":
+        sql = "SELECT count() FROM system.tables WHERE database = '%s' AND name = '%s'" % (database, table)
+    else:
+        sql = "SELECT count() FROM system.columns WHERE database = '%s' AND table = '%s' AND name = '%s'" % (
+            database, table, condition[2])
+    return q(session, sql).strip() != "0"
+
+
 def migrate(session):
     for sql in [read(os.path.join(MIGRATIONS, "schema_migrations.sql"))] + [read(f) for f in migration_files()]:
-        for statement in split_statements(render(sql, db=DB)):
+        for condition, statement in parse_statements(render(sql, db=DB, private=PRIVATE)):
+            if condition and not holds(session, condition):
+                continue
             # As analytics/src/migrations.rs: an added column that exists is skipped (18.16
             # has no ADD COLUMN IF NOT EXISTS).
             added = ADDED_COLUMN.match(statement)
@@ -119,11 +149,30 @@ def migrate(session):
             q(session, statement)
 
 
+# results.tsv's columns that go to the private result_bodies (the sink's ResultBodyRow);
+# `body` goes only there.
+BODY_COLUMNS = ["request_id", "team", "status", "http_status", "body", "error_kind", "model",
+                "created_at_ms", "finished_at_ms"]
+
+
+def columns(header, lines, keep):
+    """TSV lines cut to the columns in `keep` (TSV escapes tabs, so a tab separates)."""
+    index = [header.index(c) for c in keep]
+    return "".join("\t".join(line.split("\t")[i] for i in index) + "\n" for line in lines)
+
+
 def load_fixture(session, table):
     with open(os.path.join(FIXTURES, table + ".tsv")) as f:
         header = f.readline().rstrip("\n").split("\t")
         data = f.read()
-    q(session, "INSERT INTO %s.%s (%s) FORMAT TSV\n%s" % (DB, table, ", ".join(header), data))
+    lines = data.splitlines()
+    if table == "results":
+        keep = [c for c in header if c != "body"]
+        q(session, "INSERT INTO %s.results (%s) FORMAT TSV\n%s" % (DB, ", ".join(keep), columns(header, lines, keep)))
+        bodies = "".join(line + "\t2099-01-01 00:00:00\n" for line in columns(header, lines, BODY_COLUMNS).splitlines())
+        q(session, "INSERT INTO %s.result_bodies (%s, expires_at) FORMAT TSV\n%s" % (PRIVATE, ", ".join(BODY_COLUMNS), bodies))
+    else:
+        q(session, "INSERT INTO %s.%s (%s) FORMAT TSV\n%s" % (DB, table, ", ".join(header), data))
     return data.count("\n")
 
 
@@ -169,6 +218,20 @@ def test_migrations_create_tables_and_views(session, loaded):
     assert created == set(VIEWS)
 
 
+def test_private_database_and_retention(session, loaded):
+    """0006 on current ClickHouse: bodies and batch tables in the private database, results
+    without a body, and TTL on every expiring table (18.16 skips it: analytics/tests/retention.rs)."""
+    assert q(session, "SELECT count() FROM system.columns WHERE database = '%s' AND table = 'results' AND name = 'body'" % DB).strip() == "0"
+    private = set(q(session, "SELECT name FROM system.tables WHERE database = '%s'" % PRIVATE).split())
+    assert private == {"result_bodies", "accepted_requests", "batch_files", "batch_file_lines",
+                       "batches", "batch_cancels", "batch_lines"}
+    assert not {"batch_files", "batch_file_lines", "batches", "batch_cancels", "batch_lines"} & set(
+        q(session, "SELECT name FROM system.tables WHERE database = '%s'" % DB).split())
+    for table in ("result_bodies", "accepted_requests", "batch_files", "batch_file_lines"):
+        create = q(session, "SELECT create_table_query FROM system.tables WHERE database = '%s' AND name = '%s'" % (PRIVATE, table))
+        assert "TTL expires_at" in create, create
+
+
 def test_duplicates_collapse_with_final(session, loaded):
     # Each fixture has a duplicate record inside it and was loaded twice.
     assert loaded == {"usage": 13, "results": 14, "audit": 30}
@@ -188,7 +251,7 @@ def test_derived_columns_and_escapes(session, loaded):
         "SELECT created_at, day FROM %s.usage FINAL WHERE request_id = 'r03'" % DB,
     )
     assert row == "2025-03-03 23:59:59\t2025-03-03\n"
-    body = q(session, "SELECT body FROM %s.results FINAL WHERE request_id = 'r03'" % DB, "RawBLOB")
+    body = q(session, "SELECT body FROM %s.result_bodies FINAL WHERE request_id = 'r03'" % PRIVATE, "RawBLOB")
     assert '"content":"two\\nlines"' in body  # TSV \\n -> JSON's own \n escape, kept as text
 
 

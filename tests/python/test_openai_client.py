@@ -46,7 +46,12 @@ def wait_http(url, proc, what, timeout=60):
 
 
 def clickhouse(sql):
-    req = urllib.request.Request(CLICKHOUSE, data=sql.encode())
+    # As the tests' DDL-capable user (scripts/services.sh env), when there is one.
+    headers = {}
+    if os.environ.get("SLUICE_CLICKHOUSE_USER"):
+        headers = {"X-ClickHouse-User": os.environ["SLUICE_CLICKHOUSE_USER"],
+                   "X-ClickHouse-Key": os.environ.get("SLUICE_CLICKHOUSE_PASSWORD", "")}
+    req = urllib.request.Request(CLICKHOUSE, data=sql.encode(), headers=headers)
     with urllib.request.urlopen(req, timeout=10) as r:
         return r.read().decode()
 
@@ -120,6 +125,7 @@ def stack():
     finally:
         try:
             clickhouse(f"DROP DATABASE IF EXISTS {database}")
+            clickhouse(f"DROP DATABASE IF EXISTS {database}_private")
         except Exception:
             pass
 

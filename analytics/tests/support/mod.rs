@@ -18,6 +18,13 @@ pub fn clickhouse_url() -> String {
     std::env::var("SLUICE_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:18123".into())
 }
 
+/// The DDL-capable user tests run as (`scripts/services.sh env` exports it).
+pub fn clickhouse_user() -> Option<String> {
+    std::env::var("SLUICE_CLICKHOUSE_USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+}
+
 pub fn kafka_bootstrap() -> String {
     std::env::var("SLUICE_KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:19092".into())
 }
@@ -35,11 +42,11 @@ pub async fn clickhouse_config() -> ClickHouseConfig {
     let config = ClickHouseConfig {
         url: clickhouse_url(),
         database: unique("sluice_test"),
+        user: clickhouse_user(),
+        password: std::env::var("SLUICE_CLICKHOUSE_PASSWORD").ok(),
         ..ClickHouseConfig::default()
     };
-    let probe = Client::default()
-        .with_url(&config.url)
-        .with_validation(false);
+    let probe = sluice_analytics::client(&config).with_database("default");
     let version: Result<String, _> = probe.query("SELECT version()").fetch_one().await;
     if let Err(e) = version {
         panic!(
@@ -52,11 +59,14 @@ pub async fn clickhouse_config() -> ClickHouseConfig {
 }
 
 pub async fn drop_database(client: &Client, db: &str) {
-    client
-        .query_raw(&format!("DROP DATABASE IF EXISTS {db}"))
-        .execute()
-        .await
-        .ok();
+    let private = sluice_schemas::tables::private_database(db);
+    for db in [db, private.as_str()] {
+        client
+            .query_raw(&format!("DROP DATABASE IF EXISTS {db}"))
+            .execute()
+            .await
+            .ok();
+    }
 }
 
 fn fixtures_dir() -> PathBuf {

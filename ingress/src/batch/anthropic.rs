@@ -15,6 +15,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sluice_schemas::now_ms;
+use sluice_schemas::tables::PrivateTable;
 
 use super::batches::{
     check_webhook, new_batch, outcome, page, request_cancel, view, BatchOptions, Outcome,
@@ -95,6 +96,7 @@ pub async fn create(
     let webhook_url = check_webhook(&app, &caller.team, request.sluice.as_ref()).await?;
     let file_id = format!("file-{}", uuid::Uuid::now_v7().simple());
     let mut block = Vec::new();
+    let expires_at = app.batches_store.expires_at();
     let mut bytes = 0u64;
     let total = request.requests.len() as u64;
     for (i, r) in request.requests.into_iter().enumerate() {
@@ -104,13 +106,18 @@ pub async fn create(
             file_id: file_id.clone(),
             line_no: i as u32,
             line,
+            expires_at,
         });
         if block.len() >= 2_000 {
-            app.batches_store.insert("batch_file_lines", &block).await?;
+            app.batches_store
+                .insert(PrivateTable::BatchFileLines, &block)
+                .await?;
             block.clear();
         }
     }
-    app.batches_store.insert("batch_file_lines", &block).await?;
+    app.batches_store
+        .insert(PrivateTable::BatchFileLines, &block)
+        .await?;
     let file = FileRow {
         file_id: file_id.clone(),
         team: caller.team.clone(),
@@ -119,8 +126,11 @@ pub async fn create(
         bytes,
         lines: total,
         created_at_ms: now_ms().max(0) as u64,
+        expires_at,
     };
-    app.batches_store.insert("batch_files", &[file]).await?;
+    app.batches_store
+        .insert(PrivateTable::BatchFiles, &[file])
+        .await?;
     let row = new_batch(
         &caller,
         format!("msgbatch_{}", uuid::Uuid::now_v7().simple()),
@@ -134,7 +144,7 @@ pub async fn create(
         webhook_url,
     );
     app.batches_store
-        .insert("batches", std::slice::from_ref(&row))
+        .insert(PrivateTable::Batches, std::slice::from_ref(&row))
         .await?;
     tracing::info!(batch_id = %row.batch_id, team = %row.team, lines = total, "message batch created");
     driver::spawn(Arc::clone(&app), row.clone());

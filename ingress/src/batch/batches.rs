@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use sluice_schemas::tables::PrivateTable;
 use sluice_schemas::{encode, now_ms, Cancel, Topic};
 
 use super::store::{BatchRow, JoinedLine, Progress};
@@ -132,7 +133,7 @@ pub async fn create(
         webhook_url,
     );
     app.batches_store
-        .insert("batches", std::slice::from_ref(&row))
+        .insert(PrivateTable::Batches, std::slice::from_ref(&row))
         .await?;
     tracing::info!(batch_id = %row.batch_id, team = %row.team, lines = row.total_lines, "batch created");
     driver::spawn(Arc::clone(&app), row.clone());
@@ -396,7 +397,7 @@ pub(crate) async fn request_cancel(app: &AppState, row: &BatchRow) -> Result<Vie
     app.batches.mark_cancelled(&row.batch_id);
     app.batches_store
         .insert(
-            "batch_cancels",
+            PrivateTable::BatchCancels,
             &[super::store::CancelRow {
                 batch_id: row.batch_id.clone(),
                 team: row.team.clone(),

@@ -14,6 +14,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use serde_json::Value;
 use sluice_schemas::now_ms;
+use sluice_schemas::tables::PrivateTable;
 
 use super::batches::{batch_object, view};
 use super::store::{BatchRow, LineRow};
@@ -79,7 +80,7 @@ async fn run(app: &AppState, mut row: BatchRow) {
 async fn checkpoint(app: &AppState, row: &mut BatchRow) -> Result<(), BatchError> {
     row.version = next_version();
     app.batches_store
-        .insert("batches", std::slice::from_ref(row))
+        .insert(PrivateTable::Batches, std::slice::from_ref(row))
         .await?;
     Ok(())
 }
@@ -318,7 +319,9 @@ async fn drive(app: &AppState, row: &mut BatchRow) -> Result<(), BatchError> {
                 lines[i] = None;
             }
         }
-        app.batches_store.insert("batch_lines", &records).await?;
+        app.batches_store
+            .insert(PrivateTable::BatchLines, &records)
+            .await?;
         publish_all(
             app,
             &row.key_id,
@@ -418,7 +421,9 @@ async fn publish_all(
     }
     if !refused.is_empty() {
         // Replaces the rows written before publishing (the last insert wins under FINAL).
-        app.batches_store.insert("batch_lines", &refused).await?;
+        app.batches_store
+            .insert(PrivateTable::BatchLines, &refused)
+            .await?;
     }
     Ok(())
 }

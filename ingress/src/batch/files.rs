@@ -14,6 +14,7 @@ use axum::Json;
 use clickhouse::query::RowCursor;
 use serde_json::{json, Value};
 use sluice_schemas::now_ms;
+use sluice_schemas::tables::PrivateTable;
 
 use super::batches::{render_output_line, OutputKind};
 use super::jsonl::Lines;
@@ -83,9 +84,10 @@ pub async fn upload(
         bytes,
         lines,
         created_at_ms: now_ms().max(0) as u64,
+        expires_at: app.batches_store.expires_at(),
     };
     app.batches_store
-        .insert("batch_files", std::slice::from_ref(&row))
+        .insert(PrivateTable::BatchFiles, std::slice::from_ref(&row))
         .await?;
     tracing::info!(file_id = %row.file_id, lines, bytes, "batch input file stored");
     Ok(Json(file_object(&row)).into_response())
@@ -104,6 +106,7 @@ async fn store_lines(
     let mut block_bytes = 0;
     let mut line_no: u32 = 0;
     let mut bytes: u64 = 0;
+    let expires_at = app.batches_store.expires_at();
     let mut done = false;
     while !done {
         let lines = match field.chunk().await.map_err(multipart_error)? {
@@ -135,16 +138,21 @@ async fn store_lines(
                 file_id: file_id.to_string(),
                 line_no,
                 line,
+                expires_at,
             });
             line_no += 1;
             if block.len() >= BLOCK_LINES || block_bytes >= BLOCK_BYTES {
-                app.batches_store.insert("batch_file_lines", &block).await?;
+                app.batches_store
+                    .insert(PrivateTable::BatchFileLines, &block)
+                    .await?;
                 block.clear();
                 block_bytes = 0;
             }
         }
     }
-    app.batches_store.insert("batch_file_lines", &block).await?;
+    app.batches_store
+        .insert(PrivateTable::BatchFileLines, &block)
+        .await?;
     if line_no == 0 {
         return Err(BatchError::NotJsonl("the file has no lines".into()));
     }

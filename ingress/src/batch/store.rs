@@ -1,4 +1,6 @@
-//! The batch tables in ClickHouse (`analytics/migrations/0005_batches.sql`).
+//! The batch tables in ClickHouse's private database (`analytics/migrations/0005_batches.sql`,
+//! moved by `0006_private_and_retention.sql`): names from [`PrivateTable`], uploaded content
+//! kept for `[retention] file_days` ([`BatchStore::expires_at`]).
 //!
 //! Rows go as RowBinary without server-side validation (ClickHouse 18.16 cannot validate):
 //! each field's Rust type is the exact type of its column.
@@ -7,7 +9,9 @@ use clickhouse::query::RowCursor;
 use clickhouse::{Client, Row};
 use serde::{Deserialize, Serialize};
 
-use crate::config::ClickHouseConfig;
+use sluice_schemas::tables::{private_database, PrivateTable};
+
+use crate::config::{ClickHouseConfig, RetentionConfig};
 
 #[derive(Debug, Clone, Row, Serialize, Deserialize)]
 pub struct FileRow {
@@ -18,6 +22,8 @@ pub struct FileRow {
     pub bytes: u64,
     pub lines: u64,
     pub created_at_ms: u64,
+    /// When the file and its lines go ([`BatchStore::expires_at`]).
+    pub expires_at: u32,
 }
 
 #[derive(Debug, Clone, Row, Serialize, Deserialize)]
@@ -25,6 +31,7 @@ pub struct FileLineRow {
     pub file_id: String,
     pub line_no: u32,
     pub line: String,
+    pub expires_at: u32,
 }
 
 #[derive(Debug, Clone, Row, Serialize, Deserialize)]
@@ -113,27 +120,44 @@ impl Progress {
 
 #[derive(Clone)]
 pub struct BatchStore {
+    /// Bound to the private database.
     client: Client,
+    /// The private database (`<clickhouse.database>_private`).
     database: String,
+    file_days: u32,
 }
 
 impl BatchStore {
-    pub fn new(config: &ClickHouseConfig) -> BatchStore {
-        let client = config.client();
+    pub fn new(config: &ClickHouseConfig, retention: &RetentionConfig) -> BatchStore {
         BatchStore {
-            client,
-            database: config.database.clone(),
+            client: config.client(),
+            database: private_database(&config.database),
+            file_days: retention.file_days,
         }
     }
 
-    pub async fn insert<R>(&self, table: &str, rows: &[R]) -> Result<(), clickhouse::error::Error>
+    /// `expires_at` of content uploaded now (files and their lines).
+    pub fn expires_at(&self) -> u32 {
+        sluice_schemas::tables::expires_at(sluice_schemas::now_ms(), self.file_days)
+    }
+
+    /// `<private db>.<table>`.
+    fn table(&self, table: PrivateTable) -> String {
+        format!("{}.{}", self.database, table.name())
+    }
+
+    pub async fn insert<R>(
+        &self,
+        table: PrivateTable,
+        rows: &[R],
+    ) -> Result<(), clickhouse::error::Error>
     where
         R: clickhouse::RowOwned + clickhouse::RowWrite,
     {
         if rows.is_empty() {
             return Ok(());
         }
-        let mut insert = self.client.insert::<R>(table).await?;
+        let mut insert = self.client.insert::<R>(table.name()).await?;
         for row in rows {
             insert.write(row).await?;
         }
@@ -146,8 +170,8 @@ impl BatchStore {
         team: &str,
     ) -> Result<Option<FileRow>, clickhouse::error::Error> {
         let sql = format!(
-            "SELECT ?fields FROM {}.batch_files FINAL WHERE file_id = ? AND team = ? LIMIT 1",
-            self.database
+            "SELECT ?fields FROM {} FINAL WHERE file_id = ? AND team = ? LIMIT 1",
+            self.table(PrivateTable::BatchFiles)
         );
         self.client
             .query(&sql)
@@ -164,9 +188,9 @@ impl BatchStore {
         from: u32,
     ) -> Result<RowCursor<FileLineRow>, clickhouse::error::Error> {
         let sql = format!(
-            "SELECT ?fields FROM {}.batch_file_lines FINAL \
+            "SELECT ?fields FROM {} FINAL \
              WHERE file_id = ? AND line_no >= ? ORDER BY line_no",
-            self.database
+            self.table(PrivateTable::BatchFileLines)
         );
         self.client
             .query(&sql)
@@ -181,8 +205,8 @@ impl BatchStore {
         team: &str,
     ) -> Result<Option<BatchRow>, clickhouse::error::Error> {
         let sql = format!(
-            "SELECT ?fields FROM {}.batches FINAL WHERE batch_id = ? AND team = ? LIMIT 1",
-            self.database
+            "SELECT ?fields FROM {} FINAL WHERE batch_id = ? AND team = ? LIMIT 1",
+            self.table(PrivateTable::Batches)
         );
         self.client
             .query(&sql)
@@ -201,9 +225,9 @@ impl BatchStore {
         limit: u64,
     ) -> Result<Vec<BatchRow>, clickhouse::error::Error> {
         let sql = format!(
-            "SELECT ?fields FROM {}.batches FINAL WHERE team = ? AND dialect = ? AND batch_id < ? \
+            "SELECT ?fields FROM {} FINAL WHERE team = ? AND dialect = ? AND batch_id < ? \
              ORDER BY batch_id DESC LIMIT ?",
-            self.database
+            self.table(PrivateTable::Batches)
         );
         // Ids are time-ordered (UUIDv7): `~` sorts after every id.
         self.client
@@ -219,16 +243,16 @@ impl BatchStore {
     /// Batches whose driver has not finished (to resume at start-up).
     pub async fn unfinished(&self) -> Result<Vec<BatchRow>, clickhouse::error::Error> {
         let sql = format!(
-            "SELECT ?fields FROM {}.batches FINAL WHERE published_at_ms = 0 AND status != 'failed'",
-            self.database
+            "SELECT ?fields FROM {} FINAL WHERE published_at_ms = 0 AND status != 'failed'",
+            self.table(PrivateTable::Batches)
         );
         self.client.query(&sql).fetch_all().await
     }
 
     pub async fn cancelled_at(&self, batch_id: &str) -> Result<u64, clickhouse::error::Error> {
         let sql = format!(
-            "SELECT toUInt64(max(cancelled_at_ms)) FROM {}.batch_cancels WHERE batch_id = ?",
-            self.database
+            "SELECT toUInt64(max(cancelled_at_ms)) FROM {} WHERE batch_id = ?",
+            self.table(PrivateTable::BatchCancels)
         );
         self.client.query(&sql).bind(batch_id).fetch_one().await
     }
@@ -241,9 +265,9 @@ impl BatchStore {
         before_line: u32,
     ) -> Result<Vec<String>, clickhouse::error::Error> {
         let sql = format!(
-            "SELECT custom_id FROM {}.batch_lines FINAL \
+            "SELECT custom_id FROM {} FINAL \
              WHERE batch_id = ? AND line_no < ? AND custom_id != ''",
-            self.database
+            self.table(PrivateTable::BatchLines)
         );
         self.client
             .query(&sql)
@@ -258,8 +282,8 @@ impl BatchStore {
             "SELECT toUInt64(countIf(request_id != '')), \
              toUInt64(countIf(request_id = '' AND error_code != 'batch_cancelled')), \
              toUInt64(countIf(error_code = 'batch_cancelled')) \
-             FROM {}.batch_lines FINAL WHERE batch_id = ?",
-            self.database
+             FROM {} FINAL WHERE batch_id = ?",
+            self.table(PrivateTable::BatchLines)
         );
         let (published, invalid, unstarted): (u64, u64, u64) = self
             .client
@@ -273,8 +297,8 @@ impl BatchStore {
              toUInt64(countIf(status = 'expired')), \
              toUInt64(countIf(status != 'expired' AND error_kind = 'client_disconnected')), \
              toUInt64(count()), toUInt64(max(finished_at_ms)) \
-             FROM {}.results FINAL WHERE request_id >= ? AND request_id < ?",
-            self.database
+             FROM {} FINAL WHERE request_id >= ? AND request_id < ?",
+            self.table(PrivateTable::ResultBodies)
         );
         let (succeeded, expired, cancelled, all, last_finished_ms): (u64, u64, u64, u64, u64) =
             self.client
@@ -302,14 +326,15 @@ impl BatchStore {
         batch_id: &str,
     ) -> Result<RowCursor<JoinedLine>, clickhouse::error::Error> {
         let (from, to) = super::request_id_range(batch_id);
-        let db = &self.database;
+        let lines = self.table(PrivateTable::BatchLines);
+        let results = self.table(PrivateTable::ResultBodies);
         let sql = format!(
             "SELECT toUInt32(line_no), custom_id, request_id, error_code, error_message, \
              status, toInt32(http_status), body, error_kind, model \
              FROM (SELECT line_no, custom_id, request_id, error_code, error_message \
-                   FROM {db}.batch_lines FINAL WHERE batch_id = ?) AS l \
+                   FROM {lines} FINAL WHERE batch_id = ?) AS l \
              ANY LEFT JOIN (SELECT request_id, status, http_status, body, error_kind, model \
-                   FROM {db}.results FINAL WHERE request_id >= ? AND request_id < ?) AS r \
+                   FROM {results} FINAL WHERE request_id >= ? AND request_id < ?) AS r \
              USING request_id ORDER BY line_no"
         );
         self.client

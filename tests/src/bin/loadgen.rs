@@ -961,8 +961,12 @@ fn request_id(body: &[u8]) -> anyhow::Result<String> {
 }
 
 async fn clickhouse(client: &reqwest::Client, url: &str, sql: &str) -> anyhow::Result<String> {
-    let response = client
-        .post(url)
+    let mut request = client.post(url);
+    // scripts/services.sh's users: the environment names the one to query as.
+    if let Ok(user) = std::env::var("SLUICE_CLICKHOUSE_USER") {
+        request = request.basic_auth(user, std::env::var("SLUICE_CLICKHOUSE_PASSWORD").ok());
+    }
+    let response = request
         .body(sql.to_string())
         .send()
         .await

@@ -38,6 +38,18 @@ pub fn host_port(url: &str) -> String {
     rest.split('/').next().unwrap_or(rest).to_string()
 }
 
+/// The DDL-capable ClickHouse user tests run as (each test creates its own databases):
+/// `SLUICE_CLICKHOUSE_USER` / `SLUICE_CLICKHOUSE_PASSWORD`, from `scripts/services.sh env`.
+pub fn clickhouse_user() -> Option<String> {
+    std::env::var("SLUICE_CLICKHOUSE_USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+}
+
+pub fn clickhouse_password() -> Option<String> {
+    std::env::var("SLUICE_CLICKHOUSE_PASSWORD").ok()
+}
+
 pub fn unique(prefix: &str) -> String {
     format!(
         "{prefix}{}",
@@ -76,6 +88,25 @@ pub struct StackOptions {
     pub alert_webhooks: Vec<sluice_analytics::alerts::AlertWebhook>,
     /// The analytics sink's `[webhooks] allowed_hosts` (local alert receivers opt in).
     pub alert_allowed_hosts: Vec<String>,
+    /// Run the ingress and the sink as their own ClickHouse users (SLUICE_CH_INGRESS_* and
+    /// SLUICE_CH_SINK_*, from `scripts/services.sh env`) instead of the tests' migrator. Those
+    /// users are bound to fixed databases: the stack uses [`PROCESS_USERS_DATABASE`], so only
+    /// one such stack may run at a time.
+    pub process_users: bool,
+}
+
+/// The database of a `process_users` stack (one of services.sh's CH_DATABASES).
+pub const PROCESS_USERS_DATABASE: &str = "sluice_acl_e2e";
+
+/// `SLUICE_CH_<ROLE>_USER` / `_PASSWORD`.
+fn process_user(role: &str) -> (Option<String>, Option<String>) {
+    let var = |what: &str| {
+        let name = format!("SLUICE_CH_{role}_{what}");
+        Some(std::env::var(&name).unwrap_or_else(|_| {
+            panic!("{name} is not set: eval \"$(bash scripts/services.sh env)\"")
+        }))
+    };
+    (var("USER"), var("PASSWORD"))
 }
 
 impl Default for StackOptions {
@@ -95,6 +126,7 @@ impl Default for StackOptions {
             audit_toml: String::new(),
             budget_toml: String::new(),
             alert_webhooks: Vec::new(),
+            process_users: false,
         }
     }
 }
@@ -126,7 +158,18 @@ impl Stack {
             )
             .try_init();
         let prefix = unique("t");
-        let database = format!("sluice_{prefix}");
+        let database = if options.process_users {
+            // Left over from an interrupted run, if any.
+            for db in ["", "_private"] {
+                let _ = ch_query(&format!(
+                    "DROP DATABASE IF EXISTS {PROCESS_USERS_DATABASE}{db}"
+                ))
+                .await;
+            }
+            PROCESS_USERS_DATABASE.to_string()
+        } else {
+            format!("sluice_{prefix}")
+        };
         let shutdown = CancellationToken::new();
         let mock = MockProvider::start(options.behaviour)
             .await
@@ -183,6 +226,7 @@ impl Stack {
                     .extract()
                     .expect("webhooks TOML")
             },
+            retention: Default::default(),
         };
         ingress.server.listen = "127.0.0.1:0".into();
         ingress.server.sync_timeout_ms = Duration::from_secs(30);
@@ -191,6 +235,11 @@ impl Stack {
         ingress.kafka.produce_timeout_ms = options.produce_timeout;
         ingress.clickhouse.url = options.clickhouse_url.clone();
         ingress.clickhouse.database = database.clone();
+        (ingress.clickhouse.user, ingress.clickhouse.password) = if options.process_users {
+            process_user("INGRESS")
+        } else {
+            (clickhouse_user(), clickhouse_password())
+        };
         let ingress_config = ingress.clone();
         let running = sluice_ingress::start(ingress, shutdown.clone())
             .await
@@ -202,11 +251,18 @@ impl Stack {
         analytics.kafka.group_id = format!("{prefix}-analytics");
         analytics.clickhouse.url = clickhouse_url();
         analytics.clickhouse.database = database.clone();
+        (analytics.clickhouse.user, analytics.clickhouse.password) = if options.process_users {
+            process_user("SINK")
+        } else {
+            (clickhouse_user(), clickhouse_password())
+        };
+        analytics.clickhouse.migrator_user = clickhouse_user();
+        analytics.clickhouse.migrator_password = clickhouse_password();
         analytics.sink.flush_interval_ms = Duration::from_millis(200);
         analytics.alert_webhooks = options.alert_webhooks.clone();
         analytics.webhooks.allowed_hosts = options.alert_allowed_hosts.clone();
         // Tables exist before the test's first query.
-        let client = sluice_analytics::client(&analytics.clickhouse);
+        let client = sluice_analytics::migrator_client(&analytics.clickhouse);
         sluice_analytics::apply_migrations(&client, &database)
             .await
             .expect("migrations apply (is ClickHouse up?)");
@@ -389,6 +445,11 @@ output_per_million = {PRICE_OUT}
             let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
         }
         let _ = ch_query(&format!("DROP DATABASE IF EXISTS {}", self.database)).await;
+        let _ = ch_query(&format!(
+            "DROP DATABASE IF EXISTS {}",
+            sluice_schemas::tables::private_database(&self.database)
+        ))
+        .await;
         delete_topics(&self.bootstrap, &self.prefix).await;
     }
 }
@@ -469,8 +530,14 @@ pub fn chat(text: &str) -> Value {
 }
 
 pub async fn ch_query(sql: &str) -> String {
-    let response = reqwest::Client::new()
-        .post(clickhouse_url())
+    let mut request = reqwest::Client::new().post(clickhouse_url());
+    if let Some(user) = clickhouse_user() {
+        request = request.header("X-ClickHouse-User", user).header(
+            "X-ClickHouse-Key",
+            clickhouse_password().unwrap_or_default(),
+        );
+    }
+    let response = request
         .body(sql.to_string())
         .send()
         .await

@@ -673,7 +673,7 @@ async fn a_replica_starting_up_resumes_a_batch_whose_driver_died() {
     let now = sluice_schemas::now_ms();
     stack
         .ch(&format!(
-            "INSERT INTO {{db}}.batches VALUES ('{batch_id}', 'team-a', 'key_a', 'openai', \
+            "INSERT INTO {{db}}_private.batches VALUES ('{batch_id}', 'team-a', 'key_a', 'openai', \
              '/v1/chat/completions', '{file}', '24h', 'in_progress', {total}, 0, {now}, {exp}, 0, \
              '{{}}', '', '', 1)",
             file = file["id"].as_str().unwrap(),
@@ -682,7 +682,7 @@ async fn a_replica_starting_up_resumes_a_batch_whose_driver_died() {
         .await;
     stack
         .ch(&format!(
-            "INSERT INTO {{db}}.batch_lines VALUES ('{batch_id}', 0, 'd-0', '{batch_id}-0', '', ''), \
+            "INSERT INTO {{db}}_private.batch_lines VALUES ('{batch_id}', 0, 'd-0', '{batch_id}-0', '', ''), \
              ('{batch_id}', 1, 'd-1', '{batch_id}-1', '', '')"
         ))
         .await;

@@ -419,6 +419,28 @@ async fn audit_content_follows_each_teams_policy() {
         completed["completion_sha256"],
         sha256_hex(answer_b).as_str()
     );
+    // Nor is team B's answer anywhere else analysts read (issue 14): `results` has no body;
+    // the async API's copy is in the private database only.
+    stack
+        .wait_count("SELECT count() FROM {db}.results FINAL", 2, WAIT)
+        .await;
+    let columns = stack
+        .ch("SELECT table, name FROM system.columns WHERE database = '{db}' AND type = 'String' \
+             AND table IN (SELECT table FROM system.columns WHERE database = '{db}' AND name = 'team') \
+             AND table IN (SELECT name FROM system.tables WHERE database = '{db}' AND engine LIKE '%MergeTree')")
+        .await;
+    assert!(columns.contains("completion_text"), "{columns}");
+    assert!(answer_b.len() > 3, "{answer_b}");
+    for line in columns.lines() {
+        let (table, column) = line.split_once('\t').unwrap();
+        let found = stack
+            .ch(&format!(
+                "SELECT count() FROM {{db}}.{table} WHERE team = 'team-b' AND position({column}, '{}') > 0",
+                answer_b.replace('\'', "\\'")
+            ))
+            .await;
+        assert_eq!(found.trim(), "0", "team B's answer is in {table}.{column}");
+    }
 
     // A streamed answer is recorded whole: the text of all its deltas.
     let mut streamed = chat("streammarker count the sheep");

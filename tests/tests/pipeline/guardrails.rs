@@ -172,13 +172,18 @@ async fn pii_is_masked_for_the_provider_and_restored_for_the_caller() {
     assert_eq!(status, 200);
     assert_eq!(sent_messages(&stack, 5)[0]["content"], prompt);
 
-    // What was stored (results, in ClickHouse) never has team A's originals.
+    // What was stored (result bodies, in ClickHouse's private database) never has team A's
+    // originals.
     let n = stack
-        .wait_count("SELECT count() FROM {db}.results FINAL", 6, WAIT)
+        .wait_count(
+            "SELECT count() FROM {db}_private.result_bodies FINAL",
+            6,
+            WAIT,
+        )
         .await;
     assert_eq!(n, 6);
     let stored = stack
-        .ch("SELECT count() FROM {db}.results FINAL WHERE team = 'team-a' AND position(body, 'jane.doe@example.com') > 0")
+        .ch("SELECT count() FROM {db}_private.result_bodies FINAL WHERE team = 'team-a' AND position(body, 'jane.doe@example.com') > 0")
         .await;
     assert_eq!(stored.trim(), "0");
     stack.stop().await;

@@ -100,20 +100,24 @@ async fn a_tenant_cannot_point_a_webhook_at_clickhouse_or_any_internal_address()
     let metadata = json!({"note": "*/ -- "});
 
     // Control: the attack is real on this ClickHouse. The event body a Sluice webhook
-    // posts, with the caller's metadata closing the query's comment, creates a table.
+    // posts, with the caller's metadata closing the query's comment, creates a table. (The
+    // passwordless `default` user is locked by scripts/services.sh, a second wall: the
+    // control posts as the DDL user the tests run as, which is what a webhook would reach
+    // on a ClickHouse that still has an open `default`.)
     let control = clickhouse_query_url(
         &ch,
         &format!("CREATE TABLE {db}.probe_control (x UInt8) ENGINE = Memory /*"),
     );
     let event = json!({"type": "batch.completed", "timestamp": "2026-01-01T00:00:00Z",
                        "data": {"id": "batch_x", "metadata": metadata}});
-    let answer = stack
-        .http
-        .post(&control)
-        .body(event.to_string())
-        .send()
-        .await
-        .unwrap();
+    let mut control_post = stack.http.post(&control).body(event.to_string());
+    if let Some(user) = clickhouse_user() {
+        control_post = control_post.header("X-ClickHouse-User", user);
+    }
+    if let Some(password) = clickhouse_password() {
+        control_post = control_post.header("X-ClickHouse-Key", password);
+    }
+    let answer = control_post.send().await.unwrap();
     assert!(answer.status().is_success(), "{:?}", answer.text().await);
     assert_eq!(
         stack.ch("EXISTS TABLE {db}.probe_control").await.trim(),

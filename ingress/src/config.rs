@@ -51,6 +51,9 @@ pub struct Config {
     /// What audit events keep of prompts and completions, per team (docs/analytics.md).
     #[serde(default)]
     pub audit: crate::audit::AuditConfig,
+    /// The batch APIs' caps and quotas (docs/batch.md).
+    #[serde(default)]
+    pub batch: crate::batch::limits::BatchLimits,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -368,13 +371,14 @@ impl Config {
 /// Durations in config are plain milliseconds (`*_ms` keys).
 /// The sections env vars may override. Other `SLUICE_*` variables (another service's, or
 /// the scripts' `SLUICE_STATE`) are not ours and must not trip `deny_unknown_fields`.
-const ENV_SECTIONS: [&str; 6] = [
+const ENV_SECTIONS: [&str; 7] = [
     "server",
     "kafka",
     "clickhouse",
     "deadlines",
     "routing",
     "admin",
+    "batch",
 ];
 
 /// `SLUICE_KAFKA_BOOTSTRAP` -> `kafka.bootstrap`.

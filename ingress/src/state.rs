@@ -106,7 +106,7 @@ impl AppState {
             },
             store: ResultStore::new(&config.clickhouse),
             batches_store: crate::batch::BatchStore::new(&config.clickhouse),
-            batches: crate::batch::Batches::default(),
+            batches: crate::batch::Batches::new(&config.batch),
             webhooks: sluice_schemas::webhook::Sender::default(),
             webhook_secret: config
                 .server

@@ -52,6 +52,8 @@ pub struct BatchRow {
     pub webhook_url: String,
     pub error_message: String,
     pub version: u64,
+    /// The driver's attempts at the block after `lines_done` (across restarts).
+    pub attempts: u32,
 }
 
 #[derive(Debug, Clone, Row, Serialize, Deserialize)]
@@ -140,13 +142,15 @@ impl BatchStore {
         insert.end().await
     }
 
+    /// A team's file (not deleted).
     pub async fn file(
         &self,
         file_id: &str,
         team: &str,
     ) -> Result<Option<FileRow>, clickhouse::error::Error> {
         let sql = format!(
-            "SELECT ?fields FROM {}.batch_files FINAL WHERE file_id = ? AND team = ? LIMIT 1",
+            "SELECT ?fields FROM {}.batch_files FINAL \
+             WHERE file_id = ? AND team = ? AND purpose != 'deleted' LIMIT 1",
             self.database
         );
         self.client
@@ -233,24 +237,121 @@ impl BatchStore {
         self.client.query(&sql).bind(batch_id).fetch_one().await
     }
 
-    /// The custom_ids of lines already handled (a resumed driver keeps rejecting
-    /// duplicates).
-    pub async fn custom_ids(
+    /// Which of `custom_ids` lines before `before_line` already used (the driver's
+    /// duplicate check, one block at a time: exact, and memory bounded by the block).
+    pub async fn used_custom_ids(
         &self,
         batch_id: &str,
         before_line: u32,
+        custom_ids: &[&str],
     ) -> Result<Vec<String>, clickhouse::error::Error> {
+        if custom_ids.is_empty() || before_line == 0 {
+            return Ok(Vec::new());
+        }
         let sql = format!(
-            "SELECT custom_id FROM {}.batch_lines FINAL \
-             WHERE batch_id = ? AND line_no < ? AND custom_id != ''",
+            "SELECT DISTINCT custom_id FROM {}.batch_lines FINAL \
+             WHERE batch_id = ? AND line_no < ? AND custom_id IN ?",
             self.database
         );
         self.client
             .query(&sql)
             .bind(batch_id)
             .bind(before_line)
+            .bind(custom_ids)
             .fetch_all()
             .await
+    }
+
+    /// Which of a batch's line request ids have a receipt: a result, or an `accepted`
+    /// audit row (the line reached Kafka). A resumed driver publishes only the others.
+    pub async fn receipts(
+        &self,
+        batch_id: &str,
+        team: &str,
+        request_ids: &[&str],
+    ) -> Result<Vec<String>, clickhouse::error::Error> {
+        if request_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (from, to) = super::request_id_range(batch_id);
+        let db = &self.database;
+        let sql = format!(
+            "SELECT request_id FROM {db}.results FINAL \
+             WHERE request_id >= ? AND request_id < ? AND request_id IN ? \
+             UNION ALL SELECT request_id FROM {db}.audit \
+             WHERE team = ? AND request_id >= ? AND request_id < ? AND request_id IN ? \
+             AND action = 'accepted'"
+        );
+        self.client
+            .query(&sql)
+            .bind(&from)
+            .bind(&to)
+            .bind(request_ids)
+            .bind(team)
+            .bind(&from)
+            .bind(&to)
+            .bind(request_ids)
+            .fetch_all()
+            .await
+    }
+
+    /// (bytes, lines) of the files a team stores.
+    pub async fn team_usage(&self, team: &str) -> Result<(u64, u64), clickhouse::error::Error> {
+        let sql = format!(
+            "SELECT toUInt64(sum(bytes)), toUInt64(sum(lines)) FROM {}.batch_files FINAL \
+             WHERE team = ? AND purpose != 'deleted'",
+            self.database
+        );
+        self.client.query(&sql).bind(team).fetch_one().await
+    }
+
+    /// How many batches read the file, and how many of them are still being published.
+    pub async fn batches_of_file(
+        &self,
+        file_id: &str,
+    ) -> Result<(u64, u64), clickhouse::error::Error> {
+        let sql = format!(
+            "SELECT toUInt64(count()), \
+             toUInt64(countIf(published_at_ms = 0 AND status != 'failed')) \
+             FROM {}.batches FINAL WHERE input_file_id = ?",
+            self.database
+        );
+        self.client.query(&sql).bind(file_id).fetch_one().await
+    }
+
+    /// A team's batches whose driver has not finished publishing.
+    pub async fn open_batches(&self, team: &str) -> Result<u64, clickhouse::error::Error> {
+        let sql = format!(
+            "SELECT toUInt64(count()) FROM {}.batches FINAL \
+             WHERE team = ? AND published_at_ms = 0 AND status != 'failed'",
+            self.database
+        );
+        self.client.query(&sql).bind(team).fetch_one().await
+    }
+
+    /// Deletes a file: a tombstone hides it at once (it wins under FINAL), then its lines
+    /// are removed (an asynchronous mutation on ClickHouse).
+    pub async fn delete_file(&self, file: &FileRow) -> Result<(), clickhouse::error::Error> {
+        let tombstone = FileRow {
+            purpose: "deleted".into(),
+            filename: String::new(),
+            bytes: 0,
+            lines: 0,
+            created_at_ms: file.created_at_ms + 1,
+            ..file.clone()
+        };
+        self.insert("batch_files", std::slice::from_ref(&tombstone))
+            .await?;
+        self.discard_lines(&file.file_id).await
+    }
+
+    /// Removes the stored lines of a file (a failed upload's, a deleted file's).
+    pub async fn discard_lines(&self, file_id: &str) -> Result<(), clickhouse::error::Error> {
+        let sql = format!(
+            "ALTER TABLE {}.batch_file_lines DELETE WHERE file_id = ?",
+            self.database
+        );
+        self.client.query(&sql).bind(file_id).execute().await
     }
 
     pub async fn progress(&self, batch_id: &str) -> Result<Progress, clickhouse::error::Error> {

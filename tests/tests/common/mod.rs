@@ -65,6 +65,8 @@ pub struct StackOptions {
     /// The ingress's `[[budgets]]` and `[budget]` sections, as TOML (docs/budgets.md). The
     /// ingress always has MODEL's price.
     pub budget_toml: String,
+    /// The ingress's `[batch]` caps, as TOML with the `[batch]` header.
+    pub batch_toml: String,
     /// The analytics sink's `[[alert_webhooks]]` (budget alerts).
     pub alert_webhooks: Vec<sluice_analytics::alerts::AlertWebhook>,
 }
@@ -84,6 +86,7 @@ impl Default for StackOptions {
             webhook_secret: None,
             audit_toml: String::new(),
             budget_toml: String::new(),
+            batch_toml: String::new(),
             alert_webhooks: Vec::new(),
         }
     }
@@ -167,6 +170,7 @@ impl Stack {
             }],
             budgets: toml_section(&options.budget_toml, "budgets"),
             budget: toml_section(&options.budget_toml, "budget"),
+            batch: toml_section(&options.batch_toml, "batch"),
         };
         ingress.server.listen = "127.0.0.1:0".into();
         ingress.server.sync_timeout_ms = Duration::from_secs(30);

@@ -653,7 +653,7 @@ async fn a_replica_starting_up_resumes_a_batch_whose_driver_died() {
         .ch(&format!(
             "INSERT INTO {{db}}.batches VALUES ('{batch_id}', 'team-a', 'key_a', 'openai', \
              '/v1/chat/completions', '{file}', '24h', 'in_progress', {total}, 0, {now}, {exp}, 0, \
-             '{{}}', '', '', 1)",
+             '{{}}', '', '', 1, 0)",
             file = file["id"].as_str().unwrap(),
             exp = now + 86_400_000,
         ))

@@ -12,14 +12,14 @@ use crate::common::*;
 const WAIT: Duration = Duration::from_secs(90);
 
 /// One OpenAI batch input line.
-fn line(custom_id: &str, text: &str) -> String {
+pub(crate) fn line(custom_id: &str, text: &str) -> String {
     json!({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
            "body": {"model": MODEL, "messages": [{"role": "user", "content": text}]}})
     .to_string()
 }
 
 /// `POST /v1/files` as the SDKs send it: multipart with `purpose` then `file`.
-async fn upload(stack: &Stack, key: &str, purpose: &str, content: &str) -> (u16, Value) {
+pub(crate) async fn upload(stack: &Stack, key: &str, purpose: &str, content: &str) -> (u16, Value) {
     let boundary = "sluice-test-boundary-7d1f";
     let body = format!(
         "--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\n{purpose}\r\n\
@@ -63,7 +63,7 @@ async fn create_batch(stack: &Stack, lines: &[String]) -> String {
 }
 
 /// Polls the batch until `done` holds for it; returns it.
-async fn wait_batch(stack: &Stack, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn wait_batch(stack: &Stack, path: &str, done: impl Fn(&Value) -> bool) -> Value {
     let mut last = Value::Null;
     let deadline = tokio::time::Instant::now() + WAIT;
     while tokio::time::Instant::now() < deadline {
@@ -77,7 +77,7 @@ async fn wait_batch(stack: &Stack, path: &str, done: impl Fn(&Value) -> bool) ->
     panic!("batch did not reach the expected state: {last}");
 }
 
-async fn jsonl(stack: &Stack, path: &str, key: &str) -> (u16, Vec<Value>) {
+pub(crate) async fn jsonl(stack: &Stack, path: &str, key: &str) -> (u16, Vec<Value>) {
     let response = stack
         .http
         .get(format!("{}{path}", stack.base))

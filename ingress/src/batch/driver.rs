@@ -73,7 +73,7 @@ async fn run(app: &AppState, mut row: BatchRow) {
                 return;
             }
             Err(error) => {
-                tracing::warn!(batch_id = %row.batch_id, %error, "batch driver interrupted; retrying from its checkpoint");
+                tracing::warn!(batch_id = %row.batch_id, error = ?error, "batch driver interrupted; retrying from its checkpoint");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(10));
             }

@@ -250,7 +250,7 @@ impl BatchStore {
         }
         let sql = format!(
             "SELECT DISTINCT custom_id FROM {}.batch_lines FINAL \
-             WHERE batch_id = ? AND line_no < ? AND custom_id IN ?",
+             WHERE batch_id = ? AND line_no < ? AND custom_id IN (SELECT arrayJoin(?))",
             self.database
         );
         self.client
@@ -277,9 +277,9 @@ impl BatchStore {
         let db = &self.database;
         let sql = format!(
             "SELECT request_id FROM {db}.results FINAL \
-             WHERE request_id >= ? AND request_id < ? AND request_id IN ? \
+             WHERE request_id >= ? AND request_id < ? AND request_id IN (SELECT arrayJoin(?)) \
              UNION ALL SELECT request_id FROM {db}.audit \
-             WHERE team = ? AND request_id >= ? AND request_id < ? AND request_id IN ? \
+             WHERE team = ? AND request_id >= ? AND request_id < ? AND request_id IN (SELECT arrayJoin(?)) \
              AND action = 'accepted'"
         );
         self.client

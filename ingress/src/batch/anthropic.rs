@@ -110,6 +110,7 @@ pub async fn create(
                 row
             })
             .collect();
+        discard.arm();
         app.batches_store.insert("batch_file_lines", &rows).await?;
     }
     let parsed = match parser.await {

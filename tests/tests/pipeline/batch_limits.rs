@@ -436,6 +436,36 @@ async fn an_upload_that_fails_midway_leaves_no_rows() {
         0,
         "no line of an abandoned upload is left"
     );
+
+    // An inline Anthropic batch refused at request 2,101, after a block was stored.
+    let mut requests: Vec<Value> = (0..2_100)
+        .map(|i| anthropic_request(&format!("i-{i}"), "hi"))
+        .collect();
+    let mut deep = json!(1);
+    for _ in 0..80 {
+        deep = json!([deep]);
+    }
+    requests.push(json!({"custom_id": "deep", "params": {"x": deep}}));
+    let (status, body) = stack
+        .post(
+            "/v1/messages/batches",
+            KEY_A,
+            json!({ "requests": requests }),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Request 2100"),
+        "{body}"
+    );
+    assert_eq!(
+        wait_zero(&stack, orphans).await,
+        0,
+        "no line of a refused inline batch is left"
+    );
     let files = stack
         .ch("SELECT count() FROM {db}.batch_files FORMAT TSV")
         .await;
@@ -729,5 +759,159 @@ async fn batch_outputs_and_anthropic_results_go_through_output_moderation() {
         )
         .await;
     assert!(n >= 2, "{n}");
+    stack.stop().await;
+}
+
+/// The stack's ingress as a TOML file for a separate `sluice-ingress` process on `port`.
+fn ingress_toml(stack: &Stack, port: u16, budget_usd: f64) -> String {
+    let c = &stack.ingress_config;
+    let keys: String = c
+        .keys
+        .iter()
+        .map(|k| {
+            format!(
+                "[[keys]]\nid = \"{}\"\nteam = \"{}\"\nsha256 = \"{}\"\n",
+                k.id, k.team, k.sha256
+            )
+        })
+        .collect();
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:{port}"
+reply_partition = 5
+instance_id = "ingress-doomed"
+[kafka]
+bootstrap = "{bootstrap}"
+topic_prefix = "{prefix}"
+[clickhouse]
+url = "{ch}"
+database = "{db}"
+{keys}
+[[models]]
+id = "{MODEL}"
+owned_by = "openai"
+[[prices]]
+model = "{MODEL}"
+input_per_million = {PRICE_IN}
+output_per_million = {PRICE_OUT}
+[[budgets]]
+scope = "team"
+subject = "team-a"
+period = "month"
+limit_usd = {budget_usd}
+"#,
+        bootstrap = stack.bootstrap,
+        prefix = stack.prefix,
+        ch = c.clickhouse.url,
+        db = stack.database,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_ingress_process_mid_publish_is_resumed_without_publishing_answered_lines_again() {
+    // A slow provider and a team budget with room for ~20 reservations pace the driver, so
+    // the kill lands mid-block whatever the machine.
+    let stack = Stack::start(StackOptions {
+        behaviour: Behaviour {
+            latency: Latency::Fixed(Duration::from_millis(300)),
+            ..Behaviour::default()
+        },
+        budget_toml: "[[budgets]]\nscope = \"team\"\nsubject = \"team-a\"\nperiod = \"month\"\nlimit_usd = 0.05\n".into(),
+        ..StackOptions::default()
+    })
+    .await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = std::env::temp_dir().join(format!("{}-ingress.toml", stack.prefix));
+    std::fs::write(&config, ingress_toml(&stack, port, 0.05)).unwrap();
+    let mut doomed = std::process::Command::new(workspace_bin("sluice-ingress"))
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let doomed_base = format!("http://127.0.0.1:{port}");
+    let up = eventually(WAIT, || async {
+        stack
+            .http
+            .get(format!("{doomed_base}/healthz"))
+            .send()
+            .await
+            .ok()
+            .filter(|r| r.status().is_success())
+    })
+    .await;
+    assert!(up.is_some(), "the doomed ingress started");
+
+    let total = 300u64;
+    let lines: Vec<String> = (0..total)
+        .map(|i| line(&format!("k-{i}"), "short"))
+        .collect();
+    // The file goes in through the stack's ingress (files live in ClickHouse); the batch
+    // is created on the doomed one, whose driver then publishes its lines.
+    let (status, file) = upload(&stack, KEY_A, "batch", &lines.join("\n")).await;
+    assert_eq!(status, 200, "{file}");
+    let batch: Value = stack
+        .http
+        .post(format!("{doomed_base}/v1/batches"))
+        .bearer_auth(KEY_A)
+        .json(
+            &json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions",
+                      "completion_window": "24h"}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = batch["id"].as_str().expect("batch id").to_string();
+    // Kill -9 once some lines are answered, most not yet published.
+    let answered = stack
+        .wait_count("SELECT count() FROM {db}.usage FINAL", 60, WAIT)
+        .await;
+    doomed.kill().unwrap();
+    doomed.wait().unwrap();
+    let _ = std::fs::remove_file(&config);
+    let accepted_at_kill: u64 = stack
+        .ch("SELECT uniqExact(request_id) FROM {db}.audit WHERE action = 'accepted' FORMAT TSV")
+        .await
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        answered >= 60 && accepted_at_kill < total,
+        "killed mid-publish: {answered} answered, {accepted_at_kill} published"
+    );
+
+    let replica = stack.start_ingress_replica(3).await;
+    let batch = wait_batch(&stack, &format!("/v1/batches/{id}"), |b| {
+        b["status"] == "completed"
+    })
+    .await;
+    assert_eq!(
+        batch["request_counts"],
+        json!({"total": total, "completed": total, "failed": 0}),
+        "{batch}"
+    );
+    let usage = stack
+        .wait_count("SELECT count() FROM {db}.usage FINAL", total, WAIT)
+        .await;
+    assert_eq!(usage, total, "every line billed exactly once");
+    let calls = stack.mock.call_count();
+    eprintln!(
+        "killed after {answered} answered / {accepted_at_kill} published; provider calls {calls} for {total} lines"
+    );
+    // Lines published before the kill are not published again: at most the few whose
+    // receipt had not reached ClickHouse yet (the old driver redid the whole block).
+    assert!(
+        calls < total + 25,
+        "{calls} provider calls for {total} lines, {accepted_at_kill} published before the kill"
+    );
+    replica.stop().await;
     stack.stop().await;
 }

@@ -16,6 +16,7 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use clickhouse::query::RowCursor;
+use futures::StreamExt;
 use serde_json::{json, Value};
 use sluice_schemas::now_ms;
 
@@ -35,6 +36,8 @@ pub const MAX_LINE_BYTES: usize = 4 * 1024 * 1024;
 /// Lines per insert while an upload streams in.
 pub(crate) const BLOCK_LINES: usize = 2_000;
 const BLOCK_BYTES: usize = 8 * 1024 * 1024;
+/// Output-moderation calls one output file read makes at once.
+const MODERATION_CONCURRENCY: usize = 16;
 
 pub async fn upload(
     State(app): State<Arc<AppState>>,
@@ -530,19 +533,25 @@ async fn moderate(
     if !policy.moderates_output() {
         return Ok(());
     }
-    let verdicts = futures::future::join_all(rows.iter().map(|row| {
-        let policy = &policy;
-        async move {
-            if matches!(outcome(row), Outcome::Succeeded) {
-                policy
-                    .moderate_output(&crate::guard::completion_texts(&row.body))
-                    .await
-            } else {
-                Ok(())
+    // A few classifier calls at a time, in line order (owned futures: the stream is Send).
+    let checks: Vec<_> = rows
+        .iter()
+        .map(|row| {
+            let texts = matches!(outcome(row), Outcome::Succeeded)
+                .then(|| crate::guard::completion_texts(&row.body));
+            let policy = Arc::clone(&policy);
+            async move {
+                match texts {
+                    Some(texts) => policy.moderate_output(&texts).await,
+                    None => Ok(()),
+                }
             }
-        }
-    }))
-    .await;
+        })
+        .collect();
+    let verdicts: Vec<Result<(), ApiError>> = futures::stream::iter(checks)
+        .buffered(MODERATION_CONCURRENCY)
+        .collect()
+        .await;
     for (row, verdict) in rows.iter_mut().zip(verdicts) {
         match verdict {
             Ok(()) => {}

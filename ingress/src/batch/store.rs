@@ -113,6 +113,45 @@ impl Progress {
     }
 }
 
+/// Splits ids bound into a query so that each query's text stays well under ClickHouse's
+/// `max_query_size` (256 KiB by default): 2,000 custom_ids may be 1 MB.
+fn by_query_size<'a>(ids: &'a [&'a str]) -> Vec<&'a [&'a str]> {
+    const MAX_BYTES: usize = 96 * 1024;
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, id) in ids.iter().enumerate() {
+        // Quoted, escaped (at most doubled) and comma-separated.
+        let cost = id.len() * 2 + 3;
+        if i > start && bytes + cost > MAX_BYTES {
+            out.push(&ids[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += cost;
+    }
+    if start < ids.len() {
+        out.push(&ids[start..]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::by_query_size;
+
+    #[test]
+    fn bound_ids_are_split_by_query_size() {
+        let long = "x".repeat(512);
+        let ids: Vec<&str> = (0..2_000).map(|_| long.as_str()).collect();
+        let parts = by_query_size(&ids);
+        assert!(parts.len() > 10);
+        assert_eq!(parts.iter().map(|p| p.len()).sum::<usize>(), 2_000);
+        assert!(parts.iter().all(|p| p.len() * (512 * 2 + 3) <= 96 * 1024));
+        let short = ["a", "b"];
+        assert_eq!(by_query_size(&short), vec![&short[..]]);
+        assert!(by_query_size(&[]).is_empty());
+    }
+}
+
 #[derive(Clone)]
 pub struct BatchStore {
     client: Client,
@@ -253,13 +292,19 @@ impl BatchStore {
              WHERE batch_id = ? AND line_no < ? AND custom_id IN (SELECT arrayJoin(?))",
             self.database
         );
-        self.client
-            .query(&sql)
-            .bind(batch_id)
-            .bind(before_line)
-            .bind(custom_ids)
-            .fetch_all()
-            .await
+        let mut used = Vec::new();
+        for ids in by_query_size(custom_ids) {
+            let found: Vec<String> = self
+                .client
+                .query(&sql)
+                .bind(batch_id)
+                .bind(before_line)
+                .bind(ids)
+                .fetch_all()
+                .await?;
+            used.extend(found);
+        }
+        Ok(used)
     }
 
     /// Which of a batch's line request ids have a receipt: a result, or an `accepted`
@@ -282,17 +327,23 @@ impl BatchStore {
              WHERE team = ? AND request_id >= ? AND request_id < ? AND request_id IN (SELECT arrayJoin(?)) \
              AND action = 'accepted'"
         );
-        self.client
-            .query(&sql)
-            .bind(&from)
-            .bind(&to)
-            .bind(request_ids)
-            .bind(team)
-            .bind(&from)
-            .bind(&to)
-            .bind(request_ids)
-            .fetch_all()
-            .await
+        let mut found = Vec::new();
+        for ids in by_query_size(request_ids) {
+            let some: Vec<String> = self
+                .client
+                .query(&sql)
+                .bind(&from)
+                .bind(&to)
+                .bind(ids)
+                .bind(team)
+                .bind(&from)
+                .bind(&to)
+                .bind(ids)
+                .fetch_all()
+                .await?;
+            found.extend(some);
+        }
+        Ok(found)
     }
 
     /// (bytes, lines) of the files a team stores.

@@ -628,7 +628,10 @@ async fn a_duplicate_custom_id_is_caught_exactly_at_line_99_999_of_100_000() {
                "body": {"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}})
         .to_string()
     };
-    let mut lines: Vec<String> = (0..total).map(|i| line(&format!("c-{i}"))).collect();
+    // Long custom_ids (150 characters): one block's ids are more than ClickHouse's
+    // default max_query_size, so the per-block check must split its queries.
+    let pad = "p".repeat(150);
+    let mut lines: Vec<String> = (0..total).map(|i| line(&format!("c-{i}-{pad}"))).collect();
     // Line 1 and line 99,999 (1-based); a pair within one block; a pair across a block edge.
     lines[0] = line("dup-far");
     lines[99_998] = line("dup-far");

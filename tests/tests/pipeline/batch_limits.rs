@@ -27,26 +27,62 @@ async fn wait_zero(stack: &Stack, count_sql: &str) -> u64 {
     }
 }
 
-/// Peak resident memory of this process (the in-process ingress's), in bytes.
-fn peak_rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .expect("VmHWM")
-        * 1024
+/// Peak and current resident memory of process `pid`, in bytes (`VmHWM`, `VmRSS`).
+fn rss_of(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("status field")
+            * 1024
+    };
+    (field("VmHWM:"), field("VmRSS:"))
 }
 
-/// Resets the peak (Linux: writing 5 to clear_refs).
-fn reset_peak_rss() {
-    std::fs::write("/proc/self/clear_refs", "5").expect("clear_refs");
+/// A separate `sluice-ingress` process on the stack's topics and database, answering on
+/// the returned base URL.
+async fn spawn_ingress(stack: &Stack, budget_usd: f64) -> (std::process::Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = std::env::temp_dir().join(format!("{}-{port}-ingress.toml", stack.prefix));
+    std::fs::write(&config, ingress_toml(stack, port, budget_usd)).unwrap();
+    let child = std::process::Command::new(workspace_bin("sluice-ingress"))
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let up = eventually(WAIT, || async {
+        stack
+            .http
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .ok()
+            .filter(|r| r.status().is_success())
+    })
+    .await;
+    assert!(up.is_some(), "the ingress process started");
+    let _ = std::fs::remove_file(&config);
+    (child, base)
 }
 
-async fn post_raw(stack: &Stack, path: &str, key: &str, body: reqwest::Body) -> (u16, Value) {
+async fn post_raw(
+    stack: &Stack,
+    base: &str,
+    path: &str,
+    key: &str,
+    body: reqwest::Body,
+) -> (u16, Value) {
     let response = stack
         .http
-        .post(format!("{}{path}", stack.base))
+        .post(format!("{base}{path}"))
         .bearer_auth(key)
         .header("content-type", "application/json")
         .body(body)
@@ -95,6 +131,8 @@ async fn stage_batch(stack: &Stack, batch_id: &str, file_id: &str, total: u64, a
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_inline_batch_of_deep_nesting_is_refused_at_once_and_memory_stays_bounded() {
     let stack = Stack::start(StackOptions::default()).await;
+    // The attack goes to a separate ingress process, whose memory /proc shows alone.
+    let (mut ingress, base) = spawn_ingress(&stack, 1000.0).await;
     // 64 MB of `[` inside `requests`, three at once: the old handler buffered each whole
     // body (and could hold up to 256 MB apiece) before parsing.
     const ATTACK: usize = 64 * 1024 * 1024;
@@ -104,12 +142,12 @@ async fn an_inline_batch_of_deep_nesting_is_refused_at_once_and_memory_stays_bou
         body.resize(ATTACK, b'[');
         bodies.push(axum::body::Bytes::from(body));
     }
-    reset_peak_rss();
-    let before = peak_rss();
+    let (peak_before, rss_before) = rss_of(ingress.id());
     let started = Instant::now();
     let answers = futures::future::join_all(bodies.iter().map(|b| {
         post_raw(
             &stack,
+            &base,
             "/v1/messages/batches",
             KEY_A,
             reqwest::Body::from(b.clone()),
@@ -117,11 +155,17 @@ async fn an_inline_batch_of_deep_nesting_is_refused_at_once_and_memory_stays_bou
     }))
     .await;
     let took = started.elapsed();
-    let growth = peak_rss().saturating_sub(before);
+    let (peak_after, rss_after) = rss_of(ingress.id());
+    let growth = peak_after.saturating_sub(peak_before.max(rss_before));
+    let mb = |b: u64| b as f64 / 1048576.0;
     eprintln!(
-        "3 x {} MB nested-array bodies: refused in {took:?}, peak RSS growth {:.1} MB",
+        "3 x {} MB nested-array bodies: refused in {took:?}; ingress RSS {:.1} MB before, \
+         peak {:.1} MB during (+{:.1} MB), {:.1} MB after",
         ATTACK >> 20,
-        growth as f64 / 1048576.0
+        mb(rss_before),
+        mb(peak_after),
+        mb(growth),
+        mb(rss_after)
     );
     for (status, body) in &answers {
         assert_eq!(*status, 413, "{body}");
@@ -137,8 +181,8 @@ async fn an_inline_batch_of_deep_nesting_is_refused_at_once_and_memory_stays_bou
     }
     assert!(took < Duration::from_secs(20), "refused quickly: {took:?}");
     assert!(
-        growth < 100 * 1024 * 1024,
-        "peak RSS grew {growth} bytes for 192 MB of attack bodies"
+        growth < 64 * 1024 * 1024,
+        "ingress peak RSS grew {growth} bytes for 192 MB of attack bodies"
     );
 
     // Deep but small: refused by the nesting bound, in Anthropic's shape.
@@ -147,7 +191,7 @@ async fn an_inline_batch_of_deep_nesting_is_refused_at_once_and_memory_stays_bou
         "[".repeat(100),
         "]".repeat(100)
     );
-    let (status, body) = post_raw(&stack, "/v1/messages/batches", KEY_A, deep.into()).await;
+    let (status, body) = post_raw(&stack, &base, "/v1/messages/batches", KEY_A, deep.into()).await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
     assert!(
@@ -163,14 +207,19 @@ async fn an_inline_batch_of_deep_nesting_is_refused_at_once_and_memory_stays_bou
         .await;
     assert_eq!(batches.trim(), "0");
     // A normal inline batch still works.
-    let (status, body) = stack
-        .post(
-            "/v1/messages/batches",
-            KEY_A,
-            json!({"requests": [anthropic_request("ok-1", "hello")]}),
-        )
-        .await;
+    let (status, body) = post_raw(
+        &stack,
+        &base,
+        "/v1/messages/batches",
+        KEY_A,
+        json!({"requests": [anthropic_request("ok-1", "hello")]})
+            .to_string()
+            .into(),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
+    ingress.kill().unwrap();
+    ingress.wait().unwrap();
     stack.stop().await;
 }
 
@@ -824,31 +873,7 @@ async fn a_killed_ingress_process_mid_publish_is_resumed_without_publishing_answ
         ..StackOptions::default()
     })
     .await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let config = std::env::temp_dir().join(format!("{}-ingress.toml", stack.prefix));
-    std::fs::write(&config, ingress_toml(&stack, port, 0.05)).unwrap();
-    let mut doomed = std::process::Command::new(workspace_bin("sluice-ingress"))
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .unwrap();
-    let doomed_base = format!("http://127.0.0.1:{port}");
-    let up = eventually(WAIT, || async {
-        stack
-            .http
-            .get(format!("{doomed_base}/healthz"))
-            .send()
-            .await
-            .ok()
-            .filter(|r| r.status().is_success())
-    })
-    .await;
-    assert!(up.is_some(), "the doomed ingress started");
+    let (mut doomed, doomed_base) = spawn_ingress(&stack, 0.05).await;
 
     let total = 300u64;
     let lines: Vec<String> = (0..total)
@@ -879,7 +904,6 @@ async fn a_killed_ingress_process_mid_publish_is_resumed_without_publishing_answ
         .await;
     doomed.kill().unwrap();
     doomed.wait().unwrap();
-    let _ = std::fs::remove_file(&config);
     let accepted_at_kill: u64 = stack
         .ch("SELECT uniqExact(request_id) FROM {db}.audit WHERE action = 'accepted' FORMAT TSV")
         .await

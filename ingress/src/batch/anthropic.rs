@@ -256,6 +256,29 @@ pub async fn retrieve(
     Ok(Json(with_url(batch_object(&row, &view), &headers, &row)).into_response())
 }
 
+/// `DELETE /v1/messages/batches/{id}`: an ended batch of the caller's team, with its
+/// stored requests (which count against the team's file quota until then).
+pub async fn delete(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, AnthropicError> {
+    let row = find(&app, &headers, &id).await?;
+    if !view(&app, &row).await?.ended() {
+        return Err(BatchError::NotEnded(id).into());
+    }
+    app.batches_store.delete_batch(&row).await?;
+    if let Some(file) = app
+        .batches_store
+        .file(&row.input_file_id, &row.team)
+        .await?
+    {
+        app.batches_store.delete_file(&file).await?;
+    }
+    tracing::info!(batch_id = %row.batch_id, "message batch deleted");
+    Ok(Json(json!({"id": id, "type": "message_batch_deleted"})).into_response())
+}
+
 pub async fn list(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,

@@ -39,6 +39,8 @@ pub enum BatchError {
     InvalidJson(#[source] serde_json::Error),
     #[error("Cannot cancel a batch with status '{0}'")]
     NotCancellable(String),
+    #[error("Batch {0} has not ended; cancel it first, or delete it once it has ended")]
+    NotEnded(String),
     #[error("Too many uploads are being read right now; retry shortly")]
     TooManyUploads,
     #[error("The batch has more than {limit} requests")]
@@ -76,7 +78,7 @@ impl BatchError {
             Api(e) => e.status(),
             FileTooLarge { .. } | RequestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             TooManyUploads | TooManyOpenBatches { .. } => StatusCode::TOO_MANY_REQUESTS,
-            FileInUse(_) => StatusCode::CONFLICT,
+            FileInUse(_) | NotEnded(_) => StatusCode::CONFLICT,
             FileNotFound(_) | BatchNotFound(_) => StatusCode::NOT_FOUND,
             NotCancellable(_) => StatusCode::CONFLICT,
             Store(_) | Queue(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -103,6 +105,7 @@ impl BatchError {
             TooManyOpenBatches { .. } => ("too_many_open_batches", None),
             QuotaExceeded { .. } => ("storage_quota_exceeded", Some("file")),
             FileInUse(_) => ("file_in_use", None),
+            NotEnded(_) => ("batch_not_ended", None),
             Store(_) | Queue(_) => ("service_unavailable", None),
             Api(_) => ("", None),
         }

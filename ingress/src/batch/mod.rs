@@ -44,7 +44,10 @@ pub fn routes() -> Router<Arc<AppState>> {
             "/v1/messages/batches",
             post(anthropic::create).get(anthropic::list),
         )
-        .route("/v1/messages/batches/{id}", get(anthropic::retrieve))
+        .route(
+            "/v1/messages/batches/{id}",
+            get(anthropic::retrieve).delete(anthropic::delete),
+        )
         .route("/v1/messages/batches/{id}/cancel", post(anthropic::cancel))
         .route("/v1/messages/batches/{id}/results", get(anthropic::results))
 }

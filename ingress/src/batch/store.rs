@@ -224,7 +224,8 @@ impl BatchStore {
         team: &str,
     ) -> Result<Option<BatchRow>, clickhouse::error::Error> {
         let sql = format!(
-            "SELECT ?fields FROM {}.batches FINAL WHERE batch_id = ? AND team = ? LIMIT 1",
+            "SELECT ?fields FROM {}.batches FINAL \
+             WHERE batch_id = ? AND team = ? AND status != 'deleted' LIMIT 1",
             self.database
         );
         self.client
@@ -245,7 +246,7 @@ impl BatchStore {
     ) -> Result<Vec<BatchRow>, clickhouse::error::Error> {
         let sql = format!(
             "SELECT ?fields FROM {}.batches FINAL WHERE team = ? AND dialect = ? AND batch_id < ? \
-             ORDER BY batch_id DESC LIMIT ?",
+             AND status != 'deleted' ORDER BY batch_id DESC LIMIT ?",
             self.database
         );
         // Ids are time-ordered (UUIDv7): `~` sorts after every id.
@@ -394,6 +395,17 @@ impl BatchStore {
         self.insert("batch_files", std::slice::from_ref(&tombstone))
             .await?;
         self.discard_lines(&file.file_id).await
+    }
+
+    /// Deletes an ended batch: a newer row with status `deleted` hides it; its line
+    /// records and results stay for analytics (and the retention that applies to them).
+    pub async fn delete_batch(&self, batch: &BatchRow) -> Result<(), clickhouse::error::Error> {
+        let deleted = BatchRow {
+            status: "deleted".into(),
+            version: super::next_version(),
+            ..batch.clone()
+        };
+        self.insert("batches", std::slice::from_ref(&deleted)).await
     }
 
     /// Removes the stored lines of a file (a failed upload's, a deleted file's).

@@ -942,3 +942,55 @@ async fn a_killed_ingress_process_mid_publish_is_resumed_without_publishing_answ
     replica.stop().await;
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn inline_batches_count_against_the_quota_until_their_team_deletes_them() {
+    let stack = Stack::start(StackOptions {
+        batch_toml: "[batch]\nmax_file_lines_per_team = 3\n".into(),
+        ..StackOptions::default()
+    })
+    .await;
+    let three: Vec<Value> = (0..3)
+        .map(|i| anthropic_request(&format!("m-{i}"), "hi"))
+        .collect();
+    let (status, created) = stack
+        .post("/v1/messages/batches", KEY_A, json!({ "requests": three }))
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let one = json!({"requests": [anthropic_request("m-4", "hi")]});
+    let (status, body) = stack.post("/v1/messages/batches", KEY_A, one.clone()).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["type"], "error");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("quota of 3 lines"),
+        "{body}"
+    );
+    wait_batch(&stack, &format!("/v1/messages/batches/{id}"), |b| {
+        b["processing_status"] == "ended"
+    })
+    .await;
+    let delete = |key: &'static str| {
+        stack
+            .http
+            .delete(format!("{}/v1/messages/batches/{id}", stack.base))
+            .bearer_auth(key)
+            .send()
+    };
+    let response = delete(KEY_B).await.unwrap();
+    assert_eq!(response.status().as_u16(), 404, "not team B's");
+    let response = delete(KEY_A).await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body, json!({"id": id, "type": "message_batch_deleted"}));
+    let (status, _) = stack
+        .get(&format!("/v1/messages/batches/{id}"), KEY_A)
+        .await;
+    assert_eq!(status, 404);
+    let (status, body) = stack.post("/v1/messages/batches", KEY_A, one).await;
+    assert_eq!(status, 200, "the quota was freed: {body}");
+    stack.stop().await;
+}

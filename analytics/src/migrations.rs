@@ -35,6 +35,7 @@ const FILES: &[(&str, &str)] = migration_files![
     "0004_audit_analytics.sql",
     "0005_batches.sql",
     "0006_private_and_retention.sql",
+    "0007_batch_attempts.sql",
 ];
 
 /// The database and `schema_migrations`, created (if missing) before anything else.

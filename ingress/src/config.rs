@@ -58,6 +58,9 @@ pub struct Config {
     /// How long uploaded batch content is kept (docs/security.md).
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// The batch APIs' caps and quotas (docs/batch.md).
+    #[serde(default)]
+    pub batch: crate::batch::limits::BatchLimits,
 }
 
 /// How long the ingress keeps what callers upload. Completions are kept by the analytics
@@ -404,7 +407,7 @@ impl Config {
 /// Durations in config are plain milliseconds (`*_ms` keys).
 /// The sections env vars may override. Other `SLUICE_*` variables (another service's, or
 /// the scripts' `SLUICE_STATE`) are not ours and must not trip `deny_unknown_fields`.
-const ENV_SECTIONS: [&str; 8] = [
+const ENV_SECTIONS: [&str; 9] = [
     "server",
     "webhooks",
     "kafka",
@@ -413,6 +416,7 @@ const ENV_SECTIONS: [&str; 8] = [
     "routing",
     "admin",
     "retention",
+    "batch",
 ];
 
 /// `SLUICE_KAFKA_BOOTSTRAP` -> `kafka.bootstrap`.

@@ -105,7 +105,7 @@ impl AppState {
             },
             store: ResultStore::new(&config.clickhouse),
             batches_store: crate::batch::BatchStore::new(&config.clickhouse, &config.retention),
-            batches: crate::batch::Batches::default(),
+            batches: crate::batch::Batches::new(&config.batch),
             // `Config::validate` checked it; if it fails anyway, every webhook is refused.
             webhooks: crate::webhooks::Webhooks::from_config(&config.webhooks)
                 .unwrap_or_else(|_| crate::webhooks::Webhooks::disabled()),

@@ -7,27 +7,27 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
+use futures::StreamExt;
 use serde_json::{json, Value};
 use sluice_schemas::now_ms;
 use sluice_schemas::tables::PrivateTable;
 
 use super::batches::{
-    check_webhook, new_batch, outcome, page, request_cancel, view, BatchOptions, Outcome,
-    OutputKind, View,
+    check_webhook, new_batch, outcome, page, request_cancel, view, Outcome, OutputKind, View,
 };
+use super::files::{Discard, Quota, BLOCK_LINES, MAX_LINE_BYTES};
+use super::inline::{self, InlineLimits};
 use super::store::{BatchRow, FileLineRow, FileRow, JoinedLine};
 use super::{driver, rfc3339, BatchError};
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// Anthropic's limit: 100,000 requests or 256 MB per batch.
-const MAX_REQUESTS: usize = 100_000;
+/// Anthropic's limit: 256 MB per batch (requests per batch: `[batch] max_lines_per_batch`).
 const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
 /// Anthropic batches expire after 24 hours.
 const WINDOW: Duration = Duration::from_secs(24 * 3600);
@@ -47,7 +47,7 @@ impl IntoResponse for AnthropicError {
             BatchError::Api(e) => crate::anthropic::error_response(e),
             e => {
                 let status = e.status();
-                let retry = e.status().is_server_error();
+                let retry = status.is_server_error() || status.as_u16() == 429;
                 let body = json!({"type": "error", "error": {
                     "type": crate::anthropic::error_type(status.as_u16()),
                     "message": e.to_string(),
@@ -64,66 +64,85 @@ impl IntoResponse for AnthropicError {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateBody {
-    requests: Vec<Value>,
-    /// Sluice's options: `{"webhook_url": "https://..."}`.
-    #[serde(default)]
-    sluice: Option<BatchOptions>,
-}
-
 pub async fn create(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, AnthropicError> {
     let caller = app.keys.authenticate(&headers)?;
-    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|_| ApiError::BodyTooLarge {
-            limit: MAX_BODY_BYTES,
-        })?;
-    let request: CreateBody = serde_json::from_slice(&bytes).map_err(BatchError::InvalidJson)?;
-    drop(bytes);
-    if request.requests.is_empty() || request.requests.len() > MAX_REQUESTS {
-        return Err(BatchError::InvalidParam {
-            param: "requests",
-            problem: format!("expected 1 to {MAX_REQUESTS} requests"),
+    let _permit = app.batches.uploads.try_enter()?;
+    let limits = &app.batches.limits;
+    let open = app.batches_store.open_batches(&caller.team).await?;
+    if open >= limits.max_open_batches_per_team {
+        return Err(BatchError::TooManyOpenBatches {
+            limit: limits.max_open_batches_per_team,
         }
         .into());
     }
-    let webhook_url = check_webhook(&app, &caller.team, request.sluice.as_ref()).await?;
+    let (used_bytes, used_lines) = app.batches_store.team_usage(&caller.team).await?;
+    let quota = Quota::left(limits, used_bytes, used_lines)?;
     let file_id = format!("file-{}", uuid::Uuid::now_v7().simple());
-    let mut block = Vec::new();
+    // Lines stored so far are removed if the request fails or is abandoned midway.
+    let mut discard = Discard::new(&app.batches_store, &file_id);
+    let inline = InlineLimits {
+        max_body_bytes: (MAX_BODY_BYTES as u64).min(quota.bytes),
+        max_request_bytes: MAX_LINE_BYTES,
+        max_requests: limits.max_lines_per_batch.min(quota.lines),
+        max_depth: limits.max_nesting_depth,
+        block: BLOCK_LINES,
+    };
+    let (chunks_tx, chunks_rx) = tokio::sync::mpsc::channel(4);
+    let (blocks_tx, mut blocks_rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(pump(body, chunks_tx));
+    let parser = tokio::task::spawn_blocking(move || {
+        inline::parse(inline::ChunkReader::new(chunks_rx), inline, blocks_tx)
+    });
     let expires_at = app.batches_store.expires_at();
-    let mut bytes = 0u64;
-    let total = request.requests.len() as u64;
-    for (i, r) in request.requests.into_iter().enumerate() {
-        let line = r.to_string();
-        bytes += line.len() as u64 + 1;
-        block.push(FileLineRow {
-            file_id: file_id.clone(),
-            line_no: i as u32,
-            line,
-            expires_at,
-        });
-        if block.len() >= 2_000 {
-            app.batches_store
-                .insert(PrivateTable::BatchFileLines, &block)
-                .await?;
-            block.clear();
-        }
+    let mut line_no = 0u32;
+    while let Some(block) = blocks_rx.recv().await {
+        let rows: Vec<FileLineRow> = block
+            .into_iter()
+            .map(|line| {
+                let row = FileLineRow {
+                    file_id: file_id.clone(),
+                    line_no,
+                    line,
+                    expires_at,
+                };
+                line_no += 1;
+                row
+            })
+            .collect();
+        discard.arm();
+        app.batches_store
+            .insert(PrivateTable::BatchFileLines, &rows)
+            .await?;
     }
-    app.batches_store
-        .insert(PrivateTable::BatchFileLines, &block)
-        .await?;
+    let parsed = match parser.await {
+        Ok(Ok(parsed)) => parsed,
+        // The team's quota was the tighter bound: say so.
+        Ok(Err(BatchError::TooManyLines { limit, .. })) if limit < limits.max_lines_per_batch => {
+            return Err(quota.lines_exceeded().into())
+        }
+        Ok(Err(BatchError::Api(ApiError::BodyTooLarge { limit })))
+            if (limit as u64) < MAX_BODY_BYTES as u64 =>
+        {
+            return Err(quota.bytes_exceeded().into())
+        }
+        Ok(Err(e)) => return Err(e.into()),
+        Err(_) => return Err(ApiError::ShuttingDown.into()),
+    };
+    if parsed.bytes > quota.bytes {
+        return Err(quota.bytes_exceeded().into());
+    }
+    let webhook_url = check_webhook(&app, &caller.team, parsed.sluice.as_ref()).await?;
+    let total = parsed.requests;
     let file = FileRow {
         file_id: file_id.clone(),
         team: caller.team.clone(),
         purpose: "anthropic_batch".into(),
         filename: String::new(),
-        bytes,
+        bytes: parsed.bytes,
         lines: total,
         created_at_ms: now_ms().max(0) as u64,
         expires_at,
@@ -146,10 +165,24 @@ pub async fn create(
     app.batches_store
         .insert(PrivateTable::Batches, std::slice::from_ref(&row))
         .await?;
+    discard.keep();
     tracing::info!(batch_id = %row.batch_id, team = %row.team, lines = total, "message batch created");
     driver::spawn(Arc::clone(&app), row.clone());
     let view = view(&app, &row).await?;
     Ok(Json(with_url(&app, batch_object(&row, &view), &headers, &row)).into_response())
+}
+
+/// Feeds the body's chunks to the parser until it ends, fails, or the parser stops
+/// reading (it refused the body: the rest is never read).
+async fn pump(body: Body, chunks: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>) {
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(std::io::Error::other);
+        let failed = chunk.is_err();
+        if chunks.send(chunk).await.is_err() || failed {
+            return;
+        }
+    }
 }
 
 /// Request counts in Anthropic's terms: every line is processing until it ends.
@@ -229,6 +262,29 @@ pub async fn retrieve(
     Ok(Json(with_url(&app, batch_object(&row, &view), &headers, &row)).into_response())
 }
 
+/// `DELETE /v1/messages/batches/{id}`: an ended batch of the caller's team, with its
+/// stored requests (which count against the team's file quota until then).
+pub async fn delete(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, AnthropicError> {
+    let row = find(&app, &headers, &id).await?;
+    if !view(&app, &row).await?.ended() {
+        return Err(BatchError::NotEnded(id).into());
+    }
+    app.batches_store.delete_batch(&row).await?;
+    if let Some(file) = app
+        .batches_store
+        .file(&row.input_file_id, &row.team)
+        .await?
+    {
+        app.batches_store.delete_file(&file).await?;
+    }
+    tracing::info!(batch_id = %row.batch_id, "message batch deleted");
+    Ok(Json(json!({"id": id, "type": "message_batch_deleted"})).into_response())
+}
+
 pub async fn list(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -270,10 +326,17 @@ pub async fn results(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, AnthropicError> {
+    let caller = app.keys.authenticate(&headers)?;
     let row = find(&app, &headers, &id).await?;
     let cursor = app.batches_store.joined(&row.batch_id)?;
-    let mut response =
-        super::files::output_body(cursor, row.batch_id, OutputKind::Anthropic).into_response();
+    let mut response = super::files::output_body(
+        Arc::clone(&app),
+        caller,
+        cursor,
+        row.batch_id,
+        OutputKind::Anthropic,
+    )
+    .into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/x-jsonl"),

@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 use sluice_schemas::tables::PrivateTable;
 use sluice_schemas::{encode, now_ms, Cancel, Topic};
 
-use super::store::{BatchRow, JoinedLine, Progress};
+use super::store::{BatchRow, FileRow, JoinedLine, Progress};
 use super::{driver, next_version, BatchError};
 use crate::auth::Caller;
 use crate::state::AppState;
@@ -119,6 +119,7 @@ pub async fn create(
         .file(&request.input_file_id, &caller.team)
         .await?
         .ok_or_else(|| BatchError::FileNotFound(request.input_file_id.clone()))?;
+    check_caps(&app, &caller, &file).await?;
     let metadata = Value::Object(request.metadata.unwrap_or_default()).to_string();
     let row = new_batch(
         &caller,
@@ -138,6 +139,31 @@ pub async fn create(
     tracing::info!(batch_id = %row.batch_id, team = %row.team, lines = row.total_lines, "batch created");
     driver::spawn(Arc::clone(&app), row.clone());
     Ok(Json(batch_object(&row, &View::fresh(&row))).into_response())
+}
+
+/// The `[batch]` caps a new batch must fit: lines per batch, batches per file, open
+/// batches per team.
+async fn check_caps(app: &AppState, caller: &Caller, file: &FileRow) -> Result<(), BatchError> {
+    let limits = &app.batches.limits;
+    if file.lines > limits.max_lines_per_batch {
+        return Err(BatchError::TooManyLines {
+            param: "input_file_id",
+            limit: limits.max_lines_per_batch,
+        });
+    }
+    let (of_file, _) = app.batches_store.batches_of_file(&file.file_id).await?;
+    if of_file >= limits.max_batches_per_file {
+        return Err(BatchError::TooManyBatchesForFile {
+            file_id: file.file_id.clone(),
+            limit: limits.max_batches_per_file,
+        });
+    }
+    if app.batches_store.open_batches(&caller.team).await? >= limits.max_open_batches_per_team {
+        return Err(BatchError::TooManyOpenBatches {
+            limit: limits.max_open_batches_per_team,
+        });
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -172,6 +198,7 @@ pub(crate) fn new_batch(
         webhook_url,
         error_message: String::new(),
         version: next_version(),
+        attempts: 0,
     }
 }
 

@@ -4,8 +4,16 @@
 //!
 //! Crash safety: a block's `batch_lines` rows are written before its lines are published,
 //! and the checkpoint (`lines_done`) after. A driver resumed from the checkpoint (at
-//! start-up, by any replica) redoes at most one block, under the same request ids, so
-//! results and usage collapse and no line is lost or answered twice.
+//! start-up, by any replica) redoes at most one block, under the same request ids, and
+//! publishes again only the lines of that block without a receipt (a result or an
+//! `accepted` audit row in ClickHouse), so results and usage collapse and no line is lost
+//! or answered twice. Each start on a block counts as an attempt (`attempts`, kept in the
+//! checkpoint across restarts): past `[batch] max_publish_attempts` the block's lines
+//! without a receipt fail with `publish_attempts_exhausted` and the driver moves on.
+//!
+//! Duplicate custom_ids are caught a block at a time: within the block in memory, against
+//! earlier lines with one ClickHouse query (`batch_lines`), so a driver's memory does not
+//! grow with the batch.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -66,7 +74,7 @@ async fn run(app: &AppState, mut row: BatchRow) {
                 return;
             }
             Err(error) => {
-                tracing::warn!(batch_id = %row.batch_id, %error, "batch driver interrupted; retrying from its checkpoint");
+                tracing::warn!(batch_id = %row.batch_id, error = ?error, "batch driver interrupted; retrying from its checkpoint");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(10));
             }
@@ -89,23 +97,30 @@ async fn cancelled(app: &AppState, batch_id: &str) -> Result<bool, BatchError> {
     Ok(app.batches.is_cancelled(batch_id) || app.batches_store.cancelled_at(batch_id).await? > 0)
 }
 
-/// One line's fate: a record, and the request to publish if it passed.
-fn examine(
-    app: &AppState,
-    caller: &Caller,
-    row: &BatchRow,
-    line_no: u32,
-    line: &str,
-    seen: &mut HashSet<String>,
-) -> (LineRow, Option<Line>) {
-    let mut record = LineRow {
+/// A line read from the input file, before the block-wide checks.
+enum Read {
+    /// Accounted for, never examined (the batch stopped publishing).
+    Stopped(LineRow),
+    /// Malformed: its record says why.
+    Invalid(LineRow),
+    /// Well formed: its custom_id and request body.
+    Parsed(LineRow, String, Bytes),
+}
+
+fn empty_record(row: &BatchRow, line_no: u32) -> LineRow {
+    LineRow {
         batch_id: row.batch_id.clone(),
         line_no,
         custom_id: String::new(),
         request_id: String::new(),
         error_code: String::new(),
         error_message: String::new(),
-    };
+    }
+}
+
+/// The shape checks of one line: its custom_id and the request body.
+fn parse(row: &BatchRow, line_no: u32, line: &str) -> Read {
+    let mut record = empty_record(row, line_no);
     let anthropic = row.dialect == "anthropic";
     let checked = (|| -> Result<(String, Bytes), (&'static str, String)> {
         let value: Value = serde_json::from_str(line).map_err(|e| {
@@ -160,26 +175,70 @@ fn examine(
         ))?;
         Ok((custom_id, Bytes::from(body.to_string())))
     })();
-    let (custom_id, body) = match checked {
-        Ok(c) => c,
+    match checked {
+        Ok((custom_id, body)) => {
+            record.custom_id = custom_id.clone();
+            Read::Parsed(record, custom_id, body)
+        }
         Err((code, message)) => {
             record.error_code = code.into();
             record.error_message = message;
-            return (record, None);
+            Read::Invalid(record)
         }
-    };
-    record.custom_id = custom_id.clone();
-    if !seen.insert(custom_id) {
-        record.error_code = "duplicate_custom_id".into();
-        record.error_message = "Another line of this batch has the same `custom_id`.".into();
-        return (record, None);
     }
-    let dialect = if anthropic {
+}
+
+/// Marks the lines whose custom_id an earlier line used: earlier in the block (a set of
+/// at most one block), or before the block (one ClickHouse query for the block's ids).
+async fn mark_duplicates(
+    app: &AppState,
+    row: &BatchRow,
+    block_start: u32,
+    reads: &mut [Read],
+) -> Result<(), BatchError> {
+    let ids: Vec<&str> = reads
+        .iter()
+        .filter_map(|r| match r {
+            Read::Parsed(_, id, _) => Some(id.as_str()),
+            _ => None,
+        })
+        .collect();
+    let earlier: HashSet<String> = app
+        .batches_store
+        .used_custom_ids(&row.batch_id, block_start, &ids)
+        .await?
+        .into_iter()
+        .collect();
+    let mut in_block: HashSet<String> = HashSet::new();
+    for read in reads.iter_mut() {
+        let Read::Parsed(record, custom_id, _) = read else {
+            continue;
+        };
+        if earlier.contains(custom_id.as_str()) || !in_block.insert(custom_id.clone()) {
+            let mut record = record.clone();
+            record.error_code = "duplicate_custom_id".into();
+            record.error_message = "Another line of this batch has the same `custom_id`.".into();
+            *read = Read::Invalid(record);
+        }
+    }
+    Ok(())
+}
+
+/// A well-formed, unique line validated like an async request: its record, and the
+/// request to publish if it passed.
+fn examine(
+    app: &AppState,
+    caller: &Caller,
+    row: &BatchRow,
+    mut record: LineRow,
+    body: Bytes,
+) -> (LineRow, Option<Line>) {
+    let dialect = if row.dialect == "anthropic" {
         Dialect::Anthropic
     } else {
         Dialect::OpenAi
     };
-    let request_id = line_request_id(&row.batch_id, line_no);
+    let request_id = line_request_id(&row.batch_id, record.line_no);
     match validate_line(
         app,
         caller,
@@ -228,16 +287,6 @@ async fn drive(app: &AppState, row: &mut BatchRow) -> Result<(), BatchError> {
         key_id: row.key_id.clone(),
         team: row.team.clone(),
     };
-    // A resumed driver still rejects custom_ids used before its checkpoint.
-    let mut seen: HashSet<String> = if row.lines_done > 0 {
-        app.batches_store
-            .custom_ids(&row.batch_id, row.lines_done as u32)
-            .await?
-            .into_iter()
-            .collect()
-    } else {
-        HashSet::new()
-    };
     if row.status == "validating" {
         if app
             .batches_store
@@ -251,8 +300,14 @@ async fn drive(app: &AppState, row: &mut BatchRow) -> Result<(), BatchError> {
             return checkpoint(app, row).await;
         }
         row.status = "in_progress".into();
-        checkpoint(app, row).await?;
     }
+    // This start is an attempt at the block after the checkpoint (counted before any of
+    // its lines is published, so a crash mid-block counts too).
+    row.attempts = row.attempts.saturating_add(1);
+    checkpoint(app, row).await?;
+    let max_attempts = app.batches.limits.max_publish_attempts.max(1);
+    // Only the first block of a start can have been (partly) published by an earlier one.
+    let mut resumed_block = true;
     let mut cursor = app
         .batches_store
         .file_lines(&row.input_file_id, row.lines_done as u32)?;
@@ -269,10 +324,10 @@ async fn drive(app: &AppState, row: &mut BatchRow) -> Result<(), BatchError> {
                 "The batch was cancelled before this request started.",
             ));
         }
-        let mut records = Vec::with_capacity(BLOCK);
-        let mut lines = Vec::with_capacity(BLOCK);
+        let block_start = row.lines_done as u32;
+        let mut reads = Vec::with_capacity(BLOCK);
         let mut end = false;
-        while records.len() < BLOCK {
+        while reads.len() < BLOCK {
             let Some(input) = cursor.next().await? else {
                 end = true;
                 break;
@@ -287,20 +342,75 @@ async fn drive(app: &AppState, row: &mut BatchRow) -> Result<(), BatchError> {
             }
             if let Some((code, message)) = stopped {
                 // Accounted for, never published: the batch's counts add up to its lines.
-                records.push(LineRow {
-                    batch_id: row.batch_id.clone(),
-                    line_no: input.line_no,
+                reads.push(Read::Stopped(LineRow {
                     custom_id: custom_id_of(&input.line),
-                    request_id: String::new(),
                     error_code: code.into(),
                     error_message: message.into(),
-                });
-                lines.push(None);
+                    ..empty_record(row, input.line_no)
+                }));
                 continue;
             }
-            let (record, line) = examine(app, &caller, row, input.line_no, &input.line, &mut seen);
-            records.push(record);
-            lines.push(line);
+            reads.push(parse(row, input.line_no, &input.line));
+        }
+        mark_duplicates(app, row, block_start, &mut reads).await?;
+        // Lines an interrupted start already published are not published again.
+        let receipts: HashSet<String> = if resumed_block {
+            let ids: Vec<String> = reads
+                .iter()
+                .filter_map(|r| match r {
+                    Read::Parsed(record, _, _) => {
+                        Some(line_request_id(&row.batch_id, record.line_no))
+                    }
+                    _ => None,
+                })
+                .collect();
+            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            app.batches_store
+                .receipts(&row.batch_id, &row.team, &ids)
+                .await?
+                .into_iter()
+                .collect()
+        } else {
+            HashSet::new()
+        };
+        resumed_block = false;
+        let exhausted = row.attempts > max_attempts;
+        if exhausted {
+            tracing::warn!(batch_id = %row.batch_id, block_start, attempts = row.attempts, "batch block out of attempts: its unpublished lines fail");
+        }
+        let mut records = Vec::with_capacity(reads.len());
+        let mut lines = Vec::with_capacity(reads.len());
+        let mut republished = 0u64;
+        for read in reads {
+            match read {
+                Read::Stopped(record) | Read::Invalid(record) => {
+                    records.push(record);
+                    lines.push(None);
+                }
+                Read::Parsed(mut record, _, body) => {
+                    let request_id = line_request_id(&row.batch_id, record.line_no);
+                    if receipts.contains(&request_id) {
+                        record.request_id = request_id;
+                        records.push(record);
+                        lines.push(None);
+                    } else if exhausted {
+                        record.error_code = "publish_attempts_exhausted".into();
+                        record.error_message = format!(
+                            "Sluice gave up publishing this request after {max_attempts} attempts."
+                        );
+                        records.push(record);
+                        lines.push(None);
+                    } else {
+                        let (record, line) = examine(app, &caller, row, record, body);
+                        republished += u64::from(line.is_some());
+                        records.push(record);
+                        lines.push(line);
+                    }
+                }
+            }
+        }
+        if !receipts.is_empty() {
+            tracing::info!(batch_id = %row.batch_id, block_start, with_receipt = receipts.len(), republished, "resumed block: lines with a receipt not published again");
         }
         // Moderation (when the team has it) may refuse lines; a refusal is the line's error.
         let moderated = futures::future::join_all(lines.iter().map(|l| async move {
@@ -334,9 +444,12 @@ async fn drive(app: &AppState, row: &mut BatchRow) -> Result<(), BatchError> {
         if end {
             break;
         }
+        // The next block's first attempt is this start's.
+        row.attempts = 1;
         checkpoint(app, row).await?;
     }
     row.published_at_ms = now_ms().max(0) as u64;
+    row.attempts = 0;
     checkpoint(app, row).await?;
     tracing::info!(batch_id = %row.batch_id, lines = row.lines_done, "batch published");
     Ok(())

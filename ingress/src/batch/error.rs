@@ -39,6 +39,26 @@ pub enum BatchError {
     InvalidJson(#[source] serde_json::Error),
     #[error("Cannot cancel a batch with status '{0}'")]
     NotCancellable(String),
+    #[error("Batch {0} has not ended; cancel it first, or delete it once it has ended")]
+    NotEnded(String),
+    #[error("Too many uploads are being read right now; retry shortly")]
+    TooManyUploads,
+    #[error("The batch has more than {limit} requests")]
+    TooManyLines { param: &'static str, limit: u64 },
+    #[error("Request {index} of `requests` is larger than {limit} bytes")]
+    RequestTooLarge { index: u64, limit: usize },
+    #[error("Request {index} of `requests` nests deeper than {limit} levels")]
+    TooDeep { index: u64, limit: usize },
+    #[error("The file {file_id} already has {limit} batches")]
+    TooManyBatchesForFile { file_id: String, limit: u64 },
+    #[error("The team already has {limit} open batches; retry when one has been published")]
+    TooManyOpenBatches { limit: u64 },
+    #[error(
+        "The team's stored files would exceed its quota of {limit} {unit}; delete files first"
+    )]
+    QuotaExceeded { limit: u64, unit: &'static str },
+    #[error("The file {0} is the input of a batch still being published; cancel the batch or retry when it has been published")]
+    FileInUse(String),
     #[error("The batch store is unavailable; retry later")]
     Store(#[source] clickhouse::error::Error),
     #[error("The request queue is unavailable; retry later")]
@@ -56,7 +76,9 @@ impl BatchError {
         use BatchError::*;
         match self {
             Api(e) => e.status(),
-            FileTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            FileTooLarge { .. } | RequestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            TooManyUploads | TooManyOpenBatches { .. } => StatusCode::TOO_MANY_REQUESTS,
+            FileInUse(_) | NotEnded(_) => StatusCode::CONFLICT,
             FileNotFound(_) | BatchNotFound(_) => StatusCode::NOT_FOUND,
             NotCancellable(_) => StatusCode::CONFLICT,
             Store(_) | Queue(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -75,6 +97,15 @@ impl BatchError {
             InvalidParam { param, .. } => ("invalid_value", Some(param)),
             InvalidJson(_) => ("invalid_json", None),
             NotCancellable(_) => ("batch_not_cancellable", None),
+            TooManyUploads => ("too_many_uploads", None),
+            TooManyLines { param, .. } => ("batch_too_large", Some(param)),
+            RequestTooLarge { .. } => ("request_too_large", Some("requests")),
+            TooDeep { .. } => ("nesting_too_deep", Some("requests")),
+            TooManyBatchesForFile { .. } => ("too_many_batches_for_file", Some("input_file_id")),
+            TooManyOpenBatches { .. } => ("too_many_open_batches", None),
+            QuotaExceeded { .. } => ("storage_quota_exceeded", Some("file")),
+            FileInUse(_) => ("file_in_use", None),
+            NotEnded(_) => ("batch_not_ended", None),
             Store(_) | Queue(_) => ("service_unavailable", None),
             Api(_) => ("", None),
         }
@@ -93,12 +124,13 @@ impl IntoResponse for BatchError {
         let (code, param) = self.code_and_param();
         let kind = match status {
             StatusCode::SERVICE_UNAVAILABLE => "service_unavailable",
+            StatusCode::TOO_MANY_REQUESTS => "rate_limit_exceeded",
             _ => "invalid_request_error",
         };
         let mut body = ErrorBody::new(kind, Some(code), self.to_string());
         body.error.param = param.map(str::to_string);
         let mut response = (status, Json(body)).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from_static("1"),

@@ -1,8 +1,12 @@
-//! `POST /v1/files` (purpose `batch`), `GET /v1/files/{id}`, `GET /v1/files/{id}/content`.
+//! `POST /v1/files` (purpose `batch`), `GET /v1/files/{id}`, `GET /v1/files/{id}/content`,
+//! `DELETE /v1/files/{id}`.
 //!
-//! Input files stream into `batch_file_lines` in blocks. Output and error files are not
-//! stored: `file-<batch_id>-output` / `-errors` are the batch's lines joined with their
-//! results, rendered as JSONL while ClickHouse streams them.
+//! Input files stream into `batch_file_lines` in blocks, within the team's quota (`[batch]`
+//! `max_file_bytes_per_team`, `max_file_lines_per_team`) and the per-file line cap; an
+//! upload that fails midway (too large, a bad line, the client gone) has its stored lines
+//! removed. Output and error files are not stored: `file-<batch_id>-output` / `-errors` are
+//! the batch's lines joined with their results, rendered as JSONL while ClickHouse streams
+//! them, each completion through the team's output moderation as `GET /v1/requests/{id}`.
 
 use std::sync::Arc;
 
@@ -12,14 +16,18 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use clickhouse::query::RowCursor;
+use futures::StreamExt;
 use serde_json::{json, Value};
 use sluice_schemas::now_ms;
 use sluice_schemas::tables::PrivateTable;
 
-use super::batches::{render_output_line, OutputKind};
+use super::batches::{outcome, render_output_line, Outcome, OutputKind};
 use super::jsonl::Lines;
-use super::store::{FileLineRow, FileRow, JoinedLine};
+use super::limits::BatchLimits;
+use super::store::{BatchStore, FileLineRow, FileRow, JoinedLine};
 use super::BatchError;
+use crate::auth::Caller;
+use crate::error::ApiError;
 use crate::state::AppState;
 
 /// Largest upload (OpenAI's limit for batch input files is 200 MB).
@@ -27,8 +35,10 @@ pub const MAX_FILE_BYTES: u64 = 512 * 1024 * 1024;
 /// Largest line of an input file.
 pub const MAX_LINE_BYTES: usize = 4 * 1024 * 1024;
 /// Lines per insert while an upload streams in.
-const BLOCK_LINES: usize = 2_000;
+pub(crate) const BLOCK_LINES: usize = 2_000;
 const BLOCK_BYTES: usize = 8 * 1024 * 1024;
+/// Output-moderation calls one output file read makes at once.
+const MODERATION_CONCURRENCY: usize = 16;
 
 pub async fn upload(
     State(app): State<Arc<AppState>>,
@@ -36,6 +46,9 @@ pub async fn upload(
     body: Body,
 ) -> Result<Response, BatchError> {
     let caller = app.keys.authenticate(&headers)?;
+    let _permit = app.batches.uploads.try_enter()?;
+    let (used_bytes, used_lines) = app.batches_store.team_usage(&caller.team).await?;
+    let quota = Quota::left(&app.batches.limits, used_bytes, used_lines)?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -51,6 +64,8 @@ pub async fn upload(
         ),
     );
     let file_id = format!("file-{}", uuid::Uuid::now_v7().simple());
+    // Lines stored so far are removed if the upload fails or is abandoned midway.
+    let mut discard = Discard::new(&app.batches_store, &file_id);
     let mut purpose = None;
     let mut stored: Option<(String, u64, u64)> = None;
     while let Some(field) = form.next_field().await.map_err(multipart_error)? {
@@ -65,7 +80,8 @@ pub async fn upload(
             Some("file") => {
                 // `purpose` comes first from the SDKs; checked again below either way.
                 let filename = field.file_name().unwrap_or_default().to_string();
-                let (lines, bytes) = store_lines(&app, &file_id, field).await?;
+                let (lines, bytes) =
+                    store_lines(&app, &file_id, field, &quota, &mut discard).await?;
                 stored = Some((filename, lines, bytes));
             }
             // Other fields are read past (multer skips their data).
@@ -89,6 +105,7 @@ pub async fn upload(
     app.batches_store
         .insert(PrivateTable::BatchFiles, std::slice::from_ref(&row))
         .await?;
+    discard.keep();
     tracing::info!(file_id = %row.file_id, lines, bytes, "batch input file stored");
     Ok(Json(file_object(&row)).into_response())
 }
@@ -100,7 +117,10 @@ async fn store_lines(
     app: &AppState,
     file_id: &str,
     mut field: multer::Field<'_>,
+    quota: &Quota,
+    discard: &mut Discard,
 ) -> Result<(u64, u64), BatchError> {
+    let max_lines = app.batches.limits.max_lines_per_batch;
     let mut splitter = Lines::default();
     let mut block: Vec<FileLineRow> = Vec::new();
     let mut block_bytes = 0;
@@ -116,6 +136,9 @@ async fn store_lines(
                     return Err(BatchError::FileTooLarge {
                         limit: MAX_FILE_BYTES,
                     });
+                }
+                if bytes > quota.bytes {
+                    return Err(quota.bytes_exceeded());
                 }
                 splitter.push(&chunk, MAX_LINE_BYTES)?
             }
@@ -133,6 +156,15 @@ async fn store_lines(
                         .into(),
                 ));
             }
+            if u64::from(line_no) >= max_lines {
+                return Err(BatchError::TooManyLines {
+                    param: "file",
+                    limit: max_lines,
+                });
+            }
+            if u64::from(line_no) >= quota.lines {
+                return Err(quota.lines_exceeded());
+            }
             block_bytes += line.len();
             block.push(FileLineRow {
                 file_id: file_id.to_string(),
@@ -142,6 +174,7 @@ async fn store_lines(
             });
             line_no += 1;
             if block.len() >= BLOCK_LINES || block_bytes >= BLOCK_BYTES {
+                discard.arm();
                 app.batches_store
                     .insert(PrivateTable::BatchFileLines, &block)
                     .await?;
@@ -150,6 +183,7 @@ async fn store_lines(
             }
         }
     }
+    discard.arm();
     app.batches_store
         .insert(PrivateTable::BatchFileLines, &block)
         .await?;
@@ -157,6 +191,102 @@ async fn store_lines(
         return Err(BatchError::NotJsonl("the file has no lines".into()));
     }
     Ok((u64::from(line_no), bytes))
+}
+
+/// What a team may still store.
+pub(crate) struct Quota {
+    pub bytes: u64,
+    pub lines: u64,
+    max_bytes: u64,
+    max_lines: u64,
+}
+
+impl Quota {
+    pub fn left(
+        limits: &BatchLimits,
+        used_bytes: u64,
+        used_lines: u64,
+    ) -> Result<Quota, BatchError> {
+        let quota = Quota {
+            bytes: limits.max_file_bytes_per_team.saturating_sub(used_bytes),
+            lines: limits.max_file_lines_per_team.saturating_sub(used_lines),
+            max_bytes: limits.max_file_bytes_per_team,
+            max_lines: limits.max_file_lines_per_team,
+        };
+        if quota.bytes == 0 {
+            return Err(quota.bytes_exceeded());
+        }
+        if quota.lines == 0 {
+            return Err(quota.lines_exceeded());
+        }
+        Ok(quota)
+    }
+
+    pub fn bytes_exceeded(&self) -> BatchError {
+        BatchError::QuotaExceeded {
+            limit: self.max_bytes,
+            unit: "bytes",
+        }
+    }
+
+    pub fn lines_exceeded(&self) -> BatchError {
+        BatchError::QuotaExceeded {
+            limit: self.max_lines,
+            unit: "lines",
+        }
+    }
+}
+
+/// Removes an unfinished upload's stored lines when dropped before `keep`: on an error
+/// return, and when the handler is dropped because the client went away. Only an upload
+/// that stored a block is cleaned (a ClickHouse mutation), not one refused up front.
+pub(crate) struct Discard {
+    store: BatchStore,
+    file_id: String,
+    armed: bool,
+    kept: bool,
+}
+
+impl Discard {
+    pub fn new(store: &BatchStore, file_id: &str) -> Discard {
+        Discard {
+            store: store.clone(),
+            file_id: file_id.to_string(),
+            armed: false,
+            kept: false,
+        }
+    }
+
+    /// Lines are about to be stored.
+    pub fn arm(&mut self) {
+        self.armed = true;
+    }
+
+    /// The upload completed: its lines stay.
+    pub fn keep(&mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Discard {
+    fn drop(&mut self) {
+        if self.kept || !self.armed {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let store = self.store.clone();
+        let file_id = std::mem::take(&mut self.file_id);
+        runtime.spawn(async move {
+            match store.discard_lines(&file_id).await {
+                Ok(()) => tracing::info!(%file_id, "lines of a failed upload removed"),
+                Err(error) => {
+                    tracing::warn!(%file_id, %error, "lines of a failed upload not removed")
+                }
+            }
+        });
+    }
 }
 
 /// An oversized stream is the caller's too-large file; anything else is a malformed body.
@@ -239,6 +369,35 @@ pub async fn retrieve(
     }
 }
 
+/// `DELETE /v1/files/{id}`: the owning team's input file, unless a batch still being
+/// published reads it (409 `file_in_use`; cancel the batch or wait). Output and error
+/// files are views of their batch and go with it.
+pub async fn delete(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, BatchError> {
+    let caller = app.keys.authenticate(&headers)?;
+    let FileRef::Input(file_id) = parse_file_id(&id) else {
+        return Err(BatchError::InvalidParam {
+            param: "file_id",
+            problem: "a batch's output and error files are kept with the batch".into(),
+        });
+    };
+    let row = app
+        .batches_store
+        .file(&file_id, &caller.team)
+        .await?
+        .ok_or_else(|| BatchError::FileNotFound(id.clone()))?;
+    let (_, publishing) = app.batches_store.batches_of_file(&file_id).await?;
+    if publishing > 0 {
+        return Err(BatchError::FileInUse(id));
+    }
+    app.batches_store.delete_file(&row).await?;
+    tracing::info!(%file_id, team = %caller.team, "batch input file deleted");
+    Ok(Json(json!({"id": id, "object": "file", "deleted": true})).into_response())
+}
+
 pub async fn content(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -261,7 +420,7 @@ pub async fn content(
                 .await?
                 .ok_or(BatchError::FileNotFound(id))?;
             let cursor = app.batches_store.joined(&batch_id)?;
-            output_body(cursor, batch.batch_id, kind)
+            output_body(Arc::clone(&app), caller, cursor, batch.batch_id, kind)
         }
     };
     let mut response = body.into_response();
@@ -288,38 +447,140 @@ fn input_body(cursor: RowCursor<FileLineRow>) -> Body {
 }
 
 /// The batch's output or error file, rendered while it streams (pending lines are left
-/// out: a file read before the batch ended holds what has finished so far).
+/// out: a file read before the batch ended holds what has finished so far). With output
+/// moderation on for the team, each completion is checked as it is read, like
+/// `GET /v1/requests/{id}`: a refused one is rendered as that line's error (in the error
+/// file, or `errored` in Anthropic's results), never as its answer.
 pub(crate) fn output_body(
+    app: Arc<AppState>,
+    caller: Caller,
     cursor: RowCursor<JoinedLine>,
     batch_id: String,
     kind: OutputKind,
 ) -> Body {
-    let stream = futures::stream::unfold(
-        (cursor, batch_id, false),
-        move |(mut cursor, batch_id, failed)| async move {
-            if failed {
-                return None;
+    let reader = OutputReader {
+        app,
+        caller,
+        cursor,
+        batch_id,
+        kind,
+        failed: false,
+    };
+    let stream = futures::stream::unfold(reader, |mut reader| async move {
+        if reader.failed {
+            return None;
+        }
+        match reader.chunk().await {
+            Ok(Some(out)) => Some((Ok(Bytes::from(out)), reader)),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, batch_id = %reader.batch_id, "batch output stream failed");
+                reader.failed = true;
+                Some((Err(e), reader))
             }
-            let mut out = String::new();
-            // A few lines per chunk: fewer, larger writes.
-            while out.len() < 64 * 1024 {
-                match cursor.next().await {
-                    Ok(Some(row)) => {
-                        if let Some(line) = render_output_line(&row, &batch_id, kind) {
-                            out.push_str(&line);
-                            out.push('\n');
-                        }
-                    }
-                    Ok(None) if out.is_empty() => return None,
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, %batch_id, "batch output stream failed");
-                        return Some((Err(e), (cursor, batch_id, true)));
-                    }
+        }
+    });
+    Body::from_stream(stream)
+}
+
+/// Why an output stream stopped early.
+#[derive(Debug, thiserror::Error)]
+enum OutputError {
+    #[error(transparent)]
+    Store(#[from] clickhouse::error::Error),
+    #[error(transparent)]
+    Moderation(ApiError),
+}
+
+struct OutputReader {
+    app: Arc<AppState>,
+    caller: Caller,
+    cursor: RowCursor<JoinedLine>,
+    batch_id: String,
+    kind: OutputKind,
+    failed: bool,
+}
+
+impl OutputReader {
+    /// The next few lines (fewer, larger writes), or `None` at the end.
+    async fn chunk(&mut self) -> Result<Option<String>, OutputError> {
+        let mut rows = Vec::new();
+        let mut size = 0;
+        while size < 64 * 1024 && rows.len() < 256 {
+            match self.cursor.next().await? {
+                Some(row) => {
+                    size += row.body.len() + 64;
+                    rows.push(row);
+                }
+                None => break,
+            }
+        }
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        moderate(&self.app, &self.caller, &mut rows).await?;
+        let mut out = String::new();
+        for row in &rows {
+            if let Some(line) = render_output_line(row, &self.batch_id, self.kind) {
+                out.push_str(&line);
+                out.push('\n');
+            }
+        }
+        Ok(Some(out))
+    }
+}
+
+/// Checks a chunk's completions with the team's output classifier (concurrently); a
+/// refused one becomes a failed line carrying the refusal.
+async fn moderate(
+    app: &Arc<AppState>,
+    caller: &Caller,
+    rows: &mut [JoinedLine],
+) -> Result<(), OutputError> {
+    let policy = app.guard.policy(&caller.team);
+    if !policy.moderates_output() {
+        return Ok(());
+    }
+    // A few classifier calls at a time, in line order (owned futures: the stream is Send).
+    let checks: Vec<_> = rows
+        .iter()
+        .map(|row| {
+            let texts = matches!(outcome(row), Outcome::Succeeded)
+                .then(|| crate::guard::completion_texts(&row.body));
+            let policy = Arc::clone(&policy);
+            async move {
+                match texts {
+                    Some(texts) => policy.moderate_output(&texts).await,
+                    None => Ok(()),
                 }
             }
-            Some((Ok(Bytes::from(out)), (cursor, batch_id, false)))
-        },
-    );
-    Body::from_stream(stream)
+        })
+        .collect();
+    let verdicts: Vec<Result<(), ApiError>> = futures::stream::iter(checks)
+        .buffered(MODERATION_CONCURRENCY)
+        .collect()
+        .await;
+    for (row, verdict) in rows.iter_mut().zip(verdicts) {
+        match verdict {
+            Ok(()) => {}
+            Err(e @ ApiError::ModerationUnavailable(_)) => return Err(OutputError::Moderation(e)),
+            Err(e) => {
+                app.send_refusal(
+                    sluice_schemas::Audit {
+                        request_id: row.request_id.clone(),
+                        team: caller.team.clone(),
+                        key_id: caller.key_id.clone(),
+                        model: row.model.clone(),
+                        priority: sluice_schemas::Priority::Batch,
+                        ..sluice_schemas::Audit::default()
+                    },
+                    &e,
+                );
+                row.status = "failed".into();
+                row.http_status = i32::from(e.status().as_u16());
+                row.body = json!({"error": e.body().error}).to_string();
+            }
+        }
+    }
+    Ok(())
 }

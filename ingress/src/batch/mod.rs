@@ -13,7 +13,9 @@ pub mod batches;
 pub mod driver;
 pub mod error;
 pub mod files;
+pub mod inline;
 pub mod jsonl;
+pub mod limits;
 pub mod store;
 pub mod webhooks;
 
@@ -33,7 +35,7 @@ use crate::state::AppState;
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/files", post(files::upload))
-        .route("/v1/files/{id}", get(files::retrieve))
+        .route("/v1/files/{id}", get(files::retrieve).delete(files::delete))
         .route("/v1/files/{id}/content", get(files::content))
         .route("/v1/batches", post(batches::create).get(batches::list))
         .route("/v1/batches/{id}", get(batches::retrieve))
@@ -42,7 +44,10 @@ pub fn routes() -> Router<Arc<AppState>> {
             "/v1/messages/batches",
             post(anthropic::create).get(anthropic::list),
         )
-        .route("/v1/messages/batches/{id}", get(anthropic::retrieve))
+        .route(
+            "/v1/messages/batches/{id}",
+            get(anthropic::retrieve).delete(anthropic::delete),
+        )
         .route("/v1/messages/batches/{id}/cancel", post(anthropic::cancel))
         .route("/v1/messages/batches/{id}/results", get(anthropic::results))
 }
@@ -50,6 +55,10 @@ pub fn routes() -> Router<Arc<AppState>> {
 /// What the batch APIs share across handlers and drivers of one replica.
 #[derive(Default)]
 pub struct Batches {
+    /// The `[batch]` caps.
+    pub limits: limits::BatchLimits,
+    /// Large bodies (uploads, inline Anthropic batches) read at once on this replica.
+    pub uploads: limits::UploadGate,
     /// Batches cancelled through this replica: their drivers stop at the next block
     /// without waiting for ClickHouse (other replicas' cancels are read from there).
     cancelled: Mutex<HashSet<String>>,
@@ -61,6 +70,14 @@ pub struct Batches {
 }
 
 impl Batches {
+    pub fn new(limits: &limits::BatchLimits) -> Batches {
+        Batches {
+            limits: limits.clone(),
+            uploads: limits::UploadGate::new(limits),
+            ..Batches::default()
+        }
+    }
+
     pub(crate) fn mark_cancelled(&self, batch_id: &str) {
         if let Ok(mut c) = self.cancelled.lock() {
             c.insert(batch_id.to_string());

@@ -59,6 +59,8 @@ pub struct BatchRow {
     pub webhook_url: String,
     pub error_message: String,
     pub version: u64,
+    /// The driver's attempts at the block after `lines_done` (across restarts).
+    pub attempts: u32,
 }
 
 #[derive(Debug, Clone, Row, Serialize, Deserialize)]
@@ -118,6 +120,45 @@ impl Progress {
     }
 }
 
+/// Splits ids bound into a query so that each query's text stays well under ClickHouse's
+/// `max_query_size` (256 KiB by default): 2,000 custom_ids may be 1 MB.
+fn by_query_size<'a>(ids: &'a [&'a str]) -> Vec<&'a [&'a str]> {
+    const MAX_BYTES: usize = 96 * 1024;
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, id) in ids.iter().enumerate() {
+        // Quoted, escaped (at most doubled) and comma-separated.
+        let cost = id.len() * 2 + 3;
+        if i > start && bytes + cost > MAX_BYTES {
+            out.push(&ids[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += cost;
+    }
+    if start < ids.len() {
+        out.push(&ids[start..]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::by_query_size;
+
+    #[test]
+    fn bound_ids_are_split_by_query_size() {
+        let long = "x".repeat(512);
+        let ids: Vec<&str> = (0..2_000).map(|_| long.as_str()).collect();
+        let parts = by_query_size(&ids);
+        assert!(parts.len() > 10);
+        assert_eq!(parts.iter().map(|p| p.len()).sum::<usize>(), 2_000);
+        assert!(parts.iter().all(|p| p.len() * (512 * 2 + 3) <= 96 * 1024));
+        let short = ["a", "b"];
+        assert_eq!(by_query_size(&short), vec![&short[..]]);
+        assert!(by_query_size(&[]).is_empty());
+    }
+}
+
 #[derive(Clone)]
 pub struct BatchStore {
     /// Bound to the private database.
@@ -164,13 +205,15 @@ impl BatchStore {
         insert.end().await
     }
 
+    /// A team's file (not deleted).
     pub async fn file(
         &self,
         file_id: &str,
         team: &str,
     ) -> Result<Option<FileRow>, clickhouse::error::Error> {
         let sql = format!(
-            "SELECT ?fields FROM {} FINAL WHERE file_id = ? AND team = ? LIMIT 1",
+            "SELECT ?fields FROM {} FINAL \
+             WHERE file_id = ? AND team = ? AND purpose != 'deleted' LIMIT 1",
             self.table(PrivateTable::BatchFiles)
         );
         self.client
@@ -205,7 +248,8 @@ impl BatchStore {
         team: &str,
     ) -> Result<Option<BatchRow>, clickhouse::error::Error> {
         let sql = format!(
-            "SELECT ?fields FROM {} FINAL WHERE batch_id = ? AND team = ? LIMIT 1",
+            "SELECT ?fields FROM {} FINAL \
+             WHERE batch_id = ? AND team = ? AND status != 'deleted' LIMIT 1",
             self.table(PrivateTable::Batches)
         );
         self.client
@@ -226,7 +270,7 @@ impl BatchStore {
     ) -> Result<Vec<BatchRow>, clickhouse::error::Error> {
         let sql = format!(
             "SELECT ?fields FROM {} FINAL WHERE team = ? AND dialect = ? AND batch_id < ? \
-             ORDER BY batch_id DESC LIMIT ?",
+             AND status != 'deleted' ORDER BY batch_id DESC LIMIT ?",
             self.table(PrivateTable::Batches)
         );
         // Ids are time-ordered (UUIDv7): `~` sorts after every id.
@@ -257,24 +301,145 @@ impl BatchStore {
         self.client.query(&sql).bind(batch_id).fetch_one().await
     }
 
-    /// The custom_ids of lines already handled (a resumed driver keeps rejecting
-    /// duplicates).
-    pub async fn custom_ids(
+    /// Which of `custom_ids` lines before `before_line` already used (the driver's
+    /// duplicate check, one block at a time: exact, and memory bounded by the block).
+    pub async fn used_custom_ids(
         &self,
         batch_id: &str,
         before_line: u32,
+        custom_ids: &[&str],
     ) -> Result<Vec<String>, clickhouse::error::Error> {
+        if custom_ids.is_empty() || before_line == 0 {
+            return Ok(Vec::new());
+        }
         let sql = format!(
-            "SELECT custom_id FROM {} FINAL \
-             WHERE batch_id = ? AND line_no < ? AND custom_id != ''",
+            "SELECT DISTINCT custom_id FROM {} FINAL \
+             WHERE batch_id = ? AND line_no < ? AND custom_id IN (SELECT arrayJoin(?))",
             self.table(PrivateTable::BatchLines)
         );
-        self.client
-            .query(&sql)
-            .bind(batch_id)
-            .bind(before_line)
-            .fetch_all()
-            .await
+        let mut used = Vec::new();
+        for ids in by_query_size(custom_ids) {
+            let found: Vec<String> = self
+                .client
+                .query(&sql)
+                .bind(batch_id)
+                .bind(before_line)
+                .bind(ids)
+                .fetch_all()
+                .await?;
+            used.extend(found);
+        }
+        Ok(used)
+    }
+
+    /// Which of a batch's line request ids have a receipt: a result, or an `accepted`
+    /// audit row (the line reached Kafka). A resumed driver publishes only the others.
+    pub async fn receipts(
+        &self,
+        batch_id: &str,
+        team: &str,
+        request_ids: &[&str],
+    ) -> Result<Vec<String>, clickhouse::error::Error> {
+        if request_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (from, to) = super::request_id_range(batch_id);
+        // Both tables live in the private database, the only one the ingress may read.
+        let sql = format!(
+            "SELECT request_id FROM {} \
+             WHERE request_id >= ? AND request_id < ? AND request_id IN (SELECT arrayJoin(?)) \
+             UNION ALL SELECT request_id FROM {} \
+             WHERE team = ? AND request_id >= ? AND request_id < ? AND request_id IN (SELECT arrayJoin(?))",
+            self.table(PrivateTable::ResultBodies),
+            self.table(PrivateTable::AcceptedRequests),
+        );
+        let mut found = Vec::new();
+        for ids in by_query_size(request_ids) {
+            let some: Vec<String> = self
+                .client
+                .query(&sql)
+                .bind(&from)
+                .bind(&to)
+                .bind(ids)
+                .bind(team)
+                .bind(&from)
+                .bind(&to)
+                .bind(ids)
+                .fetch_all()
+                .await?;
+            found.extend(some);
+        }
+        Ok(found)
+    }
+
+    /// (bytes, lines) of the files a team stores.
+    pub async fn team_usage(&self, team: &str) -> Result<(u64, u64), clickhouse::error::Error> {
+        let sql = format!(
+            "SELECT toUInt64(sum(bytes)), toUInt64(sum(lines)) FROM {} FINAL \
+             WHERE team = ? AND purpose != 'deleted'",
+            self.table(PrivateTable::BatchFiles)
+        );
+        self.client.query(&sql).bind(team).fetch_one().await
+    }
+
+    /// How many batches read the file, and how many of them are still being published.
+    pub async fn batches_of_file(
+        &self,
+        file_id: &str,
+    ) -> Result<(u64, u64), clickhouse::error::Error> {
+        let sql = format!(
+            "SELECT toUInt64(count()), \
+             toUInt64(countIf(published_at_ms = 0 AND status != 'failed')) \
+             FROM {} FINAL WHERE input_file_id = ?",
+            self.table(PrivateTable::Batches)
+        );
+        self.client.query(&sql).bind(file_id).fetch_one().await
+    }
+
+    /// A team's batches whose driver has not finished publishing.
+    pub async fn open_batches(&self, team: &str) -> Result<u64, clickhouse::error::Error> {
+        let sql = format!(
+            "SELECT toUInt64(count()) FROM {} FINAL \
+             WHERE team = ? AND published_at_ms = 0 AND status != 'failed'",
+            self.table(PrivateTable::Batches)
+        );
+        self.client.query(&sql).bind(team).fetch_one().await
+    }
+
+    /// Deletes a file: a tombstone hides it at once (it wins under FINAL), then its lines
+    /// are removed (an asynchronous mutation on ClickHouse).
+    pub async fn delete_file(&self, file: &FileRow) -> Result<(), clickhouse::error::Error> {
+        let tombstone = FileRow {
+            purpose: "deleted".into(),
+            filename: String::new(),
+            bytes: 0,
+            lines: 0,
+            created_at_ms: file.created_at_ms + 1,
+            ..file.clone()
+        };
+        self.insert(PrivateTable::BatchFiles, std::slice::from_ref(&tombstone))
+            .await?;
+        self.discard_lines(&file.file_id).await
+    }
+
+    /// Deletes an ended batch: a newer row with status `deleted` hides it; its line
+    /// records and results stay for analytics (and the retention that applies to them).
+    pub async fn delete_batch(&self, batch: &BatchRow) -> Result<(), clickhouse::error::Error> {
+        let deleted = BatchRow {
+            status: "deleted".into(),
+            version: super::next_version(),
+            ..batch.clone()
+        };
+        self.insert(PrivateTable::Batches, std::slice::from_ref(&deleted)).await
+    }
+
+    /// Removes the stored lines of a file (a failed upload's, a deleted file's).
+    pub async fn discard_lines(&self, file_id: &str) -> Result<(), clickhouse::error::Error> {
+        let sql = format!(
+            "ALTER TABLE {} DELETE WHERE file_id = ?",
+            self.table(PrivateTable::BatchFileLines)
+        );
+        self.client.query(&sql).bind(file_id).execute().await
     }
 
     pub async fn progress(&self, batch_id: &str) -> Result<Progress, clickhouse::error::Error> {

@@ -84,6 +84,8 @@ pub struct StackOptions {
     /// The ingress's `[[budgets]]` and `[budget]` sections, as TOML (docs/budgets.md). The
     /// ingress always has MODEL's price.
     pub budget_toml: String,
+    /// The ingress's `[batch]` caps, as TOML with the `[batch]` header.
+    pub batch_toml: String,
     /// The analytics sink's `[[alert_webhooks]]` (budget alerts).
     pub alert_webhooks: Vec<sluice_analytics::alerts::AlertWebhook>,
     /// The analytics sink's `[webhooks] allowed_hosts` (local alert receivers opt in).
@@ -125,6 +127,7 @@ impl Default for StackOptions {
             alert_allowed_hosts: Vec::new(),
             audit_toml: String::new(),
             budget_toml: String::new(),
+            batch_toml: String::new(),
             alert_webhooks: Vec::new(),
             process_users: false,
         }
@@ -227,6 +230,7 @@ impl Stack {
                     .expect("webhooks TOML")
             },
             retention: Default::default(),
+            batch: toml_section(&options.batch_toml, "batch"),
         };
         ingress.server.listen = "127.0.0.1:0".into();
         ingress.server.sync_timeout_ms = Duration::from_secs(30);

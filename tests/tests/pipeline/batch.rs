@@ -63,7 +63,7 @@ async fn create_batch(stack: &Stack, lines: &[String]) -> String {
 }
 
 /// Polls the batch until `done` holds for it; returns it.
-async fn wait_batch(stack: &Stack, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn wait_batch(stack: &Stack, path: &str, done: impl Fn(&Value) -> bool) -> Value {
     let mut last = Value::Null;
     let deadline = tokio::time::Instant::now() + WAIT;
     while tokio::time::Instant::now() < deadline {
@@ -77,7 +77,7 @@ async fn wait_batch(stack: &Stack, path: &str, done: impl Fn(&Value) -> bool) ->
     panic!("batch did not reach the expected state: {last}");
 }
 
-async fn jsonl(stack: &Stack, path: &str, key: &str) -> (u16, Vec<Value>) {
+pub(crate) async fn jsonl(stack: &Stack, path: &str, key: &str) -> (u16, Vec<Value>) {
     let response = stack
         .http
         .get(format!("{}{path}", stack.base))
@@ -675,7 +675,7 @@ async fn a_replica_starting_up_resumes_a_batch_whose_driver_died() {
         .ch(&format!(
             "INSERT INTO {{db}}_private.batches VALUES ('{batch_id}', 'team-a', 'key_a', 'openai', \
              '/v1/chat/completions', '{file}', '24h', 'in_progress', {total}, 0, {now}, {exp}, 0, \
-             '{{}}', '', '', 1)",
+             '{{}}', '', '', 1, 0)",
             file = file["id"].as_str().unwrap(),
             exp = now + 86_400_000,
         ))

@@ -411,7 +411,7 @@ async fn templates_and_decorators_reach_the_provider_and_async_never_restores() 
 /// at least twice (category violence): the mock provider's answer repeats the prompt's
 /// words, so a prompt saying it once passes the input check and its answer fails the
 /// output check. Text containing "slow" is answered after 2 s.
-async fn classifier() -> (String, Arc<AtomicUsize>) {
+pub(crate) async fn classifier() -> (String, Arc<AtomicUsize>) {
     let calls = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&calls);
     let app = Router::new().route(

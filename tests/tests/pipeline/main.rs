@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod batch;
+mod batch_limits;
 mod budgets;
 #[path = "../common/mod.rs"]
 mod common;

@@ -51,6 +51,9 @@ pub struct Config {
     /// What audit events keep of prompts and completions, per team (docs/analytics.md).
     #[serde(default)]
     pub audit: crate::audit::AuditConfig,
+    /// Bounds on what one request may make a provider bill (`n`, docs/budgets.md).
+    #[serde(default)]
+    pub billing: crate::billing::BillingConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -345,6 +348,12 @@ impl Config {
                     });
                 }
             }
+        }
+        if self.billing.max_n == 0 {
+            return Err(ConfigError::Field {
+                field: "billing.max_n".into(),
+                problem: "must be at least 1",
+            });
         }
         if self.server.max_header_count == 0 || self.server.max_header_bytes == 0 {
             return Err(ConfigError::Field {

@@ -4,7 +4,8 @@
 //! - [`codec`]: Avro single-object encoding with schema fingerprints, and a decoder that
 //!   rejects garbage with an error instead of panicking.
 //! - [`topics`]: every topic as an enum, with its partitioning and retention.
-//! - [`openai`]: the OpenAI-compatible HTTP wire types the ingress accepts and returns.
+//! - [`openai`]: the OpenAI-compatible HTTP wire types the ingress accepts and returns;
+//!   [`billable`]: which of their fields may reach a provider.
 //!
 //! - [`webhook`]: Standard Webhooks signing and delivery with retries.
 //!
@@ -12,6 +13,7 @@
 //! ingress and analytics must do identically.
 
 pub mod audit_content;
+pub mod billable;
 pub mod codec;
 pub mod error;
 pub mod openai;

@@ -142,8 +142,24 @@ impl Processor {
                 started_at_ms,
             ));
         };
-        match serde_json::from_str(&request.body) {
-            Ok(body) => Ok((chain, body)),
+        match serde_json::from_str::<Map<String, Value>>(&request.body) {
+            Ok(body) => match sluice_schemas::billable::check(&body) {
+                Ok(()) => Ok((chain, body)),
+                // The ingress refuses these before publishing; a record that still has one
+                // was not written by it, and is not sent where it could be billed unpriced.
+                Err(refused) => Err(failure(
+                    Status::Failed,
+                    400,
+                    ErrorBody::new(
+                        "invalid_request_error",
+                        Some("unsupported_parameter"),
+                        format!("Unsupported parameter: {refused}"),
+                    )
+                    .with_param(&refused.param),
+                    "bad_request",
+                    started_at_ms,
+                )),
+            },
             Err(_) => Err(failure(
                 Status::Failed,
                 400,
@@ -276,15 +292,11 @@ impl Processor {
             )
         };
         // The served model's price; the requested name's (an alias may have one) otherwise.
-        let cost_nanos = match cost(&outcome.served_model).or_else(|| cost(&request.model)) {
-            Some(c) => c,
-            None => {
-                if outcome.status == Status::Completed {
-                    tracing::warn!(model = %request.model, "no price configured; cost recorded as 0");
-                }
-                0
-            }
-        };
+        // Start-up refuses a deployed model with neither a price nor a `free_models` entry,
+        // so None here is a free model, or a request no deployment answered (no usage).
+        let cost_nanos = cost(&outcome.served_model)
+            .or_else(|| cost(&request.model))
+            .unwrap_or(0);
         let result = ResultRecord {
             request_id: request.request_id.clone(),
             team: request.team.clone(),

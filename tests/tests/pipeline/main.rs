@@ -10,6 +10,7 @@ mod common;
 mod governance;
 mod guardrails;
 mod keys;
+mod money;
 mod providers;
 mod scheduling;
 mod streaming;

@@ -1,0 +1,278 @@
+//! Money cannot be bypassed (issue #14), written as the attacks: a tenant asking for many
+//! completions, for no cap, or for fields billed at prices Sluice does not know, against a
+//! small budget; an operator starting a worker with an unpriced model.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sluice_tests::mock::Behaviour;
+
+use crate::common::*;
+
+/// Team A's daily budget, nano-USD: a 100-token answer (60,000) fits, eight do not.
+const LIMIT_USD: f64 = 0.0003;
+/// Completion tokens reserved (and forwarded) for a request without a cap.
+const DEFAULT_CAP: u32 = 256;
+
+fn budget_toml(limit_usd: f64) -> String {
+    format!(
+        r#"
+[[budgets]]
+scope = "team"
+subject = "team-a"
+period = "day"
+limit_usd = {limit_usd}
+
+[budget]
+default_completion_tokens = {DEFAULT_CAP}
+"#
+    )
+}
+
+fn with(extra: Value) -> Value {
+    let mut body = chat("How much will this cost?");
+    body.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_completions_cannot_spend_past_a_budget() {
+    let stack = Stack::start(StackOptions {
+        budget_toml: budget_toml(LIMIT_USD),
+        behaviour: Behaviour {
+            completion_tokens: 100,
+            ..Behaviour::default()
+        },
+        ..StackOptions::default()
+    })
+    .await;
+    // n: 128 is over the cap: a 400 in OpenAI's shape, on every path.
+    for path in ["/v1/chat/completions", "/v1/requests"] {
+        let (status, body) = stack
+            .post(path, KEY_A, with(json!({"n": 128, "max_tokens": 100})))
+            .await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(body["error"]["param"], "n", "{body}");
+        assert_eq!(body["error"]["code"], "invalid_value", "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("1 to 8"),
+            "{body}"
+        );
+    }
+    // n: 8 is allowed, but 8 answers of 100 tokens (480,000 nano-USD) do not fit the
+    // budget, though one does: the reservation counts every completion.
+    let (status, body) = stack
+        .post(
+            "/v1/chat/completions",
+            KEY_A,
+            with(json!({"n": 8, "max_tokens": 100})),
+        )
+        .await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "budget_exceeded", "{body}");
+    // Without a cap, n x the default cap is reserved (8 x 256 tokens): refused too.
+    let (status, body) = stack
+        .post("/v1/chat/completions", KEY_A, with(json!({"n": 8})))
+        .await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(
+        stack.mock.call_count(),
+        0,
+        "no provider call for any of them"
+    );
+    // One completion fits and is served.
+    let (status, body) = stack
+        .post(
+            "/v1/chat/completions",
+            KEY_A,
+            with(json!({"n": 1, "max_tokens": 100})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(stack.mock.call_count(), 1);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_without_a_cap_reaches_the_provider_with_the_reserved_cap() {
+    let stack = Stack::start(StackOptions {
+        budget_toml: budget_toml(0.01),
+        behaviour: Behaviour {
+            // Longer than the reserved cap: the provider must stop at it.
+            completion_tokens: 1000,
+            ..Behaviour::default()
+        },
+        ..StackOptions::default()
+    })
+    .await;
+    let (status, body) = stack
+        .post("/v1/chat/completions", KEY_A, chat("Write a long essay."))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["usage"]["completion_tokens"], DEFAULT_CAP, "{body}");
+    // Streamed too.
+    let response = stack
+        .http
+        .post(format!("{}/v1/chat/completions", stack.base))
+        .bearer_auth(KEY_A)
+        .json(&with(json!({"stream": true})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let _ = response.text().await.unwrap();
+    // A caller's own cap is forwarded as given.
+    let (status, body) = stack
+        .post(
+            "/v1/chat/completions",
+            KEY_A,
+            with(json!({"max_tokens": 10})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let calls = stack.mock.calls();
+    assert_eq!(calls.len(), 3);
+    for call in &calls[..2] {
+        let sent = call.body.as_ref().unwrap();
+        assert_eq!(sent["max_completion_tokens"], DEFAULT_CAP, "{sent}");
+        assert!(sent.get("max_tokens").is_none(), "{sent}");
+    }
+    let sent = calls[2].body.as_ref().unwrap();
+    assert_eq!(sent["max_tokens"], 10, "{sent}");
+    assert!(sent.get("max_completion_tokens").is_none(), "{sent}");
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn billable_pass_through_fields_are_refused_before_anything_is_published() {
+    let stack = Stack::start(StackOptions {
+        budget_toml: budget_toml(LIMIT_USD),
+        ..StackOptions::default()
+    })
+    .await;
+    let attacks = [
+        (json!({"service_tier": "priority"}), "service_tier"),
+        (json!({"service_tier": "flex"}), "service_tier"),
+        (json!({"modalities": ["text", "audio"]}), "modalities"),
+        (
+            json!({"audio": {"voice": "alloy", "format": "wav"}}),
+            "audio",
+        ),
+        (json!({"web_search_options": {}}), "web_search_options"),
+        (
+            json!({"prediction": {"type": "content", "content": "x"}}),
+            "prediction",
+        ),
+        (
+            json!({"tools": [{"type": "web_search_preview"}]}),
+            "tools[0].type",
+        ),
+        (
+            json!({"a_future_paid_option": true}),
+            "a_future_paid_option",
+        ),
+    ];
+    for (extra, param) in attacks {
+        for path in ["/v1/chat/completions", "/v1/requests"] {
+            let (status, body) = stack.post(path, KEY_A, with(extra.clone())).await;
+            assert_eq!(status, 400, "{path} {extra}: {body}");
+            assert_eq!(body["error"]["param"], param, "{body}");
+            assert_eq!(body["error"]["code"], "unsupported_parameter", "{body}");
+            assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+        }
+    }
+    // The project's default tier is the operator's choice: it passes.
+    let (status, body) = stack
+        .post(
+            "/v1/chat/completions",
+            KEY_A,
+            with(json!({"service_tier": "auto", "max_tokens": 5})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        stack.mock.call_count(),
+        1,
+        "only the allowed request was sent"
+    );
+    assert_eq!(
+        stack.mock.calls()[0].body.as_ref().unwrap()["service_tier"],
+        "auto"
+    );
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_with_an_unpriced_model_refuses_to_start() {
+    let stack = Stack::start(StackOptions {
+        worker: false,
+        ..StackOptions::default()
+    })
+    .await;
+    let unpriced = format!(
+        "{}\n[[deployments]]\nname = \"pricey\"\nmodel = \"gpt-4o\"\nprovider = {{ type = \"openai\", base_url = \"{}\" }}\n",
+        stack.worker_toml("unpriced"),
+        stack.mock.base_url()
+    );
+    let config = std::env::temp_dir().join(format!("{}-unpriced.toml", stack.prefix));
+    std::fs::write(&config, &unpriced).unwrap();
+    let spawn = |stderr: std::process::Stdio| {
+        std::process::Command::new(workspace_bin("sluice-worker"))
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap()
+    };
+    // Polls for the child's exit, for at most `limit`.
+    async fn exited(
+        child: &mut std::process::Child,
+        limit: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let deadline = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    }
+    let mut child = spawn(std::process::Stdio::piped());
+    let status = exited(&mut child, Duration::from_secs(30)).await;
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        use std::io::Read;
+        pipe.read_to_string(&mut stderr).unwrap();
+    }
+    let status = status.expect("the worker exits instead of serving");
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("`deployments[1].model = \"gpt-4o\"` has no price"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("free_models"), "{stderr}");
+    // Listed as free on purpose, it starts (and keeps running until stopped).
+    std::fs::write(
+        &config,
+        format!("{unpriced}\n[pricing]\nfree_models = [\"gpt-4o\"]\n"),
+    )
+    .unwrap();
+    let mut child = spawn(std::process::Stdio::null());
+    let early = exited(&mut child, Duration::from_secs(3)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        early.is_none(),
+        "a priced-or-free config keeps running: {early:?}"
+    );
+    let _ = std::fs::remove_file(config);
+    stack.stop().await;
+}

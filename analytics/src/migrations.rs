@@ -29,6 +29,7 @@ const FILES: &[(&str, &str)] = migration_files![
     "0003_budget_alerts.sql",
     "0004_audit_analytics.sql",
     "0005_batches.sql",
+    "0008_attempts.sql",
 ];
 
 /// The database and `schema_migrations`, created (if missing) before anything else.

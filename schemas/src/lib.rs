@@ -25,8 +25,8 @@ pub mod webhook;
 pub use codec::{decode, encode, Record};
 pub use error::CodecError;
 pub use records::{
-    ApiKey, Audit, AuditAction, BudgetAlert, Cancel, Priority, ReplyTo, Request, Result, Status,
-    StreamChunk, Usage,
+    ApiKey, Attempt, Audit, AuditAction, BudgetAlert, Cancel, Priority, ReplyTo, Request, Result,
+    Status, StreamChunk, Usage,
 };
 
 /// Kafka header naming what a reply-topic message holds.

@@ -2,6 +2,7 @@
 //! over HTTP, and emits result, reply, usage and audit events before marking each message
 //! done. At-least-once: a crash redelivers unfinished work; sinks deduplicate by request id.
 
+pub mod attempts;
 pub mod breaker;
 pub mod cancel;
 pub mod config;

@@ -10,11 +10,12 @@ use serde_json::{Map, Value};
 use sluice_schemas::audit_content::AuditContent;
 use sluice_schemas::openai::{CompletionUsage, ErrorBody};
 use sluice_schemas::{
-    encode, now_ms, Audit, AuditAction, Request, Result as ResultRecord, Status, Topic, Topics,
-    Usage,
+    encode, now_ms, Attempt, Audit, AuditAction, Request, Result as ResultRecord, Status, Topic,
+    Topics, Usage,
 };
 use tokio_util::sync::CancellationToken;
 
+use crate::attempts::Ended;
 use crate::breaker::Admission;
 use crate::cancel::Cancellations;
 use crate::config::{Config, Deployment};
@@ -57,6 +58,8 @@ pub(crate) struct Outcome {
     /// Usage is a tiktoken estimate: the provider reported none.
     pub estimated: bool,
     pub started_at_ms: i64,
+    /// Every provider call made for it, ended (crate::attempts).
+    pub attempt_log: Vec<Attempt>,
 }
 
 impl Processor {
@@ -212,6 +215,7 @@ impl Processor {
     async fn run(&self, request: &Request, body: Map<String, Value>, chain: Chain) -> Outcome {
         let started_at_ms = now_ms();
         let mut tally = Tally::default();
+        let mut log = Vec::new();
         let mut last: Option<(ProviderError, &Target)> = None;
         'chain: for (position, &index) in chain.iter().enumerate() {
             let target = self.catalogue.target(index);
@@ -234,7 +238,21 @@ impl Processor {
                     .timeout_ms
                     .min(Duration::from_millis(remaining as u64));
                 let began = Instant::now();
-                match target.client.complete(body.clone(), timeout).await {
+                let attempt = self.attempt_started(request, target, tally.attempts);
+                let called = target.client.complete(body.clone(), timeout).await;
+                log.push(self.attempt_ended(
+                    request,
+                    attempt,
+                    match &called {
+                        Ok(c) => Ended::Usage {
+                            usage: c.usage,
+                            estimated: false,
+                            outcome: "completed",
+                        },
+                        Err(error) => Ended::Failed(error),
+                    },
+                ));
+                match called {
                     Ok(Completion { body, usage }) => {
                         target.breaker.success();
                         target
@@ -254,6 +272,7 @@ impl Processor {
                             usage,
                             estimated: false,
                             started_at_ms,
+                            attempt_log: log,
                         };
                     }
                     Err(error) => {
@@ -274,10 +293,13 @@ impl Processor {
                 }
             }
         }
-        tally.end(last, &request.model, started_at_ms)
+        let mut outcome = tally.end(last, &request.model, started_at_ms);
+        outcome.attempt_log = log;
+        outcome
     }
 
-    async fn publish(&self, request: &Request, outcome: Outcome) -> bool {
+    async fn publish(&self, request: &Request, mut outcome: Outcome) -> bool {
+        let outcome_attempts = std::mem::take(&mut outcome.attempt_log);
         let finished_at_ms = now_ms();
         let cached = outcome
             .usage
@@ -373,6 +395,8 @@ impl Processor {
                     return true;
                 }
             };
+        let attempts = crate::attempts::encoded(&outcome_attempts);
+        let attempts_topic = self.topics.name(&Topic::Attempts);
         let results_topic = self.topics.name(&Topic::Results);
         let usage_topic = self.topics.name(&Topic::Usage);
         let audit_topic = self.topics.name(&Topic::Audit);
@@ -406,13 +430,28 @@ impl Processor {
                 partition: None,
                 headers: None,
             };
-            let (a, b, c, d) = tokio::join!(
+            // Every provider call of this processing, for reconciliation.
+            let calls = futures::future::join_all(attempts.iter().map(|(key, payload)| {
+                send(
+                    &self.producer,
+                    Outgoing {
+                        topic: &attempts_topic,
+                        key,
+                        payload,
+                        partition: None,
+                        headers: None,
+                    },
+                )
+            }));
+            let (a, b, c, d, e) = tokio::join!(
                 reply,
                 send(&self.producer, out(&results_topic, &result_bytes)),
                 send(&self.producer, out(&usage_topic, &usage_bytes)),
                 send(&self.producer, out(&audit_topic, &audit_bytes)),
+                calls,
             );
-            match a.and(b).and(c).and(d) {
+            let e: Result<(), _> = e.into_iter().collect();
+            match a.and(b).and(c).and(d).and(e) {
                 Ok(()) => return true,
                 Err(error) => {
                     // Never mark the request done before its events are durable; resending
@@ -453,6 +492,7 @@ pub(crate) fn failure(
         usage: CompletionUsage::default(),
         estimated: false,
         started_at_ms,
+        attempt_log: Vec::new(),
     }
 }
 
@@ -506,6 +546,7 @@ pub(crate) fn provider_failure(
         usage: CompletionUsage::default(),
         estimated: false,
         started_at_ms,
+        attempt_log: Vec::new(),
     }
 }
 

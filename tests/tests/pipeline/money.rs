@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use sluice_tests::mock::Behaviour;
+use sluice_tests::mock::{Behaviour, Failure, MockProvider};
+
+const WAIT: Duration = Duration::from_secs(60);
 
 use crate::common::*;
 
@@ -275,4 +277,132 @@ async fn a_worker_with_an_unpriced_model_refuses_to_start() {
     );
     let _ = std::fs::remove_file(config);
     stack.stop().await;
+}
+
+/// One deployment that times out (the stack's mock, OpenAI format, 1 s per attempt, no
+/// retry) and its fallback (a second mock, Anthropic format), both of one priced model.
+fn timeout_fallback_toml(secondary: &MockProvider) -> String {
+    format!(
+        r#"
+[[deployments]]
+name = "primary"
+model = "resilient"
+timeout_ms = 1000
+max_retries = 0
+provider = {{ type = "openai", base_url = "{{origin}}/v1" }}
+
+[[deployments]]
+name = "secondary"
+model = "resilient"
+weight = 0
+max_retries = 0
+provider = {{ type = "anthropic", base_url = "{secondary}" }}
+
+[[prices]]
+model = "resilient"
+input_per_million = 2.0
+output_per_million = 8.0
+"#,
+        secondary = secondary.origin(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fallback_after_a_provider_timeout_leaves_two_attempts_and_one_charge() {
+    let secondary = MockProvider::start(Behaviour::default()).await.unwrap();
+    let stack = Stack::start(StackOptions {
+        extra_worker_toml: timeout_fallback_toml(&secondary),
+        extra_models: vec!["resilient".into()],
+        ..StackOptions::default()
+    })
+    .await;
+    // The primary holds the call past the attempt's timeout: it may still bill for it.
+    stack.mock.fail_next([Failure::Timeout]);
+    let mut body = chat("Are you there?");
+    body["model"] = json!("resilient");
+    body["max_tokens"] = json!(50);
+    let response = stack
+        .http
+        .post(format!("{}/v1/chat/completions", stack.base))
+        .bearer_auth(KEY_A)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let id = response.headers()["x-sluice-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(stack.mock.call_count(), 1, "the primary was called");
+    let served = &secondary.calls()[0];
+    // nano-USD per token: $2 / $8 per million.
+    let served_cost =
+        i64::from(served.prompt_tokens) * 2_000 + i64::from(served.completion_tokens) * 8_000;
+
+    let attempts = format!(
+        "SELECT attempt, deployment, outcome, billed, estimated, prompt_tokens > 0, completion_tokens, cost_nanos, max_cost_nanos >= cost_nanos, finished_at_ms > 0 FROM {{db}}.attempts FINAL WHERE request_id = '{id}' ORDER BY attempt"
+    );
+    let rows = eventually(WAIT, || async {
+        let rows = stack.ch(&attempts).await;
+        let ended = rows.lines().filter(|l| l.ends_with("\t1")).count();
+        (rows.lines().count() == 2 && ended == 2).then_some(rows)
+    })
+    .await
+    .expect("both attempts recorded");
+    let rows: Vec<Vec<&str>> = rows.lines().map(|l| l.split('\t').collect()).collect();
+    // The timed-out call: tokens unknown, estimated from the counted prompt, costed.
+    assert_eq!(
+        rows[0][..5],
+        ["1", "primary", "timeout", "unknown", "1"],
+        "{rows:?}"
+    );
+    assert_eq!(rows[0][5], "1", "estimated prompt tokens");
+    assert!(rows[0][7].parse::<i64>().unwrap() > 0, "{rows:?}");
+    assert_eq!(rows[0][8], "1");
+    // The fallback that answered: what it reported.
+    assert_eq!(
+        rows[1],
+        [
+            "2",
+            "secondary",
+            "completed",
+            "reported",
+            "0",
+            "1",
+            &served.completion_tokens.to_string(),
+            &served_cost.to_string(),
+            "1",
+            "1"
+        ],
+        "{rows:?}"
+    );
+    // The team is charged once, for the answer it got.
+    let usage = format!(
+        "SELECT count(), sum(cost_nanos), any(deployment) FROM {{db}}.usage FINAL WHERE request_id = '{id}'"
+    );
+    assert_eq!(
+        stack
+            .wait_count(
+                &format!("SELECT count() FROM {{db}}.usage FINAL WHERE request_id = '{id}'"),
+                1,
+                WAIT
+            )
+            .await,
+        1
+    );
+    assert_eq!(
+        stack.ch(&usage).await.trim(),
+        format!("1\t{served_cost}\tsecondary")
+    );
+    // Reconciliation: the primary's attempt was charged to no one.
+    let view = stack
+        .ch("SELECT deployment, attempts, reported_attempts, unknown_attempts, charged_requests, charged_cost_nanos, unbilled_cost_nanos = attempt_cost_nanos, unknown_max_cost_nanos > 0 FROM {db}.reconciliation_by_deployment_day ORDER BY deployment")
+        .await;
+    assert_eq!(
+        view,
+        format!("primary\t1\t0\t1\t0\t0\t1\t1\nsecondary\t1\t1\t0\t1\t{served_cost}\t0\t0\n")
+    );
+    stack.stop().await;
+    secondary.shutdown().await.unwrap();
 }

@@ -36,6 +36,10 @@ pub struct Config {
     pub prices: Vec<Price>,
     #[serde(default)]
     pub pricing: PricingConfig,
+    /// Where a request that may be a redelivery is looked up before its provider is called
+    /// (crate::redelivery); off without `clickhouse_url`.
+    #[serde(default)]
+    pub redelivery: crate::redelivery::RedeliveryConfig,
 }
 
 /// `[pricing]`: models deliberately billed at 0.
@@ -266,6 +270,9 @@ impl Config {
                 ));
             }
         }
+        self.redelivery
+            .validate()
+            .map_err(|problem| field("redelivery".into(), problem))?;
         self.validate_pricing()
     }
 
@@ -304,7 +311,7 @@ impl Config {
 
 /// The sections env vars may override. Other `SLUICE_*` variables (another service's, or
 /// the scripts' `SLUICE_STATE`) are not ours and must not trip `deny_unknown_fields`.
-const ENV_SECTIONS: [&str; 3] = ["kafka", "worker", "scheduling"];
+const ENV_SECTIONS: [&str; 4] = ["kafka", "worker", "scheduling", "redelivery"];
 
 /// `SLUICE_KAFKA_BOOTSTRAP` -> `kafka.bootstrap`.
 fn env_overrides() -> Env {
@@ -317,7 +324,7 @@ fn env_overrides() -> Env {
         .map(|k| k.as_str().replacen('_', ".", 1).into())
 }
 
-mod millis {
+pub(crate) mod millis {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer};

@@ -13,6 +13,7 @@ pub mod pricing;
 pub mod process;
 pub mod providers;
 pub mod publish;
+pub mod redelivery;
 pub mod routing;
 pub mod schedule;
 pub mod stream;

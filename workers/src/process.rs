@@ -36,6 +36,8 @@ pub struct Processor {
     pub shutdown: CancellationToken,
     /// Completion tokens assumed for a request without max_tokens.
     pub default_completion_tokens: u32,
+    /// Finds requests that already have a result (crate::redelivery); None: off.
+    pub lookup: Option<crate::redelivery::Lookup>,
 }
 
 /// The deployments to try for a request (indices into the catalogue), in order.
@@ -77,6 +79,7 @@ impl Processor {
             catalogue: Catalogue::new(config, &http),
             prices: PriceTable::new(&config.prices),
             default_completion_tokens: config.scheduling.default_completion_tokens,
+            lookup: crate::redelivery::Lookup::new(&config.redelivery, http.clone()),
             cancellations,
             shutdown,
         }
@@ -84,8 +87,19 @@ impl Processor {
 
     /// Runs the request and publishes its events. Returns false if the events could not be
     /// published before shutdown: then the message must not be marked done.
+    /// `maybe_redelivered`: an earlier owner of the partition may have finished it.
     #[tracing::instrument(skip_all, fields(request_id = %request.request_id, team = %request.team))]
-    pub async fn process(&self, request: Request) -> bool {
+    pub async fn process(&self, request: Request, maybe_redelivered: bool) -> bool {
+        if maybe_redelivered {
+            if let Some(lookup) = &self.lookup {
+                if lookup.already_done(&request).await {
+                    // Its result, reply and usage went out before the earlier owner stopped;
+                    // calling again would be billed by the provider a second time.
+                    tracing::info!("redelivered request already has a result; not called again");
+                    return true;
+                }
+            }
+        }
         let registration = self.cancellations.register(&request.request_id);
         let outcome = match self.prepare(&request) {
             Err(outcome) => outcome,

@@ -252,6 +252,10 @@ timeout_ms = 20000
 max_retries = 2
 provider = {{ type = "openai", base_url = "{base}" }}
 
+[redelivery]
+clickhouse_url = "{clickhouse}"
+database = "{database}"
+
 [[prices]]
 model = "{MODEL}"
 input_per_million = {PRICE_IN}
@@ -260,6 +264,8 @@ output_per_million = {PRICE_OUT}
 "#,
             bootstrap = self.bootstrap,
             prefix = self.prefix,
+            clickhouse = clickhouse_url(),
+            database = self.database,
             base = self.mock.base_url(),
             extra = self.extra_worker_toml,
             max_in_flight = self.max_in_flight,

@@ -406,3 +406,89 @@ async fn a_fallback_after_a_provider_timeout_leaves_two_attempts_and_one_charge(
     stack.stop().await;
     secondary.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redelivered_request_that_has_a_result_is_not_sent_to_the_provider_again() {
+    let mut stack = Stack::start(StackOptions {
+        worker: false,
+        ..StackOptions::default()
+    })
+    .await;
+    // A worker that finishes requests but never commits their offsets before it dies: every
+    // one of them is redelivered to the next owner of the partition.
+    let toml = stack.worker_toml("doomed").replace(
+        "\"heartbeat.interval.ms\" = \"500\"",
+        "\"heartbeat.interval.ms\" = \"500\", \"auto.commit.interval.ms\" = \"600000\"",
+    );
+    assert!(toml.contains("auto.commit.interval.ms"));
+    let config = std::env::temp_dir().join(format!("{}-doomed.toml", stack.prefix));
+    std::fs::write(&config, toml).unwrap();
+    let mut doomed = std::process::Command::new(workspace_bin("sluice-worker"))
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    const N: usize = 10;
+    for i in 0..N {
+        let (status, body) = stack
+            .post("/v1/requests", KEY_A, chat(&format!("redelivered {i}")))
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    // Every result and usage row is in ClickHouse: the doomed worker finished them all.
+    for table in ["results", "usage"] {
+        let n = stack
+            .wait_count(
+                &format!("SELECT count() FROM {{db}}.{table} FINAL"),
+                N as u64,
+                WAIT,
+            )
+            .await;
+        assert_eq!(n, N as u64, "{table}");
+    }
+    doomed.kill().unwrap();
+    doomed.wait().unwrap();
+    assert_eq!(stack.mock.call_count(), N as u64);
+
+    stack.add_worker("survivor");
+    // One more request of the same team (the same partition, behind the redelivered ones):
+    // once it is answered, the survivor has been through the partition's backlog.
+    let (status, body) = stack
+        .post("/v1/requests", KEY_A, chat("after the kill"))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let n = stack
+        .wait_count(
+            "SELECT count() FROM {db}.usage FINAL",
+            N as u64 + 1,
+            WAIT * 2,
+        )
+        .await;
+    assert_eq!(n, N as u64 + 1);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let calls = stack.mock.calls();
+    for i in 0..N {
+        let text = format!("redelivered {i}");
+        let count = calls
+            .iter()
+            .filter(|c| {
+                c.body
+                    .as_ref()
+                    .is_some_and(|b| b["messages"][0]["content"] == text.as_str())
+            })
+            .count();
+        assert_eq!(count, 1, "{text} was sent to the provider once");
+    }
+    assert_eq!(stack.mock.call_count(), N as u64 + 1);
+    // Billed once each, as before.
+    assert_eq!(
+        stack
+            .ch("SELECT uniqExact(request_id), count() FROM {db}.usage FINAL")
+            .await
+            .trim(),
+        format!("{0}\t{0}", N + 1)
+    );
+    let _ = std::fs::remove_file(config);
+    stack.stop().await;
+}

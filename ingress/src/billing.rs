@@ -7,7 +7,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 use sluice_schemas::billable::Refused;
-use sluice_schemas::openai::ChatCompletionRequest;
+use sluice_schemas::openai::{ChatCompletionRequest, MessageContent};
 
 /// `[billing]`: bounds on what one request may cost.
 #[derive(Debug, Clone, Deserialize)]
@@ -58,9 +58,20 @@ pub fn bound(
             default_cap
         }
     };
-    let fields = serde_json::to_value(&*request).unwrap_or(Value::Null);
-    if let Some(object) = fields.as_object() {
-        sluice_schemas::billable::check(object).map_err(Refusal::Field)?;
+    // The typed fields (model, messages, stream, caps) are allowed; the rest is `extra`.
+    sluice_schemas::billable::check(&request.extra).map_err(Refusal::Field)?;
+    for (i, message) in request.messages.iter().enumerate() {
+        let Some(MessageContent::Parts(parts)) = &message.content else {
+            continue;
+        };
+        for (j, part) in parts.iter().enumerate() {
+            if let Some(problem) = sluice_schemas::billable::refused_part(&part.kind) {
+                return Err(Refusal::Field(Refused {
+                    param: sluice_schemas::billable::part_param(i, j),
+                    problem,
+                }));
+            }
+        }
     }
     Ok(n.saturating_mul(u64::from(cap)))
 }
@@ -120,5 +131,13 @@ mod tests {
         assert_eq!((r.max_tokens, r.max_completion_tokens), (Some(5), None));
         let err = bound(&mut base(json!({"service_tier": "priority"})), &config, 100).unwrap_err();
         assert!(err.to_string().contains("service_tier"), "{err}");
+        let mut audio = base(json!({}));
+        audio.messages = serde_json::from_value(json!([{"role": "user", "content": [
+            {"type": "text", "text": "listen"}, {"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}]}]))
+        .unwrap();
+        let Err(Refusal::Field(refused)) = bound(&mut audio, &config, 100) else {
+            panic!("audio input passed");
+        };
+        assert_eq!(refused.param, "messages[0].content[1].type");
     }
 }

@@ -138,7 +138,18 @@ pub fn check(request: &Map<String, Value>) -> Result<(), Refused> {
     Ok(())
 }
 
-/// Content parts billed at rates Sluice does not price (audio input).
+/// Why a content part of this `type` may not reach a provider, if it may not: audio input
+/// is billed as audio tokens.
+pub fn refused_part(kind: &str) -> Option<&'static str> {
+    (kind == "input_audio")
+        .then_some("audio input is billed as audio tokens, which Sluice does not price")
+}
+
+/// `messages[i].content[j].type` for a refused part.
+pub fn part_param(message: usize, part: usize) -> String {
+    format!("messages[{message}].content[{part}].type")
+}
+
 fn check_messages(messages: &Value) -> Result<(), Refused> {
     let messages = messages.as_array().map_or(&[][..], Vec::as_slice);
     for (i, message) in messages.iter().enumerate() {
@@ -146,11 +157,12 @@ fn check_messages(messages: &Value) -> Result<(), Refused> {
             continue;
         };
         for (j, part) in parts.iter().enumerate() {
-            if part.get("type").and_then(Value::as_str) == Some("input_audio") {
-                return refused(
-                    format!("messages[{i}].content[{j}].type"),
-                    "audio input is billed as audio tokens, which Sluice does not price",
-                );
+            if let Some(problem) = part
+                .get("type")
+                .and_then(Value::as_str)
+                .and_then(refused_part)
+            {
+                return refused(part_param(i, j), problem);
             }
         }
     }

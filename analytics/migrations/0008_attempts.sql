@@ -62,7 +62,7 @@ FROM
         sumIf(max_cost_nanos, billed = 'unknown') AS unknown_max_cost_nanos
     FROM {db}.attempts FINAL
     GROUP BY day, deployment
-)
+) AS tried
 ANY LEFT JOIN
 (
     SELECT day, deployment,
@@ -70,4 +70,4 @@ ANY LEFT JOIN
         sum(cost_nanos) AS charged_cost_nanos
     FROM {db}.usage FINAL
     GROUP BY day, deployment
-) USING (day, deployment);
+) AS charged USING (day, deployment);

@@ -14,8 +14,9 @@ use sluice_schemas::{encode, now_ms, Attempt, Request, Topic};
 
 use crate::error::ProviderError;
 use crate::process::Processor;
-use crate::publish::{send, Outgoing};
 use crate::routing::Target;
+use rdkafka::producer::future_producer::OwnedDeliveryResult;
+use rdkafka::producer::FutureRecord;
 
 /// How a call ended, for its record.
 pub(crate) enum Ended<'a> {
@@ -80,27 +81,23 @@ impl Processor {
             started_at_ms: now_ms(),
             finished_at_ms: 0,
         };
+        let topic = self.topics.name(&Topic::Attempts);
         match encode(&attempt) {
             Ok(payload) => {
-                let producer = self.producer.clone();
-                let topic = self.topics.name(&Topic::Attempts);
-                let key = attempt.request_id.clone();
-                tokio::spawn(async move {
-                    let sent = send(
-                        &producer,
-                        Outgoing {
-                            topic: &topic,
-                            key: &key,
-                            payload: &payload,
-                            partition: None,
-                            headers: None,
-                        },
-                    )
-                    .await;
-                    if let Err(error) = sent {
-                        tracing::warn!(%error, "started attempt not recorded");
+                // Enqueued now, before the call goes out; its ack is awaited in the background.
+                let record = FutureRecord::to(&topic)
+                    .key(&attempt.request_id)
+                    .payload(&payload);
+                match self.producer.send_result(record) {
+                    Ok(delivery) => {
+                        tokio::spawn(async move {
+                            if !matches!(delivery.await, Ok(OwnedDeliveryResult::Ok(_))) {
+                                tracing::warn!("started attempt not recorded");
+                            }
+                        });
                     }
-                });
+                    Err((error, _)) => tracing::warn!(%error, "started attempt not recorded"),
+                }
             }
             Err(error) => tracing::error!(%error, "attempt record not encodable"),
         }

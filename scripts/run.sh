@@ -109,7 +109,12 @@ wait_http "http://127.0.0.1:$INGRESS_PORT/healthz" "ingress"
 ch_env sink migrator
 start analytics env "${CH_ENV[@]}" "$BIN/sluice-analytics" --config config/analytics.toml
 for i in $(seq 1 "$WORKERS"); do
+  # The redelivery check (a result already in ClickHouse is not asked again) reads as the
+  # read-only worker user.
   SLUICE_WORKER_ID="worker-$i" start "worker-$i" env -u SLUICE_CLICKHOUSE_USER -u SLUICE_CLICKHOUSE_PASSWORD \
+    SLUICE_REDELIVERY_CLICKHOUSE_URL="$SLUICE_CLICKHOUSE_URL" \
+    ${SLUICE_CH_WORKER_USER:+SLUICE_REDELIVERY_USER="$SLUICE_CH_WORKER_USER"} \
+    ${SLUICE_CH_WORKER_USER:+SLUICE_REDELIVERY_PASSWORD_ENV=SLUICE_CH_WORKER_PASSWORD} \
     "$BIN/sluice-worker" --config config/worker.toml
 done
 

@@ -280,22 +280,23 @@ stop_kafka() { stop_pidfile kafka "$KAFKA_DIR/kafka.pid" 60; }
 #   sluice_ingress   `<db>_private` only (batch tables, result bodies); allow_ddl=0
 #   sluice_sink      `<db>` and `<db>_private`, inserts; allow_ddl=0
 #   sluice_analyst   `<db>` only, readonly=1 (no writes, no settings, no table functions)
+#   sluice_worker    `<db>` only, readonly=1: the workers' redelivery check reads results/usage
 #   default          a random password nobody is given, readonly, no database
 # allow_ddl=0 is a profile default that 18.16 lets a writer override per query
 # (`?allow_ddl=1`): what holds a writer is its databases (docs/security.md).
 # Passwords: random per state dir, in $CH_DIR/credentials.env (mode 600); users.xml holds
 # only their SHA-256.
-CH_ROLES=(migrator ingress sink analyst default)
+CH_ROLES=(migrator ingress sink analyst worker default)
 ch_credentials() { # create once; print the file's path
   local f="$CH_DIR/credentials.env" role
-  if [[ ! -s $f ]]; then
-    mkdir -p "$CH_DIR"
-    ( umask 077
-      for role in "${CH_ROLES[@]}"; do
-        # A letter first: a password of digits only would parse as a number in TOML/env.
-        printf 'CH_%s_PASSWORD=p%s\n' "${role^^}" "$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')"
-      done >"$f.tmp$$" && mv "$f.tmp$$" "$f" )
-  fi
+  mkdir -p "$CH_DIR"
+  # Roles added since the file was made get theirs appended.
+  ( umask 077
+    for role in "${CH_ROLES[@]}"; do
+      grep -q "^CH_${role^^}_PASSWORD=" "$f" 2>/dev/null && continue
+      # A letter first: a password of digits only would parse as a number in TOML/env.
+      printf 'CH_%s_PASSWORD=p%s\n' "${role^^}" "$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')" >>"$f"
+    done )
   echo "$f"
 }
 ch_password() { # role
@@ -347,6 +348,7 @@ EOF
     ch_user_xml sluice_ingress ingress sluice_writer "${private[@]}"
     ch_user_xml sluice_sink sink sluice_writer "${dbs[@]}" "${private[@]}"
     ch_user_xml sluice_analyst analyst sluice_readonly "${dbs[@]}"
+    ch_user_xml sluice_worker worker sluice_readonly "${dbs[@]}"
     ch_user_xml default default sluice_readonly no_database
     cat <<'EOF'
   </users>
@@ -437,7 +439,7 @@ EOF
   [[ -s $CH_DIR/credentials.env ]] || return 0
   local role
   echo "export SLUICE_CLICKHOUSE_USER=sluice_migrator SLUICE_CLICKHOUSE_PASSWORD=$(ch_password migrator)"
-  for role in migrator ingress sink analyst; do
+  for role in migrator ingress sink analyst worker; do
     echo "export SLUICE_CH_${role^^}_USER=sluice_$role SLUICE_CH_${role^^}_PASSWORD=$(ch_password "$role")"
   done
 }

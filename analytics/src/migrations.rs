@@ -36,6 +36,7 @@ const FILES: &[(&str, &str)] = migration_files![
     "0005_batches.sql",
     "0006_private_and_retention.sql",
     "0007_batch_attempts.sql",
+    "0008_attempts.sql",
 ];
 
 /// The database and `schema_migrations`, created (if missing) before anything else.

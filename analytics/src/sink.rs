@@ -28,8 +28,8 @@ use tracing::{debug, error, info, instrument, warn};
 use crate::config::Config;
 use crate::error::Error;
 use crate::tables::{
-    self, AcceptedRow, AuditRow, BudgetAlertRow, ResultBodyRow, ResultRow, Table, TableRow,
-    UsageRow,
+    self, AcceptedRow, AttemptRow, AuditRow, BudgetAlertRow, ResultBodyRow, ResultRow, Table,
+    TableRow, UsageRow,
 };
 
 /// Header names on dead-lettered messages.
@@ -48,6 +48,7 @@ pub struct SinkStats {
     pub usage: u64,
     pub audit: u64,
     pub budget_alerts: u64,
+    pub attempts: u64,
     /// Messages sent to the dead-letter topic.
     pub dead_lettered: u64,
     /// Batches written and committed.
@@ -81,6 +82,7 @@ enum Kind {
     Usage,
     Audit,
     BudgetAlerts,
+    Attempts,
 }
 
 /// Logs librdkafka's own messages and commit failures through tracing.
@@ -153,6 +155,7 @@ struct Batch {
     usage: Vec<UsageRow>,
     audit: Vec<AuditRow>,
     budget_alerts: Vec<BudgetAlertRow>,
+    attempts: Vec<AttemptRow>,
     messages: usize,
     /// `(topic, partition)` -> next offset to consume, i.e. the offset to commit.
     positions: HashMap<(String, i32), i64>,
@@ -187,6 +190,7 @@ impl Sink {
             (names.name(&Topic::Usage), Kind::Usage),
             (names.name(&Topic::Audit), Kind::Audit),
             (names.name(&Topic::BudgetAlerts), Kind::BudgetAlerts),
+            (names.name(&Topic::Attempts), Kind::Attempts),
         ];
 
         let consumer: StreamConsumer<SinkContext> = kafka_config(config, CONSUMER_DEFAULTS)
@@ -338,6 +342,9 @@ impl Sink {
             Some(Kind::BudgetAlerts) => decode::<sluice_schemas::BudgetAlert>(payload)
                 .map(|a| batch.budget_alerts.push(a.into()))
                 .map_err(Rejection::from),
+            Some(Kind::Attempts) => decode::<sluice_schemas::Attempt>(payload)
+                .map(|a| batch.attempts.push(a.into()))
+                .map_err(Rejection::from),
             None => Err(Rejection {
                 summary: "topic is not one this sink reads".into(),
                 detail: format!("topic {topic} is not one this sink reads"),
@@ -460,6 +467,9 @@ impl Sink {
                 .await
             && self
                 .write(&mut batch.audit, &mut stats.audit, give_up)
+                .await
+            && self
+                .write(&mut batch.attempts, &mut stats.attempts, give_up)
                 .await;
         if !written {
             return false;

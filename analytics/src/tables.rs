@@ -27,6 +27,7 @@ pub enum Table {
     Usage,
     Audit,
     BudgetAlerts,
+    Attempts,
     SchemaMigrations,
     SpendByTeamDay,
     SpendByTeamModelDay,
@@ -42,10 +43,11 @@ pub enum Table {
     LatencyByDeploymentHour,
     ErrorRatesByTeamModelHour,
     AuditTrail,
+    ReconciliationByDeploymentDay,
 }
 
 impl Table {
-    pub const VIEWS: [Table; 14] = [
+    pub const VIEWS: [Table; 15] = [
         Table::SpendByTeamDay,
         Table::SpendByTeamModelDay,
         Table::SpendByKeyDay,
@@ -60,6 +62,7 @@ impl Table {
         Table::LatencyByDeploymentHour,
         Table::ErrorRatesByTeamModelHour,
         Table::AuditTrail,
+        Table::ReconciliationByDeploymentDay,
     ];
 
     pub fn name(self) -> &'static str {
@@ -69,6 +72,7 @@ impl Table {
             Table::Usage => "usage",
             Table::Audit => "audit",
             Table::BudgetAlerts => "budget_alerts",
+            Table::Attempts => "attempts",
             Table::SchemaMigrations => "schema_migrations",
             Table::SpendByTeamDay => "spend_by_team_day",
             Table::SpendByTeamModelDay => "spend_by_team_model_day",
@@ -84,6 +88,7 @@ impl Table {
             Table::LatencyByDeploymentHour => "latency_by_deployment_hour",
             Table::ErrorRatesByTeamModelHour => "error_rates_by_team_model_hour",
             Table::AuditTrail => "audit_trail",
+            Table::ReconciliationByDeploymentDay => "reconciliation_by_deployment_day",
         }
     }
 }
@@ -363,6 +368,67 @@ impl From<sluice_schemas::BudgetAlert> for BudgetAlertRow {
             spent_nanos: a.spent_nanos,
             occurred_at_ms: a.occurred_at_ms,
             instance: a.instance,
+        }
+    }
+}
+
+/// One provider call (`attempts`), from [`sluice_schemas::Attempt`].
+#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
+pub struct AttemptRow {
+    pub attempt_id: String,
+    pub request_id: String,
+    pub team: String,
+    pub key_id: String,
+    pub model: String,
+    pub provider: String,
+    pub deployment: String,
+    pub served_model: String,
+    pub attempt: i32,
+    pub worker: String,
+    pub outcome: String,
+    pub billed: String,
+    pub http_status: i32,
+    pub prompt_tokens: i32,
+    pub completion_tokens: i32,
+    pub cached_tokens: i32,
+    pub cost_nanos: i64,
+    pub max_cost_nanos: i64,
+    pub estimated: u8,
+    pub created_at_ms: i64,
+    pub started_at_ms: i64,
+    /// Also the ReplacingMergeTree version: the ended record replaces the started one.
+    pub finished_at_ms: u64,
+}
+
+impl TableRow for AttemptRow {
+    const TABLE: Table = Table::Attempts;
+}
+
+impl From<sluice_schemas::Attempt> for AttemptRow {
+    fn from(a: sluice_schemas::Attempt) -> Self {
+        AttemptRow {
+            attempt_id: a.attempt_id,
+            request_id: a.request_id,
+            team: a.team,
+            key_id: a.key_id,
+            model: a.model,
+            provider: a.provider,
+            deployment: a.deployment,
+            served_model: a.served_model,
+            attempt: a.attempt,
+            worker: a.worker,
+            outcome: a.outcome,
+            billed: a.billed,
+            http_status: a.http_status,
+            prompt_tokens: a.prompt_tokens,
+            completion_tokens: a.completion_tokens,
+            cached_tokens: a.cached_tokens,
+            cost_nanos: a.cost_nanos,
+            max_cost_nanos: a.max_cost_nanos,
+            estimated: u8::from(a.estimated),
+            created_at_ms: a.created_at_ms,
+            started_at_ms: a.started_at_ms,
+            finished_at_ms: non_negative(a.finished_at_ms),
         }
     }
 }

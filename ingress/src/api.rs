@@ -486,6 +486,11 @@ fn validate(
             problem: "stream_options is only allowed when stream is true",
         });
     }
+    let completion_tokens = crate::billing::bound(
+        &mut request,
+        &app.config.billing,
+        app.config.budget.default_completion_tokens,
+    )?;
     let priority = match options
         .priority
         .as_deref()
@@ -534,9 +539,9 @@ fn validate(
     );
     let created_at_ms = now_ms();
     let request_id = format!("req_{}", uuid::Uuid::now_v7().simple());
-    let max_tokens = request
-        .completion_cap()
-        .map(|n| n.min(i32::MAX as u32) as i32);
+    // Every completion the provider may bill (n x the cap): what budgets reserve and
+    // workers throttle by.
+    let max_tokens = Some(completion_tokens.min(i32::MAX as u64) as i32);
     let body = serde_json::to_string(&request).map_err(ApiError::InvalidJson)?;
     let topic = if app.team_topics.contains(&caller.team) {
         Topic::TeamRequests(priority, caller.team.clone())

@@ -61,6 +61,9 @@ pub struct Config {
     /// The batch APIs' caps and quotas (docs/batch.md).
     #[serde(default)]
     pub batch: crate::batch::limits::BatchLimits,
+    /// Bounds on what one request may make a provider bill (`n`, docs/budgets.md).
+    #[serde(default)]
+    pub billing: crate::billing::BillingConfig,
 }
 
 /// How long the ingress keeps what callers upload. Completions are kept by the analytics
@@ -384,6 +387,12 @@ impl Config {
                     });
                 }
             }
+        }
+        if self.billing.max_n == 0 {
+            return Err(ConfigError::Field {
+                field: "billing.max_n".into(),
+                problem: "must be at least 1",
+            });
         }
         if self.server.max_header_count == 0 || self.server.max_header_bytes == 0 {
             return Err(ConfigError::Field {

@@ -72,6 +72,9 @@ pub enum ApiError {
     KeyNotChangeable { id: String, reason: &'static str },
     #[error("Unknown parameter `{0}`")]
     UnknownParam(String),
+    /// `n` over its cap, or a field billed at prices Sluice does not know.
+    #[error(transparent)]
+    Billing(#[from] crate::billing::Refusal),
     #[error("Invalid value for `allowed_models`: the model `{0}` is not configured")]
     UnknownAllowedModel(String),
     #[error("We could not parse the JSON body of your request: {0}")]
@@ -223,6 +226,19 @@ impl ApiError {
                 StatusCode::BAD_REQUEST,
                 "invalid_request_error",
                 Some("unknown_parameter"),
+                None,
+            ),
+            Billing(crate::billing::Refusal::TooManyChoices { .. }) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("invalid_value"),
+                Some("n"),
+            ),
+            // The parameter's name is set in `body`, it is not static.
+            Billing(crate::billing::Refusal::Field(_)) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("unsupported_parameter"),
                 None,
             ),
             UnknownAllowedModel(_) => (
@@ -414,6 +430,9 @@ impl ApiError {
         }
         if let ApiError::UnknownParam(name) = self {
             body = body.with_param(name);
+        }
+        if let ApiError::Billing(crate::billing::Refusal::Field(refused)) = self {
+            body = body.with_param(&refused.param);
         }
         body
     }

@@ -8,6 +8,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod batch;
+pub mod billing;
 pub mod budget;
 pub mod config;
 pub mod demo;

@@ -15,7 +15,8 @@ use serde::Serialize;
 
 use crate::error::CodecError;
 use crate::records::{
-    ApiKey, Audit, BudgetAlert, Cancel, Request, Result as ResultRecord, StreamChunk, Usage,
+    ApiKey, Attempt, Audit, BudgetAlert, Cancel, Request, Result as ResultRecord, StreamChunk,
+    Usage,
 };
 
 const MARKER: [u8; 2] = [0xC3, 0x01];
@@ -100,6 +101,7 @@ record!(Cancel, "Cancel", ["cancel.v1.avsc"]);
 record!(Audit, "Audit", ["audit.v1.avsc", "audit.v2.avsc"]);
 record!(BudgetAlert, "BudgetAlert", ["budget_alert.v1.avsc"]);
 record!(ApiKey, "ApiKey", ["api_key.v1.avsc"]);
+record!(Attempt, "Attempt", ["attempt.v1.avsc"]);
 
 /// Encodes a record with the current schema.
 pub fn encode<T: Record>(record: &T) -> Result<Vec<u8>, CodecError> {

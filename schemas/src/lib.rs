@@ -4,7 +4,8 @@
 //! - [`codec`]: Avro single-object encoding with schema fingerprints, and a decoder that
 //!   rejects garbage with an error instead of panicking.
 //! - [`topics`]: every topic as an enum, with its partitioning and retention.
-//! - [`openai`]: the OpenAI-compatible HTTP wire types the ingress accepts and returns.
+//! - [`openai`]: the OpenAI-compatible HTTP wire types the ingress accepts and returns;
+//!   [`billable`]: which of their fields may reach a provider.
 //!
 //! - [`webhook`]: Standard Webhooks signing and delivery with retries.
 //! - [`outbound`]: where webhooks may go (no loopback, private or link-local addresses).
@@ -13,6 +14,7 @@
 //! ingress and analytics must do identically.
 
 pub mod audit_content;
+pub mod billable;
 pub mod codec;
 pub mod error;
 pub mod openai;
@@ -26,8 +28,8 @@ pub mod webhook;
 pub use codec::{decode, encode, Record};
 pub use error::CodecError;
 pub use records::{
-    ApiKey, Audit, AuditAction, BudgetAlert, Cancel, Priority, ReplyTo, Request, Result, Status,
-    StreamChunk, Usage,
+    ApiKey, Attempt, Audit, AuditAction, BudgetAlert, Cancel, Priority, ReplyTo, Request, Result,
+    Status, StreamChunk, Usage,
 };
 
 /// Kafka header naming what a reply-topic message holds.

@@ -1,5 +1,6 @@
 //! OpenAI-compatible HTTP wire types: what the ingress accepts and what callers get back.
-//! Unknown request fields are kept (`extra`) and passed through to the provider untouched.
+//! Request fields Sluice does not read are kept (`extra`); [`crate::billable`] says which of
+//! them may pass through to a provider.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};

@@ -235,3 +235,37 @@ pub struct ApiKey {
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
 }
+
+/// One provider call (`attempt.v1.avsc`): what a provider may have billed, recorded for
+/// every retry, fallback and redelivery, to reconcile with its invoice. The team is charged
+/// from [`Usage`], once per request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// Unique per call; the `started` record and the ended one share it.
+    pub attempt_id: String,
+    pub request_id: String,
+    pub team: String,
+    pub key_id: String,
+    pub model: String,
+    pub provider: String,
+    pub deployment: String,
+    pub served_model: String,
+    /// 1-based, over retries and fallbacks of one processing.
+    pub attempt: i32,
+    pub worker: String,
+    /// `started`, `completed`, or the error kind.
+    pub outcome: String,
+    /// `reported`, `unknown` or `none`.
+    pub billed: String,
+    pub http_status: i32,
+    pub prompt_tokens: i32,
+    pub completion_tokens: i32,
+    pub cached_tokens: i32,
+    pub cost_nanos: i64,
+    pub max_cost_nanos: i64,
+    pub estimated: bool,
+    pub created_at_ms: i64,
+    pub started_at_ms: i64,
+    /// 0 while started.
+    pub finished_at_ms: i64,
+}

@@ -13,6 +13,8 @@ pub enum Topic {
     Results,
     /// Billable usage events.
     Usage,
+    /// Every provider call (retries, fallbacks, redeliveries): what providers may bill.
+    Attempts,
     /// Audit events.
     Audit,
     /// Results (and stream chunks) for waiting sync callers; short retention.
@@ -33,7 +35,9 @@ pub enum Topic {
 impl Topic {
     pub fn partitions(&self) -> i32 {
         match self {
-            Topic::Requests(_) | Topic::Results | Topic::Usage | Topic::Audit => 6,
+            Topic::Requests(_) | Topic::Results | Topic::Usage | Topic::Audit | Topic::Attempts => {
+                6
+            }
             Topic::TeamRequests(..) => 3,
             Topic::Replies => 6,
             Topic::DeadLetter | Topic::Keys => 1,
@@ -89,6 +93,7 @@ impl Topics {
             }
             Topic::Results => format!("{p}.results"),
             Topic::Usage => format!("{p}.usage"),
+            Topic::Attempts => format!("{p}.attempts"),
             Topic::Audit => format!("{p}.audit"),
             Topic::Replies => format!("{p}.replies"),
             Topic::DeadLetter => format!("{p}.dead-letter"),
@@ -104,6 +109,7 @@ impl Topics {
         all.extend([
             Topic::Results,
             Topic::Usage,
+            Topic::Attempts,
             Topic::Audit,
             Topic::Replies,
             Topic::DeadLetter,

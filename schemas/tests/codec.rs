@@ -140,6 +140,34 @@ fn every_record_round_trips() {
         decode::<sluice_schemas::BudgetAlert>(&encode(&b).unwrap()).unwrap(),
         b
     );
+    let a = sluice_schemas::Attempt {
+        attempt_id: "018f0c7e".into(),
+        request_id: "req_1".into(),
+        team: "demo".into(),
+        key_id: "key_demo".into(),
+        model: "smart".into(),
+        provider: "openai".into(),
+        deployment: "primary".into(),
+        served_model: "gpt-4o-mini".into(),
+        attempt: 2,
+        worker: "worker-0".into(),
+        outcome: "timeout".into(),
+        billed: "unknown".into(),
+        http_status: 0,
+        prompt_tokens: 12,
+        completion_tokens: 0,
+        cached_tokens: 0,
+        cost_nanos: 1_800,
+        max_cost_nanos: 61_800,
+        estimated: true,
+        created_at_ms: 1_764_600_000_000,
+        started_at_ms: 1_764_600_000_100,
+        finished_at_ms: 1_764_600_020_100,
+    };
+    assert_eq!(
+        decode::<sluice_schemas::Attempt>(&encode(&a).unwrap()).unwrap(),
+        a
+    );
 }
 
 #[test]
@@ -225,6 +253,7 @@ fn versions_only_append_fields_with_defaults() {
     check::<sluice_schemas::Cancel>();
     check::<sluice_schemas::BudgetAlert>();
     check::<sluice_schemas::ApiKey>();
+    check::<sluice_schemas::Attempt>();
 }
 
 fn frame(schema: &Schema, datum: Vec<u8>) -> Vec<u8> {

@@ -47,6 +47,7 @@ VIEWS = [
     "latency_by_deployment_hour",
     "error_rates_by_team_model_hour",
     "audit_trail",
+    "reconciliation_by_deployment_day",
 ]
 
 

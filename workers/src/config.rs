@@ -30,9 +30,25 @@ pub struct Config {
     pub routes: Vec<Route>,
     #[serde(default)]
     pub circuit_breaker: CircuitBreakerConfig,
-    /// Prices per model, in USD per million tokens.
+    /// Prices per model, in USD per million tokens. Every deployed model needs one (or
+    /// `[pricing] free_models`): start-up fails otherwise, nothing is silently billed 0.
     #[serde(default)]
     pub prices: Vec<Price>,
+    #[serde(default)]
+    pub pricing: PricingConfig,
+    /// Where a request that may be a redelivery is looked up before its provider is called
+    /// (crate::redelivery); off without `clickhouse_url`.
+    #[serde(default)]
+    pub redelivery: crate::redelivery::RedeliveryConfig,
+}
+
+/// `[pricing]`: models deliberately billed at 0.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PricingConfig {
+    /// Deployed models with no `[[prices]]` entry that cost nothing (a self-hosted model,
+    /// a mock): their usage is recorded with cost 0.
+    pub free_models: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -254,13 +270,48 @@ impl Config {
                 ));
             }
         }
+        self.redelivery
+            .validate()
+            .map_err(|problem| field("redelivery".into(), problem))?;
+        self.validate_pricing()
+    }
+
+    /// Every deployed model is priced or explicitly free: a provider that bills us is never
+    /// recorded as costing 0 by omission.
+    fn validate_pricing(&self) -> Result<(), ConfigError> {
+        let field = |field: String, problem: &'static str| ConfigError::Field { field, problem };
+        let priced: std::collections::HashSet<&str> =
+            self.prices.iter().map(|p| p.model.as_str()).collect();
+        let free = &self.pricing.free_models;
+        for (i, m) in free.iter().enumerate() {
+            if priced.contains(m.as_str()) {
+                return Err(field(
+                    format!("pricing.free_models[{i}] = \"{m}\""),
+                    "also has a [[prices]] entry: a model is priced or free, not both",
+                ));
+            }
+            if !self.deployments.iter().any(|d| &d.model == m) {
+                return Err(field(
+                    format!("pricing.free_models[{i}] = \"{m}\""),
+                    "is not the model of any deployment",
+                ));
+            }
+        }
+        for (i, d) in self.deployments.iter().enumerate() {
+            if !priced.contains(d.model.as_str()) && !free.contains(&d.model) {
+                return Err(field(
+                    format!("deployments[{i}].model = \"{}\"", d.model),
+                    "has no price: add a [[prices]] entry for this model, or list it in [pricing] free_models to bill it at 0",
+                ));
+            }
+        }
         Ok(())
     }
 }
 
 /// The sections env vars may override. Other `SLUICE_*` variables (another service's, or
 /// the scripts' `SLUICE_STATE`) are not ours and must not trip `deny_unknown_fields`.
-const ENV_SECTIONS: [&str; 3] = ["kafka", "worker", "scheduling"];
+const ENV_SECTIONS: [&str; 4] = ["kafka", "worker", "scheduling", "redelivery"];
 
 /// `SLUICE_KAFKA_BOOTSTRAP` -> `kafka.bootstrap`.
 fn env_overrides() -> Env {
@@ -273,7 +324,7 @@ fn env_overrides() -> Env {
         .map(|k| k.as_str().replacen('_', ".", 1).into())
 }
 
-mod millis {
+pub(crate) mod millis {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer};
@@ -344,6 +395,24 @@ models = ["gemini-flash", "llama"]
 [circuit_breaker]
 failure_threshold = 3
 cooldown_ms = 10000
+
+[[prices]]
+model = "gpt-4o"
+input_per_million = 2.5
+output_per_million = 10.0
+
+[[prices]]
+model = "claude-sonnet"
+input_per_million = 3.0
+output_per_million = 15.0
+
+[[prices]]
+model = "gemini-flash"
+input_per_million = 0.3
+output_per_million = 2.5
+
+[pricing]
+free_models = ["llama"]
 "#;
 
     #[test]
@@ -422,6 +491,23 @@ cooldown_ms = 10000
             (
                 GOOD.replace("provider = { type = \"gemini\"", "provider = { api_key_env = \"SLUICE_TEST_UNSET_KEY_VAR\", type = \"gemini\""),
                 "`deployments[3].provider.api_key_env` names an environment variable that is not set",
+            ),
+            // A billed model without a price never starts (it would be billed 0).
+            (
+                GOOD.replace("model = \"gemini-flash\"\ninput", "model = \"gemini-pro\"\ninput"),
+                "`deployments[3].model = \"gemini-flash\"` has no price: add a [[prices]] entry for this model, or list it in [pricing] free_models to bill it at 0",
+            ),
+            (
+                GOOD.replace("free_models = [\"llama\"]", "free_models = []"),
+                "`deployments[4].model = \"llama\"` has no price",
+            ),
+            (
+                GOOD.replace("free_models = [\"llama\"]", "free_models = [\"llama\", \"gpt-4o\"]"),
+                "`pricing.free_models[1] = \"gpt-4o\"` also has a [[prices]] entry",
+            ),
+            (
+                GOOD.replace("free_models = [\"llama\"]", "free_models = [\"llama\", \"lama\"]"),
+                "`pricing.free_models[1] = \"lama\"` is not the model of any deployment",
             ),
         ];
         for (toml, want) in cases {

@@ -18,18 +18,20 @@ use crate::config::Config;
 use crate::offsets::{OffsetTracker, PartitionKey};
 use crate::process::Processor;
 use crate::publish::{client_config, dead_letter_headers, send, Outgoing};
+use crate::redelivery::Horizons;
 use crate::schedule::Scheduler;
 use crate::throttle::TeamQuotas;
 
 /// Keeps the offset tracker in step with the group's assignments.
 pub struct WorkerContext {
     tracker: Arc<Mutex<OffsetTracker>>,
+    horizons: Horizons,
 }
 
 impl ClientContext for WorkerContext {}
 
 impl ConsumerContext for WorkerContext {
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Ok(mut tracker) = self.tracker.lock() else {
             return;
         };
@@ -37,19 +39,29 @@ impl ConsumerContext for WorkerContext {
             Rebalance::Assign(tpl) => {
                 for e in tpl.elements() {
                     tracing::info!(topic = e.topic(), partition = e.partition(), "assigned");
-                    tracker.assign(PartitionKey {
+                    let key = PartitionKey {
                         topic: e.topic().to_string(),
                         partition: e.partition(),
-                    });
+                    };
+                    // Records already there may have been processed by an earlier owner.
+                    match consumer.fetch_watermarks(e.topic(), e.partition(), WATERMARK_TIMEOUT) {
+                        Ok((_, high)) => self.horizons.assign(key.clone(), high),
+                        Err(error) => {
+                            tracing::warn!(topic = e.topic(), partition = e.partition(), %error, "high watermark unknown; redeliveries not checked");
+                        }
+                    }
+                    tracker.assign(key);
                 }
             }
             Rebalance::Revoke(tpl) => {
                 for e in tpl.elements() {
                     tracing::info!(topic = e.topic(), partition = e.partition(), "revoked");
-                    tracker.revoke(&PartitionKey {
+                    let key = PartitionKey {
                         topic: e.topic().to_string(),
                         partition: e.partition(),
-                    });
+                    };
+                    self.horizons.revoke(&key);
+                    tracker.revoke(&key);
                 }
             }
             Rebalance::Error(error) => tracing::warn!(%error, "rebalance error"),
@@ -59,10 +71,14 @@ impl ConsumerContext for WorkerContext {
 
 type WorkerConsumer = StreamConsumer<WorkerContext>;
 
+/// How long an assignment waits for a partition's high watermark.
+const WATERMARK_TIMEOUT: Duration = Duration::from_secs(2);
+
 fn consumer(
     config: &Config,
     class: Priority,
     tracker: Arc<Mutex<OffsetTracker>>,
+    horizons: Horizons,
 ) -> Result<WorkerConsumer, KafkaError> {
     let mut cc = client_config(&config.kafka);
     // One group per class: each class is drained, paused and resumed on its own.
@@ -78,7 +94,7 @@ fn consumer(
     .set("enable.auto.commit", "true")
     .set("enable.auto.offset.store", "false")
     .set("enable.partition.eof", "false");
-    cc.create_with_context(WorkerContext { tracker })
+    cc.create_with_context(WorkerContext { tracker, horizons })
 }
 
 /// A request taken from Kafka, waiting in the local scheduler.
@@ -88,6 +104,8 @@ struct Job {
     offset: i64,
     generation: u64,
     consumer: Arc<WorkerConsumer>,
+    /// Below the partition's high watermark at assignment: maybe processed before.
+    maybe_redelivered: bool,
 }
 
 /// What the intake tasks and the dispatcher share.
@@ -98,6 +116,7 @@ struct Local {
     /// Signalled when a job leaves the queue (room for paused intakes).
     room: Notify,
     tracker: Arc<Mutex<OffsetTracker>>,
+    horizons: Horizons,
 }
 
 /// The scheduler and how many of its jobs came from each partition.
@@ -159,6 +178,7 @@ fn finish(
 /// Runs a worker until `shutdown`, then drains requests in flight.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), crate::WorkerError> {
     let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
+    let horizons = Horizons::default();
     let topics = Topics::new(config.kafka.topic_prefix.clone());
     let http = crate::providers::http_client(config.worker.max_in_flight)
         .map_err(crate::WorkerError::Http)?;
@@ -186,12 +206,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), crat
         queued: Notify::new(),
         room: Notify::new(),
         tracker: tracker.clone(),
+        horizons: horizons.clone(),
     });
     let quotas = TeamQuotas::new(&scheduling.team_tokens_per_minute);
 
     let mut intakes = JoinSet::new();
     for class in Priority::ALL {
-        let consumer = Arc::new(consumer(&config, class, tracker.clone())?);
+        let consumer = Arc::new(consumer(&config, class, tracker.clone(), horizons.clone())?);
         consumer.subscribe(&[topics.requests_pattern(class).as_str()])?;
         intakes.spawn(intake(
             consumer,
@@ -244,7 +265,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), crat
         let processor = processor.clone();
         let tracker = tracker.clone();
         tasks.spawn(async move {
-            let done = processor.process(job.request).await;
+            let done = processor.process(job.request, job.maybe_redelivered).await;
             drop(permit);
             if done {
                 finish(
@@ -349,6 +370,7 @@ async fn intake(
                     offset,
                     generation,
                     consumer: Arc::clone(&consumer),
+                    maybe_redelivered: local.horizons.maybe_redelivered(&key, offset),
                 };
                 let queued = local
                     .scheduler

@@ -2,6 +2,7 @@
 //! over HTTP, and emits result, reply, usage and audit events before marking each message
 //! done. At-least-once: a crash redelivers unfinished work; sinks deduplicate by request id.
 
+pub mod attempts;
 pub mod breaker;
 pub mod cancel;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod pricing;
 pub mod process;
 pub mod providers;
 pub mod publish;
+pub mod redelivery;
 pub mod routing;
 pub mod schedule;
 pub mod stream;

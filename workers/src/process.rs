@@ -10,11 +10,12 @@ use serde_json::{Map, Value};
 use sluice_schemas::audit_content::AuditContent;
 use sluice_schemas::openai::{CompletionUsage, ErrorBody};
 use sluice_schemas::{
-    encode, now_ms, Audit, AuditAction, Request, Result as ResultRecord, Status, Topic, Topics,
-    Usage,
+    encode, now_ms, Attempt, Audit, AuditAction, Request, Result as ResultRecord, Status, Topic,
+    Topics, Usage,
 };
 use tokio_util::sync::CancellationToken;
 
+use crate::attempts::Ended;
 use crate::breaker::Admission;
 use crate::cancel::Cancellations;
 use crate::config::{Config, Deployment};
@@ -35,6 +36,8 @@ pub struct Processor {
     pub shutdown: CancellationToken,
     /// Completion tokens assumed for a request without max_tokens.
     pub default_completion_tokens: u32,
+    /// Finds requests that already have a result (crate::redelivery); None: off.
+    pub lookup: Option<crate::redelivery::Lookup>,
 }
 
 /// The deployments to try for a request (indices into the catalogue), in order.
@@ -57,6 +60,8 @@ pub(crate) struct Outcome {
     /// Usage is a tiktoken estimate: the provider reported none.
     pub estimated: bool,
     pub started_at_ms: i64,
+    /// Every provider call made for it, ended (crate::attempts).
+    pub attempt_log: Vec<Attempt>,
 }
 
 impl Processor {
@@ -74,6 +79,7 @@ impl Processor {
             catalogue: Catalogue::new(config, &http),
             prices: PriceTable::new(&config.prices),
             default_completion_tokens: config.scheduling.default_completion_tokens,
+            lookup: crate::redelivery::Lookup::new(&config.redelivery, http.clone()),
             cancellations,
             shutdown,
         }
@@ -81,8 +87,19 @@ impl Processor {
 
     /// Runs the request and publishes its events. Returns false if the events could not be
     /// published before shutdown: then the message must not be marked done.
+    /// `maybe_redelivered`: an earlier owner of the partition may have finished it.
     #[tracing::instrument(skip_all, fields(request_id = %request.request_id, team = %request.team))]
-    pub async fn process(&self, request: Request) -> bool {
+    pub async fn process(&self, request: Request, maybe_redelivered: bool) -> bool {
+        if maybe_redelivered {
+            if let Some(lookup) = &self.lookup {
+                if lookup.already_done(&request).await {
+                    // Its result, reply and usage went out before the earlier owner stopped;
+                    // calling again would be billed by the provider a second time.
+                    tracing::info!("redelivered request already has a result; not called again");
+                    return true;
+                }
+            }
+        }
         let registration = self.cancellations.register(&request.request_id);
         let outcome = match self.prepare(&request) {
             Err(outcome) => outcome,
@@ -142,8 +159,24 @@ impl Processor {
                 started_at_ms,
             ));
         };
-        match serde_json::from_str(&request.body) {
-            Ok(body) => Ok((chain, body)),
+        match serde_json::from_str::<Map<String, Value>>(&request.body) {
+            Ok(body) => match sluice_schemas::billable::check(&body) {
+                Ok(()) => Ok((chain, body)),
+                // The ingress refuses these before publishing; a record that still has one
+                // was not written by it, and is not sent where it could be billed unpriced.
+                Err(refused) => Err(failure(
+                    Status::Failed,
+                    400,
+                    ErrorBody::new(
+                        "invalid_request_error",
+                        Some("unsupported_parameter"),
+                        format!("Unsupported parameter: {refused}"),
+                    )
+                    .with_param(&refused.param),
+                    "bad_request",
+                    started_at_ms,
+                )),
+            },
             Err(_) => Err(failure(
                 Status::Failed,
                 400,
@@ -196,6 +229,7 @@ impl Processor {
     async fn run(&self, request: &Request, body: Map<String, Value>, chain: Chain) -> Outcome {
         let started_at_ms = now_ms();
         let mut tally = Tally::default();
+        let mut log = Vec::new();
         let mut last: Option<(ProviderError, &Target)> = None;
         'chain: for (position, &index) in chain.iter().enumerate() {
             let target = self.catalogue.target(index);
@@ -218,7 +252,21 @@ impl Processor {
                     .timeout_ms
                     .min(Duration::from_millis(remaining as u64));
                 let began = Instant::now();
-                match target.client.complete(body.clone(), timeout).await {
+                let attempt = self.attempt_started(request, target, tally.attempts);
+                let called = target.client.complete(body.clone(), timeout).await;
+                log.push(self.attempt_ended(
+                    request,
+                    attempt,
+                    match &called {
+                        Ok(c) => Ended::Usage {
+                            usage: c.usage,
+                            estimated: false,
+                            outcome: "completed",
+                        },
+                        Err(error) => Ended::Failed(error),
+                    },
+                ));
+                match called {
                     Ok(Completion { body, usage }) => {
                         target.breaker.success();
                         target
@@ -238,6 +286,7 @@ impl Processor {
                             usage,
                             estimated: false,
                             started_at_ms,
+                            attempt_log: log,
                         };
                     }
                     Err(error) => {
@@ -258,10 +307,13 @@ impl Processor {
                 }
             }
         }
-        tally.end(last, &request.model, started_at_ms)
+        let mut outcome = tally.end(last, &request.model, started_at_ms);
+        outcome.attempt_log = log;
+        outcome
     }
 
-    async fn publish(&self, request: &Request, outcome: Outcome) -> bool {
+    async fn publish(&self, request: &Request, mut outcome: Outcome) -> bool {
+        let outcome_attempts = std::mem::take(&mut outcome.attempt_log);
         let finished_at_ms = now_ms();
         let cached = outcome
             .usage
@@ -276,15 +328,11 @@ impl Processor {
             )
         };
         // The served model's price; the requested name's (an alias may have one) otherwise.
-        let cost_nanos = match cost(&outcome.served_model).or_else(|| cost(&request.model)) {
-            Some(c) => c,
-            None => {
-                if outcome.status == Status::Completed {
-                    tracing::warn!(model = %request.model, "no price configured; cost recorded as 0");
-                }
-                0
-            }
-        };
+        // Start-up refuses a deployed model with neither a price nor a `free_models` entry,
+        // so None here is a free model, or a request no deployment answered (no usage).
+        let cost_nanos = cost(&outcome.served_model)
+            .or_else(|| cost(&request.model))
+            .unwrap_or(0);
         let result = ResultRecord {
             request_id: request.request_id.clone(),
             team: request.team.clone(),
@@ -361,6 +409,8 @@ impl Processor {
                     return true;
                 }
             };
+        let attempts = crate::attempts::encoded(&outcome_attempts);
+        let attempts_topic = self.topics.name(&Topic::Attempts);
         let results_topic = self.topics.name(&Topic::Results);
         let usage_topic = self.topics.name(&Topic::Usage);
         let audit_topic = self.topics.name(&Topic::Audit);
@@ -394,13 +444,28 @@ impl Processor {
                 partition: None,
                 headers: None,
             };
-            let (a, b, c, d) = tokio::join!(
+            // Every provider call of this processing, for reconciliation.
+            let calls = futures::future::join_all(attempts.iter().map(|(key, payload)| {
+                send(
+                    &self.producer,
+                    Outgoing {
+                        topic: &attempts_topic,
+                        key,
+                        payload,
+                        partition: None,
+                        headers: None,
+                    },
+                )
+            }));
+            let (a, b, c, d, e) = tokio::join!(
                 reply,
                 send(&self.producer, out(&results_topic, &result_bytes)),
                 send(&self.producer, out(&usage_topic, &usage_bytes)),
                 send(&self.producer, out(&audit_topic, &audit_bytes)),
+                calls,
             );
-            match a.and(b).and(c).and(d) {
+            let e: Result<(), _> = e.into_iter().collect();
+            match a.and(b).and(c).and(d).and(e) {
                 Ok(()) => return true,
                 Err(error) => {
                     // Never mark the request done before its events are durable; resending
@@ -441,6 +506,7 @@ pub(crate) fn failure(
         usage: CompletionUsage::default(),
         estimated: false,
         started_at_ms,
+        attempt_log: Vec::new(),
     }
 }
 
@@ -494,6 +560,7 @@ pub(crate) fn provider_failure(
         usage: CompletionUsage::default(),
         estimated: false,
         started_at_ms,
+        attempt_log: Vec::new(),
     }
 }
 

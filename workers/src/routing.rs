@@ -179,6 +179,8 @@ models = ["gpt-4o", "claude"]
 [[routes]]
 name = "claude"
 models = ["claude", "gpt-4o"]
+[pricing]
+free_models = ["gpt-4o", "claude"]
 "#,
         );
         let catalogue = Catalogue::new(&config, &reqwest::Client::new());

@@ -14,6 +14,7 @@ use sluice_schemas::openai::{CompletionUsage, ErrorBody};
 use sluice_schemas::{encode, now_ms, Request, Status, StreamChunk};
 use tokio_util::sync::CancellationToken;
 
+use crate::attempts::Ended;
 use crate::error::ProviderError;
 use crate::process::{after_failure, failure, Chain, Next, Outcome, Processor, Tally};
 use crate::providers::Provider;
@@ -151,6 +152,7 @@ impl Processor {
         body.insert("stream_options".into(), Value::Object(options));
 
         let mut tally = Tally::default();
+        let mut log = Vec::new();
         let mut last: Option<(ProviderError, &Target)> = None;
         'chain: for (position, &index) in chain.iter().enumerate() {
             let target = self.catalogue.target(index);
@@ -175,10 +177,17 @@ impl Processor {
                 let timeout = deployment
                     .timeout_ms
                     .min(Duration::from_millis(remaining as u64));
+                let attempt = self.attempt_started(request, target, tally.attempts);
                 let started = tokio::select! {
                     s = target.client.stream(body.clone(), timeout) => s,
-                    _ = cancel.cancelled() => break 'chain,
+                    _ = cancel.cancelled() => {
+                        log.push(self.attempt_ended(request, attempt, Ended::Abandoned));
+                        break 'chain;
+                    }
                 };
+                if let Err(error) = &started {
+                    log.push(self.attempt_ended(request, attempt.clone(), Ended::Failed(error)));
+                }
                 match started {
                     Ok(events) => {
                         // Events flow: from here on there is no retry, the caller has them.
@@ -192,11 +201,21 @@ impl Processor {
                                 target.breaker.failure(std::time::Instant::now());
                             }
                         }
-                        let outcome =
+                        let mut outcome =
                             forwarded.into_outcome(request, target, &tally, started_at_ms);
                         target
                             .throttle
                             .settle(estimate, u64::from(outcome.usage.total_tokens));
+                        log.push(self.attempt_ended(
+                            request,
+                            attempt,
+                            Ended::Usage {
+                                usage: outcome.usage,
+                                estimated: outcome.estimated,
+                                outcome: outcome.error_kind.unwrap_or("completed"),
+                            },
+                        ));
+                        outcome.attempt_log = log;
                         return outcome;
                     }
                     Err(error) => {
@@ -218,10 +237,13 @@ impl Processor {
                 }
             }
         }
-        if cancel.is_cancelled() {
-            return caller_gone(started_at_ms);
-        }
-        tally.end(last, &request.model, started_at_ms)
+        let mut outcome = if cancel.is_cancelled() {
+            caller_gone(started_at_ms)
+        } else {
+            tally.end(last, &request.model, started_at_ms)
+        };
+        outcome.attempt_log = log;
+        outcome
     }
 
     /// Forwards events to the reply partition until the stream ends.
@@ -414,6 +436,7 @@ impl Forwarded {
             usage,
             estimated,
             started_at_ms,
+            attempt_log: Vec::new(),
         }
     }
 }

@@ -231,6 +231,7 @@ impl Stack {
             },
             retention: Default::default(),
             batch: toml_section(&options.batch_toml, "batch"),
+            billing: toml_section(&options.budget_toml, "billing"),
         };
         ingress.server.listen = "127.0.0.1:0".into();
         ingress.server.sync_timeout_ms = Duration::from_secs(30);
@@ -327,6 +328,11 @@ timeout_ms = 20000
 max_retries = 2
 provider = {{ type = "openai", base_url = "{base}" }}
 
+[redelivery]
+clickhouse_url = "{clickhouse}"
+database = "{database}"
+{redelivery_auth}
+
 [[prices]]
 model = "{MODEL}"
 input_per_million = {PRICE_IN}
@@ -335,9 +341,15 @@ output_per_million = {PRICE_OUT}
 "#,
             bootstrap = self.bootstrap,
             prefix = self.prefix,
+            clickhouse = clickhouse_url(),
+            database = self.database,
             base = self.mock.base_url(),
             extra = self.extra_worker_toml,
             max_in_flight = self.max_in_flight,
+            // The tests' ClickHouse user (scripts/services.sh locks `default`).
+            redelivery_auth = clickhouse_user()
+                .map(|u| format!("user = \"{u}\"\npassword_env = \"SLUICE_CLICKHOUSE_PASSWORD\""))
+                .unwrap_or_default(),
         )
     }
 

@@ -899,3 +899,71 @@ async fn a_key_revoked_mid_batch_stops_its_unpublished_lines() {
     assert_eq!(stack.mock.call_count() as u64, completed);
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batch_lines_cannot_bypass_the_cost_bounds() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let with = |custom_id: &str, extra: Value| {
+        let mut body =
+            json!({"model": MODEL, "messages": [{"role": "user", "content": custom_id}]});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        json!({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body})
+            .to_string()
+    };
+    let lines = [
+        with("many", json!({"n": 128})),
+        with("priority", json!({"service_tier": "priority"})),
+        with("search", json!({"web_search_options": {}})),
+        with("uncapped", json!({})),
+    ];
+    let id = create_batch(&stack, &lines).await;
+    let batch = wait_batch(&stack, &format!("/v1/batches/{id}"), |b| {
+        b["status"] == "completed"
+    })
+    .await;
+    assert_eq!(
+        batch["request_counts"],
+        json!({"total": 4, "completed": 1, "failed": 3}),
+        "{batch}"
+    );
+    let (_, errors) = jsonl(
+        &stack,
+        &format!(
+            "/v1/files/{}/content",
+            batch["error_file_id"].as_str().unwrap()
+        ),
+        KEY_A,
+    )
+    .await;
+    // Batch error lines carry a code and a message (no param), as OpenAI's do.
+    let codes: HashMap<String, (String, String)> = errors
+        .iter()
+        .map(|e| {
+            (
+                e["custom_id"].as_str().unwrap_or("").to_string(),
+                (
+                    e["error"]["code"].as_str().unwrap_or("").to_string(),
+                    e["error"]["message"].as_str().unwrap_or("").to_string(),
+                ),
+            )
+        })
+        .collect();
+    for (custom_id, code, named) in [
+        ("many", "invalid_value", "`n`"),
+        ("priority", "unsupported_parameter", "`service_tier`"),
+        ("search", "unsupported_parameter", "`web_search_options`"),
+    ] {
+        let (got, message) = &codes[custom_id];
+        assert_eq!(got, code, "{errors:?}");
+        assert!(message.contains(named), "{message}");
+    }
+    // Only the good line reached the provider, capped at the reserved completion tokens.
+    let calls = stack.mock.calls();
+    assert_eq!(calls.len(), 1);
+    let sent = calls[0].body.as_ref().unwrap();
+    assert_eq!(sent["messages"][0]["content"], "uncapped");
+    assert_eq!(sent["max_completion_tokens"], 4096, "{sent}");
+    stack.stop().await;
+}

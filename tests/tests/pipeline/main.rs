@@ -11,6 +11,7 @@ mod common;
 mod governance;
 mod guardrails;
 mod keys;
+mod money;
 mod privileges;
 mod providers;
 mod scheduling;
@@ -464,7 +465,26 @@ async fn a_killed_worker_loses_nothing_and_bills_nothing_twice() {
         "billed once each"
     );
     // The provider did see some requests twice (at-least-once); billing did not.
-    assert!(stack.mock.call_count() as usize >= ids.len());
+    let calls = stack.mock.call_count();
+    assert!(calls as usize > ids.len(), "{calls} calls");
+    // But every call is an attempt row, the killed worker's cut-off ones included (left
+    // `started`, billed `unknown`): what the provider may bill is on record.
+    let recorded = eventually(WAIT, || async {
+        let n: u64 = stack
+            .ch("SELECT count() FROM {db}.attempts FINAL")
+            .await
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        (n == calls).then_some(n)
+    })
+    .await;
+    assert_eq!(recorded, Some(calls), "one attempt row per provider call");
+    let cut = stack
+        .ch("SELECT count(), countIf(billed = 'unknown') FROM {db}.attempts FINAL WHERE worker = 'doomed' AND outcome = 'started'")
+        .await;
+    let cut: Vec<u64> = cut.split_whitespace().map(|v| v.parse().unwrap()).collect();
+    assert!(cut[0] > 0 && cut[0] == cut[1], "cut-off calls: {cut:?}");
     let _ = std::fs::remove_file(config);
     stack.stop().await;
 }

@@ -49,6 +49,9 @@ models = ["claude", "gemini"]
 model = "claude"
 input_per_million = 3.0
 output_per_million = 15.0
+
+[pricing]
+free_models = ["llama-local", "azure-gpt-4o", "gemini"]
 "#;
 
 fn models(names: &[&str]) -> Vec<String> {
@@ -310,6 +313,9 @@ weight = 0
 max_retries = 0
 provider = {{ type = "anthropic", base_url = "{secondary}" }}
 
+[pricing]
+free_models = ["resilient"]
+
 {breaker}
 "#,
         secondary = secondary.origin(),
@@ -425,6 +431,9 @@ async fn retry_after_is_honoured_from_a_header_and_from_geminis_retry_info() {
 name = "gemini-flash"
 model = "gemini"
 provider = { type = "gemini", base_url = "{origin}/v1beta", model = "gemini-2.0-flash" }
+
+[pricing]
+free_models = ["gemini"]
 "#
         .into(),
         extra_models: models(&["gemini"]),

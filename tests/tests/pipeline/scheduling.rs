@@ -65,6 +65,9 @@ name = "tight"
 model = "tight-model"
 provider = { type = "openai", base_url = "{origin}/v1" }
 limits = { requests_per_minute = 2 }
+
+[pricing]
+free_models = ["tight-model"]
 "#
         .into(),
         extra_models: vec!["tight-model".into()],

@@ -124,8 +124,9 @@ impl Client {
     /// deployment's (callers may have asked for an alias, which no provider knows).
     pub fn new(config: &ProviderConfig, model: &str, http: reqwest::Client) -> Client {
         match config {
-            ProviderConfig::Openai(c) | ProviderConfig::OpenaiCompatible(c) => {
-                Client::Openai(openai::OpenAi::new(c, model, http))
+            ProviderConfig::Openai(c) => Client::Openai(openai::OpenAi::new(c, model, http)),
+            ProviderConfig::OpenaiCompatible(c) => {
+                Client::Openai(openai::OpenAi::compatible(c, model, http))
             }
             ProviderConfig::Azure(c) => Client::Openai(azure::client(c, model, http)),
             ProviderConfig::Anthropic(c) => {

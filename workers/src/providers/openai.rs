@@ -52,6 +52,9 @@ pub struct OpenAi {
     auth: Auth,
     model: String,
     http: reqwest::Client,
+    /// Send the completion cap as `max_tokens`: self-hosted servers (older vLLM, llama.cpp
+    /// server) may ignore `max_completion_tokens`, and an ignored cap is an unbounded bill.
+    cap_as_max_tokens: bool,
 }
 
 impl std::fmt::Debug for OpenAi {
@@ -81,6 +84,15 @@ impl OpenAi {
             auth,
             model: model.to_string(),
             http,
+            cap_as_max_tokens: false,
+        }
+    }
+
+    /// [`OpenAi::new`] for an OpenAI-compatible server: the cap goes as `max_tokens`.
+    pub fn compatible(config: &OpenAiConfig, model: &str, http: reqwest::Client) -> OpenAi {
+        OpenAi {
+            cap_as_max_tokens: true,
+            ..OpenAi::new(config, model, http)
         }
     }
 }
@@ -128,6 +140,11 @@ impl Provider for OpenAi {
 impl OpenAi {
     fn post(&self, mut request: Map<String, Value>) -> reqwest::RequestBuilder {
         request.insert("model".into(), Value::String(self.model.clone()));
+        if self.cap_as_max_tokens {
+            if let Some(cap) = request.remove("max_completion_tokens") {
+                request.insert("max_tokens".into(), cap);
+            }
+        }
         let call = self.http.post(&self.url).json(&request);
         match &self.auth {
             Auth::None => call,

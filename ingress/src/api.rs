@@ -535,6 +535,15 @@ fn validate(
         .completion_cap()
         .map(|n| n.min(i32::MAX as u32) as i32);
     let body = serde_json::to_string(&request).map_err(ApiError::InvalidJson)?;
+    // The body alone already too large for Kafka: refused before any budget or moderation
+    // (the encoded record is checked exactly when it is published).
+    let limit = app.config.kafka.max_message_bytes;
+    if !sluice_schemas::topics::fits(limit, caller.team.len(), body.len()) {
+        return Err(ApiError::MessageTooLarge {
+            size: body.len(),
+            limit,
+        });
+    }
     let topic = if app.team_topics.contains(&caller.team) {
         Topic::TeamRequests(priority, caller.team.clone())
     } else {
@@ -578,6 +587,13 @@ impl AppState {
     async fn publish(&self, accepted: &Accepted) -> Result<(), ApiError> {
         let r = &accepted.record;
         let payload = encode(r).map_err(ApiError::Encode)?;
+        let limit = self.config.kafka.max_message_bytes;
+        if !sluice_schemas::topics::fits(limit, r.team.len(), payload.len()) {
+            return Err(ApiError::MessageTooLarge {
+                size: payload.len(),
+                limit,
+            });
+        }
         let mut audit = audit_event(r, AuditAction::Accepted, 200, None);
         accepted.prompt_audit.fill(&mut audit);
         // Budgets: hold the worst-case cost; other replicas learn it from the audit event.
@@ -590,6 +606,12 @@ impl AppState {
         );
         if let Err(error) = sent {
             self.budgets.release(&r.request_id);
+            if crate::kafka::too_large(&error) {
+                // The topic's own limit is smaller than ours: final, not a 503 to retry.
+                return Err(ApiError::TopicRefusedSize {
+                    size: payload.len(),
+                });
+            }
             return Err(ApiError::QueueUnavailable(error));
         }
         if let Err(error) = audited {
@@ -607,7 +629,26 @@ impl AppState {
             }
         };
         let topic = self.topics.name(&Topic::Audit);
-        send(&self.producer, &topic, &audit.team, &payload, None).await
+        let limit = self.config.kafka.max_message_bytes;
+        let sent = if sluice_schemas::topics::fits(limit, audit.team.len(), payload.len()) {
+            send(&self.producer, &topic, &audit.team, &payload, None).await
+        } else {
+            Err(rdkafka::error::KafkaError::MessageProduction(
+                rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge,
+            ))
+        };
+        match sent {
+            Err(error) if crate::kafka::too_large(&error) && audit.prompt_text.is_some() => {
+                // The event is kept, with the prompt's hash instead of its text.
+                tracing::warn!(request_id = %audit.request_id, "audit event too large for Kafka: prompt text left out, its hash kept");
+                let mut smaller = audit.clone();
+                smaller.prompt_text = None;
+                smaller.completion_text = None;
+                let payload = encode(&smaller).unwrap_or_default();
+                send(&self.producer, &topic, &audit.team, &payload, None).await
+            }
+            other => other,
+        }
     }
 
     /// Answers a rejected request and records the rejection for audit (in the background).

@@ -57,7 +57,8 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub listen: String,
-    /// Largest accepted request body.
+    /// Largest accepted request body (413 beyond, before it is all read). Requests also
+    /// have to fit `[kafka] max_message_bytes` once encoded.
     pub max_body_bytes: usize,
     /// How long a sync caller waits for its result before a 504 (the request still runs).
     #[serde(with = "millis")]
@@ -104,6 +105,13 @@ pub struct KafkaConfig {
     pub create_topics: bool,
     /// librdkafka settings passed through (applied before the ones correctness depends on).
     pub options: BTreeMap<String, String>,
+    /// Largest message produced: the topics' `max.message.bytes` when the ingress creates
+    /// them and the producer's `message.max.bytes`. A request (or batch line) whose encoded
+    /// record is larger gets 413 `request_too_large` up front; so does one the broker refuses
+    /// as too large (a topic created before with a smaller limit). Keep it above
+    /// `[server] max_body_bytes` plus the envelope and the audit copy of the prompt
+    /// (8 MiB for the default 4 MiB body); the workers' `[kafka] max_message_bytes` matches.
+    pub max_message_bytes: usize,
 }
 
 impl Default for KafkaConfig {
@@ -114,6 +122,7 @@ impl Default for KafkaConfig {
             produce_timeout_ms: Duration::from_secs(5),
             create_topics: true,
             options: BTreeMap::new(),
+            max_message_bytes: sluice_schemas::topics::MAX_MESSAGE_BYTES,
         }
     }
 }
@@ -345,6 +354,13 @@ impl Config {
                     });
                 }
             }
+        }
+        if self.kafka.max_message_bytes < 64 * 1024 || self.kafka.max_message_bytes > 1_000_000_000
+        {
+            return Err(ConfigError::Field {
+                field: "kafka.max_message_bytes".into(),
+                problem: "must be between 64 KiB and 1000000000 (librdkafka's maximum)",
+            });
         }
         if self.server.max_header_count == 0 || self.server.max_header_bytes == 0 {
             return Err(ConfigError::Field {

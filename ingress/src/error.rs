@@ -80,6 +80,12 @@ pub enum ApiError {
     NotJson,
     #[error("Request body is larger than the limit of {limit} bytes")]
     BodyTooLarge { limit: usize },
+    /// Larger than what Kafka accepts: final, never retried (docs/security.md).
+    #[error("The request is {size} bytes once encoded for the queue, more than the {limit} bytes it accepts; nothing was accepted, shorten the request")]
+    MessageTooLarge { size: usize, limit: usize },
+    /// The broker refused it as too large (its topic's `max.message.bytes` is smaller).
+    #[error("The request is {size} bytes once encoded for the queue, more than its topic accepts; nothing was accepted, shorten the request")]
+    TopicRefusedSize { size: usize },
     #[error("'messages' must contain at least one message")]
     EmptyMessages,
     #[error("'model' must not be empty")]
@@ -235,7 +241,7 @@ impl ApiError {
                 Some("invalid_json"),
                 None,
             ),
-            BodyTooLarge { .. } => (
+            BodyTooLarge { .. } | MessageTooLarge { .. } | TopicRefusedSize { .. } => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "invalid_request_error",
                 Some("request_too_large"),
@@ -428,9 +434,12 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
-        if let ApiError::BudgetExceeded(_) = &self {
-            // Retrying cannot help before the period resets; the OpenAI and Anthropic SDKs
-            // honour this header and do not retry.
+        if let ApiError::BudgetExceeded(_)
+        | ApiError::MessageTooLarge { .. }
+        | ApiError::TopicRefusedSize { .. } = &self
+        {
+            // Retrying cannot help (before the period resets, or ever for a too-large
+            // request); the OpenAI and Anthropic SDKs honour this header and do not retry.
             response
                 .headers_mut()
                 .insert("x-should-retry", HeaderValue::from_static("false"));

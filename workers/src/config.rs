@@ -44,6 +44,11 @@ pub struct KafkaConfig {
     pub group_id: String,
     /// librdkafka settings passed through (applied before the ones correctness depends on).
     pub options: BTreeMap<String, String>,
+    /// Largest message produced (the producer's `message.max.bytes`; the ingress creates the
+    /// topics with the same `max.message.bytes`). A result too large for it, or refused by
+    /// the broker as too large, is published as a small `failed` result
+    /// (`result_too_large`) instead of being retried forever.
+    pub max_message_bytes: usize,
 }
 
 impl Default for KafkaConfig {
@@ -53,6 +58,7 @@ impl Default for KafkaConfig {
             topic_prefix: "sluice".into(),
             group_id: "sluice-workers".into(),
             options: BTreeMap::new(),
+            max_message_bytes: sluice_schemas::topics::MAX_MESSAGE_BYTES,
         }
     }
 }

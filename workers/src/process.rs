@@ -35,6 +35,8 @@ pub struct Processor {
     pub shutdown: CancellationToken,
     /// Completion tokens assumed for a request without max_tokens.
     pub default_completion_tokens: u32,
+    /// `[kafka] max_message_bytes`: larger results are published as `result_too_large`.
+    pub max_message_bytes: usize,
 }
 
 /// The deployments to try for a request (indices into the catalogue), in order.
@@ -74,6 +76,7 @@ impl Processor {
             catalogue: Catalogue::new(config, &http),
             prices: PriceTable::new(&config.prices),
             default_completion_tokens: config.scheduling.default_completion_tokens,
+            max_message_bytes: config.kafka.max_message_bytes,
             cancellations,
             shutdown,
         }
@@ -285,7 +288,7 @@ impl Processor {
                 0
             }
         };
-        let result = ResultRecord {
+        let mut result = ResultRecord {
             request_id: request.request_id.clone(),
             team: request.team.clone(),
             key_id: request.key_id.clone(),
@@ -307,7 +310,7 @@ impl Processor {
             finished_at_ms,
             worker: self.worker_id.clone(),
         };
-        let usage = Usage {
+        let mut usage = Usage {
             request_id: request.request_id.clone(),
             team: request.team.clone(),
             key_id: request.key_id.clone(),
@@ -332,7 +335,7 @@ impl Processor {
                 .unwrap_or_default(),
             Status::Failed | Status::Expired => (None, None),
         };
-        let audit = Audit {
+        let mut audit = Audit {
             event_id: format!("{}-{}", request.request_id, outcome.status.as_str()),
             request_id: request.request_id.clone(),
             team: request.team.clone(),
@@ -352,15 +355,32 @@ impl Processor {
             completion_text,
             ..Audit::default()
         };
-        let (result_bytes, usage_bytes, audit_bytes) =
-            match (encode(&result), encode(&usage), encode(&audit)) {
-                (Ok(r), Ok(u), Ok(a)) => (r, u, a),
-                _ => {
-                    // Only a schema defect gets here; nothing sensible can be published.
-                    tracing::error!("result events could not be encoded");
-                    return true;
-                }
-            };
+        let Some(mut encoded) = encode_events(&result, &usage, &audit) else {
+            // Only a schema defect gets here; nothing sensible can be published.
+            tracing::error!("result events could not be encoded");
+            return true;
+        };
+        // A result Kafka cannot take (an enormous completion) becomes a small failure now
+        // rather than a publish retried forever.
+        let key = request.request_id.len();
+        let fits = |e: &Encoded| {
+            [&e.result, &e.usage, &e.audit]
+                .iter()
+                .all(|p| sluice_schemas::topics::fits(self.max_message_bytes, key, p.len()))
+        };
+        let mut shrunk = false;
+        if !fits(&encoded) {
+            match self.too_large(&mut result, &mut usage, &mut audit, encoded.result.len()) {
+                Some(e) => encoded = e,
+                None => return true,
+            }
+            shrunk = true;
+        }
+        let Encoded {
+            result: mut result_bytes,
+            usage: mut usage_bytes,
+            audit: mut audit_bytes,
+        } = encoded;
         let results_topic = self.topics.name(&Topic::Results);
         let usage_topic = self.topics.name(&Topic::Usage);
         let audit_topic = self.topics.name(&Topic::Audit);
@@ -402,6 +422,17 @@ impl Processor {
             );
             match a.and(b).and(c).and(d) {
                 Ok(()) => return true,
+                Err(error) if crate::publish::too_large(&error) && !shrunk => {
+                    // A topic with a smaller limit than ours refused it: final. Sinks keep
+                    // the failure (deduplicated by request id) whatever was sent before.
+                    tracing::warn!(request_id = %request.request_id, "result refused by Kafka as too large; publishing a failure instead");
+                    let size = result_bytes.len();
+                    let Some(e) = self.too_large(&mut result, &mut usage, &mut audit, size) else {
+                        return true;
+                    };
+                    (result_bytes, usage_bytes, audit_bytes) = (e.result, e.usage, e.audit);
+                    shrunk = true;
+                }
                 Err(error) => {
                     // Never mark the request done before its events are durable; resending
                     // is safe because every sink deduplicates by request id.
@@ -414,6 +445,55 @@ impl Processor {
                 }
             }
         }
+    }
+}
+
+/// The three events of a finished request, encoded.
+struct Encoded {
+    result: Vec<u8>,
+    usage: Vec<u8>,
+    audit: Vec<u8>,
+}
+
+fn encode_events(result: &ResultRecord, usage: &Usage, audit: &Audit) -> Option<Encoded> {
+    Some(Encoded {
+        result: encode(result).ok()?,
+        usage: encode(usage).ok()?,
+        audit: encode(audit).ok()?,
+    })
+}
+
+impl Processor {
+    /// Turns a result too large for Kafka into a small `failed` one (`result_too_large`,
+    /// 502): the caller learns why, nothing is retried. Usage keeps the tokens (the provider
+    /// billed them); the audit event keeps the completion's hash, not its text.
+    fn too_large(
+        &self,
+        result: &mut ResultRecord,
+        usage: &mut Usage,
+        audit: &mut Audit,
+        size: usize,
+    ) -> Option<Encoded> {
+        tracing::warn!(request_id = %result.request_id, size, limit = self.max_message_bytes, "result too large for Kafka; published as failed");
+        result.status = Status::Failed;
+        result.http_status = 502;
+        result.error_kind = Some("result_too_large".into());
+        result.body = ErrorBody::new(
+            "server_error",
+            Some("result_too_large"),
+            format!(
+                "The provider's answer is {size} bytes, more than the queue accepts ({} bytes); it was not kept. Ask for a shorter completion (max_tokens).",
+                self.max_message_bytes
+            ),
+        )
+        .to_json();
+        usage.status = Status::Failed;
+        audit.action = AuditAction::Failed;
+        audit.event_id = format!("{}-{}", result.request_id, Status::Failed.as_str());
+        audit.http_status = 502;
+        audit.reason = result.error_kind.clone();
+        audit.completion_text = None;
+        encode_events(result, usage, audit)
     }
 }
 

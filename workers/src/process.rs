@@ -370,7 +370,8 @@ impl Processor {
         };
         let mut shrunk = false;
         if !fits(&encoded) {
-            match self.too_large(&mut result, &mut usage, &mut audit, encoded.result.len()) {
+            let size = encoded.result.len();
+            match self.too_large(&mut result, &mut usage, &mut audit, size, true) {
                 Some(e) => encoded = e,
                 None => return true,
             }
@@ -427,7 +428,8 @@ impl Processor {
                     // the failure (deduplicated by request id) whatever was sent before.
                     tracing::warn!(request_id = %request.request_id, "result refused by Kafka as too large; publishing a failure instead");
                     let size = result_bytes.len();
-                    let Some(e) = self.too_large(&mut result, &mut usage, &mut audit, size) else {
+                    let Some(e) = self.too_large(&mut result, &mut usage, &mut audit, size, false)
+                    else {
                         return true;
                     };
                     (result_bytes, usage_bytes, audit_bytes) = (e.result, e.usage, e.audit);
@@ -473,8 +475,14 @@ impl Processor {
         usage: &mut Usage,
         audit: &mut Audit,
         size: usize,
+        over_our_limit: bool,
     ) -> Option<Encoded> {
-        tracing::warn!(request_id = %result.request_id, size, limit = self.max_message_bytes, "result too large for Kafka; published as failed");
+        tracing::warn!(request_id = %result.request_id, size, over_our_limit, "result too large for Kafka; published as failed");
+        let limit = if over_our_limit {
+            format!(" ({} bytes)", self.max_message_bytes)
+        } else {
+            String::new()
+        };
         result.status = Status::Failed;
         result.http_status = 502;
         result.error_kind = Some("result_too_large".into());
@@ -482,8 +490,7 @@ impl Processor {
             "server_error",
             Some("result_too_large"),
             format!(
-                "The provider's answer is {size} bytes, more than the queue accepts ({} bytes); it was not kept. Ask for a shorter completion (max_tokens).",
-                self.max_message_bytes
+                "The provider's answer is {size} bytes, more than the queue accepts{limit}; it was not kept. Ask for a shorter completion (max_tokens)."
             ),
         )
         .to_json();

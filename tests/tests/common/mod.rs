@@ -67,6 +67,11 @@ pub struct StackOptions {
     pub budget_toml: String,
     /// The analytics sink's `[[alert_webhooks]]` (budget alerts).
     pub alert_webhooks: Vec<sluice_analytics::alerts::AlertWebhook>,
+    /// The ingress's `[kafka] max_message_bytes` (its topics are created with it; the
+    /// workers keep the default, so they meet the broker's refusal).
+    pub topic_max_message_bytes: Option<usize>,
+    /// Changes to the ingress's config before it starts.
+    pub ingress_config: Option<fn(&mut sluice_ingress::Config)>,
 }
 
 impl Default for StackOptions {
@@ -85,6 +90,8 @@ impl Default for StackOptions {
             audit_toml: String::new(),
             budget_toml: String::new(),
             alert_webhooks: Vec::new(),
+            topic_max_message_bytes: None,
+            ingress_config: None,
         }
     }
 }
@@ -176,6 +183,12 @@ impl Stack {
         ingress.kafka.produce_timeout_ms = options.produce_timeout;
         ingress.clickhouse.url = options.clickhouse_url.clone();
         ingress.clickhouse.database = database.clone();
+        if let Some(limit) = options.topic_max_message_bytes {
+            ingress.kafka.max_message_bytes = limit;
+        }
+        if let Some(change) = options.ingress_config {
+            change(&mut ingress);
+        }
         let ingress_config = ingress.clone();
         let running = sluice_ingress::start(ingress, shutdown.clone())
             .await

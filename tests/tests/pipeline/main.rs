@@ -10,6 +10,7 @@ mod common;
 mod governance;
 mod guardrails;
 mod keys;
+mod limits;
 mod providers;
 mod scheduling;
 mod streaming;

@@ -44,8 +44,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(models))
         .merge(crate::batch::routes())
         .route("/v1/budgets", get(crate::budget::admit::budgets))
-        .route("/healthz", get(|| async { "ok" }))
         .merge(crate::admin::routes())
+        // Key first, then the body (bounded in time and size): only for matched routes, so
+        // an unknown URL is still a 404.
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            crate::listener::intake,
+        ))
+        .route("/healthz", get(|| async { "ok" }))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))

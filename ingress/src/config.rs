@@ -51,6 +51,9 @@ pub struct Config {
     /// What audit events keep of prompts and completions, per team (docs/analytics.md).
     #[serde(default)]
     pub audit: crate::audit::AuditConfig,
+    /// Connection cap and read timeouts of the HTTP listener (docs/security.md).
+    #[serde(default)]
+    pub listener: crate::listener::ListenerConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -384,8 +387,9 @@ impl Config {
 /// Durations in config are plain milliseconds (`*_ms` keys).
 /// The sections env vars may override. Other `SLUICE_*` variables (another service's, or
 /// the scripts' `SLUICE_STATE`) are not ours and must not trip `deny_unknown_fields`.
-const ENV_SECTIONS: [&str; 6] = [
+const ENV_SECTIONS: [&str; 7] = [
     "server",
+    "listener",
     "kafka",
     "clickhouse",
     "deadlines",

@@ -117,6 +117,8 @@ pub enum ApiError {
     Encode(#[source] CodecError),
     #[error("Internal error: the ingress is shutting down")]
     ShuttingDown,
+    #[error("The request body was not received within {ms} ms")]
+    BodyTimeout { ms: u128 },
     #[error("Request headers exceed the limit of {count} headers or {bytes} bytes")]
     HeadersTooLarge { count: usize, bytes: usize },
     #[error("The request was blocked by guardrail rule `{rule}`")]
@@ -317,6 +319,12 @@ impl ApiError {
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",
                 None,
+                None,
+            ),
+            BodyTimeout { .. } => (
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request_error",
+                Some("request_timeout"),
                 None,
             ),
             HeadersTooLarge { .. } => (

@@ -174,6 +174,7 @@ impl Stack {
             }],
             budgets: toml_section(&options.budget_toml, "budgets"),
             budget: toml_section(&options.budget_toml, "budget"),
+            listener: Default::default(),
         };
         ingress.server.listen = "127.0.0.1:0".into();
         ingress.server.sync_timeout_ms = Duration::from_secs(30);

@@ -7,6 +7,7 @@ mod batch;
 mod budgets;
 #[path = "../common/mod.rs"]
 mod common;
+mod connections;
 mod governance;
 mod guardrails;
 mod keys;

@@ -93,6 +93,7 @@ struct SluiceOptions {
     webhook_url: Option<String>,
 }
 
+#[derive(Clone, Copy)]
 enum Mode {
     Sync,
     Async,
@@ -164,7 +165,7 @@ pub(crate) async fn sync_call(
     }
     let span = tracing::info_span!("chat_completions", team = %caller.team, request_id = tracing::field::Empty);
     async move {
-        let accepted = match validate(&app, &caller, &headers, body, Mode::Sync, dialect) {
+        let accepted = match checked(&app, &caller, &headers, body, Mode::Sync, dialect).await {
             Ok(a) => a,
             Err(e) => return app.reject(&caller, e, dialect),
         };
@@ -230,7 +231,8 @@ async fn submit(
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
-    let accepted = match validate(&app, &caller, &headers, body, Mode::Async, Dialect::OpenAi) {
+    let accepted = match checked(&app, &caller, &headers, body, Mode::Async, Dialect::OpenAi).await
+    {
         Ok(a) => a,
         Err(e) => return app.reject(&caller, e, Dialect::OpenAi),
     };
@@ -282,7 +284,12 @@ async fn request_status(
         .await
         .map_err(ApiError::StoreUnavailable)?
     {
-        let body: Value = serde_json::from_str(&stored.body).unwrap_or(Value::Null);
+        let parse = || serde_json::from_str(&stored.body).unwrap_or(Value::Null);
+        let body: Value = if stored.body.len() < crate::cpu::HEAVY_BYTES {
+            parse()
+        } else {
+            crate::cpu::in_place(parse)
+        };
         let policy = app.guard.policy(&caller.team);
         let mut status = stored.status.clone();
         let mut http_status = stored.http_status;
@@ -412,6 +419,28 @@ pub(crate) fn result_response(result: &ResultRecord) -> Response {
         h.insert(REQUEST_ID_HEADER, v);
     }
     response
+}
+
+/// [`validate`], on the blocking pool for a large body (JSON parsing, guard scans and token
+/// counting of megabytes would stall the runtime: docs/security.md).
+async fn checked(
+    app: &Arc<AppState>,
+    caller: &Caller,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    mode: Mode,
+    dialect: Dialect,
+) -> Result<Accepted, ApiError> {
+    if body
+        .as_ref()
+        .map_or(true, |b| b.len() < crate::cpu::HEAVY_BYTES)
+    {
+        return validate(app, caller, headers, body, mode, dialect);
+    }
+    let (app, caller, headers) = (Arc::clone(app), caller.clone(), headers.clone());
+    crate::cpu::offload(move || validate(&app, &caller, &headers, body, mode, dialect))
+        .await
+        .map_err(ApiError::Internal)?
 }
 
 fn validate(

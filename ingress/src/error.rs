@@ -115,6 +115,8 @@ pub enum ApiError {
     SyncTimeout(u128, String),
     #[error("Internal error encoding the request")]
     Encode(#[source] CodecError),
+    #[error("Internal error while checking the request")]
+    Internal(#[source] tokio::task::JoinError),
     #[error("Internal error: the ingress is shutting down")]
     ShuttingDown,
     #[error("The request body was not received within {ms} ms")]
@@ -315,7 +317,7 @@ impl ApiError {
                 Some("result_timeout"),
                 None,
             ),
-            Encode(_) => (
+            Encode(_) | Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",
                 None,

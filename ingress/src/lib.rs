@@ -10,6 +10,7 @@ pub mod auth;
 pub mod batch;
 pub mod budget;
 pub mod config;
+pub mod cpu;
 pub mod error;
 pub mod guard;
 pub mod kafka;

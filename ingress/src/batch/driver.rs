@@ -297,7 +297,10 @@ async fn drive(app: &AppState, row: &mut BatchRow) -> Result<(), BatchError> {
                 lines.push(None);
                 continue;
             }
-            let (record, line) = examine(app, &caller, row, input.line_no, &input.line, &mut seen);
+            // Parsing, guard scans and token counting of a line: off the async threads.
+            let (record, line) = crate::cpu::in_place(|| {
+                examine(app, &caller, row, input.line_no, &input.line, &mut seen)
+            });
             records.push(record);
             lines.push(line);
         }

@@ -7,6 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::common::*;
+use crate::limits::{line, prompt_of, upload};
 
 const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 const BODY_TIMEOUT: Duration = Duration::from_secs(3);
@@ -258,5 +259,80 @@ async fn an_unauthenticated_large_body_is_refused_before_it_is_read() {
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(closed);
     assert!(started.elapsed() >= BODY_TIMEOUT, "{:?}", started.elapsed());
+    stack.stop().await;
+}
+
+/// Polls `/healthz` every 20 ms until `done`; returns the latencies.
+async fn health_while(stack: &Stack, done: &tokio::sync::Notify) -> Vec<Duration> {
+    let mut latencies = Vec::new();
+    let client = reqwest::Client::new();
+    loop {
+        let t = Instant::now();
+        let response = client
+            .get(format!("{}/healthz", stack.base))
+            .send()
+            .await
+            .expect("healthz answers");
+        assert_eq!(response.status(), 200);
+        latencies.push(t.elapsed());
+        tokio::select! {
+            _ = done.notified() => return latencies,
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn healthz_stays_fast_while_huge_requests_and_batch_lines_are_checked() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let big = prompt_of(3_000_000);
+    // A batch of 2 MB lines whose driver validates them meanwhile.
+    let two_mb = prompt_of(2_000_000);
+    let lines: Vec<String> = (0..4).map(|i| line(&format!("big-{i}"), &two_mb)).collect();
+    let file = upload(&stack, &lines.join("\n")).await;
+    let done = tokio::sync::Notify::new();
+    let started = Instant::now();
+    let (status, batch) = stack
+        .post(
+            "/v1/batches",
+            KEY_A,
+            serde_json::json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions",
+                               "completion_window": "24h"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{batch}");
+    // More huge bodies at once than the runtime has threads (4): parsing and counting
+    // their tokens on those threads would leave none for anyone else.
+    let work = async {
+        let results = futures::future::join_all(
+            (0..8).map(|_| stack.post("/v1/chat/completions", KEY_A, chat(&big))),
+        )
+        .await;
+        done.notify_one();
+        results
+    };
+    let (results, health) = tokio::join!(work, health_while(&stack, &done));
+    let took = started.elapsed();
+    for (status, body) in &results {
+        assert_eq!(*status, 200, "{body}");
+    }
+    let slowest = health.iter().max().copied().unwrap_or_default();
+    eprintln!(
+        "8 x 3 MB sync requests in {took:?}; {} healthz probes, slowest {slowest:?}",
+        health.len()
+    );
+    assert!(health.len() >= 3, "probed while the work ran");
+    assert!(
+        slowest < Duration::from_millis(250),
+        "healthz waited {slowest:?} while huge bodies were checked (all took {took:?})"
+    );
+    let id = batch["id"].as_str().unwrap().to_string();
+    let batch = eventually(Duration::from_secs(120), || async {
+        let (_, b) = stack.get(&format!("/v1/batches/{id}"), KEY_A).await;
+        (b["status"] == "completed").then_some(b)
+    })
+    .await
+    .expect("the batch completes");
+    assert_eq!(batch["request_counts"]["completed"], 4, "{batch}");
     stack.stop().await;
 }

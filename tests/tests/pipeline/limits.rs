@@ -13,7 +13,7 @@ use crate::common::*;
 const KAFKA_DEFAULT_LIMIT: usize = 1_048_588;
 
 /// A user prompt of about `bytes` bytes, of short distinct words (cheap to tokenize).
-fn prompt_of(bytes: usize) -> String {
+pub(crate) fn prompt_of(bytes: usize) -> String {
     let mut s = String::with_capacity(bytes + 16);
     let mut i = 0u64;
     while s.len() < bytes {
@@ -86,13 +86,13 @@ async fn a_2mb_request_is_served_end_to_end_and_a_body_over_the_limit_gets_413()
 }
 
 /// One OpenAI batch input line.
-fn line(custom_id: &str, text: &str) -> String {
+pub(crate) fn line(custom_id: &str, text: &str) -> String {
     json!({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
            "body": {"model": MODEL, "messages": [{"role": "user", "content": text}]}})
     .to_string()
 }
 
-async fn upload(stack: &Stack, content: &str) -> Value {
+pub(crate) async fn upload(stack: &Stack, content: &str) -> Value {
     let boundary = "sluice-limits-boundary-91c3";
     let body = format!(
         "--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n\

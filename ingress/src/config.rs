@@ -423,6 +423,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn shipped_config_loads_with_listener_limits_and_a_body_that_fits_kafka() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/ingress.toml");
+        let config = Config::load(Some(&path)).unwrap();
+        assert_eq!(config.listener.max_connections, 4096);
+        assert_eq!(
+            config.listener.header_read_timeout_ms,
+            Duration::from_secs(10)
+        );
+        assert!(sluice_schemas::topics::fits(
+            config.kafka.max_message_bytes,
+            64,
+            // The body and the audit event's copy of it travel in separate messages; the
+            // envelope is small next to either.
+            config.server.max_body_bytes + 64 * 1024
+        ));
+    }
+
+    #[test]
     fn admin_key_digest_from_file_or_env() {
         let dir = std::env::temp_dir().join(format!("sluice-cfg-admin-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -295,6 +295,21 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn shipped_configs_load_with_the_kafka_message_limit() {
+        for file in ["worker.toml", "worker.compose.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../config")
+                .join(file);
+            let config = Config::load(Some(&path)).unwrap();
+            assert_eq!(
+                config.kafka.max_message_bytes,
+                sluice_schemas::topics::MAX_MESSAGE_BYTES,
+                "{file}"
+            );
+        }
+    }
+
     fn parse(toml: &str) -> Result<Config, ConfigError> {
         let dir = std::env::temp_dir().join(format!(
             "sluice-worker-cfg-{}-{}",

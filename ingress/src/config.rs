@@ -371,6 +371,7 @@ impl Config {
                 problem: "must be more than 0",
             });
         }
+        self.listener.validate()?;
         crate::guard::Guard::from_config(&self.guard)?;
         crate::budget::validate(self)?;
         self.audit.validate()?;

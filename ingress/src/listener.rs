@@ -57,6 +57,29 @@ impl Default for ListenerConfig {
     }
 }
 
+impl ListenerConfig {
+    pub fn validate(&self) -> Result<(), crate::error::ConfigError> {
+        if self.max_connections == 0
+            || self.header_read_timeout_ms.is_zero()
+            || self.body_read_timeout_ms.is_zero()
+        {
+            return Err(crate::error::ConfigError::Field {
+                field: "listener.max_connections/header_read_timeout_ms/body_read_timeout_ms"
+                    .into(),
+                problem: "must be more than 0",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The process's soft open-files limit (Linux), to warn about a cap it cannot honour.
+fn open_files_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
 /// How long shutdown waits for open requests (a sync caller waiting for its answer) to end.
 const DRAIN: Duration = Duration::from_secs(30);
 
@@ -67,6 +90,16 @@ pub async fn serve(
     config: ListenerConfig,
     shutdown: CancellationToken,
 ) {
+    if let Some(limit) = open_files_limit() {
+        // Kafka, ClickHouse and webhook clients need descriptors too.
+        if config.max_connections + 256 > limit {
+            tracing::warn!(
+                max_connections = config.max_connections,
+                open_files_limit = limit,
+                "[listener] max_connections is near the open-files limit (ulimit -n): accepts will fail before the cap"
+            );
+        }
+    }
     let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();

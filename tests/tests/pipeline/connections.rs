@@ -322,8 +322,10 @@ async fn healthz_stays_fast_while_huge_requests_and_batch_lines_are_checked() {
         health.len()
     );
     assert!(health.len() >= 3, "probed while the work ran");
+    // Measured alone: ~30 ms; with the checks on the runtime's threads: 5.5 s. The bound
+    // leaves room for a machine shared with other tests.
     assert!(
-        slowest < Duration::from_millis(250),
+        slowest < Duration::from_secs(1),
         "healthz waited {slowest:?} while huge bodies were checked (all took {took:?})"
     );
     let id = batch["id"].as_str().unwrap().to_string();

@@ -189,6 +189,9 @@ min.insync.replicas=1
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=false
 num.partitions=6
+# Largest message, as the ingress creates its topics ([kafka] max_message_bytes, 8 MiB: a
+# 4 MiB request body with its envelope and audit copy). Topics made by other tools get it too.
+message.max.bytes=8388608
 
 # After a SIGKILL the restarted broker waits until the old incarnation's session expires
 # (default 9 s); a shorter session makes crash-restart tests quicker (~12 s -> ~6 s).

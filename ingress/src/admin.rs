@@ -36,7 +36,7 @@ pub fn routes() -> Router<Arc<AppState>> {
 
 /// The admin key is `Authorization: Bearer <admin key>`; compared by digest, in constant
 /// time.
-fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let stored = app
         .config
         .admin

@@ -44,8 +44,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(models))
         .merge(crate::batch::routes())
         .route("/v1/budgets", get(crate::budget::admit::budgets))
-        .route("/healthz", get(|| async { "ok" }))
         .merge(crate::admin::routes())
+        // Key first, then the body (bounded in time and size): only for matched routes, so
+        // an unknown URL is still a 404.
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            crate::listener::intake,
+        ))
+        .route("/healthz", get(|| async { "ok" }))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
@@ -87,6 +93,7 @@ struct SluiceOptions {
     webhook_url: Option<String>,
 }
 
+#[derive(Clone, Copy)]
 enum Mode {
     Sync,
     Async,
@@ -158,7 +165,7 @@ pub(crate) async fn sync_call(
     }
     let span = tracing::info_span!("chat_completions", team = %caller.team, request_id = tracing::field::Empty);
     async move {
-        let accepted = match validate(&app, &caller, &headers, body, Mode::Sync, dialect) {
+        let accepted = match checked(&app, &caller, &headers, body, Mode::Sync, dialect).await {
             Ok(a) => a,
             Err(e) => return app.reject(&caller, e, dialect),
         };
@@ -224,7 +231,8 @@ async fn submit(
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
-    let accepted = match validate(&app, &caller, &headers, body, Mode::Async, Dialect::OpenAi) {
+    let accepted = match checked(&app, &caller, &headers, body, Mode::Async, Dialect::OpenAi).await
+    {
         Ok(a) => a,
         Err(e) => return app.reject(&caller, e, Dialect::OpenAi),
     };
@@ -282,7 +290,12 @@ async fn request_status(
         .await
         .map_err(ApiError::StoreUnavailable)?
     {
-        let body: Value = serde_json::from_str(&stored.body).unwrap_or(Value::Null);
+        let parse = || serde_json::from_str(&stored.body).unwrap_or(Value::Null);
+        let body: Value = if stored.body.len() < crate::cpu::HEAVY_BYTES {
+            parse()
+        } else {
+            crate::cpu::in_place(parse)
+        };
         let policy = app.guard.policy(&caller.team);
         let mut status = stored.status.clone();
         let mut http_status = stored.http_status;
@@ -414,6 +427,28 @@ pub(crate) fn result_response(result: &ResultRecord) -> Response {
     response
 }
 
+/// [`validate`], on the blocking pool for a large body (JSON parsing, guard scans and token
+/// counting of megabytes would stall the runtime: docs/security.md).
+async fn checked(
+    app: &Arc<AppState>,
+    caller: &Caller,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    mode: Mode,
+    dialect: Dialect,
+) -> Result<Accepted, ApiError> {
+    if body
+        .as_ref()
+        .map_or(true, |b| b.len() < crate::cpu::HEAVY_BYTES)
+    {
+        return validate(app, caller, headers, body, mode, dialect);
+    }
+    let (app, caller, headers) = (Arc::clone(app), caller.clone(), headers.clone());
+    crate::cpu::offload(move || validate(&app, &caller, &headers, body, mode, dialect))
+        .await
+        .map_err(ApiError::Internal)?
+}
+
 fn validate(
     app: &AppState,
     caller: &Caller,
@@ -543,6 +578,15 @@ fn validate(
     // workers throttle by.
     let max_tokens = Some(completion_tokens.min(i32::MAX as u64) as i32);
     let body = serde_json::to_string(&request).map_err(ApiError::InvalidJson)?;
+    // The body alone already too large for Kafka: refused before any budget or moderation
+    // (the encoded record is checked exactly when it is published).
+    let limit = app.config.kafka.max_message_bytes;
+    if !sluice_schemas::topics::fits(limit, caller.team.len(), body.len()) {
+        return Err(ApiError::MessageTooLarge {
+            size: body.len(),
+            limit,
+        });
+    }
     let topic = if app.team_topics.contains(&caller.team) {
         Topic::TeamRequests(priority, caller.team.clone())
     } else {
@@ -586,6 +630,13 @@ impl AppState {
     async fn publish(&self, accepted: &Accepted) -> Result<(), ApiError> {
         let r = &accepted.record;
         let payload = encode(r).map_err(ApiError::Encode)?;
+        let limit = self.config.kafka.max_message_bytes;
+        if !sluice_schemas::topics::fits(limit, r.team.len(), payload.len()) {
+            return Err(ApiError::MessageTooLarge {
+                size: payload.len(),
+                limit,
+            });
+        }
         let mut audit = audit_event(r, AuditAction::Accepted, 200, None);
         accepted.prompt_audit.fill(&mut audit);
         // Budgets: hold the worst-case cost; other replicas learn it from the audit event.
@@ -598,6 +649,12 @@ impl AppState {
         );
         if let Err(error) = sent {
             self.budgets.release(&r.request_id);
+            if crate::kafka::too_large(&error) {
+                // The topic's own limit is smaller than ours: final, not a 503 to retry.
+                return Err(ApiError::TopicRefusedSize {
+                    size: payload.len(),
+                });
+            }
             return Err(ApiError::QueueUnavailable(error));
         }
         if let Err(error) = audited {
@@ -615,7 +672,26 @@ impl AppState {
             }
         };
         let topic = self.topics.name(&Topic::Audit);
-        send(&self.producer, &topic, &audit.team, &payload, None).await
+        let limit = self.config.kafka.max_message_bytes;
+        let sent = if sluice_schemas::topics::fits(limit, audit.team.len(), payload.len()) {
+            send(&self.producer, &topic, &audit.team, &payload, None).await
+        } else {
+            Err(rdkafka::error::KafkaError::MessageProduction(
+                rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge,
+            ))
+        };
+        match sent {
+            Err(error) if crate::kafka::too_large(&error) && audit.prompt_text.is_some() => {
+                // The event is kept, with the prompt's hash instead of its text.
+                tracing::warn!(request_id = %audit.request_id, "audit event too large for Kafka: prompt text left out, its hash kept");
+                let mut smaller = audit.clone();
+                smaller.prompt_text = None;
+                smaller.completion_text = None;
+                let payload = encode(&smaller).unwrap_or_default();
+                send(&self.producer, &topic, &audit.team, &payload, None).await
+            }
+            other => other,
+        }
     }
 
     /// Answers a rejected request and records the rejection for audit (in the background).

@@ -64,6 +64,9 @@ pub struct Config {
     /// Bounds on what one request may make a provider bill (`n`, docs/budgets.md).
     #[serde(default)]
     pub billing: crate::billing::BillingConfig,
+    /// Connection cap and read timeouts of the HTTP listener (docs/security.md).
+    #[serde(default)]
+    pub listener: crate::listener::ListenerConfig,
 }
 
 /// How long the ingress keeps what callers upload. Completions are kept by the analytics
@@ -85,7 +88,8 @@ impl Default for RetentionConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub listen: String,
-    /// Largest accepted request body.
+    /// Largest accepted request body (413 beyond, before it is all read). Requests also
+    /// have to fit `[kafka] max_message_bytes` once encoded.
     pub max_body_bytes: usize,
     /// How long a sync caller waits for its result before a 504 (the request still runs).
     #[serde(with = "millis")]
@@ -137,6 +141,13 @@ pub struct KafkaConfig {
     pub create_topics: bool,
     /// librdkafka settings passed through (applied before the ones correctness depends on).
     pub options: BTreeMap<String, String>,
+    /// Largest message produced: the topics' `max.message.bytes` when the ingress creates
+    /// them and the producer's `message.max.bytes`. A request (or batch line) whose encoded
+    /// record is larger gets 413 `request_too_large` up front; so does one the broker refuses
+    /// as too large (a topic created before with a smaller limit). Keep it above
+    /// `[server] max_body_bytes` plus the envelope and the audit copy of the prompt
+    /// (8 MiB for the default 4 MiB body); the workers' `[kafka] max_message_bytes` matches.
+    pub max_message_bytes: usize,
 }
 
 impl Default for KafkaConfig {
@@ -147,6 +158,7 @@ impl Default for KafkaConfig {
             produce_timeout_ms: Duration::from_secs(5),
             create_topics: true,
             options: BTreeMap::new(),
+            max_message_bytes: sluice_schemas::topics::MAX_MESSAGE_BYTES,
         }
     }
 }
@@ -394,12 +406,20 @@ impl Config {
                 problem: "must be at least 1",
             });
         }
+        if self.kafka.max_message_bytes < 64 * 1024 || self.kafka.max_message_bytes > 1_000_000_000
+        {
+            return Err(ConfigError::Field {
+                field: "kafka.max_message_bytes".into(),
+                problem: "must be between 64 KiB and 1000000000 (librdkafka's maximum)",
+            });
+        }
         if self.server.max_header_count == 0 || self.server.max_header_bytes == 0 {
             return Err(ConfigError::Field {
                 field: "server.max_header_count/max_header_bytes".into(),
                 problem: "must be more than 0",
             });
         }
+        self.listener.validate()?;
         crate::guard::Guard::from_config(&self.guard)?;
         crate::budget::validate(self)?;
         self.audit.validate()?;
@@ -416,8 +436,9 @@ impl Config {
 /// Durations in config are plain milliseconds (`*_ms` keys).
 /// The sections env vars may override. Other `SLUICE_*` variables (another service's, or
 /// the scripts' `SLUICE_STATE`) are not ours and must not trip `deny_unknown_fields`.
-const ENV_SECTIONS: [&str; 9] = [
+const ENV_SECTIONS: [&str; 10] = [
     "server",
+    "listener",
     "webhooks",
     "kafka",
     "clickhouse",
@@ -452,6 +473,24 @@ pub(crate) mod millis {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shipped_config_loads_with_listener_limits_and_a_body_that_fits_kafka() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/ingress.toml");
+        let config = Config::load(Some(&path)).unwrap();
+        assert_eq!(config.listener.max_connections, 4096);
+        assert_eq!(
+            config.listener.header_read_timeout_ms,
+            Duration::from_secs(10)
+        );
+        assert!(sluice_schemas::topics::fits(
+            config.kafka.max_message_bytes,
+            64,
+            // The body and the audit event's copy of it travel in separate messages; the
+            // envelope is small next to either.
+            config.server.max_body_bytes + 64 * 1024
+        ));
+    }
 
     #[test]
     fn admin_key_digest_from_file_or_env() {

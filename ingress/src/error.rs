@@ -83,6 +83,12 @@ pub enum ApiError {
     NotJson,
     #[error("Request body is larger than the limit of {limit} bytes")]
     BodyTooLarge { limit: usize },
+    /// Larger than what Kafka accepts: final, never retried (docs/security.md).
+    #[error("The request is {size} bytes once encoded for the queue, more than the {limit} bytes it accepts; nothing was accepted, shorten the request")]
+    MessageTooLarge { size: usize, limit: usize },
+    /// The broker refused it as too large (its topic's `max.message.bytes` is smaller).
+    #[error("The request is {size} bytes once encoded for the queue, more than its topic accepts; nothing was accepted, shorten the request")]
+    TopicRefusedSize { size: usize },
     #[error("'messages' must contain at least one message")]
     EmptyMessages,
     #[error("'model' must not be empty")]
@@ -114,8 +120,12 @@ pub enum ApiError {
     SyncTimeout(u128, String),
     #[error("Internal error encoding the request")]
     Encode(#[source] CodecError),
+    #[error("Internal error while checking the request")]
+    Internal(#[source] tokio::task::JoinError),
     #[error("Internal error: the ingress is shutting down")]
     ShuttingDown,
+    #[error("The request body was not received within {ms} ms")]
+    BodyTimeout { ms: u128 },
     #[error("Request headers exceed the limit of {count} headers or {bytes} bytes")]
     HeadersTooLarge { count: usize, bytes: usize },
     #[error("The request was blocked by guardrail rule `{rule}`")]
@@ -253,7 +263,7 @@ impl ApiError {
                 Some("invalid_json"),
                 None,
             ),
-            BodyTooLarge { .. } => (
+            BodyTooLarge { .. } | MessageTooLarge { .. } | TopicRefusedSize { .. } => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "invalid_request_error",
                 Some("request_too_large"),
@@ -331,10 +341,16 @@ impl ApiError {
                 Some("result_timeout"),
                 None,
             ),
-            Encode(_) => (
+            Encode(_) | Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",
                 None,
+                None,
+            ),
+            BodyTimeout { .. } => (
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request_error",
+                Some("request_timeout"),
                 None,
             ),
             HeadersTooLarge { .. } => (
@@ -455,9 +471,12 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
-        if let ApiError::BudgetExceeded(_) = &self {
-            // Retrying cannot help before the period resets; the OpenAI and Anthropic SDKs
-            // honour this header and do not retry.
+        if let ApiError::BudgetExceeded(_)
+        | ApiError::MessageTooLarge { .. }
+        | ApiError::TopicRefusedSize { .. } = &self
+        {
+            // Retrying cannot help (before the period resets, or ever for a too-large
+            // request); the OpenAI and Anthropic SDKs honour this header and do not retry.
             response
                 .headers_mut()
                 .insert("x-should-retry", HeaderValue::from_static("false"));

@@ -69,11 +69,20 @@ pub fn producer(kafka: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
     for (k, v) in &kafka.options {
         cc.set(k, v);
     }
-    cc.set("acks", "all").set("enable.idempotence", "true").set(
-        "message.timeout.ms",
-        kafka.produce_timeout_ms.as_millis().to_string(),
-    );
+    cc.set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set(
+            "message.timeout.ms",
+            kafka.produce_timeout_ms.as_millis().to_string(),
+        )
+        .set("message.max.bytes", kafka.max_message_bytes.to_string());
     cc.create()
+}
+
+/// Kafka refused the message as too large (librdkafka before sending, or the broker for a
+/// topic with a smaller `max.message.bytes`): final, sending it again cannot succeed.
+pub fn too_large(error: &KafkaError) -> bool {
+    error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge)
 }
 
 /// Produces one message and waits for its acknowledgement.
@@ -103,13 +112,15 @@ pub async fn ensure_topics(
     wanted: &[Topic],
 ) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> = client_config(kafka).create()?;
+    let max_message_bytes = kafka.max_message_bytes.to_string();
     let names: Vec<String> = wanted.iter().map(|t| topics.name(t)).collect();
     let new_topics: Vec<NewTopic<'_>> = wanted
         .iter()
         .zip(&names)
         .map(|(topic, name)| {
             topic.config().iter().fold(
-                NewTopic::new(name, topic.partitions(), TopicReplication::Fixed(-1)),
+                NewTopic::new(name, topic.partitions(), TopicReplication::Fixed(-1))
+                    .set("max.message.bytes", &max_message_bytes),
                 |t, (k, v)| t.set(k, v),
             )
         })

@@ -11,11 +11,13 @@ pub mod batch;
 pub mod billing;
 pub mod budget;
 pub mod config;
+pub mod cpu;
 pub mod demo;
 pub mod error;
 pub mod guard;
 pub mod kafka;
 pub mod key_sync;
+pub mod listener;
 pub mod lookup;
 pub mod public_url;
 pub mod replies;
@@ -116,15 +118,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Ingres
     }
     state.batches.set_shutdown(shutdown.clone());
     batch::driver::resume_all(Arc::clone(&state));
+    let limits = state.config.listener.clone();
     let app = api::router(state);
-    tracing::info!(%addr, "ingress listening");
-    let task = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
-        if let Err(error) = served {
-            tracing::error!(%error, "ingress server stopped");
-        }
-    });
+    tracing::info!(%addr, max_connections = limits.max_connections, "ingress listening");
+    let task = tokio::spawn(listener::serve(listener, app, limits, shutdown));
     Ok(Ingress { addr, task })
 }

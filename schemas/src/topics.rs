@@ -2,6 +2,25 @@
 
 use crate::records::Priority;
 
+/// Largest Kafka message Sluice produces (topic `max.message.bytes` at creation, producers'
+/// `message.max.bytes`). Kafka's own default is ~1 MiB (broker `message.max.bytes` 1048588);
+/// Sluice's topics are created with this instead so a request of `[server] max_body_bytes`
+/// (4 MiB) fits with its Avro envelope and a copy of its prompt in the audit event. Topics
+/// that already exist keep their setting: a message they refuse (`MessageSizeTooLarge`) is
+/// final, never retried (a 413, a batch line's `request_too_large`, a `failed` result).
+pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+
+/// What Kafka adds to a record's key and value in a record batch (batch header 61 bytes,
+/// record framing, varints), rounded up generously.
+pub const RECORD_OVERHEAD_BYTES: usize = 1024;
+
+/// Whether a record with this key and value fits a `limit` of `message.max.bytes`.
+pub fn fits(limit: usize, key: usize, value: usize) -> bool {
+    key.saturating_add(value)
+        .saturating_add(RECORD_OVERHEAD_BYTES)
+        <= limit
+}
+
 /// A logical topic. Its name gets the deployment's prefix (so tests can run side by side).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Topic {
@@ -185,6 +204,13 @@ mod tests {
             Topics::new("a.b-c").requests_pattern(Priority::Batch),
             "^a\\.b\\-c\\.requests\\.batch(\\.team\\..+)?$"
         );
+    }
+
+    #[test]
+    fn record_fits_only_with_its_overhead() {
+        assert!(fits(MAX_MESSAGE_BYTES, 10, 4 * 1024 * 1024));
+        assert!(!fits(1000, 0, 1000));
+        assert!(!fits(MAX_MESSAGE_BYTES, usize::MAX, 1));
     }
 
     #[test]

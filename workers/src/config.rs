@@ -60,6 +60,11 @@ pub struct KafkaConfig {
     pub group_id: String,
     /// librdkafka settings passed through (applied before the ones correctness depends on).
     pub options: BTreeMap<String, String>,
+    /// Largest message produced (the producer's `message.max.bytes`; the ingress creates the
+    /// topics with the same `max.message.bytes`). A result too large for it, or refused by
+    /// the broker as too large, is published as a small `failed` result
+    /// (`result_too_large`) instead of being retried forever.
+    pub max_message_bytes: usize,
 }
 
 impl Default for KafkaConfig {
@@ -69,6 +74,7 @@ impl Default for KafkaConfig {
             topic_prefix: "sluice".into(),
             group_id: "sluice-workers".into(),
             options: BTreeMap::new(),
+            max_message_bytes: sluice_schemas::topics::MAX_MESSAGE_BYTES,
         }
     }
 }
@@ -339,6 +345,21 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn shipped_configs_load_with_the_kafka_message_limit() {
+        for file in ["worker.toml", "worker.compose.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../config")
+                .join(file);
+            let config = Config::load(Some(&path)).unwrap();
+            assert_eq!(
+                config.kafka.max_message_bytes,
+                sluice_schemas::topics::MAX_MESSAGE_BYTES,
+                "{file}"
+            );
+        }
+    }
 
     fn parse(toml: &str) -> Result<Config, ConfigError> {
         let dir = std::env::temp_dir().join(format!(

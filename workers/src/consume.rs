@@ -418,7 +418,7 @@ async fn dead_letter(
         .key()
         .map(String::from_utf8_lossy)
         .unwrap_or_default();
-    let payload = message.payload().unwrap_or_default();
+    let mut payload = message.payload().unwrap_or_default();
     loop {
         let sent = send(
             &processor.producer,
@@ -433,6 +433,15 @@ async fn dead_letter(
         .await;
         match sent {
             Ok(()) => return true,
+            Err(error) if crate::publish::too_large(&error) && !payload.is_empty() => {
+                // Final for this payload: the dead letter keeps its headers (where the
+                // message is: topic, partition, offset, reason) without the bytes.
+                tracing::warn!(
+                    size = payload.len(),
+                    "dead letter too large for its topic; sent without its payload"
+                );
+                payload = &[];
+            }
             Err(error) => {
                 tracing::warn!(%error, "dead-letter produce failed; retrying");
                 tokio::select! {

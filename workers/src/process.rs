@@ -38,6 +38,8 @@ pub struct Processor {
     pub default_completion_tokens: u32,
     /// Finds requests that already have a result (crate::redelivery); None: off.
     pub lookup: Option<crate::redelivery::Lookup>,
+    /// `[kafka] max_message_bytes`: larger results are published as `result_too_large`.
+    pub max_message_bytes: usize,
 }
 
 /// The deployments to try for a request (indices into the catalogue), in order.
@@ -80,6 +82,7 @@ impl Processor {
             prices: PriceTable::new(&config.prices),
             default_completion_tokens: config.scheduling.default_completion_tokens,
             lookup: crate::redelivery::Lookup::new(&config.redelivery, http.clone()),
+            max_message_bytes: config.kafka.max_message_bytes,
             cancellations,
             shutdown,
         }
@@ -333,7 +336,7 @@ impl Processor {
         let cost_nanos = cost(&outcome.served_model)
             .or_else(|| cost(&request.model))
             .unwrap_or(0);
-        let result = ResultRecord {
+        let mut result = ResultRecord {
             request_id: request.request_id.clone(),
             team: request.team.clone(),
             key_id: request.key_id.clone(),
@@ -355,7 +358,7 @@ impl Processor {
             finished_at_ms,
             worker: self.worker_id.clone(),
         };
-        let usage = Usage {
+        let mut usage = Usage {
             request_id: request.request_id.clone(),
             team: request.team.clone(),
             key_id: request.key_id.clone(),
@@ -380,7 +383,7 @@ impl Processor {
                 .unwrap_or_default(),
             Status::Failed | Status::Expired => (None, None),
         };
-        let audit = Audit {
+        let mut audit = Audit {
             event_id: format!("{}-{}", request.request_id, outcome.status.as_str()),
             request_id: request.request_id.clone(),
             team: request.team.clone(),
@@ -400,15 +403,33 @@ impl Processor {
             completion_text,
             ..Audit::default()
         };
-        let (result_bytes, usage_bytes, audit_bytes) =
-            match (encode(&result), encode(&usage), encode(&audit)) {
-                (Ok(r), Ok(u), Ok(a)) => (r, u, a),
-                _ => {
-                    // Only a schema defect gets here; nothing sensible can be published.
-                    tracing::error!("result events could not be encoded");
-                    return true;
-                }
-            };
+        let Some(mut encoded) = encode_events(&result, &usage, &audit) else {
+            // Only a schema defect gets here; nothing sensible can be published.
+            tracing::error!("result events could not be encoded");
+            return true;
+        };
+        // A result Kafka cannot take (an enormous completion) becomes a small failure now
+        // rather than a publish retried forever.
+        let key = request.request_id.len();
+        let fits = |e: &Encoded| {
+            [&e.result, &e.usage, &e.audit]
+                .iter()
+                .all(|p| sluice_schemas::topics::fits(self.max_message_bytes, key, p.len()))
+        };
+        let mut shrunk = false;
+        if !fits(&encoded) {
+            let size = encoded.result.len();
+            match self.too_large(&mut result, &mut usage, &mut audit, size, true) {
+                Some(e) => encoded = e,
+                None => return true,
+            }
+            shrunk = true;
+        }
+        let Encoded {
+            result: mut result_bytes,
+            usage: mut usage_bytes,
+            audit: mut audit_bytes,
+        } = encoded;
         let attempts = crate::attempts::encoded(&outcome_attempts);
         let attempts_topic = self.topics.name(&Topic::Attempts);
         let results_topic = self.topics.name(&Topic::Results);
@@ -467,6 +488,18 @@ impl Processor {
             let e: Result<(), _> = e.into_iter().collect();
             match a.and(b).and(c).and(d).and(e) {
                 Ok(()) => return true,
+                Err(error) if crate::publish::too_large(&error) && !shrunk => {
+                    // A topic with a smaller limit than ours refused it: final. Sinks keep
+                    // the failure (deduplicated by request id) whatever was sent before.
+                    tracing::warn!(request_id = %request.request_id, "result refused by Kafka as too large; publishing a failure instead");
+                    let size = result_bytes.len();
+                    let Some(e) = self.too_large(&mut result, &mut usage, &mut audit, size, false)
+                    else {
+                        return true;
+                    };
+                    (result_bytes, usage_bytes, audit_bytes) = (e.result, e.usage, e.audit);
+                    shrunk = true;
+                }
                 Err(error) => {
                     // Never mark the request done before its events are durable; resending
                     // is safe because every sink deduplicates by request id.
@@ -479,6 +512,60 @@ impl Processor {
                 }
             }
         }
+    }
+}
+
+/// The three events of a finished request, encoded.
+struct Encoded {
+    result: Vec<u8>,
+    usage: Vec<u8>,
+    audit: Vec<u8>,
+}
+
+fn encode_events(result: &ResultRecord, usage: &Usage, audit: &Audit) -> Option<Encoded> {
+    Some(Encoded {
+        result: encode(result).ok()?,
+        usage: encode(usage).ok()?,
+        audit: encode(audit).ok()?,
+    })
+}
+
+impl Processor {
+    /// Turns a result too large for Kafka into a small `failed` one (`result_too_large`,
+    /// 502): the caller learns why, nothing is retried. Usage keeps the tokens (the provider
+    /// billed them); the audit event keeps the completion's hash, not its text.
+    fn too_large(
+        &self,
+        result: &mut ResultRecord,
+        usage: &mut Usage,
+        audit: &mut Audit,
+        size: usize,
+        over_our_limit: bool,
+    ) -> Option<Encoded> {
+        tracing::warn!(request_id = %result.request_id, size, over_our_limit, "result too large for Kafka; published as failed");
+        let limit = if over_our_limit {
+            format!(" ({} bytes)", self.max_message_bytes)
+        } else {
+            String::new()
+        };
+        result.status = Status::Failed;
+        result.http_status = 502;
+        result.error_kind = Some("result_too_large".into());
+        result.body = ErrorBody::new(
+            "server_error",
+            Some("result_too_large"),
+            format!(
+                "The provider's answer is {size} bytes, more than the queue accepts{limit}; it was not kept. Ask for a shorter completion (max_tokens)."
+            ),
+        )
+        .to_json();
+        usage.status = Status::Failed;
+        audit.action = AuditAction::Failed;
+        audit.event_id = format!("{}-{}", result.request_id, Status::Failed.as_str());
+        audit.http_status = 502;
+        audit.reason = result.error_kind.clone();
+        audit.completion_text = None;
+        encode_events(result, usage, audit)
     }
 }
 

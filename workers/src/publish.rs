@@ -28,8 +28,15 @@ pub fn producer(kafka: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
     }
     cc.set("acks", "all")
         .set("enable.idempotence", "true")
-        .set("message.timeout.ms", "30000");
+        .set("message.timeout.ms", "30000")
+        .set("message.max.bytes", kafka.max_message_bytes.to_string());
     cc.create()
+}
+
+/// Kafka refused the message as too large (librdkafka before sending, or the broker for a
+/// topic with a smaller `max.message.bytes`): final, sending it again cannot succeed.
+pub fn too_large(error: &KafkaError) -> bool {
+    error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge)
 }
 
 /// One message to produce.

@@ -401,7 +401,9 @@ async fn drive(app: &AppState, row: &mut BatchRow) -> Result<(), BatchError> {
                         records.push(record);
                         lines.push(None);
                     } else {
-                        let (record, line) = examine(app, &caller, row, record, body);
+                        // Parsing, guard scans and token counting of a line: off the async threads.
+                        let (record, line) =
+                            crate::cpu::in_place(|| examine(app, &caller, row, record, body));
                         republished += u64::from(line.is_some());
                         records.push(record);
                         lines.push(line);

@@ -150,7 +150,11 @@ async fn store_lines(
         for line in lines {
             let line = String::from_utf8(line)
                 .map_err(|_| BatchError::NotJsonl(format!("line {} is not UTF-8", line_no + 1)))?;
-            if line_no == 0 && !serde_json::from_str::<Value>(&line).is_ok_and(|v| v.is_object()) {
+            if line_no == 0
+                && !crate::cpu::in_place(|| {
+                    serde_json::from_str::<Value>(&line).is_ok_and(|v| v.is_object())
+                })
+            {
                 return Err(BatchError::NotJsonl(
                     "the first line is not a JSON object; expected one JSON request per line"
                         .into(),

@@ -447,7 +447,7 @@ impl BatchStore {
         self.client
             .query(&sql)
             .bind(file_id)
-            .with_option("allow_ddl", "1")
+            .with_setting("allow_ddl", "1")
             .execute()
             .await
     }

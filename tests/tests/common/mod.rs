@@ -95,6 +95,11 @@ pub struct StackOptions {
     /// users are bound to fixed databases: the stack uses [`PROCESS_USERS_DATABASE`], so only
     /// one such stack may run at a time.
     pub process_users: bool,
+    /// The ingress's `[kafka] max_message_bytes` (its topics are created with it; the
+    /// workers keep the default, so they meet the broker's refusal).
+    pub topic_max_message_bytes: Option<usize>,
+    /// Changes to the ingress's config before it starts.
+    pub ingress_config: Option<fn(&mut sluice_ingress::Config)>,
 }
 
 /// The database of a `process_users` stack (one of services.sh's CH_DATABASES).
@@ -130,6 +135,8 @@ impl Default for StackOptions {
             batch_toml: String::new(),
             alert_webhooks: Vec::new(),
             process_users: false,
+            topic_max_message_bytes: None,
+            ingress_config: None,
         }
     }
 }
@@ -232,6 +239,7 @@ impl Stack {
             retention: Default::default(),
             batch: toml_section(&options.batch_toml, "batch"),
             billing: toml_section(&options.budget_toml, "billing"),
+            listener: Default::default(),
         };
         ingress.server.listen = "127.0.0.1:0".into();
         ingress.server.sync_timeout_ms = Duration::from_secs(30);
@@ -245,6 +253,12 @@ impl Stack {
         } else {
             (clickhouse_user(), clickhouse_password())
         };
+        if let Some(limit) = options.topic_max_message_bytes {
+            ingress.kafka.max_message_bytes = limit;
+        }
+        if let Some(change) = options.ingress_config {
+            change(&mut ingress);
+        }
         let ingress_config = ingress.clone();
         let running = sluice_ingress::start(ingress, shutdown.clone())
             .await

@@ -8,9 +8,11 @@ mod batch_limits;
 mod budgets;
 #[path = "../common/mod.rs"]
 mod common;
+mod connections;
 mod governance;
 mod guardrails;
 mod keys;
+mod limits;
 mod money;
 mod privileges;
 mod providers;

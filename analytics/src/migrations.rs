@@ -223,19 +223,23 @@ pub fn split_statements(sql: &str) -> Vec<String> {
     parse_statements(sql).into_iter().map(|s| s.sql).collect()
 }
 
-/// `(table, column)` of an `ALTER TABLE {db}.table ADD COLUMN column ...` statement.
-pub fn added_column<'a>(statement: &'a str, db: &str) -> Option<(&'a str, &'a str)> {
+/// `(database, table, column)` of an `ALTER TABLE {db}.table ADD COLUMN column ...` (or
+/// `{private}.table`) statement.
+pub fn added_column<'a>(statement: &'a str, db: &str) -> Option<(&'a str, &'a str, &'a str)> {
     let mut words = statement.split_whitespace();
     let [alter, table_word, qualified, add, column_word, column] =
         std::array::from_fn(|_| words.next().unwrap_or(""));
-    let table = qualified.strip_prefix(db)?.strip_prefix('.')?;
+    let (database, table) = qualified.split_once('.')?;
+    if database != db && database != sluice_schemas::tables::private_database(db) {
+        return None;
+    }
     (alter.eq_ignore_ascii_case("ALTER")
         && table_word.eq_ignore_ascii_case("TABLE")
         && add.eq_ignore_ascii_case("ADD")
         && column_word.eq_ignore_ascii_case("COLUMN")
         && !column.is_empty()
         && !column.eq_ignore_ascii_case("IF"))
-    .then_some((table, column))
+    .then_some((database, table, column))
 }
 
 /// Creates `db` if needed and applies every migration not yet recorded there, in order.
@@ -278,13 +282,13 @@ pub async fn apply_migrations(client: &Client, db: &str) -> Result<Vec<u32>, Err
                 }
             }
             let statement = &statement.sql;
-            if let Some((table, column)) = added_column(statement, db) {
+            if let Some((database, table, column)) = added_column(statement, db) {
                 let present: u64 = admin
                     .query(
                         "SELECT count() FROM system.columns \
                          WHERE database = ? AND table = ? AND name = ?",
                     )
-                    .bind(db)
+                    .bind(database)
                     .bind(table)
                     .bind(column)
                     .fetch_one()
@@ -446,11 +450,15 @@ mod tests {
                 "ALTER TABLE s.audit ADD COLUMN policy String DEFAULT ''",
                 "s"
             ),
-            Some(("audit", "policy"))
+            Some(("s", "audit", "policy"))
         );
         assert_eq!(
             added_column("alter table s.audit\n    add column x UInt8", "s"),
-            Some(("audit", "x"))
+            Some(("s", "audit", "x"))
+        );
+        assert_eq!(
+            added_column("ALTER TABLE s_private.batches ADD COLUMN n UInt32", "s"),
+            Some(("s_private", "batches", "n"))
         );
         assert_eq!(
             added_column("ALTER TABLE t.audit ADD COLUMN x UInt8", "s"),

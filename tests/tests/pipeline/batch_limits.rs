@@ -155,7 +155,7 @@ async fn stage_batch(stack: &Stack, batch_id: &str, file_id: &str, total: u64, a
     let now = sluice_schemas::now_ms();
     stack
         .ch(&format!(
-            "INSERT INTO {{db}}.batches VALUES ('{batch_id}', 'team-a', 'key_a', 'openai', \
+            "INSERT INTO {{db}}_private.batches VALUES ('{batch_id}', 'team-a', 'key_a', 'openai', \
              '/v1/chat/completions', '{file_id}', '24h', 'in_progress', {total}, 0, {now}, {exp}, 0, \
              '{{}}', '', '', 1, {attempts})",
             exp = now + 86_400_000,
@@ -249,7 +249,7 @@ async fn an_inline_batch_of_deep_nesting_is_refused_at_once_and_memory_stays_bou
     );
     // Nothing of the refused bodies was kept as a batch.
     let batches = stack
-        .ch("SELECT count() FROM {db}.batches FORMAT TSV")
+        .ch("SELECT count() FROM {db}_private.batches FORMAT TSV")
         .await;
     assert_eq!(batches.trim(), "0");
     // A normal inline batch still works.
@@ -410,8 +410,8 @@ async fn file_quotas_hold_and_only_the_owner_deletes_a_file() {
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["code"], "storage_quota_exceeded", "{body}");
     // The refused upload left no lines behind; team B has its own quota.
-    let orphans = "SELECT count() FROM {db}.batch_file_lines \
-                   WHERE file_id NOT IN (SELECT file_id FROM {db}.batch_files)";
+    let orphans = "SELECT count() FROM {db}_private.batch_file_lines \
+                   WHERE file_id NOT IN (SELECT file_id FROM {db}_private.batch_files)";
     assert_eq!(wait_zero(&stack, orphans).await, 0);
     let (status, body) = upload(&stack, KEY_B, "batch", &content).await;
     assert_eq!(status, 200, "{body}");
@@ -443,7 +443,7 @@ async fn file_quotas_hold_and_only_the_owner_deletes_a_file() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "file_in_use", "{body}");
     stack
-        .ch("INSERT INTO {db}.batches (batch_id, team, status, input_file_id, published_at_ms, version) \
+        .ch("INSERT INTO {db}_private.batches (batch_id, team, status, input_file_id, published_at_ms, version) \
              VALUES ('batch_inuse', 'team-a', 'in_progress', 'x', 1, 2)")
         .await;
 
@@ -463,7 +463,8 @@ async fn file_quotas_hold_and_only_the_owner_deletes_a_file() {
     assert_eq!(status, 404);
     let (status, body) = create_from(&stack, KEY_A, &first["id"]).await;
     assert_eq!(status, 404, "{body}");
-    let gone = format!("SELECT count() FROM {{db}}.batch_file_lines WHERE file_id = '{id}'");
+    let gone =
+        format!("SELECT count() FROM {{db}}_private.batch_file_lines WHERE file_id = '{id}'");
     assert_eq!(wait_zero(&stack, &gone).await, 0, "its lines removed");
     // Its bytes no longer count against the quota.
     let (status, body) = upload(&stack, KEY_A, "batch", &content).await;
@@ -474,8 +475,8 @@ async fn file_quotas_hold_and_only_the_owner_deletes_a_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_upload_that_fails_midway_leaves_no_rows() {
     let stack = Stack::start(StackOptions::default()).await;
-    let orphans = "SELECT count() FROM {db}.batch_file_lines \
-                   WHERE file_id NOT IN (SELECT file_id FROM {db}.batch_files)";
+    let orphans = "SELECT count() FROM {db}_private.batch_file_lines \
+                   WHERE file_id NOT IN (SELECT file_id FROM {db}_private.batch_files)";
     let good: Vec<String> = (0..3_000).map(|i| line(&format!("u-{i}"), "hi")).collect();
     let good = good.join("\n");
 
@@ -561,7 +562,7 @@ async fn an_upload_that_fails_midway_leaves_no_rows() {
         "no line of a refused inline batch is left"
     );
     let files = stack
-        .ch("SELECT count() FROM {db}.batch_files FORMAT TSV")
+        .ch("SELECT count() FROM {db}_private.batch_files FORMAT TSV")
         .await;
     assert_eq!(files.trim(), "0");
     stack.stop().await;
@@ -575,7 +576,7 @@ async fn stage_published(stack: &Stack, batch_id: &str, published: u32, recorded
         .collect();
     stack
         .ch(&format!(
-            "INSERT INTO {{db}}.batch_lines VALUES {}",
+            "INSERT INTO {{db}}_private.batch_lines VALUES {}",
             records.join(",")
         ))
         .await;
@@ -585,19 +586,36 @@ async fn stage_published(stack: &Stack, batch_id: &str, published: u32, recorded
                      "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}})
     .to_string();
+    // What the sink writes of a result: its row for analysts, its body in the private
+    // database (where the ingress reads receipts and answers).
     let results: Vec<String> = (0..published)
         .map(|i| {
             format!(
                 "('{batch_id}-{i}', 'team-a', 'key_a', 'batch', '{MODEL}', 'completed', 200, \
-                 '{body}', {now}, {now}, {now})"
+                 {now}, {now}, {now})"
             )
         })
         .collect();
     stack
         .ch(&format!(
             "INSERT INTO {{db}}.results (request_id, team, key_id, priority, model, status, \
-             http_status, body, created_at_ms, started_at_ms, finished_at_ms) VALUES {}",
+             http_status, created_at_ms, started_at_ms, finished_at_ms) VALUES {}",
             results.join(",")
+        ))
+        .await;
+    let bodies: Vec<String> = (0..published)
+        .map(|i| {
+            format!(
+                "('{batch_id}-{i}', 'team-a', 'completed', 200, '{body}', '', '{MODEL}', \
+                 {now}, {now}, toDateTime(intDiv({now}, 1000) + 86400))"
+            )
+        })
+        .collect();
+    stack
+        .ch(&format!(
+            "INSERT INTO {{db}}_private.result_bodies (request_id, team, status, http_status, \
+             body, error_kind, model, created_at_ms, finished_at_ms, expires_at) VALUES {}",
+            bodies.join(",")
         ))
         .await;
     let usage: Vec<String> = (0..published)
@@ -624,6 +642,18 @@ async fn stage_published(stack: &Stack, batch_id: &str, published: u32, recorded
             "INSERT INTO {{db}}.audit (event_id, request_id, team, key_id, action, model, \
              priority, http_status, occurred_at_ms) VALUES {}",
             audit.join(",")
+        ))
+        .await;
+    let accepted: Vec<String> = (0..published)
+        .map(|i| {
+            format!("('{batch_id}-{i}', 'team-a', {now}, toDateTime(intDiv({now}, 1000) + 86400))")
+        })
+        .collect();
+    stack
+        .ch(&format!(
+            "INSERT INTO {{db}}_private.accepted_requests (request_id, team, occurred_at_ms, \
+             expires_at) VALUES {}",
+            accepted.join(",")
         ))
         .await;
 }
@@ -745,7 +775,7 @@ async fn a_duplicate_custom_id_is_caught_exactly_at_line_99_999_of_100_000() {
     assert_eq!(batch["request_counts"]["failed"], total, "{batch}");
     let dups = stack
         .ch(&format!(
-            "SELECT line_no FROM {{db}}.batch_lines FINAL WHERE batch_id = '{id}' \
+            "SELECT line_no FROM {{db}}_private.batch_lines FINAL WHERE batch_id = '{id}' \
              AND error_code = 'duplicate_custom_id' ORDER BY line_no FORMAT TSV"
         ))
         .await;

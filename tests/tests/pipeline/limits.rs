@@ -227,13 +227,10 @@ async fn messages_larger_than_kafka_accepts_are_refused_for_good() {
         ..Behaviour::default()
     });
     let started = std::time::Instant::now();
-    let (status, body) = stack
-        .post(
-            "/v1/chat/completions",
-            KEY_A,
-            chat("abcdefghijklmnopqrstuvwxyz0123456789"),
-        )
-        .await;
+    // A cap of its own: without one the ingress forwards [budget] default_completion_tokens.
+    let mut long = chat("abcdefghijklmnopqrstuvwxyz0123456789");
+    long["max_tokens"] = json!(60_000);
+    let (status, body) = stack.post("/v1/chat/completions", KEY_A, long).await;
     assert_eq!(status, 502, "{body}");
     assert_eq!(body["error"]["code"], "result_too_large", "{body}");
     assert!(

@@ -145,7 +145,14 @@ FROM (SELECT file_id, line_no, line FROM {db}.batch_file_lines) AS l
 ANY LEFT JOIN (SELECT file_id, toDateTime(intDiv(created_at_ms, 1000) + 604800) AS expires_at
     FROM {db}.batch_files) AS f USING file_id;
 -- @if table {db}.batches
-INSERT INTO {private}.batches SELECT * FROM {db}.batches;
+-- Columns named: 0007 adds one to the private table, and a re-run must still fit.
+INSERT INTO {private}.batches (batch_id, team, key_id, dialect, endpoint, input_file_id, completion_window, status,
+    total_lines, lines_done, created_at_ms, expires_at_ms, published_at_ms, metadata, webhook_url,
+    error_message, version)
+SELECT batch_id, team, key_id, dialect, endpoint, input_file_id, completion_window, status,
+    total_lines, lines_done, created_at_ms, expires_at_ms, published_at_ms, metadata, webhook_url,
+    error_message, version
+FROM {db}.batches;
 -- @if table {db}.batch_cancels
 INSERT INTO {private}.batch_cancels SELECT * FROM {db}.batch_cancels;
 -- @if table {db}.batch_lines

@@ -85,34 +85,12 @@ async fn a_2mb_request_is_served_end_to_end_and_a_body_over_the_limit_gets_413()
     stack.stop().await;
 }
 
-/// One OpenAI batch input line.
-pub(crate) fn line(custom_id: &str, text: &str) -> String {
-    json!({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
-           "body": {"model": MODEL, "messages": [{"role": "user", "content": text}]}})
-    .to_string()
-}
+pub(crate) use crate::batch::line;
 
 pub(crate) async fn upload(stack: &Stack, content: &str) -> Value {
-    let boundary = "sluice-limits-boundary-91c3";
-    let body = format!(
-        "--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n\
-         --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"input.jsonl\"\r\n\
-         Content-Type: application/octet-stream\r\n\r\n{content}\r\n--{boundary}--\r\n"
-    );
-    let response = stack
-        .http
-        .post(format!("{}/v1/files", stack.base))
-        .bearer_auth(KEY_A)
-        .header(
-            "content-type",
-            format!("multipart/form-data; boundary={boundary}"),
-        )
-        .body(body)
-        .send()
-        .await
-        .expect("ingress answers");
-    assert_eq!(response.status().as_u16(), 200);
-    response.json().await.expect("file object")
+    let (status, file) = crate::batch::upload(stack, KEY_A, "batch", content).await;
+    assert_eq!(status, 200, "{file}");
+    file
 }
 
 /// A deployment whose Kafka topics have Kafka's default 1 MB limit: the ingress knows it
@@ -193,24 +171,15 @@ async fn messages_larger_than_kafka_accepts_are_refused_for_good() {
         json!({"total": 3, "completed": 2, "failed": 1}),
         "{batch}"
     );
-    let errors = stack
-        .http
-        .get(format!(
-            "{}/v1/files/{}/content",
-            stack.base,
+    let (_, errors) = crate::batch::jsonl(
+        &stack,
+        &format!(
+            "/v1/files/{}/content",
             batch["error_file_id"].as_str().unwrap()
-        ))
-        .bearer_auth(KEY_A)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let errors: Vec<Value> = errors
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+        ),
+        KEY_A,
+    )
+    .await;
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0]["custom_id"], "big");
     assert_eq!(

@@ -85,21 +85,16 @@ async fn async_and_batch_apis_work_as_the_processes_own_clickhouse_users() {
         finished["request_counts"],
         json!({"total": 5, "completed": 5, "failed": 0})
     );
-    let output = stack
-        .http
-        .get(format!(
-            "{}/v1/files/{}/content",
-            stack.base,
+    let (_, output) = crate::batch::jsonl(
+        &stack,
+        &format!(
+            "/v1/files/{}/content",
             finished["output_file_id"].as_str().unwrap()
-        ))
-        .bearer_auth(KEY_A)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(output.lines().count(), 5, "{output}");
+        ),
+        KEY_A,
+    )
+    .await;
+    assert_eq!(output.len(), 5, "{output:?}");
 
     // The analyst database has outcomes, not completions; the bodies are private.
     let analyst_bodies = stack

@@ -2,8 +2,6 @@
 //! scripts/services.sh: its own topic prefix, consumer groups and ClickHouse database, so
 //! tests run side by side.
 
-#![allow(dead_code)]
-
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,6 +10,12 @@ use serde_json::{json, Value};
 use sluice_tests::mock::{Behaviour, MockProvider};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+mod sse;
+mod webhook;
+
+pub use sse::{sse_data, sse_events};
+pub use webhook::{webhook_receiver, Deliveries, Delivery};
 
 pub const KEY_A: &str = "sk-test-team-a";
 pub const KEY_B: &str = "sk-test-team-b";
@@ -404,36 +408,18 @@ output_per_million = {PRICE_OUT}
     }
 
     pub async fn post(&self, path: &str, key: &str, body: Value) -> (u16, Value) {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(key)
-            .json(&body)
-            .send()
-            .await
-            .expect("ingress answers");
-        let status = response.status().as_u16();
-        let text = response.text().await.expect("body");
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        let request = self.http.post(format!("{}{path}", self.base));
+        json_answer(request.bearer_auth(key).json(&body)).await
     }
 
     pub async fn get(&self, path: &str, key: &str) -> (u16, Value) {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(key)
-            .send()
-            .await
-            .expect("ingress answers");
-        let status = response.status().as_u16();
-        let text = response.text().await.expect("body");
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        let request = self.http.get(format!("{}{path}", self.base));
+        json_answer(request.bearer_auth(key)).await
+    }
+
+    pub async fn delete(&self, path: &str, key: &str) -> (u16, Value) {
+        let request = self.http.delete(format!("{}{path}", self.base));
+        json_answer(request.bearer_auth(key)).await
     }
 
     /// Submits async requests and returns their ids.
@@ -553,6 +539,18 @@ fn key(id: &str, team: &str, plaintext: &str) -> sluice_ingress::config::KeyConf
         sha256: sluice_ingress::auth::hex_digest(plaintext),
         requests_per_minute: None,
     }
+}
+
+/// Sends `request` and reads the answer: its status and its body as JSON (a string when
+/// the body is not JSON).
+pub async fn json_answer(request: reqwest::RequestBuilder) -> (u16, Value) {
+    let response = request.send().await.expect("ingress answers");
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 pub fn chat(text: &str) -> Value {

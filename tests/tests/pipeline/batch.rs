@@ -26,24 +26,17 @@ pub(crate) async fn upload(stack: &Stack, key: &str, purpose: &str, content: &st
          --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"input.jsonl\"\r\n\
          Content-Type: application/octet-stream\r\n\r\n{content}\r\n--{boundary}--\r\n"
     );
-    let response = stack
-        .http
-        .post(format!("{}/v1/files", stack.base))
-        .bearer_auth(key)
-        .header(
-            "content-type",
-            format!("multipart/form-data; boundary={boundary}"),
-        )
-        .body(body)
-        .send()
-        .await
-        .expect("ingress answers");
-    let status = response.status().as_u16();
-    let text = response.text().await.expect("body");
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    let request = stack.http.post(format!("{}/v1/files", stack.base));
+    json_answer(
+        request
+            .bearer_auth(key)
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .body(body),
     )
+    .await
 }
 
 async fn create_batch(stack: &Stack, lines: &[String]) -> String {
@@ -62,6 +55,23 @@ async fn create_batch(stack: &Stack, lines: &[String]) -> String {
     batch["id"].as_str().expect("batch id").to_string()
 }
 
+/// A stack whose provider answers after `latency_ms` and whose team A has a monthly budget
+/// of `limit_usd`: a batch driver waits for its reservations to settle, so its lines are
+/// published slowly, whatever the machine.
+pub(crate) async fn paced_stack(latency_ms: u64, limit_usd: f64) -> Stack {
+    Stack::start(StackOptions {
+        behaviour: Behaviour {
+            latency: Latency::Fixed(Duration::from_millis(latency_ms)),
+            ..Behaviour::default()
+        },
+        budget_toml: format!(
+            "[[budgets]]\nscope = \"team\"\nsubject = \"team-a\"\nperiod = \"month\"\nlimit_usd = {limit_usd}\n"
+        ),
+        ..StackOptions::default()
+    })
+    .await
+}
+
 /// Polls the batch until `done` holds for it; returns it.
 pub(crate) async fn wait_batch(stack: &Stack, path: &str, done: impl Fn(&Value) -> bool) -> Value {
     let mut last = Value::Null;
@@ -75,6 +85,33 @@ pub(crate) async fn wait_batch(stack: &Stack, path: &str, done: impl Fn(&Value) 
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     panic!("batch did not reach the expected state: {last}");
+}
+
+/// Polls `/v1/batches/{id}` until its status is `status`; returns it.
+pub(crate) async fn batch_reaching(stack: &Stack, id: &str, status: &str) -> Value {
+    wait_batch(stack, &format!("/v1/batches/{id}"), |b| {
+        b["status"] == status
+    })
+    .await
+}
+
+/// Polls the Message Batch `id` until its processing has ended; returns it.
+pub(crate) async fn message_batch_ended(stack: &Stack, id: &str) -> Value {
+    wait_batch(stack, &format!("/v1/messages/batches/{id}"), |b| {
+        b["processing_status"] == "ended"
+    })
+    .await
+}
+
+/// The lines of batch `id`'s `output` or `errors` file, read as team A.
+pub(crate) async fn batch_file(stack: &Stack, id: &str, which: &str) -> Vec<Value> {
+    let (_, lines) = jsonl(
+        stack,
+        &format!("/v1/files/file-{id}-{which}/content"),
+        KEY_A,
+    )
+    .await;
+    lines
 }
 
 pub(crate) async fn jsonl(stack: &Stack, path: &str, key: &str) -> (u16, Vec<Value>) {
@@ -122,10 +159,7 @@ async fn a_batch_completes_every_line_once_and_bad_lines_go_to_the_error_file() 
                       "body": {"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}}).to_string());
     let id = create_batch(&stack, &lines).await;
 
-    let batch = wait_batch(&stack, &format!("/v1/batches/{id}"), |b| {
-        b["status"] == "completed"
-    })
-    .await;
+    let batch = batch_reaching(&stack, &id, "completed").await;
     assert_eq!(
         batch["request_counts"],
         json!({"total": 45, "completed": 40, "failed": 5}),
@@ -289,10 +323,7 @@ async fn bad_batch_input_gets_clear_errors_and_other_teams_see_nothing() {
     assert_eq!(s, 401);
 
     // A finished batch cannot be cancelled.
-    wait_batch(&stack, &format!("/v1/batches/{id}"), |b| {
-        b["status"] == "completed"
-    })
-    .await;
+    batch_reaching(&stack, &id, "completed").await;
     let (s, b) = stack
         .post(&format!("/v1/batches/{id}/cancel"), KEY_A, json!({}))
         .await;
@@ -334,10 +365,7 @@ async fn cancelling_mid_batch_stops_the_unstarted_lines_and_the_counts_add_up() 
     );
     let calls_at_cancel = stack.mock.call_count();
 
-    let batch = wait_batch(&stack, &format!("/v1/batches/{id}"), |b| {
-        b["status"] == "cancelled"
-    })
-    .await;
+    let batch = batch_reaching(&stack, &id, "cancelled").await;
     let counts = &batch["request_counts"];
     let (completed, failed) = (
         counts["completed"].as_u64().unwrap(),
@@ -358,12 +386,7 @@ async fn cancelling_mid_batch_stops_the_unstarted_lines_and_the_counts_add_up() 
     );
     assert!(completed < 200, "the cancel stopped most lines: {batch}");
 
-    let (_, output) = jsonl(
-        &stack,
-        &format!("/v1/files/file-{id}-output/content"),
-        KEY_A,
-    )
-    .await;
+    let output = batch_file(&stack, &id, "output").await;
     let (_, errors) = jsonl(
         &stack,
         &format!(
@@ -424,10 +447,7 @@ async fn a_worker_restart_mid_batch_loses_and_duplicates_no_line() {
     assert!(done_mid > 0 && done_mid < total, "{mid}");
     stack.add_worker("w2");
 
-    let batch = wait_batch(&stack, &format!("/v1/batches/{id}"), |b| {
-        b["status"] == "completed"
-    })
-    .await;
+    let batch = batch_reaching(&stack, &id, "completed").await;
     assert_eq!(
         batch["request_counts"],
         json!({"total": total, "completed": total, "failed": 0}),
@@ -543,38 +563,22 @@ async fn anthropic_message_batches_have_anthropics_shapes() {
     stack.stop().await;
 }
 
-/// What a webhook receiver got: headers and body of each delivery.
-type Received = std::sync::Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, String)>>>;
-
 /// A receiver that fails its first delivery (503) to make the sender retry.
-async fn webhook_receiver() -> (String, Received) {
-    let received: Received = Default::default();
-    let r = received.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
-            let r = r.clone();
-            async move {
-                let mut all = r.lock().unwrap();
-                all.push((headers, body));
-                if all.len() == 1 {
-                    axum::http::StatusCode::SERVICE_UNAVAILABLE
-                } else {
-                    axum::http::StatusCode::NO_CONTENT
-                }
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, received)
+async fn webhook_receiver_failing_once(secret: &str) -> (String, Deliveries) {
+    webhook_receiver(secret, |n, _| {
+        if n == 1 {
+            axum::http::StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            axum::http::StatusCode::NO_CONTENT
+        }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn webhooks_announce_an_ended_batch_and_an_async_result_signed_and_retried() {
     const SECRET: &str = "whsec_c2x1aWNlLXRlc3Qtc2VjcmV0";
-    let (url, received) = webhook_receiver().await;
+    let (url, received) = webhook_receiver_failing_once(SECRET).await;
     let stack = Stack::start(StackOptions {
         // The receiver is local: the operator opens exactly its port.
         webhooks_toml: format!(
@@ -617,7 +621,7 @@ async fn webhooks_announce_an_ended_batch_and_an_async_result_signed_and_retried
         let all = received.lock().unwrap().clone();
         let ids: HashSet<String> = all
             .iter()
-            .map(|(h, _)| h["webhook-id"].to_str().unwrap().to_string())
+            .map(|d| d.headers["webhook-id"].to_str().unwrap().to_string())
             .collect();
         (ids.len() == 2 && all.len() >= 3).then_some(all)
     })
@@ -625,7 +629,7 @@ async fn webhooks_announce_an_ended_batch_and_an_async_result_signed_and_retried
     .expect("both webhooks delivered");
     let secret = sluice_schemas::webhook::Secret::parse(SECRET).unwrap();
     let mut kinds = HashSet::new();
-    for (headers, body) in &deliveries {
+    for Delivery { headers, body, .. } in &deliveries {
         let id = headers["webhook-id"].to_str().unwrap();
         let ts: i64 = headers["webhook-timestamp"]
             .to_str()
@@ -688,21 +692,13 @@ async fn a_replica_starting_up_resumes_a_batch_whose_driver_died() {
         .await;
     let replica = stack.start_ingress_replica(3).await;
 
-    let batch = wait_batch(&stack, &format!("/v1/batches/{batch_id}"), |b| {
-        b["status"] == "completed"
-    })
-    .await;
+    let batch = batch_reaching(&stack, &batch_id, "completed").await;
     assert_eq!(
         batch["request_counts"],
         json!({"total": total, "completed": total, "failed": 0}),
         "no line lost, none rejected as its own duplicate: {batch}"
     );
-    let (_, output) = jsonl(
-        &stack,
-        &format!("/v1/files/file-{batch_id}-output/content"),
-        KEY_A,
-    )
-    .await;
+    let output = batch_file(&stack, &batch_id, "output").await;
     assert_eq!(by_custom_id(&output).len(), total as usize);
     assert_eq!(output.len(), total as usize);
     replica.stop().await;
@@ -771,10 +767,7 @@ async fn lines_left_when_the_window_ends_expire_without_reaching_the_provider() 
         .await;
     assert_eq!(status, 200, "{batch}");
     let id = batch["id"].as_str().unwrap().to_string();
-    let batch = wait_batch(&stack, &format!("/v1/batches/{id}"), |b| {
-        b["status"] == "expired"
-    })
-    .await;
+    let batch = batch_reaching(&stack, &id, "expired").await;
     let counts = &batch["request_counts"];
     let (completed, failed) = (
         counts["completed"].as_u64().unwrap(),
@@ -818,15 +811,7 @@ async fn a_key_revoked_mid_batch_stops_its_unpublished_lines() {
     // A slow provider and a team budget with room for ~8 reservations ($0.0025 each) pace the driver
     // (it waits for reservations to settle), so the revocation lands while most lines are
     // still unpublished, however fast the machine.
-    let stack = Stack::start(StackOptions {
-        behaviour: Behaviour {
-            latency: Latency::Fixed(Duration::from_millis(200)),
-            ..Behaviour::default()
-        },
-        budget_toml: "[[budgets]]\nscope = \"team\"\nsubject = \"team-a\"\nperiod = \"month\"\nlimit_usd = 0.02\n".into(),
-        ..StackOptions::default()
-    })
-    .await;
+    let stack = paced_stack(200, 0.02).await;
     let (status, created) = stack
         .post("/admin/keys", ADMIN_KEY, json!({"team": "team-a"}))
         .await;
@@ -858,10 +843,7 @@ async fn a_key_revoked_mid_batch_stops_its_unpublished_lines() {
         .await;
     assert_eq!(status, 200, "{revoked}");
 
-    let batch = wait_batch(&stack, &format!("/v1/batches/{id}"), |b| {
-        b["status"] == "completed"
-    })
-    .await;
+    let batch = batch_reaching(&stack, &id, "completed").await;
     let counts = &batch["request_counts"];
     let (completed, failed) = (
         counts["completed"].as_u64().unwrap(),
@@ -919,10 +901,7 @@ async fn batch_lines_cannot_bypass_the_cost_bounds() {
         with("uncapped", json!({})),
     ];
     let id = create_batch(&stack, &lines).await;
-    let batch = wait_batch(&stack, &format!("/v1/batches/{id}"), |b| {
-        b["status"] == "completed"
-    })
-    .await;
+    let batch = batch_reaching(&stack, &id, "completed").await;
     assert_eq!(
         batch["request_counts"],
         json!({"total": 4, "completed": 1, "failed": 3}),

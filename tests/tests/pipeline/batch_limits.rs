@@ -9,7 +9,9 @@ use serde_json::{json, Value};
 use sluice_tests::mock::{Behaviour, Latency};
 use tokio::io::AsyncWriteExt;
 
-use crate::batch::{jsonl, line, upload, wait_batch};
+use crate::batch::{
+    batch_file, batch_reaching, jsonl, line, message_batch_ended, paced_stack, upload,
+};
 use crate::common::*;
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -136,6 +138,15 @@ async fn try_post_raw(
 fn anthropic_request(custom_id: &str, text: &str) -> Value {
     json!({"custom_id": custom_id, "params": {"model": MODEL, "max_tokens": 16,
            "messages": [{"role": "user", "content": text}]}})
+}
+
+/// Uploads `lines` and creates a batch of them as team A; returns its id.
+async fn batch_of(stack: &Stack, lines: &[String]) -> String {
+    let (status, file) = upload(stack, KEY_A, "batch", &lines.join("\n")).await;
+    assert_eq!(status, 200, "{file}");
+    let (status, batch) = create_from(stack, KEY_A, &file["id"]).await;
+    assert_eq!(status, 200, "{batch}");
+    batch["id"].as_str().unwrap().to_string()
 }
 
 async fn create_from(stack: &Stack, key: &str, file_id: &Value) -> (u16, Value) {
@@ -419,43 +430,23 @@ async fn file_quotas_hold_and_only_the_owner_deletes_a_file() {
     let id = first["id"].as_str().unwrap();
     let path = format!("/v1/files/{id}");
     // Another team cannot delete (or see) it.
-    let response = stack
-        .http
-        .delete(format!("{}{path}", stack.base))
-        .bearer_auth(KEY_B)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 404);
+    let (status, _) = stack.delete(&path, KEY_B).await;
+    assert_eq!(status, 404);
     let (status, _) = stack.get(&format!("{path}/content"), KEY_A).await;
     assert_eq!(status, 200, "still there for its owner");
 
     // In use by a batch still being published: refused.
     stage_batch(&stack, "batch_inuse", id, 10, 1).await;
-    let response = stack
-        .http
-        .delete(format!("{}{path}", stack.base))
-        .bearer_auth(KEY_A)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 409);
-    let body: Value = response.json().await.unwrap();
+    let (status, body) = stack.delete(&path, KEY_A).await;
+    assert_eq!(status, 409);
     assert_eq!(body["error"]["code"], "file_in_use", "{body}");
     stack
         .ch("INSERT INTO {db}_private.batches (batch_id, team, status, input_file_id, published_at_ms, version) \
              VALUES ('batch_inuse', 'team-a', 'in_progress', 'x', 1, 2)")
         .await;
 
-    let response = stack
-        .http
-        .delete(format!("{}{path}", stack.base))
-        .bearer_auth(KEY_A)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
-    let body: Value = response.json().await.unwrap();
+    let (status, body) = stack.delete(&path, KEY_A).await;
+    assert_eq!(status, 200);
     assert_eq!(body, json!({"id": id, "object": "file", "deleted": true}));
     let (status, _) = stack.get(&path, KEY_A).await;
     assert_eq!(status, 404);
@@ -568,18 +559,21 @@ async fn an_upload_that_fails_midway_leaves_no_rows() {
     stack.stop().await;
 }
 
+/// `INSERT INTO {into} VALUES` one row per number in `0..n`.
+async fn insert_rows(stack: &Stack, into: &str, n: u32, row: impl Fn(u32) -> String) {
+    let rows: Vec<String> = (0..n).map(row).collect();
+    stack
+        .ch(&format!("INSERT INTO {into} VALUES {}", rows.join(",")))
+        .await;
+}
+
 /// Writes what an earlier driver left of a batch's first lines: their records, their
 /// results, usage and `accepted` audit rows (answered and billed before the crash).
 async fn stage_published(stack: &Stack, batch_id: &str, published: u32, recorded: u32) {
-    let records: Vec<String> = (0..recorded)
-        .map(|i| format!("('{batch_id}', {i}, 'd-{i}', '{batch_id}-{i}', '', '')"))
-        .collect();
-    stack
-        .ch(&format!(
-            "INSERT INTO {{db}}_private.batch_lines VALUES {}",
-            records.join(",")
-        ))
-        .await;
+    insert_rows(stack, "{db}_private.batch_lines", recorded, |i| {
+        format!("('{batch_id}', {i}, 'd-{i}', '{batch_id}-{i}', '', '')")
+    })
+    .await;
     let now = sluice_schemas::now_ms();
     let body = json!({"id": "chatcmpl-staged", "object": "chat.completion", "model": MODEL,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": "staged answer"},
@@ -588,74 +582,61 @@ async fn stage_published(stack: &Stack, batch_id: &str, published: u32, recorded
     .to_string();
     // What the sink writes of a result: its row for analysts, its body in the private
     // database (where the ingress reads receipts and answers).
-    let results: Vec<String> = (0..published)
-        .map(|i| {
+    insert_rows(
+        stack,
+        "{db}.results (request_id, team, key_id, priority, model, status, \
+         http_status, created_at_ms, started_at_ms, finished_at_ms)",
+        published,
+        |i| {
             format!(
                 "('{batch_id}-{i}', 'team-a', 'key_a', 'batch', '{MODEL}', 'completed', 200, \
                  {now}, {now}, {now})"
             )
-        })
-        .collect();
-    stack
-        .ch(&format!(
-            "INSERT INTO {{db}}.results (request_id, team, key_id, priority, model, status, \
-             http_status, created_at_ms, started_at_ms, finished_at_ms) VALUES {}",
-            results.join(",")
-        ))
-        .await;
-    let bodies: Vec<String> = (0..published)
-        .map(|i| {
+        },
+    )
+    .await;
+    insert_rows(
+        stack,
+        "{db}_private.result_bodies (request_id, team, status, http_status, \
+         body, error_kind, model, created_at_ms, finished_at_ms, expires_at)",
+        published,
+        |i| {
             format!(
                 "('{batch_id}-{i}', 'team-a', 'completed', 200, '{body}', '', '{MODEL}', \
                  {now}, {now}, toDateTime(intDiv({now}, 1000) + 86400))"
             )
-        })
-        .collect();
-    stack
-        .ch(&format!(
-            "INSERT INTO {{db}}_private.result_bodies (request_id, team, status, http_status, \
-             body, error_kind, model, created_at_ms, finished_at_ms, expires_at) VALUES {}",
-            bodies.join(",")
-        ))
-        .await;
-    let usage: Vec<String> = (0..published)
-        .map(|i| {
+        },
+    )
+    .await;
+    insert_rows(
+        stack,
+        "{db}.usage (request_id, team, key_id, priority, model, status, \
+         prompt_tokens, completion_tokens, cost_nanos, created_at_ms, occurred_at_ms)",
+        published,
+        |i| {
             format!(
                 "('{batch_id}-{i}', 'team-a', 'key_a', 'batch', '{MODEL}', 'completed', 5, 2, 1000, {now}, {now})"
             )
-        })
-        .collect();
-    stack
-        .ch(&format!(
-            "INSERT INTO {{db}}.usage (request_id, team, key_id, priority, model, status, \
-             prompt_tokens, completion_tokens, cost_nanos, created_at_ms, occurred_at_ms) VALUES {}",
-            usage.join(",")
-        ))
-        .await;
-    let audit: Vec<String> = (0..published)
-        .map(|i| {
+        },
+    )
+    .await;
+    insert_rows(
+        stack,
+        "{db}.audit (event_id, request_id, team, key_id, action, model, \
+         priority, http_status, occurred_at_ms)",
+        published,
+        |i| {
             format!("('ev-{batch_id}-{i}', '{batch_id}-{i}', 'team-a', 'key_a', 'accepted', '{MODEL}', 'batch', 202, {now})")
-        })
-        .collect();
-    stack
-        .ch(&format!(
-            "INSERT INTO {{db}}.audit (event_id, request_id, team, key_id, action, model, \
-             priority, http_status, occurred_at_ms) VALUES {}",
-            audit.join(",")
-        ))
-        .await;
-    let accepted: Vec<String> = (0..published)
-        .map(|i| {
-            format!("('{batch_id}-{i}', 'team-a', {now}, toDateTime(intDiv({now}, 1000) + 86400))")
-        })
-        .collect();
-    stack
-        .ch(&format!(
-            "INSERT INTO {{db}}_private.accepted_requests (request_id, team, occurred_at_ms, \
-             expires_at) VALUES {}",
-            accepted.join(",")
-        ))
-        .await;
+        },
+    )
+    .await;
+    insert_rows(
+        stack,
+        "{db}_private.accepted_requests (request_id, team, occurred_at_ms, expires_at)",
+        published,
+        |i| format!("('{batch_id}-{i}', 'team-a', {now}, toDateTime(intDiv({now}, 1000) + 86400))"),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -685,30 +666,19 @@ async fn a_resumed_driver_publishes_only_lines_without_a_receipt_and_gives_up_af
     stage_published(&stack, &exhausted, 300, 2_000).await;
 
     let replica = stack.start_ingress_replica(3).await;
-    let batch = wait_batch(&stack, &format!("/v1/batches/{resumed}"), |b| {
-        b["status"] == "completed"
-    })
-    .await;
+    let batch = batch_reaching(&stack, &resumed, "completed").await;
     assert_eq!(
         batch["request_counts"],
         json!({"total": total, "completed": total, "failed": 0}),
         "{batch}"
     );
-    let batch = wait_batch(&stack, &format!("/v1/batches/{exhausted}"), |b| {
-        b["status"] == "completed"
-    })
-    .await;
+    let batch = batch_reaching(&stack, &exhausted, "completed").await;
     assert_eq!(
         batch["request_counts"],
         json!({"total": total, "completed": 300 + 500, "failed": 1_700}),
         "the first block's unpublished lines gave up, the next block ran: {batch}"
     );
-    let (_, errors) = jsonl(
-        &stack,
-        &format!("/v1/files/file-{exhausted}-errors/content"),
-        KEY_A,
-    )
-    .await;
+    let errors = batch_file(&stack, &exhausted, "errors").await;
     assert_eq!(errors.len(), 1_700);
     assert!(errors
         .iter()
@@ -722,12 +692,7 @@ async fn a_resumed_driver_publishes_only_lines_without_a_receipt_and_gives_up_af
         .await;
     assert_eq!(usage, total + 800, "each answered line billed once");
     assert_eq!(stack.mock.call_count(), republished);
-    let (_, output) = jsonl(
-        &stack,
-        &format!("/v1/files/file-{resumed}-output/content"),
-        KEY_A,
-    )
-    .await;
+    let output = batch_file(&stack, &resumed, "output").await;
     assert_eq!(output.len() as u64, total);
     assert_eq!(
         output[0]["response"]["body"]["choices"][0]["message"]["content"], "staged answer",
@@ -763,15 +728,8 @@ async fn a_duplicate_custom_id_is_caught_exactly_at_line_99_999_of_100_000() {
     lines[12] = line("dup-near");
     lines[1_999] = line("dup-edge");
     lines[2_000] = line("dup-edge");
-    let (status, file) = upload(&stack, KEY_A, "batch", &lines.join("\n")).await;
-    assert_eq!(status, 200, "{file}");
-    let (status, batch) = create_from(&stack, KEY_A, &file["id"]).await;
-    assert_eq!(status, 200, "{batch}");
-    let id = batch["id"].as_str().unwrap().to_string();
-    let batch = wait_batch(&stack, &format!("/v1/batches/{id}"), |b| {
-        b["status"] == "completed"
-    })
-    .await;
+    let id = batch_of(&stack, &lines).await;
+    let batch = batch_reaching(&stack, &id, "completed").await;
     assert_eq!(batch["request_counts"]["failed"], total, "{batch}");
     let dups = stack
         .ch(&format!(
@@ -807,29 +765,12 @@ async fn batch_outputs_and_anthropic_results_go_through_output_moderation() {
         line("clean", "hello there"),
         line("flagged", "kill the process"),
     ];
-    let (status, file) = upload(&stack, KEY_A, "batch", &lines.join("\n")).await;
-    assert_eq!(status, 200, "{file}");
-    let (status, batch) = create_from(&stack, KEY_A, &file["id"]).await;
-    assert_eq!(status, 200, "{batch}");
-    let id = batch["id"].as_str().unwrap().to_string();
-    wait_batch(&stack, &format!("/v1/batches/{id}"), |b| {
-        b["status"] == "completed"
-    })
-    .await;
-    let (_, output) = jsonl(
-        &stack,
-        &format!("/v1/files/file-{id}-output/content"),
-        KEY_A,
-    )
-    .await;
+    let id = batch_of(&stack, &lines).await;
+    batch_reaching(&stack, &id, "completed").await;
+    let output = batch_file(&stack, &id, "output").await;
     assert_eq!(output.len(), 1, "{output:?}");
     assert_eq!(output[0]["custom_id"], "clean");
-    let (_, errors) = jsonl(
-        &stack,
-        &format!("/v1/files/file-{id}-errors/content"),
-        KEY_A,
-    )
-    .await;
+    let errors = batch_file(&stack, &id, "errors").await;
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0]["custom_id"], "flagged");
     assert_eq!(errors[0]["response"]["status_code"], 422);
@@ -853,10 +794,7 @@ async fn batch_outputs_and_anthropic_results_go_through_output_moderation() {
         .await;
     assert_eq!(status, 200, "{created}");
     let mid = created["id"].as_str().unwrap().to_string();
-    wait_batch(&stack, &format!("/v1/messages/batches/{mid}"), |b| {
-        b["processing_status"] == "ended"
-    })
-    .await;
+    message_batch_ended(&stack, &mid).await;
     let (_, results) = jsonl(
         &stack,
         &format!("/v1/messages/batches/{mid}/results"),
@@ -939,15 +877,7 @@ limit_usd = {budget_usd}
 async fn a_killed_ingress_process_mid_publish_is_resumed_without_publishing_answered_lines_again() {
     // A slow provider and a team budget with room for ~20 reservations pace the driver, so
     // the kill lands mid-block whatever the machine.
-    let stack = Stack::start(StackOptions {
-        behaviour: Behaviour {
-            latency: Latency::Fixed(Duration::from_millis(300)),
-            ..Behaviour::default()
-        },
-        budget_toml: "[[budgets]]\nscope = \"team\"\nsubject = \"team-a\"\nperiod = \"month\"\nlimit_usd = 0.05\n".into(),
-        ..StackOptions::default()
-    })
-    .await;
+    let stack = paced_stack(300, 0.05).await;
     let (mut doomed, doomed_base) = spawn_ingress(&stack, 0.05).await;
 
     let total = 300u64;
@@ -990,10 +920,7 @@ async fn a_killed_ingress_process_mid_publish_is_resumed_without_publishing_answ
     );
 
     let replica = stack.start_ingress_replica(3).await;
-    let batch = wait_batch(&stack, &format!("/v1/batches/{id}"), |b| {
-        b["status"] == "completed"
-    })
-    .await;
+    let batch = batch_reaching(&stack, &id, "completed").await;
     assert_eq!(
         batch["request_counts"],
         json!({"total": total, "completed": total, "failed": 0}),
@@ -1043,22 +970,12 @@ async fn inline_batches_count_against_the_quota_until_their_team_deletes_them() 
             .contains("quota of 3 lines"),
         "{body}"
     );
-    wait_batch(&stack, &format!("/v1/messages/batches/{id}"), |b| {
-        b["processing_status"] == "ended"
-    })
-    .await;
-    let delete = |key: &'static str| {
-        stack
-            .http
-            .delete(format!("{}/v1/messages/batches/{id}", stack.base))
-            .bearer_auth(key)
-            .send()
-    };
-    let response = delete(KEY_B).await.unwrap();
-    assert_eq!(response.status().as_u16(), 404, "not team B's");
-    let response = delete(KEY_A).await.unwrap();
-    assert_eq!(response.status().as_u16(), 200);
-    let body: Value = response.json().await.unwrap();
+    message_batch_ended(&stack, &id).await;
+    let path = format!("/v1/messages/batches/{id}");
+    let (status, _) = stack.delete(&path, KEY_B).await;
+    assert_eq!(status, 404, "not team B's");
+    let (status, body) = stack.delete(&path, KEY_A).await;
+    assert_eq!(status, 200);
     assert_eq!(body, json!({"id": id, "type": "message_batch_deleted"}));
     let (status, _) = stack
         .get(&format!("/v1/messages/batches/{id}"), KEY_A)

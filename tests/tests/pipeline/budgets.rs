@@ -63,52 +63,8 @@ async fn post_to(
     (status, body, retry)
 }
 
-/// One webhook delivery: (webhook-id, signature valid, body).
-type Delivery = (String, bool, Value);
-
 const HOOK_SECRET_ENV: &str = "SLUICE_TEST_BUDGET_HOOK_SECRET";
 const HOOK_SECRET: &str = "whsec_c2x1aWNlLWJ1ZGdldC10ZXN0";
-
-/// A webhook receiver that records what it gets and checks the Standard Webhooks signature.
-async fn webhook_receiver() -> (String, Arc<Mutex<Vec<Delivery>>>) {
-    use axum::http::HeaderMap;
-    let got: Arc<Mutex<Vec<Delivery>>> = Arc::default();
-    let secret = sluice_schemas::webhook::Secret::parse(HOOK_SECRET).unwrap();
-    let store = Arc::clone(&got);
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
-            let store = Arc::clone(&store);
-            let secret = secret.clone();
-            async move {
-                let h = |name: &str| {
-                    headers
-                        .get(name)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default()
-                        .to_string()
-                };
-                let id = h("webhook-id");
-                let valid = sluice_schemas::webhook::verify(
-                    &secret,
-                    &id,
-                    h("webhook-timestamp").parse().unwrap_or(0),
-                    &body,
-                    &h("webhook-signature"),
-                );
-                let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                store.lock().unwrap().push((id, valid, body));
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (url, got)
-}
 
 async fn budgets_of(http: &reqwest::Client, base: &str, key: &str) -> Value {
     let response = http
@@ -124,7 +80,8 @@ async fn budgets_of(http: &reqwest::Client, base: &str, key: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_hold_a_team_budget_alert_once_and_a_restart_rebuilds_the_spend() {
     std::env::set_var(HOOK_SECRET_ENV, HOOK_SECRET);
-    let (hook_url, deliveries) = webhook_receiver().await;
+    let (hook_url, deliveries) =
+        webhook_receiver(HOOK_SECRET, |_, _| axum::http::StatusCode::OK).await;
     let stack = Stack::start(StackOptions {
         alert_webhooks: vec![sluice_analytics::alerts::AlertWebhook {
             scope: "team".into(),
@@ -299,10 +256,14 @@ alert_at = [1.0]
     })
     .await
     .expect("webhooks delivered");
-    let mut ids: Vec<String> = got.iter().map(|d| d.0.clone()).collect();
+    let mut ids: Vec<String> = got.iter().map(|d| d.id.clone()).collect();
     ids.sort();
     assert_eq!(ids, want_ids, "each alert once");
-    for (id, valid, body) in &got {
+    for Delivery {
+        id, valid, body, ..
+    } in &got
+    {
+        let body: Value = serde_json::from_str(body).unwrap_or(Value::Null);
         assert!(valid, "{id}: signature verifies");
         assert_eq!(body["type"], "budget.threshold_crossed");
         assert_eq!(body["data"]["alert_id"], id.as_str());

@@ -40,18 +40,6 @@ messages = [
 ]
 "#;
 
-fn sse_data(body: &str) -> Vec<String> {
-    body.split("\n\n")
-        .filter_map(|event| {
-            let data: Vec<&str> = event
-                .lines()
-                .filter_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")))
-                .collect();
-            (!data.is_empty()).then(|| data.join("\n"))
-        })
-        .collect()
-}
-
 /// The content deltas of an OpenAI SSE body, and whether it ended with `[DONE]`.
 fn stream_text(body: &str) -> (String, bool, Vec<Value>) {
     let data = sse_data(body);

@@ -24,22 +24,14 @@ pub(crate) fn prompt_of(bytes: usize) -> String {
 }
 
 async fn post_raw(stack: &Stack, base: &str, path: &str, body: String) -> (u16, Value) {
-    let response = stack
+    let request = stack
         .http
         .post(format!("{base}{path}"))
         .bearer_auth(KEY_A)
         .header("content-type", "application/json")
         .header("anthropic-version", "2023-06-01")
-        .body(body)
-        .send()
-        .await
-        .expect("ingress answers");
-    let status = response.status().as_u16();
-    let text = response.text().await.expect("body");
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+        .body(body);
+    json_answer(request).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -200,24 +200,6 @@ async fn every_provider_type_answers_in_openai_shape_and_bills_what_it_reported(
     stack.stop().await;
 }
 
-/// Reads a whole SSE body into its `(event name, data)` pairs.
-fn sse_events(body: &str) -> Vec<(String, String)> {
-    body.split("\n\n")
-        .filter_map(|event| {
-            let mut name = String::new();
-            let mut data = Vec::new();
-            for line in event.lines() {
-                if let Some(n) = line.strip_prefix("event:") {
-                    name = n.trim().to_string();
-                } else if let Some(d) = line.strip_prefix("data:") {
-                    data.push(d.trim_start());
-                }
-            }
-            (!data.is_empty()).then(|| (name, data.join("\n")))
-        })
-        .collect()
-}
-
 async fn stream_text(stack: &Stack, path: &str, body: Value, anthropic: bool) -> (u16, String) {
     let mut request = stack.http.post(format!("{}{path}", stack.base)).json(&body);
     request = if anthropic {

@@ -10,19 +10,6 @@ use crate::common::*;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// Reads a whole SSE body into its `data:` payloads.
-fn sse_data(body: &str) -> Vec<String> {
-    body.split("\n\n")
-        .filter_map(|event| {
-            let data: Vec<&str> = event
-                .lines()
-                .filter_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")))
-                .collect();
-            (!data.is_empty()).then(|| data.join("\n"))
-        })
-        .collect()
-}
-
 fn stream_request(text: &str, include_usage: bool) -> Value {
     let mut body = chat(text);
     body["stream"] = json!(true);

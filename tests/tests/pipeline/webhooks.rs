@@ -2,7 +2,6 @@
 //! ClickHouse's HTTP interface or any other internal address, and forging another team's
 //! events. Real Kafka and ClickHouse; the receivers are local and allow-listed by port.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -15,51 +14,16 @@ const SECRET_A: &str = "whsec_dGVhbS1hLXdlYmhvb2stc2VjcmV0";
 const SECRET_B: &str = "whsec_dGVhbS1iLXdlYmhvb2stc2VjcmV0";
 const WAIT: Duration = Duration::from_secs(60);
 
-/// One delivery a receiver got: (webhook-id, its signature valid for the receiver's secret,
-/// headers, body).
-type Delivery = (String, bool, axum::http::HeaderMap, String);
-
 /// Team A's receiver: accepts (204) only events signed with team A's secret, 401 otherwise.
-async fn receiver_of_team_a() -> (String, Arc<Mutex<Vec<Delivery>>>) {
-    let got: Arc<Mutex<Vec<Delivery>>> = Arc::default();
-    let store = Arc::clone(&got);
-    let secret = Secret::parse(SECRET_A).unwrap();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
-            let store = Arc::clone(&store);
-            let secret = secret.clone();
-            async move {
-                let h = |n: &str| {
-                    headers
-                        .get(n)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("")
-                        .to_string()
-                };
-                let id = h("webhook-id");
-                let valid = verify(
-                    &secret,
-                    &id,
-                    h("webhook-timestamp").parse().unwrap_or(0),
-                    body.as_bytes(),
-                    &h("webhook-signature"),
-                );
-                store.lock().unwrap().push((id, valid, headers, body));
-                if valid {
-                    axum::http::StatusCode::NO_CONTENT
-                } else {
-                    axum::http::StatusCode::UNAUTHORIZED
-                }
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (url, got)
+async fn receiver_of_team_a() -> (String, Deliveries) {
+    webhook_receiver(SECRET_A, |_, valid| {
+        if valid {
+            axum::http::StatusCode::NO_CONTENT
+        } else {
+            axum::http::StatusCode::UNAUTHORIZED
+        }
+    })
+    .await
 }
 
 /// `base/?query=<sql>`, percent-encoded (`%20`, not `+`: ClickHouse reads the query raw).
@@ -268,14 +232,19 @@ async fn each_team_signs_with_its_own_secret_and_team_a_rejects_team_b_forgery()
     let id_b = submit(KEY_B).await;
     let all = eventually(WAIT, || async {
         let all = received.lock().unwrap().clone();
-        let has = |id: &str| all.iter().any(|d| d.0 == id);
+        let has = |id: &str| all.iter().any(|d| d.id == id);
         (has(&id_a) && has(&id_b)).then_some(all)
     })
     .await
     .expect("both events delivered");
     let secret_b = Secret::parse(SECRET_B).unwrap();
-    let of = |id: &str| all.iter().find(|d| d.0 == id).unwrap();
-    let (_, valid_a, headers_a, body_a) = of(&id_a);
+    let of = |id: &str| all.iter().find(|d| d.id == id).unwrap();
+    let Delivery {
+        valid: valid_a,
+        headers: headers_a,
+        body: body_a,
+        ..
+    } = of(&id_a);
     assert!(valid_a, "team A's own event carries team A's signature");
     let event: Value = serde_json::from_str(body_a).unwrap();
     assert_eq!(event["data"]["id"], id_a.as_str());
@@ -293,7 +262,12 @@ async fn each_team_signs_with_its_own_secret_and_team_a_rejects_team_b_forgery()
         ),
         "team A's signature is not team B's"
     );
-    let (_, valid_b, headers_b, body_b) = of(&id_b);
+    let Delivery {
+        valid: valid_b,
+        headers: headers_b,
+        body: body_b,
+        ..
+    } = of(&id_b);
     assert!(!valid_b, "team A's receiver rejected team B's event");
     assert!(
         verify(
@@ -306,7 +280,7 @@ async fn each_team_signs_with_its_own_secret_and_team_a_rejects_team_b_forgery()
         "team B's event is signed, with team B's secret"
     );
     // 401 is final: the forgery was not retried into acceptance.
-    assert_eq!(all.iter().filter(|d| d.0 == id_b).count(), 1);
+    assert_eq!(all.iter().filter(|d| d.id == id_b).count(), 1);
 
     // A forgery team B can make by hand (its secret, an event naming team A's request)
     // is rejected the same way.

@@ -1,15 +1,14 @@
 //! Providers: a closed set, chosen by `type` in config, all behind one trait. Whatever the
 //! provider speaks, requests arrive and answers leave in one internal shape: the OpenAI chat
 //! completion request, response and `chat.completion.chunk` (what flows through Kafka and
-//! back to callers). Each provider module translates to and from its own wire format;
-//! [`translate`] holds what they share.
+//! back to callers). Each provider module holds its config and HTTP calls; the bodies are
+//! translated to and from its wire format by `sluice_dialect`.
 
 pub mod anthropic;
 pub mod azure;
 pub mod gemini;
 pub mod openai;
 pub mod scrub;
-pub mod translate;
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -18,7 +17,7 @@ use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use sluice_schemas::openai::CompletionUsage;
+use sluice_dialect::StreamItem;
 
 use crate::error::ProviderError;
 
@@ -78,14 +77,7 @@ impl ProviderConfig {
     }
 }
 
-/// A successful completion, translated to OpenAI's response shape.
-#[derive(Debug, Clone)]
-pub struct Completion {
-    /// The response body the caller gets, as JSON.
-    pub body: String,
-    /// Usage as the provider reported it.
-    pub usage: CompletionUsage,
-}
+pub use sluice_dialect::Completion;
 
 /// A provider's stream of server-sent events, translated to OpenAI `chat.completion.chunk`
 /// JSON (and the final `[DONE]`).
@@ -300,6 +292,16 @@ pub(crate) trait StreamTranslator: Send + 'static {
     fn end(&mut self, out: &mut Vec<String>);
 }
 
+/// A translated stream item as the chunk text the worker passes on; a provider's error
+/// is scrubbed first, as any error body a caller can see.
+fn stream_item(item: StreamItem) -> String {
+    match item {
+        StreamItem::Chunk(chunk) => chunk,
+        StreamItem::Error(error) => scrub::scrub(&error.to_json()).into_owned(),
+        StreamItem::Done => "[DONE]".into(),
+    }
+}
+
 /// The chunks of a streamed response, translated event by event.
 pub(crate) fn translate_events<T: StreamTranslator>(
     response: reqwest::Response,
@@ -410,6 +412,21 @@ mod tests {
             "model": "claude-x", "messages": [{"role": "user", "content": "hi"}]
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn provider_error_bodies_not_in_the_provider_shape_pass_as_they_are() {
+        // A body that is not Anthropic's shape passes as it is.
+        assert_eq!(
+            anthropic::map_error(502, "<html>bad gateway</html>").0,
+            "<html>bad gateway</html>"
+        );
+        assert!(ProviderError::Status {
+            status: 529,
+            body: String::new(),
+            retry_after: None
+        }
+        .is_retriable());
     }
 
     #[tokio::test]

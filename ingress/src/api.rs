@@ -466,12 +466,10 @@ fn validate(
             ApiError::NotJson
         }
     })?;
-    let body: std::borrow::Cow<'_, [u8]> = match dialect {
-        Dialect::OpenAi => std::borrow::Cow::Borrowed(&body),
-        Dialect::Anthropic => std::borrow::Cow::Owned(crate::anthropic::to_openai(&body)?),
+    let mut request: ChatCompletionRequest = match dialect {
+        Dialect::OpenAi => serde_json::from_slice(&body).map_err(ApiError::InvalidJson)?,
+        Dialect::Anthropic => crate::anthropic::to_openai(&body)?,
     };
-    let mut request: ChatCompletionRequest =
-        serde_json::from_slice(&body).map_err(ApiError::InvalidJson)?;
     let options: SluiceOptions = match request.extra.remove("sluice") {
         Some(v) => serde_json::from_value(v).map_err(|_| ApiError::InvalidParam {
             param: "sluice",

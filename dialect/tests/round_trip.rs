@@ -2,6 +2,11 @@
 //! ingress reads an Anthropic caller, means the same; likewise answers, streams and errors.
 //! (Gemini is only ever called, never served: it has no way back to round-trip.)
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test: a failed unwrap is a failed test"
+)]
+
 use serde_json::{json, Map, Value};
 use sluice_dialect::anthropic::{error, request, response, stream, MessagesRequest};
 use sluice_dialect::{openai, StreamItem};

@@ -16,4 +16,4 @@ pub mod anthropic;
 pub mod gemini;
 pub mod openai;
 
-pub use openai::{Completion, StreamItem};
+pub use openai::{Completion, StreamItem, StreamToOpenAi};

@@ -9,7 +9,7 @@
 
 use serde_json::{json, Map, Value};
 use sluice_dialect::anthropic::{error, request, response, stream, MessagesRequest};
-use sluice_dialect::{openai, StreamItem};
+use sluice_dialect::{openai, StreamItem, StreamToOpenAi};
 use sluice_schemas::openai::{CompletionUsage, ErrorBody};
 
 fn map(v: Value) -> Map<String, Value> {

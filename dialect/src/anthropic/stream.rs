@@ -9,7 +9,7 @@ use sluice_schemas::openai::ErrorBody;
 
 use super::error;
 use super::response::{message_id, stop_reason, usage_from_openai, Usage};
-use crate::openai::{self, Chunks, StreamItem};
+use crate::openai::{self, Chunks, StreamItem, StreamToOpenAi};
 
 /// Anthropic's stream events as OpenAI chunks.
 pub struct ToOpenAi {
@@ -42,13 +42,8 @@ impl ToOpenAi {
     }
 }
 
-impl ToOpenAi {
-    /// One event's `data`; the event name is repeated in the data's `type`.
-    pub fn event(
-        &mut self,
-        data: &str,
-        out: &mut Vec<StreamItem>,
-    ) -> Result<(), serde_json::Error> {
+impl StreamToOpenAi for ToOpenAi {
+    fn event(&mut self, data: &str, out: &mut Vec<StreamItem>) -> Result<(), serde_json::Error> {
         let event: Value = serde_json::from_str(data)?;
         let index = event.get("index").and_then(Value::as_u64).unwrap_or(0);
         match event.get("type").and_then(Value::as_str).unwrap_or("") {

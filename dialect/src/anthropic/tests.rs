@@ -5,7 +5,7 @@
 use serde_json::{json, Map, Value};
 
 use super::{error, request, response, stream, MessagesRequest, RequestError};
-use crate::StreamItem;
+use crate::{StreamItem, StreamToOpenAi};
 
 fn map(v: Value) -> Map<String, Value> {
     v.as_object().unwrap().clone()

@@ -7,7 +7,7 @@ use sluice_schemas::openai::CompletionUsage;
 
 use super::error::error_body;
 use super::response::{call_id, finish_reason, part_call, part_text, Response};
-use crate::openai::{self, Chunks, StreamItem};
+use crate::openai::{self, Chunks, StreamItem, StreamToOpenAi};
 
 /// Gemini's stream as OpenAI chunks.
 pub struct ToOpenAi {
@@ -29,13 +29,10 @@ impl ToOpenAi {
             finished: false,
         }
     }
+}
 
-    /// One event's `data`.
-    pub fn event(
-        &mut self,
-        data: &str,
-        out: &mut Vec<StreamItem>,
-    ) -> Result<(), serde_json::Error> {
+impl StreamToOpenAi for ToOpenAi {
+    fn event(&mut self, data: &str, out: &mut Vec<StreamItem>) -> Result<(), serde_json::Error> {
         let value: Value = serde_json::from_str(data)?;
         if let Some(error) = value.get("error") {
             out.push(StreamItem::Error(error_body(error)));
@@ -95,8 +92,7 @@ impl ToOpenAi {
         Ok(())
     }
 
-    /// The provider's stream ended: the last chunks and the end, if it was complete.
-    pub fn end(&mut self, out: &mut Vec<StreamItem>) {
+    fn end(&mut self, out: &mut Vec<StreamItem>) {
         if !self.finished {
             // Cut before the last chunk: no end, so the worker sees a broken stream.
             return;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 
 use super::{error, request, response, stream};
-use crate::StreamItem;
+use crate::{StreamItem, StreamToOpenAi};
 
 fn map(v: Value) -> Map<String, Value> {
     v.as_object().unwrap().clone()

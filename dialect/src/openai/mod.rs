@@ -12,7 +12,7 @@ pub use request::{
 };
 pub use response::{
     choice, completion, generated_id, tool_call_json, unix_now, usage, Chunks, Completion,
-    StreamItem,
+    StreamItem, StreamToOpenAi,
 };
 
 #[cfg(test)]

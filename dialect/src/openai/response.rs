@@ -24,6 +24,18 @@ pub enum StreamItem {
     Done,
 }
 
+/// Turns one provider's server-sent events into the internal stream, event by event.
+pub trait StreamToOpenAi {
+    /// One event's `data` (every dialect repeats the event name in it) becomes zero or
+    /// more items, pushed to `out`; data that is not the provider's JSON is an error.
+    fn event(&mut self, data: &str, out: &mut Vec<StreamItem>) -> Result<(), serde_json::Error>;
+
+    /// The provider's stream ended. A provider that marks its end in-band pushes nothing
+    /// here; one whose stream simply stops (Gemini) pushes its last chunks and
+    /// [`StreamItem::Done`] if the stream was complete.
+    fn end(&mut self, _out: &mut Vec<StreamItem>) {}
+}
+
 /// Usage in OpenAI's terms: prompt tokens include cached ones.
 pub fn usage(prompt: u32, completion: u32, cached: u32) -> CompletionUsage {
     CompletionUsage {

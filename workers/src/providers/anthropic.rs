@@ -10,7 +10,7 @@ use sluice_dialect::anthropic::{error, request, response, stream};
 
 use super::{
     call_json, call_stream, check_key_env, check_url, key_from_env, translate_events, Completion,
-    EventStream, Invalid, Provider, StreamTranslator,
+    EventStream, Invalid, Provider,
 };
 use crate::error::ProviderError;
 
@@ -133,21 +133,4 @@ pub fn map_error(_status: u16, body: &str) -> (String, Option<Duration>) {
         Some(error) => (error.to_json(), None),
         None => (body.to_string(), None),
     }
-}
-
-impl StreamTranslator for stream::ToOpenAi {
-    fn event(
-        &mut self,
-        _name: &str,
-        data: &str,
-        out: &mut Vec<String>,
-    ) -> Result<(), ProviderError> {
-        let mut items = Vec::new();
-        stream::ToOpenAi::event(self, data, &mut items).map_err(ProviderError::Malformed)?;
-        out.extend(items.into_iter().map(super::stream_item));
-        Ok(())
-    }
-
-    // Anthropic marks the end in-band (`message_stop`).
-    fn end(&mut self, _out: &mut Vec<String>) {}
 }

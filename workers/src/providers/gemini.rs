@@ -12,7 +12,7 @@ use sluice_dialect::gemini::{error, request, response, stream};
 
 use super::{
     call_json, call_stream, check_key_env, check_url, key_from_env, translate_events, Completion,
-    EventStream, Invalid, Provider, StreamTranslator,
+    EventStream, Invalid, Provider,
 };
 use crate::error::ProviderError;
 
@@ -123,25 +123,5 @@ pub fn map_error(_status: u16, body: &str) -> (String, Option<Duration>) {
     match error::to_openai(body) {
         Some((error, retry)) => (error.to_json(), retry),
         None => (body.to_string(), None),
-    }
-}
-
-impl StreamTranslator for stream::ToOpenAi {
-    fn event(
-        &mut self,
-        _name: &str,
-        data: &str,
-        out: &mut Vec<String>,
-    ) -> Result<(), ProviderError> {
-        let mut items = Vec::new();
-        stream::ToOpenAi::event(self, data, &mut items).map_err(ProviderError::Malformed)?;
-        out.extend(items.into_iter().map(super::stream_item));
-        Ok(())
-    }
-
-    fn end(&mut self, out: &mut Vec<String>) {
-        let mut items = Vec::new();
-        stream::ToOpenAi::end(self, &mut items);
-        out.extend(items.into_iter().map(super::stream_item));
     }
 }

@@ -17,7 +17,7 @@ use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use sluice_dialect::StreamItem;
+use sluice_dialect::{StreamItem, StreamToOpenAi};
 
 use crate::error::ProviderError;
 
@@ -279,19 +279,6 @@ pub(crate) fn classify(e: reqwest::Error, timeout: Duration) -> ProviderError {
     }
 }
 
-/// Turns one provider's server-sent events into OpenAI chunks.
-pub(crate) trait StreamTranslator: Send + 'static {
-    /// One event (`event:` name, `data:` payload) becomes zero or more chunks, pushed to
-    /// `out` (OpenAI chunk JSON, an `{"error": ...}` object, or `[DONE]`).
-    fn event(&mut self, name: &str, data: &str, out: &mut Vec<String>)
-        -> Result<(), ProviderError>;
-
-    /// The provider's stream ended. A provider that marks its end in-band pushes nothing
-    /// here; one whose stream simply stops (Gemini) pushes its last chunks and `[DONE]` if
-    /// the stream was complete.
-    fn end(&mut self, out: &mut Vec<String>);
-}
-
 /// A translated stream item as the chunk text the worker passes on; a provider's error
 /// is scrubbed first, as any error body a caller can see.
 fn stream_item(item: StreamItem) -> String {
@@ -303,7 +290,7 @@ fn stream_item(item: StreamItem) -> String {
 }
 
 /// The chunks of a streamed response, translated event by event.
-pub(crate) fn translate_events<T: StreamTranslator>(
+pub(crate) fn translate_events<T: StreamToOpenAi + Send + 'static>(
     response: reqwest::Response,
     translator: T,
 ) -> EventStream {
@@ -313,7 +300,7 @@ pub(crate) fn translate_events<T: StreamTranslator>(
             Result<eventsource_stream::Event, eventsource_stream::EventStreamError<reqwest::Error>>,
         >,
         translator: T,
-        pending: VecDeque<String>,
+        pending: VecDeque<StreamItem>,
         ended: bool,
     }
     let state = State {
@@ -324,8 +311,8 @@ pub(crate) fn translate_events<T: StreamTranslator>(
     };
     futures::stream::unfold(state, |mut st| async move {
         loop {
-            if let Some(chunk) = st.pending.pop_front() {
-                return Some((Ok(chunk), st));
+            if let Some(item) = st.pending.pop_front() {
+                return Some((Ok(stream_item(item)), st));
             }
             if st.ended {
                 return None;
@@ -337,9 +324,9 @@ pub(crate) fn translate_events<T: StreamTranslator>(
                     st.translator.end(&mut out);
                 }
                 Some(Ok(event)) => {
-                    if let Err(error) = st.translator.event(&event.event, &event.data, &mut out) {
+                    if let Err(error) = st.translator.event(&event.data, &mut out) {
                         st.ended = true;
-                        return Some((Err(error), st));
+                        return Some((Err(ProviderError::Malformed(error)), st));
                     }
                 }
                 Some(Err(eventsource_stream::EventStreamError::Transport(e))) => {

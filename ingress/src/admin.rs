@@ -460,7 +460,7 @@ mod tests {
             },
             0,
         );
-        crate::api::router(Arc::new(state))
+        crate::http::router(Arc::new(state))
     }
 
     async fn call(

@@ -14,8 +14,9 @@ use serde_json::{json, Map, Value};
 use sluice_schemas::openai::ErrorBody;
 use sluice_schemas::{Result as ResultRecord, Status};
 
-use crate::api::{Dialect, REQUEST_ID_HEADER};
+use crate::admission::Dialect;
 use crate::error::ApiError;
+use crate::http::REQUEST_ID_HEADER;
 use crate::state::AppState;
 
 /// `POST /v1/messages`.
@@ -24,7 +25,7 @@ pub async fn messages(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    crate::api::sync_call(app, headers, body, Dialect::Anthropic).await
+    crate::http::chat::sync_call(app, headers, body, Dialect::Anthropic).await
 }
 
 fn invalid(param: &'static str, problem: &'static str) -> ApiError {

@@ -96,6 +96,7 @@ pub fn rejection_policy(error: &ApiError) -> Option<String> {
         ApiError::ContentFlagged { .. } => Some("moderation:input:flagged".into()),
         ApiError::OutputFlagged { .. } => Some("moderation:output:flagged".into()),
         ApiError::RateLimited { .. } => Some("rate_limit:key".into()),
+        ApiError::BudgetExceeded(e) => Some(e.audit_policy()),
         _ => None,
     }
 }

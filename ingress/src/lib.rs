@@ -3,8 +3,8 @@
 //! their result on a reply topic; async callers poll results from ClickHouse.
 
 pub mod admin;
+mod admission;
 pub mod anthropic;
-pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod batch;
@@ -15,6 +15,7 @@ pub mod cpu;
 pub mod demo;
 pub mod error;
 pub mod guard;
+mod http;
 pub mod kafka;
 pub mod key_sync;
 pub mod listener;
@@ -22,7 +23,6 @@ pub mod lookup;
 pub mod public_url;
 pub mod replies;
 pub mod state;
-pub mod stream;
 pub mod tokens;
 pub mod webhooks;
 
@@ -119,7 +119,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Ingres
     state.batches.set_shutdown(shutdown.clone());
     batch::driver::resume_all(Arc::clone(&state));
     let limits = state.config.listener.clone();
-    let app = api::router(state);
+    let app = http::router(state);
     tracing::info!(%addr, max_connections = limits.max_connections, "ingress listening");
     let task = tokio::spawn(listener::serve(listener, app, limits, shutdown));
     Ok(Ingress { addr, task })

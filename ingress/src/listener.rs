@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::Dialect;
+use crate::admission::Dialect;
 use crate::error::ApiError;
 use crate::state::AppState;
 

@@ -54,6 +54,8 @@ impl Recent {
 }
 
 pub struct AppState {
+    /// Where audit events go (admission's `accepted` and every `rejected`).
+    pub(crate) audits: crate::admission::AuditSink,
     pub config: Config,
     pub keys: KeyStore,
     pub models: HashMap<String, Tokenizer>,
@@ -97,6 +99,11 @@ impl AppState {
             })
             .collect();
         AppState {
+            audits: crate::admission::AuditSink::new(
+                producer.clone(),
+                topics.name(&sluice_schemas::Topic::Audit),
+                config.kafka.max_message_bytes,
+            ),
             keys: KeyStore::from_config(&config.keys),
             team_topics: config.routing.team_topics.iter().cloned().collect(),
             reply_to: ReplyTo {

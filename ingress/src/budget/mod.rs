@@ -6,9 +6,9 @@
 //! for every budget that applies to it, spent + reserved + its own worst-case cost stays
 //! within the limit.
 
-pub mod admit;
 pub mod feed;
 pub mod ledger;
+mod refusal;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -17,7 +17,7 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 use sluice_schemas::openai::ChatCompletionRequest;
 
-use super::{validate, Dialect, Mode};
+use super::validate::{validate, Dialect, Mode};
 use crate::auth::Caller;
 use crate::config::Config;
 use crate::state::AppState;
@@ -223,10 +223,10 @@ proptest! {
     ) {
         let mut headers = HeaderMap::new();
         if let Some(Ok(v)) = priority.map(|p| p.parse()) {
-            headers.insert(super::PRIORITY_HEADER, v);
+            headers.insert(super::validate::PRIORITY_HEADER, v);
         }
         if let Some(Ok(v)) = timeout.map(|t| t.parse()) {
-            headers.insert(super::TIMEOUT_HEADER, v);
+            headers.insert(super::validate::TIMEOUT_HEADER, v);
         }
         check(&serde_json::to_vec(&body).unwrap(), &headers)?;
         // The same turns as an Anthropic request.

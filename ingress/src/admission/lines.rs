@@ -6,7 +6,7 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue};
 use sluice_schemas::{Priority, Topic};
 
-use super::{validate, Accepted, Dialect, Mode, PRIORITY_HEADER};
+use super::validate::{validate, Accepted, Dialect, Mode, PRIORITY_HEADER};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -51,6 +51,6 @@ impl Line {
 
     /// Publishes the line (and its `accepted` audit event); returns once Kafka acked it.
     pub(crate) async fn publish(&self, app: &AppState) -> Result<(), ApiError> {
-        app.publish(&self.0).await
+        super::publish(app, &self.0).await
     }
 }

@@ -2,11 +2,9 @@
 //! them, counts prompt tokens, and publishes them durably to Kafka. Sync callers wait for
 //! their result on a reply topic; async callers poll results from ClickHouse.
 
-pub mod admin;
 mod admission;
 pub mod anthropic;
 pub mod audit;
-pub mod auth;
 pub mod batch;
 pub mod billing;
 pub mod budget;
@@ -17,7 +15,7 @@ pub mod error;
 pub mod guard;
 mod http;
 pub mod kafka;
-pub mod key_sync;
+mod keys;
 pub mod listener;
 pub mod lookup;
 pub mod public_url;
@@ -34,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 pub use error::ApiError;
+pub use keys::auth;
 use state::AppState;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,11 +43,8 @@ pub enum StartError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("cannot rebuild the budget ledger")]
     Budget(#[from] budget::feed::FeedError),
-    #[error("the keys topic {topic} was not read to its end within {waited:?}")]
-    KeysNotLoaded {
-        topic: String,
-        waited: std::time::Duration,
-    },
+    #[error(transparent)]
+    Keys(#[from] keys::LoadError),
     #[error("cannot listen on {addr}")]
     Listen {
         addr: String,
@@ -79,8 +75,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Ingres
     let waiters = replies::Waiters::default();
     tokio::spawn(replies::run(consumer, waiters.clone(), shutdown.clone()));
     // Keys before serving: a replica must not accept a key revoked before it started.
-    let keys = auth::KeyStore::from_config(&config.keys);
-    let key_log = key_sync::start(
+    let keys = keys::KeyStore::from_config(&config.keys);
+    let key_log = keys::sync::start(
         &config.kafka,
         &topics.name(&sluice_schemas::Topic::Keys),
         keys.clone(),

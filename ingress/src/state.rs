@@ -7,9 +7,9 @@ use std::sync::Mutex;
 use rdkafka::producer::FutureProducer;
 use sluice_schemas::{now_ms, ReplyTo, Topic, Topics};
 
-use crate::auth::KeyStore;
 use crate::config::Config;
 use crate::guard::Guard;
+use crate::keys::{KeyLog, KeyStore};
 use crate::lookup::ResultStore;
 use crate::replies::Waiters;
 use crate::tokens::Tokenizer;
@@ -69,7 +69,7 @@ pub struct AppState {
     pub guard: Guard,
     /// The keys topic, for the admin API (none until [`AppState::with_keys`]: admin
     /// changes answer 503).
-    pub key_log: Option<crate::key_sync::KeyLog>,
+    pub key_log: Option<KeyLog>,
     /// Budgets and the live spend ledger (docs/budgets.md).
     pub budgets: crate::budget::Budgets,
     /// The batch tables (docs/batch.md).
@@ -135,7 +135,7 @@ impl AppState {
     }
 
     /// The live key store (seeded from `[[keys]]`, fed by the keys topic) and its topic.
-    pub fn with_keys(mut self, keys: KeyStore, log: crate::key_sync::KeyLog) -> AppState {
+    pub fn with_keys(mut self, keys: KeyStore, log: KeyLog) -> AppState {
         self.keys = keys;
         self.key_log = Some(log);
         self

@@ -6,9 +6,9 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 use sluice_schemas::{encode, now_ms, Audit, AuditAction, Request};
 
-use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::kafka::send;
+use crate::keys::Caller;
 
 /// An event about `r` (the fields every action shares).
 pub(crate) fn event(

@@ -18,8 +18,8 @@ use serde_json::{json, Value};
 use sluice_schemas::openai::ChatCompletionRequest;
 
 use super::validate::{validate, Dialect, Mode};
-use crate::auth::Caller;
 use crate::config::Config;
+use crate::keys::Caller;
 use crate::state::AppState;
 
 const CONFIG: &str = r#"

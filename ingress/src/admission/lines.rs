@@ -7,8 +7,8 @@ use axum::http::{HeaderMap, HeaderValue};
 use sluice_schemas::{Priority, Topic};
 
 use super::validate::{validate, Accepted, Dialect, Mode, PRIORITY_HEADER};
-use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::keys::Caller;
 use crate::state::AppState;
 
 /// A validated batch line, ready to publish.

@@ -14,9 +14,9 @@ use serde_json::Value;
 use sluice_schemas::openai::ChatCompletionRequest;
 use sluice_schemas::{now_ms, Priority, Request, Topic};
 
-use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::guard::{Asked, Policy};
+use crate::keys::Caller;
 use crate::state::AppState;
 use crate::tokens::count_prompt_tokens;
 

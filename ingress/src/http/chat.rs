@@ -13,9 +13,9 @@ use sluice_schemas::{now_ms, AuditAction};
 use tracing::Instrument;
 
 use crate::admission::{audit_event, checked, of_caller, publish, Dialect, Mode};
-use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::guard::Output;
+use crate::keys::Caller;
 use crate::state::AppState;
 
 pub(super) async fn chat_completions(

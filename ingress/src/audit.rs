@@ -103,7 +103,6 @@ pub fn rejection_policy(error: &ApiError) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use sluice_schemas::audit_content::sha256_hex;
     use sluice_schemas::openai::{MessageContent, Role};

@@ -75,7 +75,6 @@ impl ResultStore {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use std::io::Read;
 

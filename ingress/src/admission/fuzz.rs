@@ -6,8 +6,6 @@
 //! `PROPTEST_CASES=N` sets the cases per property (default 500); docs/security.md records
 //! what ran.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::sync::LazyLock;
 
 use axum::body::Bytes;

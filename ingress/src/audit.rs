@@ -82,6 +82,12 @@ impl PromptAudit {
     }
 }
 
+impl crate::config::Section for AuditConfig {
+    fn check(&self, _: &crate::config::Config) -> Result<(), ConfigError> {
+        self.validate()
+    }
+}
+
 /// The policy decision behind a refusal, for the `rejected` audit event's `policy`.
 pub fn rejection_policy(error: &ApiError) -> Option<String> {
     match error {

@@ -57,8 +57,8 @@ impl Default for ListenerConfig {
     }
 }
 
-impl ListenerConfig {
-    pub fn validate(&self) -> Result<(), crate::error::ConfigError> {
+impl crate::config::Section for ListenerConfig {
+    fn check(&self, _: &crate::config::Config) -> Result<(), crate::error::ConfigError> {
         if self.max_connections == 0
             || self.header_read_timeout_ms.is_zero()
             || self.body_read_timeout_ms.is_zero()

@@ -146,6 +146,13 @@ impl Default for BudgetSettings {
     }
 }
 
+/// Start-up check of `[budget]`, with `[[budgets]]` and `[[prices]]` ([`validate`]).
+impl crate::config::Section for BudgetSettings {
+    fn check(&self, config: &Config) -> Result<(), ConfigError> {
+        validate(config)
+    }
+}
+
 /// Checks `[[budgets]]`, `[budget]` and `[[prices]]` (called by [`Config::validate`]).
 pub fn validate(config: &Config) -> Result<(), ConfigError> {
     let field = |field: String, problem: &'static str| ConfigError::Field { field, problem };

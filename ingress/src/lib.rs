@@ -3,7 +3,6 @@
 //! their result on a reply topic; async callers poll results from ClickHouse.
 
 mod admission;
-mod anthropic;
 mod audit;
 mod batch;
 mod billing;
@@ -36,6 +35,8 @@ pub use config::Config;
 pub use keys::auth;
 // `crate::ApiError`: the path batch/ still uses.
 pub(crate) use error::ApiError;
+// `crate::anthropic`: the path batch/ and admission use until translation is in dialect/.
+pub(crate) use http::anthropic;
 use state::AppState;
 
 #[derive(Debug, thiserror::Error)]

@@ -1,8 +1,9 @@
 //! The HTTP room, the only one that routes: the router, one handler file per API family
-//! (chat, async requests, models, budgets; batches, admin keys and Anthropic messages
+//! (chat, async requests, models, budgets, Anthropic messages; batches and admin keys
 //! mount their own), SSE streaming, and rendering in the caller's dialect. Handlers
 //! authenticate (keys), admit (admission) and answer; they hold no pipeline logic.
 
+pub(crate) mod anthropic;
 mod budgets;
 pub(crate) mod chat;
 mod models;

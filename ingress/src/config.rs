@@ -385,16 +385,7 @@ impl Config {
                 problem: "must be at least 1",
             });
         }
-        for model in &self.models {
-            if let Some(t) = &model.tokenizer {
-                if crate::tokens::Tokenizer::parse(t).is_none() {
-                    return Err(ConfigError::Field {
-                        field: format!("models[{}].tokenizer", model.id),
-                        problem: "must be \"o200k_base\" or \"cl100k_base\"",
-                    });
-                }
-            }
-        }
+        self.models.check(self)?;
         if self.billing.max_n == 0 {
             return Err(ConfigError::Field {
                 field: "billing.max_n".into(),

@@ -22,7 +22,6 @@ mod lookup;
 mod public_url;
 mod replies;
 mod state;
-mod tokens;
 mod webhooks;
 
 use std::net::SocketAddr;
@@ -37,6 +36,9 @@ pub use keys::auth;
 pub(crate) use error::ApiError;
 // `crate::anthropic`: the path batch/ and admission use until translation is in dialect/.
 pub(crate) use http::anthropic;
+// `crate::tokens`: the path guard's tests use.
+#[cfg(test)]
+use admission::tokens;
 use state::AppState;
 
 #[derive(Debug, thiserror::Error)]

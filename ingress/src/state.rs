@@ -7,12 +7,12 @@ use std::sync::Mutex;
 use rdkafka::producer::FutureProducer;
 use sluice_schemas::{now_ms, ReplyTo, Topic, Topics};
 
+use crate::admission::tokens::Tokenizer;
 use crate::config::Config;
 use crate::guard::Guard;
 use crate::keys::{KeyLog, KeyStore};
 use crate::lookup::ResultStore;
 use crate::replies::Waiters;
-use crate::tokens::Tokenizer;
 
 /// How long this replica remembers an accepted async request locally, covering the time
 /// until the analytics sink has landed its audit row in ClickHouse (its flush interval, ~1 s,

@@ -2,11 +2,13 @@
 //! (options, model, key, guardrails, prompt tokens, size) into an [`Accepted`];
 //! [`publish`] reserves its budget and writes it and its `accepted` audit event; every
 //! `rejected` audit event is built by [`audit::rejected`]. Batch lines enter through
-//! [`validate_line`]. Knows nothing of routes or responses.
+//! [`validate_line`]; prompt tokens are counted by [`tokens`]. Knows nothing of routes or
+//! responses.
 
 mod audit;
 mod lines;
 mod publish;
+pub(crate) mod tokens;
 mod validate;
 
 #[cfg(test)]

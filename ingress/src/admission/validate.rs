@@ -14,11 +14,11 @@ use serde_json::Value;
 use sluice_schemas::openai::ChatCompletionRequest;
 use sluice_schemas::{now_ms, Priority, Request, Topic};
 
+use super::tokens::count_prompt_tokens;
 use crate::error::ApiError;
 use crate::guard::{Asked, Policy};
 use crate::keys::Caller;
 use crate::state::AppState;
-use crate::tokens::count_prompt_tokens;
 
 pub(crate) const PRIORITY_HEADER: &str = "x-sluice-priority";
 pub(crate) const TIMEOUT_HEADER: &str = "x-sluice-timeout-ms";

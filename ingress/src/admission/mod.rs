@@ -8,6 +8,7 @@
 mod audit;
 mod lines;
 mod publish;
+mod routing;
 pub(crate) mod tokens;
 mod validate;
 
@@ -17,4 +18,5 @@ mod fuzz;
 pub(crate) use audit::{event as audit_event, of_caller, AuditSink};
 pub(crate) use lines::{validate_line, Line};
 pub(crate) use publish::publish;
+pub(crate) use routing::Routing;
 pub(crate) use validate::{checked, Dialect, Mode};

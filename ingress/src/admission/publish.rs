@@ -25,7 +25,7 @@ pub(crate) async fn publish(app: &AppState, accepted: &Accepted) -> Result<(), A
     // Budgets: hold the worst-case cost; other replicas learn it from the audit event.
     accepted_event.reserved_nanos = reserve_budget(app, r)?;
     let topic = app.topics.name(&accepted.topic);
-    let partition = app.partition_for(&accepted.topic, &r.team);
+    let partition = app.routing.partition(&accepted.topic, &r.team);
     let (sent, audited) = tokio::join!(
         send(&app.producer, &topic, &r.team, &payload, Some(partition)),
         app.audits.send(&accepted_event),

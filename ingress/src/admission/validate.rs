@@ -234,11 +234,7 @@ pub(crate) fn validate(
             limit,
         });
     }
-    let topic = if app.team_topics.contains(&caller.team) {
-        Topic::TeamRequests(priority, caller.team.clone())
-    } else {
-        Topic::Requests(priority)
-    };
+    let topic = app.routing.topic(&caller.team, priority);
     let reply = match mode {
         Mode::Sync => Some(app.reply_to.clone()),
         Mode::Async => None,

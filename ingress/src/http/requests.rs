@@ -47,7 +47,7 @@ pub(super) async fn submit(
         return e.into_response();
     }
     let r = &accepted.record;
-    app.remember(&r.request_id, &r.team);
+    app.recent.remember(&r.request_id, &r.team);
     if let Some(url) = &accepted.webhook_url {
         crate::batch::webhooks::watch_request(Arc::clone(&app), r, url.clone());
     }
@@ -136,7 +136,7 @@ pub(super) async fn request_status(
         }))
         .into_response());
     }
-    let queued = app.recently_accepted(&id, &caller.team)
+    let queued = app.recent.contains(&id, &caller.team)
         || app
             .store
             .was_accepted(&id, &caller.team)

@@ -16,11 +16,10 @@ use sluice_dialect::anthropic::{error, request, response, stream, MessagesReques
 use sluice_schemas::openai::ChatCompletionRequest;
 use sluice_schemas::{Result as ResultRecord, Status};
 
-use crate::api::{Dialect, REQUEST_ID_HEADER};
+use crate::admission::Dialect;
 use crate::error::ApiError;
+use crate::http::REQUEST_ID_HEADER;
 use crate::state::AppState;
-
-pub use sluice_dialect::anthropic::error::error_type;
 
 /// `POST /v1/messages`.
 pub async fn messages(
@@ -28,7 +27,7 @@ pub async fn messages(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    crate::api::sync_call(app, headers, body, Dialect::Anthropic).await
+    crate::http::chat::sync_call(app, headers, body, Dialect::Anthropic).await
 }
 
 /// An Anthropic Messages request body as the internal OpenAI chat request: parsed once,

@@ -82,6 +82,12 @@ impl PromptAudit {
     }
 }
 
+impl crate::config::Section for AuditConfig {
+    fn check(&self, _: &crate::config::Config) -> Result<(), ConfigError> {
+        self.validate()
+    }
+}
+
 /// The policy decision behind a refusal, for the `rejected` audit event's `policy`.
 pub fn rejection_policy(error: &ApiError) -> Option<String> {
     match error {
@@ -96,13 +102,13 @@ pub fn rejection_policy(error: &ApiError) -> Option<String> {
         ApiError::ContentFlagged { .. } => Some("moderation:input:flagged".into()),
         ApiError::OutputFlagged { .. } => Some("moderation:output:flagged".into()),
         ApiError::RateLimited { .. } => Some("rate_limit:key".into()),
+        ApiError::BudgetExceeded(e) => Some(e.audit_policy()),
         _ => None,
     }
 }
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use sluice_schemas::audit_content::sha256_hex;
     use sluice_schemas::openai::{MessageContent, Role};

@@ -338,6 +338,8 @@ impl Config {
         Ok(config)
     }
 
+    /// Checks every section: plain fields here, a room's section by the room
+    /// ([`Section`]).
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.retention.file_days == 0 {
             return Err(ConfigError::Field {
@@ -345,15 +347,8 @@ impl Config {
                 problem: "must be at least 1 (a batch may run for a day)",
             });
         }
-        crate::webhooks::Webhooks::from_config(&self.webhooks)?;
-        if let Some(base) = &self.server.public_base_url {
-            if !crate::public_url::valid_base(base) {
-                return Err(ConfigError::Field {
-                    field: "server.public_base_url".into(),
-                    problem: "must be an absolute http(s) URL without userinfo, query or fragment",
-                });
-            }
-        }
+        self.webhooks.check(self)?;
+        self.server.check(self)?;
         for key in &self.keys {
             if key.sha256.len() != 64 || hex::decode(&key.sha256).is_err() {
                 return Err(ConfigError::Field {
@@ -390,16 +385,7 @@ impl Config {
                 problem: "must be at least 1",
             });
         }
-        for model in &self.models {
-            if let Some(t) = &model.tokenizer {
-                if crate::tokens::Tokenizer::parse(t).is_none() {
-                    return Err(ConfigError::Field {
-                        field: format!("models[{}].tokenizer", model.id),
-                        problem: "must be \"o200k_base\" or \"cl100k_base\"",
-                    });
-                }
-            }
-        }
+        self.models.check(self)?;
         if self.billing.max_n == 0 {
             return Err(ConfigError::Field {
                 field: "billing.max_n".into(),
@@ -419,10 +405,10 @@ impl Config {
                 problem: "must be more than 0",
             });
         }
-        self.listener.validate()?;
-        crate::guard::Guard::from_config(&self.guard)?;
-        crate::budget::validate(self)?;
-        self.audit.validate()?;
+        self.listener.check(self)?;
+        self.guard.check(self)?;
+        self.budget.check(self)?;
+        self.audit.check(self)?;
         if self.models.is_empty() {
             return Err(ConfigError::Field {
                 field: "models".into(),
@@ -431,6 +417,13 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A section that a room checks (its patterns compile, its prices are sane, ...). The room
+/// implements it beside its own code, so config names the section's data, never the
+/// room's logic.
+pub(crate) trait Section {
+    fn check(&self, config: &Config) -> Result<(), ConfigError>;
 }
 
 /// Durations in config are plain milliseconds (`*_ms` keys).

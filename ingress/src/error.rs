@@ -106,7 +106,8 @@ pub enum ApiError {
     },
     #[error("Invalid value for `sluice.webhook_url`: {0}")]
     WebhookRefused(#[source] crate::webhooks::WebhookRefusal),
-    #[error("{}", describe_budget(.0))]
+    /// Its message is the budget room's (`budget::Exceeded`'s `Display`).
+    #[error("{0}")]
     BudgetExceeded(Box<crate::budget::Exceeded>),
     #[error("Rate limit reached for this API key; retry after {} ms", retry_after.as_millis())]
     RateLimited { retry_after: std::time::Duration },
@@ -159,27 +160,6 @@ fn describe_categories(categories: &[&str]) -> String {
         })
         .collect();
     described.join(" and ")
-}
-
-fn usd(nanos: i64) -> String {
-    format!("${:.4}", nanos as f64 / 1e9)
-}
-
-fn describe_budget(e: &crate::budget::Exceeded) -> String {
-    format!(
-        "Budget exceeded: the {scope} `{subject}` {period} budget of {limit} has {spent} spent and {reserved} reserved by requests in flight; this request may cost up to {cost}. It resets at {resets}.",
-        scope = e.scope.as_str(),
-        subject = e.subject,
-        period = match e.period {
-            crate::budget::Period::Day => "daily",
-            crate::budget::Period::Month => "monthly",
-        },
-        limit = usd(e.limit_nanos),
-        spent = usd(e.spent_nanos),
-        reserved = usd(e.reserved_nanos),
-        cost = usd(e.cost_nanos),
-        resets = crate::budget::format_utc(e.resets_at_ms),
-    )
 }
 
 fn flagged_list(categories: &[String]) -> String {

@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::Dialect;
+use crate::admission::Dialect;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -57,8 +57,8 @@ impl Default for ListenerConfig {
     }
 }
 
-impl ListenerConfig {
-    pub fn validate(&self) -> Result<(), crate::error::ConfigError> {
+impl crate::config::Section for ListenerConfig {
+    fn check(&self, _: &crate::config::Config) -> Result<(), crate::error::ConfigError> {
         if self.max_connections == 0
             || self.header_read_timeout_ms.is_zero()
             || self.body_read_timeout_ms.is_zero()
@@ -164,7 +164,7 @@ pub(crate) async fn intake(
         Dialect::OpenAi
     };
     let authorized = if path.starts_with("/admin/") {
-        crate::admin::authorize(&app, request.headers())
+        crate::keys::authorize_admin(&app, request.headers())
     } else if path.starts_with("/v1/") {
         app.keys.authenticate(request.headers()).map(|_| ())
     } else {

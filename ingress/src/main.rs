@@ -28,7 +28,10 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     if let Some(key) = args.hash_key {
-        #[allow(clippy::print_stdout)]
+        #[expect(
+            clippy::print_stdout,
+            reason = "--hash-key prints the digest for the config"
+        )]
         {
             println!("{}", sluice_ingress::auth::hex_digest(&key));
         }

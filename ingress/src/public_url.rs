@@ -17,7 +17,21 @@ use std::str::FromStr;
 use axum::http::uri::Authority;
 use axum::http::{header, HeaderMap};
 
-use crate::config::ServerConfig;
+use crate::config::{Config, Section, ServerConfig};
+use crate::error::ConfigError;
+
+/// `public_base_url`, when set, must be a base for the URLs this module makes.
+impl Section for ServerConfig {
+    fn check(&self, _: &Config) -> Result<(), ConfigError> {
+        match &self.public_base_url {
+            Some(base) if !valid_base(base) => Err(ConfigError::Field {
+                field: "server.public_base_url".into(),
+                problem: "must be an absolute http(s) URL without userinfo, query or fragment",
+            }),
+            _ => Ok(()),
+        }
+    }
+}
 
 const FORWARDED_PROTO: &str = "x-forwarded-proto";
 

@@ -88,6 +88,13 @@ impl fmt::Debug for Webhooks {
     }
 }
 
+/// The allow-list and every team's secret must be usable.
+impl crate::config::Section for WebhooksConfig {
+    fn check(&self, _: &crate::config::Config) -> Result<(), ConfigError> {
+        Webhooks::from_config(self).map(drop)
+    }
+}
+
 impl Webhooks {
     /// Checks the allow-list and every team's secret (env variables included).
     pub fn from_config(config: &WebhooksConfig) -> Result<Webhooks, ConfigError> {

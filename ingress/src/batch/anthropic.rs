@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::StreamExt;
 use serde_json::{json, Value};
+use sluice_dialect::anthropic::{error, response};
 use sluice_schemas::now_ms;
 use sluice_schemas::tables::PrivateTable;
 
@@ -48,10 +49,7 @@ impl IntoResponse for AnthropicError {
             e => {
                 let status = e.status();
                 let retry = status.is_server_error() || status.as_u16() == 429;
-                let body = json!({"type": "error", "error": {
-                    "type": crate::anthropic::error_type(status.as_u16()),
-                    "message": e.to_string(),
-                }});
+                let body = error::for_status(status.as_u16(), &e.to_string());
                 let mut response = (status, Json(body)).into_response();
                 if retry {
                     response
@@ -346,25 +344,19 @@ pub async fn results(
 
 /// One line of Anthropic's results file.
 pub(crate) fn render_result(row: &JoinedLine) -> Option<String> {
-    let errored = |kind: &str, message: &str| json!({"type": "errored", "error": {"type": "error", "error": {"type": kind, "message": message}}});
+    let errored = |error: Value| json!({"type": "errored", "error": error});
     let result = match outcome(row) {
         Outcome::Pending => return None,
         Outcome::Invalid("batch_cancelled", _) | Outcome::Cancelled => json!({"type": "canceled"}),
-        Outcome::Invalid(_, message) => errored("invalid_request_error", message),
+        Outcome::Invalid(_, message) => errored(error::body("invalid_request_error", message)),
         Outcome::Expired => json!({"type": "expired"}),
         Outcome::Succeeded => {
             let body: Value = serde_json::from_str(&row.body).unwrap_or(Value::Null);
-            json!({"type": "succeeded", "message": crate::anthropic::message_from_openai(&body, &row.model)})
+            json!({"type": "succeeded", "message": response::from_openai(&body, &row.model)})
         }
         Outcome::Errored => {
             let body: Value = serde_json::from_str(&row.body).unwrap_or(Value::Null);
-            let message = body["error"]["message"]
-                .as_str()
-                .unwrap_or("The request failed.");
-            errored(
-                crate::anthropic::error_type(row.http_status.max(0) as u16),
-                message,
-            )
+            errored(error::from_openai(row.http_status.max(0) as u16, &body))
         }
     };
     Some(json!({"custom_id": row.custom_id, "result": result}).to_string())

@@ -569,7 +569,7 @@ async fn moderate(
             Ok(()) => {}
             Err(e @ ApiError::ModerationUnavailable(_)) => return Err(OutputError::Moderation(e)),
             Err(e) => {
-                app.send_refusal(
+                app.audits.reject(
                     sluice_schemas::Audit {
                         request_id: row.request_id.clone(),
                         team: caller.team.clone(),

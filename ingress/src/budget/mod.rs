@@ -6,9 +6,9 @@
 //! for every budget that applies to it, spent + reserved + its own worst-case cost stays
 //! within the limit.
 
-pub mod admit;
 pub mod feed;
 pub mod ledger;
+mod refusal;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -143,6 +143,13 @@ impl Default for BudgetSettings {
             dedup_window: 500_000,
             catch_up_timeout_ms: Duration::from_secs(300),
         }
+    }
+}
+
+/// Start-up check of `[budget]`, with `[[budgets]]` and `[[prices]]` ([`validate`]).
+impl crate::config::Section for BudgetSettings {
+    fn check(&self, config: &Config) -> Result<(), ConfigError> {
+        validate(config)
     }
 }
 

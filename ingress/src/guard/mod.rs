@@ -162,6 +162,13 @@ pub struct Prepared {
     pub decisions: Vec<String>,
 }
 
+/// Start-up check of `[guard]` (config.rs's `Section`): it compiles.
+impl crate::config::Section for GuardConfig {
+    fn check(&self, _: &crate::config::Config) -> Result<(), ConfigError> {
+        Guard::from_config(self).map(drop)
+    }
+}
+
 impl Guard {
     pub fn from_config(config: &GuardConfig) -> Result<Guard, ConfigError> {
         if !pii::detectors_ok() {

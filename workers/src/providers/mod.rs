@@ -1,15 +1,14 @@
 //! Providers: a closed set, chosen by `type` in config, all behind one trait. Whatever the
 //! provider speaks, requests arrive and answers leave in one internal shape: the OpenAI chat
 //! completion request, response and `chat.completion.chunk` (what flows through Kafka and
-//! back to callers). Each provider module translates to and from its own wire format;
-//! [`translate`] holds what they share.
+//! back to callers). Each provider module holds its config and HTTP calls; the bodies are
+//! translated to and from its wire format by `sluice_dialect`.
 
 pub mod anthropic;
 pub mod azure;
 pub mod gemini;
 pub mod openai;
 pub mod scrub;
-pub mod translate;
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -18,7 +17,7 @@ use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use sluice_schemas::openai::CompletionUsage;
+use sluice_dialect::{StreamItem, StreamToOpenAi};
 
 use crate::error::ProviderError;
 
@@ -78,14 +77,7 @@ impl ProviderConfig {
     }
 }
 
-/// A successful completion, translated to OpenAI's response shape.
-#[derive(Debug, Clone)]
-pub struct Completion {
-    /// The response body the caller gets, as JSON.
-    pub body: String,
-    /// Usage as the provider reported it.
-    pub usage: CompletionUsage,
-}
+pub use sluice_dialect::Completion;
 
 /// A provider's stream of server-sent events, translated to OpenAI `chat.completion.chunk`
 /// JSON (and the final `[DONE]`).
@@ -287,21 +279,18 @@ pub(crate) fn classify(e: reqwest::Error, timeout: Duration) -> ProviderError {
     }
 }
 
-/// Turns one provider's server-sent events into OpenAI chunks.
-pub(crate) trait StreamTranslator: Send + 'static {
-    /// One event (`event:` name, `data:` payload) becomes zero or more chunks, pushed to
-    /// `out` (OpenAI chunk JSON, an `{"error": ...}` object, or `[DONE]`).
-    fn event(&mut self, name: &str, data: &str, out: &mut Vec<String>)
-        -> Result<(), ProviderError>;
-
-    /// The provider's stream ended. A provider that marks its end in-band pushes nothing
-    /// here; one whose stream simply stops (Gemini) pushes its last chunks and `[DONE]` if
-    /// the stream was complete.
-    fn end(&mut self, out: &mut Vec<String>);
+/// A translated stream item as the chunk text the worker passes on; a provider's error
+/// is scrubbed first, as any error body a caller can see.
+fn stream_item(item: StreamItem) -> String {
+    match item {
+        StreamItem::Chunk(chunk) => chunk,
+        StreamItem::Error(error) => scrub::scrub(&error.to_json()).into_owned(),
+        StreamItem::Done => "[DONE]".into(),
+    }
 }
 
 /// The chunks of a streamed response, translated event by event.
-pub(crate) fn translate_events<T: StreamTranslator>(
+pub(crate) fn translate_events<T: StreamToOpenAi + Send + 'static>(
     response: reqwest::Response,
     translator: T,
 ) -> EventStream {
@@ -311,7 +300,7 @@ pub(crate) fn translate_events<T: StreamTranslator>(
             Result<eventsource_stream::Event, eventsource_stream::EventStreamError<reqwest::Error>>,
         >,
         translator: T,
-        pending: VecDeque<String>,
+        pending: VecDeque<StreamItem>,
         ended: bool,
     }
     let state = State {
@@ -322,8 +311,8 @@ pub(crate) fn translate_events<T: StreamTranslator>(
     };
     futures::stream::unfold(state, |mut st| async move {
         loop {
-            if let Some(chunk) = st.pending.pop_front() {
-                return Some((Ok(chunk), st));
+            if let Some(item) = st.pending.pop_front() {
+                return Some((Ok(stream_item(item)), st));
             }
             if st.ended {
                 return None;
@@ -335,9 +324,9 @@ pub(crate) fn translate_events<T: StreamTranslator>(
                     st.translator.end(&mut out);
                 }
                 Some(Ok(event)) => {
-                    if let Err(error) = st.translator.event(&event.event, &event.data, &mut out) {
+                    if let Err(error) = st.translator.event(&event.data, &mut out) {
                         st.ended = true;
-                        return Some((Err(error), st));
+                        return Some((Err(ProviderError::Malformed(error)), st));
                     }
                 }
                 Some(Err(eventsource_stream::EventStreamError::Transport(e))) => {
@@ -410,6 +399,21 @@ mod tests {
             "model": "claude-x", "messages": [{"role": "user", "content": "hi"}]
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn provider_error_bodies_not_in_the_provider_shape_pass_as_they_are() {
+        // A body that is not Anthropic's shape passes as it is.
+        assert_eq!(
+            anthropic::map_error(502, "<html>bad gateway</html>").0,
+            "<html>bad gateway</html>"
+        );
+        assert!(ProviderError::Status {
+            status: 529,
+            body: String::new(),
+            retry_after: None
+        }
+        .is_retriable());
     }
 
     #[tokio::test]

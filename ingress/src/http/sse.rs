@@ -11,10 +11,13 @@ use axum::http::HeaderValue;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use sluice_schemas::openai::ErrorBody;
-use sluice_schemas::{encode, now_ms, Audit, Cancel, Request, Status, StreamChunk, Topic};
+use sluice_schemas::{
+    encode, now_ms, Audit, AuditAction, Cancel, Request, Status, StreamChunk, Topic,
+};
 
+use super::REQUEST_ID_HEADER;
+use crate::admission::{audit_event, Dialect};
 use crate::anthropic::StreamWriter;
-use crate::api::Dialect;
 use crate::error::ApiError;
 use crate::guard::{Output, StreamOutput};
 use crate::kafka::send;
@@ -86,7 +89,7 @@ enum Out {
 
 /// Waits for the first event, then streams. Failures before the first chunk are answered as
 /// plain JSON errors with their status, as OpenAI does.
-pub async fn respond(
+pub(super) async fn respond(
     app: Arc<AppState>,
     record: &Request,
     mut guard: StreamGuard,
@@ -119,7 +122,8 @@ pub async fn respond(
         ReplyEvent::End(mut result) => {
             cancel.armed = false;
             if let Err(e) = output.finish(&mut result).await {
-                app.audit_refusal(record, &e);
+                app.audits
+                    .reject(audit_event(record, AuditAction::Rejected, 0, None), &e);
                 return dialect.error(e);
             }
             return dialect.result(&result);
@@ -138,7 +142,7 @@ pub async fn respond(
             .then(|| StreamWriter::new(&record.model, record.prompt_tokens)),
         queue: VecDeque::new(),
         output: (!output.is_noop()).then(|| output.into_stream()),
-        audit: crate::api::audit_event(record, sluice_schemas::AuditAction::Rejected, 0, None),
+        audit: audit_event(record, AuditAction::Rejected, 0, None),
     };
     let events = futures::stream::unfold(state, |mut st| async move {
         loop {
@@ -164,9 +168,7 @@ pub async fn respond(
         .keep_alive(KeepAlive::default())
         .into_response();
     if let Ok(v) = HeaderValue::from_str(&record.request_id) {
-        response
-            .headers_mut()
-            .insert(crate::api::REQUEST_ID_HEADER, v);
+        response.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
     response
 }
@@ -200,7 +202,7 @@ async fn guard_output(st: &mut StreamState, out: Out) -> Vec<Out> {
         Ok(()) => outs,
         Err(error) => {
             st.done = true;
-            st.cancel.app.send_refusal(st.audit.clone(), &error);
+            st.cancel.app.audits.reject(st.audit.clone(), &error);
             vec![Out::Error(error.body().to_json())]
         }
     }

@@ -3,6 +3,26 @@
 use sluice_schemas::openai::ChatMessage;
 use tiktoken_rs::CoreBPE;
 
+use crate::config::{Config, ModelConfig, Section};
+use crate::error::ConfigError;
+
+/// Start-up check of `[[models]]`: a named tokenizer is one this module has.
+impl Section for Vec<ModelConfig> {
+    fn check(&self, _: &Config) -> Result<(), ConfigError> {
+        for model in self {
+            if let Some(t) = &model.tokenizer {
+                if Tokenizer::parse(t).is_none() {
+                    return Err(ConfigError::Field {
+                        field: format!("models[{}].tokenizer", model.id),
+                        problem: "must be \"o200k_base\" or \"cl100k_base\"",
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tokenizer {
     O200kBase,

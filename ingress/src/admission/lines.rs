@@ -6,9 +6,9 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue};
 use sluice_schemas::{Priority, Topic};
 
-use super::{validate, Accepted, Dialect, Mode, PRIORITY_HEADER};
-use crate::auth::Caller;
+use super::validate::{validate, Accepted, Dialect, Mode, PRIORITY_HEADER};
 use crate::error::ApiError;
+use crate::keys::Caller;
 use crate::state::AppState;
 
 /// A validated batch line, ready to publish.
@@ -51,6 +51,6 @@ impl Line {
 
     /// Publishes the line (and its `accepted` audit event); returns once Kafka acked it.
     pub(crate) async fn publish(&self, app: &AppState) -> Result<(), ApiError> {
-        app.publish(&self.0).await
+        super::publish(app, &self.0).await
     }
 }

@@ -17,7 +17,7 @@ use sluice_schemas::topics::is_valid_team_name;
 use sluice_schemas::{now_ms, ApiKey};
 use subtle::ConstantTimeEq;
 
-use crate::auth::{self, KeySource, StoredKey};
+use super::auth::{self, KeySource, StoredKey};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -26,7 +26,7 @@ const MAX_LABEL_CHARS: usize = 256;
 /// Longest lifetime a key may be given (`ttl_seconds`, `expires_at`): 10 years.
 const MAX_TTL_SECONDS: i64 = 10 * 365 * 24 * 3600;
 
-pub fn routes() -> Router<Arc<AppState>> {
+pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/admin/keys", post(create).get(list))
         .route("/admin/keys/{id}", get(show).patch(update).delete(revoke))
@@ -53,7 +53,7 @@ pub(crate) fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), ApiEr
     }
 }
 
-fn key_log(app: &AppState) -> Result<&crate::key_sync::KeyLog, ApiError> {
+fn key_log(app: &AppState) -> Result<&super::KeyLog, ApiError> {
     app.key_log.as_ref().ok_or(ApiError::ShuttingDown)
 }
 
@@ -460,7 +460,7 @@ mod tests {
             },
             0,
         );
-        crate::api::router(Arc::new(state))
+        crate::http::router(Arc::new(state))
     }
 
     async fn call(

@@ -14,11 +14,22 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use sluice_schemas::{decode, encode, ApiKey};
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::KeyStore;
+use super::KeyStore;
 use crate::config::KafkaConfig;
 use crate::error::ApiError;
 use crate::kafka::{reader_config, when_ready};
-use crate::StartError;
+
+/// Why the keys topic could not be loaded at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot reach Kafka or create topics")]
+    Kafka(#[from] KafkaError),
+    #[error("the keys topic {topic} was not read to its end within {waited:?}")]
+    NotLoaded {
+        topic: String,
+        waited: std::time::Duration,
+    },
+}
 
 /// The keys topic has one partition: one total order of key changes.
 const PARTITION: i32 = 0;
@@ -47,7 +58,7 @@ pub async fn start(
     keys: KeyStore,
     shutdown: CancellationToken,
     limit: Duration,
-) -> Result<KeyLog, StartError> {
+) -> Result<KeyLog, LoadError> {
     // No group membership: the partition is assigned and offsets are never committed.
     let cc = reader_config(kafka, &format!("{topic}-reader"));
     let consumer: StreamConsumer = cc.create()?;
@@ -65,7 +76,7 @@ pub async fn start(
     ));
     let started = std::time::Instant::now();
     if !keys.wait_applied(high, limit).await {
-        return Err(StartError::KeysNotLoaded {
+        return Err(LoadError::NotLoaded {
             topic: topic.to_string(),
             waited: limit,
         });

@@ -2,11 +2,12 @@
 //! responses and streams (as Google's API documentation shows them) and the OpenAI shapes
 //! they become.
 
-#![allow(clippy::unwrap_used)]
+use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
-use super::*;
+use super::{error, request, response, stream};
+use crate::{StreamItem, StreamToOpenAi};
 
 fn map(v: Value) -> Map<String, Value> {
     v.as_object().unwrap().clone()
@@ -39,7 +40,7 @@ fn request_with_system_turns_and_generation_config() {
         "stream_options": {"include_usage": true}
     }));
     assert_eq!(
-        Value::Object(to_gemini(&openai)),
+        Value::Object(request::from_openai(&openai)),
         json!({
             "systemInstruction": {"parts": [{"text": "You are a cat. Your name is Neko."}]},
             "contents": [
@@ -78,7 +79,7 @@ fn request_with_function_calling_and_json_mode() {
         "response_format": {"type": "json_object"}
     }));
     assert_eq!(
-        Value::Object(to_gemini(&openai)),
+        Value::Object(request::from_openai(&openai)),
         json!({
             "contents": [
                 {"role": "user", "parts": [
@@ -118,7 +119,7 @@ fn response_text() {
       "modelVersion": "gemini-2.0-flash",
       "responseId": "mAitaLmkHPPlz7IPvtfUqQ4"
     }"#;
-    let completion = from_gemini(body, "gemini-2.0-flash").unwrap();
+    let completion = response::to_openai(body, "gemini-2.0-flash").unwrap();
     assert_eq!(
         without_created(&completion.body),
         json!({
@@ -144,7 +145,7 @@ fn response_function_call_thoughts_and_cache() {
                         "thoughtsTokenCount": 30, "totalTokenCount": 1050},
       "modelVersion": "gemini-2.5-flash"
     }"#;
-    let completion = from_gemini(body, "gemini-2.5-flash").unwrap();
+    let completion = response::to_openai(body, "gemini-2.5-flash").unwrap();
     let got = without_created(&completion.body);
     let choice = &got["choices"][0];
     assert_eq!(choice["finish_reason"], "tool_calls");
@@ -169,7 +170,9 @@ fn errors_map_with_their_retry_delay() {
       "status": "RESOURCE_EXHAUSTED", "details": [
         {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{"quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests"}]},
         {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "39s"}]}}"#;
-    let (mapped, retry) = map_error(429, body);
+    let (mapped, retry) = error::to_openai(body)
+        .map(|(e, r)| (e.to_json(), r))
+        .unwrap();
     assert_eq!(retry, Some(Duration::from_secs(39)));
     assert_eq!(
         serde_json::from_str::<Value>(&mapped).unwrap(),
@@ -177,25 +180,25 @@ fn errors_map_with_their_retry_delay() {
                          "type": "resource_exhausted", "param": null, "code": "RESOURCE_EXHAUSTED"}})
     );
     let key = r#"[{"error": {"code": 400, "message": "API key not valid. Please pass a valid API key.", "status": "INVALID_ARGUMENT"}}]"#;
-    let (mapped, retry) = map_error(400, key);
+    let (mapped, retry) = error::to_openai(key)
+        .map(|(e, r)| (e.to_json(), r))
+        .unwrap();
     assert_eq!(retry, None);
     assert!(mapped.contains("\"code\":\"INVALID_ARGUMENT\""), "{mapped}");
 }
 
 fn stream(events: &[&str]) -> Vec<Value> {
-    let mut translator = GeminiStream::new("gemini-2.0-flash");
+    let mut translator = stream::ToOpenAi::new("gemini-2.0-flash");
     let mut out = Vec::new();
     for data in events {
-        translator.event("", data, &mut out).unwrap();
+        translator.event(data, &mut out).unwrap();
     }
     translator.end(&mut out);
     out.iter()
-        .map(|s| {
-            if s == "[DONE]" {
-                json!("[DONE]")
-            } else {
-                without_created(s)
-            }
+        .map(|item| match item {
+            StreamItem::Chunk(s) => without_created(s),
+            StreamItem::Error(e) => serde_json::to_value(e).unwrap(),
+            StreamItem::Done => json!("[DONE]"),
         })
         .collect()
 }

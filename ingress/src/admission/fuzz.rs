@@ -6,8 +6,6 @@
 //! `PROPTEST_CASES=N` sets the cases per property (default 500); docs/security.md records
 //! what ran.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::sync::LazyLock;
 
 use axum::body::Bytes;
@@ -17,9 +15,9 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 use sluice_schemas::openai::ChatCompletionRequest;
 
-use super::{validate, Dialect, Mode};
-use crate::auth::Caller;
+use super::validate::{validate, Dialect, Mode};
 use crate::config::Config;
+use crate::keys::Caller;
 use crate::state::AppState;
 
 const CONFIG: &str = r#"
@@ -223,10 +221,10 @@ proptest! {
     ) {
         let mut headers = HeaderMap::new();
         if let Some(Ok(v)) = priority.map(|p| p.parse()) {
-            headers.insert(super::PRIORITY_HEADER, v);
+            headers.insert(super::validate::PRIORITY_HEADER, v);
         }
         if let Some(Ok(v)) = timeout.map(|t| t.parse()) {
-            headers.insert(super::TIMEOUT_HEADER, v);
+            headers.insert(super::validate::TIMEOUT_HEADER, v);
         }
         check(&serde_json::to_vec(&body).unwrap(), &headers)?;
         // The same turns as an Anthropic request.

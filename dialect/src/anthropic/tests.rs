@@ -2,11 +2,10 @@
 //! Anthropic responses and streams (as Anthropic's API reference shows them) and the OpenAI
 //! shapes they become.
 
-#![allow(clippy::unwrap_used)]
+use serde_json::{json, Map, Value};
 
-use serde_json::{json, Value};
-
-use super::*;
+use super::{error, request, response, stream, MessagesRequest, RequestError};
+use crate::{StreamItem, StreamToOpenAi};
 
 fn map(v: Value) -> Map<String, Value> {
     v.as_object().unwrap().clone()
@@ -43,7 +42,7 @@ fn request_with_system_turns_tools_and_sampling() {
         "tool_choice": "required",
         "stream_options": {"include_usage": true}
     }));
-    let out = to_anthropic(&openai, "claude-sonnet-4-5", 4096, true);
+    let out = request::from_openai(&openai, "claude-sonnet-4-5", 4096, true);
     assert_eq!(
         Value::Object(out.body),
         json!({
@@ -83,7 +82,7 @@ fn request_with_system_turns_tools_and_sampling() {
 fn max_tokens_defaults_from_config() {
     let openai =
         map(json!({"model": "m", "messages": [{"role": "user", "content": "Hello, world"}]}));
-    let out = to_anthropic(&openai, "claude-opus-4-1", 2048, false);
+    let out = request::from_openai(&openai, "claude-opus-4-1", 2048, false);
     assert_eq!(
         Value::Object(out.body),
         json!({"model": "claude-opus-4-1", "max_tokens": 2048,
@@ -104,7 +103,7 @@ fn response_text() {
       "stop_sequence": null,
       "usage": {"input_tokens": 2095, "output_tokens": 503, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
     }"#;
-    let completion = from_anthropic(body, None).unwrap();
+    let completion = response::to_openai(body, None).unwrap();
     let mut got: Value = serde_json::from_str(&completion.body).unwrap();
     assert!(got["created"].as_i64().unwrap() > 1_700_000_000);
     got.as_object_mut().unwrap().remove("created");
@@ -138,7 +137,7 @@ fn response_tool_use_and_cache_usage() {
       ],
       "usage": {"input_tokens": 100, "cache_creation_input_tokens": 20, "cache_read_input_tokens": 1800, "output_tokens": 60}
     }"#;
-    let completion = from_anthropic(body, None).unwrap();
+    let completion = response::to_openai(body, None).unwrap();
     let got: Value = serde_json::from_str(&completion.body).unwrap();
     assert_eq!(
         got["choices"][0],
@@ -164,7 +163,7 @@ fn json_schema_is_a_forced_tool_whose_input_is_the_answer() {
         "response_format": {"type": "json_schema", "json_schema": {"name": "city", "schema":
             {"type": "object", "properties": {"name": {"type": "string"}}}}}}),
     );
-    let out = to_anthropic(&openai, "claude", 100, false);
+    let out = request::from_openai(&openai, "claude", 100, false);
     assert_eq!(out.json_tool.as_deref(), Some("city"));
     assert_eq!(
         out.body["tool_choice"],
@@ -178,7 +177,7 @@ fn json_schema_is_a_forced_tool_whose_input_is_the_answer() {
         "content": [{"type": "tool_use", "id": "toolu_1", "name": "city", "input": {"name": "Paris"}}],
         "stop_reason": "tool_use", "usage": {"input_tokens": 5, "output_tokens": 7}}"#;
     let got: Value =
-        serde_json::from_str(&from_anthropic(body, Some("city")).unwrap().body).unwrap();
+        serde_json::from_str(&response::to_openai(body, Some("city")).unwrap().body).unwrap();
     assert_eq!(
         got["choices"][0]["message"],
         json!({"role": "assistant", "content": "{\"name\":\"Paris\"}"})
@@ -189,14 +188,17 @@ fn json_schema_is_a_forced_tool_whose_input_is_the_answer() {
 /// Feeds `(event, data)` pairs through the translator; returns the chunks as JSON (or the
 /// literal `[DONE]` as a string).
 fn translate_stream(events: &[(&str, &str)], json_tool: Option<&str>) -> Vec<Value> {
-    let mut stream = AnthropicStream::new(json_tool.map(str::to_string));
+    let mut stream = stream::ToOpenAi::new(json_tool.map(str::to_string));
     let mut out = Vec::new();
-    for (name, data) in events {
-        stream.event(name, data, &mut out).unwrap();
+    for (_name, data) in events {
+        stream.event(data, &mut out).unwrap();
     }
-    stream.end(&mut out);
     out.into_iter()
-        .map(|s| serde_json::from_str(&s).unwrap_or(Value::String(s)))
+        .map(|item| match item {
+            StreamItem::Chunk(s) => serde_json::from_str(&s).unwrap(),
+            StreamItem::Error(e) => serde_json::to_value(e).unwrap(),
+            StreamItem::Done => json!("[DONE]"),
+        })
         .map(|mut v| {
             if let Some(o) = v.as_object_mut() {
                 o.remove("created");
@@ -332,7 +334,7 @@ fn stream_of_a_tool_call() {
 #[test]
 fn errors_in_body_and_mid_stream() {
     let body = r#"{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}, "request_id": "req_011CSHoEeqs5C35K2UUqR7Fy"}"#;
-    let (mapped, _) = map_error(529, body);
+    let mapped = error::to_openai(body).unwrap().to_json();
     assert_eq!(
         serde_json::from_str::<Value>(&mapped).unwrap(),
         json!({"error": {"message": "Overloaded", "type": "overloaded_error", "param": null, "code": "overloaded_error"}})
@@ -345,15 +347,150 @@ fn errors_in_body_and_mid_stream() {
         None,
     );
     assert_eq!(got[0]["error"]["type"], "overloaded_error");
-    // A body that is not Anthropic's shape passes as it is.
+}
+
+// The ingress's way: Anthropic requests in, OpenAI answers and chunks out as Anthropic's.
+
+fn to_openai_bytes(
+    body: &[u8],
+) -> Result<sluice_schemas::openai::ChatCompletionRequest, RequestError> {
+    request::to_openai(MessagesRequest::parse(body)?)
+}
+
+#[test]
+fn anthropic_request_becomes_the_openai_request() {
+    // Anthropic docs: a multi-turn request with a system prompt and a tool round trip.
+    let body = json!({
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 1024,
+        "system": [{"type": "text", "text": "You are a weather bot."}],
+        "messages": [
+            {"role": "user", "content": "What's the weather like in San Francisco?"},
+            {"role": "assistant", "content": [
+                {"type": "text", "text": "I'll check."},
+                {"type": "tool_use", "id": "toolu_01A09q90qw90lq917835lq9", "name": "get_weather",
+                 "input": {"location": "San Francisco, CA"}}
+            ]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_01A09q90qw90lq917835lq9", "content": "15 degrees"},
+                {"type": "text", "text": "Thanks. And this?"},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": "/9j/4AAQ"}}
+            ]}
+        ],
+        "stop_sequences": ["END"],
+        "temperature": 0.5,
+        "top_k": 40,
+        "metadata": {"user_id": "u-1"},
+        "tools": [{"name": "get_weather", "description": "Get the weather",
+                   "input_schema": {"type": "object", "properties": {"location": {"type": "string"}}}}],
+        "tool_choice": {"type": "any", "disable_parallel_tool_use": true},
+        "stream": true
+    });
+    let out = serde_json::to_value(to_openai_bytes(body.to_string().as_bytes()).unwrap()).unwrap();
     assert_eq!(
-        map_error(502, "<html>bad gateway</html>").0,
-        "<html>bad gateway</html>"
+        out,
+        json!({
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 1024,
+            "messages": [
+                {"role": "system", "content": "You are a weather bot."},
+                {"role": "user", "content": "What's the weather like in San Francisco?"},
+                {"role": "assistant", "content": "I'll check.", "tool_calls": [{"id": "toolu_01A09q90qw90lq917835lq9",
+                    "type": "function", "function": {"name": "get_weather", "arguments": "{\"location\":\"San Francisco, CA\"}"}}]},
+                {"role": "tool", "tool_call_id": "toolu_01A09q90qw90lq917835lq9", "content": "15 degrees"},
+                {"role": "user", "content": [
+                    {"type": "text", "text": "Thanks. And this?"},
+                    {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,/9j/4AAQ"}}
+                ]}
+            ],
+            "stop": ["END"],
+            "temperature": 0.5,
+            "top_k": 40,
+            "user": "u-1",
+            "tools": [{"type": "function", "function": {"name": "get_weather", "description": "Get the weather",
+                "parameters": {"type": "object", "properties": {"location": {"type": "string"}}}}}],
+            "tool_choice": "required",
+            "parallel_tool_calls": false,
+            "stream": true,
+            "stream_options": {"include_usage": true}
+        })
     );
-    assert!(ProviderError::Status {
-        status: 529,
-        body: String::new(),
-        retry_after: None
+}
+
+#[test]
+fn missing_max_tokens_is_named() {
+    let err = to_openai_bytes(br#"{"model": "m", "messages": []}"#).unwrap_err();
+    assert!(err.to_string().contains("max_tokens"), "{err}");
+}
+
+#[test]
+fn openai_completion_becomes_an_anthropic_message() {
+    let completion = json!({
+        "id": "chatcmpl-abc", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+            "role": "assistant", "content": "Checking.",
+            "tool_calls": [{"id": "call_1", "type": "function",
+                            "function": {"name": "get_weather", "arguments": "{\"location\":\"Paris\"}"}}]}}],
+        "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120,
+                  "prompt_tokens_details": {"cached_tokens": 60}}
+    });
+    assert_eq!(
+        response::from_openai(&completion, "smart"),
+        json!({
+            "id": "msg_abc", "type": "message", "role": "assistant", "model": "gpt-4o-mini",
+            "content": [
+                {"type": "text", "text": "Checking."},
+                {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"location": "Paris"}}
+            ],
+            "stop_reason": "tool_use", "stop_sequence": null,
+            "usage": {"input_tokens": 40, "cache_creation_input_tokens": 0,
+                      "cache_read_input_tokens": 60, "output_tokens": 20}
+        })
+    );
+}
+
+#[test]
+fn openai_chunks_become_anthropic_events() {
+    let mut writer = stream::FromOpenAi::new("m", 9);
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": "gpt-4o-mini",
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        .to_string()
+    };
+    let mut events = Vec::new();
+    events.extend(writer.chunk(&chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    )));
+    events.extend(writer.chunk(&chunk(json!({"content": "Hel"}), Value::Null)));
+    events.extend(writer.chunk(&chunk(json!({"content": "lo"}), Value::Null)));
+    events.extend(writer.chunk(&chunk(json!({}), json!("stop"))));
+    events.extend(writer.chunk(
+        &json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": "gpt-4o-mini", "choices": [],
+                "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}})
+        .to_string(),
+    ));
+    events.extend(writer.done());
+    let text: String = events.iter().map(|e| format!("{e:?}")).collect();
+    let order = [
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ];
+    assert_eq!(events.len(), order.len(), "{text}");
+    let mut at = 0;
+    for name in order {
+        let found = text[at..]
+            .find(name)
+            .unwrap_or_else(|| panic!("{name} in {text}"));
+        at += found + name.len();
     }
-    .is_retriable());
+    assert!(
+        text.contains("end_turn") && text.contains("\\\"output_tokens\\\":2"),
+        "{text}"
+    );
 }

@@ -1,0 +1,267 @@
+//! Validation: an HTTP body (in either dialect) becomes an [`Accepted`] request, or the
+//! [`ApiError`] that refuses it. Pure apart from the clock and the webhook allow-list: nothing
+//! is published here.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde_json::Value;
+use sluice_schemas::openai::ChatCompletionRequest;
+use sluice_schemas::{now_ms, Priority, Request, Topic};
+
+use super::tokens::count_prompt_tokens;
+use crate::error::ApiError;
+use crate::guard::{Asked, Policy};
+use crate::keys::Caller;
+use crate::state::AppState;
+
+pub(crate) const PRIORITY_HEADER: &str = "x-sluice-priority";
+pub(crate) const TIMEOUT_HEADER: &str = "x-sluice-timeout-ms";
+
+/// Sluice's own options, given in the body as `"sluice": {...}` (removed before the body
+/// reaches a provider) or as `x-sluice-*` headers.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SluiceOptions {
+    priority: Option<String>,
+    timeout_ms: Option<u64>,
+    #[serde(default)]
+    attributes: HashMap<String, String>,
+    /// A prompt template, `name@version` or `name` (the latest version).
+    template: Option<String>,
+    /// The template's variables.
+    variables: Option<serde_json::Map<String, Value>>,
+    /// Restore masked PII in the answer (sync only); default: the team's `pii.restore`.
+    restore: Option<bool>,
+    /// Async only: a URL notified (Standard Webhooks) when the request has its result.
+    webhook_url: Option<String>,
+}
+
+#[derive(Clone, Copy)]
+pub(crate) enum Mode {
+    Sync,
+    Async,
+}
+
+/// A validated request, ready to publish.
+pub(crate) struct Accepted {
+    pub(crate) record: Request,
+    pub(crate) topic: Topic,
+    /// The team's guardrail policy.
+    pub(crate) policy: Arc<Policy>,
+    /// Masked values to put back into a sync answer.
+    pub(crate) restorer: Option<crate::guard::restore::Restorer>,
+    /// The final messages' text for the input moderation check (empty: no check).
+    pub(crate) moderation_input: Vec<String>,
+    /// What the `accepted` audit event records of the prompt.
+    pub(crate) prompt_audit: crate::audit::PromptAudit,
+    /// Notified when an async request has its result (docs/batch.md#webhooks).
+    pub(crate) webhook_url: Option<String>,
+}
+
+/// The wire format of a sync endpoint. Both carry the same internal (OpenAI) request
+/// through Kafka; they differ in what callers send and get back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// `POST /v1/chat/completions`.
+    OpenAi,
+    /// `POST /v1/messages` (Anthropic's Messages API).
+    Anthropic,
+}
+
+/// [`validate`], on the blocking pool for a large body (JSON parsing, guard scans and token
+/// counting of megabytes would stall the runtime: docs/security.md).
+pub(crate) async fn checked(
+    app: &Arc<AppState>,
+    caller: &Caller,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    mode: Mode,
+    dialect: Dialect,
+) -> Result<Accepted, ApiError> {
+    if body
+        .as_ref()
+        .map_or(true, |b| b.len() < crate::cpu::HEAVY_BYTES)
+    {
+        return validate(app, caller, headers, body, mode, dialect);
+    }
+    let (app, caller, headers) = (Arc::clone(app), caller.clone(), headers.clone());
+    crate::cpu::offload(move || validate(&app, &caller, &headers, body, mode, dialect))
+        .await
+        .map_err(ApiError::Internal)?
+}
+
+pub(crate) fn validate(
+    app: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    mode: Mode,
+    dialect: Dialect,
+) -> Result<Accepted, ApiError> {
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::BodyTooLarge {
+                limit: app.config.server.max_body_bytes,
+            }
+        } else {
+            ApiError::NotJson
+        }
+    })?;
+    let mut request: ChatCompletionRequest = match dialect {
+        Dialect::OpenAi => serde_json::from_slice(&body).map_err(ApiError::InvalidJson)?,
+        Dialect::Anthropic => crate::anthropic::to_openai(&body)?,
+    };
+    let options: SluiceOptions = match request.extra.remove("sluice") {
+        Some(v) => serde_json::from_value(v).map_err(|_| ApiError::InvalidParam {
+            param: "sluice",
+            problem: "expected an object with optional priority, timeout_ms, attributes, template, variables, restore and webhook_url",
+        })?,
+        None => SluiceOptions::default(),
+    };
+    if let Some(url) = &options.webhook_url {
+        if matches!(mode, Mode::Sync) {
+            return Err(ApiError::InvalidParam {
+                param: "sluice.webhook_url",
+                problem: "webhooks notify async requests; use POST /v1/requests",
+            });
+        }
+        app.webhooks
+            .check_now(&caller.team, url)
+            .map_err(ApiError::WebhookRefused)?;
+    }
+    if options.restore == Some(true) && matches!(mode, Mode::Async) {
+        return Err(ApiError::InvalidParam {
+            param: "sluice.restore",
+            problem: "masked values are never restored in async results: results are stored, and the mapping from placeholder to value never leaves the ingress; use POST /v1/chat/completions",
+        });
+    }
+    if request.model.trim().is_empty() {
+        return Err(ApiError::EmptyModel);
+    }
+    let tokenizer = *app
+        .models
+        .get(&request.model)
+        .ok_or_else(|| ApiError::UnknownModel(request.model.clone()))?;
+    app.keys.check_model(caller, &request.model)?;
+    // With a template, the template's messages may be all there is.
+    if request.messages.is_empty() && options.template.is_none() {
+        return Err(ApiError::EmptyMessages);
+    }
+    let stream = request.stream == Some(true);
+    if stream && matches!(mode, Mode::Async) {
+        return Err(ApiError::InvalidParam {
+            param: "stream",
+            problem: "async requests cannot stream; use POST /v1/chat/completions",
+        });
+    }
+    if !stream && request.extra.contains_key("stream_options") {
+        return Err(ApiError::InvalidParam {
+            param: "stream_options",
+            problem: "stream_options is only allowed when stream is true",
+        });
+    }
+    let completion_tokens = crate::billing::bound(
+        &mut request,
+        &app.config.billing,
+        app.config.budget.default_completion_tokens,
+    )?;
+    let priority = match options
+        .priority
+        .as_deref()
+        .or_else(|| headers.get(PRIORITY_HEADER).and_then(|v| v.to_str().ok()))
+    {
+        None => Priority::Standard,
+        Some(p) => Priority::parse(p).ok_or_else(|| ApiError::InvalidPriority(p.to_string()))?,
+    };
+    let timeout = match options.timeout_ms {
+        Some(ms) => Some(ms.to_string()),
+        None => headers
+            .get(TIMEOUT_HEADER)
+            .map(|v| v.to_str().unwrap_or("").to_string()),
+    };
+    let max = app.config.deadlines.max_ms;
+    let timeout = match timeout {
+        None => app.config.deadlines.default_for(priority),
+        Some(raw) => match raw.trim().parse::<u64>() {
+            Ok(ms) if ms > 0 && Duration::from_millis(ms) <= max => Duration::from_millis(ms),
+            _ => return Err(ApiError::InvalidTimeout(raw)),
+        },
+    };
+    let policy_restore = matches!(mode, Mode::Sync)
+        && options
+            .restore
+            .unwrap_or_else(|| app.guard.policy(&caller.team).restores());
+    let prepared = app.guard.prepare(
+        &caller.team,
+        &mut request.messages,
+        Asked {
+            template: options.template.as_deref(),
+            variables: options.variables.as_ref(),
+            restore: policy_restore,
+        },
+    )?;
+    if request.messages.is_empty() {
+        return Err(ApiError::EmptyMessages);
+    }
+    let prompt_tokens = count_prompt_tokens(tokenizer, &request.messages);
+    let mut attributes = options.attributes;
+    let prompt_audit = crate::audit::PromptAudit::new(
+        app.config.audit.content_for(&caller.team),
+        &request.messages,
+        &prepared.decisions,
+        &mut attributes,
+    );
+    let created_at_ms = now_ms();
+    let request_id = format!("req_{}", uuid::Uuid::now_v7().simple());
+    // Every completion the provider may bill (n x the cap): what budgets reserve and
+    // workers throttle by.
+    let max_tokens = Some(completion_tokens.min(i32::MAX as u64) as i32);
+    let body = serde_json::to_string(&request).map_err(ApiError::InvalidJson)?;
+    // The body alone already too large for Kafka: refused before any budget or moderation
+    // (the encoded record is checked exactly when it is published).
+    let limit = app.config.kafka.max_message_bytes;
+    if !sluice_schemas::topics::fits(limit, caller.team.len(), body.len()) {
+        return Err(ApiError::MessageTooLarge {
+            size: body.len(),
+            limit,
+        });
+    }
+    let topic = app.routing.topic(&caller.team, priority);
+    let reply = match mode {
+        Mode::Sync => Some(app.reply_to.clone()),
+        Mode::Async => None,
+    };
+    Ok(Accepted {
+        record: Request {
+            request_id,
+            team: caller.team.clone(),
+            key_id: caller.key_id.clone(),
+            priority,
+            model: request.model,
+            created_at_ms,
+            deadline_ms: created_at_ms + timeout.as_millis() as i64,
+            traceparent: headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            reply,
+            prompt_tokens: prompt_tokens.min(i32::MAX as usize) as i32,
+            max_tokens,
+            body,
+            stream,
+            attributes,
+        },
+        topic,
+        policy: prepared.policy,
+        restorer: prepared.restorer,
+        moderation_input: prepared.moderation_input,
+        webhook_url: options.webhook_url,
+        prompt_audit,
+    })
+}

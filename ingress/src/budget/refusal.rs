@@ -1,0 +1,41 @@
+//! What a budget refusal says: to the caller (its message) and to audit (its policy).
+
+use std::fmt;
+
+use super::{format_utc, Exceeded, Period};
+
+fn usd(nanos: i64) -> String {
+    format!("${:.4}", nanos as f64 / 1e9)
+}
+
+impl fmt::Display for Exceeded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Budget exceeded: the {scope} `{subject}` {period} budget of {limit} has {spent} spent and {reserved} reserved by requests in flight; this request may cost up to {cost}. It resets at {resets}.",
+            scope = self.scope.as_str(),
+            subject = self.subject,
+            period = match self.period {
+                Period::Day => "daily",
+                Period::Month => "monthly",
+            },
+            limit = usd(self.limit_nanos),
+            spent = usd(self.spent_nanos),
+            reserved = usd(self.reserved_nanos),
+            cost = usd(self.cost_nanos),
+            resets = format_utc(self.resets_at_ms),
+        )
+    }
+}
+
+impl Exceeded {
+    /// The `policy` of the `rejected` audit event.
+    pub fn audit_policy(&self) -> String {
+        format!(
+            "budget:{}:{}:{}:exceeded",
+            self.scope.as_str(),
+            self.subject,
+            self.period.as_str()
+        )
+    }
+}

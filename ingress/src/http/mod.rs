@@ -1,0 +1,16 @@
+//! The HTTP room, the only one that routes: the router, one handler file per API family
+//! (chat, async requests, models, budgets, Anthropic messages; batches and admin keys
+//! mount their own), SSE streaming, and rendering in the caller's dialect. Handlers
+//! authenticate (keys), admit (admission) and answer; they hold no pipeline logic.
+
+pub(crate) mod anthropic;
+mod budgets;
+pub(crate) mod chat;
+mod models;
+pub(crate) mod render;
+mod requests;
+mod router;
+mod sse;
+
+pub(crate) use render::REQUEST_ID_HEADER;
+pub(crate) use router::router;

@@ -1,0 +1,157 @@
+//! `POST /v1/requests` (async submission) and `GET /v1/requests/{id}` (its status and result).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+use sluice_schemas::Audit;
+
+use super::chat::reject;
+use crate::admission::{checked, of_caller, publish, Dialect, Mode};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub(super) async fn submit(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let caller = match app.keys.authenticate(&headers) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let accepted = match checked(&app, &caller, &headers, body, Mode::Async, Dialect::OpenAi).await
+    {
+        Ok(a) => a,
+        Err(e) => return reject(&app, &caller, e, Dialect::OpenAi),
+    };
+    if let Some(url) = &accepted.webhook_url {
+        // The destination's DNS answer, for a clear 400 now (delivery checks again).
+        if let Err(e) = app.webhooks.check(&caller.team, url).await {
+            return reject(&app, &caller, ApiError::WebhookRefused(e), Dialect::OpenAi);
+        }
+    }
+    if let Err(e) = accepted
+        .policy
+        .moderate_input(&accepted.moderation_input)
+        .await
+    {
+        return reject(&app, &caller, e, Dialect::OpenAi);
+    }
+    if let Err(e) = publish(&app, &accepted).await {
+        return e.into_response();
+    }
+    let r = &accepted.record;
+    app.recent.remember(&r.request_id, &r.team);
+    if let Some(url) = &accepted.webhook_url {
+        crate::batch::webhooks::watch_request(Arc::clone(&app), r, url.clone());
+    }
+    let location = format!("/v1/requests/{}", r.request_id);
+    let mut response = (
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "id": r.request_id,
+            "object": "sluice.request",
+            "status": "queued",
+            "model": r.model,
+            "priority": r.priority.as_str(),
+            "created_at": r.created_at_ms / 1000,
+            "deadline_at": r.deadline_ms / 1000,
+            "prompt_tokens": r.prompt_tokens,
+        })),
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    response
+}
+
+pub(super) async fn request_status(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let caller = app.keys.authenticate(&headers)?;
+    if let Some(stored) = app
+        .store
+        .result(&id, &caller.team)
+        .await
+        .map_err(ApiError::StoreUnavailable)?
+    {
+        let parse = || serde_json::from_str(&stored.body).unwrap_or(Value::Null);
+        let body: Value = if stored.body.len() < crate::cpu::HEAVY_BYTES {
+            parse()
+        } else {
+            crate::cpu::in_place(parse)
+        };
+        let policy = app.guard.policy(&caller.team);
+        let mut status = stored.status.clone();
+        let mut http_status = stored.http_status;
+        let (response, error) = if stored.status != "completed" {
+            (Value::Null, body.get("error").cloned().unwrap_or(body))
+        } else if policy.moderates_output() {
+            // Async results are checked when they are read: the caller never gets a
+            // completion the team's classifier refuses.
+            match policy
+                .moderate_output(&crate::guard::completion_texts(&stored.body))
+                .await
+            {
+                Ok(()) => (body, Value::Null),
+                Err(e @ ApiError::ModerationUnavailable(_)) => return Err(e),
+                Err(e) => {
+                    app.audits.reject(
+                        Audit {
+                            request_id: id.clone(),
+                            model: stored.model.clone(),
+                            ..of_caller(&caller)
+                        },
+                        &e,
+                    );
+                    status = "failed".into();
+                    http_status = i32::from(e.status().as_u16());
+                    (
+                        Value::Null,
+                        serde_json::to_value(e.body().error).unwrap_or_default(),
+                    )
+                }
+            }
+        } else {
+            (body, Value::Null)
+        };
+        return Ok(Json(json!({
+            "id": id,
+            "object": "sluice.request",
+            "status": status,
+            "model": stored.model,
+            "http_status": http_status,
+            "completed_at": stored.finished_at_ms / 1000,
+            "response": response,
+            "error": error,
+        }))
+        .into_response());
+    }
+    let queued = app.recent.contains(&id, &caller.team)
+        || app
+            .store
+            .was_accepted(&id, &caller.team)
+            .await
+            .map_err(ApiError::StoreUnavailable)?;
+    if queued {
+        return Ok(Json(json!({
+            "id": id,
+            "object": "sluice.request",
+            "status": "queued",
+            "response": Value::Null,
+            "error": Value::Null,
+        }))
+        .into_response());
+    }
+    // Another team's request is indistinguishable from a missing one.
+    Err(ApiError::RequestNotFound(id))
+}

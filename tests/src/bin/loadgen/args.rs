@@ -19,71 +19,71 @@ pub(crate) enum Mode {
 #[command(name = "loadgen")]
 pub(crate) struct Args {
     #[arg(long, value_enum, default_value = "open")]
-    mode: Mode,
+    pub(crate) mode: Mode,
     /// Where to POST, e.g. http://127.0.0.1:18180/v1/chat/completions.
     #[arg(long)]
-    url: String,
+    pub(crate) url: String,
     /// Sent as `Authorization: Bearer <key>`.
     #[arg(long, env = "LOADGEN_KEY", hide_env_values = true)]
-    key: Option<String>,
+    pub(crate) key: Option<String>,
     /// Request body: JSON text, or @path to read it from a file.
     #[arg(
         long,
         default_value = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in one short sentence."}]}"#
     )]
-    body: String,
+    pub(crate) body: String,
     /// Requests per second (open mode).
     #[arg(long, default_value_t = 100.0)]
-    rate: f64,
+    pub(crate) rate: f64,
     /// Measured time, after the warmup: "15s", "500ms", "2m" or seconds.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
-    duration: Duration,
+    pub(crate) duration: Duration,
     /// Open mode: most requests outstanding at once (default 1000); closed mode: connections
     /// (default 32). Ignored in e2e mode.
     #[arg(long)]
-    concurrency: Option<usize>,
+    pub(crate) concurrency: Option<usize>,
     /// The status that counts as success; others are counted by status.
     #[arg(long, default_value_t = 200)]
-    expect_status: u16,
+    pub(crate) expect_status: u16,
     /// Load sent before the measured time at the same rate or concurrency; not recorded.
     /// Not used in e2e mode.
     #[arg(long, value_parser = parse_duration, default_value = "2s")]
-    warmup: Duration,
+    pub(crate) warmup: Duration,
     /// A request (or, in e2e mode, a wait for its row) failing after this long is an error.
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
-    timeout: Duration,
+    pub(crate) timeout: Duration,
     /// Print one JSON line on stdout; the summary goes to stderr.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     /// Print answers per second to stderr every second (open and closed modes): shows a
     /// throughput that changes during the run.
     #[arg(long)]
-    progress: bool,
+    pub(crate) progress: bool,
     /// Tokio worker threads (default: one per core).
     #[arg(long)]
-    threads: Option<usize>,
+    pub(crate) threads: Option<usize>,
     /// e2e mode: ClickHouse HTTP endpoint.
     #[arg(long, default_value = "http://127.0.0.1:18123")]
-    clickhouse_url: String,
+    pub(crate) clickhouse_url: String,
     /// e2e mode: the database the analytics sink writes to.
     #[arg(long, default_value = "sluice_bench")]
-    database: String,
+    pub(crate) database: String,
     /// e2e and cancel modes: requests to time.
     #[arg(long, default_value_t = 50)]
-    samples: usize,
+    pub(crate) samples: usize,
     /// Read answers as server-sent events: time to first token and to `[DONE]`. Implied by a
     /// body with `"stream": true`.
     #[arg(long)]
-    stream: bool,
+    pub(crate) stream: bool,
     /// Cancel mode: close the connection after this many SSE `data:` events.
     #[arg(long, default_value_t = 5)]
-    disconnect_after: u32,
+    pub(crate) disconnect_after: u32,
     /// Cancel mode: where the relay listens (the worker's provider base URL must point here).
     #[arg(long)]
-    relay_listen: Option<std::net::SocketAddr>,
+    pub(crate) relay_listen: Option<std::net::SocketAddr>,
     /// Cancel mode: the provider the relay forwards to.
     #[arg(long)]
-    relay_upstream: Option<std::net::SocketAddr>,
+    pub(crate) relay_upstream: Option<std::net::SocketAddr>,
 }
 
 /// "15s", "500ms", "2m", "1.5s" or a bare number of seconds.
@@ -104,19 +104,4 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
         _ => return Err(format!("{s:?}: unit must be ms, s or m")),
     };
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("{s:?}: {e}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse_with_or_without_a_unit() {
-        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
-        assert!(parse_duration("5h").is_err());
-        assert!(parse_duration("fast").is_err());
-    }
 }

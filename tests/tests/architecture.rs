@@ -77,7 +77,6 @@ fn no_allow_attribute_only_expect_with_a_reason() {
 }
 
 #[test]
-#[ignore = "enabled once the issue-16 restructuring merges"]
 fn one_module_style_mod_rs_folders() {
     let mut report = String::new();
     for krate in read_crates() {

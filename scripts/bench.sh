@@ -82,8 +82,9 @@ RELAY_MODEL=local-llama
 CANCEL_BODY="{\"model\":\"$RELAY_MODEL\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"Say hello in one short sentence.\"}]}"
 
 T0=$SECONDS
-log() { printf '[bench +%ss] %s\n' "$((SECONDS - T0))" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+LOG_TAG=bench LOG_T0=$T0
+# shellcheck source=scripts/lib.sh
+source "$REPO_DIR/scripts/lib.sh"  # log, die, alive
 services() { bash "$REPO_DIR/scripts/services.sh" "$@"; }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -102,7 +103,6 @@ grep -q '^kafka *running' <<<"$status_before" || stop_services+=(stop-kafka)
 grep -q '^clickhouse *running' <<<"$status_before" || stop_services+=(stop-clickhouse)
 declare -A PID=()   # name -> pid of the processes this run started
 # Running, and not a zombie waiting to be reaped.
-alive() { local s; s=$(cat "/proc/$1/stat" 2>/dev/null) && [[ ${s##*) } != Z* ]]; }
 on_exit() {
   local rc=$? name pid i
   for name in analytics worker ingress mock; do

@@ -32,9 +32,9 @@ BIN="$REPO_DIR/target/release"
 INGRESS="http://127.0.0.1:$INGRESS_PORT"
 
 T0=$SECONDS
-log() { printf '[bench-batch +%ss] %s\n' "$((SECONDS - T0))" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-alive() { local s; s=$(cat "/proc/$1/stat" 2>/dev/null) && [[ ${s##*) } != Z* ]]; }
+LOG_TAG=bench-batch LOG_T0=$T0
+# shellcheck source=scripts/lib.sh
+source "$REPO_DIR/scripts/lib.sh"  # log, die, alive
 rss_kb() { awk -v f="$2" '$1 == f":" { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 now_ms() { date +%s%3N; }
 mkdir -p "$OUT"

@@ -23,7 +23,9 @@ KEEP_SERVICES="${KEEP_SERVICES:-0}"
 PROFILE="${PROFILE:-release}"
 BIN="$REPO_DIR/target/$PROFILE"
 
-log() { printf '[run] %s\n' "$*" >&2; }
+LOG_TAG=run
+# shellcheck source=scripts/lib.sh
+source "$REPO_DIR/scripts/lib.sh"  # log, die, alive
 services() { bash "$REPO_DIR/scripts/services.sh" "$@"; }
 
 stop_processes() {

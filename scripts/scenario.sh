@@ -23,7 +23,9 @@ MOCK_PORT=19280
 PREFIX=sluice-scn
 DB=sluice_scn
 BIN="$REPO_DIR/target/release"
-log() { printf '[scenario +%ss] %s\n' "$SECONDS" "$*" >&2; }
+LOG_TAG=scenario LOG_T0=0
+# shellcheck source=scripts/lib.sh
+source "$REPO_DIR/scripts/lib.sh"  # log, die, alive
 services() { bash "$REPO_DIR/scripts/services.sh" "$@"; }
 
 mkdir -p "$DIR"

@@ -54,8 +54,9 @@ KAFKA_PROBE_DIR="$KAFKA_HOME/probe"
 KAFKA_DIR="$SLUICE_STATE/kafka"                         # per state dir: config, data, logs, pid
 CH_DIR="$SLUICE_STATE/clickhouse"
 
-log() { printf '[services] %s\n' "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+LOG_TAG=services
+# shellcheck source=scripts/lib.sh
+source "$SCRIPT_DIR/lib.sh"  # log, die, alive
 as_root() { if [[ $EUID -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 now_ms() { date +%s%3N; }
 

@@ -1,7 +1,11 @@
 //! End-to-end tests of the pipeline on the real Kafka and ClickHouse:
 //! ingress -> Kafka -> workers -> mock provider -> Kafka -> analytics -> ClickHouse.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers outside #[test] functions fail loudly"
+)]
 
 mod batch;
 mod batch_limits;

@@ -26,8 +26,7 @@
 //! Latencies are HDR histograms with microsecond resolution. `--json` prints one JSON line
 //! on stdout (the human-readable summary then goes to stderr).
 
-// Printing figures is this binary's job.
-#![allow(clippy::print_stdout)]
+#![expect(clippy::print_stdout, reason = "printing figures is this binary's job")]
 
 mod args;
 mod report;

@@ -16,6 +16,7 @@
 #   BENCH_SYNC_RATES ["100 500 1000"]        sync steps, req/s (each: direct, then through)
 #   BENCH_ASYNC_RATE [5000]  BENCH_ASYNC_CONNECTIONS [64]
 #   BENCH_E2E_SAMPLES [50]   BENCH_DRAIN_S [30]  BENCH_NO_BUILD [0]
+#   BENCH_BIN [<repo>/target/release]   where the binaries are (with BENCH_NO_BUILD=1: an older build, for before/after)
 #   BENCH_SCENARIOS ["sync e2e async soak"]   which parts to run; "streams" (not in the
 #                              default) measures streaming, with the knobs below
 #   BENCH_STREAM_RATES ["20 100 200"]        new streams/s (each: direct, then through)
@@ -72,7 +73,7 @@ DB=sluice_bench
 # Fresh topics and consumer groups per run (as the tests do): nothing a previous run left in
 # a topic, and no change of the worker's group naming, can make a run replay old requests.
 PREFIX="${BENCH_PREFIX:-bench$(date +%s)}"
-BIN="$REPO_DIR/target/release"
+BIN="${BENCH_BIN:-$REPO_DIR/target/release}"
 INGRESS="http://127.0.0.1:$INGRESS_PORT"
 MOCK="http://127.0.0.1:$MOCK_PORT"
 BODY="{\"model\":\"$MODEL\",\"messages\":[{\"role\":\"user\",\"content\":\"Say hello in one short sentence.\"}]}"

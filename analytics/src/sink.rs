@@ -574,18 +574,10 @@ const PRODUCER_DEFAULTS: &[(&str, &str)] = &[("message.timeout.ms", "30000"), ("
 const CONSUMER_DEFAULTS: &[(&str, &str)] =
     &[("fetch.min.bytes", "1000000"), ("fetch.wait.max.ms", "500")];
 
-/// Our defaults, then the passthrough options, then (by the caller, after this) the settings
+/// Our defaults, then bootstrap and the passthrough options, then (by the caller, after this) the settings
 /// correctness depends on, so those win.
 fn kafka_config(config: &Config, defaults: &[(&str, &str)]) -> ClientConfig {
-    let mut kafka = ClientConfig::new();
-    for (key, value) in defaults {
-        kafka.set(*key, *value);
-    }
-    for (key, value) in &config.kafka.options {
-        kafka.set(key, value);
-    }
-    kafka.set("bootstrap.servers", &config.kafka.bootstrap);
-    kafka
+    sluice_schemas::kafka::client_config(&config.kafka.bootstrap, &config.kafka.options, defaults)
 }
 
 /// Runs `op` until it succeeds, backing off exponentially up to `max_backoff`. None if

@@ -6,20 +6,17 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+use sluice_schemas::kafka::ProducerSettings;
 use sluice_schemas::{Topic, Topics};
 
 use crate::config::KafkaConfig;
 
 /// Base client settings: bootstrap, then the user's passthrough options.
 pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
-    let mut cc = ClientConfig::new();
-    cc.set("bootstrap.servers", &kafka.bootstrap);
-    for (k, v) in &kafka.options {
-        cc.set(k, v);
-    }
-    cc
+    sluice_schemas::kafka::client_config(&kafka.bootstrap, &kafka.options, &[])
 }
 
 /// A consumer that is assigned partitions and never joins a group or commits offsets
@@ -58,32 +55,21 @@ where
 }
 
 /// The request producer. A 2xx is only returned after the broker acknowledged the write to
-/// all in-sync replicas, so these settings come after (and override) passthrough options.
+/// all in-sync replicas.
 pub fn producer(kafka: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
-    let mut cc = ClientConfig::new();
-    // Callers wait on this path: send at once. Measured (docs/benchmarks.md): linger.ms=1
-    // added ~2.5 ms to the sync p50; operators can trade latency for broker load through
-    // `[kafka] options`, applied after this.
-    cc.set("linger.ms", "0");
-    cc.set("bootstrap.servers", &kafka.bootstrap);
-    for (k, v) in &kafka.options {
-        cc.set(k, v);
-    }
-    cc.set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set(
-            "message.timeout.ms",
-            kafka.produce_timeout_ms.as_millis().to_string(),
-        )
-        .set("message.max.bytes", kafka.max_message_bytes.to_string());
-    cc.create()
+    sluice_schemas::kafka::reliable_producer(&ProducerSettings {
+        bootstrap: &kafka.bootstrap,
+        options: &kafka.options,
+        // Callers wait on this path: send at once. Measured (docs/benchmarks.md): linger.ms=1
+        // added ~2.5 ms to the sync p50; operators can trade latency for broker load through
+        // `[kafka] options`.
+        linger_ms: 0,
+        message_timeout: kafka.produce_timeout_ms,
+        max_message_bytes: kafka.max_message_bytes,
+    })
 }
 
-/// Kafka refused the message as too large (librdkafka before sending, or the broker for a
-/// topic with a smaller `max.message.bytes`): final, sending it again cannot succeed.
-pub fn too_large(error: &KafkaError) -> bool {
-    error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge)
-}
+pub use sluice_schemas::kafka::too_large;
 
 /// Produces one message and waits for its acknowledgement.
 pub async fn send(

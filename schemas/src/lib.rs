@@ -17,6 +17,8 @@ pub mod audit_content;
 pub mod billable;
 pub mod codec;
 pub mod error;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod openai;
 pub mod outbound;
 pub mod pricing;

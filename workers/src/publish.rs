@@ -10,34 +10,21 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use crate::config::KafkaConfig;
 
 pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
-    let mut cc = ClientConfig::new();
-    cc.set("bootstrap.servers", &kafka.bootstrap);
-    for (k, v) in &kafka.options {
-        cc.set(k, v);
-    }
-    cc
+    sluice_schemas::kafka::client_config(&kafka.bootstrap, &kafka.options, &[])
 }
 
 pub fn producer(kafka: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
-    let mut cc = ClientConfig::new();
-    // Replies go to waiting sync callers: send at once.
-    cc.set("linger.ms", "1");
-    cc.set("bootstrap.servers", &kafka.bootstrap);
-    for (k, v) in &kafka.options {
-        cc.set(k, v);
-    }
-    cc.set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("message.timeout.ms", "30000")
-        .set("message.max.bytes", kafka.max_message_bytes.to_string());
-    cc.create()
+    sluice_schemas::kafka::reliable_producer(&sluice_schemas::kafka::ProducerSettings {
+        bootstrap: &kafka.bootstrap,
+        options: &kafka.options,
+        // Replies go to waiting sync callers: send at once.
+        linger_ms: 1,
+        message_timeout: std::time::Duration::from_secs(30),
+        max_message_bytes: kafka.max_message_bytes,
+    })
 }
 
-/// Kafka refused the message as too large (librdkafka before sending, or the broker for a
-/// topic with a smaller `max.message.bytes`): final, sending it again cannot succeed.
-pub fn too_large(error: &KafkaError) -> bool {
-    error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge)
-}
+pub use sluice_schemas::kafka::too_large;
 
 /// One message to produce.
 pub struct Outgoing<'a> {

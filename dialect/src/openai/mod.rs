@@ -1,6 +1,6 @@
 //! The internal shape, OpenAI's chat completions, as the other dialects read and write it:
-//! a chat request's messages, content parts, tool calls and parameters ([`request`]); a
-//! `chat.completion`, its `chat.completion.chunk`s and usage ([`response`]).
+//! a chat request's messages, content parts, tool calls and parameters (`request`); a
+//! `chat.completion`, its `chat.completion.chunk`s and usage (`response`).
 
 mod request;
 mod response;

@@ -1,0 +1,69 @@
+//! Kafka client set-up every service shares (feature `kafka`): the order in which settings
+//! apply, the reliable producer behind every guarantee, and how to recognise a message Kafka
+//! will never take.
+//!
+//! Settings apply in one order everywhere: the service's defaults for its hot path, then the
+//! bootstrap servers, then the operator's passthrough `[kafka] options`, then (by
+//! [`reliable_producer`] or the caller) the settings correctness depends on, which win.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::FutureProducer;
+use rdkafka::types::RDKafkaErrorCode;
+
+/// Defaults, then `bootstrap.servers`, then the passthrough options.
+pub fn client_config(
+    bootstrap: &str,
+    options: &BTreeMap<String, String>,
+    defaults: &[(&str, &str)],
+) -> ClientConfig {
+    let mut cc = ClientConfig::new();
+    for (key, value) in defaults {
+        cc.set(*key, *value);
+    }
+    cc.set("bootstrap.servers", bootstrap);
+    for (key, value) in options {
+        cc.set(key, value);
+    }
+    cc
+}
+
+/// What a producer whose writes callers rely on needs.
+pub struct ProducerSettings<'a> {
+    pub bootstrap: &'a str,
+    pub options: &'a BTreeMap<String, String>,
+    /// The hot path's `linger.ms` (a default: passthrough options may change it).
+    pub linger_ms: u32,
+    /// How long a produce may wait for the broker's acks.
+    pub message_timeout: Duration,
+    /// The topics' `max.message.bytes`.
+    pub max_message_bytes: usize,
+}
+
+/// A producer whose acknowledged writes are on every in-sync replica, once (`acks=all`,
+/// idempotence). These settings come after, and override, the passthrough options.
+pub fn reliable_producer(settings: &ProducerSettings<'_>) -> Result<FutureProducer, KafkaError> {
+    let linger = settings.linger_ms.to_string();
+    let mut cc = client_config(
+        settings.bootstrap,
+        settings.options,
+        &[("linger.ms", linger.as_str())],
+    );
+    cc.set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set(
+            "message.timeout.ms",
+            settings.message_timeout.as_millis().to_string(),
+        )
+        .set("message.max.bytes", settings.max_message_bytes.to_string());
+    cc.create()
+}
+
+/// Kafka refused the message as too large (librdkafka before sending, or the broker for a
+/// topic with a smaller `max.message.bytes`): final, sending it again cannot succeed.
+pub fn too_large(error: &KafkaError) -> bool {
+    error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge)
+}

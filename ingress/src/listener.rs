@@ -164,7 +164,7 @@ pub(crate) async fn intake(
         Dialect::OpenAi
     };
     let authorized = if path.starts_with("/admin/") {
-        crate::keys::authorize_admin(&app, request.headers())
+        crate::keys::authorize_admin(&app.config, request.headers())
     } else if path.starts_with("/v1/") {
         app.keys.authenticate(request.headers()).map(|_| ())
     } else {

@@ -1,8 +1,9 @@
 //! The HTTP room, the only one that routes: the router, one handler file per API family
-//! (chat, async requests, models, budgets, Anthropic messages; batches and admin keys
+//! (chat, async requests, models, budgets, Anthropic messages, admin keys; batches
 //! mount their own), SSE streaming, and rendering in the caller's dialect. Handlers
 //! authenticate (keys), admit (admission) and answer; they hold no pipeline logic.
 
+mod admin;
 pub(crate) mod anthropic;
 mod budgets;
 pub(crate) mod chat;

@@ -25,7 +25,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(super::models::models))
         .merge(crate::batch::routes())
         .route("/v1/budgets", get(super::budgets::budgets))
-        .merge(crate::keys::admin_routes())
+        .merge(super::admin::routes())
         // Key first, then the body (bounded in time and size): only for matched routes, so
         // an unknown URL is still a 404.
         .route_layer(axum::middleware::from_fn_with_state(

@@ -3,42 +3,44 @@
 //! to the keys topic (acks=all) before the answer, and applied on this replica at once.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::Query;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
+use rdkafka::producer::FutureProducer;
 use serde_json::{json, Map, Value};
 use sluice_schemas::topics::is_valid_team_name;
 use sluice_schemas::{now_ms, ApiKey};
 use subtle::ConstantTimeEq;
 
-use super::auth::{self, KeySource, StoredKey};
+use super::auth::{self, KeySource, KeyStore, StoredKey};
+use super::KeyLog;
+use crate::config::Config;
 use crate::error::ApiError;
-use crate::state::AppState;
 
 /// Longest `label`.
 const MAX_LABEL_CHARS: usize = 256;
 /// Longest lifetime a key may be given (`ttl_seconds`, `expires_at`): 10 years.
 const MAX_TTL_SECONDS: i64 = 10 * 365 * 24 * 3600;
 
-pub(crate) fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/admin/keys", post(create).get(list))
-        .route("/admin/keys/{id}", get(show).patch(update).delete(revoke))
-        .route("/admin/keys/{id}/rotate", post(rotate))
-        .route("/admin/keys/{id}/revoke", post(revoke))
+/// What the admin API works on: the key store, the keys topic (none until the ingress
+/// has started reading it: changes answer 503), the producer that writes to it, and the
+/// config (the admin key, the body limit, the models a key may be limited to). The HTTP
+/// room builds one per request from its state.
+pub(crate) struct Admin<'a> {
+    pub(crate) config: &'a Config,
+    pub(crate) keys: &'a KeyStore,
+    pub(crate) log: Option<&'a KeyLog>,
+    pub(crate) producer: &'a FutureProducer,
 }
 
 /// The admin key is `Authorization: Bearer <admin key>`; compared by digest, in constant
 /// time.
-pub(crate) fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let stored = app
-        .config
+pub(crate) fn authorize(config: &Config, headers: &HeaderMap) -> Result<(), ApiError> {
+    let stored = config
         .admin
         .key_sha256
         .as_deref()
@@ -51,10 +53,6 @@ pub(crate) fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), ApiEr
     } else {
         Err(ApiError::InvalidAdminKey)
     }
-}
-
-fn key_log(app: &AppState) -> Result<&super::KeyLog, ApiError> {
-    app.key_log.as_ref().ok_or(ApiError::ShuttingDown)
 }
 
 /// What the admin API shows of a key: never the secret, only its hint.
@@ -123,7 +121,7 @@ struct Changes {
 }
 
 impl Changes {
-    fn parse(app: &AppState, map: &Map<String, Value>, now: i64) -> Result<Changes, ApiError> {
+    fn parse(config: &Config, map: &Map<String, Value>, now: i64) -> Result<Changes, ApiError> {
         let mut changes = Changes::default();
         if let Some(v) = map.get("label") {
             changes.label = Some(match v {
@@ -150,7 +148,7 @@ impl Changes {
                         let Value::String(m) = item else {
                             return Err(bad);
                         };
-                        if !app.models.contains_key(m) {
+                        if !config.models.iter().any(|model| model.id == *m) {
                             return Err(ApiError::UnknownAllowedModel(m.clone()));
                         }
                         if !models.contains(m) {
@@ -239,7 +237,6 @@ fn new_secret() -> Result<String, ApiError> {
     })
 }
 
-/// `POST /admin/keys`: a new key; its secret is in this answer and nowhere else.
 /// The fields a key's JSON body may have (create and update).
 const KEY_FIELDS: &[&str] = &[
     "team",
@@ -250,339 +247,179 @@ const KEY_FIELDS: &[&str] = &[
     "ttl_seconds",
 ];
 
-async fn create(
-    State(app): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    authorize(&app, &headers)?;
-    let map = fields(body, KEY_FIELDS, app.config.server.max_body_bytes)?;
-    let team = match map.get("team") {
-        Some(Value::String(t)) if is_valid_team_name(t) => t.clone(),
-        _ => {
+impl Admin<'_> {
+    fn log(&self) -> Result<&KeyLog, ApiError> {
+        self.log.ok_or(ApiError::ShuttingDown)
+    }
+
+    /// `POST /admin/keys`: a new key; its secret is in this answer and nowhere else.
+    pub(crate) async fn create(
+        &self,
+        headers: &HeaderMap,
+        body: Result<Bytes, BytesRejection>,
+    ) -> Result<Response, ApiError> {
+        authorize(self.config, headers)?;
+        let map = fields(body, KEY_FIELDS, self.config.server.max_body_bytes)?;
+        let team = match map.get("team") {
+            Some(Value::String(t)) if is_valid_team_name(t) => t.clone(),
+            _ => {
+                return Err(ApiError::InvalidParam {
+                    param: "team",
+                    problem: "required: a team name of letters, digits, '-' and '_' (at most 64)",
+                })
+            }
+        };
+        let now = now_ms();
+        let changes = Changes::parse(self.config, &map, now)?;
+        let secret = new_secret()?;
+        let mut record = ApiKey {
+            key_id: format!("key_{}", uuid::Uuid::now_v7().simple()),
+            team,
+            label: None,
+            sha256: auth::hex_digest(&secret),
+            hint: auth::hint(&secret),
+            allowed_models: Vec::new(),
+            requests_per_minute: None,
+            expires_at_ms: None,
+            revoked: false,
+            created_at_ms: now,
+            updated_at_ms: now,
+        };
+        changes.apply_to(&mut record);
+        let log = self.log()?;
+        let stored = StoredKey {
+            record: record.clone(),
+            source: KeySource::Admin,
+        };
+        log.write(self.producer, self.keys, record).await?;
+        tracing::info!(key_id = %stored.record.key_id, team = %stored.record.team, "api key created");
+        Ok((StatusCode::CREATED, Json(with_secret(&stored, &secret))).into_response())
+    }
+
+    /// `GET /admin/keys[?team=]`.
+    pub(crate) async fn list(
+        &self,
+        headers: &HeaderMap,
+        query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    ) -> Result<Json<Value>, ApiError> {
+        authorize(self.config, headers)?;
+        let Query(query) = query.map_err(|_| ApiError::InvalidParam {
+            param: "team",
+            problem: "the query string must be `?team=<team>`",
+        })?;
+        if let Some(unknown) = query.keys().find(|k| *k != "team") {
+            return Err(ApiError::UnknownParam(unknown.clone()));
+        }
+        let data: Vec<Value> = self
+            .keys
+            .list(query.get("team").map(String::as_str))
+            .iter()
+            .map(view)
+            .collect();
+        Ok(Json(json!({"object": "list", "data": data})))
+    }
+
+    /// `GET /admin/keys/{id}`.
+    pub(crate) async fn show(
+        &self,
+        headers: &HeaderMap,
+        id: String,
+    ) -> Result<Json<Value>, ApiError> {
+        authorize(self.config, headers)?;
+        let key = self.keys.get(&id).ok_or(ApiError::KeyNotFound(id))?;
+        Ok(Json(view(&key)))
+    }
+
+    /// The key as the admin API may change it: made by the admin API, and not revoked.
+    fn changeable(&self, id: &str) -> Result<StoredKey, ApiError> {
+        let key = self
+            .keys
+            .get(id)
+            .ok_or_else(|| ApiError::KeyNotFound(id.to_string()))?;
+        if key.source == KeySource::Config {
+            return Err(ApiError::KeyNotChangeable {
+                id: id.to_string(),
+                reason: "it is configured in the ingress config ([[keys]]); change it there",
+            });
+        }
+        if key.record.revoked {
+            return Err(ApiError::KeyNotChangeable {
+                id: id.to_string(),
+                reason: "it is revoked, and revocation is final; create a new key",
+            });
+        }
+        Ok(key)
+    }
+
+    /// `POST /admin/keys/{id}/rotate`: a new secret for the same key; the old one stops working.
+    pub(crate) async fn rotate(
+        &self,
+        headers: &HeaderMap,
+        id: String,
+    ) -> Result<Json<Value>, ApiError> {
+        authorize(self.config, headers)?;
+        let log = self.log()?;
+        let _writing = log.begin(self.keys).await?;
+        let mut key = self.changeable(&id)?;
+        let secret = new_secret()?;
+        key.record.sha256 = auth::hex_digest(&secret);
+        key.record.hint = auth::hint(&secret);
+        key.record.updated_at_ms = now_ms();
+        log.write(self.producer, self.keys, key.record.clone())
+            .await?;
+        tracing::info!(key_id = %id, team = %key.record.team, "api key rotated");
+        Ok(Json(with_secret(&key, &secret)))
+    }
+
+    /// `POST /admin/keys/{id}/revoke` and `DELETE /admin/keys/{id}`: the key stops working for
+    /// good and stays listed as revoked. Revoking a revoked key changes nothing.
+    pub(crate) async fn revoke(
+        &self,
+        headers: &HeaderMap,
+        id: String,
+    ) -> Result<Json<Value>, ApiError> {
+        authorize(self.config, headers)?;
+        let log = self.log()?;
+        let _writing = log.begin(self.keys).await?;
+        if let Some(key) = self.keys.get(&id) {
+            if key.source == KeySource::Admin && key.record.revoked {
+                return Ok(Json(view(&key)));
+            }
+        }
+        let mut key = self.changeable(&id)?;
+        key.record.revoked = true;
+        key.record.updated_at_ms = now_ms();
+        log.write(self.producer, self.keys, key.record.clone())
+            .await?;
+        tracing::info!(key_id = %id, team = %key.record.team, "api key revoked");
+        Ok(Json(view(&key)))
+    }
+
+    /// `PATCH /admin/keys/{id}`: change label, allowed models, rate limit or expiry.
+    pub(crate) async fn update(
+        &self,
+        headers: &HeaderMap,
+        id: String,
+        body: Result<Bytes, BytesRejection>,
+    ) -> Result<Json<Value>, ApiError> {
+        authorize(self.config, headers)?;
+        let map = fields(body, KEY_FIELDS, self.config.server.max_body_bytes)?;
+        if map.contains_key("team") {
             return Err(ApiError::InvalidParam {
                 param: "team",
-                problem: "required: a team name of letters, digits, '-' and '_' (at most 64)",
-            })
+                problem: "a key's team cannot change; create a key for the other team",
+            });
         }
-    };
-    let now = now_ms();
-    let changes = Changes::parse(&app, &map, now)?;
-    let secret = new_secret()?;
-    let mut record = ApiKey {
-        key_id: format!("key_{}", uuid::Uuid::now_v7().simple()),
-        team,
-        label: None,
-        sha256: auth::hex_digest(&secret),
-        hint: auth::hint(&secret),
-        allowed_models: Vec::new(),
-        requests_per_minute: None,
-        expires_at_ms: None,
-        revoked: false,
-        created_at_ms: now,
-        updated_at_ms: now,
-    };
-    changes.apply_to(&mut record);
-    let log = key_log(&app)?;
-    let stored = StoredKey {
-        record: record.clone(),
-        source: KeySource::Admin,
-    };
-    log.write(&app.producer, &app.keys, record).await?;
-    tracing::info!(key_id = %stored.record.key_id, team = %stored.record.team, "api key created");
-    Ok((StatusCode::CREATED, Json(with_secret(&stored, &secret))).into_response())
-}
-
-/// `GET /admin/keys[?team=]`.
-async fn list(
-    State(app): State<Arc<AppState>>,
-    headers: HeaderMap,
-    query: Result<Query<HashMap<String, String>>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
-    authorize(&app, &headers)?;
-    let Query(query) = query.map_err(|_| ApiError::InvalidParam {
-        param: "team",
-        problem: "the query string must be `?team=<team>`",
-    })?;
-    if let Some(unknown) = query.keys().find(|k| *k != "team") {
-        return Err(ApiError::UnknownParam(unknown.clone()));
-    }
-    let data: Vec<Value> = app
-        .keys
-        .list(query.get("team").map(String::as_str))
-        .iter()
-        .map(view)
-        .collect();
-    Ok(Json(json!({"object": "list", "data": data})))
-}
-
-/// `GET /admin/keys/{id}`.
-async fn show(
-    State(app): State<Arc<AppState>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    authorize(&app, &headers)?;
-    let key = app.keys.get(&id).ok_or(ApiError::KeyNotFound(id))?;
-    Ok(Json(view(&key)))
-}
-
-/// The key as the admin API may change it: made by the admin API, and not revoked.
-fn changeable(app: &AppState, id: &str) -> Result<StoredKey, ApiError> {
-    let key = app
-        .keys
-        .get(id)
-        .ok_or_else(|| ApiError::KeyNotFound(id.to_string()))?;
-    if key.source == KeySource::Config {
-        return Err(ApiError::KeyNotChangeable {
-            id: id.to_string(),
-            reason: "it is configured in the ingress config ([[keys]]); change it there",
-        });
-    }
-    if key.record.revoked {
-        return Err(ApiError::KeyNotChangeable {
-            id: id.to_string(),
-            reason: "it is revoked, and revocation is final; create a new key",
-        });
-    }
-    Ok(key)
-}
-
-/// `POST /admin/keys/{id}/rotate`: a new secret for the same key; the old one stops working.
-async fn rotate(
-    State(app): State<Arc<AppState>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    authorize(&app, &headers)?;
-    let log = key_log(&app)?;
-    let _writing = log.begin(&app.keys).await?;
-    let mut key = changeable(&app, &id)?;
-    let secret = new_secret()?;
-    key.record.sha256 = auth::hex_digest(&secret);
-    key.record.hint = auth::hint(&secret);
-    key.record.updated_at_ms = now_ms();
-    log.write(&app.producer, &app.keys, key.record.clone())
-        .await?;
-    tracing::info!(key_id = %id, team = %key.record.team, "api key rotated");
-    Ok(Json(with_secret(&key, &secret)))
-}
-
-/// `POST /admin/keys/{id}/revoke` and `DELETE /admin/keys/{id}`: the key stops working for
-/// good and stays listed as revoked. Revoking a revoked key changes nothing.
-async fn revoke(
-    State(app): State<Arc<AppState>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    authorize(&app, &headers)?;
-    let log = key_log(&app)?;
-    let _writing = log.begin(&app.keys).await?;
-    if let Some(key) = app.keys.get(&id) {
-        if key.source == KeySource::Admin && key.record.revoked {
-            return Ok(Json(view(&key)));
-        }
-    }
-    let mut key = changeable(&app, &id)?;
-    key.record.revoked = true;
-    key.record.updated_at_ms = now_ms();
-    log.write(&app.producer, &app.keys, key.record.clone())
-        .await?;
-    tracing::info!(key_id = %id, team = %key.record.team, "api key revoked");
-    Ok(Json(view(&key)))
-}
-
-/// `PATCH /admin/keys/{id}`: change label, allowed models, rate limit or expiry.
-async fn update(
-    State(app): State<Arc<AppState>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
-    authorize(&app, &headers)?;
-    let map = fields(body, KEY_FIELDS, app.config.server.max_body_bytes)?;
-    if map.contains_key("team") {
-        return Err(ApiError::InvalidParam {
-            param: "team",
-            problem: "a key's team cannot change; create a key for the other team",
-        });
-    }
-    let now = now_ms();
-    let changes = Changes::parse(&app, &map, now)?;
-    let log = key_log(&app)?;
-    let _writing = log.begin(&app.keys).await?;
-    let mut key = changeable(&app, &id)?;
-    changes.apply_to(&mut key.record);
-    key.record.updated_at_ms = now_ms();
-    log.write(&app.producer, &app.keys, key.record.clone())
-        .await?;
-    tracing::info!(key_id = %id, team = %key.record.team, "api key changed");
-    Ok(Json(view(&key)))
-}
-
-#[cfg(test)]
-mod tests {
-    use axum::body::Body;
-    use axum::http::Request;
-    use http_body_util::BodyExt;
-    use tower::ServiceExt;
-
-    use super::*;
-    use crate::config::Config;
-
-    const ADMIN: &str = "sk-admin-test";
-
-    fn app(admin: Option<&str>) -> Router {
-        use figment::providers::Format;
-        let mut config: Config = figment::Figment::from(figment::providers::Toml::string(
-            "[[models]]\nid = \"m1\"\ntokenizer = \"o200k_base\"\n",
-        ))
-        .extract()
-        .unwrap();
-        config.admin.key_sha256 = admin.map(auth::hex_digest);
-        config.kafka.bootstrap = "127.0.0.1:1".into();
-        let producer = crate::kafka::producer(&config.kafka).unwrap();
-        let state = AppState::new(config, producer, Default::default());
-        let keys = state.keys.clone();
-        keys.apply(
-            ApiKey {
-                key_id: "key_1".into(),
-                team: "acme".into(),
-                label: Some("app".into()),
-                sha256: auth::hex_digest("sk-sluice-one"),
-                hint: auth::hint("sk-sluice-one"),
-                allowed_models: vec![],
-                requests_per_minute: None,
-                expires_at_ms: None,
-                revoked: false,
-                created_at_ms: 1000,
-                updated_at_ms: 1000,
-            },
-            0,
-        );
-        crate::http::router(Arc::new(state))
-    }
-
-    async fn call(
-        app: &Router,
-        method: &str,
-        uri: &str,
-        key: Option<&str>,
-        body: &str,
-    ) -> (u16, Value) {
-        let mut request = Request::builder().method(method).uri(uri);
-        if let Some(key) = key {
-            request = request.header("authorization", format!("Bearer {key}"));
-        }
-        let response = app
-            .clone()
-            .oneshot(request.body(Body::from(body.to_string())).unwrap())
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
-    }
-
-    #[tokio::test]
-    async fn without_an_admin_key_the_admin_api_is_off() {
-        let app = app(None);
-        let (status, body) = call(&app, "GET", "/admin/keys", Some(ADMIN), "").await;
-        assert_eq!(status, 403, "{body}");
-        assert_eq!(body["error"]["code"], "admin_api_disabled");
-        assert!(body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("key_sha256"));
-    }
-
-    #[tokio::test]
-    async fn admin_key_is_required_and_checked() {
-        let app = app(Some(ADMIN));
-        for key in [None, Some("sk-wrong"), Some("sk-sluice-one")] {
-            let (status, body) = call(&app, "GET", "/admin/keys", key, "").await;
-            assert_eq!(status, 401, "{key:?}: {body}");
-            assert_eq!(body["error"]["code"], "invalid_api_key");
-        }
-        let (status, body) = call(&app, "POST", "/admin/keys", None, r#"{"team":"t"}"#).await;
-        assert_eq!(status, 401, "{body}");
-    }
-
-    #[tokio::test]
-    async fn lists_and_shows_keys_without_secrets() {
-        let app = app(Some(ADMIN));
-        let (status, body) = call(&app, "GET", "/admin/keys", Some(ADMIN), "").await;
-        assert_eq!(status, 200, "{body}");
-        assert_eq!(body["data"][0]["id"], "key_1");
-        assert_eq!(body["data"][0]["status"], "active");
-        assert!(!body.to_string().contains("sk-sluice-one"));
-        assert!(!body
-            .to_string()
-            .contains(&auth::hex_digest("sk-sluice-one")));
-        let (_, body) = call(&app, "GET", "/admin/keys?team=other", Some(ADMIN), "").await;
-        assert_eq!(body["data"], json!([]));
-        let (status, body) = call(&app, "GET", "/admin/keys?tema=x", Some(ADMIN), "").await;
-        assert_eq!(
-            (status, body["error"]["param"].clone()),
-            (400, json!("tema"))
-        );
-        let (status, body) = call(&app, "GET", "/admin/keys/key_1", Some(ADMIN), "").await;
-        assert_eq!((status, body["label"].clone()), (200, json!("app")));
-        let (status, body) = call(&app, "GET", "/admin/keys/key_nope", Some(ADMIN), "").await;
-        assert_eq!(status, 404, "{body}");
-        assert_eq!(body["error"]["code"], "key_not_found");
-    }
-
-    #[tokio::test]
-    async fn bad_bodies_name_their_parameter() {
-        let app = app(Some(ADMIN));
-        let cases = [
-            (r#"{"label":"x"}"#, "team"),
-            (r#"{"team":"a b"}"#, "team"),
-            (r#"{"team":"t","bogus":1}"#, "bogus"),
-            (
-                r#"{"team":"t","allowed_models":["nope"]}"#,
-                "allowed_models",
-            ),
-            (r#"{"team":"t","allowed_models":"m1"}"#, "allowed_models"),
-            (
-                r#"{"team":"t","requests_per_minute":0}"#,
-                "requests_per_minute",
-            ),
-            (
-                r#"{"team":"t","requests_per_minute":"5"}"#,
-                "requests_per_minute",
-            ),
-            (r#"{"team":"t","expires_at":1}"#, "expires_at"),
-            (r#"{"team":"t","ttl_seconds":-5}"#, "ttl_seconds"),
-            (
-                r#"{"team":"t","ttl_seconds":5,"expires_at":99999999999}"#,
-                "ttl_seconds",
-            ),
-            (r#"{"team":"t","label":7}"#, "label"),
-        ];
-        for (body, param) in cases {
-            let (status, answer) = call(&app, "POST", "/admin/keys", Some(ADMIN), body).await;
-            assert_eq!(status, 400, "{body}: {answer}");
-            assert_eq!(answer["error"]["param"], param, "{body}: {answer}");
-            assert_eq!(answer["error"]["type"], "invalid_request_error");
-        }
-        let (status, answer) = call(&app, "POST", "/admin/keys", Some(ADMIN), "not json").await;
-        assert_eq!(status, 400, "{answer}");
-        let (status, answer) = call(
-            &app,
-            "PATCH",
-            "/admin/keys/key_1",
-            Some(ADMIN),
-            r#"{"team":"other"}"#,
-        )
-        .await;
-        assert_eq!(
-            (status, answer["error"]["param"].clone()),
-            (400, json!("team"))
-        );
+        let now = now_ms();
+        let changes = Changes::parse(self.config, &map, now)?;
+        let log = self.log()?;
+        let _writing = log.begin(self.keys).await?;
+        let mut key = self.changeable(&id)?;
+        changes.apply_to(&mut key.record);
+        key.record.updated_at_ms = now_ms();
+        log.write(self.producer, self.keys, key.record.clone())
+            .await?;
+        tracing::info!(key_id = %id, team = %key.record.team, "api key changed");
+        Ok(Json(view(&key)))
     }
 }

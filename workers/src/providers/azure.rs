@@ -94,7 +94,6 @@ mod tests {
 
     fn toml_config(text: &str) -> AzureConfig {
         use figment::providers::Format;
-        #[allow(clippy::unwrap_used)]
         figment::Figment::from(figment::providers::Toml::string(text))
             .extract()
             .unwrap()

@@ -346,8 +346,6 @@ pub(crate) fn translate_events<T: StreamToOpenAi + Send + 'static>(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
-
     use std::sync::{Arc, Mutex};
 
     use super::*;

@@ -2,7 +2,6 @@
 //! over HTTP, and emits result, reply, usage and audit events before marking each message
 //! done. At-least-once: a crash redelivers unfinished work; sinks deduplicate by request id.
 
-pub mod attempts;
 pub mod breaker;
 pub mod cancel;
 pub mod config;
@@ -16,7 +15,6 @@ pub mod publish;
 pub mod redelivery;
 pub mod routing;
 pub mod schedule;
-pub mod stream;
 pub mod throttle;
 
 pub use config::Config;

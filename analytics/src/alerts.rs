@@ -169,8 +169,6 @@ impl Notifier {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
-
     use super::*;
 
     fn hook(scope: &str, subject: &str, url: &str, secret_env: Option<&str>) -> AlertWebhook {

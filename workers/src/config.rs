@@ -342,8 +342,6 @@ pub(crate) mod millis {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
-
     use super::*;
 
     #[test]

@@ -300,7 +300,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), crat
 /// `max_queued` requests waiting locally is paused (the consumer keeps polling, so the group
 /// keeps the member) and resumed once half of them have left: a team flooding its
 /// partitions stops being read ahead, while the other partitions keep flowing.
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the intake task of one priority class owns its consumer, queue, processor and limits"
+)]
 async fn intake(
     consumer: Arc<WorkerConsumer>,
     class: Priority,

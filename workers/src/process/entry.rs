@@ -49,7 +49,10 @@ impl Processor {
     }
 
     /// Checks what needs no provider: the deadline, a deployment for the model, the body.
-    #[allow(clippy::result_large_err)]
+    #[expect(
+        clippy::result_large_err,
+        reason = "the Err is the request's Outcome, published as is; boxing it buys nothing on this once-per-request path"
+    )]
     fn prepare(&self, request: &Request) -> Result<(Chain, Map<String, Value>), Outcome> {
         let started_at_ms = now_ms();
         if started_at_ms >= request.deadline_ms {

@@ -147,28 +147,19 @@ impl Leg for Stream<'_> {
         call: Call<'_>,
         log: &mut Vec<Attempt>,
     ) -> Attempted {
-        let Call {
-            request,
-            target,
-            body,
-            timeout,
-            attempt,
-            estimate,
-            tally,
-            started_at_ms,
-        } = call;
+        let (request, target) = (call.request, call.target);
         let cancel = self.cancel;
         let started = tokio::select! {
-            s = target.client.stream(body.clone(), timeout) => s,
+            s = target.client.stream(call.body.clone(), call.timeout) => s,
             _ = cancel.cancelled() => {
-                log.push(processor.attempt_ended(request, attempt, Ended::Abandoned));
+                log.push(processor.attempt_ended(request, call.attempt, Ended::Abandoned));
                 return Attempted::Abandoned;
             }
         };
         let events = match started {
             Ok(events) => events,
             Err(error) => {
-                log.push(processor.attempt_ended(request, attempt, Ended::Failed(&error)));
+                log.push(processor.attempt_ended(request, call.attempt, Ended::Failed(&error)));
                 return Attempted::Failed(error);
             }
         };
@@ -183,13 +174,13 @@ impl Leg for Stream<'_> {
                 target.breaker.failure(std::time::Instant::now());
             }
         }
-        let outcome = forwarded.into_outcome(request, target, tally, started_at_ms);
+        let outcome = forwarded.into_outcome(request, target, call.tally, call.started_at_ms);
         target
             .throttle
-            .settle(estimate, u64::from(outcome.usage.total_tokens));
+            .settle(call.estimate, u64::from(outcome.usage.total_tokens));
         log.push(processor.attempt_ended(
             request,
-            attempt,
+            call.attempt,
             Ended::Usage {
                 usage: outcome.usage,
                 estimated: outcome.estimated,

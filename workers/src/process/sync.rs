@@ -26,22 +26,16 @@ impl Leg for Sync {
         call: Call<'_>,
         log: &mut Vec<Attempt>,
     ) -> Attempted {
-        let Call {
-            request,
-            target,
-            body,
-            timeout,
-            attempt,
-            estimate,
-            tally,
-            started_at_ms,
-        } = call;
+        let (request, target) = (call.request, call.target);
         let deployment = &target.deployment;
         let began = Instant::now();
-        let called = target.client.complete(body.clone(), timeout).await;
+        let called = target
+            .client
+            .complete(call.body.clone(), call.timeout)
+            .await;
         log.push(processor.attempt_ended(
             request,
-            attempt,
+            call.attempt,
             match &called {
                 Ok(c) => Ended::Usage {
                     usage: c.usage,
@@ -56,8 +50,8 @@ impl Leg for Sync {
                 target.breaker.success();
                 target
                     .throttle
-                    .settle(estimate, u64::from(usage.total_tokens));
-                tracing::debug!(deployment = %deployment.name, attempts = tally.attempts, elapsed_ms = began.elapsed().as_millis() as u64, "completed");
+                    .settle(call.estimate, u64::from(usage.total_tokens));
+                tracing::debug!(deployment = %deployment.name, attempts = call.tally.attempts, elapsed_ms = began.elapsed().as_millis() as u64, "completed");
                 Attempted::Answered(Outcome {
                     status: Status::Completed,
                     http_status: 200,
@@ -66,11 +60,11 @@ impl Leg for Sync {
                     provider: deployment.provider.kind().into(),
                     deployment: deployment.name.clone(),
                     served_model: deployment.model.clone(),
-                    attempts: tally.attempts,
-                    fallbacks: tally.fallbacks,
+                    attempts: call.tally.attempts,
+                    fallbacks: call.tally.fallbacks,
                     usage,
                     estimated: false,
-                    started_at_ms,
+                    started_at_ms: call.started_at_ms,
                     attempt_log: Vec::new(),
                 })
             }

@@ -15,32 +15,16 @@
 use std::collections::HashSet;
 
 use clickhouse::Client;
-use serde::Deserialize;
 use serde_json::json;
 use sluice_schemas::outbound::{OutboundConfig, OutboundPolicy};
 use sluice_schemas::webhook::{RetryPolicy, Secret, Sender};
 
+pub use crate::config::AlertWebhook;
 use crate::error::Error;
 use crate::tables::{BudgetAlertRow, Table};
 
 /// The webhook event type of a budget alert.
 pub const EVENT_TYPE: &str = "budget.threshold_crossed";
-
-/// `[[alert_webhooks]]`: where the alerts of one budget subject go.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AlertWebhook {
-    /// `team` or `key`, as in the ingress's `[[budgets]]`.
-    pub scope: String,
-    /// The team name or key id; `*` for every subject of the scope.
-    pub subject: String,
-    /// Absolute http(s) URL.
-    pub url: String,
-    /// Environment variable holding the signing secret (`whsec_<base64>`). Required:
-    /// alerts are always signed (start-up fails without it).
-    #[serde(default)]
-    pub secret_env: Option<String>,
-}
 
 struct Hook {
     config: AlertWebhook,
@@ -185,8 +169,6 @@ impl Notifier {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
-
     use super::*;
 
     fn hook(scope: &str, subject: &str, url: &str, secret_env: Option<&str>) -> AlertWebhook {

@@ -30,7 +30,7 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// Webhooks for budget alerts, per team or key (docs/budgets.md).
     #[serde(default)]
-    pub alert_webhooks: Vec<crate::alerts::AlertWebhook>,
+    pub alert_webhooks: Vec<AlertWebhook>,
     /// Where alert webhooks may go: `allowed_hosts` opens exact loopback or private
     /// destinations (`host:port`), `https_only` refuses `http://` (docs/budgets.md).
     #[serde(default)]
@@ -307,6 +307,22 @@ mod text {
         let map = BTreeMap::<String, Scalar>::deserialize(d)?;
         Ok(map.into_iter().map(|(k, v)| (k, v.into())).collect())
     }
+}
+
+/// `[[alert_webhooks]]`: where the alerts of one budget subject go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertWebhook {
+    /// `team` or `key`, as in the ingress's `[[budgets]]`.
+    pub scope: String,
+    /// The team name or key id; `*` for every subject of the scope.
+    pub subject: String,
+    /// Absolute http(s) URL.
+    pub url: String,
+    /// Environment variable holding the signing secret (`whsec_<base64>`). Required:
+    /// alerts are always signed (start-up fails without it).
+    #[serde(default)]
+    pub secret_env: Option<String>,
 }
 
 #[cfg(test)]

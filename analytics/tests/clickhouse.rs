@@ -1,7 +1,5 @@
 //! Migrations, row types, views and analyst queries against the real ClickHouse
 //! (SLUICE_CLICKHOUSE_URL, 18.16 on the test machines). Each test has its own database.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 mod support;
 
 use std::time::{Duration, Instant};

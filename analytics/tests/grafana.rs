@@ -3,7 +3,10 @@
 //! release): the JSON parses, every panel uses the provisioned datasource, and every panel's
 //! SQL, with the plugin's macros expanded as the plugin expands them, runs on the migrated
 //! schema and finds the fixture rows.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on a broken fixture or an unreachable service"
+)]
 
 mod support;
 

@@ -5,7 +5,10 @@
 //!
 //! Needs `eval "$(scripts/services.sh env)"`: SLUICE_CLICKHOUSE_USER (the migrator) and
 //! SLUICE_CH_{INGRESS,SINK,ANALYST}_USER/_PASSWORD.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on a broken fixture or an unreachable service"
+)]
 
 mod support;
 

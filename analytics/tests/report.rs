@@ -1,6 +1,9 @@
 //! `sluice-analytics report ...` against the real ClickHouse: the fixture rows moved to end
 //! today, so a 7-day report must agree with the fixture oracle's 7-day expectations.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on a broken fixture or an unreachable service"
+)]
 
 mod support;
 

@@ -2,8 +2,6 @@
 //! accepted-request markers and uploaded batch files are dropped by the retention job; what
 //! has not expired stays. On 18.16 (no TTL) migration 0006 skips its `@if ttl` statements and
 //! the job is the mechanism; on a server with TTL the tables carry `TTL expires_at`.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 mod support;
 
 use std::time::Duration;

@@ -1,6 +1,9 @@
 //! The sink end to end against the real broker (SLUICE_KAFKA_BOOTSTRAP) and ClickHouse
 //! (SLUICE_CLICKHOUSE_URL). Each test has its own topic prefix, consumer group and database.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on a broken fixture or an unreachable service"
+)]
 
 mod support;
 

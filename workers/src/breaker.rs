@@ -49,6 +49,7 @@ impl Breaker {
         }
     }
 
+    #[cfg(test)]
     pub fn state(&self) -> State {
         match self.state.lock() {
             Ok(s) => *s,

@@ -302,7 +302,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), crat
 /// partitions stops being read ahead, while the other partitions keep flowing.
 #[expect(
     clippy::too_many_arguments,
-    reason = "one long-lived task per priority class, spawned once with everything it owns"
+    reason = "the intake task of one priority class owns its consumer, queue, processor and limits"
 )]
 async fn intake(
     consumer: Arc<WorkerConsumer>,

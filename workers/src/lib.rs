@@ -2,22 +2,20 @@
 //! over HTTP, and emits result, reply, usage and audit events before marking each message
 //! done. At-least-once: a crash redelivers unfinished work; sinks deduplicate by request id.
 
-pub mod attempts;
-pub mod breaker;
-pub mod cancel;
-pub mod config;
-pub mod consume;
-pub mod error;
-pub mod offsets;
-pub mod pricing;
-pub mod process;
-pub mod providers;
-pub mod publish;
-pub mod redelivery;
-pub mod routing;
-pub mod schedule;
-pub mod stream;
-pub mod throttle;
+mod breaker;
+mod cancel;
+mod config;
+mod consume;
+mod error;
+mod offsets;
+mod pricing;
+mod process;
+mod providers;
+mod publish;
+mod redelivery;
+mod routing;
+mod schedule;
+mod throttle;
 
 pub use config::Config;
 pub use consume::run;

@@ -78,6 +78,7 @@ impl OffsetTracker {
             .is_some_and(|s| s.generation == generation)
     }
 
+    #[cfg(test)]
     pub fn in_flight(&self) -> usize {
         self.partitions.values().map(|s| s.in_flight.len()).sum()
     }

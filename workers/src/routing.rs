@@ -71,10 +71,6 @@ impl Catalogue {
         &self.targets[index]
     }
 
-    pub fn targets(&self) -> &[Target] {
-        &self.targets
-    }
-
     /// The deployments to try for `name`, in order, or `None` if nothing serves it.
     /// `random` drives the weighted choices (any value; different values spread load).
     pub fn chain(&self, name: &str, random: u64) -> Option<Vec<usize>> {

@@ -104,6 +104,7 @@ impl<T> Scheduler<T> {
         class.len += 1;
     }
 
+    #[cfg(test)]
     pub fn total(&self) -> usize {
         self.classes.iter().map(|c| c.len).sum()
     }

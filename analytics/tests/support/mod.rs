@@ -1,6 +1,10 @@
 //! Shared by the integration tests: service endpoints, per-test databases, the fixture TSVs
 //! (also read by tests/python) and the expected outputs of views and analyst queries.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![expect(
+    dead_code,
+    clippy::unwrap_used,
+    reason = "shared by several test crates, each using part of it; a test fails loudly on a broken fixture"
+)]
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -11,12 +11,14 @@ use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::FutureRecord;
 use serde_json::{json, Map, Value};
 use sluice_schemas::openai::{CompletionUsage, ErrorBody};
-use sluice_schemas::{encode, now_ms, Request, Status, StreamChunk};
+use sluice_schemas::{encode, Attempt, Request, Status, StreamChunk};
 use tokio_util::sync::CancellationToken;
 
-use crate::attempts::Ended;
+use super::attempts::Ended;
+use super::chain::{Attempted, Call, Chain, Leg, Tally};
+use super::outcome::Outcome;
+use super::Processor;
 use crate::error::ProviderError;
-use crate::process::{after_failure, failure, Chain, Next, Outcome, Processor, Tally};
 use crate::providers::Provider;
 use crate::routing::Target;
 
@@ -127,8 +129,70 @@ fn usage_or_estimate(request: &Request, collected: &Collected) -> (CompletionUsa
     (usage, true)
 }
 
+/// A streamed call of the chain: stopped when the caller goes away; once events flow,
+/// the caller has them, so whatever follows is its outcome (no retry, no splice).
+struct Stream<'a> {
+    cancel: &'a CancellationToken,
+    caller_wants_usage: bool,
+}
+
+impl Leg for Stream<'_> {
+    fn cancel(&self) -> Option<&CancellationToken> {
+        Some(self.cancel)
+    }
+
+    async fn call(
+        &self,
+        processor: &Processor,
+        call: Call<'_>,
+        log: &mut Vec<Attempt>,
+    ) -> Attempted {
+        let (request, target) = (call.request, call.target);
+        let cancel = self.cancel;
+        let started = tokio::select! {
+            s = target.client.stream(call.body.clone(), call.timeout) => s,
+            _ = cancel.cancelled() => {
+                log.push(processor.attempt_ended(request, call.attempt, Ended::Abandoned));
+                return Attempted::Abandoned;
+            }
+        };
+        let events = match started {
+            Ok(events) => events,
+            Err(error) => {
+                log.push(processor.attempt_ended(request, call.attempt, Ended::Failed(&error)));
+                return Attempted::Failed(error);
+            }
+        };
+        // Events flow: from here on there is no retry, the caller has them.
+        let forwarded = processor
+            .forward(request, events, target, self.caller_wants_usage, cancel)
+            .await;
+        match &forwarded.end {
+            End::Done => target.breaker.success(),
+            End::CallerGone | End::ProviderError(_) => {}
+            End::Broken(_) | End::IdleTimeout(_) => {
+                target.breaker.failure(std::time::Instant::now());
+            }
+        }
+        let outcome = forwarded.into_outcome(request, target, call.tally, call.started_at_ms);
+        target
+            .throttle
+            .settle(call.estimate, u64::from(outcome.usage.total_tokens));
+        log.push(processor.attempt_ended(
+            request,
+            call.attempt,
+            Ended::Usage {
+                usage: outcome.usage,
+                estimated: outcome.estimated,
+                outcome: outcome.error_kind.unwrap_or("completed"),
+            },
+        ));
+        Attempted::Answered(outcome)
+    }
+}
+
 impl Processor {
-    pub(crate) async fn run_stream(
+    pub(super) async fn run_stream(
         &self,
         request: &Request,
         mut body: Map<String, Value>,
@@ -151,99 +215,12 @@ impl Processor {
         options.insert("include_usage".into(), Value::Bool(true));
         body.insert("stream_options".into(), Value::Object(options));
 
-        let mut tally = Tally::default();
-        let mut log = Vec::new();
-        let mut last: Option<(ProviderError, &Target)> = None;
-        'chain: for (position, &index) in chain.iter().enumerate() {
-            let target = self.catalogue.target(index);
-            let deployment = &target.deployment;
-            let has_next = position + 1 < chain.len();
-            for retry in 0..=deployment.max_retries {
-                let remaining = request.deadline_ms - now_ms();
-                if remaining <= 0 || cancel.is_cancelled() {
-                    break 'chain;
-                }
-                if !tally.admit(target, position) {
-                    continue 'chain;
-                }
-                let estimate = self.estimate(request);
-                if !self
-                    .wait_capacity(target, estimate, request, Some(cancel))
-                    .await
-                {
-                    break 'chain;
-                }
-                let remaining = (request.deadline_ms - now_ms()).max(1);
-                let timeout = deployment
-                    .timeout_ms
-                    .min(Duration::from_millis(remaining as u64));
-                let attempt = self.attempt_started(request, target, tally.attempts);
-                let started = tokio::select! {
-                    s = target.client.stream(body.clone(), timeout) => s,
-                    _ = cancel.cancelled() => {
-                        log.push(self.attempt_ended(request, attempt, Ended::Abandoned));
-                        break 'chain;
-                    }
-                };
-                if let Err(error) = &started {
-                    log.push(self.attempt_ended(request, attempt.clone(), Ended::Failed(error)));
-                }
-                match started {
-                    Ok(events) => {
-                        // Events flow: from here on there is no retry, the caller has them.
-                        let forwarded = self
-                            .forward(request, events, target, caller_wants_usage, cancel)
-                            .await;
-                        match &forwarded.end {
-                            End::Done => target.breaker.success(),
-                            End::CallerGone | End::ProviderError(_) => {}
-                            End::Broken(_) | End::IdleTimeout(_) => {
-                                target.breaker.failure(std::time::Instant::now());
-                            }
-                        }
-                        let mut outcome =
-                            forwarded.into_outcome(request, target, &tally, started_at_ms);
-                        target
-                            .throttle
-                            .settle(estimate, u64::from(outcome.usage.total_tokens));
-                        log.push(self.attempt_ended(
-                            request,
-                            attempt,
-                            Ended::Usage {
-                                usage: outcome.usage,
-                                estimated: outcome.estimated,
-                                outcome: outcome.error_kind.unwrap_or("completed"),
-                            },
-                        ));
-                        outcome.attempt_log = log;
-                        return outcome;
-                    }
-                    Err(error) => {
-                        let next =
-                            after_failure(&error, target, retry, has_next, request, tally.attempts);
-                        last = Some((error, target));
-                        match next {
-                            Next::Retry(wait) => {
-                                tokio::select! {
-                                    _ = tokio::time::sleep(wait) => {}
-                                    _ = cancel.cancelled() => break 'chain,
-                                    _ = self.shutdown.cancelled() => break 'chain,
-                                }
-                            }
-                            Next::Fallback => continue 'chain,
-                            Next::Stop => break 'chain,
-                        }
-                    }
-                }
-            }
-        }
-        let mut outcome = if cancel.is_cancelled() {
-            caller_gone(started_at_ms)
-        } else {
-            tally.end(last, &request.model, started_at_ms)
+        let leg = Stream {
+            cancel,
+            caller_wants_usage,
         };
-        outcome.attempt_log = log;
-        outcome
+        self.run_chain(request, &body, chain, &leg, started_at_ms)
+            .await
     }
 
     /// Forwards events to the reply partition until the stream ends.
@@ -441,25 +418,8 @@ impl Forwarded {
     }
 }
 
-/// The caller went away before any provider answered: nothing to bill.
-pub(crate) fn caller_gone(started_at_ms: i64) -> Outcome {
-    failure(
-        Status::Failed,
-        499,
-        ErrorBody::new(
-            "invalid_request_error",
-            Some("client_disconnected"),
-            "The caller disconnected before the request reached a provider.",
-        ),
-        "client_disconnected",
-        started_at_ms,
-    )
-}
-
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
-
     use super::*;
 
     #[test]

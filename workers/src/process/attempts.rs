@@ -12,14 +12,15 @@
 use sluice_schemas::openai::CompletionUsage;
 use sluice_schemas::{encode, now_ms, Attempt, Request, Topic};
 
+use super::outcome::clamp;
+use super::Processor;
 use crate::error::ProviderError;
-use crate::process::Processor;
 use crate::routing::Target;
 use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::FutureRecord;
 
 /// How a call ended, for its record.
-pub(crate) enum Ended<'a> {
+pub(super) enum Ended<'a> {
     /// The provider answered and reported (or Sluice estimated) usage.
     Usage {
         usage: CompletionUsage,
@@ -42,13 +43,9 @@ fn billed(error: &ProviderError) -> &'static str {
     }
 }
 
-fn clamp(n: u32) -> i32 {
-    n.min(i32::MAX as u32) as i32
-}
-
 impl Processor {
     /// The record of a call about to be made, sent now in the background as `started`.
-    pub(crate) fn attempt_started(
+    pub(super) fn attempt_started(
         &self,
         request: &Request,
         target: &Target,
@@ -105,7 +102,7 @@ impl Processor {
     }
 
     /// The started record, completed with how the call ended.
-    pub(crate) fn attempt_ended(
+    pub(super) fn attempt_ended(
         &self,
         request: &Request,
         mut attempt: Attempt,
@@ -177,7 +174,7 @@ impl Processor {
 }
 
 /// The encoded ended records of a request, for [`Processor::publish`].
-pub(crate) fn encoded(attempts: &[Attempt]) -> Vec<(String, Vec<u8>)> {
+pub(super) fn encoded(attempts: &[Attempt]) -> Vec<(String, Vec<u8>)> {
     attempts
         .iter()
         .filter_map(|a| match encode(a) {

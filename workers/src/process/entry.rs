@@ -1,0 +1,122 @@
+//! One message's way through: the redelivery check, what needs no provider (deadline,
+//! deployment, body), the attempt chain, then the events.
+
+use serde_json::{Map, Value};
+use sluice_schemas::openai::ErrorBody;
+use sluice_schemas::{now_ms, Request, Status};
+
+use super::chain::Chain;
+use super::outcome::{caller_gone, failure, Outcome};
+use super::Processor;
+use crate::routing::random_for;
+
+impl Processor {
+    /// Runs the request and publishes its events. Returns false if the events could not be
+    /// published before shutdown: then the message must not be marked done.
+    /// `maybe_redelivered`: an earlier owner of the partition may have finished it.
+    #[tracing::instrument(skip_all, fields(request_id = %request.request_id, team = %request.team))]
+    pub async fn process(&self, request: Request, maybe_redelivered: bool) -> bool {
+        if maybe_redelivered {
+            if let Some(lookup) = &self.lookup {
+                if lookup.already_done(&request).await {
+                    // Its result, reply and usage went out before the earlier owner stopped;
+                    // calling again would be billed by the provider a second time.
+                    tracing::info!("redelivered request already has a result; not called again");
+                    return true;
+                }
+            }
+        }
+        let registration = self.cancellations.register(&request.request_id);
+        let outcome = match self.prepare(&request) {
+            Err(outcome) => outcome,
+            Ok(_) if registration.token.is_cancelled() => caller_gone(now_ms()),
+            Ok((chain, body)) if request.stream => {
+                self.run_stream(&request, body, chain, &registration.token, now_ms())
+                    .await
+            }
+            Ok((chain, body)) => self.run(&request, body, chain).await,
+        };
+        // Stopped by shutdown before any answer, with time left: that is no outcome. Not
+        // marked done, the message goes to the partition's next owner (a batch line
+        // interrupted by a worker restart must not end `expired`).
+        if outcome.status == Status::Expired
+            && self.shutdown.is_cancelled()
+            && now_ms() < request.deadline_ms
+        {
+            return false;
+        }
+        self.publish(&request, outcome).await
+    }
+
+    /// Checks what needs no provider: the deadline, a deployment for the model, the body.
+    #[expect(
+        clippy::result_large_err,
+        reason = "the Err is the request's Outcome, published as is; boxing it buys nothing on this once-per-request path"
+    )]
+    fn prepare(&self, request: &Request) -> Result<(Chain, Map<String, Value>), Outcome> {
+        let started_at_ms = now_ms();
+        if started_at_ms >= request.deadline_ms {
+            tracing::info!(
+                late_ms = started_at_ms - request.deadline_ms,
+                "request expired in queue"
+            );
+            return Err(failure(
+                Status::Expired,
+                504,
+                ErrorBody::new(
+                    "timeout",
+                    Some("deadline_exceeded"),
+                    "The request expired in the queue before it reached a provider.",
+                ),
+                "expired",
+                started_at_ms,
+            ));
+        }
+        let Some(chain) = self
+            .catalogue
+            .chain(&request.model, random_for(&request.request_id))
+        else {
+            return Err(failure(
+                Status::Failed,
+                404,
+                ErrorBody::new(
+                    "invalid_request_error",
+                    Some("model_not_found"),
+                    format!("No worker deployment serves model `{}`.", request.model),
+                ),
+                "no_deployment",
+                started_at_ms,
+            ));
+        };
+        match serde_json::from_str::<Map<String, Value>>(&request.body) {
+            Ok(body) => match sluice_schemas::billable::check(&body) {
+                Ok(()) => Ok((chain, body)),
+                // The ingress refuses these before publishing; a record that still has one
+                // was not written by it, and is not sent where it could be billed unpriced.
+                Err(refused) => Err(failure(
+                    Status::Failed,
+                    400,
+                    ErrorBody::new(
+                        "invalid_request_error",
+                        Some("unsupported_parameter"),
+                        format!("Unsupported parameter: {refused}"),
+                    )
+                    .with_param(&refused.param),
+                    "bad_request",
+                    started_at_ms,
+                )),
+            },
+            Err(_) => Err(failure(
+                Status::Failed,
+                400,
+                ErrorBody::new(
+                    "invalid_request_error",
+                    Some("invalid_json"),
+                    "The request body is not a JSON object.",
+                ),
+                "bad_request",
+                started_at_ms,
+            )),
+        }
+    }
+}

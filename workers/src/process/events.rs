@@ -1,0 +1,270 @@
+//! A finished request's events: the result (and its reply), usage, audit and attempt
+//! records, published and acknowledged before the message may be marked done.
+
+use std::time::Duration;
+
+use rdkafka::message::{Header, OwnedHeaders};
+use sluice_schemas::audit_content::AuditContent;
+use sluice_schemas::openai::ErrorBody;
+use sluice_schemas::{
+    encode, now_ms, Audit, AuditAction, Request, Result as ResultRecord, Status, Topic, Usage,
+};
+
+use super::outcome::{clamp, Outcome};
+use super::Processor;
+use crate::publish::{send, Outgoing};
+
+impl Processor {
+    pub(super) async fn publish(&self, request: &Request, mut outcome: Outcome) -> bool {
+        let outcome_attempts = std::mem::take(&mut outcome.attempt_log);
+        let finished_at_ms = now_ms();
+        let cached = outcome
+            .usage
+            .prompt_tokens_details
+            .map_or(0, |d| d.cached_tokens);
+        let cost = |model: &str| {
+            self.prices.cost_nanos(
+                model,
+                outcome.usage.prompt_tokens,
+                cached,
+                outcome.usage.completion_tokens,
+            )
+        };
+        // The served model's price; the requested name's (an alias may have one) otherwise.
+        // Start-up refuses a deployed model with neither a price nor a `free_models` entry,
+        // so None here is a free model, or a request no deployment answered (no usage).
+        let cost_nanos = cost(&outcome.served_model)
+            .or_else(|| cost(&request.model))
+            .unwrap_or(0);
+        let mut result = ResultRecord {
+            request_id: request.request_id.clone(),
+            team: request.team.clone(),
+            key_id: request.key_id.clone(),
+            priority: request.priority,
+            model: request.model.clone(),
+            traceparent: request.traceparent.clone(),
+            status: outcome.status,
+            http_status: outcome.http_status,
+            body: outcome.body,
+            error_kind: outcome.error_kind.map(str::to_string),
+            provider: outcome.provider.clone(),
+            deployment: outcome.deployment.clone(),
+            attempts: outcome.attempts,
+            fallbacks: outcome.fallbacks,
+            prompt_tokens: clamp(outcome.usage.prompt_tokens),
+            completion_tokens: clamp(outcome.usage.completion_tokens),
+            created_at_ms: request.created_at_ms,
+            started_at_ms: outcome.started_at_ms,
+            finished_at_ms,
+            worker: self.worker_id.clone(),
+        };
+        let mut usage = Usage {
+            request_id: request.request_id.clone(),
+            team: request.team.clone(),
+            key_id: request.key_id.clone(),
+            priority: request.priority,
+            model: request.model.clone(),
+            provider: outcome.provider,
+            deployment: outcome.deployment,
+            status: outcome.status,
+            prompt_tokens: clamp(outcome.usage.prompt_tokens),
+            completion_tokens: clamp(outcome.usage.completion_tokens),
+            cached_tokens: clamp(cached),
+            cost_nanos,
+            created_at_ms: request.created_at_ms,
+            latency_ms: finished_at_ms - request.created_at_ms,
+            occurred_at_ms: finished_at_ms,
+            estimated: outcome.estimated,
+        };
+        // The completion under the team's audit content policy (set by the ingress).
+        let (completion_sha256, completion_text) = match outcome.status {
+            Status::Completed => sluice_schemas::audit_content::completion_text(&result.body)
+                .map(|text| AuditContent::of_attributes(&request.attributes).record(&text))
+                .unwrap_or_default(),
+            Status::Failed | Status::Expired => (None, None),
+        };
+        let mut audit = Audit {
+            event_id: format!("{}-{}", request.request_id, outcome.status.as_str()),
+            request_id: request.request_id.clone(),
+            team: request.team.clone(),
+            key_id: request.key_id.clone(),
+            action: match outcome.status {
+                Status::Completed => AuditAction::Completed,
+                Status::Failed => AuditAction::Failed,
+                Status::Expired => AuditAction::Expired,
+            },
+            model: request.model.clone(),
+            priority: request.priority,
+            http_status: outcome.http_status,
+            reason: result.error_kind.clone(),
+            prompt_tokens: clamp(outcome.usage.prompt_tokens),
+            occurred_at_ms: finished_at_ms,
+            completion_sha256,
+            completion_text,
+            ..Audit::default()
+        };
+        let Some(mut encoded) = encode_events(&result, &usage, &audit) else {
+            // Only a schema defect gets here; nothing sensible can be published.
+            tracing::error!("result events could not be encoded");
+            return true;
+        };
+        // A result Kafka cannot take (an enormous completion) becomes a small failure now
+        // rather than a publish retried forever.
+        let key = request.request_id.len();
+        let fits = |e: &Encoded| {
+            [&e.result, &e.usage, &e.audit]
+                .iter()
+                .all(|p| sluice_schemas::topics::fits(self.max_message_bytes, key, p.len()))
+        };
+        let mut shrunk = false;
+        if !fits(&encoded) {
+            let size = encoded.result.len();
+            match self.too_large(&mut result, &mut usage, &mut audit, size, true) {
+                Some(e) => encoded = e,
+                None => return true,
+            }
+            shrunk = true;
+        }
+        let Encoded {
+            result: mut result_bytes,
+            usage: mut usage_bytes,
+            audit: mut audit_bytes,
+        } = encoded;
+        let attempts = super::attempts::encoded(&outcome_attempts);
+        let attempts_topic = self.topics.name(&Topic::Attempts);
+        let results_topic = self.topics.name(&Topic::Results);
+        let usage_topic = self.topics.name(&Topic::Usage);
+        let audit_topic = self.topics.name(&Topic::Audit);
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let reply = async {
+                match &request.reply {
+                    Some(r) => {
+                        send(
+                            &self.producer,
+                            Outgoing {
+                                topic: &r.topic,
+                                key: &request.request_id,
+                                payload: &result_bytes,
+                                partition: Some(r.partition),
+                                headers: Some(OwnedHeaders::new().insert(Header {
+                                    key: sluice_schemas::REPLY_KIND_HEADER,
+                                    value: Some(sluice_schemas::REPLY_KIND_RESULT),
+                                })),
+                            },
+                        )
+                        .await
+                    }
+                    None => Ok(()),
+                }
+            };
+            let out = |topic, payload| Outgoing {
+                topic,
+                key: &request.request_id,
+                payload,
+                partition: None,
+                headers: None,
+            };
+            // Every provider call of this processing, for reconciliation.
+            let calls = futures::future::join_all(attempts.iter().map(|(key, payload)| {
+                send(
+                    &self.producer,
+                    Outgoing {
+                        topic: &attempts_topic,
+                        key,
+                        payload,
+                        partition: None,
+                        headers: None,
+                    },
+                )
+            }));
+            let (a, b, c, d, e) = tokio::join!(
+                reply,
+                send(&self.producer, out(&results_topic, &result_bytes)),
+                send(&self.producer, out(&usage_topic, &usage_bytes)),
+                send(&self.producer, out(&audit_topic, &audit_bytes)),
+                calls,
+            );
+            let e: Result<(), _> = e.into_iter().collect();
+            match a.and(b).and(c).and(d).and(e) {
+                Ok(()) => return true,
+                Err(error) if crate::publish::too_large(&error) && !shrunk => {
+                    // A topic with a smaller limit than ours refused it: final. Sinks keep
+                    // the failure (deduplicated by request id) whatever was sent before.
+                    tracing::warn!(request_id = %request.request_id, "result refused by Kafka as too large; publishing a failure instead");
+                    let size = result_bytes.len();
+                    let Some(e) = self.too_large(&mut result, &mut usage, &mut audit, size, false)
+                    else {
+                        return true;
+                    };
+                    (result_bytes, usage_bytes, audit_bytes) = (e.result, e.usage, e.audit);
+                    shrunk = true;
+                }
+                Err(error) => {
+                    // Never mark the request done before its events are durable; resending
+                    // is safe because every sink deduplicates by request id.
+                    tracing::warn!(%error, "publishing result events failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.shutdown.cancelled() => return false,
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+/// The three events of a finished request, encoded.
+struct Encoded {
+    result: Vec<u8>,
+    usage: Vec<u8>,
+    audit: Vec<u8>,
+}
+
+fn encode_events(result: &ResultRecord, usage: &Usage, audit: &Audit) -> Option<Encoded> {
+    Some(Encoded {
+        result: encode(result).ok()?,
+        usage: encode(usage).ok()?,
+        audit: encode(audit).ok()?,
+    })
+}
+
+impl Processor {
+    /// Turns a result too large for Kafka into a small `failed` one (`result_too_large`,
+    /// 502): the caller learns why, nothing is retried. Usage keeps the tokens (the provider
+    /// billed them); the audit event keeps the completion's hash, not its text.
+    fn too_large(
+        &self,
+        result: &mut ResultRecord,
+        usage: &mut Usage,
+        audit: &mut Audit,
+        size: usize,
+        over_our_limit: bool,
+    ) -> Option<Encoded> {
+        tracing::warn!(request_id = %result.request_id, size, over_our_limit, "result too large for Kafka; published as failed");
+        let limit = if over_our_limit {
+            format!(" ({} bytes)", self.max_message_bytes)
+        } else {
+            String::new()
+        };
+        result.status = Status::Failed;
+        result.http_status = 502;
+        result.error_kind = Some("result_too_large".into());
+        result.body = ErrorBody::new(
+            "server_error",
+            Some("result_too_large"),
+            format!(
+                "The provider's answer is {size} bytes, more than the queue accepts{limit}; it was not kept. Ask for a shorter completion (max_tokens)."
+            ),
+        )
+        .to_json();
+        usage.status = Status::Failed;
+        audit.action = AuditAction::Failed;
+        audit.event_id = format!("{}-{}", result.request_id, Status::Failed.as_str());
+        audit.http_status = 502;
+        audit.reason = result.error_kind.clone();
+        audit.completion_text = None;
+        encode_events(result, usage, audit)
+    }
+}

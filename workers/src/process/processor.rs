@@ -1,0 +1,50 @@
+//! The processor: what every request's processing shares, built once per worker.
+
+use rdkafka::producer::FutureProducer;
+use sluice_schemas::Topics;
+use tokio_util::sync::CancellationToken;
+
+use crate::cancel::Cancellations;
+use crate::config::Config;
+use crate::pricing::PriceTable;
+use crate::routing::Catalogue;
+
+/// Everything a request's processing needs, shared by all tasks of a worker.
+pub struct Processor {
+    pub worker_id: String,
+    pub topics: Topics,
+    pub producer: FutureProducer,
+    pub catalogue: Catalogue,
+    pub prices: PriceTable,
+    pub cancellations: Cancellations,
+    pub shutdown: CancellationToken,
+    /// Completion tokens assumed for a request without max_tokens.
+    pub default_completion_tokens: u32,
+    /// Finds requests that already have a result (crate::redelivery); None: off.
+    pub lookup: Option<crate::redelivery::Lookup>,
+    /// `[kafka] max_message_bytes`: larger results are published as `result_too_large`.
+    pub max_message_bytes: usize,
+}
+
+impl Processor {
+    pub fn new(
+        config: &Config,
+        producer: FutureProducer,
+        http: reqwest::Client,
+        cancellations: Cancellations,
+        shutdown: CancellationToken,
+    ) -> Processor {
+        Processor {
+            worker_id: config.worker.id.clone(),
+            topics: Topics::new(config.kafka.topic_prefix.clone()),
+            producer,
+            catalogue: Catalogue::new(config, &http),
+            prices: PriceTable::new(&config.prices),
+            default_completion_tokens: config.scheduling.default_completion_tokens,
+            lookup: crate::redelivery::Lookup::new(&config.redelivery, http.clone()),
+            max_message_bytes: config.kafka.max_message_bytes,
+            cancellations,
+            shutdown,
+        }
+    }
+}

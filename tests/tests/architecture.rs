@@ -29,7 +29,7 @@ const MAX_LOGIC_LINES: usize = 600;
 // Checks on the real tree
 
 #[test]
-#[ignore = "enabled once the issue-16 restructuring merges"]
+#[ignore = "fails until the ingress circle is untied (issue 16, open): run with --include-ignored"]
 fn no_import_circle_between_the_top_level_modules_of_a_crate() {
     let mut report = String::new();
     for krate in read_crates() {
@@ -43,7 +43,6 @@ fn no_import_circle_between_the_top_level_modules_of_a_crate() {
 }
 
 #[test]
-#[ignore = "enabled once the issue-16 restructuring merges"]
 fn no_source_file_has_over_600_lines_of_logic() {
     let mut report = String::new();
     for krate in read_crates() {
@@ -60,7 +59,7 @@ fn no_source_file_has_over_600_lines_of_logic() {
 }
 
 #[test]
-#[ignore = "enabled once the issue-16 restructuring merges"]
+#[ignore = "fails until the #[allow]s left in schemas, ingress and workers providers are #[expect] (issue 16, open)"]
 fn no_allow_attribute_only_expect_with_a_reason() {
     let mut report = String::new();
     for krate in read_crates() {

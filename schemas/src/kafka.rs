@@ -1,6 +1,6 @@
 //! Kafka client set-up every service shares (feature `kafka`): the order in which settings
 //! apply, the reliable producer behind every guarantee, and how to recognise a message Kafka
-//! will never take.
+//! will never take; [`when_ready`], the wait for a topic just created.
 //!
 //! Settings apply in one order everywhere: the service's defaults for its hot path, then the
 //! bootstrap servers, then the operator's passthrough `[kafka] options`, then (by
@@ -66,4 +66,19 @@ pub fn reliable_producer(settings: &ProducerSettings<'_>) -> Result<FutureProduc
 /// topic with a smaller `max.message.bytes`): final, sending it again cannot succeed.
 pub fn too_large(error: &KafkaError) -> bool {
     error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge)
+}
+
+/// Runs `attempt` until it succeeds, for up to ~10 s (50 retries 200 ms apart): right after
+/// topic creation a topic may be missing from metadata, or its partitions may have no
+/// leader yet.
+pub async fn when_ready<T, F, Fut>(what: &str, attempt: F) -> Result<T, KafkaError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, KafkaError>>,
+{
+    use crate::retry::{bounded, Retryable};
+    attempt
+        .retry(bounded(Duration::from_millis(200), 50))
+        .notify(|error, _| tracing::debug!(%error, what, "not ready yet"))
+        .await
 }

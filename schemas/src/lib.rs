@@ -9,9 +9,10 @@
 //!
 //! - [`webhook`]: Standard Webhooks signing and delivery with retries.
 //! - [`outbound`]: where webhooks may go (no loopback, private or link-local addresses).
+//! - [`retry`]: the retry/backoff policy of every loop that retries (on `backon`).
 //!
 //! No runtime logic lives here (no Kafka clients) except webhook delivery, which the
-//! ingress and analytics must do identically.
+//! ingress and analytics must do identically, and the retry policy the services share.
 
 pub mod audit_content;
 pub mod billable;
@@ -23,6 +24,7 @@ pub mod openai;
 pub mod outbound;
 pub mod pricing;
 pub mod records;
+pub mod retry;
 pub mod tables;
 pub mod topics;
 pub mod webhook;

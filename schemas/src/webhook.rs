@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 
 use crate::outbound::{OutboundPolicy, Route};
+use crate::retry::Retryable;
 
 pub const ID_HEADER: &str = "webhook-id";
 pub const TIMESTAMP_HEADER: &str = "webhook-timestamp";
@@ -181,17 +182,15 @@ impl Sender {
             Route::AllowListed => &self.allowed,
             Route::Public => &self.guarded,
         };
-        let mut delay = self.policy.first_delay;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
+        let mut retries = 0;
+        let sent = (|| async {
             let now = crate::now_ms() / 1000;
             let body = serde_json::to_vec(&json!({
                 "type": kind,
                 "timestamp": crate::rfc3339(now * 1000, false),
                 "data": data,
             }))
-            .map_err(WebhookError::Encode)?;
+            .map_err(Failed::Encode)?;
             let mut request = client
                 .post(url.clone())
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -200,54 +199,85 @@ impl Sender {
             if let Some(secret) = secret {
                 request = request.header(SIGNATURE_HEADER, sign(secret, id, now, &body));
             }
-            let outcome = request.body(body).send().await;
-            let mut wait = delay;
-            match outcome {
-                Ok(response) if response.status().is_success() => {
-                    return Ok(Delivered {
-                        status: response.status().as_u16(),
-                        attempts: attempt,
-                    })
-                }
+            match request.body(body).send().await {
+                Ok(response) if response.status().is_success() => Ok(response.status().as_u16()),
                 Ok(response) => {
-                    let status = response.status().as_u16();
-                    let retriable = status == 408 || status == 429 || status >= 500;
-                    if !retriable || attempt >= self.policy.attempts {
-                        return Err(WebhookError::Rejected {
-                            status,
-                            attempts: attempt,
-                        });
-                    }
-                    if let Some(after) = response
+                    let retry_after = response
                         .headers()
                         .get(reqwest::header::RETRY_AFTER)
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.trim().parse::<u64>().ok())
-                    {
-                        wait = Duration::from_secs(after).min(self.policy.max_delay);
-                    }
+                        .map(Duration::from_secs);
+                    Err(Failed::Status {
+                        status: response.status().as_u16(),
+                        retry_after,
+                    })
                 }
-                Err(source) => {
-                    // The guarded resolver's refusal is final, not a network error.
-                    if let Some(refused) = crate::outbound::refused_in(&source) {
-                        return Err(WebhookError::Refused(refused));
-                    }
-                    if attempt >= self.policy.attempts {
-                        return Err(WebhookError::Unreachable {
-                            attempts: attempt,
-                            source,
-                        });
-                    }
-                }
+                // The guarded resolver's refusal is final, not a network error.
+                Err(source) => Err(match crate::outbound::refused_in(&source) {
+                    Some(refused) => Failed::Refused(refused),
+                    None => Failed::Network(source),
+                }),
             }
+        })
+        .retry(self.policy.waits())
+        .when(Failed::retriable)
+        .adjust(|failed, wait| match failed {
+            Failed::Status {
+                retry_after: Some(after),
+                ..
+            } => wait.map(|_| (*after).min(self.policy.max_delay)),
+            _ => wait,
+        })
+        .notify(|_, wait| {
+            retries += 1;
             tracing::debug!(
                 id,
-                attempt,
+                attempt = retries,
                 wait_ms = wait.as_millis() as u64,
                 "webhook retry"
             );
-            tokio::time::sleep(wait).await;
-            delay = (delay * 2).min(self.policy.max_delay);
+        })
+        .await;
+        let attempts = retries + 1;
+        match sent {
+            Ok(status) => Ok(Delivered { status, attempts }),
+            Err(Failed::Status { status, .. }) => Err(WebhookError::Rejected { status, attempts }),
+            Err(Failed::Network(source)) => Err(WebhookError::Unreachable { attempts, source }),
+            Err(Failed::Refused(refused)) => Err(WebhookError::Refused(refused)),
+            Err(Failed::Encode(error)) => Err(WebhookError::Encode(error)),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The waits between attempts: `first_delay` doubling up to `max_delay`, one fewer
+    /// than `attempts`.
+    fn waits(&self) -> crate::retry::ExponentialBuilder {
+        crate::retry::doubling(self.first_delay, self.max_delay)
+            .with_max_times(self.attempts.saturating_sub(1) as usize)
+    }
+}
+
+/// Why one delivery attempt failed.
+enum Failed {
+    /// The endpoint answered something else than 2xx.
+    Status {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
+    Network(reqwest::Error),
+    Refused(crate::outbound::Refused),
+    Encode(serde_json::Error),
+}
+
+impl Failed {
+    /// Network errors, timeouts, 408, 429 and 5xx.
+    fn retriable(&self) -> bool {
+        match self {
+            Failed::Status { status, .. } => *status == 408 || *status == 429 || *status >= 500,
+            Failed::Network(_) => true,
+            Failed::Refused(_) | Failed::Encode(_) => false,
         }
     }
 }
@@ -279,6 +309,29 @@ mod tests {
             body,
             &sig
         ));
+    }
+
+    #[test]
+    fn default_policy_waits_double_to_the_cap_between_its_attempts() {
+        use crate::retry::BackoffBuilder;
+        let waits: Vec<u128> = RetryPolicy::default()
+            .waits()
+            .build()
+            .map(|d| (d.as_secs_f64() * 1000.0).round() as u128)
+            .collect();
+        // 7 attempts: 6 waits, the last at max_delay.
+        assert_eq!(waits, [500, 1000, 2000, 4000, 8000, 16_000]);
+        let one = RetryPolicy {
+            attempts: 1,
+            ..RetryPolicy::default()
+        };
+        assert_eq!(one.waits().build().count(), 0);
+        let capped = RetryPolicy {
+            attempts: 10,
+            max_delay: Duration::from_secs(2),
+            ..RetryPolicy::default()
+        };
+        assert_eq!(capped.waits().build().last(), Some(Duration::from_secs(2)));
     }
 
     #[test]

@@ -9,6 +9,8 @@ use std::time::Duration;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
+use sluice_schemas::kafka::when_ready;
+use sluice_schemas::retry;
 use sluice_schemas::{decode, now_ms, Cancel, Topic, Topics};
 use tokio_util::sync::CancellationToken;
 
@@ -117,18 +119,10 @@ pub async fn listener(kafka: &KafkaConfig) -> Result<StreamConsumer, KafkaError>
     let consumer: StreamConsumer = cc.create()?;
     let mut tpl = TopicPartitionList::new();
     for partition in 0..Topic::Cancels.partitions() {
-        let mut attempt = 0;
-        let low = loop {
-            match consumer.fetch_watermarks(&topic, partition, Duration::from_secs(5)) {
-                Ok((low, _)) => break low,
-                Err(error) if attempt < 50 => {
-                    tracing::debug!(%error, "cancels topic not ready yet");
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(error) => return Err(error),
-            }
-        };
+        let (low, _) = when_ready("cancels partition", || async {
+            consumer.fetch_watermarks(&topic, partition, Duration::from_secs(5))
+        })
+        .await?;
         tpl.add_partition_offset(&topic, partition, Offset::Offset(low))?;
     }
     consumer.assign(&tpl)?;
@@ -144,25 +138,21 @@ pub async fn run(
     loop {
         let message = tokio::select! {
             _ = shutdown.cancelled() => return,
-            m = consumer.recv() => m,
-        };
-        match message {
-            Ok(m) => match m.payload().map(decode::<Cancel>) {
-                Some(Ok(cancel)) => {
-                    tracing::debug!(request_id = %cancel.request_id, reason = %cancel.reason, "cancel received");
-                    if cancel.reason == "batch" {
-                        cancellations.cancel_batch(&cancel.request_id);
-                    } else {
-                        cancellations.cancel(&cancel.request_id);
-                    }
-                }
-                Some(Err(error)) => tracing::warn!(%error, "undecodable cancel skipped"),
-                None => {}
-            },
-            Err(error) => {
+            m = retry::until_ok(|| consumer.recv(), Duration::from_millis(200), |error| {
                 tracing::warn!(%error, "cancel listener error");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+            }) => m,
+        };
+        match message.payload().map(decode::<Cancel>) {
+            Some(Ok(cancel)) => {
+                tracing::debug!(request_id = %cancel.request_id, reason = %cancel.reason, "cancel received");
+                if cancel.reason == "batch" {
+                    cancellations.cancel_batch(&cancel.request_id);
+                } else {
+                    cancellations.cancel(&cancel.request_id);
+                }
             }
+            Some(Err(error)) => tracing::warn!(%error, "undecodable cancel skipped"),
+            None => {}
         }
     }
 }

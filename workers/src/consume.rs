@@ -9,6 +9,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, Stre
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedMessage;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use sluice_schemas::retry::{self, BackoffBuilder};
 use sluice_schemas::{decode, Priority, Request, Topic, Topics};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
@@ -339,15 +340,9 @@ async fn intake(
             _ = local.room.notified(), if !paused.is_empty() => continue,
             // A wake-up can be missed between the check above and this wait: re-check.
             _ = tokio::time::sleep(Duration::from_millis(100)), if !paused.is_empty() => continue,
-            m = consumer.recv() => m,
-        };
-        let message = match message {
-            Ok(m) => m.detach(),
-            Err(error) => {
+            m = retry::until_ok(|| consumer.recv(), Duration::from_millis(200), |error| {
                 tracing::warn!(%error, "consumer error");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
+            }) => m.detach(),
         };
         let key = PartitionKey {
             topic: message.topic().to_string(),
@@ -422,6 +417,9 @@ async fn dead_letter(
         .map(String::from_utf8_lossy)
         .unwrap_or_default();
     let mut payload = message.payload().unwrap_or_default();
+    // The payload may change between tries and shutdown stops only a wait: the waits come
+    // from the house policy, the loop is this one's.
+    let mut waits = retry::steady(Duration::from_secs(1)).build();
     loop {
         let sent = send(
             &processor.producer,
@@ -448,7 +446,7 @@ async fn dead_letter(
             Err(error) => {
                 tracing::warn!(%error, "dead-letter produce failed; retrying");
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = tokio::time::sleep(waits.next().unwrap_or(Duration::from_secs(1))) => {}
                     _ = processor.shutdown.cancelled() => return false,
                 }
             }

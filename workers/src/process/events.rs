@@ -6,6 +6,7 @@ use std::time::Duration;
 use rdkafka::message::{Header, OwnedHeaders};
 use sluice_schemas::audit_content::AuditContent;
 use sluice_schemas::openai::ErrorBody;
+use sluice_schemas::retry::{doubling, BackoffBuilder};
 use sluice_schemas::{
     encode, now_ms, Audit, AuditAction, Request, Result as ResultRecord, Status, Topic, Usage,
 };
@@ -13,6 +14,11 @@ use sluice_schemas::{
 use super::outcome::{clamp, Outcome};
 use super::Processor;
 use crate::publish::{send, Outgoing};
+
+/// Publishing a finished request's events is retried until it succeeds or the worker shuts
+/// down: first after 100 ms, doubling up to 5 s.
+const FIRST_WAIT: Duration = Duration::from_millis(100);
+const MAX_WAIT: Duration = Duration::from_secs(5);
 
 impl Processor {
     pub(super) async fn publish(&self, request: &Request, mut outcome: Outcome) -> bool {
@@ -135,7 +141,9 @@ impl Processor {
         let results_topic = self.topics.name(&Topic::Results);
         let usage_topic = self.topics.name(&Topic::Usage);
         let audit_topic = self.topics.name(&Topic::Audit);
-        let mut delay = Duration::from_millis(100);
+        // The loop changes what it sends between tries and stops at shutdown only while it
+        // waits, which backon's Retry cannot say: it takes its waits from the house policy.
+        let mut waits = doubling(FIRST_WAIT, MAX_WAIT).build();
         loop {
             let reply = async {
                 match &request.reply {
@@ -205,10 +213,9 @@ impl Processor {
                     // is safe because every sink deduplicates by request id.
                     tracing::warn!(%error, "publishing result events failed; retrying");
                     tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
+                        _ = tokio::time::sleep(waits.next().unwrap_or(MAX_WAIT)) => {}
                         _ = self.shutdown.cancelled() => return false,
                     }
-                    delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }
         }

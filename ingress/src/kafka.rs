@@ -33,26 +33,7 @@ pub fn reader_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
     cc
 }
 
-/// Runs `attempt` until it succeeds, for up to ~10 s: right after topic creation a topic
-/// may be missing from metadata, or its partitions may have no leader yet.
-pub async fn when_ready<T, F, Fut>(what: &str, mut attempt: F) -> Result<T, KafkaError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, KafkaError>>,
-{
-    let mut tries = 0;
-    loop {
-        match attempt().await {
-            Ok(value) => return Ok(value),
-            Err(error) if tries < 50 => {
-                tracing::debug!(%error, what, "not ready yet");
-                tries += 1;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(error) => return Err(error),
-        }
-    }
-}
+pub use sluice_schemas::kafka::when_ready;
 
 /// The request producer. A 2xx is only returned after the broker acknowledged the write to
 /// all in-sync replicas.

@@ -9,6 +9,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Headers;
 use rdkafka::{Message, Offset, TopicPartitionList};
+use sluice_schemas::retry;
 use sluice_schemas::{decode, Result as ResultRecord, StreamChunk};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -140,32 +141,26 @@ pub async fn reply_consumer(
 /// Delivers replies until `shutdown` fires.
 pub async fn run(consumer: StreamConsumer, waiters: Waiters, shutdown: CancellationToken) {
     loop {
-        let message = tokio::select! {
+        let m = tokio::select! {
             _ = shutdown.cancelled() => return,
-            m = consumer.recv() => m,
-        };
-        match message {
-            Ok(m) => {
-                let payload = m.payload().unwrap_or_default();
-                let is_chunk = m.headers().is_some_and(|h| {
-                    h.iter().any(|h| {
-                        h.key == sluice_schemas::REPLY_KIND_HEADER
-                            && h.value == Some(sluice_schemas::REPLY_KIND_CHUNK.as_bytes())
-                    })
-                });
-                let delivered = if is_chunk {
-                    decode::<StreamChunk>(payload).map(|c| waiters.deliver_chunk(c))
-                } else {
-                    decode::<ResultRecord>(payload).map(|r| waiters.deliver(r))
-                };
-                if let Err(error) = delivered {
-                    tracing::warn!(offset = m.offset(), %error, "undecodable reply skipped");
-                }
-            }
-            Err(error) => {
+            m = retry::until_ok(|| consumer.recv(), Duration::from_millis(100), |error| {
                 tracing::warn!(%error, "reply consumer error");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            }) => m,
+        };
+        let payload = m.payload().unwrap_or_default();
+        let is_chunk = m.headers().is_some_and(|h| {
+            h.iter().any(|h| {
+                h.key == sluice_schemas::REPLY_KIND_HEADER
+                    && h.value == Some(sluice_schemas::REPLY_KIND_CHUNK.as_bytes())
+            })
+        });
+        let delivered = if is_chunk {
+            decode::<StreamChunk>(payload).map(|c| waiters.deliver_chunk(c))
+        } else {
+            decode::<ResultRecord>(payload).map(|r| waiters.deliver(r))
+        };
+        if let Err(error) = delivered {
+            tracing::warn!(offset = m.offset(), %error, "undecodable reply skipped");
         }
     }
 }

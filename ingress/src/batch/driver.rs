@@ -22,6 +22,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use serde_json::Value;
 use sluice_schemas::now_ms;
+use sluice_schemas::retry::{self, Retryable, RetryableWithContext};
 use sluice_schemas::tables::PrivateTable;
 
 use super::batches::{batch_object, view};
@@ -63,21 +64,26 @@ pub fn resume_all(app: Arc<AppState>) {
     });
 }
 
-async fn run(app: &AppState, mut row: BatchRow) {
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match drive(app, &mut row).await {
-            Ok(()) => break,
-            Err(_) if app.batches.shutting_down() => {
-                tracing::info!(batch_id = %row.batch_id, lines_done = row.lines_done, "batch driver stopped by shutdown; resumed at the next start");
-                return;
-            }
-            Err(error) => {
-                tracing::warn!(batch_id = %row.batch_id, error = ?error, "batch driver interrupted; retrying from its checkpoint");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-        }
+async fn run(app: &AppState, row: BatchRow) {
+    let batch_id = row.batch_id.clone();
+    // Each try resumes from the checkpoint the last one left in `row`.
+    let (row, driven) = (|mut row: BatchRow| async move {
+        let driven = drive(app, &mut row).await;
+        (row, driven)
+    })
+    .retry(retry::doubling(
+        Duration::from_millis(200),
+        Duration::from_secs(10),
+    ))
+    .context(row)
+    .when(|_| !app.batches.shutting_down())
+    .notify(|error, _| {
+        tracing::warn!(batch_id = %batch_id, error = ?error, "batch driver interrupted; retrying from its checkpoint");
+    })
+    .await;
+    if driven.is_err() {
+        tracing::info!(batch_id = %row.batch_id, lines_done = row.lines_done, "batch driver stopped by shutdown; resumed at the next start");
+        return;
     }
     if !row.webhook_url.is_empty() {
         notify_when_ended(app, &row).await;
@@ -494,29 +500,37 @@ async fn publish_all(
             return Ok(None);
         };
         let mut queue_retries = 0;
-        let mut delay = Duration::from_millis(100);
-        loop {
+        let published = (|| async {
             // Lines wait here (for budget, for Kafka): the key may be revoked meanwhile.
             if let Some((code, message)) = key_refusal(app, key_id) {
                 return Ok(Some(Refusal::Key(code, message)));
             }
-            match line.publish(app).await {
-                Ok(()) => return Ok(None),
-                Err(ApiError::QueueUnavailable(e)) if queue_retries < 8 => {
-                    tracing::warn!(error = %e, "batch line not published yet; retrying");
-                    queue_retries += 1;
-                }
-                Err(ApiError::BudgetExceeded(e))
-                    if e.spent_nanos.saturating_add(e.cost_nanos) <= e.limit_nanos
-                        && now_ms() < expires_at_ms =>
-                {
-                    tracing::debug!("batch line waits for budget reservations to settle");
-                }
-                Err(e @ ApiError::QueueUnavailable(_)) => return Err(e),
-                Err(e) => return Ok(Some(Refusal::Api(e))),
+            line.publish(app).await.map(|()| None)
+        })
+        .retry(retry::doubling(
+            Duration::from_millis(100),
+            Duration::from_secs(2),
+        ))
+        .when(|error| match error {
+            ApiError::QueueUnavailable(e) if queue_retries < 8 => {
+                tracing::warn!(error = %e, "batch line not published yet; retrying");
+                queue_retries += 1;
+                true
             }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(2));
+            ApiError::BudgetExceeded(e)
+                if e.spent_nanos.saturating_add(e.cost_nanos) <= e.limit_nanos
+                    && now_ms() < expires_at_ms =>
+            {
+                tracing::debug!("batch line waits for budget reservations to settle");
+                true
+            }
+            _ => false,
+        })
+        .await;
+        match published {
+            Ok(refusal) => Ok(refusal),
+            Err(e @ ApiError::QueueUnavailable(_)) => Err(e),
+            Err(e) => Ok(Some(Refusal::Api(e))),
         }
     }))
     .await;
@@ -545,25 +559,45 @@ async fn publish_all(
 /// Waits for the batch to end, then delivers its webhook (Standard Webhooks, signed with
 /// the team's secret, retried).
 async fn notify_when_ended(app: &AppState, row: &BatchRow) {
-    let (view, current) = loop {
+    /// Why the batch has not been seen ended yet.
+    enum Waiting {
+        /// Shutting down, or the batch is gone: no webhook from this replica.
+        Over,
+        /// Its state could not be read: looked at again after 2 s.
+        Unavailable(clickhouse::error::Error),
+        /// Still running (or its progress unreadable): looked at again after 1 s.
+        Running,
+    }
+    let ended = (|| async {
         if app.batches.shutting_down() {
-            return;
+            return Err(Waiting::Over);
         }
         let current = match app.batches_store.batch(&row.batch_id, &row.team).await {
             Ok(Some(r)) => r,
-            Ok(None) => return,
-            Err(error) => {
-                tracing::debug!(%error, "batch state unavailable");
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                continue;
-            }
+            Ok(None) => return Err(Waiting::Over),
+            Err(error) => return Err(Waiting::Unavailable(error)),
         };
         match view(app, &current).await {
-            Ok(v) if v.ended() => break (v, current),
-            Ok(_) => {}
-            Err(error) => tracing::debug!(%error, "batch progress unavailable"),
+            Ok(v) if v.ended() => Ok((v, current)),
+            Ok(_) => Err(Waiting::Running),
+            Err(error) => {
+                tracing::debug!(%error, "batch progress unavailable");
+                Err(Waiting::Running)
+            }
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+    })
+    .retry(retry::steady(Duration::from_secs(1)))
+    .when(|waiting| !matches!(waiting, Waiting::Over))
+    .adjust(|waiting, wait| match waiting {
+        Waiting::Unavailable(error) => {
+            tracing::debug!(%error, "batch state unavailable");
+            Some(Duration::from_secs(2))
+        }
+        _ => wait,
+    })
+    .await;
+    let Ok((view, current)) = ended else {
+        return;
     };
     let (kind, data) = if current.dialect == "anthropic" {
         (

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
+use sluice_schemas::retry::{self, Retryable};
 use sluice_schemas::{now_ms, Request};
 
 use crate::state::AppState;
@@ -19,19 +20,28 @@ pub fn watch_request(app: Arc<AppState>, request: &Request, url: String) {
     let team = request.team.clone();
     let until = request.deadline_ms + GRACE_MS;
     tokio::spawn(async move {
-        let mut delay = Duration::from_millis(200);
-        let stored = loop {
+        // Not there yet is `None`; a failed lookup is the error.
+        let looked_up = (|| async {
             match app.store.result(&id, &team).await {
-                Ok(Some(stored)) => break stored,
-                Ok(None) => {}
-                Err(error) => tracing::debug!(%error, request_id = %id, "result lookup failed"),
+                Ok(Some(stored)) => Ok(stored),
+                Ok(None) => Err(None),
+                Err(error) => Err(Some(error)),
             }
-            if now_ms() > until {
-                tracing::warn!(request_id = %id, "no result before the deadline; webhook not sent");
-                return;
+        })
+        .retry(retry::doubling(
+            Duration::from_millis(200),
+            Duration::from_secs(2),
+        ))
+        .when(|missing| {
+            if let Some(error) = missing {
+                tracing::debug!(%error, request_id = %id, "result lookup failed");
             }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(2));
+            now_ms() <= until
+        })
+        .await;
+        let Ok(stored) = looked_up else {
+            tracing::warn!(request_id = %id, "no result before the deadline; webhook not sent");
+            return;
         };
         let data = json!({
             "id": id,

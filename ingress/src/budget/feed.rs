@@ -11,6 +11,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 use rdkafka::{Message, Offset, TopicPartitionList};
+use sluice_schemas::retry;
 use sluice_schemas::{decode, encode, now_ms, Audit, AuditAction, Topic, Topics, Usage};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -171,7 +172,7 @@ impl Feed {
         self.check_caught_up();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
-            let message = tokio::select! {
+            let m = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {
                     if let Ok(mut ledger) = self.ledger.lock() {
@@ -181,15 +182,9 @@ impl Feed {
                     }
                     continue;
                 }
-                m = self.consumer.recv() => m,
-            };
-            let m = match message {
-                Ok(m) => m,
-                Err(error) => {
+                m = retry::until_ok(|| self.consumer.recv(), Duration::from_millis(100), |error| {
                     tracing::warn!(%error, "budget ledger consumer error");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
+                }) => m,
             };
             let payload = m.payload().unwrap_or_default();
             if m.topic() == self.usage_topic {

@@ -11,6 +11,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
+use sluice_schemas::retry;
 use sluice_schemas::{decode, encode, ApiKey};
 use tokio_util::sync::CancellationToken;
 
@@ -118,10 +119,21 @@ async fn follow(
     loop {
         let message = tokio::select! {
             _ = shutdown.cancelled() => return,
-            m = tokio::time::timeout(IDLE, consumer.recv()) => m,
+            // An error pauses the loop; an idle stretch (no record for IDLE) is `None`.
+            m = retry::until_ok(
+                || async {
+                    match tokio::time::timeout(IDLE, consumer.recv()).await {
+                        Ok(Ok(m)) => Ok(Some(m)),
+                        Ok(Err(error)) => Err(error),
+                        Err(_idle) => Ok(None),
+                    }
+                },
+                Duration::from_millis(100),
+                |error| tracing::warn!(%error, "keys consumer error"),
+            ) => m,
         };
         match message {
-            Ok(Ok(m)) => {
+            Some(m) => {
                 match decode::<ApiKey>(m.payload().unwrap_or_default()) {
                     Ok(record) => {
                         keys.apply(record, m.offset());
@@ -132,11 +144,7 @@ async fn follow(
                 }
                 keys.mark_applied(m.offset() + 1);
             }
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "keys consumer error");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(_idle) => {
+            None => {
                 let position = consumer
                     .position()
                     .ok()

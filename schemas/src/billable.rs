@@ -171,7 +171,6 @@ fn check_messages(messages: &Value) -> Result<(), Refused> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use serde_json::json;
 

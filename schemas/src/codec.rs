@@ -30,7 +30,10 @@ pub struct SchemaSet {
 impl SchemaSet {
     /// Parses embedded `.avsc` texts. They are compiled in and covered by tests, so a parse
     /// failure is a build defect, not a runtime condition.
-    #[allow(clippy::expect_used)]
+    #[expect(
+        clippy::expect_used,
+        reason = "the schemas are compiled in and tested: a parse failure is a build defect"
+    )]
     fn parse(texts: &[&str]) -> SchemaSet {
         let versions = texts
             .iter()

@@ -314,7 +314,6 @@ pub(crate) fn clients(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn strict() -> OutboundPolicy {

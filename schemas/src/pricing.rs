@@ -115,7 +115,6 @@ impl PriceTable {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
 

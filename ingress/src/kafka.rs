@@ -7,7 +7,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
 use sluice_schemas::kafka::ProducerSettings;
 use sluice_schemas::{Topic, Topics};
@@ -60,16 +60,14 @@ pub async fn send(
     payload: &[u8],
     partition: Option<i32>,
 ) -> Result<(), KafkaError> {
-    let mut record = FutureRecord::to(topic).key(key).payload(payload);
-    if let Some(p) = partition {
-        record = record.partition(p);
-    }
-    // The queue wait is bounded by message.timeout.ms, which also bounds delivery.
-    producer
-        .send(record, Duration::from_secs(0))
-        .await
-        .map(|_| ())
-        .map_err(|(e, _)| e)
+    let m = sluice_schemas::kafka::Outgoing {
+        topic,
+        key,
+        payload,
+        partition,
+        headers: None,
+    };
+    sluice_schemas::kafka::send(producer, m).await
 }
 
 /// Creates every topic in `wanted` that does not exist yet (idempotent).

@@ -1,6 +1,7 @@
 //! Kafka client set-up every service shares (feature `kafka`): the order in which settings
 //! apply, the reliable producer behind every guarantee, and how to recognise a message Kafka
-//! will never take; [`when_ready`], the wait for a topic just created.
+//! will never take; [`send`], one message produced and acknowledged; [`when_ready`], the
+//! wait for a topic just created.
 //!
 //! Settings apply in one order everywhere: the service's defaults for its hot path, then the
 //! bootstrap servers, then the operator's passthrough `[kafka] options`, then (by
@@ -11,7 +12,8 @@ use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::FutureProducer;
+use rdkafka::message::OwnedHeaders;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 
 /// Defaults, then `bootstrap.servers`, then the passthrough options.
@@ -66,6 +68,32 @@ pub fn reliable_producer(settings: &ProducerSettings<'_>) -> Result<FutureProduc
 /// topic with a smaller `max.message.bytes`): final, sending it again cannot succeed.
 pub fn too_large(error: &KafkaError) -> bool {
     error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge)
+}
+
+/// One message to produce.
+pub struct Outgoing<'a> {
+    pub topic: &'a str,
+    pub key: &'a str,
+    pub payload: &'a [u8],
+    pub partition: Option<i32>,
+    pub headers: Option<OwnedHeaders>,
+}
+
+/// Produces one message and waits for its acknowledgement.
+pub async fn send(producer: &FutureProducer, m: Outgoing<'_>) -> Result<(), KafkaError> {
+    let mut record = FutureRecord::to(m.topic).key(m.key).payload(m.payload);
+    if let Some(p) = m.partition {
+        record = record.partition(p);
+    }
+    if let Some(h) = m.headers {
+        record = record.headers(h);
+    }
+    // The queue wait is bounded by message.timeout.ms, which also bounds delivery.
+    producer
+        .send(record, Duration::from_secs(0))
+        .await
+        .map(|_| ())
+        .map_err(|(e, _)| e)
 }
 
 /// Runs `attempt` until it succeeds, for up to ~10 s (50 retries 200 ms apart): right after

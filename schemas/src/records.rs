@@ -57,6 +57,23 @@ pub struct Request {
     pub attributes: HashMap<String, String>,
 }
 
+impl Request {
+    /// The counted prompt tokens (a negative count, never written, reads as 0).
+    pub fn prompt(&self) -> u32 {
+        self.prompt_tokens.max(0) as u32
+    }
+
+    /// The completion cap the caller set, or `default` when it set none.
+    pub fn completion_cap(&self, default: u32) -> u32 {
+        self.max_tokens.map_or(default, |m| m.max(0) as u32)
+    }
+
+    /// The most tokens the request can use: its prompt plus its completion cap.
+    pub fn token_estimate(&self, default_completion: u32) -> u64 {
+        u64::from(self.prompt()) + u64::from(self.completion_cap(default_completion))
+    }
+}
+
 /// How a request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -268,4 +285,37 @@ pub struct Attempt {
     pub started_at_ms: i64,
     /// 0 while started.
     pub finished_at_ms: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(prompt_tokens: i32, max_tokens: Option<i32>) -> Request {
+        Request {
+            request_id: "r".into(),
+            team: "t".into(),
+            key_id: "k".into(),
+            priority: Priority::Interactive,
+            model: "m".into(),
+            created_at_ms: 0,
+            deadline_ms: 0,
+            traceparent: None,
+            reply: None,
+            prompt_tokens,
+            max_tokens,
+            body: String::new(),
+            stream: false,
+            attributes: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn token_estimate_is_the_prompt_plus_the_cap_or_the_default() {
+        assert_eq!(request(10, Some(5)).token_estimate(100), 15);
+        assert_eq!(request(10, None).token_estimate(100), 110);
+        assert_eq!(request(-3, Some(-1)).token_estimate(100), 0);
+        assert_eq!(request(7, None).prompt(), 7);
+        assert_eq!(request(7, Some(2)).completion_cap(100), 2);
+    }
 }

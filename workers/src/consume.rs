@@ -355,12 +355,7 @@ async fn intake(
         };
         match decode::<Request>(message.payload().unwrap_or_default()) {
             Ok(request) => {
-                let estimate = u64::from(request.prompt_tokens.max(0) as u32)
-                    + u64::from(
-                        request
-                            .max_tokens
-                            .map_or(default_completion, |m| m.max(0) as u32),
-                    );
+                let estimate = request.token_estimate(default_completion);
                 let team = request.team.clone();
                 let job = Job {
                     request,

@@ -1,11 +1,9 @@
 //! Producing results, usage, audit and dead letters; every send awaits the broker's ack.
 
-use std::time::Duration;
-
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 
 use crate::config::KafkaConfig;
 
@@ -26,29 +24,7 @@ pub fn producer(kafka: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
 
 pub use sluice_schemas::kafka::too_large;
 
-/// One message to produce.
-pub struct Outgoing<'a> {
-    pub topic: &'a str,
-    pub key: &'a str,
-    pub payload: &'a [u8],
-    pub partition: Option<i32>,
-    pub headers: Option<OwnedHeaders>,
-}
-
-pub async fn send(producer: &FutureProducer, m: Outgoing<'_>) -> Result<(), KafkaError> {
-    let mut record = FutureRecord::to(m.topic).key(m.key).payload(m.payload);
-    if let Some(p) = m.partition {
-        record = record.partition(p);
-    }
-    if let Some(h) = m.headers {
-        record = record.headers(h);
-    }
-    producer
-        .send(record, Duration::from_secs(0))
-        .await
-        .map(|_| ())
-        .map_err(|(e, _)| e)
-}
+pub use sluice_schemas::kafka::{send, Outgoing};
 
 pub fn dead_letter_headers(reason: &str, topic: &str, partition: i32, offset: i64) -> OwnedHeaders {
     let partition = partition.to_string();

@@ -52,7 +52,7 @@ impl Processor {
         number: i32,
     ) -> Attempt {
         let deployment = &target.deployment;
-        let prompt = request.prompt_tokens.max(0) as u32;
+        let prompt = request.prompt();
         let (cost, max_cost) = self.estimated_costs(&deployment.model, request);
         let attempt = Attempt {
             attempt_id: format!("{}-{}", request.request_id, uuid::Uuid::now_v7().simple()),
@@ -160,10 +160,8 @@ impl Processor {
 
     /// (the counted prompt's cost, the prompt plus the completion cap's) at `model`'s price.
     fn estimated_costs(&self, model: &str, request: &Request) -> (i64, i64) {
-        let prompt = request.prompt_tokens.max(0) as u32;
-        let cap = request
-            .max_tokens
-            .map_or(self.default_completion_tokens, |m| m.max(0) as u32);
+        let prompt = request.prompt();
+        let cap = request.completion_cap(self.default_completion_tokens);
         let cost = self.prices.cost_nanos(model, prompt, 0, 0).unwrap_or(0);
         let max = self
             .prices

@@ -148,10 +148,7 @@ impl Processor {
     /// Tokens a request is expected to use: its prompt plus its completion cap (or the
     /// configured expectation).
     pub(super) fn estimate(&self, request: &Request) -> u64 {
-        let completion = request
-            .max_tokens
-            .map_or(self.default_completion_tokens, |m| m.max(0) as u32);
-        u64::from(request.prompt_tokens.max(0) as u32) + u64::from(completion)
+        request.token_estimate(self.default_completion_tokens)
     }
 
     /// Waits until the deployment has capacity for the request. False if the deadline, the

@@ -118,7 +118,7 @@ fn usage_or_estimate(request: &Request, collected: &Collected) -> (CompletionUsa
     }
     let bpe = tiktoken_rs::bpe_for_model(&request.model)
         .unwrap_or_else(|_| tiktoken_rs::cl100k_base_singleton());
-    let prompt = request.prompt_tokens.max(0) as u32;
+    let prompt = request.prompt();
     let completion = bpe.encode_ordinary(&collected.text).len() as u32;
     let usage = CompletionUsage {
         prompt_tokens: prompt,

@@ -1,3 +1,5 @@
+#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions unwrap too")]
+
 use std::collections::HashMap;
 
 use apache_avro::schema::RecordSchema;

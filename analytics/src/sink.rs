@@ -660,7 +660,7 @@ mod tests {
             async move {
                 if n < 3 {
                     Err(Error::ConfigField {
-                        field: "x",
+                        field: "x".into(),
                         problem: "fails twice",
                     })
                 } else {
@@ -674,7 +674,7 @@ mod tests {
         give_up.cancel();
         let never: Option<()> = retry("test", Duration::from_millis(5), &give_up, || async {
             Err(Error::ConfigField {
-                field: "x",
+                field: "x".into(),
                 problem: "always fails",
             })
         })

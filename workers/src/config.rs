@@ -4,9 +4,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Toml};
-use figment::Figment;
 use serde::Deserialize;
+use sluice_schemas::config::{env_overrides, ENV_PREFIX};
 
 use crate::error::ConfigError;
 use crate::providers::ProviderConfig;
@@ -174,17 +173,8 @@ pub use sluice_schemas::pricing::Price;
 
 impl Config {
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        let mut figment = Figment::new();
-        if let Some(path) = path {
-            if !path.exists() {
-                return Err(ConfigError::Missing(path.to_path_buf()));
-            }
-            figment = figment.merge(Toml::file(path));
-        }
-        let config: Config = figment
-            .merge(env_overrides())
-            .extract()
-            .map_err(|e| ConfigError::Invalid(Box::new(e)))?;
+        let config: Config =
+            sluice_schemas::config::load(path, env_overrides(ENV_PREFIX, &ENV_SECTIONS))?;
         config.validate()?;
         Ok(config)
     }
@@ -319,26 +309,8 @@ impl Config {
 /// the scripts' `SLUICE_STATE`) are not ours and must not trip `deny_unknown_fields`.
 const ENV_SECTIONS: [&str; 4] = ["kafka", "worker", "scheduling", "redelivery"];
 
-/// `SLUICE_KAFKA_BOOTSTRAP` -> `kafka.bootstrap`.
-fn env_overrides() -> Env {
-    Env::prefixed("SLUICE_")
-        .filter(|k| {
-            k.as_str().split_once('_').is_some_and(|(section, _)| {
-                ENV_SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(section))
-            })
-        })
-        .map(|k| k.as_str().replacen('_', ".", 1).into())
-}
-
-pub(crate) mod millis {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        Ok(Duration::from_millis(u64::deserialize(d)?))
-    }
-}
+/// `#[serde(with = "millis")]` of this crate's sections.
+pub(crate) use sluice_schemas::config::millis;
 
 #[cfg(test)]
 mod tests {

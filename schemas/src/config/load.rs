@@ -1,0 +1,53 @@
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::de::DeserializeOwned;
+
+use super::ConfigError;
+
+/// `<prefix><SECTION>_<KEY>` -> `section.key`, for `sections` only: other variables with
+/// the prefix (another service's, or the scripts' `SLUICE_STATE`) are not this service's
+/// and must not trip `deny_unknown_fields`.
+pub fn env_overrides(prefix: &str, sections: &'static [&'static str]) -> Env {
+    Env::prefixed(prefix)
+        .filter(move |key| {
+            key.as_str().split_once('_').is_some_and(|(section, _)| {
+                sections.iter().any(|s| s.eq_ignore_ascii_case(section))
+            })
+        })
+        .map(|key| key.as_str().replacen('_', ".", 1).into())
+}
+
+/// Reads `path` (when given; it must be a file), then `env` over it, into `T`. Validation
+/// is the caller's.
+pub fn load<T: DeserializeOwned>(path: Option<&Path>, env: Env) -> Result<T, ConfigError> {
+    let mut figment = Figment::new();
+    if let Some(path) = path {
+        if !path.is_file() {
+            return Err(ConfigError::Missing(path.to_path_buf()));
+        }
+        figment = figment.merge(Toml::file(path));
+    }
+    extract(figment.merge(env))
+}
+
+/// Parses TOML text, without environment overrides.
+pub fn from_toml_str<T: DeserializeOwned>(toml: &str) -> Result<T, ConfigError> {
+    extract(Figment::from(Toml::string(toml)))
+}
+
+fn extract<T: DeserializeOwned>(figment: Figment) -> Result<T, ConfigError> {
+    figment
+        .extract()
+        .map_err(|e| ConfigError::Invalid(Box::new(e)))
+}
+
+/// A file a config names (`[pricing] file`), relative to the config file's directory;
+/// without a config file (or for an absolute name), as written.
+pub fn relative_to(config: Option<&Path>, file: &Path) -> PathBuf {
+    match config.and_then(Path::parent) {
+        Some(dir) if file.is_relative() => dir.join(file),
+        _ => file.to_path_buf(),
+    }
+}

@@ -24,12 +24,22 @@ pub fn env_overrides(prefix: &str, sections: &'static [&'static str]) -> Env {
 pub fn load<T: DeserializeOwned>(path: Option<&Path>, env: Env) -> Result<T, ConfigError> {
     let mut figment = Figment::new();
     if let Some(path) = path {
-        if !path.is_file() {
-            return Err(ConfigError::Missing(path.to_path_buf()));
-        }
-        figment = figment.merge(Toml::file(path));
+        figment = figment.merge(toml_file(path)?);
     }
     extract(figment.merge(env))
+}
+
+/// Reads one TOML file into `T`, without environment overrides (a file a config names).
+pub fn from_file<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    extract(Figment::from(toml_file(path)?))
+}
+
+/// figment reads a missing file as empty: it must be there.
+fn toml_file(path: &Path) -> Result<figment::providers::Data<Toml>, ConfigError> {
+    if !path.is_file() {
+        return Err(ConfigError::Missing(path.to_path_buf()));
+    }
+    Ok(Toml::file(path))
 }
 
 /// Parses TOML text, without environment overrides.

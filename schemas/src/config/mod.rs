@@ -10,7 +10,7 @@ mod load;
 pub mod millis;
 
 pub use error::ConfigError;
-pub use load::{env_overrides, from_toml_str, load, relative_to};
+pub use load::{env_overrides, from_file, from_toml_str, load, relative_to};
 
 /// The prefix of every service's environment overrides.
 pub const ENV_PREFIX: &str = "SLUICE_";

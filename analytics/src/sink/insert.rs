@@ -125,7 +125,8 @@ impl Writer {
             Table::Private(_) => &self.private_client,
             _ => &self.client,
         };
-        let mut pending: Vec<Range<usize>> = vec![0..rows.len()];
+        // Ranges of rows still to insert; the whole table's first.
+        let mut pending: Vec<Range<usize>> = std::iter::once(0..rows.len()).collect();
         let mut refused: Vec<(usize, Rejection)> = Vec::new();
         while let Some(range) = pending.pop() {
             let part = &rows.rows[range.clone()];

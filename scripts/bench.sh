@@ -185,6 +185,7 @@ start_mock --completion-tokens 16
 # The configs of config/, the worker's deployments pointed at this run's mock, and the
 # experiment's librdkafka settings (if any) appended.
 sed "s#http://127.0.0.1:9100#$MOCK#g" config/worker.toml >"$OUT/worker.toml"
+cp config/prices.toml "$OUT/prices.toml" # worker.toml's [pricing] file
 grep -q "$MOCK/v1" "$OUT/worker.toml" || die "config/worker.toml has no mock deployment on 127.0.0.1:9100"
 if [[ $BUDGET_USD == none ]]; then
   log "experiment: no [[budgets]] in the ingress config"

@@ -71,6 +71,7 @@ start() { # name cmd...
 COMMON=(RUST_LOG=warn SLUICE_KAFKA_BOOTSTRAP="$SLUICE_KAFKA_BOOTSTRAP" SLUICE_KAFKA_TOPIC_PREFIX="$PREFIX"
   SLUICE_CLICKHOUSE_URL="$CH" SLUICE_CLICKHOUSE_DATABASE="$DB")
 sed "s#http://127.0.0.1:9100#http://127.0.0.1:$MOCK_PORT#g" config/worker.toml >"$OUT/worker.toml"
+cp config/prices.toml "$OUT/prices.toml" # worker.toml's [pricing] file
 
 start mock env RUST_LOG=warn "$BIN/mock-provider" --listen "127.0.0.1:$MOCK_PORT" \
   --latency-ms "$MOCK_LATENCY_MS" --completion-tokens 16

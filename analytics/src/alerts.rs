@@ -42,11 +42,11 @@ impl Notifier {
     /// at start-up.
     pub fn new(webhooks: &[AlertWebhook], outbound: &OutboundConfig) -> Result<Notifier, Error> {
         let bad = |problem| Error::ConfigField {
-            field: "alert_webhooks",
+            field: "alert_webhooks".into(),
             problem,
         };
         let outbound = OutboundPolicy::new(outbound).map_err(|_| Error::ConfigField {
-            field: "webhooks.allowed_hosts",
+            field: "webhooks.allowed_hosts".into(),
             problem: "entries must be host:port (e.g. \"127.0.0.1:9999\") or a host name",
         })?;
         let mut hooks = Vec::with_capacity(webhooks.len());

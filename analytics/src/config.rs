@@ -6,9 +6,8 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Toml};
-use figment::Figment;
 use serde::Deserialize;
+use sluice_schemas::config::{env_overrides, millis, ENV_PREFIX};
 
 use crate::error::Error;
 
@@ -182,30 +181,20 @@ impl Default for RetentionConfig {
 impl Config {
     /// Reads `path` (if given), then `SLUICE_*` environment overrides, and validates.
     pub fn load(path: Option<&Path>) -> Result<Config, Error> {
-        Config::load_with_env_prefix(path, "SLUICE_")
+        Config::load_with_env_prefix(path, ENV_PREFIX)
     }
 
     /// [`Config::load`] with another environment prefix (tests use their own).
     pub fn load_with_env_prefix(path: Option<&Path>, env_prefix: &str) -> Result<Config, Error> {
-        let mut figment = Figment::new();
-        if let Some(path) = path {
-            if !path.is_file() {
-                return Err(Error::ConfigMissing {
-                    path: path.to_path_buf(),
-                });
-            }
-            figment = figment.merge(Toml::file(path));
-        }
-        Config::extract(figment.merge(env_overrides(env_prefix)))
+        let config: Config =
+            sluice_schemas::config::load(path, env_overrides(env_prefix, &SECTIONS))?;
+        config.validate()?;
+        Ok(config)
     }
 
     /// Parses TOML text without environment overrides.
     pub fn from_toml_str(toml: &str) -> Result<Config, Error> {
-        Config::extract(Figment::from(Toml::string(toml)))
-    }
-
-    fn extract(figment: Figment) -> Result<Config, Error> {
-        let config: Config = figment.extract().map_err(|e| Error::Config(Box::new(e)))?;
+        let config: Config = sluice_schemas::config::from_toml_str(toml)?;
         config.validate()?;
         Ok(config)
     }
@@ -214,37 +203,24 @@ impl Config {
         if !is_valid_identifier(&self.clickhouse.database) {
             // The name is spliced into SQL text (`{db}`), so it must be a plain identifier.
             return Err(Error::ConfigField {
-                field: "clickhouse.database",
+                field: "clickhouse.database".into(),
                 problem: "must be letters, digits and '_', not starting with a digit",
             });
         }
         if self.kafka.topic_prefix.is_empty() {
             return Err(Error::ConfigField {
-                field: "kafka.topic_prefix",
+                field: "kafka.topic_prefix".into(),
                 problem: "must not be empty",
             });
         }
         if self.sink.max_batch_rows == 0 {
             return Err(Error::ConfigField {
-                field: "sink.max_batch_rows",
+                field: "sink.max_batch_rows".into(),
                 problem: "must be at least 1",
             });
         }
         Ok(())
     }
-}
-
-/// `<PREFIX><SECTION>_<KEY>` -> `section.key`, for our sections only.
-fn env_overrides(prefix: &str) -> Env {
-    Env::prefixed(prefix).filter_map(|key| {
-        let key = key.as_str().replacen('_', ".", 1);
-        let section = key
-            .split('.')
-            .next()
-            .unwrap_or_default()
-            .to_ascii_lowercase();
-        SECTIONS.contains(&section.as_str()).then(|| key.into())
-    })
 }
 
 /// A ClickHouse identifier we can splice into SQL without quoting.
@@ -253,17 +229,6 @@ pub fn is_valid_identifier(name: &str) -> bool {
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
         && name.len() <= 128
-}
-
-/// Durations are written as integer milliseconds (`flush_interval_ms = 1000`).
-mod millis {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        u64::deserialize(d).map(Duration::from_millis)
-    }
 }
 
 /// Text settings that may look like numbers: figment parses `SLUICE_CLICKHOUSE_PASSWORD=1234`

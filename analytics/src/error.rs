@@ -1,6 +1,7 @@
 use std::path::PathBuf;
 
 use rdkafka::error::KafkaError;
+use sluice_schemas::config::ConfigError;
 use thiserror::Error;
 
 /// Everything that can go wrong in the analytics service.
@@ -12,7 +13,7 @@ pub enum Error {
     Config(#[source] Box<figment::Error>),
     #[error("configuration field {field} {problem}")]
     ConfigField {
-        field: &'static str,
+        field: String,
         problem: &'static str,
     },
     #[error("migration file {file} is malformed: {problem}")]
@@ -43,6 +44,17 @@ pub enum Error {
     },
     #[error("the Kafka client could not be created")]
     KafkaClient(#[source] KafkaError),
+}
+
+/// The shared loader's errors, in this service's words.
+impl From<ConfigError> for Error {
+    fn from(error: ConfigError) -> Error {
+        match error {
+            ConfigError::Missing(path) => Error::ConfigMissing { path },
+            ConfigError::Invalid(source) => Error::Config(source),
+            ConfigError::Field { field, problem } => Error::ConfigField { field, problem },
+        }
+    }
 }
 
 impl Error {

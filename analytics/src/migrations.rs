@@ -250,7 +250,7 @@ pub fn added_column<'a>(statement: &'a str, db: &str) -> Option<(&'a str, &'a st
 pub async fn apply_migrations(client: &Client, db: &str) -> Result<Vec<u32>, Error> {
     if !is_valid_identifier(db) {
         return Err(Error::ConfigField {
-            field: "clickhouse.database",
+            field: "clickhouse.database".into(),
             problem: "must be letters, digits and '_', not starting with a digit",
         });
     }

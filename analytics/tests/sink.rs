@@ -238,36 +238,7 @@ async fn sink_lands_records_once_and_dead_letters_garbage() {
     assert_views_and_queries(&ch, &db).await;
 
     // Both bad messages are in the dead-letter topic, with where they came from and why.
-    let dlq: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka_bootstrap())
-        .set("group.id", unique("dlq-reader"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    dlq.subscribe(&[&topics.name(&Topic::DeadLetter)]).unwrap();
-    let mut dead = Vec::new();
-    while dead.len() < 2 {
-        let message = tokio::time::timeout(WAIT, dlq.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        let headers = message.headers().unwrap();
-        let header = |name: &str| {
-            headers
-                .iter()
-                .find(|h| h.key == name)
-                .and_then(|h| h.value)
-                .map(|v| String::from_utf8(v.to_vec()).unwrap())
-                .unwrap_or_else(|| panic!("header {name} missing"))
-        };
-        dead.push((
-            header(DLQ_TOPIC),
-            header(DLQ_PARTITION).parse::<i32>().unwrap(),
-            header(DLQ_OFFSET).parse::<i64>().unwrap(),
-            header(DLQ_REASON),
-            message.payload().unwrap().to_vec(),
-        ));
-    }
+    let mut dead = read_dead_letters(&topics, 2).await;
     dead.sort();
     assert_eq!(
         (dead[0].0.as_str(), dead[0].1, dead[0].2),
@@ -297,6 +268,138 @@ async fn sink_lands_records_once_and_dead_letters_garbage() {
         &config.kafka.group_id,
         &[usage_topic, results_topic, topics.name(&Topic::Audit)],
     ) {
+        let want = if end == 0 {
+            Offset::Invalid
+        } else {
+            Offset::Offset(end)
+        };
+        assert_eq!(committed, want, "{topic}[{partition}]");
+    }
+    drop_database(&ch, &db).await;
+    delete_topics(&topics).await;
+}
+
+/// The first `n` messages of the dead-letter topic: (source topic, partition, offset,
+/// reason, payload).
+async fn read_dead_letters(topics: &Topics, n: usize) -> Vec<(String, i32, i64, String, Vec<u8>)> {
+    let dlq: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_bootstrap())
+        .set("group.id", unique("dlq-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    dlq.subscribe(&[&topics.name(&Topic::DeadLetter)]).unwrap();
+    let mut dead = Vec::new();
+    while dead.len() < n {
+        let message = tokio::time::timeout(WAIT, dlq.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let headers = message.headers().unwrap();
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|h| h.key == name)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8(v.to_vec()).unwrap())
+                .unwrap_or_else(|| panic!("header {name} missing"))
+        };
+        dead.push((
+            header(DLQ_TOPIC),
+            header(DLQ_PARTITION).parse::<i32>().unwrap(),
+            header(DLQ_OFFSET).parse::<i64>().unwrap(),
+            header(DLQ_REASON),
+            message.payload().unwrap().to_vec(),
+        ));
+    }
+    dead
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_clickhouse_rejects_is_dead_lettered_and_the_rest_lands() {
+    let clickhouse = clickhouse_config().await;
+    let prefix = unique("t");
+    let topics = create_topics(&prefix).await;
+    let config = sink_config(&prefix, clickhouse);
+    let db = config.clickhouse.database.clone();
+    let ch = client(&config.clickhouse);
+    let migrator = sluice_analytics::migrator_client(&config.clickhouse);
+    apply_migrations(&migrator, &db).await.unwrap();
+    // This test's own table refuses one model's rows, as the server refuses a value it
+    // cannot take: the whole INSERT fails, with a data error (not a transient one).
+    migrator
+        .query_raw(&format!(
+            "ALTER TABLE {db}.usage ADD COLUMN refused UInt8 MATERIALIZED throwIf(model = 'refused-model')"
+        ))
+        .execute()
+        .await
+        .unwrap();
+
+    let producer = producer();
+    let usage_topic = topics.name(&Topic::Usage);
+    let mut records = usage_records();
+    let mut bad = records[0].clone();
+    bad.request_id = "req-refused".into();
+    bad.model = "refused-model".into();
+    let bad_payload = encode(&bad).unwrap();
+    // Among the good ones, so the batch holding it has good rows too.
+    let tail = records.split_off(records.len() / 2);
+    for record in &records {
+        produce(
+            &producer,
+            &usage_topic,
+            &record.team,
+            &encode(record).unwrap(),
+        )
+        .await;
+    }
+    let refused = produce(&producer, &usage_topic, &bad.team, &bad_payload).await;
+    for record in &tail {
+        produce(
+            &producer,
+            &usage_topic,
+            &record.team,
+            &encode(record).unwrap(),
+        )
+        .await;
+    }
+
+    let (shutdown, sink) = run_sink(&config);
+    // Every good row lands; the refused one does not stall the rest.
+    wait_for_counts(
+        &ch,
+        &db,
+        [("usage", UNIQUE_USAGE), ("results", 0), ("audit", 0)],
+    )
+    .await;
+    let dead = read_dead_letters(&topics, 1).await;
+    let (topic, partition, offset, reason, payload) = &dead[0];
+    assert_eq!(
+        (topic.as_str(), *partition, *offset),
+        (usage_topic.as_str(), refused.0, refused.1)
+    );
+    assert_eq!(payload, &bad_payload, "dead-lettered unchanged");
+    assert!(
+        reason.contains("ClickHouse insert failed") && reason.contains("throwIf"),
+        "reason: {reason}"
+    );
+    let landed: u64 = ch
+        .query(&format!(
+            "SELECT count() FROM {db}.usage WHERE request_id = 'req-refused'"
+        ))
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(landed, 0);
+
+    shutdown.cancel();
+    let stats = tokio::time::timeout(WAIT, sink).await.unwrap().unwrap();
+    assert_eq!((stats.dead_lettered, stats.unwritten), (1, 0), "{stats:?}");
+    assert_eq!(stats.usage, usage_records().len() as u64);
+    // Its offset moved on with the others: everything consumed is committed.
+    for (topic, partition, committed, end) in
+        committed_and_end(&config.kafka.group_id, &[usage_topic])
+    {
         let want = if end == 0 {
             Offset::Invalid
         } else {

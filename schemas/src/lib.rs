@@ -10,6 +10,7 @@
 //! - [`webhook`]: Standard Webhooks signing and delivery with retries.
 //! - [`outbound`]: where webhooks may go (no loopback, private or link-local addresses).
 //! - [`retry`]: the retry/backoff policy of every loop that retries (on `backon`).
+//! - `config` (feature `config`): the services' one config loader (file, env, `millis`).
 //!
 //! No runtime logic lives here (no Kafka clients) except webhook delivery, which the
 //! ingress and analytics must do identically, and the retry policy the services share.
@@ -17,6 +18,8 @@
 pub mod audit_content;
 pub mod billable;
 pub mod codec;
+#[cfg(feature = "config")]
+pub mod config;
 pub mod error;
 #[cfg(feature = "kafka")]
 pub mod kafka;

@@ -6,7 +6,8 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 
-/// One model's price (`[[prices]]` in the worker and ingress configs), USD per million tokens.
+/// One model's price (`[[prices]]` in the price file both the workers and the ingress read,
+/// `[pricing] file`, or inline in their configs), USD per million tokens.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Price {
@@ -29,6 +30,41 @@ impl Price {
         .flatten()
         .all(|v| v.is_finite() && v >= 0.0)
     }
+}
+
+/// The prices a service bills with: those of the price file its config names (`[pricing]
+/// file`, relative to the config file), then its inline `[[prices]]`. A model priced both
+/// in the file and inline is refused: it would have two prices.
+#[cfg(feature = "config")]
+pub fn with_price_file(
+    config_path: Option<&std::path::Path>,
+    file: Option<&std::path::Path>,
+    inline: Vec<Price>,
+) -> Result<Vec<Price>, crate::config::ConfigError> {
+    use crate::config::{from_file, relative_to, ConfigError};
+
+    /// A price file holds `[[prices]]` and nothing else.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct PriceFile {
+        #[serde(default)]
+        prices: Vec<Price>,
+    }
+
+    let Some(file) = file else {
+        return Ok(inline);
+    };
+    let PriceFile { mut prices } = from_file(&relative_to(config_path, file))?;
+    for (i, price) in inline.iter().enumerate() {
+        if prices.iter().any(|p| p.model == price.model) {
+            return Err(ConfigError::field(
+                format!("prices[{i}] = \"{}\"", price.model),
+                "is also priced in the [pricing] file: a model has one price",
+            ));
+        }
+    }
+    prices.extend(inline);
+    Ok(prices)
 }
 
 /// Prices in nano-USD per token: $1 per million tokens is 1,000 nano-USD per token.
@@ -137,6 +173,47 @@ mod tests {
             Some(435_000)
         );
         assert_eq!(table.cost_nanos("unknown", 1, 0, 1), None);
+    }
+
+    #[cfg(feature = "config")]
+    #[test]
+    fn the_price_file_then_inline_prices() {
+        use std::path::Path;
+
+        let dir = std::env::temp_dir().join(format!("sluice-prices-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("prices.toml"),
+            "[[prices]]\nmodel = \"a\"\ninput_per_million = 1.0\noutput_per_million = 2.0\n",
+        )
+        .unwrap();
+        let config = dir.join("service.toml");
+        let file = Some(Path::new("prices.toml"));
+
+        let prices = with_price_file(Some(&config), file, vec![price("b", 3.0, 4.0, None)]);
+        let models: Vec<String> = prices.unwrap().into_iter().map(|p| p.model).collect();
+        assert_eq!(models, ["a", "b"]);
+        // No file named: the inline prices, as they are.
+        let inline = with_price_file(Some(&config), None, vec![price("b", 3.0, 4.0, None)]);
+        assert_eq!(inline.unwrap().len(), 1);
+
+        let twice = with_price_file(Some(&config), file, vec![price("a", 1.0, 2.0, None)]);
+        assert_eq!(
+            twice.unwrap_err().to_string(),
+            "invalid configuration: `prices[0] = \"a\"` is also priced in the [pricing] file: a model has one price"
+        );
+        let missing = with_price_file(Some(&config), Some(Path::new("none.toml")), vec![]);
+        assert!(
+            missing
+                .unwrap_err()
+                .to_string()
+                .ends_with("none.toml does not exist"),
+            "the missing file is named"
+        );
+        std::fs::write(dir.join("prices.toml"), "[pricing]\nfree_models = []\n").unwrap();
+        let err = with_price_file(Some(&config), file, vec![]).unwrap_err();
+        assert!(format!("{err:?}").contains("pricing"), "{err:?}");
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

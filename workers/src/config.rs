@@ -1,12 +1,11 @@
 //! Worker configuration: a TOML file, then `SLUICE_<SECTION>_<KEY>` environment overrides.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Toml};
-use figment::Figment;
 use serde::Deserialize;
+use sluice_schemas::config::{env_overrides, ENV_PREFIX};
 
 use crate::error::ConfigError;
 use crate::providers::ProviderConfig;
@@ -42,10 +41,13 @@ pub struct Config {
     pub redelivery: crate::redelivery::RedeliveryConfig,
 }
 
-/// `[pricing]`: models deliberately billed at 0.
+/// `[pricing]`: the shared price file, and models deliberately billed at 0.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PricingConfig {
+    /// A file of `[[prices]]` (config/prices.toml, the one the ingress reads too), relative
+    /// to this config file; its prices come before the inline `[[prices]]`.
+    pub file: Option<PathBuf>,
     /// Deployed models with no `[[prices]]` entry that cost nothing (a self-hosted model,
     /// a mock): their usage is recorded with cost 0.
     pub free_models: Vec<String>,
@@ -174,17 +176,13 @@ pub use sluice_schemas::pricing::Price;
 
 impl Config {
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        let mut figment = Figment::new();
-        if let Some(path) = path {
-            if !path.exists() {
-                return Err(ConfigError::Missing(path.to_path_buf()));
-            }
-            figment = figment.merge(Toml::file(path));
-        }
-        let config: Config = figment
-            .merge(env_overrides())
-            .extract()
-            .map_err(|e| ConfigError::Invalid(Box::new(e)))?;
+        let mut config: Config =
+            sluice_schemas::config::load(path, env_overrides(ENV_PREFIX, &ENV_SECTIONS))?;
+        config.prices = sluice_schemas::pricing::with_price_file(
+            path,
+            config.pricing.file.as_deref(),
+            std::mem::take(&mut config.prices),
+        )?;
         config.validate()?;
         Ok(config)
     }
@@ -319,26 +317,8 @@ impl Config {
 /// the scripts' `SLUICE_STATE`) are not ours and must not trip `deny_unknown_fields`.
 const ENV_SECTIONS: [&str; 4] = ["kafka", "worker", "scheduling", "redelivery"];
 
-/// `SLUICE_KAFKA_BOOTSTRAP` -> `kafka.bootstrap`.
-fn env_overrides() -> Env {
-    Env::prefixed("SLUICE_")
-        .filter(|k| {
-            k.as_str().split_once('_').is_some_and(|(section, _)| {
-                ENV_SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(section))
-            })
-        })
-        .map(|k| k.as_str().replacen('_', ".", 1).into())
-}
-
-pub(crate) mod millis {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        Ok(Duration::from_millis(u64::deserialize(d)?))
-    }
-}
+/// `#[serde(with = "millis")]` of this crate's sections.
+pub(crate) use sluice_schemas::config::millis;
 
 #[cfg(test)]
 mod tests {
@@ -469,6 +449,22 @@ free_models = ["llama"]
         for file in ["worker.toml", "worker.compose.toml"] {
             let config = Config::load(Some(&root.join(file))).unwrap();
             assert!(config.routes.iter().any(|r| r.name == "smart"), "{file}");
+            // The prices come from config/prices.toml, the file the ingress reads too.
+            assert_eq!(
+                config.pricing.file.as_deref(),
+                Some(Path::new("prices.toml"))
+            );
+            let models: Vec<&str> = config.prices.iter().map(|p| p.model.as_str()).collect();
+            assert_eq!(
+                models,
+                [
+                    "gpt-4o-mini",
+                    "local-llama",
+                    "claude-sonnet",
+                    "gemini-flash"
+                ],
+                "{file}"
+            );
         }
     }
 

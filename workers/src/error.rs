@@ -1,20 +1,9 @@
-use std::path::PathBuf;
 use std::time::Duration;
 
 use thiserror::Error;
 
-#[derive(Debug, Error)]
-pub enum ConfigError {
-    #[error("config file {0} does not exist")]
-    Missing(PathBuf),
-    #[error("invalid configuration")]
-    Invalid(#[source] Box<figment::Error>),
-    #[error("invalid configuration: `{field}` {problem}")]
-    Field {
-        field: String,
-        problem: &'static str,
-    },
-}
+/// The one config error of the services (`sluice_schemas::config`).
+pub use sluice_schemas::config::ConfigError;
 
 #[derive(Debug, Error)]
 pub enum WorkerError {

@@ -4,24 +4,11 @@
 //! are refused ([`sluice_schemas::billable`]). The reservation (docs/budgets.md) is then
 //! `prompt x input price + n x cap x output price`, which is all the provider can bill.
 
-use serde::Deserialize;
 use serde_json::Value;
 use sluice_schemas::billable::Refused;
 use sluice_schemas::openai::{ChatCompletionRequest, MessageContent};
 
-/// `[billing]`: bounds on what one request may cost.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BillingConfig {
-    /// Most completions (`n`) one request may ask for.
-    pub max_n: u32,
-}
-
-impl Default for BillingConfig {
-    fn default() -> Self {
-        BillingConfig { max_n: 8 }
-    }
-}
+pub use crate::config::BillingConfig;
 
 /// Why a request was refused before it was published.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -63,7 +63,7 @@ impl crate::config::Section for AuditConfig {
 pub fn rejection_policy(error: &ApiError) -> Option<String> {
     match error {
         ApiError::PromptBlocked { rule } => Some(format!("prompt_guard:block:{rule}")),
-        ApiError::PiiBlocked { categories } => Some(
+        ApiError::PiiBlocked { categories, .. } => Some(
             categories
                 .iter()
                 .map(|c| format!("pii:block:{c}"))

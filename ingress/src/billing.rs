@@ -9,6 +9,7 @@ use sluice_schemas::billable::Refused;
 use sluice_schemas::openai::{ChatCompletionRequest, MessageContent};
 
 pub use crate::config::BillingConfig;
+use crate::error::ApiError;
 
 /// Why a request was refused before it was published.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -17,6 +18,15 @@ pub enum Refusal {
     TooManyChoices { max: u32 },
     #[error("Unsupported parameter: {0}")]
     Field(Refused),
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> ApiError {
+        match refusal {
+            Refusal::TooManyChoices { max } => ApiError::TooManyChoices { max },
+            Refusal::Field(refused) => ApiError::UnsupportedField(refused),
+        }
+    }
 }
 
 /// Bounds `request`'s cost; returns the completion tokens the provider may bill for it

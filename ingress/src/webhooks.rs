@@ -17,7 +17,7 @@ use sluice_schemas::outbound::{OutboundConfig, OutboundPolicy, Refused};
 use sluice_schemas::webhook::{Delivered, RetryPolicy, Secret, Sender, WebhookError};
 
 pub use crate::config::WebhooksConfig;
-use crate::error::ConfigError;
+use crate::error::{ApiError, ConfigError};
 
 /// Why a webhook is not registered or not sent.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +30,12 @@ pub enum WebhookRefusal {
     Destination(#[from] Refused),
     #[error("webhooks are unavailable on this ingress")]
     Unavailable,
+}
+
+impl From<WebhookRefusal> for ApiError {
+    fn from(refusal: WebhookRefusal) -> ApiError {
+        ApiError::WebhookRefused(Box::new(refusal))
+    }
 }
 
 /// Why a delivery did not happen.

@@ -275,7 +275,8 @@ impl Guard {
                 .collect();
             if !blocked.is_empty() {
                 return Err(ApiError::PiiBlocked {
-                    categories: blocked.into_iter().map(Category::as_str).collect(),
+                    categories: blocked.iter().copied().map(Category::as_str).collect(),
+                    described: blocked.into_iter().map(Category::describe).collect(),
                 });
             }
             let applied: BTreeSet<Category> =

@@ -3,41 +3,12 @@
 //! applied. Workers learn the mode from the request's [`AUDIT_ATTRIBUTE`] attribute and record
 //! the completion the same way. Text goes only into audit events, never into logs.
 
-use std::collections::BTreeMap;
-
-use serde::Deserialize;
 use sluice_schemas::audit_content::{AuditContent, AUDIT_ATTRIBUTE};
 use sluice_schemas::openai::ChatMessage;
 use sluice_schemas::Audit;
 
+pub use crate::config::AuditConfig;
 use crate::error::{ApiError, ConfigError};
-
-/// `[audit]`: `content = "hash" | "full" | "none"` for every team, `[audit.teams]` per team.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuditConfig {
-    pub content: AuditContent,
-    pub teams: BTreeMap<String, AuditContent>,
-}
-
-impl AuditConfig {
-    /// The content mode of `team`.
-    pub fn content_for(&self, team: &str) -> AuditContent {
-        self.teams.get(team).copied().unwrap_or(self.content)
-    }
-
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        for team in self.teams.keys() {
-            if !sluice_schemas::topics::is_valid_team_name(team) {
-                return Err(ConfigError::Field {
-                    field: format!("audit.teams.{team}"),
-                    problem: "team names use letters, digits, '-' and '_' (at most 64)",
-                });
-            }
-        }
-        Ok(())
-    }
-}
 
 /// What the `accepted` audit event records of a request's content.
 #[derive(Debug, Clone, Default)]
@@ -92,7 +63,7 @@ impl crate::config::Section for AuditConfig {
 pub fn rejection_policy(error: &ApiError) -> Option<String> {
     match error {
         ApiError::PromptBlocked { rule } => Some(format!("prompt_guard:block:{rule}")),
-        ApiError::PiiBlocked { categories } => Some(
+        ApiError::PiiBlocked { categories, .. } => Some(
             categories
                 .iter()
                 .map(|c| format!("pii:block:{c}"))

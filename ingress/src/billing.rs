@@ -4,24 +4,12 @@
 //! are refused ([`sluice_schemas::billable`]). The reservation (docs/budgets.md) is then
 //! `prompt x input price + n x cap x output price`, which is all the provider can bill.
 
-use serde::Deserialize;
 use serde_json::Value;
 use sluice_schemas::billable::Refused;
 use sluice_schemas::openai::{ChatCompletionRequest, MessageContent};
 
-/// `[billing]`: bounds on what one request may cost.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BillingConfig {
-    /// Most completions (`n`) one request may ask for.
-    pub max_n: u32,
-}
-
-impl Default for BillingConfig {
-    fn default() -> Self {
-        BillingConfig { max_n: 8 }
-    }
-}
+pub use crate::config::BillingConfig;
+use crate::error::ApiError;
 
 /// Why a request was refused before it was published.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -30,6 +18,15 @@ pub enum Refusal {
     TooManyChoices { max: u32 },
     #[error("Unsupported parameter: {0}")]
     Field(Refused),
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> ApiError {
+        match refusal {
+            Refusal::TooManyChoices { max } => ApiError::TooManyChoices { max },
+            Refusal::Field(refused) => ApiError::UnsupportedField(refused),
+        }
+    }
 }
 
 /// Bounds `request`'s cost; returns the completion tokens the provider may bill for it

@@ -47,6 +47,16 @@ impl ModerationError {
     }
 }
 
+/// A spend refusal worded by the budget room (`budget::Exceeded`): this module maps it to
+/// 429 `budget_exceeded` without naming the room.
+pub trait SpendRefusal: std::error::Error + Send + Sync {
+    /// The `policy` of the `rejected` audit event.
+    fn audit_policy(&self) -> String;
+    /// Spent plus this request's cost stays within the limit: only reservations in flight
+    /// refused it, so a batch line may wait for them to settle.
+    fn fits_once_settled(&self) -> bool;
+}
+
 /// Errors of the HTTP API. Each maps to one status and OpenAI error type/code.
 #[derive(Debug, Error)]
 pub enum ApiError {
@@ -72,9 +82,12 @@ pub enum ApiError {
     KeyNotChangeable { id: String, reason: &'static str },
     #[error("Unknown parameter `{0}`")]
     UnknownParam(String),
-    /// `n` over its cap, or a field billed at prices Sluice does not know.
-    #[error(transparent)]
-    Billing(#[from] crate::billing::Refusal),
+    /// `n` over its cap (`billing::Refusal::TooManyChoices`).
+    #[error("Invalid value for `n`: expected an integer from 1 to {max}")]
+    TooManyChoices { max: u32 },
+    /// A field billed at prices Sluice does not know (`billing::Refusal::Field`).
+    #[error("Unsupported parameter: {0}")]
+    UnsupportedField(sluice_schemas::billable::Refused),
     #[error("Invalid value for `allowed_models`: the model `{0}` is not configured")]
     UnknownAllowedModel(String),
     #[error("We could not parse the JSON body of your request: {0}")]
@@ -105,10 +118,10 @@ pub enum ApiError {
         problem: &'static str,
     },
     #[error("Invalid value for `sluice.webhook_url`: {0}")]
-    WebhookRefused(#[source] crate::webhooks::WebhookRefusal),
+    WebhookRefused(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Its message is the budget room's (`budget::Exceeded`'s `Display`).
     #[error("{0}")]
-    BudgetExceeded(Box<crate::budget::Exceeded>),
+    BudgetExceeded(Box<dyn SpendRefusal>),
     #[error("Rate limit reached for this API key; retry after {} ms", retry_after.as_millis())]
     RateLimited { retry_after: std::time::Duration },
     #[error("No request with id `{0}`")]
@@ -131,8 +144,12 @@ pub enum ApiError {
     HeadersTooLarge { count: usize, bytes: usize },
     #[error("The request was blocked by guardrail rule `{rule}`")]
     PromptBlocked { rule: String },
-    #[error("The request contains {}, which this team's policy does not allow to leave the gateway (category: {})", describe_categories(.categories), .categories.join(", "))]
-    PiiBlocked { categories: Vec<&'static str> },
+    /// `categories` by name (`card`), `described` in words (`a payment card number`).
+    #[error("The request contains {}, which this team's policy does not allow to leave the gateway (category: {})", .described.join(" and "), .categories.join(", "))]
+    PiiBlocked {
+        categories: Vec<&'static str>,
+        described: Vec<&'static str>,
+    },
     #[error("The request was flagged by content moderation{}", flagged_list(.categories))]
     ContentFlagged { categories: Vec<String> },
     #[error("The response was withheld: it was flagged by content moderation{}", flagged_list(.categories))]
@@ -147,19 +164,6 @@ pub enum ApiError {
     TemplateVariableUnknown { template: String, variable: String },
     #[error("Template variable `{0}` must be a string, number or boolean")]
     TemplateVariableInvalid(String),
-}
-
-fn describe_categories(categories: &[&str]) -> String {
-    let described: Vec<&str> = categories
-        .iter()
-        .filter_map(|c| {
-            crate::guard::pii::Category::ALL
-                .iter()
-                .find(|k| k.as_str() == *c)
-                .map(|k| k.describe())
-        })
-        .collect();
-    described.join(" and ")
 }
 
 fn flagged_list(categories: &[String]) -> String {
@@ -218,14 +222,14 @@ impl ApiError {
                 Some("unknown_parameter"),
                 None,
             ),
-            Billing(crate::billing::Refusal::TooManyChoices { .. }) => (
+            TooManyChoices { .. } => (
                 StatusCode::BAD_REQUEST,
                 "invalid_request_error",
                 Some("invalid_value"),
                 Some("n"),
             ),
             // The parameter's name is set in `body`, it is not static.
-            Billing(crate::billing::Refusal::Field(_)) => (
+            UnsupportedField(_) => (
                 StatusCode::BAD_REQUEST,
                 "invalid_request_error",
                 Some("unsupported_parameter"),
@@ -402,7 +406,7 @@ impl ApiError {
     pub fn audit_reason(&self) -> String {
         match self {
             ApiError::PromptBlocked { rule } => rule.clone(),
-            ApiError::PiiBlocked { categories } => categories
+            ApiError::PiiBlocked { categories, .. } => categories
                 .iter()
                 .map(|c| format!("pii.{c}"))
                 .collect::<Vec<_>>()
@@ -427,7 +431,7 @@ impl ApiError {
         if let ApiError::UnknownParam(name) = self {
             body = body.with_param(name);
         }
-        if let ApiError::Billing(crate::billing::Refusal::Field(refused)) = self {
+        if let ApiError::UnsupportedField(refused) = self {
             body = body.with_param(&refused.param);
         }
         body

@@ -18,44 +18,14 @@ use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::Dialect;
+pub use crate::config::ListenerConfig;
 use crate::error::ApiError;
 use crate::state::AppState;
-
-/// `[listener]`: connection and read limits of the HTTP listener.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ListenerConfig {
-    /// Most client connections open at once; more wait in the kernel's accept backlog until
-    /// one closes. Keep it below the process's file-descriptor limit (`ulimit -n`) minus
-    /// what Kafka and ClickHouse clients use.
-    pub max_connections: usize,
-    /// Time a client has to send a whole request head (request line and headers). The same
-    /// timer runs while a keep-alive connection waits for its next request, so it is also
-    /// the idle timeout: a connection that sends nothing for this long is closed.
-    #[serde(with = "crate::config::millis")]
-    pub header_read_timeout_ms: Duration,
-    /// Time a client has to send a whole JSON body (408 beyond, connection closed). On the
-    /// streamed uploads (`POST /v1/files`, `POST /v1/messages/batches`) it bounds the wait
-    /// for each next chunk instead.
-    #[serde(with = "crate::config::millis")]
-    pub body_read_timeout_ms: Duration,
-}
-
-impl Default for ListenerConfig {
-    fn default() -> Self {
-        ListenerConfig {
-            max_connections: 4096,
-            header_read_timeout_ms: Duration::from_secs(10),
-            body_read_timeout_ms: Duration::from_secs(30),
-        }
-    }
-}
 
 impl crate::config::Section for ListenerConfig {
     fn check(&self, _: &crate::config::Config) -> Result<(), crate::error::ConfigError> {

@@ -9,47 +9,15 @@
 //!   without one cannot register a webhook, so no event goes out unsigned and no team can
 //!   produce a signature another team's receiver accepts.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 
-use serde::Deserialize;
 use serde_json::Value;
 use sluice_schemas::outbound::{OutboundConfig, OutboundPolicy, Refused};
 use sluice_schemas::webhook::{Delivered, RetryPolicy, Secret, Sender, WebhookError};
 
-use crate::error::ConfigError;
-
-/// `[webhooks]`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct WebhooksConfig {
-    /// Exact destinations opened despite the address checks: `host:port` (`127.0.0.1:9999`)
-    /// or `host` for the scheme's default port. Empty: only public addresses.
-    pub allowed_hosts: Vec<String>,
-    /// Refuse `http://` webhook URLs.
-    pub https_only: bool,
-    /// Each team's signing secret: `[webhooks.teams.<team>] secret = "whsec_..."` or
-    /// `secret_env = "VAR"`. A team not listed cannot register webhooks.
-    pub teams: BTreeMap<String, TeamWebhooks>,
-}
-
-#[derive(Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TeamWebhooks {
-    /// `whsec_<base64>` (Standard Webhooks) or any non-empty string. Never printed.
-    pub secret: Option<String>,
-    /// An environment variable holding the secret (instead of `secret`).
-    pub secret_env: Option<String>,
-}
-
-impl fmt::Debug for TeamWebhooks {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TeamWebhooks")
-            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
-            .field("secret_env", &self.secret_env)
-            .finish()
-    }
-}
+pub use crate::config::WebhooksConfig;
+use crate::error::{ApiError, ConfigError};
 
 /// Why a webhook is not registered or not sent.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +30,12 @@ pub enum WebhookRefusal {
     Destination(#[from] Refused),
     #[error("webhooks are unavailable on this ingress")]
     Unavailable,
+}
+
+impl From<WebhookRefusal> for ApiError {
+    fn from(refusal: WebhookRefusal) -> ApiError {
+        ApiError::WebhookRefused(Box::new(refusal))
+    }
 }
 
 /// Why a delivery did not happen.

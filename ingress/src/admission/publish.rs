@@ -54,7 +54,7 @@ fn reserve_budget(app: &AppState, r: &Request) -> Result<i64, ApiError> {
     match app.budgets.admit(r, now_ms()) {
         Ok(reserved) => Ok(reserved),
         Err(exceeded) => {
-            let error = ApiError::BudgetExceeded(Box::new(exceeded));
+            let error = ApiError::from(exceeded);
             app.audits
                 .reject(audit::event(r, AuditAction::Rejected, 0, None), &error);
             Err(error)

@@ -133,7 +133,7 @@ pub(crate) fn validate(
         }
         app.webhooks
             .check_now(&caller.team, url)
-            .map_err(ApiError::WebhookRefused)?;
+            .map_err(ApiError::from)?;
     }
     if options.restore == Some(true) && matches!(mode, Mode::Async) {
         return Err(ApiError::InvalidParam {

@@ -517,9 +517,7 @@ async fn publish_all(
                 queue_retries += 1;
                 true
             }
-            ApiError::BudgetExceeded(e)
-                if e.spent_nanos.saturating_add(e.cost_nanos) <= e.limit_nanos
-                    && now_ms() < expires_at_ms =>
+            ApiError::BudgetExceeded(e) if e.fits_once_settled() && now_ms() < expires_at_ms =>
             {
                 tracing::debug!("batch line waits for budget reservations to settle");
                 true

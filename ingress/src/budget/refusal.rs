@@ -3,6 +3,7 @@
 use std::fmt;
 
 use super::{format_utc, Exceeded, Period};
+use crate::error::{ApiError, SpendRefusal};
 
 fn usd(nanos: i64) -> String {
     format!("${:.4}", nanos as f64 / 1e9)
@@ -25,6 +26,24 @@ impl fmt::Display for Exceeded {
             cost = usd(self.cost_nanos),
             resets = format_utc(self.resets_at_ms),
         )
+    }
+}
+
+impl std::error::Error for Exceeded {}
+
+impl SpendRefusal for Exceeded {
+    fn audit_policy(&self) -> String {
+        Exceeded::audit_policy(self)
+    }
+
+    fn fits_once_settled(&self) -> bool {
+        self.spent_nanos.saturating_add(self.cost_nanos) <= self.limit_nanos
+    }
+}
+
+impl From<Exceeded> for ApiError {
+    fn from(exceeded: Exceeded) -> ApiError {
+        ApiError::BudgetExceeded(Box::new(exceeded))
     }
 }
 

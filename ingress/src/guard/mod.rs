@@ -16,7 +16,6 @@
 //! Text from config (templates, decorators) is trusted and not scanned; text from the
 //! caller (messages of every role, tool-call arguments, template variables) is.
 
-pub mod config;
 pub mod moderation;
 pub mod pii;
 pub mod prompt_guard;
@@ -36,6 +35,7 @@ use self::pii::{Category, Finding};
 use self::prompt_guard::PromptGuard;
 use self::restore::{Masker, Restorer, StreamRestorer};
 use self::templates::Templates;
+pub use crate::config::guard as config;
 use crate::error::{ApiError, ConfigError};
 
 /// One team's compiled policy.
@@ -275,7 +275,8 @@ impl Guard {
                 .collect();
             if !blocked.is_empty() {
                 return Err(ApiError::PiiBlocked {
-                    categories: blocked.into_iter().map(Category::as_str).collect(),
+                    categories: blocked.iter().copied().map(Category::as_str).collect(),
+                    described: blocked.into_iter().map(Category::describe).collect(),
                 });
             }
             let applied: BTreeSet<Category> =

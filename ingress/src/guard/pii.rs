@@ -440,6 +440,20 @@ fn check_phone_nanp(text: &str, start: usize, end: usize) -> bool {
     d.len() == 10 && d[0] >= 2 && d[3] >= 2
 }
 
+impl crate::config::PiiConfig {
+    pub fn action(&self, category: Category) -> crate::config::PiiAction {
+        match category {
+            Category::Email => self.email,
+            Category::Phone => self.phone,
+            Category::Card => self.card,
+            Category::Iban => self.iban,
+            Category::Ssn => self.ssn,
+            Category::Ip => self.ip,
+            Category::Secret => self.secret,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -101,7 +101,7 @@ fn each_category_is_allowed_redacted_masked_or_blocked_as_configured() {
                 _ => {
                     let err = outcome.unwrap_err();
                     assert!(
-                        matches!(&err, ApiError::PiiBlocked { categories } if categories == &vec![category.as_str()])
+                        matches!(&err, ApiError::PiiBlocked { categories, .. } if categories == &vec![category.as_str()])
                     );
                     assert_eq!(err.status(), 400);
                     assert_eq!(err.body().error.code.as_deref(), Some("pii_detected"));
@@ -168,7 +168,7 @@ fn several_blocked_categories_are_all_named() {
     let mut messages = vec![user("a@b.co 4111111111111111"), user("ssn 123-45-6789")];
     let err = prepare(&g, &mut messages, false).unwrap_err();
     assert!(
-        matches!(&err, ApiError::PiiBlocked { categories } if categories == &vec!["card", "ssn"])
+        matches!(&err, ApiError::PiiBlocked { categories, .. } if categories == &vec!["card", "ssn"])
     );
     assert_eq!(err.audit_reason(), "pii.card,pii.ssn");
     // Nothing was changed before the refusal.

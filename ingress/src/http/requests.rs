@@ -33,7 +33,7 @@ pub(super) async fn submit(
     if let Some(url) = &accepted.webhook_url {
         // The destination's DNS answer, for a clear 400 now (delivery checks again).
         if let Err(e) = app.webhooks.check(&caller.team, url).await {
-            return reject(&app, &caller, ApiError::WebhookRefused(e), Dialect::OpenAi);
+            return reject(&app, &caller, ApiError::from(e), Dialect::OpenAi);
         }
     }
     if let Err(e) = accepted

@@ -1,17 +1,38 @@
 //! Ingress configuration: a TOML file, then `SLUICE_<SECTION>_<KEY>` environment overrides.
+//!
+//! Plain data, one file per group of sections; it imports only leaf types (schemas,
+//! [`ConfigError`]). A room that checks its own section (patterns compile, secrets resolve)
+//! implements [`Section`] beside its code, so config never names a room.
 
-use std::collections::BTreeMap;
-use std::fmt;
+mod audit;
+mod batch;
+mod budget;
+mod clickhouse;
+pub mod guard;
+mod kafka;
+mod keys;
+mod requests;
+mod server;
+mod webhooks;
+
 use std::path::Path;
-use std::time::Duration;
 
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::Deserialize;
 
-use sluice_schemas::Priority;
-
 use crate::error::ConfigError;
+
+pub use audit::AuditConfig;
+pub use batch::BatchLimits;
+pub use budget::{BudgetConfig, BudgetSettings, Period, Scope};
+pub use clickhouse::{ClickHouseConfig, RetentionConfig};
+pub use guard::{GuardConfig, PiiAction, PiiConfig};
+pub use kafka::KafkaConfig;
+pub use keys::{AdminConfig, KeyConfig};
+pub use requests::{BillingConfig, DeadlineConfig, ModelConfig, RoutingConfig};
+pub use server::{ListenerConfig, ServerConfig};
+pub use webhooks::{TeamWebhooks, WebhooksConfig};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,287 +58,36 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Guardrails: PII, prompt guard, moderation, templates, decorators (docs/security.md).
     #[serde(default)]
-    pub guard: crate::guard::config::GuardConfig,
+    pub guard: GuardConfig,
     /// Model prices, USD per million tokens (the workers' `[[prices]]`): budgets reserve a
     /// request's worst-case cost with them (docs/budgets.md).
     #[serde(default)]
     pub prices: Vec<sluice_schemas::pricing::Price>,
     /// Spend limits per team or key, per UTC day or month (docs/budgets.md).
     #[serde(default)]
-    pub budgets: Vec<crate::budget::BudgetConfig>,
+    pub budgets: Vec<BudgetConfig>,
     /// How budget reservations are made and held.
     #[serde(default)]
-    pub budget: crate::budget::BudgetSettings,
+    pub budget: BudgetSettings,
     /// What audit events keep of prompts and completions, per team (docs/analytics.md).
     #[serde(default)]
-    pub audit: crate::audit::AuditConfig,
+    pub audit: AuditConfig,
     /// Batch and async-request webhooks: allowed destinations and each team's signing
     /// secret (docs/batch.md#webhooks).
     #[serde(default)]
-    pub webhooks: crate::webhooks::WebhooksConfig,
+    pub webhooks: WebhooksConfig,
     /// How long uploaded batch content is kept (docs/security.md).
     #[serde(default)]
     pub retention: RetentionConfig,
     /// The batch APIs' caps and quotas (docs/batch.md).
     #[serde(default)]
-    pub batch: crate::batch::limits::BatchLimits,
+    pub batch: BatchLimits,
     /// Bounds on what one request may make a provider bill (`n`, docs/budgets.md).
     #[serde(default)]
-    pub billing: crate::billing::BillingConfig,
+    pub billing: BillingConfig,
     /// Connection cap and read timeouts of the HTTP listener (docs/security.md).
     #[serde(default)]
-    pub listener: crate::listener::ListenerConfig,
-}
-
-/// How long the ingress keeps what callers upload. Completions are kept by the analytics
-/// sink (`[retention] completion_days` there); both go when their day has passed.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RetentionConfig {
-    /// Days an uploaded batch input file (and its lines) is kept, at least 1.
-    pub file_days: u32,
-}
-
-impl Default for RetentionConfig {
-    fn default() -> Self {
-        RetentionConfig { file_days: 7 }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ServerConfig {
-    pub listen: String,
-    /// Largest accepted request body (413 beyond, before it is all read). Requests also
-    /// have to fit `[kafka] max_message_bytes` once encoded.
-    pub max_body_bytes: usize,
-    /// How long a sync caller waits for its result before a 504 (the request still runs).
-    #[serde(with = "millis")]
-    pub sync_timeout_ms: Duration,
-    /// The reply partition this replica listens on (give each replica its own).
-    pub reply_partition: i32,
-    /// Name of this replica in logs and audit.
-    pub instance_id: String,
-    /// Most request headers accepted (431 beyond). hyper refuses more than 100 before
-    /// this check runs.
-    pub max_header_count: usize,
-    /// Largest total size of request header names and values (431 beyond). hyper refuses
-    /// a request head over ~400 KiB before this check runs.
-    pub max_header_bytes: usize,
-    /// The ingress's address as callers see it (`https://api.example.com`), for absolute
-    /// URLs it returns (Anthropic's `results_url`); none: from the `Host` header
-    /// (src/public_url.rs).
-    pub public_base_url: Option<String>,
-    /// Take the scheme of returned URLs from `X-Forwarded-Proto` (only behind a proxy that
-    /// sets it; otherwise a caller could name any scheme).
-    pub trust_forwarded_proto: bool,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            listen: "127.0.0.1:8080".into(),
-            max_body_bytes: 4 * 1024 * 1024,
-            sync_timeout_ms: Duration::from_secs(120),
-            reply_partition: 0,
-            instance_id: "ingress-0".into(),
-            max_header_count: 64,
-            max_header_bytes: 16 * 1024,
-            public_base_url: None,
-            trust_forwarded_proto: false,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct KafkaConfig {
-    pub bootstrap: String,
-    pub topic_prefix: String,
-    /// How long a produce may wait for the broker's acks before the caller gets 503.
-    #[serde(with = "millis")]
-    pub produce_timeout_ms: Duration,
-    /// Create missing topics at start-up.
-    pub create_topics: bool,
-    /// librdkafka settings passed through (applied before the ones correctness depends on).
-    pub options: BTreeMap<String, String>,
-    /// Largest message produced: the topics' `max.message.bytes` when the ingress creates
-    /// them and the producer's `message.max.bytes`. A request (or batch line) whose encoded
-    /// record is larger gets 413 `request_too_large` up front; so does one the broker refuses
-    /// as too large (a topic created before with a smaller limit). Keep it above
-    /// `[server] max_body_bytes` plus the envelope and the audit copy of the prompt
-    /// (8 MiB for the default 4 MiB body); the workers' `[kafka] max_message_bytes` matches.
-    pub max_message_bytes: usize,
-}
-
-impl Default for KafkaConfig {
-    fn default() -> Self {
-        KafkaConfig {
-            bootstrap: "127.0.0.1:19092".into(),
-            topic_prefix: "sluice".into(),
-            produce_timeout_ms: Duration::from_secs(5),
-            create_topics: true,
-            options: BTreeMap::new(),
-            max_message_bytes: sluice_schemas::topics::MAX_MESSAGE_BYTES,
-        }
-    }
-}
-
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ClickHouseConfig {
-    pub url: String,
-    pub database: String,
-    pub user: Option<String>,
-    pub password: Option<String>,
-}
-
-impl Default for ClickHouseConfig {
-    fn default() -> Self {
-        ClickHouseConfig {
-            url: "http://127.0.0.1:18123".into(),
-            database: "sluice".into(),
-            user: None,
-            password: None,
-        }
-    }
-}
-
-impl ClickHouseConfig {
-    /// A client for the ingress's reads and small writes (lookups, batch files), bound to
-    /// the private database: the only one the ingress's ClickHouse user may use
-    /// (docs/security.md); `database` names the analyst one next to it.
-    pub fn client(&self) -> clickhouse::Client {
-        let mut client = clickhouse::Client::default()
-            .with_url(&self.url)
-            .with_database(sluice_schemas::tables::private_database(&self.database))
-            // ClickHouse 18.16 (Debian) cannot validate row types; casts in the queries
-            // pin the types instead.
-            .with_validation(false)
-            // Small requests: lz4 framing only adds a round of latency here.
-            .with_compression(clickhouse::Compression::None);
-        if let Some(user) = &self.user {
-            client = client.with_user(user);
-        }
-        if let Some(password) = &self.password {
-            client = client.with_password(password);
-        }
-        client
-    }
-}
-
-impl fmt::Debug for ClickHouseConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClickHouseConfig")
-            .field("url", &self.url)
-            .field("database", &self.database)
-            .field("user", &self.user)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .finish()
-    }
-}
-
-/// Default time a request may wait before it must not reach a provider, per class.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DeadlineConfig {
-    #[serde(with = "millis")]
-    pub interactive_ms: Duration,
-    #[serde(with = "millis")]
-    pub standard_ms: Duration,
-    #[serde(with = "millis")]
-    pub batch_ms: Duration,
-    /// Longest deadline a caller may ask for.
-    #[serde(with = "millis")]
-    pub max_ms: Duration,
-}
-
-impl Default for DeadlineConfig {
-    fn default() -> Self {
-        DeadlineConfig {
-            interactive_ms: Duration::from_secs(120),
-            standard_ms: Duration::from_secs(30 * 60),
-            batch_ms: Duration::from_secs(24 * 3600),
-            max_ms: Duration::from_secs(7 * 24 * 3600),
-        }
-    }
-}
-
-impl DeadlineConfig {
-    pub fn default_for(&self, priority: Priority) -> Duration {
-        match priority {
-            Priority::Interactive => self.interactive_ms,
-            Priority::Standard => self.standard_ms,
-            Priority::Batch => self.batch_ms,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RoutingConfig {
-    /// Teams whose requests go to dedicated topics (`<prefix>.requests.<class>.team.<team>`).
-    pub team_topics: Vec<String>,
-    /// A team's requests spread over this many consecutive partitions of a request topic
-    /// (starting at a hash of the team): several workers can serve one team, while a
-    /// flooding team never occupies every partition.
-    pub partitions_per_team: u32,
-}
-
-impl Default for RoutingConfig {
-    fn default() -> Self {
-        RoutingConfig {
-            team_topics: Vec::new(),
-            partitions_per_team: 3,
-        }
-    }
-}
-
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeyConfig {
-    /// Public identifier of the key (appears in usage and audit).
-    pub id: String,
-    pub team: String,
-    /// Hex SHA-256 of the key's plaintext.
-    pub sha256: String,
-    /// Sync requests (chat completions) this key may make per minute; async submissions are
-    /// not limited here, they wait in Kafka.
-    #[serde(default)]
-    pub requests_per_minute: Option<std::num::NonZeroU32>,
-}
-
-impl fmt::Debug for KeyConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeyConfig")
-            .field("id", &self.id)
-            .field("team", &self.team)
-            .finish_non_exhaustive()
-    }
-}
-
-/// The admin API's credentials: the SHA-256 of the admin key, never the key.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AdminConfig {
-    /// Hex SHA-256 of the admin key (`sluice-ingress --hash-key <key>`); none: the admin
-    /// API answers 403.
-    pub key_sha256: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelConfig {
-    pub id: String,
-    #[serde(default = "default_owner")]
-    pub owned_by: String,
-    /// Tokenizer for prompt counting: "o200k_base" or "cl100k_base" (default: by model name).
-    #[serde(default)]
-    pub tokenizer: Option<String>,
-}
-
-fn default_owner() -> String {
-    "sluice".into()
+    pub listener: ListenerConfig,
 }
 
 impl Config {
@@ -465,6 +235,8 @@ pub(crate) mod millis {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

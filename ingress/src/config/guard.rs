@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::pii::Category;
+use super::millis;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -79,20 +79,6 @@ pub struct PiiConfig {
     /// stream chunks). Never for async requests: their results are stored, and the mapping
     /// never leaves the ingress.
     pub restore: bool,
-}
-
-impl PiiConfig {
-    pub fn action(&self, category: Category) -> PiiAction {
-        match category {
-            Category::Email => self.email,
-            Category::Phone => self.phone,
-            Category::Card => self.card,
-            Category::Iban => self.iban,
-            Category::Ssn => self.ssn,
-            Category::Ip => self.ip,
-            Category::Secret => self.secret,
-        }
-    }
 }
 
 /// System messages the ingress adds around every request of the team.
@@ -197,14 +183,4 @@ pub enum TemplateRole {
     Developer,
     User,
     Assistant,
-}
-
-mod millis {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        Ok(Duration::from_millis(u64::deserialize(d)?))
-    }
 }

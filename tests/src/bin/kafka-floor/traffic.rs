@@ -117,8 +117,8 @@ pub(crate) fn since(
     }
     read_sample(bootstrap, options, &tpl, until, &mut counts)?;
     for count in counts.values_mut() {
-        if count.sampled > 0 {
-            count.bytes = count.sampled_bytes * count.messages / count.sampled;
+        if let Some(bytes) = (count.sampled_bytes * count.messages).checked_div(count.sampled) {
+            count.bytes = bytes;
         }
     }
     Ok(counts)

@@ -26,6 +26,15 @@
 #   BENCH_STREAM_IN_FLIGHT [1100]   the worker's max_in_flight during the streams scenario
 #   BENCH_CANCEL_SAMPLES [100]  BENCH_DISCONNECT_AFTER [5]  BENCH_RELAY_PORT [19181]
 #                              (BENCH_CANCEL_SAMPLES=0 / BENCH_STREAM_OPEN=0 skip those steps)
+#   BENCH_SCENARIOS may also hold "serial" (in "streams" too): one stream at a time,
+#                              BENCH_SERIAL_SAMPLES [30] streams of BENCH_SERIAL_CHUNKS [20]
+#                              chunks BENCH_SERIAL_DELAY_MS [20] ms apart, each chunk timed from
+#                              the mock (loadgen's relay) to the client, direct and through
+#   BENCH_FLOOR [1]   with each sync rate, the bare Kafka round trip (kafka-floor: two hops,
+#                              the services' client settings, no HTTP) at the same rate
+#   BENCH_TRAFFIC [1]  Kafka messages and bytes per request by topic, for each step through
+#                              the ingress (kafka-floor offsets before / traffic after)
+#   BENCH_DB [sluice_bench]    the ClickHouse database (dropped at start)
 #   BENCH_SOAK [30s]   the soak: closed-loop async load on one ingress, answers/s every second
 #   BENCH_KAFKA_OPTIONS [""]   librdkafka settings added to the ingress's and the worker's
 #                              [kafka.options] for an experiment, e.g. '"linger.ms" = "0"'
@@ -64,12 +73,17 @@ STREAM_IN_FLIGHT="${BENCH_STREAM_IN_FLIGHT:-1100}"
 CANCEL_SAMPLES="${BENCH_CANCEL_SAMPLES:-100}"
 BUDGET_USD="${BENCH_BUDGET_USD:-1000000}"
 DISCONNECT_AFTER="${BENCH_DISCONNECT_AFTER:-5}"
+SERIAL_SAMPLES="${BENCH_SERIAL_SAMPLES:-30}"
+SERIAL_CHUNKS="${BENCH_SERIAL_CHUNKS:-20}"
+SERIAL_DELAY_MS="${BENCH_SERIAL_DELAY_MS:-20}"
+FLOOR="${BENCH_FLOOR:-1}"
+TRAFFIC="${BENCH_TRAFFIC:-1}"
 RELAY_PORT="${BENCH_RELAY_PORT:-19181}"
 ANALYTICS_KAFKA_OPTIONS="${BENCH_ANALYTICS_KAFKA_OPTIONS:-}"
 
 KEY=sk-sluice-demo          # demo key of config/ingress.toml (team demo)
 MODEL=gpt-4o-mini
-DB=sluice_bench
+DB="${BENCH_DB:-sluice_bench}"
 # Fresh topics and consumer groups per run (as the tests do): nothing a previous run left in
 # a topic, and no change of the worker's group naming, can make a run replay old requests.
 PREFIX="${BENCH_PREFIX:-bench$(date +%s)}"
@@ -94,8 +108,8 @@ command -v jq >/dev/null || {
   apt-get update -qq && apt-get install -y -qq jq >/dev/null
 }
 mkdir -p "$OUT"
-rm -f "$OUT"/*.json "$OUT"/*.json.tmp "$OUT"/*.log "$OUT"/*.tsv
-touch "$OUT/steps.tsv" "$OUT/cpu.tsv" "$OUT/gc.tsv" "$OUT/hwm.tsv"
+rm -f "$OUT"/*.json "$OUT"/*.json.tmp "$OUT"/*.log "$OUT"/*.tsv "$OUT"/*.offsets "$OUT"/*.traffic
+touch "$OUT/steps.tsv" "$OUT/cpu.tsv" "$OUT/cpu_ms.tsv" "$OUT/gc.tsv" "$OUT/hwm.tsv"
 
 # ---------- cleanup: only what this run started ----------
 status_before=$(services status 2>/dev/null || true)
@@ -126,7 +140,7 @@ if [[ ${BENCH_NO_BUILD:-0} != 1 ]]; then
   log "cargo build --release --bins"
   cargo build --release --bins >&2
 fi
-for b in sluice-ingress sluice-worker sluice-analytics mock-provider loadgen; do
+for b in sluice-ingress sluice-worker sluice-analytics mock-provider loadgen kafka-floor; do
   [[ -x $BIN/$b ]] || die "$BIN/$b is missing (cargo build --release --bins)"
 done
 log "services: Kafka + ClickHouse"
@@ -196,7 +210,7 @@ fi
 # The streams scenario's cancel step: the deployment of $RELAY_MODEL goes through loadgen's
 # relay on RELAY_PORT (which forwards to the mock), so the relay sees when the worker closes
 # its provider connection. Nothing else calls that model.
-if [[ " $SCENARIOS " == *" streams "* ]]; then
+if [[ " $SCENARIOS " == *" streams "* || " $SCENARIOS " == *" serial "* ]]; then
   awk -v mock="$MOCK" -v relay="http://127.0.0.1:$RELAY_PORT" -v model="\"$RELAY_MODEL\"" '
     /^\[\[/ { mine = 0 } $1 == "model" && $3 == model { mine = 1 }
     mine && /base_url/ { sub(mock, relay) } { print }' "$OUT/worker.toml" >"$OUT/worker.toml.tmp"
@@ -299,8 +313,11 @@ account() { # scenario
   now=$(date +%s%3N); dt=$((now - MARK_MS))
   for p in "${PROCS[@]}"; do
     local pid; pid=$(pid_of "$p")
+    local ticks=$(($(cpu_ticks "$pid") - TICKS[$p]))
     printf '%s\t%s\t%s\n' "$1" "$p" \
-      "$(awk -v d="$(($(cpu_ticks "$pid") - TICKS[$p]))" -v hz="$HZ" -v ms="$dt" 'BEGIN {printf "%.0f", d / hz * 100000 / ms}')" >>"$OUT/cpu.tsv"
+      "$(awk -v d="$ticks" -v hz="$HZ" -v ms="$dt" 'BEGIN {printf "%.0f", d / hz * 100000 / ms}')" >>"$OUT/cpu.tsv"
+    # CPU milliseconds of the step (divided by the step's requests in the report).
+    printf '%s\t%s\t%s\n' "$1" "$p" "$(awk -v d="$ticks" -v hz="$HZ" 'BEGIN {printf "%.1f", d / hz * 1000}')" >>"$OUT/cpu_ms.tsv"
   done
   printf '%s\t%s\t%s\n' "$1" wait \
     "$(awk -v d="$(($(cpu_wait_us) - TICKS[wait]))" -v ms="$dt" 'BEGIN {printf "%.0f", d / 10 / ms}')" >>"$OUT/cpu.tsv"
@@ -312,19 +329,39 @@ account() { # scenario
 }
 
 N=0
-run_step() { # label loadgen-args...
+FLOOR_ARGS=()   # the experiment's librdkafka options, for kafka-floor's clients
+while IFS= read -r line; do
+  [[ $line =~ ^[[:space:]]*\"?([^\"=]+)\"?[[:space:]]*=[[:space:]]*\"?([^\"]*)\"?[[:space:]]*$ ]] &&
+    FLOOR_ARGS+=(--option "${BASH_REMATCH[1]}=${BASH_REMATCH[2]}")
+done <<<"$KAFKA_OPTIONS"
+# Kafka traffic of the steps through the stack: the topics' high watermarks before the step,
+# the records written to them after (kafka-floor offsets / traffic). Other steps: none.
+traffic_of() { [[ $TRAFFIC == 1 && $1 == *ingress* ]]; }
+run_step() { # label loadgen-args... (STEP_TOOL=kafka-floor for the floor)
   local label=$1; shift
   N=$((N + 1))
-  local f; f="$OUT/$(printf '%02d' "$N").json"
+  local n; n=$(printf '%02d' "$N")
+  local f="$OUT/$n.json"
   log "$label"
+  if traffic_of "$label"; then
+    "$BIN/kafka-floor" --bootstrap "$SLUICE_KAFKA_BOOTSTRAP" offsets --prefix "$PREFIX" >"$OUT/$n.offsets" \
+      || die "kafka-floor offsets failed"
+  fi
   mark
   local from_ms=$MARK_MS
-  "$BIN/loadgen" --json "$@" >"$f.tmp" 2>"$OUT/$(printf '%02d' "$N").log" \
-    || { cat "$OUT/$(printf '%02d' "$N").log" >&2; die "loadgen failed: $label"; }
+  "$BIN/${STEP_TOOL:-loadgen}" --json "$@" >"$f.tmp" 2>"$OUT/$n.log" \
+    || { cat "$OUT/$n.log" >&2; die "${STEP_TOOL:-loadgen} failed: $label"; }
   account "$label"
+  if traffic_of "$label"; then
+    "$BIN/kafka-floor" --bootstrap "$SLUICE_KAFKA_BOOTSTRAP" traffic --prefix "$PREFIX" \
+      --since "$OUT/$n.offsets" >"$OUT/$n.traffic" || die "kafka-floor traffic failed"
+    jq -c --arg l "$label" --slurpfile s "$f.tmp" \
+      '{label: $l, requests: ($s[0].sent_total // $s[0].sent), topics: .}' "$OUT/$n.traffic" >"$OUT/$n.traffic.tmp" &&
+      mv "$OUT/$n.traffic.tmp" "$OUT/$n.traffic"
+  fi
   printf '%s\t%s\t%s\n' "$label" "$from_ms" "$(date +%s%3N)" >>"$OUT/steps.tsv"
   jq -c --arg l "$label" '. + {"label": $l}' "$f.tmp" >"$f" && rm -f "$f.tmp"
-  sed 's/^/    /' "$OUT/$(printf '%02d' "$N").log" >&2
+  sed 's/^/    /' "$OUT/$n.log" >&2
 }
 
 want() { [[ " $SCENARIOS " == *" $1 "* ]]; }
@@ -352,6 +389,12 @@ for rate in $SYNC_RATES; do
     --rate "$rate" --duration "$STEP" --warmup "$WARMUP"
   run_step "sync ingress ${rate}/s" --mode open --url "$INGRESS/v1/chat/completions" --key "$KEY" \
     --body "$BODY" --rate "$rate" --duration "$STEP" --warmup "$WARMUP"
+  # The Kafka floor at the same rate, on the same broker: the two hops of a sync call.
+  if [[ $FLOOR == 1 ]]; then
+    STEP_TOOL=kafka-floor run_step "kafka floor ${rate}/s" --bootstrap "$SLUICE_KAFKA_BOOTSTRAP" \
+      "${FLOOR_ARGS[@]}" roundtrip --topic-prefix "$PREFIX-floor-$rate" --rate "$rate" \
+      --duration "$STEP" --warmup "$WARMUP"
+  fi
 done
 # (c) accept -> usage row in ClickHouse, one request at a time, before any async backlog.
 want e2e && run_step "e2e accept->ClickHouse" --mode e2e --url "$INGRESS/v1/requests" --key "$KEY" \
@@ -395,6 +438,23 @@ sample_mem() {
     sleep 0.5
   done
 }
+# Serial streams: one at a time, SERIAL_CHUNKS chunks SERIAL_DELAY_MS apart; loadgen's relay in
+# front of the mock notes when each content chunk left it, the client when it arrived. Direct
+# = client -> relay -> mock; through = client -> ingress -> Kafka -> worker -> relay -> mock.
+run_serial() {
+  log "mock restarted: streams of $SERIAL_CHUNKS content chunks ${SERIAL_DELAY_MS} ms apart (serial)"
+  restart_mock --completion-tokens "$SERIAL_CHUNKS" --stream-chunks "$SERIAL_CHUNKS" \
+    --stream-chunk-delay-ms "$SERIAL_DELAY_MS"
+  local relay=(--relay-listen "127.0.0.1:$RELAY_PORT" --relay-upstream "127.0.0.1:$MOCK_PORT"
+    --samples "$SERIAL_SAMPLES")
+  run_step "serial direct" --mode serial --url "http://127.0.0.1:$RELAY_PORT/v1/chat/completions" \
+    --body "$CANCEL_BODY" "${relay[@]}"
+  run_step "serial ingress" --mode serial --url "$INGRESS/v1/chat/completions" --key "$KEY" \
+    --body "$CANCEL_BODY" "${relay[@]}"
+  serial_ran=1
+}
+serial_ran=0
+want serial && ((!want_streams)) && run_serial
 if ((want_streams)); then
   stream_mock=(--completion-tokens "$STREAM_CHUNKS" --stream-chunks "$STREAM_CHUNKS")
   log "mock restarted: streams of $STREAM_CHUNKS content chunks ${STREAM_DELAY_MS} ms apart"
@@ -412,6 +472,7 @@ if ((want_streams)); then
       --relay-upstream "127.0.0.1:$MOCK_PORT"
     cancel_json="$OUT/$(printf '%02d' "$N").json"
   fi
+  run_serial
   # Memory: a fresh ingress (its baseline), then STREAM_OPEN connections each open one long
   # stream at once (closed loop; nothing new starts after the first second).
   if ((STREAM_OPEN > 0)); then

@@ -1,8 +1,8 @@
 # The figures of a scripts/bench.sh run as markdown: sourced by bench.sh, which calls
 # bench_report once its steps are done. It reads what the steps left: the loadgen JSON,
-# steps.tsv, cpu.tsv, gc.tsv, hwm.tsv and stream-mem.tsv in $OUT, the results rows in
+# steps.tsv, cpu.tsv, cpu_ms.tsv, gc.tsv, hwm.tsv, stream-mem.tsv and the *.traffic files in $OUT, the results rows in
 # ClickHouse ($CH, $DB, CH_AUTH), and bench.sh's settings and figures (STEP, WARMUP,
-# SYNC_RATES, STREAM_*, PROCS, backlog, soak_backlog, soak_log, cancel_json, mem_base,
+# SYNC_RATES, STREAM_*, SERIAL_*, serial_ran, PROCS, backlog, soak_backlog, soak_log, cancel_json, mem_base,
 # mem_hwm, want, want_streams).
 # shellcheck shell=bash disable=SC2154
 
@@ -25,13 +25,35 @@ bench_report() {
   if [[ -n $SYNC_RATES ]]; then
     echo "### Sync added latency (through the ingress minus straight to the mock; difference of percentiles, ms)"
     echo
-    echo "| rate | direct p50 | direct p99 | through p50 | through p99 | added p50 | added p99 |"
+    echo "Kafka floor = kafka-floor's bare round trip (produce -> consume -> produce -> consume, the"
+    echo "services' client settings, no HTTP) at the same rate on the same broker, right after the"
+    echo "pair. Over floor = added minus the floor: what Sluice adds beyond the two Kafka hops."
+    echo
+    echo "| rate | direct p50 / p99 | through p50 / p99 | **added p50 / p99** | Kafka floor p50 / p99 | over floor p50 / p99 | added / floor p50, p99 |"
     echo "|---:|---:|---:|---:|---:|---:|---:|"
     for rate in $SYNC_RATES; do
-      jq -rs --arg d "sync direct ${rate}/s" --arg t "sync ingress ${rate}/s" --arg r "$rate" '
+      jq -rs --arg d "sync direct ${rate}/s" --arg t "sync ingress ${rate}/s" --arg k "kafka floor ${rate}/s" --arg r "$rate" '
+        def r3: . * 1000 | round / 1000;
+        def r1: . * 10 | round / 10;
         (map(select(.label == $d))[0]) as $a | (map(select(.label == $t))[0]) as $b |
-        "| \($r)/s | \($a.p50_ms) | \($a.p99_ms) | \($b.p50_ms) | \($b.p99_ms) | \(($b.p50_ms - $a.p50_ms) * 1000 | round / 1000) | \(($b.p99_ms - $a.p99_ms) * 1000 | round / 1000) |"' "$OUT"/*.json
+        (map(select(.label == $k))[0]) as $f |
+        (($b.p50_ms - $a.p50_ms) | r3) as $a50 | (($b.p99_ms - $a.p99_ms) | r3) as $a99 |
+        "| \($r)/s | \($a.p50_ms) / \($a.p99_ms) | \($b.p50_ms) / \($b.p99_ms) | **\($a50) / \($a99)** | " +
+        (if $f then "\($f.p50_ms) / \($f.p99_ms) | \(($a50 - $f.p50_ms) | r3) / \(($a99 - $f.p99_ms) | r3) | \(($a50 / $f.p50_ms) | r1)x, \(($a99 / $f.p99_ms) | r1)x |"
+         else "- | - | - |" end)' "$OUT"/*.json
     done
+    echo
+  fi
+  if ((serial_ran)); then
+    echo "### Serial streams: each chunk from the mock to the client ($SERIAL_SAMPLES streams one at a time, $SERIAL_CHUNKS content chunks ${SERIAL_DELAY_MS} ms apart, ms)"
+    echo
+    echo "delay = loadgen's relay in front of the mock read the chunk -> the client read it (one clock)."
+    echo "gap = between successive content chunks at the client (the mock sends one every ${SERIAL_DELAY_MS} ms)."
+    echo
+    echo "| path | streams ok | chunks | delay p50 | delay p90 | delay p99 | delay max | gap p50 | gap p99 | gap max | whole stream p50 / p99 | first chunk p50 |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    jq -rs '.[] | select(.mode == "serial") |
+      "| \(.label) | \(.ok)/\(.sent) | \(.chunks) | \(.chunk_delay_p50_ms) | \(.chunk_delay_p90_ms) | \(.chunk_delay_p99_ms) | \(.chunk_delay_max_ms) | \(.chunk_gap_p50_ms) | \(.chunk_gap_p99_ms) | \(.chunk_gap_max_ms) | \(.total_p50_ms) / \(.total_p99_ms) | \(.ttft_p50_ms) |"' "$OUT"/*.json
     echo
   fi
   if want e2e; then
@@ -101,6 +123,37 @@ bench_report() {
       awk -F'\t' -v l="$label" '{ for (i = 2; i <= 4; i++) { gsub(/[][]/, "", $i); sub(/,/, " / ", $i) }
                                    printf "| %s | %s | %s | %s | %s |\n", l, $1, $2, $3, $4 }'
   done <"$OUT/steps.tsv"
+  echo
+  if compgen -G "$OUT/*.traffic" >/dev/null; then
+    echo "### Kafka messages and bytes per request, by topic (steps through the ingress)"
+    echo
+    echo "High watermarks before and after each step (warmup included) divided by the step's requests;"
+    echo "bytes = key + value + headers of up to 2,000 records read back per partition, scaled (no"
+    echo "batch framing). Records a step leaves to the worker and sink after it ends count in the next step."
+    echo
+    echo "| scenario | requests | topic | messages / request | bytes / request |"
+    echo "|---|---:|---|---:|---:|"
+    jq -rs '.[] | .label as $l | .requests as $n | (.topics | to_entries | map(select(.value.messages > 0))) as $t |
+      ($t[] | "| \($l) | \($n) | \(.key | sub("^[^.]*\\."; "")) | \((.value.messages / $n) * 100 | round / 100) | \((.value.bytes / $n) | round) |"),
+      "| \($l) | \($n) | **all** | **\(([$t[].value.messages] | add // 0) / $n * 100 | round / 100)** | **\(([$t[].value.bytes] | add // 0) / $n | round)** |"' "$OUT"/*.traffic
+    echo
+  fi
+  echo "### CPU per request (ms of CPU per request sent, warmup included, per process)"
+  echo
+  echo "utime + stime of each process over the step (/proc/<pid>/stat) divided by the requests the"
+  echo "step sent; Kafka's and ClickHouse's include whatever else used them (shared)."
+  echo
+  printf '| scenario | requests |'; printf ' %s |' "${PROCS[@]}" "stack total"; echo
+  printf '|---|---:|'; printf -- '---:|%.0s' "${PROCS[@]}" total; echo
+  jq -r '"\(.label)\t\(.sent_total // .sent)"' "$OUT"/*.json >"$OUT/requests.tsv"
+  awk -F'\t' -v procs="${PROCS[*]}" '
+    FILENAME ~ /requests/ { n[$1] = $2; next }
+    { if (!($1 in seen)) { seen[$1] = 1; order[++k] = $1 } v[$1, $2] = $3 }
+    END { np = split(procs, p, " ")
+          for (i = 1; i <= k; i++) { s = order[i]; if (!(s in n) || n[s] == 0) continue
+            line = "| " s " | " n[s] " |"; tot = 0
+            for (j = 1; j <= np; j++) { x = v[s, p[j]] / n[s]; tot += x; line = line sprintf(" %.3f |", x) }
+            print line sprintf(" **%.3f** |", tot) } }' "$OUT/requests.tsv" "$OUT/cpu_ms.tsv"
   echo
   echo "### CPU per process (% of one core, over each step)"
   echo

@@ -1,4 +1,5 @@
 //! Sluice's end-to-end test support: the mock LLM provider that tests, demos and benchmarks
-//! use in place of real providers. The end-to-end tests themselves live in `tests/`.
+//! use in place of real providers, and what the benchmark binaries share (`bench`). The end-to-end tests themselves live in `tests/`.
 
+pub mod bench;
 pub mod mock;

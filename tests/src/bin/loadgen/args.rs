@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+pub(crate) use sluice_tests::bench::parse_duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Mode {
@@ -10,11 +11,12 @@ pub(crate) enum Mode {
     Closed,
     E2e,
     Cancel,
+    Serial,
 }
 
 /// HTTP load generator: open-loop constant rate, closed-loop max throughput (both with
-/// `--stream`: time to first token and to [DONE]), accept-to-ClickHouse timing, or
-/// disconnect-to-provider-cancel timing.
+/// `--stream`: time to first token and to [DONE]), accept-to-ClickHouse timing,
+/// disconnect-to-provider-cancel timing, or (serial) each chunk's provider-to-client delay.
 #[derive(Debug, Parser)]
 #[command(name = "loadgen")]
 pub(crate) struct Args {
@@ -68,7 +70,7 @@ pub(crate) struct Args {
     /// e2e mode: the database the analytics sink writes to.
     #[arg(long, default_value = "sluice_bench")]
     pub(crate) database: String,
-    /// e2e and cancel modes: requests to time.
+    /// e2e, cancel and serial modes: requests to time.
     #[arg(long, default_value_t = 50)]
     pub(crate) samples: usize,
     /// Read answers as server-sent events: time to first token and to `[DONE]`. Implied by a
@@ -78,30 +80,10 @@ pub(crate) struct Args {
     /// Cancel mode: close the connection after this many SSE `data:` events.
     #[arg(long, default_value_t = 5)]
     pub(crate) disconnect_after: u32,
-    /// Cancel mode: where the relay listens (the worker's provider base URL must point here).
+    /// Cancel and serial modes: where the relay listens (the worker's provider base URL must point here).
     #[arg(long)]
     pub(crate) relay_listen: Option<std::net::SocketAddr>,
-    /// Cancel mode: the provider the relay forwards to.
+    /// Cancel and serial modes: the provider the relay forwards to.
     #[arg(long)]
     pub(crate) relay_upstream: Option<std::net::SocketAddr>,
-}
-
-/// "15s", "500ms", "2m", "1.5s" or a bare number of seconds.
-pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (number, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: f64 = number
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 15s or 500ms"))?;
-    let seconds = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        _ => return Err(format!("{s:?}: unit must be ms, s or m")),
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{s:?}: {e}"))
 }

@@ -12,6 +12,10 @@
 //! - `cancel`: one streamed request at a time, dropped after `--disconnect-after` SSE events;
 //!   a TCP relay in this process (`--relay-listen`, forwarding to `--relay-upstream`) sits
 //!   in front of the provider and times when the worker closes its provider connection.
+//! - `serial`: one streamed request at a time through the same relay, which notes when each
+//!   content event leaves the provider; the client notes when it arrives: each chunk's
+//!   provider-to-client delay, and the gaps between chunks (a chunk held back by Nagle's
+//!   algorithm and a delayed ACK shows as a ~40 ms delay).
 //!
 //! With `--stream` (or a body with `"stream": true`) open and closed modes read each answer
 //! as server-sent events and record two latencies: to the first `data:` event whose
@@ -31,6 +35,7 @@
 mod args;
 mod report;
 mod scenarios;
+mod serial;
 mod target;
 
 use std::sync::Arc;
@@ -43,6 +48,7 @@ use serde_json::{json, Value};
 use crate::args::{Args, Mode};
 use crate::report::{own_cpu_seconds, round3, Report};
 use crate::scenarios::{cancel, closed_loop, e2e, open_loop};
+use crate::serial::serial;
 use crate::target::{client, headers, Target};
 
 fn main() -> anyhow::Result<()> {
@@ -71,7 +77,7 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
         None => args.body.clone().into_bytes(),
     };
     let stream = args.stream
-        || args.mode == Mode::Cancel
+        || matches!(args.mode, Mode::Cancel | Mode::Serial)
         || serde_json::from_slice::<Value>(&body).is_ok_and(|v| v["stream"] == json!(true));
     let target = Target {
         url: args.url.clone(),
@@ -80,6 +86,7 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
         body: Bytes::from(body),
         expect: args.expect_status,
         stream,
+        record_content: args.mode == Mode::Serial,
     };
     let cpu_before = own_cpu_seconds();
     let mut report = match args.mode {
@@ -99,6 +106,7 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
         }
         Mode::E2e => e2e(args, &client(args, 4)?, &target).await?,
         Mode::Cancel => cancel(args, &client(args, 4)?, &target).await?,
+        Mode::Serial => serial(args, &client(args, 4)?, &target).await?,
     };
     if let (Some(before), Some(after)) = (cpu_before, own_cpu_seconds()) {
         report.json["loadgen_cpu_s"] = json!(round3(after - before));
@@ -109,20 +117,21 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
-    use crate::args::parse_duration;
     use crate::scenarios::request_id;
-    use crate::target::{classify, Event};
+    use crate::target::{classify, ContentScanner, Event};
 
     #[test]
-    fn durations_parse_with_or_without_a_unit() {
-        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
-        assert!(parse_duration("5h").is_err());
-        assert!(parse_duration("fast").is_err());
+    fn the_relay_counts_content_events_across_reads_and_chunk_framing() {
+        let mut scanner = ContentScanner::default();
+        let role = b"5a\r\ndata: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n\r\n";
+        assert_eq!(scanner.feed(role), 0);
+        assert_eq!(
+            scanner.feed(b"30\r\ndata: {\"choices\":[{\"delta\":{\"cont"),
+            0
+        );
+        assert_eq!(scanner.feed(b"ent\":\"hi\"}}]}\n\n\r\n"), 1);
+        let two = b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"b\"}}]}\n\ndata: [DONE]\n\n";
+        assert_eq!(scanner.feed(two), 2);
     }
 
     #[test]

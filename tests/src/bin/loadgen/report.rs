@@ -4,15 +4,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
+pub(crate) use sluice_tests::bench::{histogram, micros, ms, own_cpu_seconds, round3};
 
 use crate::args::Mode;
 use crate::target::Outcome;
-
-/// Longest latency the histograms hold (larger values are clamped to it): one hour, in µs.
-pub(crate) const HIST_MAX_US: u64 = 3_600_000_000;
 
 pub(crate) struct Report {
     pub(crate) summary: String,
@@ -79,14 +76,6 @@ impl Tally {
             Outcome::Failed(kind) => *self.errors.entry((*kind).to_string()).or_default() += 1,
         }
     }
-}
-
-pub(crate) fn histogram() -> anyhow::Result<Histogram<u64>> {
-    Histogram::new_with_bounds(1, HIST_MAX_US, 3).context("histogram bounds")
-}
-
-pub(crate) fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
 }
 
 pub(crate) type Shared = Arc<Mutex<Tally>>;
@@ -174,24 +163,4 @@ pub(crate) fn summarize(
         );
     }
     Report { summary, json }
-}
-
-/// This process's user + system CPU time, from /proc/self/stat (Linux only).
-pub(crate) fn own_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let mut fields = rest.split(' ').skip(11);
-    let utime: f64 = fields.next()?.parse().ok()?;
-    let stime: f64 = fields.next()?.parse().ok()?;
-    // USER_HZ is 100 on every Linux this runs on.
-    Some((utime + stime) / 100.0)
-}
-
-pub(crate) fn ms(us: u64) -> f64 {
-    round3(us as f64 / 1000.0)
-}
-
-pub(crate) fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
 }

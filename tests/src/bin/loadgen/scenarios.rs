@@ -39,8 +39,8 @@ pub(crate) async fn open_loop(
     // The schedule is kept by a thread of its own: a thread sleep wakes within tens of
     // microseconds, tokio's timer only at the next millisecond, which would add up to 1 ms
     // to every latency measured from the scheduled time.
-    let (scheduled_count, dropped) = tokio::task::spawn_blocking(move || {
-        let (mut scheduled_count, mut dropped) = (0u64, 0u64);
+    let (scheduled_count, dropped, sent_total) = tokio::task::spawn_blocking(move || {
+        let (mut scheduled_count, mut dropped, mut sent_total) = (0u64, 0u64, 0u64);
         for i in 0u64.. {
             let scheduled = start + Duration::from_secs_f64(i as f64 / rate);
             if scheduled >= end {
@@ -56,6 +56,7 @@ pub(crate) async fn open_loop(
                 dropped += u64::from(measured);
                 continue;
             };
+            sent_total += 1;
             let (client, target, tally) = (client2.clone(), target2.clone(), tally2.clone());
             runtime.spawn(async move {
                 let lag = Instant::now().saturating_duration_since(scheduled);
@@ -71,7 +72,7 @@ pub(crate) async fn open_loop(
                 drop(permit);
             });
         }
-        (scheduled_count, dropped)
+        (scheduled_count, dropped, sent_total)
     })
     .await
     .context("the scheduler thread failed")?;
@@ -88,6 +89,8 @@ pub(crate) async fn open_loop(
     let window = measured_window(&t, measure_from, args.duration);
     let mut report = summarize(Mode::Open, &t, scheduled_count, window, target.stream);
     report.json["rate"] = json!(args.rate);
+    // Warmup included: what the stack's CPU and Kafka traffic of the step were spent on.
+    report.json["sent_total"] = json!(sent_total);
     report.json["concurrency_cap"] = json!(cap);
     report.json["send_lag_p50_ms"] = json!(ms(t.send_lag.value_at_quantile(0.5)));
     report.json["send_lag_p99_ms"] = json!(ms(t.send_lag.value_at_quantile(0.99)));
@@ -119,12 +122,13 @@ pub(crate) async fn closed_loop(
     for _ in 0..connections {
         let (client, target, tally) = (client.clone(), target.clone(), tally.clone());
         tasks.spawn(async move {
-            let mut sent = 0u64;
+            let (mut sent, mut sent_total) = (0u64, 0u64);
             loop {
                 let began = Instant::now();
                 if began >= end {
-                    return sent;
+                    return (sent, sent_total);
                 }
+                sent_total += 1;
                 let answer = target.send(&client).await;
                 let done = Instant::now();
                 if began >= measure_from {
@@ -141,15 +145,18 @@ pub(crate) async fn closed_loop(
             }
         });
     }
-    let mut sent = 0;
+    let (mut sent, mut sent_total) = (0, 0);
     while let Some(joined) = tasks.join_next().await {
-        sent += joined.context("a connection task failed")?;
+        let (measured, all) = joined.context("a connection task failed")?;
+        sent += measured;
+        sent_total += all;
     }
     progress.inspect(tokio::task::JoinHandle::abort);
     let t = std::mem::replace(&mut *lock(&tally), Tally::new()?);
     let window = measured_window(&t, measure_from, args.duration);
     let mut report = summarize(Mode::Closed, &t, sent, window, target.stream);
     report.json["connections"] = json!(connections);
+    report.json["sent_total"] = json!(sent_total);
     report.summary = format!(
         "closed loop, {connections} connections, for {:?} (warmup {:?})\n{}",
         args.duration, args.warmup, report.summary
@@ -301,7 +308,7 @@ pub(crate) async fn cancel(
     let (Some(listen), Some(upstream)) = (args.relay_listen, args.relay_upstream) else {
         bail!("cancel mode needs --relay-listen and --relay-upstream");
     };
-    let (mut closes, accepted) = relay(listen, upstream).await?;
+    let (mut closes, accepted) = relay(listen, upstream, None).await?;
     // latency = disconnect -> provider connection closed; ttft from the send.
     let mut tally = Tally::new()?;
     let mut to_disconnect = histogram()?;
@@ -362,10 +369,12 @@ pub(crate) async fn cancel(
 
 /// A TCP relay from `listen` to `upstream`. Sends the time at which each connection's client
 /// side (the worker) went away: its end of stream or reset, or a failed write to it.
-/// Also counts the connections accepted.
+/// Also counts the connections accepted. With `content`, sends the time at which each SSE
+/// content event came from the upstream (when its bytes were read, before they are passed on).
 pub(crate) async fn relay(
     listen: std::net::SocketAddr,
     upstream: std::net::SocketAddr,
+    content: Option<tokio::sync::mpsc::UnboundedSender<Instant>>,
 ) -> anyhow::Result<(
     tokio::sync::mpsc::UnboundedReceiver<Instant>,
     Arc<std::sync::atomic::AtomicU64>,
@@ -384,16 +393,26 @@ pub(crate) async fn relay(
             };
             count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let tx = tx.clone();
+            let content = content.clone();
             tokio::spawn(async move {
                 let Ok(up) = tokio::net::TcpStream::connect(upstream).await else {
                     return;
                 };
                 // Best effort: without it a small write may wait for an ack.
                 let _ = (down.set_nodelay(true), up.set_nodelay(true));
+                let mut scanner = crate::target::ContentScanner::default();
+                let mut watch = |bytes: &[u8], at: Instant| {
+                    if let Some(content) = &content {
+                        for _ in 0..scanner.feed(bytes) {
+                            let _ = content.send(at);
+                        }
+                    }
+                };
+                let mut ignore = |_: &[u8], _: Instant| {};
                 let client_gone = tokio::select! {
-                    _ = pump(&down, &up) => true,
+                    _ = pump(&down, &up, &mut ignore) => true,
                     // Ok: the provider closed the connection, not a cancel.
-                    r = pump(&up, &down) => r.is_err(),
+                    r = pump(&up, &down, &mut watch) => r.is_err(),
                 };
                 if client_gone {
                     let _ = tx.send(Instant::now());
@@ -404,10 +423,12 @@ pub(crate) async fn relay(
     Ok((rx, accepted))
 }
 
-/// Copies bytes from one socket to the other until end of stream (Ok) or an error.
+/// Copies bytes from one socket to the other until end of stream (Ok) or an error; shows
+/// `on_read` each read and when it returned.
 pub(crate) async fn pump(
     from: &tokio::net::TcpStream,
     to: &tokio::net::TcpStream,
+    on_read: &mut (dyn FnMut(&[u8], Instant) + Send),
 ) -> std::io::Result<()> {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -418,6 +439,7 @@ pub(crate) async fn pump(
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         };
+        on_read(&buf[..n], Instant::now());
         let mut written = 0;
         while written < n {
             to.writable().await?;

@@ -39,6 +39,8 @@ pub(crate) struct Target {
     pub(crate) expect: u16,
     /// Read the answer as server-sent events.
     pub(crate) stream: bool,
+    /// Streams: note when each content event arrived (`Answer::content_at`).
+    pub(crate) record_content: bool,
 }
 
 /// How one request ended: its HTTP status, or why there was none.
@@ -56,6 +58,8 @@ pub(crate) struct Answer {
     pub(crate) first_token: Option<Instant>,
     /// Streams cut by `disconnect_after`: when the connection was dropped.
     pub(crate) disconnected: Option<Instant>,
+    /// Streams of a `record_content` target: when each content event arrived.
+    pub(crate) content_at: Vec<Instant>,
 }
 
 impl Answer {
@@ -65,6 +69,7 @@ impl Answer {
             body: Bytes::new(),
             first_token: None,
             disconnected: None,
+            content_at: Vec::new(),
         }
     }
 }
@@ -93,7 +98,7 @@ impl Target {
         };
         let status = response.status().as_u16();
         if self.stream && status == self.expect {
-            return read_events(response, status, disconnect_after).await;
+            return read_events(response, status, disconnect_after, self.record_content).await;
         }
         // The body is read in full: the response is complete only then, and the
         // connection goes back to the pool only then.
@@ -103,6 +108,7 @@ impl Target {
                 body,
                 first_token: None,
                 disconnected: None,
+                content_at: Vec::new(),
             },
             Err(e) => Answer::failed(error_kind(&e)),
         }
@@ -139,18 +145,15 @@ pub(crate) fn classify(payload: &[u8]) -> Event {
 }
 
 /// Reads a stream's events until `[DONE]`, an error event, its end, or `disconnect_after`
-/// data events (then the response is dropped, which closes the connection).
+/// data events (then the response is dropped, which closes the connection). `record`: note
+/// the arrival of every content event.
 pub(crate) async fn read_events(
     mut response: reqwest::Response,
     status: u16,
     disconnect_after: Option<u32>,
+    record: bool,
 ) -> Answer {
-    let mut answer = Answer {
-        outcome: Outcome::Failed("no_done"),
-        body: Bytes::new(),
-        first_token: None,
-        disconnected: None,
-    };
+    let mut answer = Answer::failed("no_done");
     let mut pending: Vec<u8> = Vec::new();
     let mut events = 0u32;
     loop {
@@ -175,7 +178,7 @@ pub(crate) async fn read_events(
             events += 1;
             // Once the first token is in, only [DONE] and errors matter: no more JSON parsing
             // than needed (the generator shares the cores with the stack).
-            let event = if answer.first_token.is_none() {
+            let event = if record || answer.first_token.is_none() {
                 classify(payload)
             } else if payload == b"[DONE]" {
                 Event::Done
@@ -193,8 +196,13 @@ pub(crate) async fn read_events(
                     answer.outcome = Outcome::Failed("stream_error");
                     return answer;
                 }
-                Event::Content if answer.first_token.is_none() => answer.first_token = Some(now),
-                Event::Content | Event::Other => {}
+                Event::Content => {
+                    answer.first_token.get_or_insert(now);
+                    if record {
+                        answer.content_at.push(now);
+                    }
+                }
+                Event::Other => {}
             }
             if disconnect_after.is_some_and(|n| events >= n) {
                 drop(response);
@@ -204,6 +212,31 @@ pub(crate) async fn read_events(
             }
         }
         pending.drain(..consumed);
+    }
+}
+
+/// Counts the content events in the bytes of an HTTP/1 response as they pass a relay (SSE
+/// lines; a chunked body's size lines are not `data:` lines and are skipped).
+#[derive(Default)]
+pub(crate) struct ContentScanner {
+    pending: Vec<u8>,
+}
+
+impl ContentScanner {
+    /// The content events whose line ends in `bytes`.
+    pub(crate) fn feed(&mut self, bytes: &[u8]) -> usize {
+        self.pending.extend_from_slice(bytes);
+        let mut consumed = 0;
+        let mut content = 0;
+        while let Some(nl) = self.pending[consumed..].iter().position(|&b| b == b'\n') {
+            let line = &self.pending[consumed..consumed + nl];
+            consumed += nl + 1;
+            if let Some(payload) = line.strip_prefix(b"data:") {
+                content += usize::from(classify(payload.trim_ascii()) == Event::Content);
+            }
+        }
+        self.pending.drain(..consumed);
+        content
     }
 }
 

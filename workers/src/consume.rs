@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::offsets::{OffsetTracker, PartitionKey};
 use crate::process::Processor;
-use crate::publish::{client_config, dead_letter_headers, send, Outgoing};
+use crate::publish::{dead_letter_headers, send, Outgoing};
 use crate::redelivery::Horizons;
 use crate::schedule::Scheduler;
 use crate::throttle::TeamQuotas;
@@ -80,7 +80,14 @@ fn consumer(
     tracker: Arc<Mutex<OffsetTracker>>,
     horizons: Horizons,
 ) -> Result<WorkerConsumer, KafkaError> {
-    let mut cc = client_config(&config.kafka);
+    // Membership settings are defaults: the passthrough options may change them.
+    let membership = config.kafka.membership.settings(&config.worker.id);
+    let defaults: Vec<(&str, &str)> = membership.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut cc = sluice_schemas::kafka::client_config(
+        &config.kafka.bootstrap,
+        &config.kafka.options,
+        &defaults,
+    );
     // One group per class: each class is drained, paused and resumed on its own.
     cc.set(
         "group.id",
@@ -343,6 +350,16 @@ async fn intake(
         };
         let message = match message {
             Ok(m) => m.detach(),
+            Err(KafkaError::MessageConsumptionFatal(code)) => {
+                // E.g. fenced: another process joined with this worker id (static membership).
+                tracing::error!(
+                    class = class.as_str(),
+                    ?code,
+                    "fatal consumer error; the worker stops"
+                );
+                shutdown.cancel();
+                break;
+            }
             Err(error) => {
                 tracing::warn!(%error, "consumer error");
                 tokio::time::sleep(Duration::from_millis(200)).await;

@@ -123,9 +123,9 @@ mod tests {
         }
     }
 
-    fn parse(toml: &str) -> Result<Membership, figment::Error> {
+    fn parse(toml: &str) -> Result<Membership, Box<figment::Error>> {
         use figment::providers::{Format, Toml};
-        figment::Figment::from(Toml::string(toml)).extract()
+        Ok(figment::Figment::from(Toml::string(toml)).extract()?)
     }
 
     #[test]

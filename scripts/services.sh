@@ -22,6 +22,7 @@
 #   CH_DATABASES [sluice sluice_acl sluice_acl_e2e]  analyst databases the per-process users may use (each
 #                          with its `<db>_private`); see "ClickHouse users" below
 #   KAFKA_START_TIMEOUT [90]  CH_START_TIMEOUT [30]   seconds
+#   KAFKA_EXTRA_PROPERTIES   lines appended to server.properties (a new or restarted broker)
 #
 # A second, independent broker (e.g. for a restart test) only needs another state dir and ports:
 #   SLUICE_STATE=/tmp/x KAFKA_PORT=29092 KAFKA_CONTROLLER_PORT=29093 services.sh start-kafka
@@ -207,6 +208,10 @@ log.segment.bytes=16777216
 log.retention.hours=24
 log.retention.check.interval.ms=60000
 EOF
+  # Extra broker settings, e.g. scripts/chaos.sh's consumer-group session timeouts.
+  if [[ -n ${KAFKA_EXTRA_PROPERTIES:-} ]]; then
+    printf '\n# KAFKA_EXTRA_PROPERTIES\n%s\n' "$KAFKA_EXTRA_PROPERTIES" >>"$KAFKA_DIR/server.properties"
+  fi
 }
 
 # Ready = the broker logged "Kafka Server started", its port accepts, and a metadata round

@@ -67,6 +67,8 @@ pub struct KafkaConfig {
     /// the broker as too large, is published as a small `failed` result
     /// (`result_too_large`) instead of being retried forever.
     pub max_message_bytes: usize,
+    /// `[kafka.membership]`: static membership, session, cooperative or KIP-848 rebalancing.
+    pub membership: crate::membership::Membership,
 }
 
 impl Default for KafkaConfig {
@@ -77,6 +79,7 @@ impl Default for KafkaConfig {
             group_id: "sluice-workers".into(),
             options: BTreeMap::new(),
             max_message_bytes: sluice_schemas::topics::MAX_MESSAGE_BYTES,
+            membership: crate::membership::Membership::default(),
         }
     }
 }

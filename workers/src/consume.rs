@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::offsets::{OffsetTracker, PartitionKey};
 use crate::process::Processor;
-use crate::publish::{client_config, dead_letter_headers, send, Outgoing};
+use crate::publish::{dead_letter_headers, send, Outgoing};
 use crate::redelivery::Horizons;
 use crate::schedule::Scheduler;
 use crate::throttle::TeamQuotas;
@@ -81,7 +81,18 @@ fn consumer(
     tracker: Arc<Mutex<OffsetTracker>>,
     horizons: Horizons,
 ) -> Result<WorkerConsumer, KafkaError> {
-    let mut cc = client_config(&config.kafka);
+    // Membership settings are defaults: the passthrough options may change them.
+    let membership = config.kafka.membership.settings(&config.worker.id);
+    let mut defaults: Vec<(&str, &str)> =
+        membership.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // A crashed worker's (or a broker restart's) replay is what finished since the last
+    // commit: 1 s of work instead of librdkafka's default 5 s.
+    defaults.push(("auto.commit.interval.ms", "1000"));
+    let mut cc = sluice_schemas::kafka::client_config(
+        &config.kafka.bootstrap,
+        &config.kafka.options,
+        &defaults,
+    );
     // One group per class: each class is drained, paused and resumed on its own.
     cc.set(
         "group.id",
@@ -340,9 +351,25 @@ async fn intake(
             _ = local.room.notified(), if !paused.is_empty() => continue,
             // A wake-up can be missed between the check above and this wait: re-check.
             _ = tokio::time::sleep(Duration::from_millis(100)), if !paused.is_empty() => continue,
-            m = retry::until_ok(|| consumer.recv(), Duration::from_millis(200), |error| {
+            m = consumer.recv() => m,
+        };
+        let message = match message {
+            Ok(m) => m.detach(),
+            Err(KafkaError::MessageConsumptionFatal(code)) => {
+                // E.g. fenced: another process joined with this worker id (static membership).
+                tracing::error!(
+                    class = class.as_str(),
+                    ?code,
+                    "fatal consumer error; the worker stops"
+                );
+                shutdown.cancel();
+                break;
+            }
+            Err(error) => {
                 tracing::warn!(%error, "consumer error");
-            }) => m.detach(),
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
         };
         let key = PartitionKey {
             topic: message.topic().to_string(),

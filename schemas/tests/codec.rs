@@ -1,4 +1,7 @@
-#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions unwrap too")]
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers outside #[test] functions unwrap too"
+)]
 
 use std::collections::HashMap;
 

@@ -517,8 +517,7 @@ async fn publish_all(
                 queue_retries += 1;
                 true
             }
-            ApiError::BudgetExceeded(e) if e.fits_once_settled() && now_ms() < expires_at_ms =>
-            {
+            ApiError::BudgetExceeded(e) if e.fits_once_settled() && now_ms() < expires_at_ms => {
                 tracing::debug!("batch line waits for budget reservations to settle");
                 true
             }

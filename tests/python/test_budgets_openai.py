@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from test_openai_client import (BIN, CLICKHOUSE, KAFKA, MODEL, REPO, free_port, processes,
-                                wait_http)
+                                running, wait_http, write_worker_config)
 
 TEAM_B_KEY = "sk-sluice-team-b"  # config/ingress.toml: key id key_team_b, team team-b
 TINY_BUDGET = """
@@ -35,15 +35,12 @@ def budget_stack():
     prefix = "pyb" + uuid.uuid4().hex[:10]
     mock_port, ingress_port = free_port(), free_port()
     tmp = tempfile.mkdtemp(prefix="sluice-py-budget-")
-    with open(os.path.join(REPO, "config", "worker.toml")) as f:
-        worker_toml = f.read().replace("127.0.0.1:9100", f"127.0.0.1:{mock_port}")
+    worker_config = write_worker_config(tmp, mock_port)
     with open(os.path.join(REPO, "config", "ingress.toml")) as f:
         ingress_toml = f.read() + TINY_BUDGET
-    paths = {}
-    for name, text in (("worker.toml", worker_toml), ("ingress.toml", ingress_toml)):
-        paths[name] = os.path.join(tmp, name)
-        with open(paths[name], "w") as f:
-            f.write(text)
+    ingress_config = os.path.join(tmp, "ingress.toml")
+    with open(ingress_config, "w") as f:
+        f.write(ingress_toml)
     env = dict(
         os.environ,
         RUST_LOG="warn",
@@ -56,10 +53,11 @@ def budget_stack():
     with processes(tmp, env) as start:
         mock = start("mock-provider", "--listen", f"127.0.0.1:{mock_port}", "--completion-tokens", "24")
         wait_http(f"http://127.0.0.1:{mock_port}/v1/models", mock, "mock provider")
-        ingress = start("sluice-ingress", "--config", paths["ingress.toml"], "--demo")
+        ingress = start("sluice-ingress", "--config", ingress_config, "--demo")
         wait_http(f"http://127.0.0.1:{ingress_port}/healthz", ingress, "ingress")
-        start("sluice-worker", "--config", paths["worker.toml"],
-              SLUICE_KAFKA_GROUP_ID=f"{prefix}-workers", SLUICE_WORKER_ID=f"{prefix}-w1")
+        worker = start("sluice-worker", "--config", worker_config,
+                       SLUICE_KAFKA_GROUP_ID=f"{prefix}-workers", SLUICE_WORKER_ID=f"{prefix}-w1")
+        running(worker, "worker", os.path.join(tmp, "sluice-worker.log"))
         yield {"base_url": f"http://127.0.0.1:{ingress_port}/v1"}
 
 

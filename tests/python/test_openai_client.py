@@ -8,6 +8,7 @@ their own: mock provider, ingress, one worker and the analytics sink.
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -56,6 +57,29 @@ def clickhouse(sql):
         return r.read().decode()
 
 
+def write_worker_config(tmp, mock_port):
+    """config/worker.toml pointed at the mock on `mock_port`, written into `tmp` with the price
+    file it names (`[pricing] file` is relative to the config file). Returns its path."""
+    with open(os.path.join(REPO, "config", "worker.toml")) as f:
+        text = f.read().replace("127.0.0.1:9100", f"127.0.0.1:{mock_port}")
+    path = os.path.join(tmp, "worker.toml")
+    with open(path, "w") as f:
+        f.write(text)
+    shutil.copy(os.path.join(REPO, "config", "prices.toml"), os.path.join(tmp, "prices.toml"))
+    return path
+
+
+def running(proc, what, log, settle=1.0):
+    """Fails at once, with the process's log, if `proc` exits within `settle` seconds of its
+    start (a worker with a bad config exits; its callers would only see timeouts)."""
+    try:
+        code = proc.wait(timeout=settle)
+    except subprocess.TimeoutExpired:
+        return proc
+    with open(log) as f:
+        raise RuntimeError(f"{what} exited with {code}:\n{f.read()[-4000:]}")
+
+
 @contextlib.contextmanager
 def processes(tmp, env):
     """Starts binaries of target/debug with `env` (logs in `tmp`); stops them all on exit."""
@@ -91,11 +115,7 @@ def stack():
     database = f"sluice_{prefix}"
     mock_port, ingress_port = free_port(), free_port()
     tmp = tempfile.mkdtemp(prefix="sluice-py-")
-    with open(os.path.join(REPO, "config", "worker.toml")) as f:
-        worker_toml = f.read().replace("127.0.0.1:9100", f"127.0.0.1:{mock_port}")
-    worker_config = os.path.join(tmp, "worker.toml")
-    with open(worker_config, "w") as f:
-        f.write(worker_toml)
+    worker_config = write_worker_config(tmp, mock_port)
     env = dict(
         os.environ,
         RUST_LOG="warn",
@@ -114,8 +134,9 @@ def stack():
             wait_http(f"http://127.0.0.1:{ingress_port}/healthz", ingress, "ingress")
             start("sluice-analytics", "--config", os.path.join(REPO, "config", "analytics.toml"),
                   SLUICE_KAFKA_GROUP_ID=f"{prefix}-analytics")
-            start("sluice-worker", "--config", worker_config,
-                  SLUICE_KAFKA_GROUP_ID=f"{prefix}-workers", SLUICE_WORKER_ID=f"{prefix}-w1")
+            worker = start("sluice-worker", "--config", worker_config,
+                           SLUICE_KAFKA_GROUP_ID=f"{prefix}-workers", SLUICE_WORKER_ID=f"{prefix}-w1")
+            running(worker, "worker", os.path.join(tmp, "sluice-worker.log"))
             yield {
                 "base_url": f"http://127.0.0.1:{ingress_port}/v1",
                 "mock_url": f"http://127.0.0.1:{mock_port}/v1",

@@ -27,11 +27,58 @@ use crate::throttle::TeamQuotas;
 pub struct WorkerContext {
     tracker: Arc<Mutex<OffsetTracker>>,
     horizons: Horizons,
+    /// `[redelivery] revoke_wait_ms`.
+    revoke_wait: Duration,
 }
 
 impl ClientContext for WorkerContext {}
 
 impl ConsumerContext for WorkerContext {
+    /// Before partitions go: start nothing more of them, wait (bounded) for their running
+    /// requests and commit their offsets, so the next owner does not run those again.
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        let keys: Vec<PartitionKey> = tpl
+            .elements()
+            .iter()
+            .map(|e| PartitionKey {
+                topic: e.topic().to_string(),
+                partition: e.partition(),
+            })
+            .collect();
+        if let Ok(mut tracker) = self.tracker.lock() {
+            keys.iter().for_each(|k| tracker.begin_revoke(k));
+        }
+        let running = || self.tracker.lock().map_or(0, |t| t.running(&keys));
+        if running() == 0 {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let wait = || {
+            while running() > 0 && started.elapsed() < self.revoke_wait {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        // The callback runs inside the intake task's poll: let the runtime move the other
+        // tasks (the running requests among them) off this thread while it waits.
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
+            _ => wait(),
+        }
+        let left = running();
+        // Offsets of what finished are stored; commit them while the partitions are ours.
+        let committed = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync);
+        tracing::info!(
+            partitions = keys.len(),
+            waited_ms = started.elapsed().as_millis() as u64,
+            still_running = left,
+            committed = committed.is_ok(),
+            "revoke: running requests waited for"
+        );
+    }
+
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Ok(mut tracker) = self.tracker.lock() else {
             return;
@@ -81,6 +128,7 @@ fn consumer(
     tracker: Arc<Mutex<OffsetTracker>>,
     horizons: Horizons,
 ) -> Result<WorkerConsumer, KafkaError> {
+    let revoke_wait = config.redelivery.revoke_wait_ms;
     // Membership settings are defaults: the passthrough options may change them.
     let membership = config.kafka.membership.settings(&config.worker.id);
     let mut defaults: Vec<(&str, &str)> =
@@ -106,7 +154,11 @@ fn consumer(
     .set("enable.auto.commit", "true")
     .set("enable.auto.offset.store", "false")
     .set("enable.partition.eof", "false");
-    cc.create_with_context(WorkerContext { tracker, horizons })
+    cc.create_with_context(WorkerContext {
+        tracker,
+        horizons,
+        revoke_wait,
+    })
 }
 
 /// A request taken from Kafka, waiting in the local scheduler.
@@ -269,9 +321,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), crat
         let current = local
             .tracker
             .lock()
-            .is_ok_and(|t| t.is_current(&job.key, job.generation));
+            .is_ok_and(|mut t| t.dispatch(&job.key, job.generation));
         if !current {
-            // Its partition was revoked while it waited: the new owner runs it.
+            // Its partition was revoked (or is being revoked) while it waited: the new
+            // owner runs it.
             continue;
         }
         let processor = processor.clone();
@@ -287,6 +340,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), crat
                     job.offset,
                     job.generation,
                 );
+            }
+            // After the offset is stored: a revoke waiting for this one may commit now.
+            if let Ok(mut t) = tracker.lock() {
+                t.stopped(&job.key, job.generation);
             }
         });
     }

@@ -17,6 +17,11 @@ struct PartitionState {
     in_flight: BTreeSet<i64>,
     /// Highest finished offset seen in this generation.
     max_finished: Option<i64>,
+    /// Messages handed to a processing task and not back yet (the rest of `in_flight`
+    /// waits in the local queue).
+    running: usize,
+    /// Being revoked: nothing more of it is started.
+    revoking: bool,
 }
 
 #[derive(Debug, Default)]
@@ -71,11 +76,40 @@ impl OffsetTracker {
         })
     }
 
-    /// Whether a message started under `generation` still belongs to this assignment.
-    pub fn is_current(&self, key: &PartitionKey, generation: u64) -> bool {
-        self.partitions
-            .get(key)
-            .is_some_and(|s| s.generation == generation)
+    /// A queued message is about to be processed: false if its partition was revoked or is
+    /// being revoked (the new owner runs it). Else it counts as running until [`Self::stopped`].
+    pub fn dispatch(&mut self, key: &PartitionKey, generation: u64) -> bool {
+        match self.partitions.get_mut(key) {
+            Some(s) if s.generation == generation && !s.revoking => {
+                s.running += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A dispatched message's processing ended (finished or not).
+    pub fn stopped(&mut self, key: &PartitionKey, generation: u64) {
+        if let Some(s) = self.partitions.get_mut(key) {
+            if s.generation == generation {
+                s.running = s.running.saturating_sub(1);
+            }
+        }
+    }
+
+    /// The partition is about to be revoked: start nothing more of it.
+    pub fn begin_revoke(&mut self, key: &PartitionKey) {
+        if let Some(s) = self.partitions.get_mut(key) {
+            s.revoking = true;
+        }
+    }
+
+    /// Messages of these partitions being processed now.
+    pub fn running(&self, keys: &[PartitionKey]) -> usize {
+        keys.iter()
+            .filter_map(|k| self.partitions.get(k))
+            .map(|s| s.running)
+            .sum()
     }
 
     #[cfg(test)]
@@ -135,5 +169,27 @@ mod tests {
         assert_eq!(t.finish(&key(0), 3, new), Some(4));
         // Finishing twice does nothing.
         assert_eq!(t.finish(&key(0), 3, new), None);
+    }
+
+    #[test]
+    fn a_partition_being_revoked_starts_nothing_more_and_counts_what_runs() {
+        let mut t = OffsetTracker::default();
+        t.assign(key(0));
+        let g = t.start(&key(0), 1);
+        t.start(&key(0), 2);
+        assert!(t.dispatch(&key(0), g));
+        assert_eq!(t.running(&[key(0)]), 1);
+        t.begin_revoke(&key(0));
+        assert!(
+            !t.dispatch(&key(0), g),
+            "queued ones stay for the new owner"
+        );
+        assert_eq!(
+            t.finish(&key(0), 1, g),
+            Some(2),
+            "the running one still commits"
+        );
+        t.stopped(&key(0), g);
+        assert_eq!(t.running(&[key(0), key(1)]), 0);
     }
 }

@@ -17,6 +17,11 @@ impl Processor {
     #[tracing::instrument(skip_all, fields(request_id = %request.request_id, team = %request.team))]
     pub async fn process(&self, request: Request, maybe_redelivered: bool) -> bool {
         if maybe_redelivered {
+            if self.recent.contains(&request.request_id) {
+                // This process published its events; the offset was not committed yet.
+                tracing::info!("redelivered request finished here before; not called again");
+                return true;
+            }
             if let Some(lookup) = &self.lookup {
                 if lookup.already_done(&request).await {
                     // Its result, reply and usage went out before the earlier owner stopped;
@@ -45,7 +50,11 @@ impl Processor {
         {
             return false;
         }
-        self.publish(&request, outcome).await
+        let published = self.publish(&request, outcome).await;
+        if published {
+            self.recent.finished(&request.request_id);
+        }
+        published
     }
 
     /// Checks what needs no provider: the deadline, a deployment for the model, the body.

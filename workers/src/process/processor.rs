@@ -22,6 +22,8 @@ pub struct Processor {
     pub default_completion_tokens: u32,
     /// Finds requests that already have a result (crate::redelivery); None: off.
     pub lookup: Option<crate::redelivery::Lookup>,
+    /// Request ids this process published the events of lately (crate::redelivery).
+    pub recent: crate::redelivery::Recent,
     /// `[kafka] max_message_bytes`: larger results are published as `result_too_large`.
     pub max_message_bytes: usize,
 }
@@ -42,6 +44,7 @@ impl Processor {
             prices: PriceTable::new(&config.prices),
             default_completion_tokens: config.scheduling.default_completion_tokens,
             lookup: crate::redelivery::Lookup::new(&config.redelivery, http.clone()),
+            recent: crate::redelivery::Recent::new(config.redelivery.remember),
             max_message_bytes: config.kafka.max_message_bytes,
             cancellations,
             shutdown,

@@ -495,6 +495,57 @@ async fn a_killed_worker_loses_nothing_and_bills_nothing_twice() {
     stack.stop().await;
 }
 
+/// A worker joining moves partitions away from a worker with requests in flight at the
+/// provider: the old owner finishes and commits them before it lets the partitions go, so
+/// the new owner does not read them again and the provider sees each request once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebalance_with_requests_in_flight_calls_the_provider_once_per_request() {
+    let mut stack = Stack::start(StackOptions {
+        behaviour: Behaviour {
+            latency: sluice_tests::mock::Latency::Fixed(Duration::from_millis(3000)),
+            ..Behaviour::default()
+        },
+        ..StackOptions::default()
+    })
+    .await;
+    let ids = stack.submit_many(30, KEY_A).await;
+    let in_flight = eventually(WAIT, || async {
+        (stack.mock.call_count() >= 20).then_some(())
+    })
+    .await;
+    assert!(in_flight.is_some(), "w1 started calling the provider");
+    // Joins while w1's calls are running: cooperative rebalancing revokes some of w1's
+    // partitions mid-flight.
+    stack.add_worker("w2");
+    let n = stack
+        .wait_count(
+            "SELECT count() FROM {db}.usage FINAL",
+            ids.len() as u64,
+            WAIT * 2,
+        )
+        .await;
+    assert_eq!(n, ids.len() as u64, "every accepted request finished");
+    // Both own partitions now: more requests go to both.
+    let more = stack.submit_many(24, KEY_A).await;
+    let total = (ids.len() + more.len()) as u64;
+    let n = stack
+        .wait_count("SELECT count() FROM {db}.usage FINAL", total, WAIT * 2)
+        .await;
+    assert_eq!(n, total);
+    let workers = stack
+        .ch("SELECT uniqExact(worker) FROM {db}.results FINAL")
+        .await;
+    assert_eq!(workers.trim(), "2", "the partitions moved");
+    // Late second calls would show up as more calls than requests.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        stack.mock.call_count() as u64,
+        total,
+        "one provider call per request"
+    );
+    stack.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn clickhouse_down_gives_503_not_a_hang() {
     let stack = Stack::start(StackOptions {

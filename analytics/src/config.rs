@@ -14,7 +14,14 @@ use crate::error::Error;
 /// The sections this service reads. Environment variables of other sections (another
 /// service's `SLUICE_INGRESS_*`, or `SLUICE_STATE` of the service scripts) are not ours and
 /// must not trip `deny_unknown_fields`.
-const SECTIONS: [&str; 5] = ["kafka", "clickhouse", "sink", "webhooks", "retention"];
+const SECTIONS: [&str; 6] = [
+    "kafka",
+    "clickhouse",
+    "sink",
+    "webhooks",
+    "retention",
+    "log",
+];
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,6 +41,9 @@ pub struct Config {
     /// destinations (`host:port`), `https_only` refuses `http://` (docs/budgets.md).
     #[serde(default)]
     pub webhooks: sluice_schemas::outbound::OutboundConfig,
+    /// `[log] format = "text" | "json"` (sluice_schemas::logging).
+    #[serde(default)]
+    pub log: sluice_schemas::logging::LogConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]

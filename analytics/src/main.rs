@@ -35,14 +35,9 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref()).context("loading configuration")?;
+    sluice_schemas::logging::init(&config.log, "info", std::io::stderr);
     info!(?config, "configuration loaded");
 
     match cli.command.unwrap_or(Command::Run) {

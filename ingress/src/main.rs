@@ -20,12 +20,6 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,rdkafka=warn".into()),
-        )
-        .init();
     let args = Args::parse();
     if let Some(key) = args.hash_key {
         #[expect(
@@ -38,6 +32,7 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let config = sluice_ingress::Config::load(args.config.as_deref())?;
+    sluice_schemas::logging::init(&config.log, "info,rdkafka=warn", std::io::stdout);
     if !args.demo {
         sluice_ingress::demo::refuse_demo_secrets(&config)?;
     }

@@ -23,6 +23,8 @@ pub mod config;
 pub mod error;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "logging")]
+pub mod logging;
 pub mod openai;
 pub mod outbound;
 pub mod pricing;

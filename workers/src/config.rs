@@ -39,6 +39,9 @@ pub struct Config {
     /// (crate::redelivery); off without `clickhouse_url`.
     #[serde(default)]
     pub redelivery: crate::redelivery::RedeliveryConfig,
+    /// `[log] format = "text" | "json"` (sluice_schemas::logging).
+    #[serde(default)]
+    pub log: sluice_schemas::logging::LogConfig,
 }
 
 /// `[pricing]`: the shared price file, and models deliberately billed at 0.
@@ -318,7 +321,7 @@ impl Config {
 
 /// The sections env vars may override. Other `SLUICE_*` variables (another service's, or
 /// the scripts' `SLUICE_STATE`) are not ours and must not trip `deny_unknown_fields`.
-const ENV_SECTIONS: [&str; 4] = ["kafka", "worker", "scheduling", "redelivery"];
+const ENV_SECTIONS: [&str; 5] = ["kafka", "worker", "scheduling", "redelivery", "log"];
 
 /// `#[serde(with = "millis")]` of this crate's sections.
 pub(crate) use sluice_schemas::config::millis;

@@ -14,14 +14,9 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,rdkafka=warn".into()),
-        )
-        .init();
     let args = Args::parse();
     let config = sluice_workers::Config::load(args.config.as_deref())?;
+    sluice_schemas::logging::init(&config.log, "info,rdkafka=warn", std::io::stdout);
     let shutdown = CancellationToken::new();
     let mut worker = tokio::spawn(sluice_workers::run(config, shutdown.clone()));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -88,6 +88,9 @@ pub struct Config {
     /// Connection cap and read timeouts of the HTTP listener (docs/security.md).
     #[serde(default)]
     pub listener: ListenerConfig,
+    /// `[log] format = "text" | "json"` (sluice_schemas::logging).
+    #[serde(default)]
+    pub log: sluice_schemas::logging::LogConfig,
 }
 
 impl Config {
@@ -199,7 +202,8 @@ pub(crate) trait Section {
 /// Durations in config are plain milliseconds (`*_ms` keys).
 /// The sections env vars may override. Other `SLUICE_*` variables (another service's, or
 /// the scripts' `SLUICE_STATE`) are not ours and must not trip `deny_unknown_fields`.
-const ENV_SECTIONS: [&str; 10] = [
+const ENV_SECTIONS: [&str; 11] = [
+    "log",
     "server",
     "listener",
     "webhooks",

@@ -14,7 +14,12 @@ impl Processor {
     /// Runs the request and publishes its events. Returns false if the events could not be
     /// published before shutdown: then the message must not be marked done.
     /// `maybe_redelivered`: an earlier owner of the partition may have finished it.
-    #[tracing::instrument(skip_all, fields(request_id = %request.request_id, team = %request.team))]
+    #[tracing::instrument(skip_all, fields(
+        request_id = %request.request_id,
+        team = %request.team,
+        // Logged only (the caller's W3C traceparent); no trace is exported from here.
+        trace_id = request.traceparent.as_deref().and_then(sluice_schemas::logging::trace_id),
+    ))]
     pub async fn process(&self, request: Request, maybe_redelivered: bool) -> bool {
         if maybe_redelivered {
             if self.recent.contains(&request.request_id) {

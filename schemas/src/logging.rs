@@ -1,0 +1,169 @@
+//! The services' log output (feature `logging`): `[log] format = "text"` (the default,
+//! human-readable) or `"json"` (one JSON object a line, for a log pipeline). The level
+//! filter is `RUST_LOG`, else the service's default. The three `main.rs` call [`init`].
+//!
+//! JSON lines carry the event's fields and, under `span`/`spans`, the fields of the spans it
+//! happened in: `request_id` (and `trace_id` when the caller sent a W3C `traceparent`, see
+//! [`trace_id`]) where a request is handled.
+
+use serde::Deserialize;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::EnvFilter;
+
+/// `[log]` in every service's config.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Installs the process's subscriber writing to `writer` (e.g. `std::io::stdout`);
+/// `default_filter` applies when `RUST_LOG` is unset or invalid. A second call does nothing.
+pub fn init<W>(config: &LogConfig, default_filter: &str, writer: W)
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let _ = tracing::subscriber::set_global_default(subscriber(config, default_filter, writer));
+}
+
+/// The subscriber [`init`] installs (tests install it for a scope).
+pub fn subscriber<W>(
+    config: &LogConfig,
+    default_filter: &str,
+    writer: W,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    match config.format {
+        LogFormat::Text => Box::new(builder.finish()),
+        LogFormat::Json => Box::new(
+            builder
+                .json()
+                .with_current_span(true)
+                .with_span_list(true)
+                .finish(),
+        ),
+    }
+}
+
+/// The trace id of a W3C `traceparent` (`00-<32 hex trace id>-<16 hex parent id>-<flags>`),
+/// if it is well formed and not all zeros.
+pub fn trace_id(traceparent: &str) -> Option<&str> {
+    let mut parts = traceparent.trim().split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    (hex(version, 2)
+        && version != "ff"
+        && hex(trace, 32)
+        && trace.bytes().any(|b| b != b'0')
+        && hex(parent, 16)
+        && hex(flags, 2))
+    .then_some(trace)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// Collects what the subscriber writes.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'w> MakeWriter<'w> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'w self) -> Captured {
+            self.clone()
+        }
+    }
+
+    #[test]
+    fn json_lines_parse_and_carry_the_request_and_trace_ids() {
+        let out = Captured::default();
+        let config = LogConfig {
+            format: LogFormat::Json,
+        };
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        tracing::subscriber::with_default(subscriber(&config, "info", out.clone()), || {
+            let span = tracing::info_span!(
+                "process",
+                request_id = "req_1",
+                trace_id = trace_id(traceparent)
+            );
+            let _entered = span.enter();
+            tracing::info!(attempt = 2, "provider called");
+            tracing::debug!("filtered out");
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        let line = &lines[0];
+        assert_eq!(line["level"], "INFO");
+        assert_eq!(line["fields"]["message"], "provider called");
+        assert_eq!(line["fields"]["attempt"], 2);
+        assert_eq!(line["span"]["request_id"], "req_1");
+        assert_eq!(line["span"]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(line["spans"][0]["name"], "process");
+        assert!(line["timestamp"].is_string());
+    }
+
+    #[test]
+    fn text_is_the_default_and_json_parses_from_toml() {
+        assert_eq!(LogConfig::default().format, LogFormat::Text);
+        let json: LogConfig = serde_json::from_str(r#"{"format":"json"}"#).unwrap();
+        assert_eq!(json.format, LogFormat::Json);
+        assert!(serde_json::from_str::<LogConfig>(r#"{"format":"xml"}"#).is_err());
+    }
+
+    #[test]
+    fn only_well_formed_traceparents_give_a_trace_id() {
+        assert_eq!(
+            trace_id("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        for bad in [
+            "",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "garbage",
+        ] {
+            assert_eq!(trace_id(bad), None, "{bad}");
+        }
+    }
+}

@@ -48,6 +48,7 @@ fn sink_config(prefix: &str, clickhouse: ClickHouseConfig) -> Config {
         retention: Default::default(),
         alert_webhooks: Vec::new(),
         webhooks: Default::default(),
+        ops: Default::default(),
     }
 }
 

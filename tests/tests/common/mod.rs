@@ -244,6 +244,7 @@ impl Stack {
             batch: toml_section(&options.batch_toml, "batch"),
             billing: toml_section(&options.budget_toml, "billing"),
             listener: Default::default(),
+            ops: Default::default(),
         };
         ingress.server.listen = "127.0.0.1:0".into();
         ingress.server.sync_timeout_ms = Duration::from_secs(30);

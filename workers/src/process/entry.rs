@@ -16,12 +16,14 @@ impl Processor {
     /// `maybe_redelivered`: an earlier owner of the partition may have finished it.
     #[tracing::instrument(skip_all, fields(request_id = %request.request_id, team = %request.team))]
     pub async fn process(&self, request: Request, maybe_redelivered: bool) -> bool {
+        let _in_flight = super::metrics::started(&request, self.default_completion_tokens);
         if maybe_redelivered {
             if let Some(lookup) = &self.lookup {
                 if lookup.already_done(&request).await {
                     // Its result, reply and usage went out before the earlier owner stopped;
                     // calling again would be billed by the provider a second time.
                     tracing::info!("redelivered request already has a result; not called again");
+                    super::metrics::redelivery_skipped();
                     return true;
                 }
             }

@@ -113,6 +113,8 @@ start analytics env "${CH_ENV[@]}" "$BIN/sluice-analytics" --config config/analy
 for i in $(seq 1 "$WORKERS"); do
   # The redelivery check (a result already in ClickHouse is not asked again) reads as the
   # read-only worker user.
+  # Ops listeners (/metrics, /readyz): worker-1 on 9465 (config/worker.toml), then 9467, ...
+  SLUICE_OPS_LISTEN="127.0.0.1:$((9463 + 2 * i))" \
   SLUICE_WORKER_ID="worker-$i" start "worker-$i" env -u SLUICE_CLICKHOUSE_USER -u SLUICE_CLICKHOUSE_PASSWORD \
     SLUICE_REDELIVERY_CLICKHOUSE_URL="$SLUICE_CLICKHOUSE_URL" \
     ${SLUICE_CH_WORKER_USER:+SLUICE_REDELIVERY_USER="$SLUICE_CH_WORKER_USER"} \

@@ -14,13 +14,14 @@ use crate::error::Error;
 /// The sections this service reads. Environment variables of other sections (another
 /// service's `SLUICE_INGRESS_*`, or `SLUICE_STATE` of the service scripts) are not ours and
 /// must not trip `deny_unknown_fields`.
-const SECTIONS: [&str; 6] = [
+const SECTIONS: [&str; 7] = [
     "kafka",
     "clickhouse",
     "sink",
     "webhooks",
     "retention",
     "log",
+    "ops",
 ];
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -32,6 +33,9 @@ pub struct Config {
     pub clickhouse: ClickHouseConfig,
     #[serde(default)]
     pub sink: SinkConfig,
+    /// The ops listener: `/metrics`, `/healthz`, `/readyz` (docs/operations.md).
+    #[serde(default)]
+    pub ops: sluice_schemas::ops::OpsConfig,
     #[serde(default)]
     pub retention: RetentionConfig,
     /// Webhooks for budget alerts, per team or key (docs/budgets.md).

@@ -44,6 +44,8 @@ pub enum Error {
     },
     #[error("the Kafka client could not be created")]
     KafkaClient(#[source] KafkaError),
+    #[error(transparent)]
+    Ops(#[from] sluice_schemas::ops::OpsError),
 }
 
 /// The shared loader's errors, in this service's words.

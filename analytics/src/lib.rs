@@ -13,6 +13,7 @@ pub mod alerts;
 pub mod config;
 pub mod error;
 pub mod migrations;
+mod ops;
 pub mod queries;
 pub mod report;
 pub mod retention;

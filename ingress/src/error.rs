@@ -438,6 +438,10 @@ impl ApiError {
     }
 }
 
+/// A response's error code (or type), for the request metrics' `reason` label.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -450,6 +454,10 @@ impl IntoResponse for ApiError {
             _ => None,
         };
         let mut response = (status, axum::Json(self.body())).into_response();
+        let (_, kind, code, _) = self.parts();
+        response
+            .extensions_mut()
+            .insert(ErrorCode(code.unwrap_or(kind)));
         if let Some(secs) = retry_after {
             response
                 .headers_mut()

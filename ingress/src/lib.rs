@@ -19,6 +19,7 @@ mod kafka;
 mod keys;
 mod listener;
 mod lookup;
+mod ops;
 mod public_url;
 mod replies;
 mod state;
@@ -51,6 +52,8 @@ pub enum StartError {
     Budget(#[from] budget::feed::FeedError),
     #[error(transparent)]
     Keys(#[from] keys::LoadError),
+    #[error(transparent)]
+    Ops(#[from] sluice_schemas::ops::OpsError),
     #[error("cannot listen on {addr}")]
     Listen {
         addr: String,
@@ -69,6 +72,7 @@ pub struct Ingress {
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Ingress, StartError> {
     // Compiled before anything starts: a bad pattern or template fails start-up, naming it.
     let guard = guard::Guard::from_config(&config.guard)?;
+    ops::start(&config, &shutdown).await?;
     let topics = sluice_schemas::Topics::new(config.kafka.topic_prefix.clone());
     if config.kafka.create_topics {
         let wanted = kafka::wanted_topics(&config.routing.team_topics);
@@ -90,6 +94,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Ingres
         std::time::Duration::from_secs(60),
     )
     .await?;
+    ops::keys_loaded();
 
     let listen = config.server.listen.clone();
     let listener = TcpListener::bind(&listen)

@@ -89,11 +89,59 @@ pub async fn send(producer: &FutureProducer, m: Outgoing<'_>) -> Result<(), Kafk
         record = record.headers(h);
     }
     // The queue wait is bounded by message.timeout.ms, which also bounds delivery.
-    producer
+    let started = std::time::Instant::now();
+    let sent = producer
         .send(record, Duration::from_secs(0))
         .await
         .map(|_| ())
-        .map_err(|(e, _)| e)
+        .map_err(|(e, _)| e);
+    record_produce(m.topic, started.elapsed(), sent.as_ref().err());
+    sent
+}
+
+/// `sluice_kafka_produce_duration_seconds{topic}` and `sluice_kafka_produce_errors_total
+/// {topic, kind}` (no-ops without an installed recorder).
+fn record_produce(topic: &str, took: Duration, error: Option<&KafkaError>) {
+    let topic = logical_topic(topic);
+    metrics::histogram!("sluice_kafka_produce_duration_seconds", "topic" => topic)
+        .record(took.as_secs_f64());
+    if let Some(error) = error {
+        let kind = if too_large(error) {
+            "too_large"
+        } else if error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageTimedOut) {
+            "timeout"
+        } else {
+            "other"
+        };
+        metrics::counter!("sluice_kafka_produce_errors_total", "topic" => topic, "kind" => kind)
+            .increment(1);
+    }
+}
+
+/// The catalog's `topic` label of a Kafka topic name: `requests` for every request topic
+/// (shared or a team's), else the name's last segment (`results`, `usage`, `dead-letter`,
+/// ...), `other` for anything else: bounded whatever the prefix.
+pub fn logical_topic(name: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "results",
+        "usage",
+        "attempts",
+        "audit",
+        "replies",
+        "dead-letter",
+        "cancels",
+        "budget-alerts",
+        "keys",
+    ];
+    if name.contains(".requests.") || name.starts_with("requests.") {
+        return "requests";
+    }
+    let last = name.rsplit('.').next().unwrap_or(name);
+    KNOWN
+        .iter()
+        .find(|k| **k == last)
+        .copied()
+        .unwrap_or("other")
 }
 
 /// Runs `attempt` until it succeeds, for up to ~10 s (50 retries 200 ms apart): right after

@@ -11,6 +11,8 @@
 //! - [`outbound`]: where webhooks may go (no loopback, private or link-local addresses).
 //! - [`retry`]: the retry/backoff policy of every loop that retries (on `backon`).
 //! - `config` (feature `config`): the services' one config loader (file, env, `millis`).
+//! - `ops` (features `ops` + `kafka`): the ops listener (`/metrics`, `/healthz`, `/readyz`)
+//!   and the Prometheus recorder every service installs.
 //!
 //! No runtime logic lives here (no Kafka clients) except webhook delivery, which the
 //! ingress and analytics must do identically, and the retry policy the services share.
@@ -26,6 +28,8 @@ pub mod kafka;
 #[cfg(feature = "logging")]
 pub mod logging;
 pub mod openai;
+#[cfg(all(feature = "ops", feature = "kafka"))]
+pub mod ops;
 pub mod outbound;
 pub mod pricing;
 pub mod records;

@@ -17,6 +17,9 @@ pub struct Config {
     pub kafka: KafkaConfig,
     #[serde(default)]
     pub worker: WorkerConfig,
+    /// The ops listener: `/metrics`, `/healthz`, `/readyz` (docs/operations.md).
+    #[serde(default)]
+    pub ops: sluice_schemas::ops::OpsConfig,
     #[serde(default)]
     pub scheduling: crate::schedule::SchedulingConfig,
     /// Where each model is served. A model may have several deployments: one is chosen
@@ -321,7 +324,7 @@ impl Config {
 
 /// The sections env vars may override. Other `SLUICE_*` variables (another service's, or
 /// the scripts' `SLUICE_STATE`) are not ours and must not trip `deny_unknown_fields`.
-const ENV_SECTIONS: [&str; 5] = ["kafka", "worker", "scheduling", "redelivery", "log"];
+const ENV_SECTIONS: [&str; 6] = ["kafka", "worker", "ops", "scheduling", "redelivery", "log"];
 
 /// `#[serde(with = "millis")]` of this crate's sections.
 pub(crate) use sluice_schemas::config::millis;

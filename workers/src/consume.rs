@@ -85,6 +85,7 @@ impl ConsumerContext for WorkerContext {
         };
         match rebalance {
             Rebalance::Assign(tpl) => {
+                crate::ops::assigned();
                 for e in tpl.elements() {
                     tracing::info!(topic = e.topic(), partition = e.partition(), "assigned");
                     let key = PartitionKey {
@@ -278,6 +279,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), crat
     for class in Priority::ALL {
         let consumer = Arc::new(consumer(&config, class, tracker.clone(), horizons.clone())?);
         consumer.subscribe(&[topics.requests_pattern(class).as_str()])?;
+        sluice_schemas::ops::spawn_lag_gauge(&consumer, crate::ops::LAG_EVERY);
         intakes.spawn(intake(
             consumer,
             class,

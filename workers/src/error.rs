@@ -13,6 +13,8 @@ pub enum WorkerError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("HTTP client could not be built")]
     Http(#[source] reqwest::Error),
+    #[error(transparent)]
+    Ops(#[from] sluice_schemas::ops::OpsError),
 }
 
 /// A failed provider call.

@@ -9,6 +9,7 @@ mod consume;
 mod error;
 mod membership;
 mod offsets;
+mod ops;
 mod pricing;
 mod process;
 mod providers;
@@ -19,5 +20,5 @@ mod schedule;
 mod throttle;
 
 pub use config::Config;
-pub use consume::run;
 pub use error::{ProviderError, WorkerError};
+pub use ops::run;

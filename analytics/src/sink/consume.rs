@@ -43,6 +43,7 @@ pub struct SinkStats {
 /// Applies the migrations (as the migrator), then runs the sink and the retention job until
 /// `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<SinkStats, Error> {
+    crate::ops::start(&config, &shutdown).await?;
     let migrator = crate::tables::migrator_client(&config.clickhouse);
     crate::migrations::apply_migrations(&migrator, &config.clickhouse.database).await?;
     let retention = crate::retention::spawn(
@@ -70,7 +71,7 @@ enum Kind {
 /// A connected sink. [`Sink::new`] subscribes; [`Sink::run`] consumes until shutdown.
 pub struct Sink {
     config: Config,
-    consumer: StreamConsumer<SinkContext>,
+    consumer: Arc<StreamConsumer<SinkContext>>,
     topics: Vec<(String, Kind)>,
     dead_letters: DeadLetters,
     writer: Writer,
@@ -103,6 +104,8 @@ impl Sink {
         consumer
             .subscribe(&subscribed)
             .map_err(Error::kafka("subscribe"))?;
+        let consumer = Arc::new(consumer);
+        sluice_schemas::ops::spawn_lag_gauge(&consumer, crate::ops::LAG_EVERY);
 
         let producer: FutureProducer<SinkContext> = kafka_config(config, PRODUCER_DEFAULTS)
             .set("enable.idempotence", "true")

@@ -29,6 +29,8 @@ pub(super) struct Origin {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
+    /// The message's Kafka timestamp (Unix ms; 0 unknown): the sink's lag.
+    pub timestamp_ms: i64,
     key: Option<Vec<u8>>,
     payload: Option<Vec<u8>>,
 }
@@ -39,6 +41,7 @@ impl Origin {
             topic: message.topic().to_owned(),
             partition: message.partition(),
             offset: message.offset(),
+            timestamp_ms: message.timestamp().to_millis().unwrap_or(0),
             key: message.key().map(<[u8]>::to_vec),
             payload: message.payload().map(<[u8]>::to_vec),
         }
@@ -125,6 +128,9 @@ impl DeadLetters {
             }
         })
         .await;
+        if sent.is_ok() {
+            super::metrics::dead_lettered(&rejection.summary);
+        }
         sent.is_ok()
     }
 }

@@ -131,11 +131,19 @@ impl Writer {
         while let Some(range) = pending.pop() {
             let part = &rows.rows[range.clone()];
             let inserted = retry(R::TABLE.name(), self.max_backoff, out.give_up, || {
-                tables::insert(client, part, self.insert_timeout)
+                super::metrics::insert(client, part, self.insert_timeout)
             })
             .await;
             match inserted {
-                Ok(()) => *count += range.len() as u64,
+                Ok(()) => {
+                    *count += range.len() as u64;
+                    let newest = rows.origins[range.clone()].iter().map(|o| o.timestamp_ms);
+                    super::metrics::inserted(
+                        R::TABLE.name(),
+                        range.len(),
+                        newest.max().unwrap_or(0),
+                    );
+                }
                 Err(Stopped::GaveUp) => return false,
                 Err(Stopped::Permanent(e)) if range.len() == 1 => {
                     refused.push((

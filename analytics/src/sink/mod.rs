@@ -21,6 +21,7 @@ mod consume;
 mod context;
 mod dead_letter;
 mod insert;
+mod metrics;
 mod retry;
 
 pub use consume::{run, Sink, SinkStats};

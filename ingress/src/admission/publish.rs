@@ -30,6 +30,9 @@ pub(crate) async fn publish(app: &AppState, accepted: &Accepted) -> Result<(), A
         send(&app.producer, &topic, &r.team, &payload, Some(partition)),
         app.audits.send(&accepted_event),
     );
+    if sent.is_ok() {
+        crate::ops::enqueued(r, app.config.budget.default_completion_tokens);
+    }
     if let Err(error) = sent {
         app.budgets.release(&r.request_id);
         if crate::kafka::too_large(&error) {

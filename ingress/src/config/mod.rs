@@ -39,6 +39,9 @@ pub use webhooks::{TeamWebhooks, WebhooksConfig};
 pub struct Config {
     #[serde(default)]
     pub server: ServerConfig,
+    /// The ops listener: `/metrics`, `/healthz`, `/readyz` (docs/operations.md).
+    #[serde(default)]
+    pub ops: sluice_schemas::ops::OpsConfig,
     #[serde(default)]
     pub kafka: KafkaConfig,
     #[serde(default)]
@@ -202,9 +205,10 @@ pub(crate) trait Section {
 /// Durations in config are plain milliseconds (`*_ms` keys).
 /// The sections env vars may override. Other `SLUICE_*` variables (another service's, or
 /// the scripts' `SLUICE_STATE`) are not ours and must not trip `deny_unknown_fields`.
-const ENV_SECTIONS: [&str; 11] = [
+const ENV_SECTIONS: [&str; 12] = [
     "log",
     "server",
+    "ops",
     "listener",
     "webhooks",
     "kafka",

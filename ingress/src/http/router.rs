@@ -52,6 +52,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
                 }
             },
         ))
+        .layer(axum::middleware::from_fn(crate::ops::track))
         .with_state(state)
 }
 

@@ -245,6 +245,7 @@ impl Stack {
             billing: toml_section(&options.budget_toml, "billing"),
             listener: Default::default(),
             log: Default::default(),
+            ops: Default::default(),
         };
         ingress.server.listen = "127.0.0.1:0".into();
         ingress.server.sync_timeout_ms = Duration::from_secs(30);
@@ -625,7 +626,7 @@ pub struct PrivateBroker {
     env: Vec<(String, String)>,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -17,6 +17,7 @@ mod governance;
 mod guardrails;
 mod keys;
 mod limits;
+mod metrics;
 mod money;
 mod privileges;
 mod providers;

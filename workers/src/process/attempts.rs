@@ -109,6 +109,11 @@ impl Processor {
         ended: Ended<'_>,
     ) -> Attempt {
         attempt.finished_at_ms = now_ms().max(attempt.started_at_ms).max(1);
+        let failed = if let Ended::Failed(error) = ended {
+            Some(error)
+        } else {
+            None
+        };
         match ended {
             Ended::Usage {
                 usage,
@@ -155,6 +160,7 @@ impl Processor {
                 }
             }
         }
+        super::metrics::attempt(request, &attempt, failed);
         attempt
     }
 

@@ -94,10 +94,15 @@ impl Processor {
                 if !tally.admit(target, position) {
                     continue 'chain;
                 }
+                if let Some((_, from)) = last.as_ref().filter(|_| retry == 0) {
+                    super::metrics::fallback(&from.deployment.name, &deployment.name);
+                }
                 let estimate = self.estimate(request);
+                let waiting = std::time::Instant::now();
                 if !self.wait_capacity(target, estimate, request, cancel).await {
                     break 'chain;
                 }
+                super::metrics::throttle_wait(&deployment.name, waiting.elapsed());
                 let remaining = (request.deadline_ms - now_ms()).max(1);
                 let timeout = deployment
                     .timeout_ms
@@ -125,6 +130,7 @@ impl Processor {
                 last = Some((error, target));
                 match next {
                     Next::Retry(wait) => {
+                        super::metrics::retry(&target.deployment.name);
                         tokio::select! {
                             _ = tokio::time::sleep(wait) => {}
                             _ = cancelled(cancel) => break 'chain,

@@ -21,6 +21,7 @@ impl Processor {
         trace_id = request.traceparent.as_deref().and_then(sluice_schemas::logging::trace_id),
     ))]
     pub async fn process(&self, request: Request, maybe_redelivered: bool) -> bool {
+        let _in_flight = super::metrics::started(&request, self.default_completion_tokens);
         if maybe_redelivered {
             if self.recent.contains(&request.request_id) {
                 // This process published its events; the offset was not committed yet.
@@ -32,6 +33,7 @@ impl Processor {
                     // Its result, reply and usage went out before the earlier owner stopped;
                     // calling again would be billed by the provider a second time.
                     tracing::info!("redelivered request already has a result; not called again");
+                    super::metrics::redelivery_skipped();
                     return true;
                 }
             }

@@ -11,6 +11,7 @@ mod backoff;
 mod chain;
 mod entry;
 mod events;
+mod metrics;
 mod outcome;
 mod processor;
 mod stream;

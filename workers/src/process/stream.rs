@@ -157,7 +157,10 @@ impl Leg for Stream<'_> {
             }
         };
         let events = match started {
-            Ok(events) => events,
+            Ok(events) => {
+                super::metrics::first_token(&call.attempt);
+                events
+            }
             Err(error) => {
                 log.push(processor.attempt_ended(request, call.attempt, Ended::Failed(&error)));
                 return Attempted::Failed(error);

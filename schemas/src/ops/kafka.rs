@@ -8,6 +8,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::Offset;
 
+use super::ready::ProbeFuture;
+
 /// How long the readiness metadata fetch and each watermark fetch may take.
 const METADATA_TIMEOUT: Duration = Duration::from_millis(1500);
 
@@ -16,13 +18,7 @@ const METADATA_TIMEOUT: Duration = Duration::from_millis(1500);
 pub fn kafka_probe(
     config: &ClientConfig,
     topic: String,
-) -> Result<
-    impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
-        + Send
-        + Sync
-        + 'static,
-    KafkaError,
-> {
+) -> Result<impl Fn() -> ProbeFuture + Send + Sync + 'static, KafkaError> {
     let client: Arc<BaseConsumer> = Arc::new(config.create()?);
     Ok(move || {
         let client = client.clone();
@@ -36,8 +32,7 @@ pub fn kafka_probe(
             })
             .await
             .map_err(|e| e.to_string())?
-        })
-            as std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+        }) as ProbeFuture
     })
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-type ProbeFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+pub(crate) type ProbeFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 type Probe = Arc<dyn Fn() -> ProbeFuture + Send + Sync>;
 
 #[derive(Clone)]

@@ -1,0 +1,1 @@
+//! A real Prometheus against a live stack (written below).

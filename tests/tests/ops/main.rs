@@ -14,6 +14,11 @@
 
 mod catalog;
 #[path = "../common/mod.rs"]
+#[expect(
+    dead_code,
+    unused_imports,
+    reason = "the shared stack helpers: this suite uses a few"
+)]
 mod common;
 mod dashboard;
 mod prometheus;

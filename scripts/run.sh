@@ -7,7 +7,8 @@
 #
 # Knobs: WORKERS [2] workers in the group, MOCK_LATENCY_MS [40], INGRESS_PORT [8080],
 # MOCK_PORT [9100], KEEP_SERVICES=1 leaves Kafka and ClickHouse running on exit,
-# PROFILE [release].
+# PROFILE [release], PROMETHEUS [1] starts a Prometheus on PROM_PORT [19090] scraping the
+# services' ops listeners (scripts/prometheus.sh; 0: none).
 set -euo pipefail
 
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,6 +22,8 @@ INGRESS_PORT="${INGRESS_PORT:-8080}"
 MOCK_PORT="${MOCK_PORT:-9100}"
 KEEP_SERVICES="${KEEP_SERVICES:-0}"
 PROFILE="${PROFILE:-release}"
+PROMETHEUS="${PROMETHEUS:-1}"
+export PROM_PORT="${PROM_PORT:-19090}"
 BIN="$REPO_DIR/target/$PROFILE"
 
 LOG_TAG=run
@@ -45,8 +48,13 @@ stop_processes() {
   done
 }
 
+# Ops listeners (/metrics, /healthz, /readyz): the shipped configs' ports; worker n > 1 gets
+# its own (9467, 9468, ...: 9466 is the sink's).
+worker_ops_port() { if (($1 == 1)); then echo 9465; else echo $((9465 + $1)); fi; }
+
 if [[ ${1:-} == stop ]]; then
   stop_processes
+  bash "$REPO_DIR/scripts/prometheus.sh" stop || true
   [[ $KEEP_SERVICES == 1 ]] || services stop
   exit 0
 fi
@@ -83,6 +91,7 @@ on_exit() {
   trap - EXIT INT TERM
   log "stopping Sluice"
   stop_processes
+  if [[ $PROMETHEUS == 1 ]]; then bash "$REPO_DIR/scripts/prometheus.sh" stop || true; fi
   if [[ $KEEP_SERVICES != 1 ]]; then services stop || true; fi
 }
 
@@ -113,14 +122,23 @@ start analytics env "${CH_ENV[@]}" "$BIN/sluice-analytics" --config config/analy
 for i in $(seq 1 "$WORKERS"); do
   # The redelivery check (a result already in ClickHouse is not asked again) reads as the
   # read-only worker user.
-  # Ops listeners (/metrics, /readyz): worker-1 on 9465 (config/worker.toml), then 9467, ...
-  SLUICE_OPS_LISTEN="127.0.0.1:$((9463 + 2 * i))" \
-  SLUICE_WORKER_ID="worker-$i" start "worker-$i" env -u SLUICE_CLICKHOUSE_USER -u SLUICE_CLICKHOUSE_PASSWORD \
+  SLUICE_WORKER_ID="worker-$i" SLUICE_OPS_LISTEN="127.0.0.1:$(worker_ops_port "$i")" start "worker-$i" env -u SLUICE_CLICKHOUSE_USER -u SLUICE_CLICKHOUSE_PASSWORD \
     SLUICE_REDELIVERY_CLICKHOUSE_URL="$SLUICE_CLICKHOUSE_URL" \
     ${SLUICE_CH_WORKER_USER:+SLUICE_REDELIVERY_USER="$SLUICE_CH_WORKER_USER"} \
     ${SLUICE_CH_WORKER_USER:+SLUICE_REDELIVERY_PASSWORD_ENV=SLUICE_CH_WORKER_PASSWORD} \
     "$BIN/sluice-worker" --config config/worker.toml
 done
+
+prom_line="(PROMETHEUS=0: none)"
+if [[ $PROMETHEUS == 1 ]]; then
+  worker_targets=""
+  for i in $(seq 1 "$WORKERS"); do worker_targets+="${worker_targets:+ }127.0.0.1:$(worker_ops_port "$i")"; done
+  if PROM_WORKER_TARGETS="$worker_targets" bash "$REPO_DIR/scripts/prometheus.sh" start; then
+    prom_line="http://127.0.0.1:$PROM_PORT   (alerts: /alerts, targets: /targets; deploy/prometheus/alerts.yml)"
+  else
+    prom_line="(did not start: see $SLUICE_STATE/prometheus/prometheus.log)"
+  fi
+fi
 
 cat <<BANNER
 
@@ -151,6 +169,11 @@ cat <<BANNER
 
     SLUICE_CLICKHOUSE_USER=sluice_analyst SLUICE_CLICKHOUSE_PASSWORD="\$SLUICE_CH_ANALYST_PASSWORD" \\
       $BIN/sluice-analytics --config config/analytics.toml report spend --by team --days 7
+
+  Metrics (ops listeners: /metrics, /healthz, /readyz):
+    ingress 127.0.0.1:9464   analytics 127.0.0.1:9466   workers $(for i in $(seq 1 "$WORKERS"); do printf '127.0.0.1:%s ' "$(worker_ops_port "$i")"; done)
+  Prometheus $prom_line
+    curl -s 'http://127.0.0.1:$PROM_PORT/api/v1/query' --data-urlencode 'query=sluice:backlog_records:class'
 
   Logs: $LOG_DIR    Stop: Ctrl-C here, or scripts/run.sh stop
 

@@ -34,6 +34,8 @@ pub enum State {
 
 #[derive(Debug)]
 pub struct Breaker {
+    /// The deployment, for `sluice_breaker_state{deployment}` (0 closed, 1 half-open, 2 open).
+    deployment: String,
     /// 0 = never opens.
     threshold: u32,
     cooldown: Duration,
@@ -41,8 +43,9 @@ pub struct Breaker {
 }
 
 impl Breaker {
-    pub fn new(threshold: u32, cooldown: Duration) -> Breaker {
+    pub fn new(deployment: &str, threshold: u32, cooldown: Duration) -> Breaker {
         Breaker {
+            deployment: deployment.to_string(),
             threshold,
             cooldown,
             state: Mutex::new(State::Closed { failures: 0 }),
@@ -58,10 +61,18 @@ impl Breaker {
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
-        match self.state.lock() {
-            Ok(mut s) => f(&mut s),
-            Err(poisoned) => f(&mut poisoned.into_inner()),
-        }
+        let mut state = match self.state.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let out = f(&mut state);
+        let level = match *state {
+            State::Closed { .. } => 0.0,
+            State::HalfOpen { .. } => 1.0,
+            State::Open { .. } => 2.0,
+        };
+        metrics::gauge!("sluice_breaker_state", "deployment" => self.deployment.clone()).set(level);
+        out
     }
 
     /// Whether a request may call the deployment at `now`. `Probe` makes this request the
@@ -137,7 +148,7 @@ mod tests {
     #[test]
     fn opens_after_consecutive_failures_and_skips_until_the_cooldown_ends() {
         let t0 = Instant::now();
-        let b = Breaker::new(3, COOLDOWN);
+        let b = Breaker::new("d", 3, COOLDOWN);
         assert_eq!(b.admit(t0), Admission::Allowed);
         assert!(!b.failure(t0));
         assert!(!b.failure(t0));
@@ -158,7 +169,7 @@ mod tests {
     #[test]
     fn one_probe_after_the_cooldown_closes_it_on_success() {
         let t0 = Instant::now();
-        let b = Breaker::new(1, COOLDOWN);
+        let b = Breaker::new("d", 1, COOLDOWN);
         assert!(b.failure(t0));
         let after = t0 + COOLDOWN;
         assert_eq!(b.admit(after), Admission::Probe);
@@ -175,7 +186,7 @@ mod tests {
     #[test]
     fn a_failed_probe_opens_it_for_another_cooldown() {
         let t0 = Instant::now();
-        let b = Breaker::new(2, COOLDOWN);
+        let b = Breaker::new("d", 2, COOLDOWN);
         b.failure(t0);
         b.failure(t0);
         let probe_at = t0 + COOLDOWN + Duration::from_secs(1);
@@ -194,7 +205,7 @@ mod tests {
     #[test]
     fn a_probe_that_never_reports_is_replaced_after_a_cooldown() {
         let t0 = Instant::now();
-        let b = Breaker::new(1, COOLDOWN);
+        let b = Breaker::new("d", 1, COOLDOWN);
         b.failure(t0);
         assert_eq!(b.admit(t0 + COOLDOWN), Admission::Probe);
         assert_eq!(
@@ -207,7 +218,7 @@ mod tests {
     #[test]
     fn threshold_zero_never_opens() {
         let t0 = Instant::now();
-        let b = Breaker::new(0, COOLDOWN);
+        let b = Breaker::new("d", 0, COOLDOWN);
         for _ in 0..100 {
             assert!(!b.failure(t0));
         }

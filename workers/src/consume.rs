@@ -171,6 +171,8 @@ struct Job {
     consumer: Arc<WorkerConsumer>,
     /// Below the partition's high watermark at assignment: maybe processed before.
     maybe_redelivered: bool,
+    /// The scheduler's token estimate (prompt + completion cap).
+    cost: u64,
 }
 
 /// What the intake tasks and the dispatcher share.
@@ -195,12 +197,14 @@ impl Queue {
         let n = self.by_partition.entry(job.key.clone()).or_insert(0);
         *n += 1;
         let n = *n;
+        queued_gauges(class, 1.0, cost);
         self.scheduler.push(class, team, cost, job);
         n
     }
 
     fn pop(&mut self, eligible: impl FnMut(&str, u64) -> bool) -> Option<Job> {
-        let (_, job) = self.scheduler.pop(eligible)?;
+        let (class, job) = self.scheduler.pop(eligible)?;
+        queued_gauges(class, -1.0, job.cost);
         if let Some(n) = self.by_partition.get_mut(&job.key) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -213,6 +217,14 @@ impl Queue {
     fn queued_from(&self, key: &PartitionKey) -> usize {
         self.by_partition.get(key).copied().unwrap_or(0)
     }
+}
+
+/// `sluice_worker_queued_requests{class}` and `sluice_worker_queued_tokens{class}`: read
+/// from Kafka, waiting here for a slot (the part of the backlog consumer lag no longer shows).
+fn queued_gauges(class: Priority, sign: f64, cost: u64) {
+    let class = class.as_str();
+    metrics::gauge!("sluice_worker_queued_requests", "class" => class).increment(sign);
+    metrics::gauge!("sluice_worker_queued_tokens", "class" => class).increment(sign * cost as f64);
 }
 
 /// Marks a message finished and stores the offset Kafka may now commit.
@@ -450,6 +462,7 @@ async fn intake(
                     generation,
                     consumer: Arc::clone(&consumer),
                     maybe_redelivered: local.horizons.maybe_redelivered(&key, offset),
+                    cost: estimate,
                 };
                 let queued = local
                     .scheduler

@@ -39,8 +39,9 @@ impl Catalogue {
                 let model = d.provider.model().unwrap_or(&d.model);
                 Target {
                     client: Client::new(&d.provider, model, http.clone()),
-                    breaker: Breaker::new(breaker.failure_threshold, breaker.cooldown_ms),
-                    throttle: crate::throttle::DeploymentThrottle::new(d.limits),
+                    breaker: Breaker::new(&d.name, breaker.failure_threshold, breaker.cooldown_ms),
+                    throttle: crate::throttle::DeploymentThrottle::new(d.limits)
+                        .for_deployment(&d.name),
                     deployment: d.clone(),
                 }
             })

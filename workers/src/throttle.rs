@@ -9,6 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use governor::clock::DefaultClock;
+use governor::middleware::StateInformationMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::time::Instant;
 
@@ -24,9 +27,14 @@ pub struct Limits {
 const UNIT: u64 = 1000;
 const MAX_PENALTY: u64 = 4 * UNIT;
 
+/// The tokens-per-minute limiter: each take reports the burst left (a state snapshot).
+type TokenLimiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
+
 pub struct DeploymentThrottle {
+    /// For `sluice_throttle_tokens_available{deployment}`; empty: not exported.
+    deployment: String,
     rpm: Option<DefaultDirectRateLimiter>,
-    tpm: Option<Arc<DefaultDirectRateLimiter>>,
+    tpm: Option<Arc<TokenLimiter>>,
     tpm_burst: u32,
     /// Tokens charged too much by earlier estimates, deducted from the next charges.
     credit: AtomicU64,
@@ -48,16 +56,34 @@ impl std::fmt::Debug for DeploymentThrottle {
 impl DeploymentThrottle {
     pub fn new(limits: Limits) -> DeploymentThrottle {
         DeploymentThrottle {
+            deployment: String::new(),
             rpm: limits
                 .requests_per_minute
                 .map(|n| RateLimiter::direct(Quota::per_minute(n))),
-            tpm: limits
-                .tokens_per_minute
-                .map(|n| Arc::new(RateLimiter::direct(Quota::per_minute(n)))),
+            tpm: limits.tokens_per_minute.map(|n| {
+                Arc::new(
+                    RateLimiter::direct(Quota::per_minute(n))
+                        .with_middleware::<StateInformationMiddleware>(),
+                )
+            }),
             tpm_burst: limits.tokens_per_minute.map_or(u32::MAX, NonZeroU32::get),
             credit: AtomicU64::new(0),
             penalty: AtomicU64::new(UNIT),
             paused_until: Mutex::new(None),
+        }
+    }
+
+    /// Names the deployment in the throttle's metrics.
+    pub fn for_deployment(mut self, deployment: &str) -> DeploymentThrottle {
+        self.deployment = deployment.to_string();
+        self
+    }
+
+    /// The tokens left in the minute's burst after a take.
+    fn report(&self, snapshot: &governor::middleware::StateSnapshot) {
+        if !self.deployment.is_empty() {
+            metrics::gauge!("sluice_throttle_tokens_available", "deployment" => self.deployment.clone())
+                .set(f64::from(snapshot.remaining_burst_capacity()));
         }
     }
 
@@ -88,7 +114,9 @@ impl DeploymentThrottle {
         if let Some(tpm) = &self.tpm {
             if let Some(n) = NonZeroU32::new(self.charge(estimate)) {
                 // n never exceeds the burst, so this cannot fail.
-                let _ = tpm.until_n_ready(n).await;
+                if let Ok(snapshot) = tpm.until_n_ready(n).await {
+                    self.report(&snapshot);
+                }
             }
         }
     }

@@ -90,12 +90,27 @@ pub async fn start(
         pending: plan.pending,
         caught_up: Some(caught_up_tx),
     };
+    tokio::spawn(export_gauges(Arc::clone(&feed.ledger), shutdown.clone()));
     tokio::spawn(feed.run(shutdown));
     let limit = config.budget.catch_up_timeout_ms;
     match tokio::time::timeout(limit, caught_up_rx).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(FeedError::Stopped),
         Err(_) => Err(FeedError::CatchUpTimeout(limit)),
+    }
+}
+
+/// Every 5 s, the budgets' limit, spend and reservations as gauges (for `/metrics`).
+async fn export_gauges(ledger: Arc<Mutex<Ledger>>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Ok(ledger) = ledger.lock() {
+            ledger.export_gauges(now_ms());
+        }
     }
 }
 

@@ -377,6 +377,22 @@ impl Ledger {
             .collect()
     }
 
+    /// Sets `sluice_budget_{limit,spend,reserved}_usd{budget="<scope>:<subject>:<period>"}`
+    /// for every configured budget in its current period (operator-configured: bounded).
+    pub fn export_gauges(&self, now_ms: i64) {
+        for (i, b) in self.budgets.iter().enumerate() {
+            let start = b.period.start_ms(now_ms);
+            let label = format!("{}:{}:{}", b.scope.as_str(), b.subject, b.period.as_str());
+            let usd = |nanos: i64| nanos as f64 / 1e9;
+            metrics::gauge!("sluice_budget_limit_usd", "budget" => label.clone())
+                .set(usd(b.limit_nanos));
+            metrics::gauge!("sluice_budget_spend_usd", "budget" => label.clone())
+                .set(usd(self.spent_in(i, start)));
+            metrics::gauge!("sluice_budget_reserved_usd", "budget" => label)
+                .set(usd(self.reserved_in(i, start)));
+        }
+    }
+
     /// Forgets spend and alerts of periods that ended before the previous one.
     pub fn prune(&mut self, now_ms: i64) {
         let budgets = &self.budgets;

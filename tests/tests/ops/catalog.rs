@@ -26,6 +26,8 @@ pub const METRICS: &[&str] = &[
     "sluice_kafka_produce_errors_total",
     // Workers.
     "sluice_worker_in_flight",
+    "sluice_worker_queued_requests",
+    "sluice_worker_queued_tokens",
     "sluice_time_in_queue_seconds",
     "sluice_dequeued_tokens_total",
     "sluice_consumer_lag_records",

@@ -142,7 +142,7 @@ async fn prometheus_sees_the_backlog_rise_and_drain_and_a_provider_429_as_a_thro
     // The worker holds its partitions: the backlog series exist.
     let assigned = prometheus
         .until(
-            "sum(sluice:backlog_records:sum)",
+            "sum(sluice:backlog_records:class)",
             Duration::from_secs(60),
             |v| v >= 0.0,
         )
@@ -153,7 +153,7 @@ async fn prometheus_sees_the_backlog_rise_and_drain_and_a_provider_429_as_a_thro
     let ids = stack.submit_many(150, KEY_A).await;
     let peak = prometheus
         .until(
-            "max_over_time(sluice:backlog_records:sum[1m])",
+            "max_over_time(sum(sluice:backlog_records:class)[1m:1s])",
             Duration::from_secs(30),
             |v| v >= 50.0,
         )
@@ -161,7 +161,7 @@ async fn prometheus_sees_the_backlog_rise_and_drain_and_a_provider_429_as_a_thro
     assert!(peak.is_some(), "the backlog never rose to 50 records");
     let drained = prometheus
         .until(
-            "sum(sluice:backlog_records:sum)",
+            "sum(sluice:backlog_records:class)",
             Duration::from_secs(120),
             |v| v == 0.0,
         )

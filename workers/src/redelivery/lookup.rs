@@ -159,6 +159,7 @@ impl Target {
     /// Counts `n` lookups answered "not done" for want of an answer; returns false.
     fn failed_open(&self, n: u64, why: &str) -> bool {
         let total = self.failed_open.fetch_add(n, Ordering::Relaxed) + n;
+        metrics::counter!("sluice_redelivery_lookup_failures_total").increment(n);
         tracing::warn!(
             requests = n,
             failed_open_total = total,

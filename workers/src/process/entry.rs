@@ -8,6 +8,7 @@ use sluice_schemas::{now_ms, Request, Status};
 use super::chain::Chain;
 use super::outcome::{caller_gone, failure, Outcome};
 use super::Processor;
+use crate::providers::with_traceparent;
 use crate::routing::random_for;
 
 impl Processor {
@@ -17,7 +18,7 @@ impl Processor {
     #[tracing::instrument(skip_all, fields(
         request_id = %request.request_id,
         team = %request.team,
-        // Logged only (the caller's W3C traceparent); no trace is exported from here.
+        // Logged, and passed on to the provider; no trace is exported from here yet.
         trace_id = request.traceparent.as_deref().and_then(sluice_schemas::logging::trace_id),
     ))]
     pub async fn process(&self, request: Request, maybe_redelivered: bool) -> bool {
@@ -43,10 +44,13 @@ impl Processor {
             Err(outcome) => outcome,
             Ok(_) if registration.token.is_cancelled() => caller_gone(now_ms()),
             Ok((chain, body)) if request.stream => {
-                self.run_stream(&request, body, chain, &registration.token, now_ms())
-                    .await
+                let run = self.run_stream(&request, body, chain, &registration.token, now_ms());
+                with_traceparent(request.traceparent.as_deref(), run).await
             }
-            Ok((chain, body)) => self.run(&request, body, chain).await,
+            Ok((chain, body)) => {
+                let run = self.run(&request, body, chain);
+                with_traceparent(request.traceparent.as_deref(), run).await
+            }
         };
         // Stopped by shutdown before any answer, with time left: that is no outcome. Not
         // marked done, the message goes to the partition's next owner (a batch line

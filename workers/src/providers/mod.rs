@@ -211,13 +211,39 @@ pub fn http_client(max_idle_per_host: usize) -> Result<reqwest::Client, reqwest:
         .build()
 }
 
+tokio::task_local! {
+    /// The caller's W3C `traceparent` for the provider calls made inside [`with_traceparent`].
+    static TRACEPARENT: Option<String>;
+}
+
+/// Runs `work` so that every provider call it makes carries `traceparent` (the caller's,
+/// passed on unchanged: the worker exports no spans of its own yet). A malformed value is
+/// dropped, never sent.
+pub async fn with_traceparent<F: std::future::Future>(
+    traceparent: Option<&str>,
+    work: F,
+) -> F::Output {
+    let valid = traceparent
+        .filter(|t| sluice_schemas::logging::trace_id(t).is_some())
+        .map(|t| t.trim().to_string());
+    TRACEPARENT.scope(valid, work).await
+}
+
+/// The call with the current request's `traceparent`, if there is one.
+fn traced(call: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    match TRACEPARENT.try_with(Clone::clone).ok().flatten() {
+        Some(traceparent) => call.header("traceparent", traceparent),
+        None => call,
+    }
+}
+
 /// Sends a JSON call and returns the body of a 2xx answer.
 pub(crate) async fn call_json(
     call: reqwest::RequestBuilder,
     timeout: Duration,
     map_error: ErrorMapper,
 ) -> Result<String, ProviderError> {
-    let response = call
+    let response = traced(call)
         .timeout(timeout)
         .send()
         .await
@@ -243,7 +269,7 @@ pub(crate) async fn call_stream(
     timeout: Duration,
     map_error: ErrorMapper,
 ) -> Result<reqwest::Response, ProviderError> {
-    let response = tokio::time::timeout(timeout, call.send())
+    let response = tokio::time::timeout(timeout, traced(call).send())
         .await
         .map_err(|_| ProviderError::Timeout(timeout))?
         .map_err(|e| classify(e, timeout))?;
@@ -412,6 +438,42 @@ mod tests {
             retry_after: None
         }
         .is_retriable());
+    }
+
+    #[tokio::test]
+    async fn provider_calls_carry_the_callers_well_formed_traceparent_only() {
+        let seen: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+        let record = Arc::clone(&seen);
+        let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
+            let record = Arc::clone(&record);
+            async move {
+                let traceparent = headers
+                    .get("traceparent")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                record.lock().unwrap().push(traceparent);
+                (
+                    [("content-type", "application/json")],
+                    r#"{"id":"m","type":"message","role":"assistant","model":"claude-x","content":[{"type":"text","text":"hi"}],"stop_reason":"end_turn","usage":{"input_tokens":1,"output_tokens":1}}"#,
+                )
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        std::env::set_var("SLUICE_TEST_TRACE_KEY", "sk-ant-test");
+        let client = anthropic(&url, "SLUICE_TEST_TRACE_KEY");
+        let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let timeout = Duration::from_secs(5);
+        for traceparent in [Some(caller), Some("not-a-traceparent"), None] {
+            // Only the headers that reached the provider matter here.
+            let _ = with_traceparent(traceparent, client.complete(request(), timeout)).await;
+        }
+        let _ = client.complete(request(), timeout).await;
+        assert_eq!(
+            seen.lock().unwrap().as_slice(),
+            [Some(caller.to_string()), None, None, None]
+        );
     }
 
     #[tokio::test]

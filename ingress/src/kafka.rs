@@ -116,7 +116,6 @@ pub fn wanted_topics(team_topics: &[String]) -> Vec<Topic> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
 

@@ -5,8 +5,6 @@
 //! `PROPTEST_CASES=N` sets the number of cases per property (default 1,000); what ran is
 //! recorded in docs/security.md.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::collections::HashMap;
 
 use proptest::prelude::*;

@@ -59,7 +59,6 @@ fn no_source_file_has_over_600_lines_of_logic() {
 }
 
 #[test]
-#[ignore = "fails until the #[allow]s left in schemas, ingress and workers providers are #[expect] (issue 16, open)"]
 fn no_allow_attribute_only_expect_with_a_reason() {
     let mut report = String::new();
     for krate in read_crates() {

@@ -21,4 +21,12 @@ mod throttle;
 
 pub use config::Config;
 pub use error::{ProviderError, WorkerError};
-pub use ops::run;
+
+/// Starts the ops listener (when configured), then runs the worker until `shutdown`.
+pub async fn run(
+    config: Config,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<(), WorkerError> {
+    ops::start(&config, &shutdown).await?;
+    consume::run(config, shutdown).await
+}

@@ -15,13 +15,11 @@ pub(crate) const ASSIGNMENT: &str = "assignment";
 /// How often `sluice_consumer_lag_records` is refreshed.
 pub(crate) const LAG_EVERY: Duration = Duration::from_secs(5);
 
-/// Starts the ops listener (when configured), then runs the worker until `shutdown`.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), crate::WorkerError> {
-    start(&config, &shutdown).await?;
-    crate::consume::run(config, shutdown).await
-}
-
-async fn start(config: &Config, shutdown: &CancellationToken) -> Result<(), crate::WorkerError> {
+/// Starts the ops listener (when configured); the worker itself runs in `consume`.
+pub(crate) async fn start(
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Result<(), crate::WorkerError> {
     if config.ops.listen.is_none() {
         return Ok(());
     }

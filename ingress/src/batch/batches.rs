@@ -40,7 +40,10 @@ pub struct CreateBatch {
     metadata: Option<Map<String, Value>>,
     /// Accepted for SDK compatibility; output files live as long as the batch's rows.
     #[serde(default)]
-    #[allow(dead_code)]
+    #[expect(
+        dead_code,
+        reason = "accepted for SDK compatibility; Sluice never reads it"
+    )]
     output_expires_after: Option<Value>,
     /// Sluice's options: `{"webhook_url": "https://..."}`.
     #[serde(default)]
@@ -166,7 +169,10 @@ async fn check_caps(app: &AppState, caller: &Caller, file: &FileRow) -> Result<(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the fields of one new batch row, each from a different check"
+)]
 pub(crate) fn new_batch(
     caller: &Caller,
     batch_id: String,

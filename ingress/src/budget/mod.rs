@@ -221,7 +221,6 @@ impl Budgets {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
 

@@ -456,7 +456,6 @@ impl crate::config::PiiConfig {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
 

@@ -188,7 +188,6 @@ impl PromptGuard {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
     use crate::guard::config::DenyRule;

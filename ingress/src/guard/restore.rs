@@ -318,7 +318,6 @@ impl StreamRestorer {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
 

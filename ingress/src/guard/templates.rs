@@ -228,7 +228,6 @@ impl Templates {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
     use crate::guard::config::TemplateMessage;

@@ -1,5 +1,3 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -771,7 +769,6 @@ proptest! {
 #[test]
 #[ignore]
 fn overhead() {
-    #![allow(clippy::print_stdout)]
     let everything = guard(
         r#"
 [default]

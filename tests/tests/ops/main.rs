@@ -7,7 +7,6 @@
 //! `scripts/prometheus.sh install` by hand). A missing one fails these tests.
 
 #![expect(
-    clippy::unwrap_used,
     clippy::expect_used,
     reason = "test helpers outside #[test] functions fail loudly"
 )]

@@ -91,8 +91,15 @@ async fn dashboard_panels_run_on_the_migrated_schema() {
         let path = entry.unwrap().path();
         let dashboard: Value =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        dashboards += 1;
         let panels = dashboard["panels"].as_array().unwrap();
+        // The SRE dashboard reads Prometheus; tests/tests/ops/dashboard.rs checks it.
+        if panels
+            .iter()
+            .all(|p| p["datasource"]["uid"] == "sluice-prometheus")
+        {
+            continue;
+        }
+        dashboards += 1;
         assert!(panels.len() >= 6, "{}", path.display());
         for panel in panels {
             let title = panel["title"].as_str().unwrap();

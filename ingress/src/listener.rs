@@ -151,18 +151,9 @@ pub(crate) async fn intake(
         Body::new(tower_http::timeout::TimeoutBody::new(timeout, body))
     } else {
         let limit = app.config.server.max_body_bytes;
-        match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        match tokio::time::timeout(timeout, read_within(body, limit)).await {
             Ok(Ok(bytes)) => Body::from(bytes),
-            Ok(Err(error)) => {
-                let too_large = std::error::Error::source(&error)
-                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-                let error = if too_large {
-                    ApiError::BodyTooLarge { limit }
-                } else {
-                    ApiError::NotJson
-                };
-                return with_close(dialect.error(error));
-            }
+            Ok(Err(error)) => return with_close(dialect.error(error)),
             Err(_) => {
                 return with_close(dialect.error(ApiError::BodyTimeout {
                     ms: timeout.as_millis(),
@@ -171,6 +162,32 @@ pub(crate) async fn intake(
         }
     };
     next.run(Request::from_parts(parts, body)).await
+}
+
+/// Reads a body of at most `limit` bytes. Past the limit it goes on reading, and
+/// discarding, up to `limit` more bytes before refusing: a caller still writing its
+/// oversized body then reads the 413 instead of a reset connection (a lingering close,
+/// bounded in bytes here and in time by the caller's body deadline).
+async fn read_within(mut body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    let mut kept = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map(|f| f.into_data()) else {
+            return Err(ApiError::NotJson);
+        };
+        let Ok(data) = data else { continue };
+        seen = seen.saturating_add(data.len());
+        if seen <= limit {
+            kept.extend_from_slice(&data);
+        } else if seen > limit.saturating_mul(2) {
+            break;
+        }
+    }
+    if seen > limit {
+        return Err(ApiError::BodyTooLarge { limit });
+    }
+    Ok(kept.freeze())
 }
 
 /// A refusal sent before the body was read: the connection closes after it (the unread

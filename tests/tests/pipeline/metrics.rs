@@ -120,7 +120,7 @@ async fn ops_listeners_serve_readiness_and_the_catalog() {
         value(
             &text,
             "sluice_enqueued_requests_total",
-            &[r#"class="interactive""#, r#"team="team-a""#]
+            &[r#"class="standard""#, r#"team="team-a""#]
         ) >= 3.0,
         "{text}"
     );
@@ -175,7 +175,7 @@ async fn ops_listeners_serve_readiness_and_the_catalog() {
         value(
             &text,
             "sluice_time_in_queue_seconds_count",
-            &[r#"class="interactive""#]
+            &[r#"class="standard""#]
         ) >= 3.0,
         "{text}"
     );

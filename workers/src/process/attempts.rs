@@ -4,8 +4,10 @@
 //! deduplicated by request id). Sluice's spend with a provider is the sum of its attempts;
 //! the reconciliation view sets it against what teams were charged.
 //!
-//! Before a call, a `started` record goes out in the background: a worker killed mid-call
-//! still leaves evidence of it. After the call, the ended record (same `attempt_id`, which
+//! Before a call, a `started` record goes out and the broker's ack is awaited (bounded by
+//! [`STARTED_ACK_WAIT`]): a worker killed mid-call still leaves evidence of it. (Sent in the
+//! background, a SIGKILL inside the producer's linger lost it: the chaos test saw one call
+//! in ~60 without its row.) After the call, the ended record (same `attempt_id`, which
 //! replaces it in ClickHouse) is published with the request's result, before its offset is
 //! marked done.
 
@@ -18,6 +20,9 @@ use crate::error::ProviderError;
 use crate::routing::Target;
 use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::FutureRecord;
+
+/// How long a call waits for its `started` record's ack before it goes out anyway.
+const STARTED_ACK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How a call ended, for its record.
 pub(super) enum Ended<'a> {
@@ -44,8 +49,10 @@ fn billed(error: &ProviderError) -> &'static str {
 }
 
 impl Processor {
-    /// The record of a call about to be made, sent now in the background as `started`.
-    pub(super) fn attempt_started(
+    /// The record of a call about to be made, sent as `started` and acknowledged before the
+    /// call goes out. A broker that does not ack within [`STARTED_ACK_WAIT`] does not hold
+    /// the call up longer: the call proceeds, the record stays queued in the producer.
+    pub(super) async fn attempt_started(
         &self,
         request: &Request,
         target: &Target,
@@ -87,11 +94,18 @@ impl Processor {
                     .payload(&payload);
                 match self.producer.send_result(record) {
                     Ok(delivery) => {
-                        tokio::spawn(async move {
+                        let acked = async move {
                             if !matches!(delivery.await, Ok(OwnedDeliveryResult::Ok(_))) {
                                 tracing::warn!("started attempt not recorded");
                             }
-                        });
+                        };
+                        let mut acked = std::pin::pin!(acked);
+                        if tokio::time::timeout(STARTED_ACK_WAIT, acked.as_mut())
+                            .await
+                            .is_err()
+                        {
+                            tracing::warn!("started attempt not acked in time; calling anyway");
+                        }
                     }
                     Err((error, _)) => tracing::warn!(%error, "started attempt not recorded"),
                 }

@@ -14,7 +14,8 @@ use crate::error::Error;
 /// The sections this service reads. Environment variables of other sections (another
 /// service's `SLUICE_INGRESS_*`, or `SLUICE_STATE` of the service scripts) are not ours and
 /// must not trip `deny_unknown_fields`.
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
+    "trace",
     "kafka",
     "clickhouse",
     "sink",
@@ -48,6 +49,9 @@ pub struct Config {
     /// `[log] format = "text" | "json"` (sluice_schemas::logging).
     #[serde(default)]
     pub log: sluice_schemas::logging::LogConfig,
+    /// `[trace]`: OTLP span export, off unless `otlp_endpoint` is set (sluice_schemas::trace).
+    #[serde(default)]
+    pub trace: sluice_schemas::trace::TraceConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]

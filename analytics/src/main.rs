@@ -37,7 +37,13 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref()).context("loading configuration")?;
-    sluice_schemas::logging::init(&config.log, "info", std::io::stderr);
+    let tracing = sluice_schemas::logging::init(
+        &config.log,
+        &config.trace,
+        "sluice-analytics",
+        "info",
+        std::io::stderr,
+    )?;
     info!(?config, "configuration loaded");
 
     match cli.command.unwrap_or(Command::Run) {
@@ -77,9 +83,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Run => {
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
-            sluice_analytics::run(config, shutdown)
-                .await
-                .context("running the sink")?;
+            let ran = sluice_analytics::run(config, shutdown).await;
+            if let Some(tracing) = tracing {
+                tracing.shutdown().await;
+            }
+            ran.context("running the sink")?;
         }
     }
     Ok(())

@@ -49,6 +49,7 @@ fn sink_config(prefix: &str, clickhouse: ClickHouseConfig) -> Config {
         alert_webhooks: Vec::new(),
         webhooks: Default::default(),
         log: Default::default(),
+        trace: Default::default(),
         ops: Default::default(),
     }
 }

@@ -32,15 +32,24 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let config = sluice_ingress::Config::load(args.config.as_deref())?;
-    sluice_schemas::logging::init(&config.log, "info,rdkafka=warn", std::io::stdout);
+    let tracing = sluice_schemas::logging::init(
+        &config.log,
+        &config.trace,
+        "sluice-ingress",
+        "info,rdkafka=warn",
+        std::io::stdout,
+    )?;
     if !args.demo {
         sluice_ingress::demo::refuse_demo_secrets(&config)?;
     }
     let shutdown = CancellationToken::new();
     let ingress = sluice_ingress::start(config, shutdown.clone()).await?;
     shutdown_on_signal(shutdown).await;
-    ingress.task.await?;
-    Ok(())
+    let ended = ingress.task.await;
+    if let Some(tracing) = tracing {
+        tracing.shutdown().await;
+    }
+    Ok(ended?)
 }
 
 async fn shutdown_on_signal(shutdown: CancellationToken) {

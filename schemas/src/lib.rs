@@ -36,6 +36,8 @@ pub mod records;
 pub mod retry;
 pub mod tables;
 pub mod topics;
+#[cfg(feature = "logging")]
+pub mod trace;
 pub mod webhook;
 
 pub use codec::{decode, encode, Record};

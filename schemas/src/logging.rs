@@ -6,9 +6,15 @@
 //! happened in: `request_id` (and `trace_id` when the caller sent a W3C `traceparent`, see
 //! [`trace_id`]) where a request is handled.
 
+use opentelemetry_sdk::trace::SdkTracer;
 use serde::Deserialize;
+use tracing::Level;
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::trace::{TraceConfig, TraceError, Tracing};
 
 /// `[log]` in every service's config.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -25,39 +31,65 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the process's subscriber writing to `writer` (e.g. `std::io::stdout`);
-/// `default_filter` applies when `RUST_LOG` is unset or invalid. A second call does nothing.
-pub fn init<W>(config: &LogConfig, default_filter: &str, writer: W)
+/// Installs the process's subscriber writing to `writer` (e.g. `std::io::stdout`) and,
+/// when `[trace]` has an endpoint, exporting spans (crate::trace): flush the returned
+/// [`Tracing`] before exiting. `default_filter` applies when `RUST_LOG` is unset or invalid.
+/// A second call installs nothing. Call it inside the service's Tokio runtime.
+pub fn init<W>(
+    config: &LogConfig,
+    trace: &TraceConfig,
+    service: &str,
+    default_filter: &str,
+    writer: W,
+) -> Result<Option<Tracing>, TraceError>
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    let _ = tracing::subscriber::set_global_default(subscriber(config, default_filter, writer));
+    let (tracing, tracer) = match Tracing::start(trace, service, tokio::runtime::Handle::current())?
+    {
+        Some((tracing, tracer)) => (Some(tracing), Some(tracer)),
+        None => (None, None),
+    };
+    let _ =
+        tracing::subscriber::set_global_default(subscriber(config, default_filter, writer, tracer));
+    Ok(tracing)
 }
 
-/// The subscriber [`init`] installs (tests install it for a scope).
+/// The subscriber [`init`] installs (tests install it for a scope): the log lines, filtered
+/// by `RUST_LOG`, and with a `tracer` the spans of Sluice's own code at INFO and above,
+/// whatever `RUST_LOG` says (a quiet log must not cut the traces).
 pub fn subscriber<W>(
     config: &LogConfig,
     default_filter: &str,
     writer: W,
+    tracer: Option<SdkTracer>,
 ) -> Box<dyn tracing::Subscriber + Send + Sync>
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
-    match config.format {
-        LogFormat::Text => Box::new(builder.finish()),
-        LogFormat::Json => Box::new(
-            builder
-                .json()
-                .with_current_span(true)
-                .with_span_list(true)
-                .finish(),
-        ),
-    }
+    let lines = tracing_subscriber::fmt::layer().with_writer(writer);
+    let lines = match config.format {
+        LogFormat::Text => lines.boxed(),
+        LogFormat::Json => lines
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .boxed(),
+    };
+    let spans = tracer.map(|tracer| {
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_filter(filter_fn(|meta| {
+                meta.target().starts_with("sluice") && *meta.level() <= Level::INFO
+            }))
+    });
+    Box::new(
+        tracing_subscriber::registry()
+            .with(lines.with_filter(filter))
+            .with(spans),
+    )
 }
 
 /// The trace id of a W3C `traceparent` (`00-<32 hex trace id>-<16 hex parent id>-<flags>`),
@@ -115,7 +147,7 @@ mod tests {
             format: LogFormat::Json,
         };
         let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        tracing::subscriber::with_default(subscriber(&config, "info", out.clone()), || {
+        tracing::subscriber::with_default(subscriber(&config, "info", out.clone(), None), || {
             let span = tracing::info_span!(
                 "process",
                 request_id = "req_1",

@@ -45,6 +45,9 @@ pub struct Config {
     /// `[log] format = "text" | "json"` (sluice_schemas::logging).
     #[serde(default)]
     pub log: sluice_schemas::logging::LogConfig,
+    /// `[trace]`: OTLP span export, off unless `otlp_endpoint` is set (sluice_schemas::trace).
+    #[serde(default)]
+    pub trace: sluice_schemas::trace::TraceConfig,
 }
 
 /// `[pricing]`: the shared price file, and models deliberately billed at 0.
@@ -324,7 +327,15 @@ impl Config {
 
 /// The sections env vars may override. Other `SLUICE_*` variables (another service's, or
 /// the scripts' `SLUICE_STATE`) are not ours and must not trip `deny_unknown_fields`.
-const ENV_SECTIONS: [&str; 6] = ["kafka", "worker", "ops", "scheduling", "redelivery", "log"];
+const ENV_SECTIONS: [&str; 7] = [
+    "kafka",
+    "worker",
+    "ops",
+    "scheduling",
+    "redelivery",
+    "log",
+    "trace",
+];
 
 /// `#[serde(with = "millis")]` of this crate's sections.
 pub(crate) use sluice_schemas::config::millis;

@@ -16,18 +16,32 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = sluice_workers::Config::load(args.config.as_deref())?;
-    sluice_schemas::logging::init(&config.log, "info,rdkafka=warn", std::io::stdout);
+    let tracing = sluice_schemas::logging::init(
+        &config.log,
+        &config.trace,
+        "sluice-worker",
+        "info,rdkafka=warn",
+        std::io::stdout,
+    )?;
     let shutdown = CancellationToken::new();
     let mut worker = tokio::spawn(sluice_workers::run(config, shutdown.clone()));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let ended = tokio::select! {
+        _ = tokio::signal::ctrl_c() => None,
+        _ = term.recv() => None,
         // The worker stopped on its own: an error worth exiting non-zero for.
-        ended = &mut worker => return Ok(ended??),
+        ended = &mut worker => Some(ended),
+    };
+    let ended = match ended {
+        Some(ended) => ended,
+        None => {
+            tracing::info!("shutting down");
+            shutdown.cancel();
+            worker.await
+        }
+    };
+    if let Some(tracing) = tracing {
+        tracing.shutdown().await;
     }
-    tracing::info!("shutting down");
-    shutdown.cancel();
-    worker.await??;
-    Ok(())
+    Ok(ended??)
 }

@@ -67,4 +67,7 @@ pub(super) struct Batch {
     /// Messages of this batch already dead-lettered because ClickHouse rejected one of
     /// their rows (a result has two rows: it is dead-lettered once).
     pub rejected: HashSet<(String, i32, i64)>,
+    /// One `insert` span per traced result (sluice_schemas::trace), from its consumption to
+    /// the write that stored it.
+    pub spans: Vec<sluice_schemas::trace::Pending>,
 }

@@ -229,6 +229,11 @@ impl Sink {
                     batch
                         .result_bodies
                         .push(ResultBodyRow::new(&r, days), &origin);
+                    batch.spans.extend(sluice_schemas::trace::start(
+                        "insert",
+                        r.traceparent.as_deref(),
+                        &[("db.system.name", "clickhouse")],
+                    ));
                     batch.results.push(r.into(), &origin);
                 })
                 .map_err(Rejection::from),
@@ -313,6 +318,9 @@ impl Sink {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "batch written, committing its offsets"
         );
+        for span in batch.spans.drain(..) {
+            span.end();
+        }
         batch.committed.extend(batch.positions.drain());
         batch.rejected.clear();
         batch.messages = 0;

@@ -94,6 +94,9 @@ pub struct Config {
     /// `[log] format = "text" | "json"` (sluice_schemas::logging).
     #[serde(default)]
     pub log: sluice_schemas::logging::LogConfig,
+    /// `[trace]`: OTLP span export, off unless `otlp_endpoint` is set (sluice_schemas::trace).
+    #[serde(default)]
+    pub trace: sluice_schemas::trace::TraceConfig,
 }
 
 impl Config {
@@ -205,8 +208,9 @@ pub(crate) trait Section {
 /// Durations in config are plain milliseconds (`*_ms` keys).
 /// The sections env vars may override. Other `SLUICE_*` variables (another service's, or
 /// the scripts' `SLUICE_STATE`) are not ours and must not trip `deny_unknown_fields`.
-const ENV_SECTIONS: [&str; 12] = [
+const ENV_SECTIONS: [&str; 13] = [
     "log",
+    "trace",
     "server",
     "ops",
     "listener",

@@ -12,7 +12,7 @@ use axum::response::Response;
 use sluice_schemas::{now_ms, AuditAction};
 use tracing::Instrument;
 
-use crate::admission::{audit_event, checked, of_caller, publish, Dialect, Mode};
+use crate::admission::{audit_event, checked, of_caller, publish, Accepted, Dialect, Mode};
 use crate::error::ApiError;
 use crate::guard::Output;
 use crate::keys::Caller;
@@ -40,32 +40,33 @@ pub(crate) async fn sync_call(
     if let Err(e) = app.keys.check_rate(&caller) {
         return dialect.error(e);
     }
-    let span = tracing::info_span!("chat_completions", team = %caller.team, request_id = tracing::field::Empty);
-    async move {
-        let accepted = match checked(&app, &caller, &headers, body, Mode::Sync, dialect).await {
+    let route = match dialect {
+        Dialect::OpenAi => "POST /v1/chat/completions",
+        Dialect::Anthropic => "POST /v1/messages",
+    };
+    let span = request_span(&headers, &caller, route);
+    let response = async move {
+        let admitted = admit(&app, &caller, &headers, body, Mode::Sync, dialect)
+            .instrument(tracing::info_span!("admission"))
+            .await;
+        let mut accepted = match admitted {
             Ok(a) => a,
             Err(e) => return reject(&app, &caller, e, dialect),
         };
-        if let Err(e) = accepted
-            .policy
-            .moderate_input(&accepted.moderation_input)
-            .await
-        {
-            return reject(&app, &caller, e, dialect);
-        }
         let request_id = accepted.record.request_id.clone();
         tracing::Span::current().record("request_id", request_id.as_str());
         let output = Output::new(Arc::clone(&accepted.policy), accepted.restorer.clone());
         if accepted.record.stream {
             let guard = app.waiters.register_stream(&request_id);
-            if let Err(e) = publish(&app, &accepted).await {
+            if let Err(e) = publish_traced(&app, &mut accepted).await {
                 return dialect.error(e);
             }
             return super::sse::respond(Arc::clone(&app), &accepted.record, guard, dialect, output)
+                .instrument(tracing::info_span!("reply", stream = true))
                 .await;
         }
         let mut guard = app.waiters.register(&request_id);
-        if let Err(e) = publish(&app, &accepted).await {
+        if let Err(e) = publish_traced(&app, &mut accepted).await {
             return dialect.error(e);
         }
         let now = now_ms();
@@ -77,7 +78,10 @@ pub(crate) async fn sync_call(
             .server
             .sync_timeout_ms
             .min(until_deadline + Duration::from_secs(2));
-        match tokio::time::timeout(wait, &mut guard.receiver).await {
+        let waited = tokio::time::timeout(wait, &mut guard.receiver)
+            .instrument(tracing::info_span!("reply", stream = false))
+            .await;
+        match waited {
             Ok(Ok(mut result)) => match output.finish(&mut result).await {
                 Ok(()) => dialect.result(&result),
                 Err(e) => {
@@ -92,8 +96,77 @@ pub(crate) async fn sync_call(
             Err(_) => dialect.error(ApiError::SyncTimeout(wait.as_millis(), request_id)),
         }
     }
-    .instrument(span)
-    .await
+    .instrument(span.clone())
+    .await;
+    ended(&span, &response);
+    response
+}
+
+/// Records the answer's status on the request span; a 5xx marks it failed.
+pub(crate) fn ended(span: &tracing::Span, response: &Response) {
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
+/// The span of one API request (`otel.kind = server`): a child of the caller's W3C
+/// `traceparent` when it sent a valid one, else the root of a new trace.
+pub(crate) fn request_span(headers: &HeaderMap, caller: &Caller, route: &str) -> tracing::Span {
+    let span = tracing::info_span!(
+        "request",
+        otel.name = route,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        team = %caller.team,
+        request_id = tracing::field::Empty,
+    );
+    let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
+    sluice_schemas::trace::set_parent(&span, traceparent);
+    span
+}
+
+/// Validates and moderates a request.
+async fn admit(
+    app: &Arc<AppState>,
+    caller: &Caller,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    mode: Mode,
+    dialect: Dialect,
+) -> Result<Accepted, ApiError> {
+    let accepted = checked(app, caller, headers, body, mode, dialect).await?;
+    accepted
+        .policy
+        .moderate_input(&accepted.moderation_input)
+        .await?;
+    Ok(accepted)
+}
+
+/// Publishes the record under a `produce` span (`otel.kind = producer`), which the record
+/// names as its `traceparent`: the worker's spans are its children. Without tracing the
+/// record keeps the caller's `traceparent`, passed on as it came.
+pub(crate) async fn publish_traced(
+    app: &AppState,
+    accepted: &mut Accepted,
+) -> Result<(), ApiError> {
+    let span = tracing::info_span!(
+        "produce",
+        otel.kind = "producer",
+        priority = accepted.record.priority.as_str(),
+        messaging.system = "kafka",
+        otel.status_code = tracing::field::Empty,
+    );
+    if let Some(traceparent) = sluice_schemas::trace::traceparent(&span) {
+        accepted.record.traceparent = Some(traceparent);
+    }
+    let published = publish(app, accepted).instrument(span.clone()).await;
+    if published.is_err() {
+        span.record("otel.status_code", "ERROR");
+    }
+    published
 }
 
 /// Answers a request refused before it was accepted, and records the rejection for audit

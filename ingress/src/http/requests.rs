@@ -11,9 +11,12 @@ use axum::Json;
 use serde_json::{json, Value};
 use sluice_schemas::Audit;
 
-use super::chat::reject;
-use crate::admission::{checked, of_caller, publish, Dialect, Mode};
+use tracing::Instrument;
+
+use super::chat::{ended, publish_traced, reject, request_span};
+use crate::admission::{checked, of_caller, Dialect, Mode};
 use crate::error::ApiError;
+use crate::keys::Caller;
 use crate::state::AppState;
 
 pub(super) async fn submit(
@@ -25,31 +28,45 @@ pub(super) async fn submit(
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
-    let accepted = match checked(&app, &caller, &headers, body, Mode::Async, Dialect::OpenAi).await
-    {
-        Ok(a) => a,
-        Err(e) => return reject(&app, &caller, e, Dialect::OpenAi),
-    };
-    if let Some(url) = &accepted.webhook_url {
-        // The destination's DNS answer, for a clear 400 now (delivery checks again).
-        if let Err(e) = app.webhooks.check(&caller.team, url).await {
-            return reject(&app, &caller, ApiError::from(e), Dialect::OpenAi);
+    let span = request_span(&headers, &caller, "POST /v1/requests");
+    let response = submit_traced(&app, &caller, &headers, body)
+        .instrument(span.clone())
+        .await;
+    ended(&span, &response);
+    response
+}
+
+async fn submit_traced(
+    app: &Arc<AppState>,
+    caller: &Caller,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let request = tracing::Span::current();
+    let admitted = async {
+        let accepted = checked(app, caller, headers, body, Mode::Async, Dialect::OpenAi).await?;
+        request.record("request_id", accepted.record.request_id.as_str());
+        if let Some(url) = &accepted.webhook_url {
+            // The destination's DNS answer, for a clear 400 now (delivery checks again).
+            app.webhooks.check(&caller.team, url).await?;
         }
-    }
-    if let Err(e) = accepted
-        .policy
-        .moderate_input(&accepted.moderation_input)
-        .await
-    {
-        return reject(&app, &caller, e, Dialect::OpenAi);
-    }
-    if let Err(e) = publish(&app, &accepted).await {
+        accepted
+            .policy
+            .moderate_input(&accepted.moderation_input)
+            .await?;
+        Ok::<_, ApiError>(accepted)
+    };
+    let mut accepted = match admitted.instrument(tracing::info_span!("admission")).await {
+        Ok(a) => a,
+        Err(e) => return reject(app, caller, e, Dialect::OpenAi),
+    };
+    if let Err(e) = publish_traced(app, &mut accepted).await {
         return e.into_response();
     }
     let r = &accepted.record;
     app.recent.remember(&r.request_id, &r.team);
     if let Some(url) = &accepted.webhook_url {
-        crate::batch::webhooks::watch_request(Arc::clone(&app), r, url.clone());
+        crate::batch::webhooks::watch_request(Arc::clone(app), r, url.clone());
     }
     let location = format!("/v1/requests/{}", r.request_id);
     let mut response = (

@@ -245,6 +245,7 @@ impl Stack {
             billing: toml_section(&options.budget_toml, "billing"),
             listener: Default::default(),
             log: Default::default(),
+            trace: Default::default(),
             ops: Default::default(),
         };
         ingress.server.listen = "127.0.0.1:0".into();

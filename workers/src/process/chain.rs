@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 use sluice_schemas::openai::ErrorBody;
 use sluice_schemas::{now_ms, Attempt, Request, Status};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::backoff::backoff;
 use super::outcome::{caller_gone, failure, provider_failure, Outcome};
@@ -107,7 +108,7 @@ impl Processor {
                 let timeout = deployment
                     .timeout_ms
                     .min(Duration::from_millis(remaining as u64));
-                let attempt = self.attempt_started(request, target, tally.attempts);
+                let attempt = self.attempt_started(request, target, tally.attempts).await;
                 let call = Call {
                     request,
                     target,
@@ -118,13 +119,30 @@ impl Processor {
                     tally: &tally,
                     started_at_ms,
                 };
-                let error = match leg.call(self, call, &mut log).await {
+                let span = tracing::info_span!(
+                    "attempt",
+                    otel.kind = "client",
+                    otel.status_code = tracing::field::Empty,
+                    deployment = %deployment.name,
+                    provider = deployment.provider.kind(),
+                    attempt = tally.attempts,
+                    error_kind = tracing::field::Empty,
+                );
+                let attempted = leg
+                    .call(self, call, &mut log)
+                    .instrument(span.clone())
+                    .await;
+                let error = match attempted {
                     Attempted::Answered(mut outcome) => {
                         outcome.attempt_log = log;
                         return outcome;
                     }
                     Attempted::Abandoned => break 'chain,
-                    Attempted::Failed(error) => error,
+                    Attempted::Failed(error) => {
+                        span.record("otel.status_code", "ERROR");
+                        span.record("error_kind", error.kind());
+                        error
+                    }
                 };
                 let next = after_failure(&error, target, retry, has_next, request, tally.attempts);
                 last = Some((error, target));

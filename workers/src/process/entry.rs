@@ -8,6 +8,8 @@ use sluice_schemas::{now_ms, Request, Status};
 use super::chain::Chain;
 use super::outcome::{caller_gone, failure, Outcome};
 use super::Processor;
+use tracing::Instrument;
+
 use crate::providers::with_traceparent;
 use crate::routing::random_for;
 
@@ -15,13 +17,36 @@ impl Processor {
     /// Runs the request and publishes its events. Returns false if the events could not be
     /// published before shutdown: then the message must not be marked done.
     /// `maybe_redelivered`: an earlier owner of the partition may have finished it.
-    #[tracing::instrument(skip_all, fields(
-        request_id = %request.request_id,
-        team = %request.team,
-        // Logged, and passed on to the provider; no trace is exported from here yet.
-        trace_id = request.traceparent.as_deref().and_then(sluice_schemas::logging::trace_id),
-    ))]
+    ///
+    /// Its spans (sluice_schemas::trace) are children of the record's `traceparent` (the
+    /// ingress's `produce` span): `queue` (creation to consumption), `process` and, in it,
+    /// one `attempt` per provider call.
     pub async fn process(&self, request: Request, maybe_redelivered: bool) -> bool {
+        let parent = request.traceparent.as_deref();
+        sluice_schemas::trace::record_past(
+            "queue",
+            parent,
+            sluice_schemas::trace::at_ms(request.created_at_ms),
+            std::time::SystemTime::now(),
+            &[("sluice.priority", request.priority.as_str())],
+        );
+        let span = tracing::info_span!(
+            "process",
+            otel.kind = "consumer",
+            otel.status_code = tracing::field::Empty,
+            sluice.status = tracing::field::Empty,
+            request_id = %request.request_id,
+            team = %request.team,
+            model = %request.model,
+            trace_id = parent.and_then(sluice_schemas::logging::trace_id),
+        );
+        sluice_schemas::trace::set_parent(&span, parent);
+        self.handle(request, maybe_redelivered)
+            .instrument(span)
+            .await
+    }
+
+    async fn handle(&self, request: Request, maybe_redelivered: bool) -> bool {
         let _in_flight = super::metrics::started(&request, self.default_completion_tokens);
         if maybe_redelivered {
             if self.recent.contains(&request.request_id) {
@@ -52,6 +77,11 @@ impl Processor {
                 with_traceparent(request.traceparent.as_deref(), run).await
             }
         };
+        let span = tracing::Span::current();
+        span.record("sluice.status", outcome.status.as_str());
+        if outcome.status != Status::Completed {
+            span.record("otel.status_code", "ERROR");
+        }
         // Stopped by shutdown before any answer, with time left: that is no outcome. Not
         // marked done, the message goes to the partition's next owner (a batch line
         // interrupted by a worker restart must not end `expired`).
@@ -61,7 +91,14 @@ impl Processor {
         {
             return false;
         }
-        let published = self.publish(&request, outcome).await;
+        let published = self
+            .publish(&request, outcome)
+            .instrument(tracing::info_span!(
+                "publish",
+                otel.kind = "producer",
+                messaging.system = "kafka"
+            ))
+            .await;
         if published {
             self.recent.finished(&request.request_id);
         }

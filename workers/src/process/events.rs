@@ -48,7 +48,9 @@ impl Processor {
             key_id: request.key_id.clone(),
             priority: request.priority,
             model: request.model.clone(),
-            traceparent: request.traceparent.clone(),
+            // The sink's insert span is a child of this worker's `publish` span.
+            traceparent: sluice_schemas::trace::traceparent(&tracing::Span::current())
+                .or_else(|| request.traceparent.clone()),
             status: outcome.status,
             http_status: outcome.http_status,
             body: outcome.body,

@@ -217,8 +217,8 @@ tokio::task_local! {
 }
 
 /// Runs `work` so that every provider call it makes carries `traceparent` (the caller's,
-/// passed on unchanged: the worker exports no spans of its own yet). A malformed value is
-/// dropped, never sent.
+/// passed on unchanged, when the worker exports no spans). A malformed value is dropped,
+/// never sent.
 pub async fn with_traceparent<F: std::future::Future>(
     traceparent: Option<&str>,
     work: F,
@@ -229,9 +229,11 @@ pub async fn with_traceparent<F: std::future::Future>(
     TRACEPARENT.scope(valid, work).await
 }
 
-/// The call with the current request's `traceparent`, if there is one.
+/// The call with a `traceparent`: the current span's (the attempt's) when traces are
+/// exported, else the caller's as it came, if there is one.
 fn traced(call: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-    match TRACEPARENT.try_with(Clone::clone).ok().flatten() {
+    let current = sluice_schemas::trace::traceparent(&tracing::Span::current());
+    match current.or_else(|| TRACEPARENT.try_with(Clone::clone).ok().flatten()) {
         Some(traceparent) => call.header("traceparent", traceparent),
         None => call,
     }

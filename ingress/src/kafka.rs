@@ -60,12 +60,24 @@ pub async fn send(
     payload: &[u8],
     partition: Option<i32>,
 ) -> Result<(), KafkaError> {
+    send_traced(producer, topic, key, payload, partition, None).await
+}
+
+/// As [`send`], with the `traceparent` header when there is one.
+pub async fn send_traced(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+    partition: Option<i32>,
+    traceparent: Option<&str>,
+) -> Result<(), KafkaError> {
     let m = sluice_schemas::kafka::Outgoing {
         topic,
         key,
         payload,
         partition,
-        headers: None,
+        headers: sluice_schemas::kafka::with_traceparent(None, traceparent),
     };
     sluice_schemas::kafka::send(producer, m).await
 }

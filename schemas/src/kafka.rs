@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
-use rdkafka::message::OwnedHeaders;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 
@@ -77,6 +77,25 @@ pub struct Outgoing<'a> {
     pub payload: &'a [u8],
     pub partition: Option<i32>,
     pub headers: Option<OwnedHeaders>,
+}
+
+/// The W3C trace context header of a message, as OpenTelemetry's Kafka instrumentations
+/// read it. The record's `traceparent` field is what Sluice's own consumers follow; the
+/// header lets any other consumer of the topic join the trace.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+
+/// `headers` (or new ones) with the `traceparent` header when there is one.
+pub fn with_traceparent(
+    headers: Option<OwnedHeaders>,
+    traceparent: Option<&str>,
+) -> Option<OwnedHeaders> {
+    match traceparent {
+        Some(value) => Some(headers.unwrap_or_default().insert(Header {
+            key: TRACEPARENT_HEADER,
+            value: Some(value),
+        })),
+        None => headers,
+    }
 }
 
 /// Produces one message and waits for its acknowledgement.

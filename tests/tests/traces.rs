@@ -25,6 +25,7 @@ use std::time::Duration;
 use common::*;
 use sluice_schemas::logging::LogConfig;
 use sluice_schemas::trace::TraceConfig;
+use sluice_schemas::{Priority, Topic, Topics};
 use sluice_tests::otlp::{Collector, ReceivedSpan};
 
 /// The spans each request leaves, by service: the test process holds the ingress and sink.
@@ -63,6 +64,57 @@ fn assert_child(child: &ReceivedSpan, parent: &ReceivedSpan) {
         "`{}` is a child of `{}`",
         child.name, parent.name
     );
+}
+
+/// The `traceparent` headers of the messages on `requests` (as `(topic, value)`) and on
+/// `results` (as `("<topic>/<key>", value)`), read from the start of each.
+fn traceparent_headers(
+    bootstrap: &str,
+    requests: &[String],
+    results: &str,
+) -> Vec<(String, String)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("trace-headers"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let topics: Vec<&str> = requests
+        .iter()
+        .map(String::as_str)
+        .chain([results])
+        .collect();
+    consumer.subscribe(&topics).expect("subscribe");
+    let mut found = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) else {
+            // Both requests' messages and both results.
+            if found.len() >= 4 {
+                break;
+            }
+            continue;
+        };
+        let Some(value) = message
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "traceparent"))
+            .and_then(|h| h.value)
+            .and_then(|v| std::str::from_utf8(v).ok())
+        else {
+            continue;
+        };
+        let place = if message.topic() == results {
+            let key = message.key().and_then(|k| std::str::from_utf8(k).ok());
+            format!("{results}/{}", key.unwrap_or_default())
+        } else {
+            message.topic().to_string()
+        };
+        found.push((place, value.to_string()));
+    }
+    found
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -199,6 +251,36 @@ async fn one_request_is_one_trace_across_the_ingress_kafka_the_worker_and_the_si
     assert!(
         sent.contains(&format!("00-{caller_trace}-{}-01", attempt.span_id).as_str()),
         "provider calls carried {sent:?}"
+    );
+
+    // The Kafka messages carry it too, as the `traceparent` header other consumers read: the
+    // request under the ingress's produce span, the result under the worker's publish span.
+    let requests: Vec<String> = Priority::ALL
+        .iter()
+        .map(|p| Topics::new(stack.prefix.as_str()).name(&Topic::Requests(*p)))
+        .collect();
+    let results = Topics::new(stack.prefix.as_str()).name(&Topic::Results);
+    let headers = {
+        let (bootstrap, requests, results) =
+            (stack.bootstrap.clone(), requests.clone(), results.clone());
+        tokio::task::spawn_blocking(move || traceparent_headers(&bootstrap, &requests, &results))
+            .await
+            .expect("headers read")
+    };
+    let request_id = request.attribute("request_id").expect("request id");
+    let produced = format!("00-{caller_trace}-{}-01", produce.span_id);
+    assert!(
+        headers
+            .iter()
+            .any(|(topic, value)| requests.contains(topic) && *value == produced),
+        "request message headers: {headers:?}"
+    );
+    assert!(
+        headers.contains(&(
+            format!("{results}/{request_id}"),
+            format!("00-{caller_trace}-{}-01", publish.span_id)
+        )),
+        "result message headers: {headers:?}"
     );
 
     // The second request: a trace of its own, rooted at the ingress.

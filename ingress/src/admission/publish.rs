@@ -6,7 +6,7 @@ use sluice_schemas::{encode, now_ms, AuditAction, Request};
 use super::audit;
 use super::validate::Accepted;
 use crate::error::ApiError;
-use crate::kafka::send;
+use crate::kafka::send_traced;
 use crate::state::AppState;
 
 /// Writes the request (and its audit event) to Kafka; returns once the broker acked it.
@@ -27,7 +27,14 @@ pub(crate) async fn publish(app: &AppState, accepted: &Accepted) -> Result<(), A
     let topic = app.topics.name(&accepted.topic);
     let partition = app.routing.partition(&accepted.topic, &r.team);
     let (sent, audited) = tokio::join!(
-        send(&app.producer, &topic, &r.team, &payload, Some(partition)),
+        send_traced(
+            &app.producer,
+            &topic,
+            &r.team,
+            &payload,
+            Some(partition),
+            r.traceparent.as_deref()
+        ),
         app.audits.send(&accepted_event),
     );
     if sent.is_ok() {

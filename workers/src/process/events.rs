@@ -13,6 +13,8 @@ use sluice_schemas::{
 
 use super::outcome::{clamp, Outcome};
 use super::Processor;
+use sluice_schemas::kafka::with_traceparent;
+
 use crate::publish::{send, Outgoing};
 
 /// Publishing a finished request's events is retried until it succeeds or the worker shuts
@@ -133,6 +135,8 @@ impl Processor {
             }
             shrunk = true;
         }
+        let traceparent = result.traceparent.clone();
+        let traceparent = traceparent.as_deref();
         let Encoded {
             result: mut result_bytes,
             usage: mut usage_bytes,
@@ -157,10 +161,13 @@ impl Processor {
                                 key: &request.request_id,
                                 payload: &result_bytes,
                                 partition: Some(r.partition),
-                                headers: Some(OwnedHeaders::new().insert(Header {
-                                    key: sluice_schemas::REPLY_KIND_HEADER,
-                                    value: Some(sluice_schemas::REPLY_KIND_RESULT),
-                                })),
+                                headers: with_traceparent(
+                                    Some(OwnedHeaders::new().insert(Header {
+                                        key: sluice_schemas::REPLY_KIND_HEADER,
+                                        value: Some(sluice_schemas::REPLY_KIND_RESULT),
+                                    })),
+                                    traceparent,
+                                ),
                             },
                         )
                         .await
@@ -188,9 +195,13 @@ impl Processor {
                     },
                 )
             }));
+            let result_message = Outgoing {
+                headers: with_traceparent(None, traceparent),
+                ..out(&results_topic, &result_bytes)
+            };
             let (a, b, c, d, e) = tokio::join!(
                 reply,
-                send(&self.producer, out(&results_topic, &result_bytes)),
+                send(&self.producer, result_message),
                 send(&self.producer, out(&usage_topic, &usage_bytes)),
                 send(&self.producer, out(&audit_topic, &audit_bytes)),
                 calls,

@@ -306,7 +306,12 @@ impl Stack {
             database,
             bootstrap: options.bootstrap,
             mock,
-            http: reqwest::Client::new(),
+            // Bounded, so an ingress that never answers fails its test instead of hanging the
+            // suite; no test waits this long for one answer.
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(180))
+                .build()
+                .expect("HTTP client"),
             shutdown,
             ingress_config,
             extra_worker_toml: options.extra_worker_toml.replace("{origin}", &mock_origin),
@@ -406,7 +411,8 @@ output_per_million = {PRICE_OUT}
     pub async fn stop_workers(&mut self) {
         for (token, handle) in self.worker_shutdown.drain(..) {
             token.cancel();
-            let _ = handle.await;
+            // Bounded: a worker that does not stop is dropped with the runtime.
+            let _ = tokio::time::timeout(Duration::from_secs(30), handle).await;
         }
     }
 
@@ -660,6 +666,32 @@ impl PrivateBroker {
             .status()
             .expect("services.sh runs");
         assert!(status.success(), "services.sh {command} failed");
+    }
+}
+
+/// Runs an async test beside a private broker that outlives the test's runtime, on a runtime
+/// whose shutdown is bounded. A task still holding a Kafka client when a test ends (one that
+/// did not stop in time, or every task of a test that panicked) is dropped while its broker is
+/// still up: a consumer closing against a stopped broker can block for good, and a
+/// `#[tokio::test]` runtime waits for it forever (a CI run hung 80 minutes so).
+pub fn with_private_broker<F, Fut>(test: F)
+where
+    F: FnOnce(std::sync::Arc<PrivateBroker>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let broker = std::sync::Arc::new(PrivateBroker::start());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runtime.block_on(test(std::sync::Arc::clone(&broker)))
+    }));
+    runtime.shutdown_timeout(Duration::from_secs(20));
+    drop(broker);
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
     }
 }
 

@@ -562,67 +562,67 @@ async fn clickhouse_down_gives_503_not_a_hang() {
     stack.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn kafka_down_gives_503_and_a_broker_restart_loses_nothing_accepted() {
-    let broker = PrivateBroker::start();
-    let mut stack = Stack::start(StackOptions {
-        bootstrap: broker.bootstrap.clone(),
-        worker: false,
-        produce_timeout: Duration::from_secs(2),
-        ..StackOptions::default()
-    })
-    .await;
-    let before = stack.submit_many(20, KEY_A).await;
-
-    broker.services("stop-kafka");
-    let started = std::time::Instant::now();
-    let (status, body) = stack.post("/v1/requests", KEY_A, chat("nobody home")).await;
-    assert_eq!(status, 503, "{body}");
-    assert_eq!(body["error"]["code"], "service_unavailable");
-    assert!(
-        started.elapsed() < Duration::from_secs(30),
-        "answered instead of hanging"
-    );
-
-    broker.services("start-kafka");
-    // The producer reconnects on its own; accepted again once the broker is back.
-    let after = eventually(WAIT, || async {
-        let (status, body) = stack.post("/v1/requests", KEY_A, chat("back again")).await;
-        (status == 202).then(|| body["id"].as_str().unwrap().to_string())
-    })
-    .await
-    .expect("accepting again after the restart");
-
-    stack.add_worker("after-restart");
-    // Wait for these ids, not for a count: a post of the retry loop above that timed out
-    // (503) while the broker was coming back may still have been written (a produce
-    // timeout is an unknown outcome, not a refusal), and would run too.
-    let wanted: Vec<&String> = before.iter().chain([&after]).collect();
-    let missing = eventually(WAIT * 2, || async {
-        let ids = stack.ch("SELECT request_id FROM {db}.usage FINAL").await;
-        let missing: Vec<&String> = wanted
-            .iter()
-            .copied()
-            .filter(|id| !ids.contains(id.as_str()))
-            .collect();
-        missing.is_empty().then_some(())
-    })
-    .await;
-    assert!(
-        missing.is_some(),
-        "every request accepted before and after the restart was processed"
-    );
-    let billed = stack
-        .ch("SELECT uniqExact(request_id) = count() FROM {db}.usage FINAL")
+#[test]
+fn kafka_down_gives_503_and_a_broker_restart_loses_nothing_accepted() {
+    with_private_broker(|broker| async move {
+        let mut stack = Stack::start(StackOptions {
+            bootstrap: broker.bootstrap.clone(),
+            worker: false,
+            produce_timeout: Duration::from_secs(2),
+            ..StackOptions::default()
+        })
         .await;
-    assert_eq!(billed.trim(), "1", "billed once each");
-    // The request refused while the broker was down (nothing could reach it) never ran.
-    let ran_refused = stack.mock.calls().iter().any(|c| {
-        c.body
-            .as_ref()
-            .is_some_and(|b| b.to_string().contains("nobody home"))
+        let before = stack.submit_many(20, KEY_A).await;
+
+        broker.services("stop-kafka");
+        let started = std::time::Instant::now();
+        let (status, body) = stack.post("/v1/requests", KEY_A, chat("nobody home")).await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["error"]["code"], "service_unavailable");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "answered instead of hanging"
+        );
+
+        broker.services("start-kafka");
+        // The producer reconnects on its own; accepted again once the broker is back.
+        let after = eventually(WAIT, || async {
+            let (status, body) = stack.post("/v1/requests", KEY_A, chat("back again")).await;
+            (status == 202).then(|| body["id"].as_str().unwrap().to_string())
+        })
+        .await
+        .expect("accepting again after the restart");
+
+        stack.add_worker("after-restart");
+        // Wait for these ids, not for a count: a post of the retry loop above that timed out
+        // (503) while the broker was coming back may still have been written (a produce
+        // timeout is an unknown outcome, not a refusal), and would run too.
+        let wanted: Vec<&String> = before.iter().chain([&after]).collect();
+        let missing = eventually(WAIT * 2, || async {
+            let ids = stack.ch("SELECT request_id FROM {db}.usage FINAL").await;
+            let missing: Vec<&String> = wanted
+                .iter()
+                .copied()
+                .filter(|id| !ids.contains(id.as_str()))
+                .collect();
+            missing.is_empty().then_some(())
+        })
+        .await;
+        assert!(
+            missing.is_some(),
+            "every request accepted before and after the restart was processed"
+        );
+        let billed = stack
+            .ch("SELECT uniqExact(request_id) = count() FROM {db}.usage FINAL")
+            .await;
+        assert_eq!(billed.trim(), "1", "billed once each");
+        // The request refused while the broker was down (nothing could reach it) never ran.
+        let ran_refused = stack.mock.calls().iter().any(|c| {
+            c.body
+                .as_ref()
+                .is_some_and(|b| b.to_string().contains("nobody home"))
+        });
+        assert!(!ran_refused, "the 503'd request reached the provider");
+        stack.stop().await;
     });
-    assert!(!ran_refused, "the 503'd request reached the provider");
-    stack.stop().await;
-    drop(broker);
 }

@@ -42,6 +42,9 @@
 #   BENCH_BUDGET_USD [1000000]  the demo team's monthly budget in the ingress config: large
 #                              enough that the ledger and reservations run (their cost is
 #                              measured) but nothing is refused; "none" removes [[budgets]]
+#   BENCH_TRACE [0]   1: every service exports its spans ([trace], sample_ratio 1) to a local
+#                              OTLP/HTTP sink (python3, answers 200, logs exports and bytes) on
+#                              BENCH_OTLP_PORT [14318], to price tracing against a run without
 #   BENCH_OUT [<repo>/.state/bench]           logs, loadgen JSON, results.md
 set -euo pipefail
 
@@ -120,7 +123,7 @@ declare -A PID=()   # name -> pid of the processes this run started
 # Running, and not a zombie waiting to be reaped.
 on_exit() {
   local rc=$? name pid i
-  for name in analytics worker ingress mock; do
+  for name in analytics worker ingress mock otlp; do
     pid=${PID[$name]:-}
     [[ -n $pid ]] || continue
     kill -TERM "$pid" 2>/dev/null || continue
@@ -232,6 +235,33 @@ if [[ -n $KAFKA_OPTIONS ]]; then
     grep -q '^\[kafka.options\]' "$f" && die "$f already has [kafka.options]; BENCH_KAFKA_OPTIONS cannot add to it"
     printf '\n[kafka.options]\n%s\n' "$KAFKA_OPTIONS" >>"$f"
   done
+fi
+
+# ---------- traces (BENCH_TRACE=1): a sink that takes OTLP/HTTP exports and counts them ----------
+if [[ ${BENCH_TRACE:-0} == 1 ]]; then
+  OTLP_PORT="${BENCH_OTLP_PORT:-14318}"
+  port_open "$OTLP_PORT" && die "port $OTLP_PORT is in use (set BENCH_OTLP_PORT)"
+  start otlp "$OUT/otlp.log" -- python3 -c '
+import http.server, sys
+class Sink(http.server.BaseHTTPRequestHandler):
+    exports = 0
+    received = 0
+    def do_POST(self):
+        size = int(self.headers.get("content-length", 0))
+        self.rfile.read(size)
+        Sink.exports += 1
+        Sink.received += size
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", "0")
+        self.end_headers()
+        print(Sink.exports, Sink.received, flush=True)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Sink).serve_forever()
+' "$OTLP_PORT"
+  export SLUICE_TRACE_OTLP_ENDPOINT="http://127.0.0.1:$OTLP_PORT/v1/traces" SLUICE_TRACE_SAMPLE_RATIO=1
+  log "traces: every service exports its spans to $SLUICE_TRACE_OTLP_ENDPOINT"
 fi
 
 start_ingress() {
@@ -499,4 +529,8 @@ done
 # shellcheck source=scripts/bench_report.sh
 source "$REPO_DIR/scripts/bench_report.sh"
 bench_report | tee "$OUT/results.md"
+if [[ -s $OUT/otlp.log ]]; then
+  read -r exports bytes < <(tail -1 "$OUT/otlp.log")
+  log "traces: the OTLP sink took $exports exports, $((bytes / 1024)) KiB"
+fi
 log "done; figures also in $OUT/results.md"

@@ -113,9 +113,7 @@ impl Tracing {
             .unwrap_or_else(|| service.into());
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-                config.sample_ratio,
-            ))))
+            .with_sampler(sampler(config.sample_ratio))
             .with_resource(Resource::builder().with_service_name(name).build())
             .build();
         opentelemetry::global::set_tracer_provider(provider.clone());
@@ -138,6 +136,11 @@ impl Tracing {
             tracing::warn!(error = %e, "trace export did not finish");
         }
     }
+}
+
+/// A caller's sampling decision is followed; a new trace is recorded with probability `ratio`.
+fn sampler(ratio: f64) -> Sampler {
+    Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio)))
 }
 
 /// The exporter's HTTP client: our reqwest client, its calls run on the service's Tokio
@@ -320,6 +323,50 @@ mod tests {
         ] {
             assert!(remote(bad).is_none(), "{bad}");
         }
+    }
+
+    /// The `traceparent` a span would pass on under `sample_ratio`, with `parent` as its
+    /// caller's.
+    fn passed_on(ratio: f64, parent: Option<&str>) -> Option<String> {
+        use tracing_subscriber::layer::SubscriberExt;
+        let provider = SdkTracerProvider::builder()
+            .with_sampler(sampler(ratio))
+            .build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("request");
+            set_parent(&span, parent);
+            traceparent(&span)
+        })
+    }
+
+    #[test]
+    fn sampling_follows_the_caller_and_the_ratio_decides_new_traces() {
+        let sampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        for ratio in [0.0, 1.0] {
+            // A caller's decision wins either way; the trace id is the caller's.
+            let child = passed_on(ratio, Some(sampled)).unwrap();
+            assert!(
+                child.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+                "{child}"
+            );
+            assert!(child.ends_with("-01"), "{ratio}: {child}");
+            assert!(
+                !child.contains("00f067aa0ba902b7"),
+                "a span of its own: {child}"
+            );
+            let child = passed_on(ratio, Some(unsampled)).unwrap();
+            assert!(child.ends_with("-00"), "{ratio}: {child}");
+        }
+        // A new trace: recorded at 1, not at 0 (its context still goes on, unsampled).
+        let new = passed_on(1.0, None).unwrap();
+        assert!(new.ends_with("-01") && !new.contains("4bf92f35"), "{new}");
+        assert!(passed_on(0.0, None).unwrap().ends_with("-00"));
+        // A malformed caller's traceparent starts a new trace.
+        let fresh = passed_on(1.0, Some("00-zz-01")).unwrap();
+        assert_eq!(crate::logging::trace_id(&fresh).map(str::len), Some(32));
     }
 
     #[test]

@@ -22,6 +22,19 @@ pub fn producer(kafka: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
     })
 }
 
+/// The producer of `started` attempt records, whose ack each provider call waits for
+/// (process/attempts.rs): `linger.ms = 0`, so the wait is the broker's round trip, not the
+/// hot producer's linger too.
+pub fn attempts_producer(kafka: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
+    sluice_schemas::kafka::reliable_producer(&sluice_schemas::kafka::ProducerSettings {
+        bootstrap: &kafka.bootstrap,
+        options: &kafka.options,
+        linger_ms: 0,
+        message_timeout: std::time::Duration::from_secs(30),
+        max_message_bytes: kafka.max_message_bytes,
+    })
+}
+
 pub use sluice_schemas::kafka::too_large;
 
 pub use sluice_schemas::kafka::{send, Outgoing};

@@ -14,6 +14,8 @@ pub struct Processor {
     pub worker_id: String,
     pub topics: Topics,
     pub producer: FutureProducer,
+    /// For `started` attempt records only (crate::publish::attempts_producer).
+    pub attempts_producer: FutureProducer,
     pub catalogue: Catalogue,
     pub prices: PriceTable,
     pub cancellations: Cancellations,
@@ -32,6 +34,7 @@ impl Processor {
     pub fn new(
         config: &Config,
         producer: FutureProducer,
+        attempts_producer: FutureProducer,
         http: reqwest::Client,
         cancellations: Cancellations,
         shutdown: CancellationToken,
@@ -40,6 +43,7 @@ impl Processor {
             worker_id: config.worker.id.clone(),
             topics: Topics::new(config.kafka.topic_prefix.clone()),
             producer,
+            attempts_producer,
             catalogue: Catalogue::new(config, &http),
             prices: PriceTable::new(&config.prices),
             default_completion_tokens: config.scheduling.default_completion_tokens,

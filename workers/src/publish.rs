@@ -12,24 +12,22 @@ pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
 }
 
 pub fn producer(kafka: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
-    sluice_schemas::kafka::reliable_producer(&sluice_schemas::kafka::ProducerSettings {
-        bootstrap: &kafka.bootstrap,
-        options: &kafka.options,
-        // Replies go to waiting sync callers: send at once.
-        linger_ms: 1,
-        message_timeout: std::time::Duration::from_secs(30),
-        max_message_bytes: kafka.max_message_bytes,
-    })
+    // Replies go to waiting sync callers: send at once.
+    reliable(kafka, 1)
 }
 
 /// The producer of `started` attempt records, whose ack each provider call waits for
 /// (process/attempts.rs): `linger.ms = 0`, so the wait is the broker's round trip, not the
 /// hot producer's linger too.
 pub fn attempts_producer(kafka: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
+    reliable(kafka, 0)
+}
+
+fn reliable(kafka: &KafkaConfig, linger_ms: u32) -> Result<FutureProducer, KafkaError> {
     sluice_schemas::kafka::reliable_producer(&sluice_schemas::kafka::ProducerSettings {
         bootstrap: &kafka.bootstrap,
         options: &kafka.options,
-        linger_ms: 0,
+        linger_ms,
         message_timeout: std::time::Duration::from_secs(30),
         max_message_bytes: kafka.max_message_bytes,
     })

@@ -17,6 +17,6 @@ mod fuzz;
 
 pub(crate) use audit::{event as audit_event, of_caller, AuditSink};
 pub(crate) use lines::{validate_line, Line};
-pub(crate) use publish::publish;
+pub(crate) use publish::{publish, publish_traced};
 pub(crate) use routing::Routing;
-pub(crate) use validate::{checked, Accepted, Dialect, Mode};
+pub(crate) use validate::{checked, Dialect, Mode};

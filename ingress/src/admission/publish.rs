@@ -2,6 +2,7 @@
 //! `accepted` audit event, both acked by Kafka before the caller hears "accepted".
 
 use sluice_schemas::{encode, now_ms, AuditAction, Request};
+use tracing::Instrument;
 
 use super::audit;
 use super::validate::Accepted;
@@ -54,6 +55,30 @@ pub(crate) async fn publish(app: &AppState, accepted: &Accepted) -> Result<(), A
         tracing::error!(request_id = %r.request_id, %error, "audit event not written");
     }
     Ok(())
+}
+
+/// Publishes the record under a `produce` span (`otel.kind = producer`), which the record
+/// names as its `traceparent`: the worker's spans are its children. Without tracing the
+/// record keeps the caller's `traceparent`, passed on as it came.
+pub(crate) async fn publish_traced(
+    app: &AppState,
+    accepted: &mut Accepted,
+) -> Result<(), ApiError> {
+    let span = tracing::info_span!(
+        "produce",
+        otel.kind = "producer",
+        priority = accepted.record.priority.as_str(),
+        messaging.system = "kafka",
+        otel.status_code = tracing::field::Empty,
+    );
+    if let Some(traceparent) = sluice_schemas::trace::traceparent(&span) {
+        accepted.record.traceparent = Some(traceparent);
+    }
+    let published = publish(app, accepted).instrument(span.clone()).await;
+    if published.is_err() {
+        span.record("otel.status_code", "ERROR");
+    }
+    published
 }
 
 /// Reserves `r`'s worst-case cost under every budget of its team and key, or refuses it

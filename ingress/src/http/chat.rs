@@ -12,7 +12,7 @@ use axum::response::Response;
 use sluice_schemas::{now_ms, AuditAction};
 use tracing::Instrument;
 
-use crate::admission::{audit_event, checked, of_caller, publish, Accepted, Dialect, Mode};
+use crate::admission::{audit_event, checked, of_caller, publish_traced, Dialect, Mode};
 use crate::error::ApiError;
 use crate::guard::Output;
 use crate::keys::Caller;
@@ -46,9 +46,15 @@ pub(crate) async fn sync_call(
     };
     let span = request_span(&headers, &caller, route);
     let response = async move {
-        let admitted = admit(&app, &caller, &headers, body, Mode::Sync, dialect)
-            .instrument(tracing::info_span!("admission"))
-            .await;
+        let admitted = async {
+            let accepted = checked(&app, &caller, &headers, body, Mode::Sync, dialect).await?;
+            accepted
+                .policy
+                .moderate_input(&accepted.moderation_input)
+                .await?;
+            Ok::<_, ApiError>(accepted)
+        };
+        let admitted = admitted.instrument(tracing::info_span!("admission")).await;
         let mut accepted = match admitted {
             Ok(a) => a,
             Err(e) => return reject(&app, &caller, e, dialect),
@@ -126,47 +132,6 @@ pub(crate) fn request_span(headers: &HeaderMap, caller: &Caller, route: &str) ->
     let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
     sluice_schemas::trace::set_parent(&span, traceparent);
     span
-}
-
-/// Validates and moderates a request.
-async fn admit(
-    app: &Arc<AppState>,
-    caller: &Caller,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-    mode: Mode,
-    dialect: Dialect,
-) -> Result<Accepted, ApiError> {
-    let accepted = checked(app, caller, headers, body, mode, dialect).await?;
-    accepted
-        .policy
-        .moderate_input(&accepted.moderation_input)
-        .await?;
-    Ok(accepted)
-}
-
-/// Publishes the record under a `produce` span (`otel.kind = producer`), which the record
-/// names as its `traceparent`: the worker's spans are its children. Without tracing the
-/// record keeps the caller's `traceparent`, passed on as it came.
-pub(crate) async fn publish_traced(
-    app: &AppState,
-    accepted: &mut Accepted,
-) -> Result<(), ApiError> {
-    let span = tracing::info_span!(
-        "produce",
-        otel.kind = "producer",
-        priority = accepted.record.priority.as_str(),
-        messaging.system = "kafka",
-        otel.status_code = tracing::field::Empty,
-    );
-    if let Some(traceparent) = sluice_schemas::trace::traceparent(&span) {
-        accepted.record.traceparent = Some(traceparent);
-    }
-    let published = publish(app, accepted).instrument(span.clone()).await;
-    if published.is_err() {
-        span.record("otel.status_code", "ERROR");
-    }
-    published
 }
 
 /// Answers a request refused before it was accepted, and records the rejection for audit

@@ -13,8 +13,8 @@ use sluice_schemas::Audit;
 
 use tracing::Instrument;
 
-use super::chat::{ended, publish_traced, reject, request_span};
-use crate::admission::{checked, of_caller, Dialect, Mode};
+use super::chat::{ended, reject, request_span};
+use crate::admission::{checked, of_caller, publish_traced, Dialect, Mode};
 use crate::error::ApiError;
 use crate::keys::Caller;
 use crate::state::AppState;

@@ -186,6 +186,15 @@ pub fn set_parent(span: &tracing::Span, traceparent: Option<&str>) {
     }
 }
 
+/// `traceparent` if it is well formed (trimmed), else None: what may go on as a Kafka header.
+/// Without tracing a record holds the caller's header as sent, which may be anything up to
+/// the listener's header limit.
+pub fn well_formed(traceparent: Option<&str>) -> Option<&str> {
+    traceparent
+        .map(str::trim)
+        .filter(|t| crate::logging::trace_id(t).is_some())
+}
+
 /// The context of a valid W3C `traceparent`.
 fn remote(traceparent: &str) -> Option<Context> {
     let carrier = HashMap::from([("traceparent".to_string(), traceparent.trim().to_string())]);
@@ -367,6 +376,18 @@ mod tests {
         // A malformed caller's traceparent starts a new trace.
         let fresh = passed_on(1.0, Some("00-zz-01")).unwrap();
         assert_eq!(crate::logging::trace_id(&fresh).map(str::len), Some(32));
+    }
+
+    #[test]
+    fn only_well_formed_traceparents_go_on() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(well_formed(Some(good)), Some(good));
+        assert_eq!(well_formed(Some(&format!(" {good} "))), Some(good));
+        let huge = format!("{good}{}", "x".repeat(60_000));
+        for bad in ["", "garbage", huge.as_str()] {
+            assert_eq!(well_formed(Some(bad)), None);
+        }
+        assert_eq!(well_formed(None), None);
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub(crate) async fn publish(app: &AppState, accepted: &Accepted) -> Result<(), A
             &r.team,
             &payload,
             Some(partition),
-            r.traceparent.as_deref()
+            sluice_schemas::trace::well_formed(r.traceparent.as_deref())
         ),
         app.audits.send(&accepted_event),
     );

@@ -33,6 +33,43 @@ use sluice_tests::mock::Behaviour;
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// A caller's `traceparent` with tracing off: a well-formed one reaches the provider as sent;
+/// an 8 KB junk one is no error and goes nowhere (not to the provider; nor, by
+/// sluice_schemas::trace::well_formed, onto a Kafka header).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_callers_traceparent_goes_on_only_when_well_formed() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let junk = format!("00-{}", "z".repeat(8_000));
+    for (header, text) in [(good, "traced call"), (junk.as_str(), "junk traceparent")] {
+        let (status, body) = json_answer(
+            stack
+                .http
+                .post(format!("{}/v1/chat/completions", stack.base))
+                .bearer_auth(KEY_A)
+                .header("traceparent", header)
+                .json(&chat(text)),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let calls = stack.mock.calls();
+    let sent = |text: &str| {
+        let call = calls
+            .iter()
+            .find(|c| {
+                c.body
+                    .as_ref()
+                    .is_some_and(|b| b.to_string().contains(text))
+            })
+            .expect("the call reached the provider");
+        call.header("traceparent").map(str::to_string)
+    };
+    assert_eq!(sent("traced call").as_deref(), Some(good));
+    assert_eq!(sent("junk traceparent"), None);
+    stack.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sync_call_returns_the_provider_answer_and_bills_what_it_reported() {
     let stack = Stack::start(StackOptions::default()).await;

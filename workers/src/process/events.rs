@@ -136,7 +136,7 @@ impl Processor {
             shrunk = true;
         }
         let traceparent = result.traceparent.clone();
-        let traceparent = traceparent.as_deref();
+        let traceparent = sluice_schemas::trace::well_formed(traceparent.as_deref());
         let Encoded {
             result: mut result_bytes,
             usage: mut usage_bytes,

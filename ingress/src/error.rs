@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use rdkafka::error::KafkaError;
+use sluice_dialect::anthropic::RequestError;
 use sluice_schemas::openai::ErrorBody;
 use sluice_schemas::CodecError;
 use thiserror::Error;
@@ -435,6 +436,43 @@ impl ApiError {
             body = body.with_param(&refused.param);
         }
         body
+    }
+}
+
+/// An Anthropic body that does not parse or translate is refused as any invalid body is.
+impl From<RequestError> for ApiError {
+    fn from(e: RequestError) -> ApiError {
+        match e {
+            RequestError::InvalidJson(e) => ApiError::InvalidJson(e),
+            RequestError::InvalidParam { param, problem } => {
+                ApiError::InvalidParam { param, problem }
+            }
+        }
+    }
+}
+
+impl ApiError {
+    /// The error in Anthropic's shape (`/v1/messages` and its batches), with the status and
+    /// headers it has on the OpenAI endpoints.
+    pub fn into_anthropic_response(self) -> Response {
+        let status = self.status();
+        let message = self.to_string();
+        // The OpenAI rendering logs server errors and sets Retry-After; keep both.
+        let openai = self.into_response();
+        let mut response = (
+            status,
+            axum::Json(sluice_dialect::anthropic::error::for_status(
+                status.as_u16(),
+                &message,
+            )),
+        )
+            .into_response();
+        for name in [header::RETRY_AFTER.as_str(), "x-should-retry"] {
+            if let Some(v) = openai.headers().get(name) {
+                response.headers_mut().insert(name, v.clone());
+            }
+        }
+        response
     }
 }
 

@@ -13,6 +13,8 @@ pub mod config;
 mod cpu;
 pub mod demo;
 mod error;
+#[cfg(test)]
+mod fuzz;
 pub mod guard;
 mod http;
 mod kafka;
@@ -35,8 +37,6 @@ pub use config::Config;
 pub use keys::auth;
 // `crate::ApiError`: the path batch/ still uses.
 pub(crate) use error::ApiError;
-// `crate::anthropic`: the path batch/ and admission use until translation is in dialect/.
-pub(crate) use http::anthropic;
 // `crate::tokens`: the path guard's tests use.
 #[cfg(test)]
 use admission::tokens;

@@ -101,3 +101,51 @@ impl AppState {
         self
     }
 }
+
+impl crate::admission::Handles for AppState {
+    fn config(&self) -> &Config {
+        &self.config
+    }
+    fn keys(&self) -> &KeyStore {
+        &self.keys
+    }
+    fn models(&self) -> &HashMap<String, Tokenizer> {
+        &self.models
+    }
+    fn guard(&self) -> &Guard {
+        &self.guard
+    }
+    fn budgets(&self) -> &crate::budget::Budgets {
+        &self.budgets
+    }
+    fn webhooks(&self) -> &crate::webhooks::Webhooks {
+        &self.webhooks
+    }
+    fn audits(&self) -> &crate::admission::AuditSink {
+        &self.audits
+    }
+    fn routing(&self) -> &Routing {
+        &self.routing
+    }
+    fn topics(&self) -> &Topics {
+        &self.topics
+    }
+    fn reply_to(&self) -> &ReplyTo {
+        &self.reply_to
+    }
+    fn producer(&self) -> &FutureProducer {
+        &self.producer
+    }
+}
+
+impl crate::batch::Handles for AppState {
+    fn batches_store(&self) -> &crate::batch::BatchStore {
+        &self.batches_store
+    }
+    fn batches(&self) -> &crate::batch::Batches {
+        &self.batches
+    }
+    fn store(&self) -> &ResultStore {
+        &self.store
+    }
+}

@@ -4,7 +4,7 @@
 //!
 //! JSON lines carry the event's fields and, under `span`/`spans`, the fields of the spans it
 //! happened in: `request_id` (and `trace_id` when the caller sent a W3C `traceparent`, see
-//! [`trace_id`]) where a request is handled.
+//! [`crate::trace::trace_id`]) where a request is handled.
 
 use opentelemetry_sdk::trace::SdkTracer;
 use serde::Deserialize;
@@ -99,26 +99,6 @@ where
     )
 }
 
-/// The trace id of a W3C `traceparent` (`00-<32 hex trace id>-<16 hex parent id>-<flags>`),
-/// if it is well formed and not all zeros.
-pub fn trace_id(traceparent: &str) -> Option<&str> {
-    let mut parts = traceparent.trim().split('-');
-    let (version, trace, parent, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, n: usize| {
-        s.len() == n
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
-    (hex(version, 2)
-        && version != "ff"
-        && hex(trace, 32)
-        && trace.bytes().any(|b| b != b'0')
-        && hex(parent, 16)
-        && hex(flags, 2))
-    .then_some(trace)
-}
-
 #[cfg(test)]
 mod tests {
     use std::io::Write;
@@ -158,7 +138,7 @@ mod tests {
             let span = tracing::info_span!(
                 "process",
                 request_id = "req_1",
-                trace_id = trace_id(traceparent)
+                trace_id = crate::trace::trace_id(traceparent)
             );
             let _entered = span.enter();
             tracing::info!(attempt = 2, "provider called");
@@ -186,23 +166,5 @@ mod tests {
         let json: LogConfig = serde_json::from_str(r#"{"format":"json"}"#).unwrap();
         assert_eq!(json.format, LogFormat::Json);
         assert!(serde_json::from_str::<LogConfig>(r#"{"format":"xml"}"#).is_err());
-    }
-
-    #[test]
-    fn only_well_formed_traceparents_give_a_trace_id() {
-        assert_eq!(
-            trace_id("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
-            Some("4bf92f3577b34da6a3ce929d0e0e4736")
-        );
-        for bad in [
-            "",
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6-00f067aa0ba902b7-01",
-            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "garbage",
-        ] {
-            assert_eq!(trace_id(bad), None, "{bad}");
-        }
     }
 }

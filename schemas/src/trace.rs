@@ -190,9 +190,27 @@ pub fn set_parent(span: &tracing::Span, traceparent: Option<&str>) {
 /// Without tracing a record holds the caller's header as sent, which may be anything up to
 /// the listener's header limit.
 pub fn well_formed(traceparent: Option<&str>) -> Option<&str> {
-    traceparent
-        .map(str::trim)
-        .filter(|t| crate::logging::trace_id(t).is_some())
+    traceparent.map(str::trim).filter(|t| trace_id(t).is_some())
+}
+
+/// The trace id of a W3C `traceparent` (`00-<32 hex trace id>-<16 hex parent id>-<flags>`),
+/// if it is well formed and not all zeros.
+pub fn trace_id(traceparent: &str) -> Option<&str> {
+    let mut parts = traceparent.trim().split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    (hex(version, 2)
+        && version != "ff"
+        && hex(trace, 32)
+        && trace.bytes().any(|b| b != b'0')
+        && hex(parent, 16)
+        && hex(flags, 2))
+    .then_some(trace)
 }
 
 /// The context of a valid W3C `traceparent`.
@@ -375,7 +393,7 @@ mod tests {
         assert!(passed_on(0.0, None).unwrap().ends_with("-00"));
         // A malformed caller's traceparent starts a new trace.
         let fresh = passed_on(1.0, Some("00-zz-01")).unwrap();
-        assert_eq!(crate::logging::trace_id(&fresh).map(str::len), Some(32));
+        assert_eq!(trace_id(&fresh).map(str::len), Some(32));
     }
 
     #[test]
@@ -398,5 +416,23 @@ mod tests {
             Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
         );
         assert_eq!(traceparent(&span), None);
+    }
+
+    #[test]
+    fn only_well_formed_traceparents_give_a_trace_id() {
+        assert_eq!(
+            trace_id("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        for bad in [
+            "",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "garbage",
+        ] {
+            assert_eq!(trace_id(bad), None, "{bad}");
+        }
     }
 }

@@ -29,7 +29,6 @@ const MAX_LOGIC_LINES: usize = 600;
 // Checks on the real tree
 
 #[test]
-#[ignore = "fails until the ingress circle is untied (issue 16, open): run with --include-ignored"]
 fn no_import_circle_between_the_top_level_modules_of_a_crate() {
     let mut report = String::new();
     for krate in read_crates() {
@@ -279,6 +278,13 @@ impl Unit {
             .iter()
             .filter_map(|(path, _, _)| path.first().cloned())
             .collect();
+        // `crate::X`, X re-exported at the root from module m, is an import of m.
+        let reexports: BTreeMap<String, String> = scanned
+            .iter()
+            .filter(|(path, _, _)| path.is_empty())
+            .flat_map(|(_, _, scan)| scan.reexports.iter().cloned())
+            .filter(|(name, module)| modules.contains(module) && !modules.contains(name))
+            .collect();
         let mut edges = Vec::new();
         let mut logic = Vec::new();
         for (path, shown, scan) in &scanned {
@@ -290,6 +296,7 @@ impl Unit {
                 continue;
             };
             for (to, line) in &scan.targets {
+                let to = reexports.get(to).unwrap_or(to);
                 if to != from && modules.contains(to) {
                     edges.push(Edge {
                         from: from.clone(),
@@ -593,6 +600,9 @@ struct Scan {
     test_mods: Vec<String>,
     /// The file starts with `#![cfg(test)]`.
     whole_file_is_test: bool,
+    /// In the crate root: `use m::...::X;` (or `as X`) re-exports, as (X, m), so that
+    /// `crate::X` elsewhere counts as an import of `m`.
+    reexports: Vec<(String, String)>,
     logic_lines: usize,
 }
 
@@ -622,6 +632,40 @@ fn cfg_test_at(t: &[(Tok, usize)], i: usize) -> Option<(usize, bool)> {
         && is_punct(t.get(j + 4), ')')
         && is_punct(t.get(j + 5), ']');
     found.then_some((j + 6 - i, inner))
+}
+
+/// The name a root `use` at `j` (after `use`) makes `crate::<name>`, and its first module:
+/// `use m::a::X;` -> (X, m), `use m::Y as Z;` -> (Z, m); groups and globs give none.
+fn root_reexport(t: &[(Tok, usize)], mut j: usize) -> Option<(String, String)> {
+    if is_ident(t.get(j), "crate") && is_sep(t.get(j + 1)) {
+        j += 2;
+    }
+    let Some((Tok::Ident(first), _)) = t.get(j) else {
+        return None;
+    };
+    let mut name = first.clone();
+    let mut k = j + 1;
+    loop {
+        match t.get(k) {
+            Some((Tok::PathSep, _)) => match t.get(k + 1) {
+                Some((Tok::Ident(next), _)) => {
+                    name = next.clone();
+                    k += 2;
+                }
+                _ => return None,
+            },
+            Some((Tok::Ident(kw), _)) if kw == "as" => match t.get(k + 1) {
+                Some((Tok::Ident(alias), _)) => {
+                    name = alias.clone();
+                    k += 2;
+                }
+                _ => return None,
+            },
+            Some((Tok::Punct(';'), _)) => break,
+            _ => return None,
+        }
+    }
+    (name != *first && name != "_").then(|| (name, first.clone()))
 }
 
 /// The first segments of the path that starts at `j` (after `crate::` or a `super::` chain
@@ -716,6 +760,9 @@ fn scan(text: &str, path: &[String]) -> Scan {
                         }
                     }
                 }
+            }
+            Tok::Ident(kw) if kw == "use" && path.is_empty() && depth == 0 && !in_test => {
+                out.reexports.extend(root_reexport(&t, i + 1));
             }
             Tok::Ident(kw) if kw == "crate" || kw == "super" => {
                 let after_sep = i > 0 && is_sep(t.get(i - 1));
@@ -851,6 +898,28 @@ fn checker_finds_a_circle_through_crate_super_and_use_groups() {
     assert!(report.contains("b -> c   src/b/inner.rs:1"), "{report}");
     assert!(report.contains("c -> a   src/c.rs:2"), "{report}");
     assert!(!report.contains("-> d"), "d is not in the circle: {report}");
+}
+
+#[test]
+fn checker_follows_a_path_through_a_root_reexport() {
+    let unit = fixture(&[
+        (
+            "lib.rs",
+            "mod a;\nmod b;\npub(crate) use b::inner::Thing as Alias;\nuse a::Other;\n",
+        ),
+        (
+            "a.rs",
+            "pub fn f() -> crate::Alias { todo!() }\npub struct Other;\n",
+        ),
+        ("b/mod.rs", "pub mod inner;\n"),
+        (
+            "b/inner.rs",
+            "pub struct Thing;\npub fn g() { crate::a::f(); }\n",
+        ),
+    ]);
+    assert_eq!(unit.components(), vec![vec!["a".to_string(), "b".into()]]);
+    let report = &unit.circles()[0];
+    assert!(report.contains("a -> b   src/a.rs:1"), "{report}");
 }
 
 #[test]

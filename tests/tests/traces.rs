@@ -286,7 +286,7 @@ async fn one_request_is_one_trace_across_the_ingress_kafka_the_worker_and_the_si
     // The second request: a trace of its own, rooted at the ingress.
     let other = sent
         .iter()
-        .find_map(|t| sluice_schemas::logging::trace_id(t).filter(|id| *id != caller_trace))
+        .find_map(|t| sluice_schemas::trace::trace_id(t).filter(|id| *id != caller_trace))
         .expect("the second request's provider call carries its own trace")
         .to_string();
     let spans = eventually(Duration::from_secs(30), || async {

@@ -7,9 +7,9 @@ use axum::http::{HeaderMap, HeaderValue};
 use sluice_schemas::{Priority, Topic};
 
 use super::validate::{validate, Accepted, Dialect, Mode, PRIORITY_HEADER};
+use super::Handles;
 use crate::error::ApiError;
 use crate::keys::Caller;
-use crate::state::AppState;
 
 /// A validated batch line, ready to publish.
 pub(crate) struct Line(Accepted);
@@ -17,7 +17,7 @@ pub(crate) struct Line(Accepted);
 /// Validates one line's request body (`dialect`: OpenAI's chat body or Anthropic's
 /// `params`). Its own `sluice.priority` cannot lift it out of the batch class.
 pub(crate) fn validate_line(
-    app: &AppState,
+    app: &impl Handles,
     caller: &Caller,
     body: Bytes,
     dialect: Dialect,
@@ -50,7 +50,7 @@ impl Line {
     }
 
     /// Publishes the line (and its `accepted` audit event); returns once Kafka acked it.
-    pub(crate) async fn publish(&self, app: &AppState) -> Result<(), ApiError> {
+    pub(crate) async fn publish(&self, app: &impl Handles) -> Result<(), ApiError> {
         super::publish(app, &self.0).await
     }
 }

@@ -6,15 +6,15 @@ use tracing::Instrument;
 
 use super::audit;
 use super::validate::Accepted;
+use super::Handles;
 use crate::error::ApiError;
 use crate::kafka::send_traced;
-use crate::state::AppState;
 
 /// Writes the request (and its audit event) to Kafka; returns once the broker acked it.
-pub(crate) async fn publish(app: &AppState, accepted: &Accepted) -> Result<(), ApiError> {
+pub(crate) async fn publish(app: &impl Handles, accepted: &Accepted) -> Result<(), ApiError> {
     let r = &accepted.record;
     let payload = encode(r).map_err(ApiError::Encode)?;
-    let limit = app.config.kafka.max_message_bytes;
+    let limit = app.config().kafka.max_message_bytes;
     if !sluice_schemas::topics::fits(limit, r.team.len(), payload.len()) {
         return Err(ApiError::MessageTooLarge {
             size: payload.len(),
@@ -25,24 +25,24 @@ pub(crate) async fn publish(app: &AppState, accepted: &Accepted) -> Result<(), A
     accepted.prompt_audit.fill(&mut accepted_event);
     // Budgets: hold the worst-case cost; other replicas learn it from the audit event.
     accepted_event.reserved_nanos = reserve_budget(app, r)?;
-    let topic = app.topics.name(&accepted.topic);
-    let partition = app.routing.partition(&accepted.topic, &r.team);
+    let topic = app.topics().name(&accepted.topic);
+    let partition = app.routing().partition(&accepted.topic, &r.team);
     let (sent, audited) = tokio::join!(
         send_traced(
-            &app.producer,
+            app.producer(),
             &topic,
             &r.team,
             &payload,
             Some(partition),
             sluice_schemas::trace::well_formed(r.traceparent.as_deref())
         ),
-        app.audits.send(&accepted_event),
+        app.audits().send(&accepted_event),
     );
     if sent.is_ok() {
-        crate::ops::enqueued(r, app.config.budget.default_completion_tokens);
+        crate::ops::enqueued(r, app.config().budget.default_completion_tokens);
     }
     if let Err(error) = sent {
-        app.budgets.release(&r.request_id);
+        app.budgets().release(&r.request_id);
         if crate::kafka::too_large(&error) {
             // The topic's own limit is smaller than ours: final, not a 503 to retry.
             return Err(ApiError::TopicRefusedSize {
@@ -61,7 +61,7 @@ pub(crate) async fn publish(app: &AppState, accepted: &Accepted) -> Result<(), A
 /// names as its `traceparent`: the worker's spans are its children. Without tracing the
 /// record keeps the caller's `traceparent`, passed on as it came.
 pub(crate) async fn publish_traced(
-    app: &AppState,
+    app: &impl Handles,
     accepted: &mut Accepted,
 ) -> Result<(), ApiError> {
     let span = tracing::info_span!(
@@ -85,12 +85,12 @@ pub(crate) async fn publish_traced(
 /// with `budget_exceeded` (and a `rejected` audit event, written in the background).
 /// Every path that publishes a request comes through here; the reservation (0 when no
 /// budget applies) goes into the `accepted` audit event.
-fn reserve_budget(app: &AppState, r: &Request) -> Result<i64, ApiError> {
-    match app.budgets.admit(r, now_ms()) {
+fn reserve_budget(app: &impl Handles, r: &Request) -> Result<i64, ApiError> {
+    match app.budgets().admit(r, now_ms()) {
         Ok(reserved) => Ok(reserved),
         Err(exceeded) => {
             let error = ApiError::from(exceeded);
-            app.audits
+            app.audits()
                 .reject(audit::event(r, AuditAction::Rejected, 0, None), &error);
             Err(error)
         }

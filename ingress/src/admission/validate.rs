@@ -11,14 +11,15 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::Value;
+use sluice_dialect::anthropic;
 use sluice_schemas::openai::ChatCompletionRequest;
 use sluice_schemas::{now_ms, Priority, Request, Topic};
 
 use super::tokens::count_prompt_tokens;
+use super::Handles;
 use crate::error::ApiError;
 use crate::guard::{Asked, Policy};
 use crate::keys::Caller;
-use crate::state::AppState;
 
 pub(crate) const PRIORITY_HEADER: &str = "x-sluice-priority";
 pub(crate) const TIMEOUT_HEADER: &str = "x-sluice-timeout-ms";
@@ -74,10 +75,18 @@ pub enum Dialect {
     Anthropic,
 }
 
+/// An Anthropic Messages request body as the internal OpenAI chat request: parsed once,
+/// then translated (`sluice_dialect::anthropic`).
+pub(crate) fn from_anthropic(body: &[u8]) -> Result<ChatCompletionRequest, ApiError> {
+    Ok(anthropic::request::to_openai(
+        anthropic::MessagesRequest::parse(body)?,
+    )?)
+}
+
 /// [`validate`], on the blocking pool for a large body (JSON parsing, guard scans and token
 /// counting of megabytes would stall the runtime: docs/security.md).
-pub(crate) async fn checked(
-    app: &Arc<AppState>,
+pub(crate) async fn checked<H: Handles>(
+    app: &Arc<H>,
     caller: &Caller,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -88,16 +97,16 @@ pub(crate) async fn checked(
         .as_ref()
         .map_or(true, |b| b.len() < crate::cpu::HEAVY_BYTES)
     {
-        return validate(app, caller, headers, body, mode, dialect);
+        return validate(&**app, caller, headers, body, mode, dialect);
     }
     let (app, caller, headers) = (Arc::clone(app), caller.clone(), headers.clone());
-    crate::cpu::offload(move || validate(&app, &caller, &headers, body, mode, dialect))
+    crate::cpu::offload(move || validate(&*app, &caller, &headers, body, mode, dialect))
         .await
         .map_err(ApiError::Internal)?
 }
 
 pub(crate) fn validate(
-    app: &AppState,
+    app: &impl Handles,
     caller: &Caller,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -107,7 +116,7 @@ pub(crate) fn validate(
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::BodyTooLarge {
-                limit: app.config.server.max_body_bytes,
+                limit: app.config().server.max_body_bytes,
             }
         } else {
             ApiError::NotJson
@@ -115,7 +124,7 @@ pub(crate) fn validate(
     })?;
     let mut request: ChatCompletionRequest = match dialect {
         Dialect::OpenAi => serde_json::from_slice(&body).map_err(ApiError::InvalidJson)?,
-        Dialect::Anthropic => crate::anthropic::to_openai(&body)?,
+        Dialect::Anthropic => from_anthropic(&body)?,
     };
     let options: SluiceOptions = match request.extra.remove("sluice") {
         Some(v) => serde_json::from_value(v).map_err(|_| ApiError::InvalidParam {
@@ -131,7 +140,7 @@ pub(crate) fn validate(
                 problem: "webhooks notify async requests; use POST /v1/requests",
             });
         }
-        app.webhooks
+        app.webhooks()
             .check_now(&caller.team, url)
             .map_err(ApiError::from)?;
     }
@@ -145,10 +154,10 @@ pub(crate) fn validate(
         return Err(ApiError::EmptyModel);
     }
     let tokenizer = *app
-        .models
+        .models()
         .get(&request.model)
         .ok_or_else(|| ApiError::UnknownModel(request.model.clone()))?;
-    app.keys.check_model(caller, &request.model)?;
+    app.keys().check_model(caller, &request.model)?;
     // With a template, the template's messages may be all there is.
     if request.messages.is_empty() && options.template.is_none() {
         return Err(ApiError::EmptyMessages);
@@ -168,8 +177,8 @@ pub(crate) fn validate(
     }
     let completion_tokens = crate::billing::bound(
         &mut request,
-        &app.config.billing,
-        app.config.budget.default_completion_tokens,
+        &app.config().billing,
+        app.config().budget.default_completion_tokens,
     )?;
     let priority = match options
         .priority
@@ -185,9 +194,9 @@ pub(crate) fn validate(
             .get(TIMEOUT_HEADER)
             .map(|v| v.to_str().unwrap_or("").to_string()),
     };
-    let max = app.config.deadlines.max_ms;
+    let max = app.config().deadlines.max_ms;
     let timeout = match timeout {
-        None => app.config.deadlines.default_for(priority),
+        None => app.config().deadlines.default_for(priority),
         Some(raw) => match raw.trim().parse::<u64>() {
             Ok(ms) if ms > 0 && Duration::from_millis(ms) <= max => Duration::from_millis(ms),
             _ => return Err(ApiError::InvalidTimeout(raw)),
@@ -196,8 +205,8 @@ pub(crate) fn validate(
     let policy_restore = matches!(mode, Mode::Sync)
         && options
             .restore
-            .unwrap_or_else(|| app.guard.policy(&caller.team).restores());
-    let prepared = app.guard.prepare(
+            .unwrap_or_else(|| app.guard().policy(&caller.team).restores());
+    let prepared = app.guard().prepare(
         &caller.team,
         &mut request.messages,
         Asked {
@@ -212,7 +221,7 @@ pub(crate) fn validate(
     let prompt_tokens = count_prompt_tokens(tokenizer, &request.messages);
     let mut attributes = options.attributes;
     let prompt_audit = crate::audit::PromptAudit::new(
-        app.config.audit.content_for(&caller.team),
+        app.config().audit.content_for(&caller.team),
         &request.messages,
         &prepared.decisions,
         &mut attributes,
@@ -225,16 +234,16 @@ pub(crate) fn validate(
     let body = serde_json::to_string(&request).map_err(ApiError::InvalidJson)?;
     // The body alone already too large for Kafka: refused before any budget or moderation
     // (the encoded record is checked exactly when it is published).
-    let limit = app.config.kafka.max_message_bytes;
+    let limit = app.config().kafka.max_message_bytes;
     if !sluice_schemas::topics::fits(limit, caller.team.len(), body.len()) {
         return Err(ApiError::MessageTooLarge {
             size: body.len(),
             limit,
         });
     }
-    let topic = app.routing.topic(&caller.team, priority);
+    let topic = app.routing().topic(&caller.team, priority);
     let reply = match mode {
-        Mode::Sync => Some(app.reply_to.clone()),
+        Mode::Sync => Some(app.reply_to().clone()),
         Mode::Async => None,
     };
     Ok(Accepted {
@@ -264,4 +273,45 @@ pub(crate) fn validate(
         webhook_url: options.webhook_url,
         prompt_audit,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn translation_errors_are_the_ingress_errors() {
+        let err = from_anthropic(br#"{"model": "m", "messages": []}"#).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ApiError::InvalidParam {
+                    param: "max_tokens",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "Invalid value for `max_tokens`: max_tokens is required: an integer of at least 1"
+        );
+        let err = from_anthropic(b"[1]").unwrap_err();
+        assert!(matches!(err, ApiError::InvalidJson(_)), "{err}");
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn a_request_is_parsed_once_into_the_openai_request() {
+        let request = from_anthropic(
+            br#"{"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}],
+                 "stream": true, "sluice": {"priority": "batch"}}"#,
+        )
+        .unwrap();
+        assert_eq!(request.model, "m");
+        assert_eq!(request.max_tokens, Some(5));
+        assert_eq!(request.stream, Some(true));
+        assert_eq!(request.messages.len(), 1);
+        assert_eq!(request.extra["sluice"]["priority"], "batch");
+    }
 }

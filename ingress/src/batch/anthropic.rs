@@ -24,9 +24,9 @@ use super::batches::{
 use super::files::{Discard, Quota, BLOCK_LINES, MAX_LINE_BYTES};
 use super::inline::{self, InlineLimits};
 use super::store::{BatchRow, FileLineRow, FileRow, JoinedLine};
+use super::Handles;
 use super::{driver, rfc3339, BatchError};
 use crate::error::ApiError;
-use crate::state::AppState;
 
 /// Anthropic's limit: 256 MB per batch (requests per batch: `[batch] max_lines_per_batch`).
 const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
@@ -45,7 +45,7 @@ impl<E: Into<BatchError>> From<E> for AnthropicError {
 impl IntoResponse for AnthropicError {
     fn into_response(self) -> Response {
         match self.0 {
-            BatchError::Api(e) => crate::anthropic::error_response(e),
+            BatchError::Api(e) => e.into_anthropic_response(),
             e => {
                 let status = e.status();
                 let retry = status.is_server_error() || status.as_u16() == 429;
@@ -62,26 +62,26 @@ impl IntoResponse for AnthropicError {
     }
 }
 
-pub async fn create(
-    State(app): State<Arc<AppState>>,
+pub async fn create<S: Handles>(
+    State(app): State<Arc<S>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, AnthropicError> {
-    let caller = app.keys.authenticate(&headers)?;
-    let _permit = app.batches.uploads.try_enter()?;
-    let limits = &app.batches.limits;
-    let open = app.batches_store.open_batches(&caller.team).await?;
+    let caller = app.keys().authenticate(&headers)?;
+    let _permit = app.batches().uploads.try_enter()?;
+    let limits = &app.batches().limits;
+    let open = app.batches_store().open_batches(&caller.team).await?;
     if open >= limits.max_open_batches_per_team {
         return Err(BatchError::TooManyOpenBatches {
             limit: limits.max_open_batches_per_team,
         }
         .into());
     }
-    let (used_bytes, used_lines) = app.batches_store.team_usage(&caller.team).await?;
+    let (used_bytes, used_lines) = app.batches_store().team_usage(&caller.team).await?;
     let quota = Quota::left(limits, used_bytes, used_lines)?;
     let file_id = format!("file-{}", uuid::Uuid::now_v7().simple());
     // Lines stored so far are removed if the request fails or is abandoned midway.
-    let mut discard = Discard::new(&app.batches_store, &file_id);
+    let mut discard = Discard::new(app.batches_store(), &file_id);
     let inline = InlineLimits {
         max_body_bytes: (MAX_BODY_BYTES as u64).min(quota.bytes),
         max_request_bytes: MAX_LINE_BYTES,
@@ -95,7 +95,7 @@ pub async fn create(
     let parser = tokio::task::spawn_blocking(move || {
         inline::parse(inline::ChunkReader::new(chunks_rx), inline, blocks_tx)
     });
-    let expires_at = app.batches_store.expires_at();
+    let expires_at = app.batches_store().expires_at();
     let mut line_no = 0u32;
     while let Some(block) = blocks_rx.recv().await {
         let rows: Vec<FileLineRow> = block
@@ -112,7 +112,7 @@ pub async fn create(
             })
             .collect();
         discard.arm();
-        app.batches_store
+        app.batches_store()
             .insert(PrivateTable::BatchFileLines, &rows)
             .await?;
     }
@@ -133,7 +133,7 @@ pub async fn create(
     if parsed.bytes > quota.bytes {
         return Err(quota.bytes_exceeded().into());
     }
-    let webhook_url = check_webhook(&app, &caller.team, parsed.sluice.as_ref()).await?;
+    let webhook_url = check_webhook(&*app, &caller.team, parsed.sluice.as_ref()).await?;
     let total = parsed.requests;
     let file = FileRow {
         file_id: file_id.clone(),
@@ -145,7 +145,7 @@ pub async fn create(
         created_at_ms: now_ms().max(0) as u64,
         expires_at,
     };
-    app.batches_store
+    app.batches_store()
         .insert(PrivateTable::BatchFiles, &[file])
         .await?;
     let row = new_batch(
@@ -160,14 +160,14 @@ pub async fn create(
         "{}".into(),
         webhook_url,
     );
-    app.batches_store
+    app.batches_store()
         .insert(PrivateTable::Batches, std::slice::from_ref(&row))
         .await?;
     discard.keep();
     tracing::info!(batch_id = %row.batch_id, team = %row.team, lines = total, "message batch created");
     driver::spawn(Arc::clone(&app), row.clone());
-    let view = view(&app, &row).await?;
-    Ok(Json(with_url(&app, batch_object(&row, &view), &headers, &row)).into_response())
+    let view = view(&*app, &row).await?;
+    Ok(Json(with_url(&*app, batch_object(&row, &view), &headers, &row)).into_response())
 }
 
 /// Feeds the body's chunks to the parser until it ends, fails, or the parser stops
@@ -229,9 +229,9 @@ pub(crate) fn batch_object(row: &BatchRow, view: &View) -> Value {
 
 /// `results_url` once the batch ended, absolute as Anthropic gives it, with the scheme and
 /// host the caller used (`crate::public_url`).
-fn with_url(app: &AppState, mut object: Value, headers: &HeaderMap, row: &BatchRow) -> Value {
+fn with_url(app: &impl Handles, mut object: Value, headers: &HeaderMap, row: &BatchRow) -> Value {
     if object["processing_status"] == "ended" {
-        let base = crate::public_url::base_url(&app.config.server, headers);
+        let base = crate::public_url::base_url(&app.config().server, headers);
         object["results_url"] = json!(format!(
             "{base}/v1/messages/batches/{}/results",
             row.batch_id
@@ -240,65 +240,69 @@ fn with_url(app: &AppState, mut object: Value, headers: &HeaderMap, row: &BatchR
     object
 }
 
-async fn find(app: &AppState, headers: &HeaderMap, id: &str) -> Result<BatchRow, AnthropicError> {
-    let caller = app.keys.authenticate(headers)?;
+async fn find(
+    app: &impl Handles,
+    headers: &HeaderMap,
+    id: &str,
+) -> Result<BatchRow, AnthropicError> {
+    let caller = app.keys().authenticate(headers)?;
     Ok(app
-        .batches_store
+        .batches_store()
         .batch(id, &caller.team)
         .await?
         .filter(|b| b.dialect == "anthropic")
         .ok_or_else(|| BatchError::BatchNotFound(id.to_string()))?)
 }
 
-pub async fn retrieve(
-    State(app): State<Arc<AppState>>,
+pub async fn retrieve<S: Handles>(
+    State(app): State<Arc<S>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, AnthropicError> {
-    let row = find(&app, &headers, &id).await?;
-    let view = view(&app, &row).await?;
-    Ok(Json(with_url(&app, batch_object(&row, &view), &headers, &row)).into_response())
+    let row = find(&*app, &headers, &id).await?;
+    let view = view(&*app, &row).await?;
+    Ok(Json(with_url(&*app, batch_object(&row, &view), &headers, &row)).into_response())
 }
 
 /// `DELETE /v1/messages/batches/{id}`: an ended batch of the caller's team, with its
 /// stored requests (which count against the team's file quota until then).
-pub async fn delete(
-    State(app): State<Arc<AppState>>,
+pub async fn delete<S: Handles>(
+    State(app): State<Arc<S>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, AnthropicError> {
-    let row = find(&app, &headers, &id).await?;
-    if !view(&app, &row).await?.ended() {
+    let row = find(&*app, &headers, &id).await?;
+    if !view(&*app, &row).await?.ended() {
         return Err(BatchError::NotEnded(id).into());
     }
-    app.batches_store.delete_batch(&row).await?;
+    app.batches_store().delete_batch(&row).await?;
     if let Some(file) = app
-        .batches_store
+        .batches_store()
         .file(&row.input_file_id, &row.team)
         .await?
     {
-        app.batches_store.delete_file(&file).await?;
+        app.batches_store().delete_file(&file).await?;
     }
     tracing::info!(batch_id = %row.batch_id, "message batch deleted");
     Ok(Json(json!({"id": id, "type": "message_batch_deleted"})).into_response())
 }
 
-pub async fn list(
-    State(app): State<Arc<AppState>>,
+pub async fn list<S: Handles>(
+    State(app): State<Arc<S>>,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, AnthropicError> {
-    let caller = app.keys.authenticate(&headers)?;
+    let caller = app.keys().authenticate(&headers)?;
     let (limit, after) = page(&query)?;
     let rows = app
-        .batches_store
+        .batches_store()
         .list(&caller.team, "anthropic", after.as_deref(), limit + 1)
         .await?;
     let has_more = rows.len() as u64 > limit;
     let mut data = Vec::new();
     for row in rows.iter().take(limit as usize) {
-        let view = view(&app, row).await?;
-        data.push(with_url(&app, batch_object(row, &view), &headers, row));
+        let view = view(&*app, row).await?;
+        data.push(with_url(&*app, batch_object(row, &view), &headers, row));
     }
     Ok(Json(json!({
         "data": data,
@@ -309,24 +313,24 @@ pub async fn list(
     .into_response())
 }
 
-pub async fn cancel(
-    State(app): State<Arc<AppState>>,
+pub async fn cancel<S: Handles>(
+    State(app): State<Arc<S>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, AnthropicError> {
-    let row = find(&app, &headers, &id).await?;
-    let view = request_cancel(&app, &row).await?;
-    Ok(Json(with_url(&app, batch_object(&row, &view), &headers, &row)).into_response())
+    let row = find(&*app, &headers, &id).await?;
+    let view = request_cancel(&*app, &row).await?;
+    Ok(Json(with_url(&*app, batch_object(&row, &view), &headers, &row)).into_response())
 }
 
-pub async fn results(
-    State(app): State<Arc<AppState>>,
+pub async fn results<S: Handles>(
+    State(app): State<Arc<S>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, AnthropicError> {
-    let caller = app.keys.authenticate(&headers)?;
-    let row = find(&app, &headers, &id).await?;
-    let cursor = app.batches_store.joined(&row.batch_id)?;
+    let caller = app.keys().authenticate(&headers)?;
+    let row = find(&*app, &headers, &id).await?;
+    let cursor = app.batches_store().joined(&row.batch_id)?;
     let mut response = super::files::output_body(
         Arc::clone(&app),
         caller,

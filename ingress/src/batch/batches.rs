@@ -16,9 +16,9 @@ use sluice_schemas::tables::PrivateTable;
 use sluice_schemas::{encode, now_ms, Cancel, Topic};
 
 use super::store::{BatchRow, FileRow, JoinedLine, Progress};
+use super::Handles;
 use super::{driver, next_version, BatchError};
 use crate::auth::Caller;
-use crate::state::AppState;
 
 /// The one endpoint Sluice batches serve (OpenAI's other batch endpoints are embeddings,
 /// responses and completions).
@@ -73,7 +73,7 @@ pub(crate) fn parse_window(window: &str) -> Option<Duration> {
 /// The batch's webhook URL ("" for none), refused with a 400 naming `sluice.webhook_url`
 /// if the team has no signing secret or the destination is not allowed.
 pub(crate) async fn check_webhook(
-    app: &AppState,
+    app: &impl Handles,
     team: &str,
     options: Option<&BatchOptions>,
 ) -> Result<String, BatchError> {
@@ -81,7 +81,7 @@ pub(crate) async fn check_webhook(
         .and_then(|o| o.webhook_url.clone())
         .unwrap_or_default();
     if !url.is_empty() {
-        app.webhooks
+        app.webhooks()
             .check(team, &url)
             .await
             .map_err(|e| BatchError::InvalidParam {
@@ -92,12 +92,12 @@ pub(crate) async fn check_webhook(
     Ok(url)
 }
 
-pub async fn create(
-    State(app): State<Arc<AppState>>,
+pub async fn create<S: Handles>(
+    State(app): State<Arc<S>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, BatchError> {
-    let caller = app.keys.authenticate(&headers)?;
+    let caller = app.keys().authenticate(&headers)?;
     let request: CreateBatch = serde_json::from_slice(&body).map_err(BatchError::InvalidJson)?;
     if request.endpoint != CHAT_ENDPOINT {
         return Err(BatchError::InvalidParam {
@@ -116,13 +116,13 @@ pub async fn create(
                 request.completion_window
             ),
         })?;
-    let webhook_url = check_webhook(&app, &caller.team, request.sluice.as_ref()).await?;
+    let webhook_url = check_webhook(&*app, &caller.team, request.sluice.as_ref()).await?;
     let file = app
-        .batches_store
+        .batches_store()
         .file(&request.input_file_id, &caller.team)
         .await?
         .ok_or_else(|| BatchError::FileNotFound(request.input_file_id.clone()))?;
-    check_caps(&app, &caller, &file).await?;
+    check_caps(&*app, &caller, &file).await?;
     let metadata = Value::Object(request.metadata.unwrap_or_default()).to_string();
     let row = new_batch(
         &caller,
@@ -136,7 +136,7 @@ pub async fn create(
         metadata,
         webhook_url,
     );
-    app.batches_store
+    app.batches_store()
         .insert(PrivateTable::Batches, std::slice::from_ref(&row))
         .await?;
     tracing::info!(batch_id = %row.batch_id, team = %row.team, lines = row.total_lines, "batch created");
@@ -146,22 +146,22 @@ pub async fn create(
 
 /// The `[batch]` caps a new batch must fit: lines per batch, batches per file, open
 /// batches per team.
-async fn check_caps(app: &AppState, caller: &Caller, file: &FileRow) -> Result<(), BatchError> {
-    let limits = &app.batches.limits;
+async fn check_caps(app: &impl Handles, caller: &Caller, file: &FileRow) -> Result<(), BatchError> {
+    let limits = &app.batches().limits;
     if file.lines > limits.max_lines_per_batch {
         return Err(BatchError::TooManyLines {
             param: "input_file_id",
             limit: limits.max_lines_per_batch,
         });
     }
-    let (of_file, _) = app.batches_store.batches_of_file(&file.file_id).await?;
+    let (of_file, _) = app.batches_store().batches_of_file(&file.file_id).await?;
     if of_file >= limits.max_batches_per_file {
         return Err(BatchError::TooManyBatchesForFile {
             file_id: file.file_id.clone(),
             limit: limits.max_batches_per_file,
         });
     }
-    if app.batches_store.open_batches(&caller.team).await? >= limits.max_open_batches_per_team {
+    if app.batches_store().open_batches(&caller.team).await? >= limits.max_open_batches_per_team {
         return Err(BatchError::TooManyOpenBatches {
             limit: limits.max_open_batches_per_team,
         });
@@ -246,7 +246,7 @@ impl View {
     }
 }
 
-pub(crate) async fn view(app: &AppState, row: &BatchRow) -> Result<View, BatchError> {
+pub(crate) async fn view(app: &impl Handles, row: &BatchRow) -> Result<View, BatchError> {
     if row.status == "failed" {
         return Ok(View {
             ended_at_ms: row.published_at_ms,
@@ -254,8 +254,8 @@ pub(crate) async fn view(app: &AppState, row: &BatchRow) -> Result<View, BatchEr
         });
     }
     let (progress, cancelled_at_ms) = tokio::try_join!(
-        app.batches_store.progress(&row.batch_id),
-        app.batches_store.cancelled_at(&row.batch_id),
+        app.batches_store().progress(&row.batch_id),
+        app.batches_store().cancelled_at(&row.batch_id),
     )?;
     let now = now_ms().max(0) as u64;
     let published = row.published_at_ms > 0;
@@ -339,22 +339,22 @@ pub(crate) fn batch_object(row: &BatchRow, view: &View) -> Value {
     })
 }
 
-async fn find(app: &AppState, caller: &Caller, id: &str) -> Result<BatchRow, BatchError> {
-    app.batches_store
+async fn find(app: &impl Handles, caller: &Caller, id: &str) -> Result<BatchRow, BatchError> {
+    app.batches_store()
         .batch(id, &caller.team)
         .await?
         .filter(|b| b.dialect == "openai")
         .ok_or_else(|| BatchError::BatchNotFound(id.to_string()))
 }
 
-pub async fn retrieve(
-    State(app): State<Arc<AppState>>,
+pub async fn retrieve<S: Handles>(
+    State(app): State<Arc<S>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, BatchError> {
-    let caller = app.keys.authenticate(&headers)?;
-    let row = find(&app, &caller, &id).await?;
-    let view = view(&app, &row).await?;
+    let caller = app.keys().authenticate(&headers)?;
+    let row = find(&*app, &caller, &id).await?;
+    let view = view(&*app, &row).await?;
     Ok(Json(batch_object(&row, &view)).into_response())
 }
 
@@ -378,21 +378,21 @@ pub(crate) fn page(query: &HashMap<String, String>) -> Result<(u64, Option<Strin
     Ok((limit, after))
 }
 
-pub async fn list(
-    State(app): State<Arc<AppState>>,
+pub async fn list<S: Handles>(
+    State(app): State<Arc<S>>,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, BatchError> {
-    let caller = app.keys.authenticate(&headers)?;
+    let caller = app.keys().authenticate(&headers)?;
     let (limit, after) = page(&query)?;
     let rows = app
-        .batches_store
+        .batches_store()
         .list(&caller.team, "openai", after.as_deref(), limit + 1)
         .await?;
     let has_more = rows.len() as u64 > limit;
     let mut data = Vec::new();
     for row in rows.iter().take(limit as usize) {
-        let view = view(&app, row).await?;
+        let view = view(&*app, row).await?;
         data.push(batch_object(row, &view));
     }
     Ok(Json(json!({
@@ -405,20 +405,20 @@ pub async fn list(
     .into_response())
 }
 
-pub async fn cancel(
-    State(app): State<Arc<AppState>>,
+pub async fn cancel<S: Handles>(
+    State(app): State<Arc<S>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, BatchError> {
-    let caller = app.keys.authenticate(&headers)?;
-    let row = find(&app, &caller, &id).await?;
-    let view = request_cancel(&app, &row).await?;
+    let caller = app.keys().authenticate(&headers)?;
+    let row = find(&*app, &caller, &id).await?;
+    let view = request_cancel(&*app, &row).await?;
     Ok(Json(batch_object(&row, &view)).into_response())
 }
 
 /// Records the cancellation, stops this replica's driver at its next block, and tells the
 /// workers to skip the batch's lines they have not started.
-pub(crate) async fn request_cancel(app: &AppState, row: &BatchRow) -> Result<View, BatchError> {
+pub(crate) async fn request_cancel(app: &impl Handles, row: &BatchRow) -> Result<View, BatchError> {
     let current = view(app, row).await?;
     if current.ended() {
         return Err(BatchError::NotCancellable(current.status.to_string()));
@@ -427,8 +427,8 @@ pub(crate) async fn request_cancel(app: &AppState, row: &BatchRow) -> Result<Vie
         return Ok(current);
     }
     let at = now_ms();
-    app.batches.mark_cancelled(&row.batch_id);
-    app.batches_store
+    app.batches().mark_cancelled(&row.batch_id);
+    app.batches_store()
         .insert(
             PrivateTable::BatchCancels,
             &[super::store::CancelRow {
@@ -445,8 +445,8 @@ pub(crate) async fn request_cancel(app: &AppState, row: &BatchRow) -> Result<Vie
         occurred_at_ms: at,
     };
     let payload = encode(&cancel).map_err(|e| BatchError::Api(crate::ApiError::Encode(e)))?;
-    let topic = app.topics.name(&Topic::Cancels);
-    crate::kafka::send(&app.producer, &topic, &row.team, &payload, None)
+    let topic = app.topics().name(&Topic::Cancels);
+    crate::kafka::send(app.producer(), &topic, &row.team, &payload, None)
         .await
         .map_err(BatchError::Queue)?;
     tracing::info!(batch_id = %row.batch_id, "batch cancelling");

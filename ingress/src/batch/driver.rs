@@ -27,32 +27,32 @@ use sluice_schemas::tables::PrivateTable;
 
 use super::batches::{batch_object, view};
 use super::store::{BatchRow, LineRow};
+use super::Handles;
 use super::{line_request_id, next_version, BatchError};
 use crate::admission::{validate_line, Dialect, Line};
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::state::AppState;
 
 /// Lines per block: published concurrently, then checkpointed.
 const BLOCK: usize = 2_000;
 
 /// Starts the driver of a batch on this replica (unless one already runs here).
-pub fn spawn(app: Arc<AppState>, row: BatchRow) {
-    if !app.batches.claim(&row.batch_id) {
+pub fn spawn(app: Arc<impl Handles>, row: BatchRow) {
+    if !app.batches().claim(&row.batch_id) {
         return;
     }
     tokio::spawn(async move {
         let batch_id = row.batch_id.clone();
-        run(&app, row).await;
-        app.batches.release(&batch_id);
+        run(&*app, row).await;
+        app.batches().release(&batch_id);
     });
 }
 
 /// Resumes, in the background, every batch whose driver did not finish (an ingress that
 /// stopped mid-batch). Tables may not exist yet on a fresh deployment: then nothing to do.
-pub fn resume_all(app: Arc<AppState>) {
+pub fn resume_all(app: Arc<impl Handles>) {
     tokio::spawn(async move {
-        match app.batches_store.unfinished().await {
+        match app.batches_store().unfinished().await {
             Ok(rows) => {
                 for row in rows {
                     tracing::info!(batch_id = %row.batch_id, lines_done = row.lines_done, "resuming batch");
@@ -64,7 +64,7 @@ pub fn resume_all(app: Arc<AppState>) {
     });
 }
 
-async fn run(app: &AppState, row: BatchRow) {
+async fn run(app: &impl Handles, row: BatchRow) {
     let batch_id = row.batch_id.clone();
     // Each try resumes from the checkpoint the last one left in `row`.
     let (row, driven) = (|mut row: BatchRow| async move {
@@ -76,7 +76,7 @@ async fn run(app: &AppState, row: BatchRow) {
         Duration::from_secs(10),
     ))
     .context(row)
-    .when(|_| !app.batches.shutting_down())
+    .when(|_| !app.batches().shutting_down())
     .notify(|error, _| {
         tracing::warn!(batch_id = %batch_id, error = ?error, "batch driver interrupted; retrying from its checkpoint");
     })
@@ -90,16 +90,17 @@ async fn run(app: &AppState, row: BatchRow) {
     }
 }
 
-async fn checkpoint(app: &AppState, row: &mut BatchRow) -> Result<(), BatchError> {
+async fn checkpoint(app: &impl Handles, row: &mut BatchRow) -> Result<(), BatchError> {
     row.version = next_version();
-    app.batches_store
+    app.batches_store()
         .insert(PrivateTable::Batches, std::slice::from_ref(row))
         .await?;
     Ok(())
 }
 
-async fn cancelled(app: &AppState, batch_id: &str) -> Result<bool, BatchError> {
-    Ok(app.batches.is_cancelled(batch_id) || app.batches_store.cancelled_at(batch_id).await? > 0)
+async fn cancelled(app: &impl Handles, batch_id: &str) -> Result<bool, BatchError> {
+    Ok(app.batches().is_cancelled(batch_id)
+        || app.batches_store().cancelled_at(batch_id).await? > 0)
 }
 
 /// A line read from the input file, before the block-wide checks.
@@ -196,7 +197,7 @@ fn parse(row: &BatchRow, line_no: u32, line: &str) -> Read {
 /// Marks the lines whose custom_id an earlier line used: earlier in the block (a set of
 /// at most one block), or before the block (one ClickHouse query for the block's ids).
 async fn mark_duplicates(
-    app: &AppState,
+    app: &impl Handles,
     row: &BatchRow,
     block_start: u32,
     reads: &mut [Read],
@@ -209,7 +210,7 @@ async fn mark_duplicates(
         })
         .collect();
     let earlier: HashSet<String> = app
-        .batches_store
+        .batches_store()
         .used_custom_ids(&row.batch_id, block_start, &ids)
         .await?
         .into_iter()
@@ -232,7 +233,7 @@ async fn mark_duplicates(
 /// A well-formed, unique line validated like an async request: its record, and the
 /// request to publish if it passed.
 fn examine(
-    app: &AppState,
+    app: &impl Handles,
     caller: &Caller,
     row: &BatchRow,
     mut record: LineRow,
@@ -284,7 +285,7 @@ fn reject(record: &mut LineRow, error: &ApiError) {
     record.request_id.clear();
 }
 
-async fn drive(app: &AppState, row: &mut BatchRow) -> Result<(), BatchError> {
+async fn drive(app: &impl Handles, row: &mut BatchRow) -> Result<(), BatchError> {
     if row.published_at_ms > 0 {
         return Ok(());
     }
@@ -294,7 +295,7 @@ async fn drive(app: &AppState, row: &mut BatchRow) -> Result<(), BatchError> {
     };
     if row.status == "validating" {
         if app
-            .batches_store
+            .batches_store()
             .file(&row.input_file_id, &row.team)
             .await?
             .is_none()
@@ -310,16 +311,16 @@ async fn drive(app: &AppState, row: &mut BatchRow) -> Result<(), BatchError> {
     // its lines is published, so a crash mid-block counts too).
     row.attempts = row.attempts.saturating_add(1);
     checkpoint(app, row).await?;
-    let max_attempts = app.batches.limits.max_publish_attempts.max(1);
+    let max_attempts = app.batches().limits.max_publish_attempts.max(1);
     // Only the first block of a start can have been (partly) published by an earlier one.
     let mut resumed_block = true;
     let mut cursor = app
-        .batches_store
+        .batches_store()
         .file_lines(&row.input_file_id, row.lines_done as u32)?;
     // Why the remaining lines are not published: (error code, message).
     let mut stopped: Option<(&str, &str)> = None;
     loop {
-        if app.batches.shutting_down() {
+        if app.batches().shutting_down() {
             return Err(BatchError::Api(ApiError::ShuttingDown));
         }
         if stopped.is_none() && cancelled(app, &row.batch_id).await? {
@@ -370,7 +371,7 @@ async fn drive(app: &AppState, row: &mut BatchRow) -> Result<(), BatchError> {
                 })
                 .collect();
             let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-            app.batches_store
+            app.batches_store()
                 .receipts(&row.batch_id, &row.team, &ids)
                 .await?
                 .into_iter()
@@ -436,7 +437,7 @@ async fn drive(app: &AppState, row: &mut BatchRow) -> Result<(), BatchError> {
                 lines[i] = None;
             }
         }
-        app.batches_store
+        app.batches_store()
             .insert(PrivateTable::BatchLines, &records)
             .await?;
         publish_all(
@@ -470,8 +471,8 @@ enum Refusal {
 }
 
 /// Why a batch's key may no longer publish lines: (error code, message).
-fn key_refusal(app: &AppState, key_id: &str) -> Option<(&'static str, &'static str)> {
-    match app.keys.get(key_id)?.refusal(now_ms())? {
+fn key_refusal(app: &impl Handles, key_id: &str) -> Option<(&'static str, &'static str)> {
+    match app.keys().get(key_id)?.refusal(now_ms())? {
         ApiError::KeyRevoked => Some((
             "key_revoked",
             "The batch's API key was revoked before this request was published.",
@@ -489,7 +490,7 @@ fn key_refusal(app: &AppState, key_id: &str) -> Option<(&'static str, &'static s
 /// team's budget instead of failing lines. A line refused for good (the budget is spent)
 /// is re-recorded with its error: the error file gets it.
 async fn publish_all(
-    app: &AppState,
+    app: &impl Handles,
     key_id: &str,
     records: &mut [LineRow],
     lines: &[Option<Line>],
@@ -546,7 +547,7 @@ async fn publish_all(
     }
     if !refused.is_empty() {
         // Replaces the rows written before publishing (the last insert wins under FINAL).
-        app.batches_store
+        app.batches_store()
             .insert(PrivateTable::BatchLines, &refused)
             .await?;
     }
@@ -555,7 +556,7 @@ async fn publish_all(
 
 /// Waits for the batch to end, then delivers its webhook (Standard Webhooks, signed with
 /// the team's secret, retried).
-async fn notify_when_ended(app: &AppState, row: &BatchRow) {
+async fn notify_when_ended(app: &impl Handles, row: &BatchRow) {
     /// Why the batch has not been seen ended yet.
     enum Waiting {
         /// Shutting down, or the batch is gone: no webhook from this replica.
@@ -566,10 +567,10 @@ async fn notify_when_ended(app: &AppState, row: &BatchRow) {
         Running,
     }
     let ended = (|| async {
-        if app.batches.shutting_down() {
+        if app.batches().shutting_down() {
             return Err(Waiting::Over);
         }
-        let current = match app.batches_store.batch(&row.batch_id, &row.team).await {
+        let current = match app.batches_store().batch(&row.batch_id, &row.team).await {
             Ok(Some(r)) => r,
             Ok(None) => return Err(Waiting::Over),
             Err(error) => return Err(Waiting::Unavailable(error)),
@@ -609,7 +610,7 @@ async fn notify_when_ended(app: &AppState, row: &BatchRow) {
     };
     let id = format!("{}-{}", current.batch_id, view.status);
     match app
-        .webhooks
+        .webhooks()
         .deliver(&current.team, &current.webhook_url, &id, &kind, &data)
         .await
     {

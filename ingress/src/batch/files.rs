@@ -26,9 +26,9 @@ use super::jsonl::Lines;
 use super::limits::BatchLimits;
 use super::store::{BatchStore, FileLineRow, FileRow, JoinedLine};
 use super::BatchError;
+use super::Handles;
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::state::AppState;
 
 /// Largest upload (OpenAI's limit for batch input files is 200 MB).
 pub const MAX_FILE_BYTES: u64 = 512 * 1024 * 1024;
@@ -40,15 +40,15 @@ const BLOCK_BYTES: usize = 8 * 1024 * 1024;
 /// Output-moderation calls one output file read makes at once.
 const MODERATION_CONCURRENCY: usize = 16;
 
-pub async fn upload(
-    State(app): State<Arc<AppState>>,
+pub async fn upload<S: Handles>(
+    State(app): State<Arc<S>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, BatchError> {
-    let caller = app.keys.authenticate(&headers)?;
-    let _permit = app.batches.uploads.try_enter()?;
-    let (used_bytes, used_lines) = app.batches_store.team_usage(&caller.team).await?;
-    let quota = Quota::left(&app.batches.limits, used_bytes, used_lines)?;
+    let caller = app.keys().authenticate(&headers)?;
+    let _permit = app.batches().uploads.try_enter()?;
+    let (used_bytes, used_lines) = app.batches_store().team_usage(&caller.team).await?;
+    let quota = Quota::left(&app.batches().limits, used_bytes, used_lines)?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -65,7 +65,7 @@ pub async fn upload(
     );
     let file_id = format!("file-{}", uuid::Uuid::now_v7().simple());
     // Lines stored so far are removed if the upload fails or is abandoned midway.
-    let mut discard = Discard::new(&app.batches_store, &file_id);
+    let mut discard = Discard::new(app.batches_store(), &file_id);
     let mut purpose = None;
     let mut stored: Option<(String, u64, u64)> = None;
     while let Some(field) = form.next_field().await.map_err(multipart_error)? {
@@ -81,7 +81,7 @@ pub async fn upload(
                 // `purpose` comes first from the SDKs; checked again below either way.
                 let filename = field.file_name().unwrap_or_default().to_string();
                 let (lines, bytes) =
-                    store_lines(&app, &file_id, field, &quota, &mut discard).await?;
+                    store_lines(&*app, &file_id, field, &quota, &mut discard).await?;
                 stored = Some((filename, lines, bytes));
             }
             // Other fields are read past (multer skips their data).
@@ -100,9 +100,9 @@ pub async fn upload(
         bytes,
         lines,
         created_at_ms: now_ms().max(0) as u64,
-        expires_at: app.batches_store.expires_at(),
+        expires_at: app.batches_store().expires_at(),
     };
-    app.batches_store
+    app.batches_store()
         .insert(PrivateTable::BatchFiles, std::slice::from_ref(&row))
         .await?;
     discard.keep();
@@ -114,19 +114,19 @@ pub async fn upload(
 /// first line is not a JSON object (not JSONL at all); later bad lines are the batch's
 /// per-line errors.
 async fn store_lines(
-    app: &AppState,
+    app: &impl Handles,
     file_id: &str,
     mut field: multer::Field<'_>,
     quota: &Quota,
     discard: &mut Discard,
 ) -> Result<(u64, u64), BatchError> {
-    let max_lines = app.batches.limits.max_lines_per_batch;
+    let max_lines = app.batches().limits.max_lines_per_batch;
     let mut splitter = Lines::default();
     let mut block: Vec<FileLineRow> = Vec::new();
     let mut block_bytes = 0;
     let mut line_no: u32 = 0;
     let mut bytes: u64 = 0;
-    let expires_at = app.batches_store.expires_at();
+    let expires_at = app.batches_store().expires_at();
     let mut done = false;
     while !done {
         let lines = match field.chunk().await.map_err(multipart_error)? {
@@ -179,7 +179,7 @@ async fn store_lines(
             line_no += 1;
             if block.len() >= BLOCK_LINES || block_bytes >= BLOCK_BYTES {
                 discard.arm();
-                app.batches_store
+                app.batches_store()
                     .insert(PrivateTable::BatchFileLines, &block)
                     .await?;
                 block.clear();
@@ -188,7 +188,7 @@ async fn store_lines(
         }
     }
     discard.arm();
-    app.batches_store
+    app.batches_store()
         .insert(PrivateTable::BatchFileLines, &block)
         .await?;
     if line_no == 0 {
@@ -337,16 +337,16 @@ fn parse_file_id(id: &str) -> FileRef {
     }
 }
 
-pub async fn retrieve(
-    State(app): State<Arc<AppState>>,
+pub async fn retrieve<S: Handles>(
+    State(app): State<Arc<S>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, BatchError> {
-    let caller = app.keys.authenticate(&headers)?;
+    let caller = app.keys().authenticate(&headers)?;
     match parse_file_id(&id) {
         FileRef::Input(file_id) => {
             let row = app
-                .batches_store
+                .batches_store()
                 .file(&file_id, &caller.team)
                 .await?
                 .ok_or(BatchError::FileNotFound(id))?;
@@ -354,7 +354,7 @@ pub async fn retrieve(
         }
         FileRef::Output(batch_id, kind) => {
             let batch = app
-                .batches_store
+                .batches_store()
                 .batch(&batch_id, &caller.team)
                 .await?
                 .ok_or(BatchError::FileNotFound(id.clone()))?;
@@ -376,12 +376,12 @@ pub async fn retrieve(
 /// `DELETE /v1/files/{id}`: the owning team's input file, unless a batch still being
 /// published reads it (409 `file_in_use`; cancel the batch or wait). Output and error
 /// files are views of their batch and go with it.
-pub async fn delete(
-    State(app): State<Arc<AppState>>,
+pub async fn delete<S: Handles>(
+    State(app): State<Arc<S>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, BatchError> {
-    let caller = app.keys.authenticate(&headers)?;
+    let caller = app.keys().authenticate(&headers)?;
     let FileRef::Input(file_id) = parse_file_id(&id) else {
         return Err(BatchError::InvalidParam {
             param: "file_id",
@@ -389,41 +389,41 @@ pub async fn delete(
         });
     };
     let row = app
-        .batches_store
+        .batches_store()
         .file(&file_id, &caller.team)
         .await?
         .ok_or_else(|| BatchError::FileNotFound(id.clone()))?;
-    let (_, publishing) = app.batches_store.batches_of_file(&file_id).await?;
+    let (_, publishing) = app.batches_store().batches_of_file(&file_id).await?;
     if publishing > 0 {
         return Err(BatchError::FileInUse(id));
     }
-    app.batches_store.delete_file(&row).await?;
+    app.batches_store().delete_file(&row).await?;
     tracing::info!(%file_id, team = %caller.team, "batch input file deleted");
     Ok(Json(json!({"id": id, "object": "file", "deleted": true})).into_response())
 }
 
-pub async fn content(
-    State(app): State<Arc<AppState>>,
+pub async fn content<S: Handles>(
+    State(app): State<Arc<S>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, BatchError> {
-    let caller = app.keys.authenticate(&headers)?;
+    let caller = app.keys().authenticate(&headers)?;
     let body = match parse_file_id(&id) {
         FileRef::Input(file_id) => {
-            app.batches_store
+            app.batches_store()
                 .file(&file_id, &caller.team)
                 .await?
                 .ok_or(BatchError::FileNotFound(id))?;
-            let cursor = app.batches_store.file_lines(&file_id, 0)?;
+            let cursor = app.batches_store().file_lines(&file_id, 0)?;
             input_body(cursor)
         }
         FileRef::Output(batch_id, kind) => {
             let batch = app
-                .batches_store
+                .batches_store()
                 .batch(&batch_id, &caller.team)
                 .await?
                 .ok_or(BatchError::FileNotFound(id))?;
-            let cursor = app.batches_store.joined(&batch_id)?;
+            let cursor = app.batches_store().joined(&batch_id)?;
             output_body(Arc::clone(&app), caller, cursor, batch.batch_id, kind)
         }
     };
@@ -456,7 +456,7 @@ fn input_body(cursor: RowCursor<FileLineRow>) -> Body {
 /// `GET /v1/requests/{id}`: a refused one is rendered as that line's error (in the error
 /// file, or `errored` in Anthropic's results), never as its answer.
 pub(crate) fn output_body(
-    app: Arc<AppState>,
+    app: Arc<impl Handles>,
     caller: Caller,
     cursor: RowCursor<JoinedLine>,
     batch_id: String,
@@ -496,8 +496,8 @@ enum OutputError {
     Moderation(ApiError),
 }
 
-struct OutputReader {
-    app: Arc<AppState>,
+struct OutputReader<S> {
+    app: Arc<S>,
     caller: Caller,
     cursor: RowCursor<JoinedLine>,
     batch_id: String,
@@ -505,7 +505,7 @@ struct OutputReader {
     failed: bool,
 }
 
-impl OutputReader {
+impl<S: Handles> OutputReader<S> {
     /// The next few lines (fewer, larger writes), or `None` at the end.
     async fn chunk(&mut self) -> Result<Option<String>, OutputError> {
         let mut rows = Vec::new();
@@ -537,11 +537,11 @@ impl OutputReader {
 /// Checks a chunk's completions with the team's output classifier (concurrently); a
 /// refused one becomes a failed line carrying the refusal.
 async fn moderate(
-    app: &Arc<AppState>,
+    app: &Arc<impl Handles>,
     caller: &Caller,
     rows: &mut [JoinedLine],
 ) -> Result<(), OutputError> {
-    let policy = app.guard.policy(&caller.team);
+    let policy = app.guard().policy(&caller.team);
     if !policy.moderates_output() {
         return Ok(());
     }
@@ -569,7 +569,7 @@ async fn moderate(
             Ok(()) => {}
             Err(e @ ApiError::ModerationUnavailable(_)) => return Err(OutputError::Moderation(e)),
             Err(e) => {
-                app.audits.reject(
+                app.audits().reject(
                     sluice_schemas::Audit {
                         request_id: row.request_id.clone(),
                         team: caller.team.clone(),

@@ -13,6 +13,7 @@ pub mod batches;
 pub mod driver;
 pub mod error;
 pub mod files;
+mod handles;
 pub mod inline;
 pub mod jsonl;
 pub mod limits;
@@ -27,29 +28,40 @@ use axum::routing::{get, post};
 use axum::Router;
 
 pub use error::BatchError;
+pub use handles::Handles;
 pub use store::BatchStore;
 
-use crate::state::AppState;
-
 /// The routes of both batch APIs, merged into the main router.
-pub fn routes() -> Router<Arc<AppState>> {
+pub fn routes<S: Handles>() -> Router<Arc<S>> {
     Router::new()
-        .route("/v1/files", post(files::upload))
-        .route("/v1/files/{id}", get(files::retrieve).delete(files::delete))
-        .route("/v1/files/{id}/content", get(files::content))
-        .route("/v1/batches", post(batches::create).get(batches::list))
-        .route("/v1/batches/{id}", get(batches::retrieve))
-        .route("/v1/batches/{id}/cancel", post(batches::cancel))
+        .route("/v1/files", post(files::upload::<S>))
+        .route(
+            "/v1/files/{id}",
+            get(files::retrieve::<S>).delete(files::delete::<S>),
+        )
+        .route("/v1/files/{id}/content", get(files::content::<S>))
+        .route(
+            "/v1/batches",
+            post(batches::create::<S>).get(batches::list::<S>),
+        )
+        .route("/v1/batches/{id}", get(batches::retrieve::<S>))
+        .route("/v1/batches/{id}/cancel", post(batches::cancel::<S>))
         .route(
             "/v1/messages/batches",
-            post(anthropic::create).get(anthropic::list),
+            post(anthropic::create::<S>).get(anthropic::list::<S>),
         )
         .route(
             "/v1/messages/batches/{id}",
-            get(anthropic::retrieve).delete(anthropic::delete),
+            get(anthropic::retrieve::<S>).delete(anthropic::delete::<S>),
         )
-        .route("/v1/messages/batches/{id}/cancel", post(anthropic::cancel))
-        .route("/v1/messages/batches/{id}/results", get(anthropic::results))
+        .route(
+            "/v1/messages/batches/{id}/cancel",
+            post(anthropic::cancel::<S>),
+        )
+        .route(
+            "/v1/messages/batches/{id}/results",
+            get(anthropic::results::<S>),
+        )
 }
 
 /// What the batch APIs share across handlers and drivers of one replica.

@@ -10,19 +10,19 @@ use serde_json::json;
 use sluice_schemas::retry::{self, Retryable};
 use sluice_schemas::{now_ms, Request};
 
-use crate::state::AppState;
+use super::Handles;
 
 /// After the deadline a worker answers `expired`; this covers its round trip and the sink.
 const GRACE_MS: i64 = 60_000;
 
-pub fn watch_request(app: Arc<AppState>, request: &Request, url: String) {
+pub fn watch_request(app: Arc<impl Handles>, request: &Request, url: String) {
     let id = request.request_id.clone();
     let team = request.team.clone();
     let until = request.deadline_ms + GRACE_MS;
     tokio::spawn(async move {
         // Not there yet is `None`; a failed lookup is the error.
         let looked_up = (|| async {
-            match app.store.result(&id, &team).await {
+            match app.store().result(&id, &team).await {
                 Ok(Some(stored)) => Ok(stored),
                 Ok(None) => Err(None),
                 Err(error) => Err(Some(error)),
@@ -53,7 +53,7 @@ pub fn watch_request(app: Arc<AppState>, request: &Request, url: String) {
             "url": format!("/v1/requests/{id}"),
         });
         let kind = format!("request.{}", stored.status);
-        match app.webhooks.deliver(&team, &url, &id, &kind, &data).await {
+        match app.webhooks().deliver(&team, &url, &id, &kind, &data).await {
             Ok(d) => {
                 tracing::info!(request_id = %id, attempts = d.attempts, "request webhook delivered")
             }

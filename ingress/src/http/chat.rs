@@ -64,7 +64,7 @@ pub(crate) async fn sync_call(
         let output = Output::new(Arc::clone(&accepted.policy), accepted.restorer.clone());
         if accepted.record.stream {
             let guard = app.waiters.register_stream(&request_id);
-            if let Err(e) = publish_traced(&app, &mut accepted).await {
+            if let Err(e) = publish_traced(&*app, &mut accepted).await {
                 return dialect.error(e);
             }
             return super::sse::respond(Arc::clone(&app), &accepted.record, guard, dialect, output)
@@ -72,7 +72,7 @@ pub(crate) async fn sync_call(
                 .await;
         }
         let mut guard = app.waiters.register(&request_id);
-        if let Err(e) = publish_traced(&app, &mut accepted).await {
+        if let Err(e) = publish_traced(&*app, &mut accepted).await {
             return dialect.error(e);
         }
         let now = now_ms();

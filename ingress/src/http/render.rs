@@ -13,14 +13,14 @@ impl Dialect {
     pub(crate) fn error(self, error: ApiError) -> Response {
         match self {
             Dialect::OpenAi => error.into_response(),
-            Dialect::Anthropic => crate::anthropic::error_response(error),
+            Dialect::Anthropic => error.into_anthropic_response(),
         }
     }
 
     pub(crate) fn result(self, result: &ResultRecord) -> Response {
         match self {
             Dialect::OpenAi => result_response(result),
-            Dialect::Anthropic => crate::anthropic::result_response(result),
+            Dialect::Anthropic => crate::http::anthropic::result_response(result),
         }
     }
 }

@@ -60,7 +60,7 @@ async fn submit_traced(
         Ok(a) => a,
         Err(e) => return reject(app, caller, e, Dialect::OpenAi),
     };
-    if let Err(e) = publish_traced(app, &mut accepted).await {
+    if let Err(e) = publish_traced(&**app, &mut accepted).await {
         return e.into_response();
     }
     let r = &accepted.record;

@@ -19,7 +19,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     );
     Router::new()
         .route("/v1/chat/completions", post(super::chat::chat_completions))
-        .route("/v1/messages", post(crate::anthropic::messages))
+        .route("/v1/messages", post(crate::http::anthropic::messages))
         .route("/v1/requests", post(super::requests::submit))
         .route("/v1/requests/{id}", get(super::requests::request_status))
         .route("/v1/models", get(super::models::models))

@@ -17,9 +17,9 @@ use sluice_schemas::{
 
 use super::REQUEST_ID_HEADER;
 use crate::admission::{audit_event, Dialect};
-use crate::anthropic::StreamWriter;
 use crate::error::ApiError;
 use crate::guard::{Output, StreamOutput};
+use crate::http::anthropic::StreamWriter;
 use crate::kafka::send;
 use crate::replies::{ReplyEvent, StreamGuard};
 use crate::state::AppState;

@@ -38,7 +38,7 @@ impl Processor {
             request_id = %request.request_id,
             team = %request.team,
             model = %request.model,
-            trace_id = parent.and_then(sluice_schemas::logging::trace_id),
+            trace_id = parent.and_then(sluice_schemas::trace::trace_id),
         );
         sluice_schemas::trace::set_parent(&span, parent);
         self.handle(request, maybe_redelivered)

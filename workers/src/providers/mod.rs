@@ -224,7 +224,7 @@ pub async fn with_traceparent<F: std::future::Future>(
     work: F,
 ) -> F::Output {
     let valid = traceparent
-        .filter(|t| sluice_schemas::logging::trace_id(t).is_some())
+        .filter(|t| sluice_schemas::trace::trace_id(t).is_some())
         .map(|t| t.trim().to_string());
     TRACEPARENT.scope(valid, work).await
 }

@@ -15,7 +15,7 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 use sluice_schemas::openai::ChatCompletionRequest;
 
-use super::validate::{validate, Dialect, Mode};
+use crate::admission::{validate, Dialect, Mode};
 use crate::config::Config;
 use crate::keys::Caller;
 use crate::state::AppState;
@@ -77,7 +77,7 @@ fn check(bytes: &[u8], headers: &HeaderMap) -> Result<(), TestCaseError> {
     for dialect in [Dialect::OpenAi, Dialect::Anthropic] {
         for mode in [Mode::Sync, Mode::Async] {
             let body = Ok(Bytes::copy_from_slice(bytes));
-            let v = validate(&APP, &caller(), headers, body, mode, dialect);
+            let v = validate(&*APP, &caller(), headers, body, mode, dialect);
             if let Ok(accepted) = v {
                 let r = &accepted.record;
                 let parsed: ChatCompletionRequest = serde_json::from_str(&r.body)
@@ -204,7 +204,7 @@ proptest! {
     #[test]
     fn arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
         check(&bytes, &HeaderMap::new())?;
-        let _ = crate::anthropic::to_openai(&bytes);
+        let _ = crate::admission::from_anthropic(&bytes);
     }
 
     #[test]
@@ -221,10 +221,10 @@ proptest! {
     ) {
         let mut headers = HeaderMap::new();
         if let Some(Ok(v)) = priority.map(|p| p.parse()) {
-            headers.insert(super::validate::PRIORITY_HEADER, v);
+            headers.insert(crate::admission::PRIORITY_HEADER, v);
         }
         if let Some(Ok(v)) = timeout.map(|t| t.parse()) {
-            headers.insert(super::validate::TIMEOUT_HEADER, v);
+            headers.insert(crate::admission::TIMEOUT_HEADER, v);
         }
         check(&serde_json::to_vec(&body).unwrap(), &headers)?;
         // The same turns as an Anthropic request.
@@ -239,7 +239,7 @@ fn what_is_published_has_the_guardrails_applied() {
     let body = json!({"model": "gpt-4o-mini", "messages": [
         {"role": "user", "content": "mail a@example.com, call +44 20 7946 0958"}]});
     let accepted = validate(
-        &APP,
+        &*APP,
         &caller(),
         &HeaderMap::new(),
         Ok(Bytes::from(body.to_string())),
@@ -259,7 +259,7 @@ fn what_is_published_has_the_guardrails_applied() {
     assert!(accepted.restorer.is_some(), "sync + restore policy");
     // Async: never restored; asking for it is refused.
     let accepted = validate(
-        &APP,
+        &*APP,
         &caller(),
         &HeaderMap::new(),
         Ok(Bytes::from(body.to_string())),
@@ -271,7 +271,7 @@ fn what_is_published_has_the_guardrails_applied() {
     let mut asked = body.clone();
     asked["sluice"] = json!({"restore": true});
     let err = validate(
-        &APP,
+        &*APP,
         &caller(),
         &HeaderMap::new(),
         Ok(Bytes::from(asked.to_string())),

@@ -15,6 +15,9 @@ use super::pii::Category;
 use super::prompt_guard::PromptGuard;
 use super::restore::StreamRestorer;
 use super::*;
+use crate::error::ApiError;
+use serde_json::Map;
+use sluice_schemas::Status;
 
 fn guard(toml: &str) -> Guard {
     let config: GuardConfig = figment::Figment::from(Toml::string(toml))

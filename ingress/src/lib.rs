@@ -6,16 +6,14 @@ mod admission;
 mod audit;
 mod batch;
 mod billing;
-// Public only while a few of their helpers are used by their tests alone (dead code
-// otherwise); private once those go.
-pub mod budget;
+mod budget;
 pub mod config;
 mod cpu;
 pub mod demo;
 mod error;
 #[cfg(test)]
 mod fuzz;
-pub mod guard;
+mod guard;
 mod http;
 mod kafka;
 mod keys;

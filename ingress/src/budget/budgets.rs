@@ -74,8 +74,4 @@ impl Budgets {
             ledger.release(request_id);
         }
     }
-
-    pub fn grace_ms(&self) -> i64 {
-        self.grace_ms
-    }
 }

@@ -161,10 +161,6 @@ impl Ledger {
         self.budgets.is_empty()
     }
 
-    pub fn budgets(&self) -> &[Budget] {
-        &self.budgets
-    }
-
     /// Whether any budget limits this team or key.
     pub fn applies(&self, team: &str, key_id: &str) -> bool {
         self.budgets.iter().any(|b| b.applies(team, key_id))
@@ -409,7 +405,8 @@ impl Ledger {
         self.alerted.retain(|(i, s, _)| keep(*i, *s));
     }
 
-    /// Reservations currently held (for tests and logs).
+    /// Reservations currently held.
+    #[cfg(test)]
     pub fn reservations(&self) -> usize {
         self.reservations.len()
     }

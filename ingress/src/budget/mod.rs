@@ -13,11 +13,10 @@ mod period;
 mod refusal;
 mod validate;
 
-pub use crate::config::{BudgetConfig, BudgetSettings, Period, Scope};
+pub use crate::config::{BudgetConfig, Period, Scope};
 pub use budgets::Budgets;
 pub use ledger::{Exceeded, Ledger};
 pub use period::format_utc;
-pub use validate::validate;
 
 #[cfg(test)]
 mod tests;

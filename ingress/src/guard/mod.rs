@@ -26,7 +26,7 @@ pub mod restore;
 pub mod templates;
 
 pub use crate::config::guard as config;
-pub use input::{Asked, Guard, Prepared};
+pub use input::{Asked, Guard};
 pub use output::{completion_texts, Output, StreamOutput};
 pub use policy::Policy;
 

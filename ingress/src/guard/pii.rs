@@ -231,11 +231,6 @@ pub fn detectors_ok() -> bool {
     SCANNER.len() == DETECTORS.len()
 }
 
-/// The ids of the built-in detectors with their category, in priority order.
-pub fn detector_ids() -> impl Iterator<Item = (&'static str, Category)> {
-    DETECTORS.iter().map(|(id, c, _, _)| (*id, *c))
-}
-
 /// Finds the values of the wanted categories in `text`, sorted by position, not
 /// overlapping.
 pub fn scan(text: &str, wanted: impl Fn(Category) -> bool) -> Vec<Finding> {

@@ -88,12 +88,10 @@ impl std::fmt::Debug for Restorer {
 }
 
 impl Restorer {
+    /// How many values it restores.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
     }
 
     /// `text` with every known placeholder replaced by its value.

@@ -125,10 +125,6 @@ impl Templates {
         Ok(Templates { by_name })
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.by_name.is_empty()
-    }
-
     fn find(&self, team: &str, reference: &str) -> Option<&Template> {
         let (name, version) = match reference.split_once('@') {
             Some((n, v)) => (n, Some(v.parse::<u32>().ok()?)),

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use sluice_schemas::openai::{ChatMessage, MessageContent, Role};
 
 use super::config::{GuardConfig, PolicyConfig};
+use super::input::Prepared;
 use super::pii::Category;
 use super::prompt_guard::PromptGuard;
 use super::restore::StreamRestorer;

@@ -75,7 +75,7 @@ fn caller() -> Caller {
 /// Every dialect and mode; an accepted request must be a sound provider request.
 fn check(bytes: &[u8], headers: &HeaderMap) -> Result<(), TestCaseError> {
     for dialect in [Dialect::OpenAi, Dialect::Anthropic] {
-        for mode in [Mode::Sync, Mode::Async] {
+        for mode in [Mode::Sync, Mode::Async, Mode::Count] {
             let body = Ok(Bytes::copy_from_slice(bytes));
             let v = validate(&*APP, &caller(), headers, body, mode, dialect);
             if let Ok(accepted) = v {
@@ -204,7 +204,7 @@ proptest! {
     #[test]
     fn arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
         check(&bytes, &HeaderMap::new())?;
-        let _ = crate::admission::from_anthropic(&bytes);
+        let _ = crate::admission::from_anthropic(&bytes, false);
     }
 
     #[test]

@@ -94,6 +94,7 @@ pub(crate) async fn track(request: Request, next: Next) -> Response {
 fn api(path: &str) -> &'static str {
     const APIS: &[(&str, &str)] = &[
         ("/v1/chat/completions", "chat"),
+        ("/v1/messages/count_tokens", "count_tokens"),
         ("/v1/messages", "messages"),
         ("/v1/requests", "requests"),
         ("/v1/batches", "batches"),

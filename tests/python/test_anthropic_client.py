@@ -6,6 +6,8 @@ The stack (mock provider, ingress, worker, analytics sink) is the one test_opena
 starts, with its own topic prefix and database.
 """
 
+import time
+
 import anthropic
 import openai
 import pytest
@@ -75,3 +77,29 @@ def test_errors_are_the_sdk_exceptions_a_user_expects(stack):  # noqa: F811
     assert err.value.body["error"]["type"] == "not_found_error"
     with pytest.raises(anthropic.BadRequestError):
         client(stack).messages.create(model=MODEL, max_tokens=0, messages=MESSAGES)
+
+
+@pytest.mark.parametrize("model", [MODEL, CLAUDE])
+def test_count_tokens_is_the_count_a_call_is_admitted_with(stack, model):  # noqa: F811
+    counted = client(stack).messages.count_tokens(model=model, system=SYSTEM, messages=MESSAGES)
+    longer = client(stack).messages.count_tokens(
+        model=model, system=SYSTEM,
+        messages=[{"role": "user", "content": MESSAGES[0]["content"] + ", and their sources"}])
+    assert 0 < counted.input_tokens < longer.input_tokens
+
+    raw = client(stack).messages.with_raw_response.create(model=model, max_tokens=16,
+                                                          system=SYSTEM, messages=MESSAGES)
+    request_id = raw.headers["x-sluice-request-id"]
+    row = ""
+    deadline = time.time() + 60
+    while time.time() < deadline and not row.strip():
+        row = clickhouse(
+            f"SELECT prompt_tokens FROM {stack['database']}.audit FINAL "
+            f"WHERE request_id = '{request_id}' AND action = 'accepted'")
+        time.sleep(0.2)
+    assert row.split() == [str(counted.input_tokens)]
+
+    with pytest.raises(anthropic.NotFoundError):
+        client(stack).messages.count_tokens(model="claude-9", messages=MESSAGES)
+    with pytest.raises(anthropic.AuthenticationError):
+        client(stack, key="sk-wrong").messages.count_tokens(model=model, messages=MESSAGES)

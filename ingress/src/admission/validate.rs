@@ -47,6 +47,10 @@ struct SluiceOptions {
 pub(crate) enum Mode {
     Sync,
     Async,
+    /// A token count (`POST /v1/messages/count_tokens`): checked as a sync call would be
+    /// (model, key, guardrails, templates), then only its prompt tokens are answered; never
+    /// published. `max_tokens` may be left out.
+    Count,
 }
 
 /// A validated request, ready to publish.
@@ -77,10 +81,16 @@ pub enum Dialect {
 
 /// An Anthropic Messages request body as the internal OpenAI chat request: parsed once,
 /// then translated (`sluice_dialect::anthropic`).
-pub(crate) fn from_anthropic(body: &[u8]) -> Result<ChatCompletionRequest, ApiError> {
-    Ok(anthropic::request::to_openai(
-        anthropic::MessagesRequest::parse(body)?,
-    )?)
+/// `counting`: a token count's body, which needs no `max_tokens`.
+pub(crate) fn from_anthropic(
+    body: &[u8],
+    counting: bool,
+) -> Result<ChatCompletionRequest, ApiError> {
+    let mut request = anthropic::MessagesRequest::parse(body)?;
+    if counting && request.max_tokens.is_none() {
+        request.max_tokens = Some(Value::from(1));
+    }
+    Ok(anthropic::request::to_openai(request)?)
 }
 
 /// [`validate`], on the blocking pool for a large body (JSON parsing, guard scans and token
@@ -124,7 +134,7 @@ pub(crate) fn validate(
     })?;
     let mut request: ChatCompletionRequest = match dialect {
         Dialect::OpenAi => serde_json::from_slice(&body).map_err(ApiError::InvalidJson)?,
-        Dialect::Anthropic => from_anthropic(&body)?,
+        Dialect::Anthropic => from_anthropic(&body, matches!(mode, Mode::Count))?,
     };
     let options: SluiceOptions = match request.extra.remove("sluice") {
         Some(v) => serde_json::from_value(v).map_err(|_| ApiError::InvalidParam {
@@ -134,7 +144,7 @@ pub(crate) fn validate(
         None => SluiceOptions::default(),
     };
     if let Some(url) = &options.webhook_url {
-        if matches!(mode, Mode::Sync) {
+        if !matches!(mode, Mode::Async) {
             return Err(ApiError::InvalidParam {
                 param: "sluice.webhook_url",
                 problem: "webhooks notify async requests; use POST /v1/requests",
@@ -244,7 +254,7 @@ pub(crate) fn validate(
     let topic = app.routing().topic(&caller.team, priority);
     let reply = match mode {
         Mode::Sync => Some(app.reply_to().clone()),
-        Mode::Async => None,
+        Mode::Async | Mode::Count => None,
     };
     Ok(Accepted {
         record: Request {
@@ -279,9 +289,13 @@ pub(crate) fn validate(
 mod tests {
     use super::*;
 
+    fn from_anthropic_body(body: &[u8]) -> Result<ChatCompletionRequest, ApiError> {
+        from_anthropic(body, false)
+    }
+
     #[test]
     fn translation_errors_are_the_ingress_errors() {
-        let err = from_anthropic(br#"{"model": "m", "messages": []}"#).unwrap_err();
+        let err = from_anthropic_body(br#"{"model": "m", "messages": []}"#).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -296,14 +310,14 @@ mod tests {
             err.to_string(),
             "Invalid value for `max_tokens`: max_tokens is required: an integer of at least 1"
         );
-        let err = from_anthropic(b"[1]").unwrap_err();
+        let err = from_anthropic_body(b"[1]").unwrap_err();
         assert!(matches!(err, ApiError::InvalidJson(_)), "{err}");
         assert_eq!(err.status(), StatusCode::BAD_REQUEST);
     }
 
     #[test]
     fn a_request_is_parsed_once_into_the_openai_request() {
-        let request = from_anthropic(
+        let request = from_anthropic_body(
             br#"{"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}],
                  "stream": true, "sluice": {"priority": "batch"}}"#,
         )
@@ -313,5 +327,17 @@ mod tests {
         assert_eq!(request.stream, Some(true));
         assert_eq!(request.messages.len(), 1);
         assert_eq!(request.extra["sluice"]["priority"], "batch");
+    }
+
+    #[test]
+    fn a_token_count_needs_no_max_tokens_but_keeps_the_callers() {
+        let body = br#"{"model": "m", "messages": [{"role": "user", "content": "hi"}]}"#;
+        assert!(from_anthropic(body, false).is_err());
+        assert_eq!(from_anthropic(body, true).unwrap().max_tokens, Some(1));
+        let capped = br#"{"model": "m", "max_tokens": 0, "messages": []}"#;
+        assert!(
+            from_anthropic(capped, true).is_err(),
+            "a max_tokens the caller sent is still checked"
+        );
     }
 }

@@ -11,11 +11,11 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
-use serde_json::Value;
+use serde_json::{json, Value};
 use sluice_dialect::anthropic::{error, response, stream};
 use sluice_schemas::{Result as ResultRecord, Status};
 
-use crate::admission::Dialect;
+use crate::admission::{checked, Dialect, Mode};
 use crate::http::REQUEST_ID_HEADER;
 use crate::state::AppState;
 
@@ -26,6 +26,40 @@ pub async fn messages(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     crate::http::chat::sync_call(app, headers, body, Dialect::Anthropic).await
+}
+
+/// `POST /v1/messages/count_tokens`: `{"input_tokens": n}`, the prompt tokens Sluice counts
+/// for the body exactly as it counts a `/v1/messages` call's for budgets and throttling
+/// (after templates, decorators and PII masking, with the model's tokenizer: tiktoken's,
+/// an estimate for a model that is not OpenAI's). Checked as that call would be (key, model,
+/// guardrails; refusals audited), answered by the ingress: no provider call, no Kafka, no cost.
+pub async fn count_tokens(
+    State(app): State<std::sync::Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let caller = match app.keys.authenticate(&headers) {
+        Ok(c) => c,
+        Err(e) => return e.into_anthropic_response(),
+    };
+    if let Err(e) = app.keys.check_rate(&caller) {
+        return e.into_anthropic_response();
+    }
+    match checked(
+        &app,
+        &caller,
+        &headers,
+        body,
+        Mode::Count,
+        Dialect::Anthropic,
+    )
+    .await
+    {
+        Ok(counted) => {
+            axum::Json(json!({"input_tokens": counted.record.prompt_tokens})).into_response()
+        }
+        Err(e) => super::chat::reject(&app, &caller, e, Dialect::Anthropic),
+    }
 }
 
 /// A worker's result as Anthropic's answer: the message, or the error in Anthropic's shape.

@@ -20,6 +20,10 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(super::chat::chat_completions))
         .route("/v1/messages", post(crate::http::anthropic::messages))
+        .route(
+            "/v1/messages/count_tokens",
+            post(crate::http::anthropic::count_tokens),
+        )
         .route("/v1/requests", post(super::requests::submit))
         .route("/v1/requests/{id}", get(super::requests::request_status))
         .route("/v1/models", get(super::models::models))

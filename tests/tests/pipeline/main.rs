@@ -13,6 +13,7 @@ mod budgets;
 #[path = "../common/mod.rs"]
 mod common;
 mod connections;
+mod count_tokens;
 mod governance;
 mod guardrails;
 mod keys;

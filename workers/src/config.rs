@@ -30,6 +30,10 @@ pub struct Config {
     /// across models.
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// `[[residency]]`: the locations a team's or key's requests may run in
+    /// (crate::residency).
+    #[serde(default)]
+    pub residency: Vec<crate::residency::ResidencyRule>,
     #[serde(default)]
     pub circuit_breaker: CircuitBreakerConfig,
     /// Prices per model, in USD per million tokens. Every deployed model needs one (or
@@ -137,6 +141,10 @@ pub struct Deployment {
     /// calling into a 429.
     #[serde(default)]
     pub limits: crate::throttle::Limits,
+    /// Where it runs (`eu-west`, `on-prem`, ...), for `[[residency]]` rules; none: in no
+    /// location a rule allows.
+    #[serde(default)]
+    pub location: Option<String>,
 }
 
 fn default_timeout() -> Duration {
@@ -213,6 +221,7 @@ impl Config {
         if self.worker.max_in_flight == 0 {
             return Err(field("worker.max_in_flight".into(), "must be at least 1"));
         }
+        crate::residency::validate(&self.residency, &self.deployments)?;
         let mut names = std::collections::HashSet::new();
         for (i, d) in self.deployments.iter().enumerate() {
             if d.name.trim().is_empty() {

@@ -15,6 +15,7 @@ mod process;
 mod providers;
 mod publish;
 mod redelivery;
+mod residency;
 mod routing;
 mod schedule;
 mod throttle;

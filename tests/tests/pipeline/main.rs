@@ -22,6 +22,7 @@ mod metrics;
 mod money;
 mod privileges;
 mod providers;
+mod residency;
 mod scheduling;
 mod streaming;
 mod webhooks;

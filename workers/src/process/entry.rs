@@ -145,6 +145,27 @@ impl Processor {
                 started_at_ms,
             ));
         };
+        let chain = self
+            .residency
+            .cut(&request.team, &request.key_id, chain, |i| {
+                self.catalogue.target(i).deployment.location.clone()
+            })
+            .map_err(|rules| {
+                failure(
+                    Status::Failed,
+                    503,
+                    ErrorBody::new(
+                        "service_unavailable",
+                        Some("location_not_allowed"),
+                        format!(
+                            "No deployment of model `{}` runs where this request may run ({rules}).",
+                            request.model
+                        ),
+                    ),
+                    "location_not_allowed",
+                    started_at_ms,
+                )
+            })?;
         match serde_json::from_str::<Map<String, Value>>(&request.body) {
             Ok(body) => match sluice_schemas::billable::check(&body) {
                 Ok(()) => Ok((chain, body)),

@@ -17,6 +17,8 @@ pub struct Processor {
     /// For `started` attempt records only (crate::publish::attempts_producer).
     pub attempts_producer: FutureProducer,
     pub catalogue: Catalogue,
+    /// `[[residency]]`: where each team's requests may run.
+    pub residency: crate::residency::Residency,
     pub prices: PriceTable,
     pub cancellations: Cancellations,
     pub shutdown: CancellationToken,
@@ -45,6 +47,7 @@ impl Processor {
             producer,
             attempts_producer,
             catalogue: Catalogue::new(config, &http),
+            residency: crate::residency::Residency::new(&config.residency),
             prices: PriceTable::new(&config.prices),
             default_completion_tokens: config.scheduling.default_completion_tokens,
             lookup: crate::redelivery::Lookup::new(&config.redelivery, http.clone()),

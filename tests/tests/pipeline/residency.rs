@@ -1,0 +1,129 @@
+//! Data residency end to end: `[[residency]]` in the worker cuts a request's chain to the
+//! deployments in its team's allowed locations, fallbacks included, and refuses with a 503
+//! naming the rule when none is left.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sluice_tests::mock::{Behaviour, Failure, MockProvider};
+
+use crate::common::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn worker_toml(eu: &MockProvider) -> String {
+    format!(
+        r#"
+[[deployments]]
+name = "us-primary"
+model = "resident"
+location = "us-east"
+max_retries = 0
+provider = {{ type = "openai", base_url = "{{origin}}/v1" }}
+
+[[deployments]]
+name = "eu-fallback"
+model = "resident"
+location = "eu-west"
+weight = 0
+max_retries = 0
+provider = {{ type = "openai", base_url = "{eu}/v1" }}
+
+[[deployments]]
+name = "us-only"
+model = "us-only"
+location = "us-east"
+provider = {{ type = "openai", base_url = "{{origin}}/v1" }}
+
+[[residency]]
+team = "team-a"
+allowed_locations = ["eu-*", "on-prem"]
+
+[pricing]
+free_models = ["resident", "us-only"]
+"#,
+        eu = eu.origin(),
+    )
+}
+
+async fn call(stack: &Stack, key: &str, model: &str) -> (u16, Value, String) {
+    let response = stack
+        .http
+        .post(format!("{}/v1/chat/completions", stack.base))
+        .bearer_auth(key)
+        .json(&json!({"model": model, "messages": [{"role": "user", "content": "where am I"}]}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let id = response.headers()["x-sluice-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    (status, response.json().await.unwrap(), id)
+}
+
+async fn served_by(stack: &Stack, request_id: &str) -> String {
+    let sql = format!(
+        "SELECT status, http_status, deployment, fallbacks FROM {{db}}.results FINAL WHERE request_id = '{request_id}'"
+    );
+    eventually(WAIT, || async {
+        let row = stack.ch(&sql).await;
+        (!row.trim().is_empty()).then(|| row.trim().to_string())
+    })
+    .await
+    .expect("result landed")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_team_bound_to_a_region_never_leaves_it_even_on_fallback() {
+    let eu = MockProvider::start(Behaviour::default()).await.unwrap();
+    let stack = Stack::start(StackOptions {
+        extra_worker_toml: worker_toml(&eu),
+        extra_models: vec!["resident".into(), "us-only".into()],
+        ..StackOptions::default()
+    })
+    .await;
+
+    // Team A may run in eu-* only: the EU fallback serves it first; the US primary is skipped.
+    let (status, body, id) = call(&stack, KEY_A, "resident").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        served_by(&stack, &id).await,
+        "completed\t200\teu-fallback\t0"
+    );
+    assert_eq!((stack.mock.call_count(), eu.call_count()), (0, 1));
+
+    // Team B has no rule: the primary, as configured.
+    let (status, body, id) = call(&stack, KEY_B, "resident").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        served_by(&stack, &id).await,
+        "completed\t200\tus-primary\t0"
+    );
+    assert_eq!((stack.mock.call_count(), eu.call_count()), (1, 1));
+
+    // The EU deployment fails: team A gets its error; the fallback chain stops at the
+    // border and the US deployment is never called.
+    eu.fail_next([Failure::server_error()]);
+    let (status, body, id) = call(&stack, KEY_A, "resident").await;
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(served_by(&stack, &id).await, "failed\t500\teu-fallback\t0");
+    assert_eq!((stack.mock.call_count(), eu.call_count()), (1, 2));
+
+    // A model served only outside team A's locations: a 503 naming the rule, no call.
+    let (status, body, id) = call(&stack, KEY_A, "us-only").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "location_not_allowed", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("team \"team-a\": eu-*, on-prem") && message.contains("`us-only`"),
+        "{message}"
+    );
+    assert!(served_by(&stack, &id).await.starts_with("failed\t503"));
+    assert_eq!((stack.mock.call_count(), eu.call_count()), (1, 2));
+    // Team B may use it.
+    let (status, body, _) = call(&stack, KEY_B, "us-only").await;
+    assert_eq!(status, 200, "{body}");
+    stack.stop().await;
+}

@@ -444,6 +444,36 @@ output_per_million = {PRICE_OUT}
         ids
     }
 
+    /// `POST /v1/chat/completions` with `key`: (status, body, the `x-sluice-request-id`).
+    pub async fn chat_with_id(&self, key: &str, body: &Value) -> (u16, Value, String) {
+        let response = self
+            .http
+            .post(format!("{}/v1/chat/completions", self.base))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .expect("ingress answers");
+        let status = response.status().as_u16();
+        let id = response.headers()["x-sluice-request-id"]
+            .to_str()
+            .expect("an ASCII request id")
+            .to_string();
+        (status, response.json().await.expect("a JSON answer"), id)
+    }
+
+    /// The `results` row of `request_id` (`columns`, TSV, trimmed), once the sink wrote it.
+    pub async fn result_row(&self, request_id: &str, columns: &str) -> String {
+        let sql =
+            format!("SELECT {columns} FROM {{db}}.results FINAL WHERE request_id = '{request_id}'");
+        eventually(Duration::from_secs(60), || async {
+            let row = self.ch(&sql).await;
+            (!row.trim().is_empty()).then(|| row.trim().to_string())
+        })
+        .await
+        .expect("result landed")
+    }
+
     /// Runs a query on this stack's database and returns TSV.
     pub async fn ch(&self, sql: &str) -> String {
         ch_query(&sql.replace("{db}", &self.database)).await

@@ -305,33 +305,17 @@ free_models = ["resilient"]
 }
 
 async fn result_row(stack: &Stack, request_id: &str) -> String {
-    let sql = format!(
-        "SELECT status, http_status, provider, deployment, attempts, fallbacks FROM {{db}}.results FINAL WHERE request_id = '{request_id}'"
-    );
-    eventually(WAIT, || async {
-        let row = stack.ch(&sql).await;
-        (!row.trim().is_empty()).then(|| row.trim().to_string())
-    })
-    .await
-    .expect("result landed")
+    stack
+        .result_row(
+            request_id,
+            "status, http_status, provider, deployment, attempts, fallbacks",
+        )
+        .await
 }
 
 /// A sync call returning (status, body, request id).
 async fn call(stack: &Stack, model: &str, text: &str) -> (u16, Value, String) {
-    let response = stack
-        .http
-        .post(format!("{}/v1/chat/completions", stack.base))
-        .bearer_auth(KEY_A)
-        .json(&chat_for(model, text))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let id = response.headers()["x-sluice-request-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    (status, response.json().await.unwrap(), id)
+    stack.chat_with_id(KEY_A, &chat_for(model, text)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -2,14 +2,10 @@
 //! deployments in its team's allowed locations, fallbacks included, and refuses with a 503
 //! naming the rule when none is left.
 
-use std::time::Duration;
-
 use serde_json::{json, Value};
 use sluice_tests::mock::{Behaviour, Failure, MockProvider};
 
 use crate::common::*;
-
-const WAIT: Duration = Duration::from_secs(60);
 
 fn worker_toml(eu: &MockProvider) -> String {
     format!(
@@ -47,32 +43,14 @@ free_models = ["resident", "us-only"]
 }
 
 async fn call(stack: &Stack, key: &str, model: &str) -> (u16, Value, String) {
-    let response = stack
-        .http
-        .post(format!("{}/v1/chat/completions", stack.base))
-        .bearer_auth(key)
-        .json(&json!({"model": model, "messages": [{"role": "user", "content": "where am I"}]}))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let id = response.headers()["x-sluice-request-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    (status, response.json().await.unwrap(), id)
+    let body = json!({"model": model, "messages": [{"role": "user", "content": "where am I"}]});
+    stack.chat_with_id(key, &body).await
 }
 
 async fn served_by(stack: &Stack, request_id: &str) -> String {
-    let sql = format!(
-        "SELECT status, http_status, deployment, fallbacks FROM {{db}}.results FINAL WHERE request_id = '{request_id}'"
-    );
-    eventually(WAIT, || async {
-        let row = stack.ch(&sql).await;
-        (!row.trim().is_empty()).then(|| row.trim().to_string())
-    })
-    .await
-    .expect("result landed")
+    stack
+        .result_row(request_id, "status, http_status, deployment, fallbacks")
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -221,7 +221,12 @@ impl Config {
         if self.worker.max_in_flight == 0 {
             return Err(field("worker.max_in_flight".into(), "must be at least 1"));
         }
-        crate::residency::validate(&self.residency, &self.deployments)?;
+        let locations: Vec<Option<&str>> = self
+            .deployments
+            .iter()
+            .map(|d| d.location.as_deref())
+            .collect();
+        crate::residency::validate(&self.residency, &locations)?;
         let mut names = std::collections::HashSet::new();
         for (i, d) in self.deployments.iter().enumerate() {
             if d.name.trim().is_empty() {

@@ -7,7 +7,6 @@
 
 use serde::Deserialize;
 
-use crate::config::Deployment;
 use crate::error::ConfigError;
 
 /// `[[residency]]`: where one team's (or one key's) requests may run.
@@ -100,14 +99,11 @@ impl Residency {
     }
 }
 
-/// Start-up checks of `[[residency]]` and the deployments' `location`.
-pub fn validate(rules: &[ResidencyRule], deployments: &[Deployment]) -> Result<(), ConfigError> {
+/// Start-up checks of `[[residency]]` and the deployments' `location` (in config order).
+pub fn validate(rules: &[ResidencyRule], locations: &[Option<&str>]) -> Result<(), ConfigError> {
     let field = |field: String, problem: &'static str| ConfigError::Field { field, problem };
-    for (i, d) in deployments.iter().enumerate() {
-        if d.location
-            .as_deref()
-            .is_some_and(|l| l.trim().is_empty() || l.contains('*'))
-        {
+    for (i, location) in locations.iter().enumerate() {
+        if location.is_some_and(|l| l.trim().is_empty() || l.contains('*')) {
             return Err(field(
                 format!("deployments[{i}].location"),
                 "must be a non-empty name without `*`",
@@ -210,9 +206,14 @@ mod tests {
         ] {
             assert!(validate(&bad, &[]).is_err(), "{bad:?}");
         }
+        assert!(
+            validate(&[], &[Some("eu-*")]).is_err(),
+            "a location is a name"
+        );
+        assert!(validate(&[], &[Some(" ")]).is_err());
         assert!(validate(
             &[rule("t", None, &["eu"]), rule("t", Some("k"), &["eu"])],
-            &[]
+            &[Some("eu"), None]
         )
         .is_ok());
     }

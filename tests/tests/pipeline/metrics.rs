@@ -142,7 +142,19 @@ async fn ops_listeners_serve_readiness_and_the_catalog() {
     );
 
     // The worker's own process: GenAI histograms with its global labels.
-    let (_, text) = get(&http, format!("{worker_ops}/metrics")).await;
+    // The worker records a produce once Kafka acked it, which may be after the caller had
+    // its answer (the reply was read by then): wait for the last result's to be counted.
+    let text = eventually(Duration::from_secs(10), || async {
+        let (_, text) = get(&http, format!("{worker_ops}/metrics")).await;
+        let counted = value(
+            &text,
+            "sluice_kafka_produce_duration_seconds_count",
+            &[r#"topic="results""#],
+        );
+        (counted >= 3.0).then_some(text)
+    })
+    .await
+    .unwrap_or_else(|| panic!("the worker counted fewer than 3 results produced"));
     let worker_labels = [r#"service="worker""#, r#"worker="ops-w1""#];
     assert!(
         value(

@@ -154,6 +154,28 @@ pub struct Model {
     pub object: String,
     pub created: i64,
     pub owned_by: String,
+    /// Sluice's additions, in a field of their own so OpenAI's stay as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sluice: Option<ModelExtensions>,
+}
+
+/// What Sluice says of a model besides OpenAI's fields (`GET /v1/models`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModelExtensions {
+    /// The price budgets reserve with and usage is billed at, USD per million tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<ModelPrice>,
+    /// The model's context window in tokens, when configured (`[[models]] context_window`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_window: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelPrice {
+    pub input_per_million: f64,
+    pub output_per_million: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input_per_million: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

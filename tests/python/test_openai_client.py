@@ -167,8 +167,11 @@ MESSAGES = [
 
 
 def test_models_are_listed(stack):
-    ids = [m.id for m in client(stack).models.list()]
-    assert MODEL in ids
+    models = {m.id: m.to_dict() for m in client(stack).models.list()}
+    assert MODEL in models
+    # Sluice's additions ride in their own field: the price of config/prices.toml.
+    assert models[MODEL]["sluice"]["price"] == {
+        "input_per_million": 0.15, "output_per_million": 0.6, "cached_input_per_million": 0.075}
 
 
 def test_a_completion_equals_what_the_provider_produced(stack):

@@ -73,6 +73,9 @@ pub struct ModelConfig {
     /// Tokenizer for prompt counting: "o200k_base" or "cl100k_base" (default: by model name).
     #[serde(default)]
     pub tokenizer: Option<String>,
+    /// The model's context window in tokens, shown in `GET /v1/models` (`sluice`).
+    #[serde(default)]
+    pub context_window: Option<u32>,
 }
 
 fn default_owner() -> String {

@@ -1,11 +1,12 @@
-//! `GET /v1/models`: the configured models this key may use.
+//! `GET /v1/models`: the configured models this key may use, in OpenAI's list shape, each
+//! with Sluice's additions (price, context window) in its `sluice` field.
 
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
-use sluice_schemas::openai::{Model, ModelList};
+use sluice_schemas::openai::{Model, ModelExtensions, ModelList, ModelPrice};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -20,11 +21,28 @@ pub(super) async fn models(
         .models
         .iter()
         .filter(|m| app.keys.allows_model(&caller, &m.id))
-        .map(|m| Model {
-            id: m.id.clone(),
-            object: "model".into(),
-            created: 0,
-            owned_by: m.owned_by.clone(),
+        .map(|m| {
+            let price = app
+                .config
+                .prices
+                .iter()
+                .find(|p| p.model == m.id)
+                .map(|p| ModelPrice {
+                    input_per_million: p.input_per_million,
+                    output_per_million: p.output_per_million,
+                    cached_input_per_million: p.cached_input_per_million,
+                });
+            let extensions = ModelExtensions {
+                price,
+                context_window: m.context_window,
+            };
+            Model {
+                id: m.id.clone(),
+                object: "model".into(),
+                created: 0,
+                owned_by: m.owned_by.clone(),
+                sluice: (extensions != ModelExtensions::default()).then_some(extensions),
+            }
         })
         .collect();
     Ok(Json(ModelList {

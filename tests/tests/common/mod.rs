@@ -206,9 +206,10 @@ impl Stack {
             models: std::iter::once(MODEL.to_string())
                 .chain(options.extra_models.iter().cloned())
                 .map(|id| sluice_ingress::config::ModelConfig {
-                    id,
                     owned_by: "openai".into(),
                     tokenizer: None,
+                    context_window: (id == MODEL).then_some(128_000),
+                    id,
                 })
                 .collect(),
             admin: sluice_ingress::config::AdminConfig {

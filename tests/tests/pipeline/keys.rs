@@ -316,6 +316,25 @@ async fn rotation_model_lists_rate_limits_and_expiry_are_enforced() {
     assert_eq!(status, 200);
     assert_eq!(body["data"].as_array().unwrap().len(), 1, "{body}");
     assert_eq!(body["data"][0]["id"], OTHER_MODEL);
+    assert!(
+        body["data"][0].get("sluice").is_none(),
+        "no price or context window configured for it: {body}"
+    );
+    // Sluice's additions, beside OpenAI's fields: the price budgets use, the context window.
+    let (status, body) = models(&stack, &base, KEY_A).await;
+    assert_eq!(status, 200, "{body}");
+    let listed = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == MODEL)
+        .unwrap_or_else(|| panic!("{MODEL} listed: {body}"));
+    assert_eq!(listed["object"], "model");
+    assert_eq!(
+        listed["sluice"],
+        json!({"price": {"input_per_million": PRICE_IN, "output_per_million": PRICE_OUT},
+               "context_window": 128_000})
+    );
     let mut other = chat("hi");
     other["model"] = json!(OTHER_MODEL);
     let (status, body) = stack.post("/v1/requests", &old, other).await;

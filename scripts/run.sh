@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Runs Sluice end to end on this machine: Kafka + ClickHouse (scripts/services.sh), the mock
-# LLM provider, the ingress, a worker group and the analytics sink, all on 127.0.0.1.
+# Runs Sluice end to end on this machine: Kafka + ClickHouse + Redis (scripts/services.sh), the
+# mock LLM provider, the ingress, a worker group and the analytics sink, all on 127.0.0.1.
 #
 #   scripts/run.sh          start everything, print where to send requests, run until Ctrl-C
 #   scripts/run.sh stop     stop what a running `scripts/run.sh` started (from another shell)
 #
 # Knobs: WORKERS [2] workers in the group, MOCK_LATENCY_MS [40], INGRESS_PORT [8080],
-# MOCK_PORT [9100], KEEP_SERVICES=1 leaves Kafka and ClickHouse running on exit,
+# MOCK_PORT [9100], KEEP_SERVICES=1 leaves Kafka, ClickHouse and Redis running on exit,
 # PROFILE [release], PROMETHEUS [1] starts a Prometheus on PROM_PORT [19090] scraping the
 # services' ops listeners (scripts/prometheus.sh; 0: none).
 set -euo pipefail
@@ -101,7 +101,7 @@ stop_processes   # leftovers of a run that was killed
 log "building ($PROFILE)"
 if [[ $PROFILE == release ]]; then cargo build --release --bins; else cargo build --bins; fi
 
-log "starting Kafka and ClickHouse"
+log "starting Kafka, ClickHouse and Redis"
 eval "$(services start)"
 trap on_exit EXIT INT TERM
 
@@ -112,9 +112,10 @@ export SLUICE_EXAMPLE_MODERATION_KEY="${SLUICE_EXAMPLE_MODERATION_KEY:-mock-mode
 start mock-provider "$BIN/mock-provider" --listen "127.0.0.1:$MOCK_PORT" --latency-ms "$MOCK_LATENCY_MS"
 wait_http "http://127.0.0.1:$MOCK_PORT/v1/models" "mock provider"
 
-# The ingress creates the topics; the sink applies the ClickHouse migrations.
+# The ingress creates the topics; the sink applies the ClickHouse migrations. Idempotency-Key
+# claims go to services.sh's Redis.
 ch_env ingress
-SLUICE_SERVER_LISTEN="127.0.0.1:$INGRESS_PORT" \
+SLUICE_SERVER_LISTEN="127.0.0.1:$INGRESS_PORT" SLUICE_IDEMPOTENCY_REDIS_URL="$SLUICE_REDIS_URL" \
   start ingress env "${CH_ENV[@]}" "$BIN/sluice-ingress" --config config/ingress.toml --demo
 wait_http "http://127.0.0.1:$INGRESS_PORT/healthz" "ingress"
 ch_env sink migrator
@@ -154,6 +155,9 @@ cat <<BANNER
     curl -s http://127.0.0.1:$INGRESS_PORT/v1/requests -H 'Authorization: Bearer sk-sluice-demo' \\
       -H 'x-sluice-priority: batch' -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}'
     curl -s http://127.0.0.1:$INGRESS_PORT/v1/requests/<id> -H 'Authorization: Bearer sk-sluice-demo'
+  Retry-safe (the same Idempotency-Key gets the first request's answer; keys in Redis, $SLUICE_REDIS_URL):
+    curl -s http://127.0.0.1:$INGRESS_PORT/v1/requests -H 'Authorization: Bearer sk-sluice-demo' \\
+      -H 'Idempotency-Key: my-key-1' -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}'
 
   Keys (admin key sk-sluice-admin), budgets, batches:
     curl -s http://127.0.0.1:$INGRESS_PORT/admin/keys -H 'Authorization: Bearer sk-sluice-admin' \

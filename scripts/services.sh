@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Local services for Sluice's integration tests: Apache Kafka (KRaft, single node, jars from
-# Maven Central) and ClickHouse (Debian's clickhouse-server 18.16), both as plain processes
-# bound to 127.0.0.1. Debian bookworm. Idempotent. See docs/services.md for measurements.
+# Maven Central), ClickHouse (Debian's clickhouse-server 18.16) and Redis (Debian's
+# redis-server 7.0: the ingress's idempotency keys), all as plain processes bound to
+# 127.0.0.1. Debian bookworm. Idempotent. See docs/services.md for measurements.
 #
 #   services.sh install              apt packages (if missing) + Kafka jars + probe class
-#   services.sh start                start both (installing first if needed), wait until ready,
-#                                    then print the env (same as `env`) on stdout
+#   services.sh start                start all three (installing first if needed), wait until
+#                                    ready, then print the env (same as `env`) on stdout
 #   services.sh stop                 stop only the processes this script started (pid files)
 #   services.sh restart | status | env
-#   services.sh clean                stop, then delete Kafka and ClickHouse data (jars kept)
+#   services.sh clean                stop, then delete Kafka, ClickHouse and Redis data (jars kept)
 #   services.sh start-kafka | stop-kafka            just the broker
 #   services.sh start-clickhouse | stop-clickhouse  just ClickHouse
+#   services.sh start-redis | stop-redis            just Redis
 #   services.sh topics               list the broker's topics (Java admin client)
 #   services.sh create-topic NAME [PARTITIONS]   create a topic (replication factor 1)
 #
@@ -21,7 +23,8 @@
 #   CH_HTTP_PORT [18123]  CH_TCP_PORT [19000]
 #   CH_DATABASES [sluice sluice_acl sluice_acl_e2e]  analyst databases the per-process users may use (each
 #                          with its `<db>_private`); see "ClickHouse users" below
-#   KAFKA_START_TIMEOUT [90]  CH_START_TIMEOUT [30]   seconds
+#   REDIS_PORT [16379]
+#   KAFKA_START_TIMEOUT [90]  CH_START_TIMEOUT [30]  REDIS_START_TIMEOUT [10]   seconds
 #   KAFKA_EXTRA_PROPERTIES   lines appended to server.properties (a new or restarted broker)
 #
 # A second, independent broker (e.g. for a restart test) only needs another state dir and ports:
@@ -47,6 +50,8 @@ CH_TCP_PORT="${CH_TCP_PORT:-19000}"
 CH_START_TIMEOUT="${CH_START_TIMEOUT:-30}"
 CH_DATABASES="${CH_DATABASES:-sluice sluice_acl sluice_acl_e2e}"
 CH_SERVER="${CH_SERVER:-/usr/sbin/clickhouse-server}"   # Debian clickhouse-server 18.16.1
+REDIS_PORT="${REDIS_PORT:-16379}"
+REDIS_START_TIMEOUT="${REDIS_START_TIMEOUT:-10}"
 
 KAFKA_SRC="$SCRIPT_DIR/kafka"                           # pom.xml, log4j2 configs, KafkaProbe.java
 KAFKA_HOME="$SLUICE_CACHE/kafka-$KAFKA_VERSION"         # shared by all state dirs on this machine
@@ -54,6 +59,7 @@ KAFKA_LIBS="$KAFKA_HOME/libs"
 KAFKA_PROBE_DIR="$KAFKA_HOME/probe"
 KAFKA_DIR="$SLUICE_STATE/kafka"                         # per state dir: config, data, logs, pid
 CH_DIR="$SLUICE_STATE/clickhouse"
+REDIS_DIR="$SLUICE_STATE/redis"                         # data (AOF), log, pid
 
 LOG_TAG=services
 # shellcheck source=scripts/lib.sh
@@ -102,6 +108,7 @@ install_apt() {
   [[ -x $CH_SERVER ]] || pkgs+=(clickhouse-server clickhouse-client)
   command -v javac >/dev/null || pkgs+=(openjdk-17-jdk-headless)   # javac: the probe is compiled
   command -v mvn >/dev/null || pkgs+=(maven)
+  command -v redis-server >/dev/null || pkgs+=(redis-server)       # pulls redis-tools (redis-cli)
   ((${#pkgs[@]})) || return 0
   log "apt-get install ${pkgs[*]}"
   # No systemd here: the packages' postinst cannot start their system services, which we do not
@@ -435,6 +442,45 @@ ch_curl_migrator() {
   else curl -sf "$@"; fi
 }
 
+# ---------- Redis 7.0 (the ingress's idempotency keys) ----------
+redis_cli() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
+wait_redis_ready() { # t0_ms spawned(0|1)
+  local t0=$1 spawned=$2 pidf="$REDIS_DIR/redis.pid" i
+  for ((i = 0; i < REDIS_START_TIMEOUT * 10; i++)); do
+    if [[ $(redis_cli ping 2>/dev/null) == PONG ]]; then
+      log "redis: ready on 127.0.0.1:$REDIS_PORT (pid $(cat "$pidf")) in $(( $(now_ms) - t0 ))ms, version $(redis_cli info server 2>/dev/null | tr -d '\r' | sed -n 's/^redis_version://p')"
+      return 0
+    fi
+    pid_alive "$pidf" || { tail -n 20 "$REDIS_DIR/redis.log" >&2 2>/dev/null || true; die "redis: exited during startup"; }
+    sleep 0.1
+  done
+  tail -n 20 "$REDIS_DIR/redis.log" >&2 2>/dev/null || true
+  (( spawned )) && stop_redis
+  die "redis: not ready on 127.0.0.1:$REDIS_PORT after ${REDIS_START_TIMEOUT}s (log: $REDIS_DIR/redis.log)"
+}
+
+start_redis() {
+  local d=$REDIS_DIR pidf="$REDIS_DIR/redis.pid" t0
+  if pid_alive "$pidf" redis-server; then
+    log "redis: already running (pid $(cat "$pidf"))"
+    wait_redis_ready "$(now_ms)" 0
+    return 0
+  fi
+  command -v redis-server >/dev/null && command -v redis-cli >/dev/null || install_apt
+  port_open "$REDIS_PORT" && die "redis: port $REDIS_PORT on 127.0.0.1 is already in use by another process"
+  mkdir -p "$d/data"
+  t0=$(now_ms)
+  # All settings on the command line (no config file). AOF only, fsync once a second, no RDB
+  # snapshots; loopback only; logs to stdout, which spawn sends to redis.log.
+  spawn "$pidf" "$d/redis.log" \
+    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --protected-mode yes --daemonize no \
+      --dir "$d/data" --appendonly yes --appendfsync everysec --save "" \
+      --logfile ""
+  wait_redis_ready "$t0" 1
+}
+# SIGTERM: Redis fsyncs the AOF and exits.
+stop_redis() { stop_pidfile redis "$REDIS_DIR/redis.pid" 30; }
+
 # ---------- commands ----------
 # SLUICE_CLICKHOUSE_USER/PASSWORD: the migrator, for tests and tools in this shell (tests
 # create databases). Each process's own user: SLUICE_CH_<ROLE>_USER/PASSWORD, which
@@ -444,6 +490,7 @@ cmd_env() {
   cat <<EOF
 export SLUICE_KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT
 export SLUICE_CLICKHOUSE_URL=http://127.0.0.1:$CH_HTTP_PORT
+export SLUICE_REDIS_URL=redis://127.0.0.1:$REDIS_PORT
 EOF
   [[ -s $CH_DIR/credentials.env ]] || return 0
   local role
@@ -453,12 +500,13 @@ EOF
   done
 }
 cmd_start() {
-  # ClickHouse first: it is ready in well under a second, Kafka takes several.
+  # ClickHouse and Redis first: they are ready in well under a second, Kafka takes several.
   start_clickhouse
+  start_redis
   start_kafka
   cmd_env
 }
-cmd_stop() { stop_kafka; stop_clickhouse; }
+cmd_stop() { stop_kafka; stop_redis; stop_clickhouse; }
 rss_mb() { awk '/VmRSS/ {printf "%d MB", $2/1024}' "/proc/$1/status" 2>/dev/null; }
 cmd_status() { # exit 1 if anything is stopped
   local rc=0 pid
@@ -470,12 +518,16 @@ cmd_status() { # exit 1 if anything is stopped
     pid=$(cat "$CH_DIR/server.pid")
     echo "clickhouse running pid $pid http 127.0.0.1:$CH_HTTP_PORT tcp $CH_TCP_PORT rss $(rss_mb "$pid") data $CH_DIR/data"
   else echo "clickhouse stopped ($CH_DIR)"; rc=1; fi
+  if pid_alive "$REDIS_DIR/redis.pid" redis-server; then
+    pid=$(cat "$REDIS_DIR/redis.pid")
+    echo "redis      running pid $pid 127.0.0.1:$REDIS_PORT rss $(rss_mb "$pid") data $REDIS_DIR/data"
+  else echo "redis      stopped ($REDIS_DIR)"; rc=1; fi
   return $rc
 }
 cmd_clean() {
   cmd_stop
-  rm -rf "$KAFKA_DIR" "$CH_DIR"
-  log "removed $KAFKA_DIR and $CH_DIR (Kafka jars kept in $KAFKA_HOME)"
+  rm -rf "$KAFKA_DIR" "$CH_DIR" "$REDIS_DIR"
+  log "removed $KAFKA_DIR, $CH_DIR and $REDIS_DIR (Kafka jars kept in $KAFKA_HOME)"
 }
 cmd_topics() {
   install_kafka_libs; install_kafka_probe
@@ -499,7 +551,9 @@ case "${1:-}" in
   stop-kafka) stop_kafka ;;
   start-clickhouse) start_clickhouse ;;
   stop-clickhouse) stop_clickhouse ;;
+  start-redis) start_redis ;;
+  stop-redis) stop_redis ;;
   topics) cmd_topics ;;
   create-topic) shift; cmd_create_topic "$@" ;;
-  *) echo "usage: $0 {install|start|stop|restart|status|env|clean|start-kafka|stop-kafka|start-clickhouse|stop-clickhouse|topics|create-topic}" >&2; exit 2 ;;
+  *) echo "usage: $0 {install|start|stop|restart|status|env|clean|start-kafka|stop-kafka|start-clickhouse|stop-clickhouse|start-redis|stop-redis|topics|create-topic}" >&2; exit 2 ;;
 esac

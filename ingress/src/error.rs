@@ -165,6 +165,16 @@ pub enum ApiError {
     TemplateVariableUnknown { template: String, variable: String },
     #[error("Template variable `{0}` must be a string, number or boolean")]
     TemplateVariableInvalid(String),
+    #[error("Invalid Idempotency-Key: {0}")]
+    IdempotencyKeyInvalid(&'static str),
+    #[error("This gateway remembers no idempotency keys (no `[idempotency] redis_url` is configured); send the request without Idempotency-Key")]
+    IdempotencyDisabled,
+    #[error("This Idempotency-Key was already used for a different request (another body, endpoint, priority or timeout) within the last {window_h} h; use a new key for a new request")]
+    IdempotencyKeyReused { window_h: u64 },
+    #[error("A request with this Idempotency-Key (request {0}) is still in progress; retry later, or fetch its result at GET /v1/requests/{0}")]
+    IdempotencyInProgress(String),
+    #[error("The idempotency-key store is unavailable, so this keyed request was not accepted; retry later")]
+    IdempotencyUnavailable(String),
 }
 
 fn flagged_list(categories: &[String]) -> String {
@@ -398,6 +408,30 @@ impl ApiError {
                 Some("invalid_value"),
                 Some("sluice.variables"),
             ),
+            IdempotencyKeyInvalid(_) | IdempotencyDisabled => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("invalid_idempotency_key"),
+                None,
+            ),
+            IdempotencyKeyReused { .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request_error",
+                Some("idempotency_key_reused"),
+                None,
+            ),
+            IdempotencyInProgress(_) => (
+                StatusCode::CONFLICT,
+                "invalid_request_error",
+                Some("idempotency_key_in_use"),
+                None,
+            ),
+            IdempotencyUnavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                Some("idempotency_store_unavailable"),
+                None,
+            ),
         }
     }
 
@@ -489,6 +523,7 @@ impl IntoResponse for ApiError {
         let retry_after = match &self {
             ApiError::RateLimited { retry_after } => Some(retry_after.as_secs_f64().ceil() as u64),
             _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(1),
+            ApiError::IdempotencyInProgress(_) => Some(1),
             _ => None,
         };
         let mut response = (status, axum::Json(self.body())).into_response();
@@ -502,6 +537,7 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
         if let ApiError::BudgetExceeded(_)
+        | ApiError::IdempotencyKeyReused { .. }
         | ApiError::MessageTooLarge { .. }
         | ApiError::TopicRefusedSize { .. } = &self
         {

@@ -15,6 +15,7 @@ mod error;
 mod fuzz;
 mod guard;
 mod http;
+mod idempotency;
 mod kafka;
 mod keys;
 mod listener;

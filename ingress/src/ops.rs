@@ -118,3 +118,12 @@ pub(crate) fn enqueued(request: &sluice_schemas::Request, default_completion: u3
     counter!("sluice_enqueued_tokens_total", "class" => class)
         .increment(request.token_estimate(default_completion));
 }
+
+/// What became of a request with an `Idempotency-Key`:
+/// `sluice_idempotency_total{outcome}`: `new` (first use, published), `replayed` (the first
+/// request's answer or id given again), `in_progress` (409), `mismatch` (422, another
+/// request under the key), `taken_over` (a pending claim given to a retry), `unavailable`
+/// (the store failed; 503).
+pub(crate) fn idempotency(outcome: &'static str) {
+    counter!("sluice_idempotency_total", "outcome" => outcome).increment(1);
+}

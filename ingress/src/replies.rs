@@ -46,14 +46,37 @@ pub struct WaitGuard {
 
 /// Removes a stream waiter when the response stream is dropped.
 pub struct StreamGuard {
-    waiters: Waiters,
+    /// `None`: a replay's events, not registered for the reply topic.
+    waiters: Option<Waiters>,
     request_id: String,
     pub receiver: mpsc::UnboundedReceiver<ReplyEvent>,
 }
 
+impl StreamGuard {
+    /// A stream of events that are already known (an answer given again), which the reply
+    /// topic never feeds.
+    pub fn replay(events: Vec<ReplyEvent>) -> StreamGuard {
+        let (tx, rx) = mpsc::unbounded_channel();
+        for event in events {
+            let _ = tx.send(event);
+        }
+        StreamGuard {
+            waiters: None,
+            request_id: String::new(),
+            receiver: rx,
+        }
+    }
+
+    /// Whether the reply topic feeds it (a live request, whose caller may cancel it).
+    pub fn is_live(&self) -> bool {
+        self.waiters.is_some()
+    }
+}
+
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        if let Ok(mut map) = self.waiters.inner.lock() {
+        let Some(waiters) = &self.waiters else { return };
+        if let Ok(mut map) = waiters.inner.lock() {
             map.remove(&self.request_id);
         }
     }
@@ -86,7 +109,7 @@ impl Waiters {
             map.insert(request_id.to_string(), Waiter::Stream(tx));
         }
         StreamGuard {
-            waiters: self.clone(),
+            waiters: Some(self.clone()),
             request_id: request_id.to_string(),
             receiver: rx,
         }

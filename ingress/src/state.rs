@@ -41,6 +41,8 @@ pub struct AppState {
     pub webhooks: crate::webhooks::Webhooks,
     /// Async requests accepted here lately, until their audit rows reach ClickHouse.
     pub(crate) recent: Recent,
+    /// `Idempotency-Key` claims, shared by every replica (docs/idempotency.md).
+    pub(crate) idempotency: crate::idempotency::Store,
 }
 
 impl AppState {
@@ -85,6 +87,7 @@ impl AppState {
             producer,
             waiters,
             recent: Recent::default(),
+            idempotency: crate::idempotency::Store::new(&config.idempotency),
             config,
         }
     }

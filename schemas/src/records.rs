@@ -91,6 +91,12 @@ impl Status {
             Status::Expired => "expired",
         }
     }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        [Status::Completed, Status::Failed, Status::Expired]
+            .into_iter()
+            .find(|status| status.as_str() == s)
+    }
 }
 
 /// The outcome of one request (`result.v2.avsc`).

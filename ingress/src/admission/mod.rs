@@ -19,6 +19,6 @@ pub use handles::Handles;
 pub(crate) use lines::{validate_line, Line};
 pub(crate) use publish::{publish, publish_traced};
 pub(crate) use routing::Routing;
-pub(crate) use validate::{checked, Dialect, Mode};
+pub(crate) use validate::{checked, Accepted, Dialect, Mode, PRIORITY_HEADER, TIMEOUT_HEADER};
 #[cfg(test)]
-pub(crate) use validate::{from_anthropic, validate, PRIORITY_HEADER, TIMEOUT_HEADER};
+pub(crate) use validate::{from_anthropic, validate};

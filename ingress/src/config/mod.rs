@@ -9,6 +9,7 @@ mod batch;
 mod budget;
 mod clickhouse;
 pub mod guard;
+mod idempotency;
 mod kafka;
 mod keys;
 mod requests;
@@ -28,6 +29,7 @@ pub use batch::BatchLimits;
 pub use budget::{BudgetConfig, BudgetSettings, Period, Scope};
 pub use clickhouse::{ClickHouseConfig, RetentionConfig};
 pub use guard::{GuardConfig, PiiAction, PiiConfig};
+pub use idempotency::IdempotencyConfig;
 pub use kafka::KafkaConfig;
 pub use keys::{AdminConfig, KeyConfig};
 pub use requests::{BillingConfig, DeadlineConfig, ModelConfig, RoutingConfig};
@@ -91,6 +93,9 @@ pub struct Config {
     /// Connection cap and read timeouts of the HTTP listener (docs/security.md).
     #[serde(default)]
     pub listener: ListenerConfig,
+    /// `Idempotency-Key`s: the shared store and how long keys are kept (docs/idempotency.md).
+    #[serde(default)]
+    pub idempotency: IdempotencyConfig,
     /// `[log] format = "text" | "json"` (sluice_schemas::logging).
     #[serde(default)]
     pub log: sluice_schemas::logging::LogConfig,
@@ -188,6 +193,7 @@ impl Config {
         self.guard.check(self)?;
         self.budget.check(self)?;
         self.audit.check(self)?;
+        self.idempotency.check(self)?;
         if self.models.is_empty() {
             return Err(ConfigError::Field {
                 field: "models".into(),
@@ -208,7 +214,8 @@ pub(crate) trait Section {
 /// Durations in config are plain milliseconds (`*_ms` keys).
 /// The sections env vars may override. Other `SLUICE_*` variables (another service's, or
 /// the scripts' `SLUICE_STATE`) are not ours and must not trip `deny_unknown_fields`.
-const ENV_SECTIONS: [&str; 13] = [
+const ENV_SECTIONS: [&str; 14] = [
+    "idempotency",
     "log",
     "trace",
     "server",

@@ -12,10 +12,11 @@ use axum::response::Response;
 use sluice_schemas::{now_ms, AuditAction};
 use tracing::Instrument;
 
-use crate::admission::{audit_event, checked, of_caller, publish_traced, Dialect, Mode};
+use crate::admission::{audit_event, checked, of_caller, publish_traced, Accepted, Dialect, Mode};
 use crate::error::ApiError;
 use crate::guard::Output;
 use crate::keys::Caller;
+use crate::replies::StreamGuard;
 use crate::state::AppState;
 
 pub(super) async fn chat_completions(
@@ -44,6 +45,10 @@ pub(crate) async fn sync_call(
         Dialect::OpenAi => "POST /v1/chat/completions",
         Dialect::Anthropic => "POST /v1/messages",
     };
+    let scope = match super::idempotent::scope(&headers, &caller, route, &body) {
+        Ok(scope) => scope,
+        Err(e) => return reject(&app, &caller, e, dialect),
+    };
     let span = request_span(&headers, &caller, route);
     let response = async move {
         let admitted = async {
@@ -62,19 +67,6 @@ pub(crate) async fn sync_call(
         let request_id = accepted.record.request_id.clone();
         tracing::Span::current().record("request_id", request_id.as_str());
         let output = Output::new(Arc::clone(&accepted.policy), accepted.restorer.clone());
-        if accepted.record.stream {
-            let guard = app.waiters.register_stream(&request_id);
-            if let Err(e) = publish_traced(&*app, &mut accepted).await {
-                return dialect.error(e);
-            }
-            return super::sse::respond(Arc::clone(&app), &accepted.record, guard, dialect, output)
-                .instrument(tracing::info_span!("reply", stream = true))
-                .await;
-        }
-        let mut guard = app.waiters.register(&request_id);
-        if let Err(e) = publish_traced(&*app, &mut accepted).await {
-            return dialect.error(e);
-        }
         let now = now_ms();
         let until_deadline =
             Duration::from_millis((accepted.record.deadline_ms - now).max(0) as u64);
@@ -84,6 +76,34 @@ pub(crate) async fn sync_call(
             .server
             .sync_timeout_ms
             .min(until_deadline + Duration::from_secs(2));
+        let ticket = match claim_or_wait(&app, scope.as_ref(), &accepted, wait).await {
+            Ok(Keyed::Ticket(ticket)) => ticket,
+            Ok(Keyed::Answered(stored, original)) => {
+                return replay(app, &accepted, stored, original, dialect, output).await
+            }
+            Err(e) => return dialect.error(e),
+        };
+        if accepted.record.stream {
+            let guard = app.waiters.register_stream(&request_id);
+            let published = publish_traced(&*app, &mut accepted).await;
+            super::idempotent::published(&app, ticket.as_ref(), &published).await;
+            if let Err(e) = published {
+                return dialect.error(e);
+            }
+            // A keyed stream runs to its end when the caller goes away: it said it would
+            // retry, and the retry gets the whole answer.
+            let cancels = ticket.is_none();
+            let record = &accepted.record;
+            return super::sse::respond(Arc::clone(&app), record, guard, dialect, output, cancels)
+                .instrument(tracing::info_span!("reply", stream = true))
+                .await;
+        }
+        let mut guard = app.waiters.register(&request_id);
+        let published = publish_traced(&*app, &mut accepted).await;
+        super::idempotent::published(&app, ticket.as_ref(), &published).await;
+        if let Err(e) = published {
+            return dialect.error(e);
+        }
         let waited = tokio::time::timeout(wait, &mut guard.receiver)
             .instrument(tracing::info_span!("reply", stream = false))
             .await;
@@ -106,6 +126,63 @@ pub(crate) async fn sync_call(
     .await;
     ended(&span, &response);
     response
+}
+
+/// What a valid sync request does about its `Idempotency-Key`.
+enum Keyed {
+    /// Publish, holding the key's claim if it has a key.
+    Ticket(Option<crate::idempotency::Ticket>),
+    /// A retry: the first request's result and id.
+    Answered(crate::lookup::StoredResult, String),
+}
+
+/// Claims the request's key, or, for a retry, waits up to `wait` for the first request's
+/// result (or takes over a key whose request never reached Kafka).
+async fn claim_or_wait(
+    app: &AppState,
+    scope: Option<&crate::idempotency::Scope>,
+    accepted: &Accepted,
+    wait: Duration,
+) -> Result<Keyed, ApiError> {
+    use super::idempotent::{claim, Keyed as Claimed, Waited};
+    let r = &accepted.record;
+    match claim(app, scope, &r.request_id).await? {
+        Claimed::Fresh(ticket) => Ok(Keyed::Ticket(ticket)),
+        Claimed::Retry(held) => {
+            let Some(scope) = scope else {
+                return Ok(Keyed::Ticket(None));
+            };
+            match super::idempotent::wait(app, scope, held, &r.team, &r.request_id, wait).await? {
+                Waited::Result(stored, original) => Ok(Keyed::Answered(stored, original)),
+                Waited::Mine(ticket) => Ok(Keyed::Ticket(Some(ticket))),
+            }
+        }
+    }
+}
+
+/// The first request's answer, given to its retry as the retry asked for it (JSON or a
+/// stream, in its dialect), through the same output guardrails.
+async fn replay(
+    app: Arc<AppState>,
+    accepted: &Accepted,
+    stored: crate::lookup::StoredResult,
+    original: String,
+    dialect: Dialect,
+    output: Output,
+) -> Response {
+    let mut result = super::replay::record(stored, original, &accepted.record);
+    if accepted.record.stream {
+        let mut record = accepted.record.clone();
+        record.request_id = result.request_id.clone();
+        let usage = super::replay::wants_usage(&record.body);
+        let guard = StreamGuard::replay(super::replay::stream_events(result, usage));
+        let response = super::sse::respond(app, &record, guard, dialect, output, false).await;
+        return super::idempotent::replayed(response);
+    }
+    match output.finish(&mut result).await {
+        Ok(()) => super::idempotent::replayed(dialect.result(&result)),
+        Err(e) => dialect.error(e),
+    }
 }
 
 /// Records the answer's status on the request span; a 5xx marks it failed.

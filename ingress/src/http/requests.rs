@@ -43,6 +43,10 @@ async fn submit_traced(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let request = tracing::Span::current();
+    let scope = match super::idempotent::scope(headers, caller, "POST /v1/requests", &body) {
+        Ok(scope) => scope,
+        Err(e) => return reject(app, caller, e, Dialect::OpenAi),
+    };
     let admitted = async {
         let accepted = checked(app, caller, headers, body, Mode::Async, Dialect::OpenAi).await?;
         request.record("request_id", accepted.record.request_id.as_str());
@@ -60,7 +64,18 @@ async fn submit_traced(
         Ok(a) => a,
         Err(e) => return reject(app, caller, e, Dialect::OpenAi),
     };
-    if let Err(e) = publish_traced(&**app, &mut accepted).await {
+    let ticket = match keyed(app, scope.as_ref(), &accepted).await {
+        Ok(Keyed::Ticket(ticket)) => ticket,
+        Ok(Keyed::Original(original)) => {
+            let mut r = accepted.record.clone();
+            r.request_id = original;
+            return super::idempotent::replayed(queued(&r));
+        }
+        Err(e) => return e.into_response(),
+    };
+    let published = publish_traced(&**app, &mut accepted).await;
+    super::idempotent::published(app, ticket.as_ref(), &published).await;
+    if let Err(e) = published {
         return e.into_response();
     }
     let r = &accepted.record;
@@ -68,6 +83,62 @@ async fn submit_traced(
     if let Some(url) = &accepted.webhook_url {
         crate::batch::webhooks::watch_request(Arc::clone(app), r, url.clone());
     }
+    queued(r)
+}
+
+/// What an async request does about its `Idempotency-Key`.
+enum Keyed {
+    /// Publish, holding the key's claim if it has a key.
+    Ticket(Option<crate::idempotency::Ticket>),
+    /// A retry: the id of the request that holds the key.
+    Original(String),
+}
+
+/// An async retry never waits: it gets the first request's id once Kafka has that request
+/// (its result, if any, is at `GET /v1/requests/{id}`); 409 while the first publish is in
+/// doubt; the key itself when that request never reached Kafka.
+async fn keyed(
+    app: &AppState,
+    scope: Option<&crate::idempotency::Scope>,
+    accepted: &crate::admission::Accepted,
+) -> Result<Keyed, ApiError> {
+    use super::idempotent::{claim, wait, Keyed as Claimed, Waited};
+    let r = &accepted.record;
+    let held = match claim(app, scope, &r.request_id).await? {
+        Claimed::Fresh(ticket) => return Ok(Keyed::Ticket(ticket)),
+        Claimed::Retry(held) => held,
+    };
+    let Some(scope) = scope else {
+        return Ok(Keyed::Ticket(None));
+    };
+    let known = held.accepted
+        || app.recent.contains(&held.request_id, &r.team)
+        || app
+            .store
+            .was_accepted(&held.request_id, &r.team)
+            .await
+            .map_err(ApiError::StoreUnavailable)?;
+    if known {
+        crate::ops::idempotency("replayed");
+        return Ok(Keyed::Original(held.request_id));
+    }
+    match wait(
+        app,
+        scope,
+        held,
+        &r.team,
+        &r.request_id,
+        std::time::Duration::ZERO,
+    )
+    .await?
+    {
+        Waited::Result(_, original) => Ok(Keyed::Original(original)),
+        Waited::Mine(ticket) => Ok(Keyed::Ticket(Some(ticket))),
+    }
+}
+
+/// `202 Accepted` for an async request, with its status URL.
+fn queued(r: &sluice_schemas::Request) -> Response {
     let location = format!("/v1/requests/{}", r.request_id);
     let mut response = (
         StatusCode::ACCEPTED,

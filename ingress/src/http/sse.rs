@@ -88,19 +88,22 @@ enum Out {
 }
 
 /// Waits for the first event, then streams. Failures before the first chunk are answered as
-/// plain JSON errors with their status, as OpenAI does.
+/// plain JSON errors with their status, as OpenAI does. A caller that goes away cancels the
+/// provider call if `cancels` (not for a keyed request, whose caller said it would retry,
+/// nor for a replay).
 pub(super) async fn respond(
     app: Arc<AppState>,
     record: &Request,
     mut guard: StreamGuard,
     dialect: Dialect,
     output: Output,
+    cancels: bool,
 ) -> Response {
     let mut cancel = CancelOnDrop {
         app: Arc::clone(&app),
         request_id: record.request_id.clone(),
         team: record.team.clone(),
-        armed: true,
+        armed: cancels && guard.is_live(),
     };
     let until_deadline = Duration::from_millis((record.deadline_ms - now_ms()).max(0) as u64);
     let wait = app

@@ -36,6 +36,11 @@ pub fn clickhouse_url() -> String {
     std::env::var("SLUICE_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:18123".into())
 }
 
+/// services.sh's Redis (the ingress's idempotency keys).
+pub fn redis_url() -> String {
+    std::env::var("SLUICE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:16379".into())
+}
+
 /// `host:port` of an http URL, for `allowed_hosts` (a local receiver opts in).
 pub fn host_port(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
@@ -248,6 +253,11 @@ impl Stack {
             log: Default::default(),
             trace: Default::default(),
             ops: Default::default(),
+            // services.sh's Redis, shared by every replica of this stack.
+            idempotency: sluice_ingress::config::IdempotencyConfig {
+                redis_url: Some(redis_url()),
+                ..Default::default()
+            },
         };
         ingress.server.listen = "127.0.0.1:0".into();
         ingress.server.sync_timeout_ms = Duration::from_secs(30);

@@ -16,6 +16,7 @@ mod connections;
 mod count_tokens;
 mod governance;
 mod guardrails;
+mod idempotency;
 mod keys;
 mod limits;
 mod metrics;

@@ -125,6 +125,7 @@ def stack():
         SLUICE_CLICKHOUSE_DATABASE=database,
         SLUICE_SERVER_LISTEN=f"127.0.0.1:{ingress_port}",
         SLUICE_SINK_FLUSH_INTERVAL_MS="200",
+        SLUICE_IDEMPOTENCY_REDIS_URL=os.environ.get("SLUICE_REDIS_URL", "redis://127.0.0.1:16379"),
     )
     try:
         with processes(tmp, env) as start:
@@ -242,3 +243,29 @@ def test_errors_are_the_sdk_exceptions_a_user_expects(stack):
     assert e.value.code == "model_not_found"
     with pytest.raises(openai.BadRequestError):
         client(stack).chat.completions.create(model=MODEL, messages=[])
+
+
+def test_a_retry_with_the_same_idempotency_key_is_answered_once(stack):
+    key = {"Idempotency-Key": "py-" + uuid.uuid4().hex}
+    create = client(stack).chat.completions.with_raw_response.create
+    first = create(model=MODEL, messages=MESSAGES, extra_headers=key)
+    retry = create(model=MODEL, messages=MESSAGES, extra_headers=key)
+    assert "x-sluice-idempotent-replayed" not in first.headers
+    assert retry.headers["x-sluice-idempotent-replayed"] == "true"
+    request_id = first.headers["x-sluice-request-id"]
+    assert retry.headers["x-sluice-request-id"] == request_id
+    assert retry.parse().choices[0].message.content == first.parse().choices[0].message.content
+    # Another request under the same key: the SDK's 422, which it does not retry.
+    with pytest.raises(openai.UnprocessableEntityError) as e:
+        create(model=MODEL, messages=MESSAGES[1:], extra_headers=key)
+    assert e.value.code == "idempotency_key_reused"
+    # Billed once: one usage row for the request (a second would arrive with the first).
+    count, deadline = "0", time.time() + 60
+    while time.time() < deadline and count == "0":
+        count = clickhouse(f"SELECT count() FROM {stack['database']}.usage FINAL "
+                           f"WHERE request_id = '{request_id}'").strip()
+        time.sleep(0.2)
+    time.sleep(1)
+    assert count == "1"
+    assert clickhouse(f"SELECT count() FROM {stack['database']}.usage FINAL "
+                      f"WHERE request_id = '{request_id}'").strip() == "1"

@@ -29,21 +29,16 @@ pub(crate) const HEADER: &str = "idempotency-key";
 /// Stripe's limit; a key is an opaque token (a UUID is 36).
 const MAX_KEY_BYTES: usize = 255;
 
-/// Compare-and-set, keeping the TTL: the claim changes only if it is still the one read.
+/// Compare-and-set: the claim changes only if it is still the one read. With a TTL
+/// (ARGV[3], a take-over starts a new window) it is renewed, else kept.
 static SWAP: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
-  return 1
-end
-return 0",
-    )
-});
-/// Compare-and-set with a fresh TTL (a take-over starts a new window).
-static SWAP_RENEW: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r"if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  if ARGV[3] then
+    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  else
+    redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+  end
   return 1
 end
 return 0",
@@ -307,7 +302,7 @@ impl Store {
         };
         let value = serde_json::to_string(&entry).unwrap_or_default();
         let window = self.window.as_millis() as u64;
-        let mut swap = SWAP_RENEW.key(&scope.redis_key);
+        let mut swap = SWAP.key(&scope.redis_key);
         swap.arg(&stale.value).arg(&value).arg(window);
         let swapped: i64 = self.run(CommandOf::Script(&swap)).await?;
         if swapped == 1 {

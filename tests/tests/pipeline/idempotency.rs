@@ -70,6 +70,11 @@ fn ik(stack: &Stack, name: &str) -> String {
     format!("{}-{name}", stack.prefix)
 }
 
+/// [`keyed`] on the stack's own ingress, with its key `name` ([`ik`]).
+async fn send(stack: &Stack, path: &str, key: &str, name: &str, body: &Value) -> Answer {
+    keyed(&stack.http, &stack.base, path, key, &ik(stack, name), body).await
+}
+
 /// The number of usage rows, once the sink wrote `want`, and a little later (a second row
 /// would be a double bill).
 async fn usage_rows(stack: &Stack, want: u64) -> u64 {
@@ -83,26 +88,10 @@ async fn usage_rows(stack: &Stack, want: u64) -> u64 {
 async fn a_retried_call_gets_the_first_answer_and_is_billed_once() {
     let stack = Stack::start(StackOptions::default()).await;
     let body = chat("what is an idempotency key?");
-    let first = keyed(
-        &stack.http,
-        &stack.base,
-        "/v1/chat/completions",
-        KEY_A,
-        &ik(&stack, "k-1"),
-        &body,
-    )
-    .await;
+    let first = send(&stack, "/v1/chat/completions", KEY_A, "k-1", &body).await;
     assert_eq!(first.status, 200, "{}", first.text);
     assert!(!first.replayed);
-    let retry = keyed(
-        &stack.http,
-        &stack.base,
-        "/v1/chat/completions",
-        KEY_A,
-        &ik(&stack, "k-1"),
-        &body,
-    )
-    .await;
+    let retry = send(&stack, "/v1/chat/completions", KEY_A, "k-1", &body).await;
     assert_eq!(retry.status, 200, "{}", retry.text);
     assert!(retry.replayed, "the retry says it is a replay");
     assert_eq!(retry.id, first.id, "the retry names the first request");
@@ -114,53 +103,21 @@ async fn a_retried_call_gets_the_first_answer_and_is_billed_once() {
     // Another body under the same key is another request: refused, not answered.
     let mut other = body.clone();
     other["max_tokens"] = json!(7);
-    let reused = keyed(
-        &stack.http,
-        &stack.base,
-        "/v1/chat/completions",
-        KEY_A,
-        &ik(&stack, "k-1"),
-        &other,
-    )
-    .await;
+    let reused = send(&stack, "/v1/chat/completions", KEY_A, "k-1", &other).await;
     assert_eq!(reused.status, 422, "{}", reused.text);
     assert_eq!(reused.json()["error"]["code"], "idempotency_key_reused");
     assert_eq!(reused.json()["error"]["type"], "invalid_request_error");
     // The same request on another endpoint is another request.
-    let async_reuse = keyed(
-        &stack.http,
-        &stack.base,
-        "/v1/requests",
-        KEY_A,
-        &ik(&stack, "k-1"),
-        &body,
-    )
-    .await;
+    let async_reuse = send(&stack, "/v1/requests", KEY_A, "k-1", &body).await;
     assert_eq!(async_reuse.status, 422, "{}", async_reuse.text);
 
     // Keys are per team: team B's "k-1" is its own, and never sees team A's answer.
-    let b = keyed(
-        &stack.http,
-        &stack.base,
-        "/v1/chat/completions",
-        KEY_B,
-        &ik(&stack, "k-1"),
-        &body,
-    )
-    .await;
+    let b = send(&stack, "/v1/chat/completions", KEY_B, "k-1", &body).await;
     assert_eq!(b.status, 200, "{}", b.text);
     assert!(!b.replayed, "another team's key is not a retry");
     assert_ne!(b.id, first.id);
     // A new key is a new request.
-    let fresh = keyed(
-        &stack.http,
-        &stack.base,
-        "/v1/chat/completions",
-        KEY_A,
-        &ik(&stack, "k-2"),
-        &body,
-    )
-    .await;
+    let fresh = send(&stack, "/v1/chat/completions", KEY_A, "k-2", &body).await;
     assert_eq!(fresh.status, 200, "{}", fresh.text);
     assert!(!fresh.replayed);
     assert_eq!(stack.mock.call_count(), 3);
@@ -218,15 +175,7 @@ async fn concurrent_retries_on_two_replicas_make_one_provider_call() {
 
     // The replica that answered first goes away; a later retry elsewhere still gets it.
     replica.stop().await;
-    let later = keyed(
-        &stack.http,
-        &stack.base,
-        "/v1/chat/completions",
-        KEY_A,
-        &ik(&stack, "same-key"),
-        &body,
-    )
-    .await;
+    let later = send(&stack, "/v1/chat/completions", KEY_A, "same-key", &body).await;
     assert_eq!(later.status, 200, "{}", later.text);
     assert!(later.replayed);
     assert_eq!(later.content(), first.content());
@@ -239,26 +188,10 @@ async fn concurrent_retries_on_two_replicas_make_one_provider_call() {
 async fn an_async_retry_gets_the_first_id_and_runs_once() {
     let stack = Stack::start(StackOptions::default()).await;
     let body = chat("queue me once");
-    let first = keyed(
-        &stack.http,
-        &stack.base,
-        "/v1/requests",
-        KEY_A,
-        &ik(&stack, "async-1"),
-        &body,
-    )
-    .await;
+    let first = send(&stack, "/v1/requests", KEY_A, "async-1", &body).await;
     assert_eq!(first.status, 202, "{}", first.text);
     let id = first.json()["id"].as_str().unwrap().to_string();
-    let retry = keyed(
-        &stack.http,
-        &stack.base,
-        "/v1/requests",
-        KEY_A,
-        &ik(&stack, "async-1"),
-        &body,
-    )
-    .await;
+    let retry = send(&stack, "/v1/requests", KEY_A, "async-1", &body).await;
     assert_eq!(retry.status, 202, "{}", retry.text);
     assert_eq!(
         retry.json()["id"],
@@ -268,29 +201,13 @@ async fn an_async_retry_gets_the_first_id_and_runs_once() {
     assert!(retry.replayed);
     stack.result_row(&id, "status").await;
     // Once done, a retry still points at it (and `GET /v1/requests/{id}` has the result).
-    let done = keyed(
-        &stack.http,
-        &stack.base,
-        "/v1/requests",
-        KEY_A,
-        &ik(&stack, "async-1"),
-        &body,
-    )
-    .await;
+    let done = send(&stack, "/v1/requests", KEY_A, "async-1", &body).await;
     assert_eq!(done.status, 202, "{}", done.text);
     assert_eq!(done.json()["id"], id.as_str());
     let (status, got) = stack.get(&format!("/v1/requests/{id}"), KEY_A).await;
     assert_eq!(status, 200, "{got}");
     // Team B cannot reach team A's request through a key.
-    let b = keyed(
-        &stack.http,
-        &stack.base,
-        "/v1/requests",
-        KEY_B,
-        &ik(&stack, "async-1"),
-        &body,
-    )
-    .await;
+    let b = send(&stack, "/v1/requests", KEY_B, "async-1", &body).await;
     assert_eq!(b.status, 202, "{}", b.text);
     assert_ne!(b.json()["id"], id.as_str());
     assert_eq!(usage_rows(&stack, 2).await, 2);
@@ -332,27 +249,11 @@ async fn a_stream_retry_replays_the_stream() {
             .collect();
         (text, chunks.last().unwrap()["usage"].clone())
     };
-    let first = keyed(
-        &stack.http,
-        &stack.base,
-        "/v1/chat/completions",
-        KEY_A,
-        &ik(&stack, "s-1"),
-        &body,
-    )
-    .await;
+    let first = send(&stack, "/v1/chat/completions", KEY_A, "s-1", &body).await;
     assert_eq!(first.status, 200, "{}", first.text);
     let (text, usage) = text_of(&first);
     assert_eq!(usage["completion_tokens"], 9);
-    let retry = keyed(
-        &stack.http,
-        &stack.base,
-        "/v1/chat/completions",
-        KEY_A,
-        &ik(&stack, "s-1"),
-        &body,
-    )
-    .await;
+    let retry = send(&stack, "/v1/chat/completions", KEY_A, "s-1", &body).await;
     assert_eq!(retry.status, 200, "{}", retry.text);
     assert!(retry.replayed);
     assert_eq!(retry.id, first.id);
@@ -459,15 +360,7 @@ async fn without_a_store_a_keyed_request_is_refused_and_others_run() {
         ..StackOptions::default()
     })
     .await;
-    let a = keyed(
-        &stack.http,
-        &stack.base,
-        "/v1/chat/completions",
-        KEY_A,
-        &ik(&stack, "k"),
-        &chat("x"),
-    )
-    .await;
+    let a = send(&stack, "/v1/chat/completions", KEY_A, "k", &chat("x")).await;
     assert_eq!(a.status, 400, "{}", a.text);
     assert_eq!(a.json()["error"]["code"], "invalid_idempotency_key");
     let (status, body, _) = stack.chat_with_id(KEY_A, &chat("no key")).await;
@@ -484,30 +377,14 @@ async fn without_a_store_a_keyed_request_is_refused_and_others_run() {
     })
     .await;
     let started = std::time::Instant::now();
-    let a = keyed(
-        &stack.http,
-        &stack.base,
-        "/v1/chat/completions",
-        KEY_A,
-        &ik(&stack, "k"),
-        &chat("down"),
-    )
-    .await;
+    let a = send(&stack, "/v1/chat/completions", KEY_A, "k", &chat("down")).await;
     assert_eq!(a.status, 503, "{}", a.text);
     assert_eq!(a.json()["error"]["code"], "idempotency_store_unavailable");
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "answered, not hung"
     );
-    let a = keyed(
-        &stack.http,
-        &stack.base,
-        "/v1/requests",
-        KEY_A,
-        &ik(&stack, "k"),
-        &chat("down"),
-    )
-    .await;
+    let a = send(&stack, "/v1/requests", KEY_A, "k", &chat("down")).await;
     assert_eq!(a.status, 503, "{}", a.text);
     let (status, body, _) = stack.chat_with_id(KEY_A, &chat("no key")).await;
     assert_eq!(status, 200, "{body}");
@@ -532,45 +409,19 @@ fn a_retry_takes_over_a_key_whose_request_never_reached_kafka() {
             ..StackOptions::default()
         })
         .await;
-        let http = &stack.http;
-        let base = &stack.base;
         let body = chat("lost in the outage");
         broker.services("stop-kafka");
-        let first = keyed(
-            http,
-            base,
-            "/v1/requests",
-            KEY_A,
-            &ik(&stack, "outage-1"),
-            &body,
-        )
-        .await;
+        let first = send(&stack, "/v1/requests", KEY_A, "outage-1", &body).await;
         assert_eq!(first.status, 503, "{}", first.text);
         assert_eq!(first.json()["error"]["code"], "service_unavailable");
         broker.services("start-kafka");
 
         // Kafka is back, but the first request's fate is unknown for a while: 409.
-        let early = keyed(
-            http,
-            base,
-            "/v1/requests",
-            KEY_A,
-            &ik(&stack, "outage-1"),
-            &body,
-        )
-        .await;
+        let early = send(&stack, "/v1/requests", KEY_A, "outage-1", &body).await;
         assert_eq!(early.status, 409, "{}", early.text);
         assert_eq!(early.json()["error"]["code"], "idempotency_key_in_use");
         let retry = eventually(WAIT, || async {
-            let a = keyed(
-                http,
-                base,
-                "/v1/requests",
-                KEY_A,
-                &ik(&stack, "outage-1"),
-                &body,
-            )
-            .await;
+            let a = send(&stack, "/v1/requests", KEY_A, "outage-1", &body).await;
             assert!(
                 a.status == 202 || a.status == 409,
                 "{}: {}",
@@ -584,15 +435,7 @@ fn a_retry_takes_over_a_key_whose_request_never_reached_kafka() {
         assert!(!retry.replayed, "the first request never ran");
         let id = retry.json()["id"].as_str().unwrap().to_string();
         stack.result_row(&id, "status").await;
-        let again = keyed(
-            http,
-            base,
-            "/v1/requests",
-            KEY_A,
-            &ik(&stack, "outage-1"),
-            &body,
-        )
-        .await;
+        let again = send(&stack, "/v1/requests", KEY_A, "outage-1", &body).await;
         assert_eq!(again.status, 202, "{}", again.text);
         assert_eq!(
             again.json()["id"],

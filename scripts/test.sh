@@ -24,6 +24,7 @@ running() { grep -q "^$1 *running" <<<"$status_before"; }
 stop_list=()
 running kafka || stop_list+=(stop-kafka)
 running clickhouse || stop_list+=(stop-clickhouse)
+running redis || stop_list+=(stop-redis)
 
 on_exit() {
   local rc=$?
@@ -36,7 +37,7 @@ on_exit() {
 }
 trap on_exit EXIT
 
-step "services: Kafka + ClickHouse on 127.0.0.1"
+step "services: Kafka + ClickHouse + Redis on 127.0.0.1"
 services start >/dev/null
 eval "$(services env)"
 printf '    SLUICE_KAFKA_BOOTSTRAP=%s\n    SLUICE_CLICKHOUSE_URL=%s\n' "$SLUICE_KAFKA_BOOTSTRAP" "$SLUICE_CLICKHOUSE_URL" >&2

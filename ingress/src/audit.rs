@@ -28,12 +28,22 @@ impl PromptAudit {
         decisions: &[String],
         attributes: &mut std::collections::HashMap<String, String>,
     ) -> PromptAudit {
+        PromptAudit::of(mode, messages, decisions, attributes)
+    }
+
+    /// [`PromptAudit::new`] of any prompt: an embeddings request's `input`.
+    pub fn of(
+        mode: AuditContent,
+        prompt: &(impl serde::Serialize + ?Sized),
+        decisions: &[String],
+        attributes: &mut std::collections::HashMap<String, String>,
+    ) -> PromptAudit {
         attributes.insert(AUDIT_ATTRIBUTE.to_string(), mode.as_str().to_string());
         let (prompt_sha256, prompt_text) = match mode {
             AuditContent::None => (None, None),
             // Compact JSON through a `Value`, as the workers re-serialize the body for the
             // provider: the same bytes the provider receives in `messages`.
-            _ => match serde_json::to_value(messages).and_then(|v| serde_json::to_string(&v)) {
+            _ => match serde_json::to_value(prompt).and_then(|v| serde_json::to_string(&v)) {
                 Ok(json) => mode.record(&json),
                 Err(_) => (None, None),
             },

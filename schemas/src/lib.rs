@@ -22,6 +22,7 @@ pub mod billable;
 pub mod codec;
 #[cfg(feature = "config")]
 pub mod config;
+pub mod embeddings;
 pub mod error;
 #[cfg(feature = "kafka")]
 pub mod kafka;

@@ -7,6 +7,7 @@
 //! state implements.
 
 mod audit;
+mod embeddings;
 mod handles;
 mod lines;
 mod publish;

@@ -54,6 +54,11 @@ impl Tokenizer {
         }
     }
 
+    /// The tokens of one text, with no chat framing (an embeddings input).
+    pub fn count(self, text: &str) -> usize {
+        self.bpe().encode_ordinary(text).len()
+    }
+
     /// Loads the vocabulary now rather than on the first request.
     pub fn warm(self) {
         let _ = self.bpe().encode_ordinary("warm up");

@@ -28,19 +28,55 @@ pub(crate) const TIMEOUT_HEADER: &str = "x-sluice-timeout-ms";
 /// reaches a provider) or as `x-sluice-*` headers.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SluiceOptions {
-    priority: Option<String>,
-    timeout_ms: Option<u64>,
+pub(super) struct SluiceOptions {
+    pub(super) priority: Option<String>,
+    pub(super) timeout_ms: Option<u64>,
     #[serde(default)]
-    attributes: HashMap<String, String>,
+    pub(super) attributes: HashMap<String, String>,
     /// A prompt template, `name@version` or `name` (the latest version).
-    template: Option<String>,
+    pub(super) template: Option<String>,
     /// The template's variables.
-    variables: Option<serde_json::Map<String, Value>>,
+    pub(super) variables: Option<serde_json::Map<String, Value>>,
     /// Restore masked PII in the answer (sync only); default: the team's `pii.restore`.
-    restore: Option<bool>,
+    pub(super) restore: Option<bool>,
     /// Async only: a URL notified (Standard Webhooks) when the request has its result.
-    webhook_url: Option<String>,
+    pub(super) webhook_url: Option<String>,
+}
+
+impl SluiceOptions {
+    /// Takes the `sluice` field out of a body (it never reaches a provider).
+    pub(super) fn take(
+        fields: &mut serde_json::Map<String, Value>,
+    ) -> Result<SluiceOptions, ApiError> {
+        match fields.remove("sluice") {
+            Some(v) => serde_json::from_value(v).map_err(|_| ApiError::InvalidParam {
+                param: "sluice",
+                problem: "expected an object with optional priority, timeout_ms, attributes, template, variables, restore and webhook_url",
+            }),
+            None => Ok(SluiceOptions::default()),
+        }
+    }
+
+    /// A webhook only for an async request, and only to where the team may send one.
+    pub(super) fn check_webhook(
+        &self,
+        app: &impl Handles,
+        caller: &Caller,
+        mode: Mode,
+    ) -> Result<(), ApiError> {
+        let Some(url) = &self.webhook_url else {
+            return Ok(());
+        };
+        if !matches!(mode, Mode::Async) {
+            return Err(ApiError::InvalidParam {
+                param: "sluice.webhook_url",
+                problem: "webhooks notify async requests; use POST /v1/requests",
+            });
+        }
+        app.webhooks()
+            .check_now(&caller.team, url)
+            .map_err(ApiError::from)
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -77,6 +113,8 @@ pub enum Dialect {
     OpenAi,
     /// `POST /v1/messages` (Anthropic's Messages API).
     Anthropic,
+    /// `POST /v1/embeddings`: OpenAI's shapes, an embeddings body instead of a chat one.
+    Embeddings,
 }
 
 /// An Anthropic Messages request body as the internal OpenAI chat request: parsed once,
@@ -123,37 +161,16 @@ pub(crate) fn validate(
     mode: Mode,
     dialect: Dialect,
 ) -> Result<Accepted, ApiError> {
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::BodyTooLarge {
-                limit: app.config().server.max_body_bytes,
-            }
-        } else {
-            ApiError::NotJson
-        }
-    })?;
+    let body = body_of(app, body)?;
     let mut request: ChatCompletionRequest = match dialect {
         Dialect::OpenAi => serde_json::from_slice(&body).map_err(ApiError::InvalidJson)?,
         Dialect::Anthropic => from_anthropic(&body, matches!(mode, Mode::Count))?,
-    };
-    let options: SluiceOptions = match request.extra.remove("sluice") {
-        Some(v) => serde_json::from_value(v).map_err(|_| ApiError::InvalidParam {
-            param: "sluice",
-            problem: "expected an object with optional priority, timeout_ms, attributes, template, variables, restore and webhook_url",
-        })?,
-        None => SluiceOptions::default(),
-    };
-    if let Some(url) = &options.webhook_url {
-        if !matches!(mode, Mode::Async) {
-            return Err(ApiError::InvalidParam {
-                param: "sluice.webhook_url",
-                problem: "webhooks notify async requests; use POST /v1/requests",
-            });
+        Dialect::Embeddings => {
+            return super::embeddings::validate(app, caller, headers, Ok(body), mode)
         }
-        app.webhooks()
-            .check_now(&caller.team, url)
-            .map_err(ApiError::from)?;
-    }
+    };
+    let options = SluiceOptions::take(&mut request.extra)?;
+    options.check_webhook(app, caller, mode)?;
     if options.restore == Some(true) && matches!(mode, Mode::Async) {
         return Err(ApiError::InvalidParam {
             param: "sluice.restore",
@@ -190,28 +207,12 @@ pub(crate) fn validate(
         &app.config().billing,
         app.config().budget.default_completion_tokens,
     )?;
-    let priority = match options
-        .priority
-        .as_deref()
-        .or_else(|| headers.get(PRIORITY_HEADER).and_then(|v| v.to_str().ok()))
-    {
-        None => Priority::Standard,
-        Some(p) => Priority::parse(p).ok_or_else(|| ApiError::InvalidPriority(p.to_string()))?,
-    };
-    let timeout = match options.timeout_ms {
-        Some(ms) => Some(ms.to_string()),
-        None => headers
-            .get(TIMEOUT_HEADER)
-            .map(|v| v.to_str().unwrap_or("").to_string()),
-    };
-    let max = app.config().deadlines.max_ms;
-    let timeout = match timeout {
-        None => app.config().deadlines.default_for(priority),
-        Some(raw) => match raw.trim().parse::<u64>() {
-            Ok(ms) if ms > 0 && Duration::from_millis(ms) <= max => Duration::from_millis(ms),
-            _ => return Err(ApiError::InvalidTimeout(raw)),
-        },
-    };
+    let (priority, timeout) = schedule(
+        app,
+        headers,
+        options.priority.as_deref(),
+        options.timeout_ms,
+    )?;
     let policy_restore = matches!(mode, Mode::Sync)
         && options
             .restore
@@ -230,52 +231,36 @@ pub(crate) fn validate(
     }
     let prompt_tokens = count_prompt_tokens(tokenizer, &request.messages);
     let mut attributes = options.attributes;
+    // A chat request, whatever the caller's attributes say.
+    attributes.remove(sluice_schemas::embeddings::ENDPOINT_ATTRIBUTE);
     let prompt_audit = crate::audit::PromptAudit::new(
         app.config().audit.content_for(&caller.team),
         &request.messages,
         &prepared.decisions,
         &mut attributes,
     );
-    let created_at_ms = now_ms();
-    let request_id = format!("req_{}", uuid::Uuid::now_v7().simple());
     // Every completion the provider may bill (n x the cap): what budgets reserve and
     // workers throttle by.
-    let max_tokens = Some(completion_tokens.min(i32::MAX as u64) as i32);
+    let max_tokens = completion_tokens.min(i32::MAX as u64) as i32;
     let body = serde_json::to_string(&request).map_err(ApiError::InvalidJson)?;
-    // The body alone already too large for Kafka: refused before any budget or moderation
-    // (the encoded record is checked exactly when it is published).
-    let limit = app.config().kafka.max_message_bytes;
-    if !sluice_schemas::topics::fits(limit, caller.team.len(), body.len()) {
-        return Err(ApiError::MessageTooLarge {
-            size: body.len(),
-            limit,
-        });
-    }
-    let topic = app.routing().topic(&caller.team, priority);
-    let reply = match mode {
-        Mode::Sync => Some(app.reply_to().clone()),
-        Mode::Async | Mode::Count => None,
-    };
-    Ok(Accepted {
-        record: Request {
-            request_id,
-            team: caller.team.clone(),
-            key_id: caller.key_id.clone(),
-            priority,
+    let (record, topic) = seal(
+        app,
+        caller,
+        headers,
+        mode,
+        Draft {
             model: request.model,
-            created_at_ms,
-            deadline_ms: created_at_ms + timeout.as_millis() as i64,
-            traceparent: headers
-                .get("traceparent")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
-            reply,
-            prompt_tokens: prompt_tokens.min(i32::MAX as usize) as i32,
+            priority,
+            timeout,
+            prompt_tokens,
             max_tokens,
             body,
             stream,
             attributes,
         },
+    )?;
+    Ok(Accepted {
+        record,
         topic,
         policy: prepared.policy,
         restorer: prepared.restorer,
@@ -283,6 +268,113 @@ pub(crate) fn validate(
         webhook_url: options.webhook_url,
         prompt_audit,
     })
+}
+
+/// The body, or why there is none: too large, or not readable.
+pub(super) fn body_of(
+    app: &impl Handles,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::BodyTooLarge {
+                limit: app.config().server.max_body_bytes,
+            }
+        } else {
+            ApiError::NotJson
+        }
+    })
+}
+
+/// The request's class and timeout, from its `sluice` options or else its `x-sluice-*`
+/// headers (the class's default timeout when neither says).
+pub(super) fn schedule(
+    app: &impl Handles,
+    headers: &HeaderMap,
+    priority: Option<&str>,
+    timeout_ms: Option<u64>,
+) -> Result<(Priority, Duration), ApiError> {
+    let priority = match priority
+        .or_else(|| headers.get(PRIORITY_HEADER).and_then(|v| v.to_str().ok()))
+    {
+        None => Priority::Standard,
+        Some(p) => Priority::parse(p).ok_or_else(|| ApiError::InvalidPriority(p.to_string()))?,
+    };
+    let timeout = match timeout_ms {
+        Some(ms) => Some(ms.to_string()),
+        None => headers
+            .get(TIMEOUT_HEADER)
+            .map(|v| v.to_str().unwrap_or("").to_string()),
+    };
+    let max = app.config().deadlines.max_ms;
+    let timeout = match timeout {
+        None => app.config().deadlines.default_for(priority),
+        Some(raw) => match raw.trim().parse::<u64>() {
+            Ok(ms) if ms > 0 && Duration::from_millis(ms) <= max => Duration::from_millis(ms),
+            _ => return Err(ApiError::InvalidTimeout(raw)),
+        },
+    };
+    Ok((priority, timeout))
+}
+
+/// What a validated body becomes in its [`Request`] record.
+pub(super) struct Draft {
+    pub(super) model: String,
+    pub(super) priority: Priority,
+    pub(super) timeout: Duration,
+    pub(super) prompt_tokens: usize,
+    /// The most output tokens the provider may bill.
+    pub(super) max_tokens: i32,
+    /// The body the workers send (JSON).
+    pub(super) body: String,
+    pub(super) stream: bool,
+    pub(super) attributes: HashMap<String, String>,
+}
+
+/// The record of a validated request and its topic: a new id, the deadline, the trace
+/// parent, where a sync answer goes. Refused if the body alone is too large for Kafka.
+pub(super) fn seal(
+    app: &impl Handles,
+    caller: &Caller,
+    headers: &HeaderMap,
+    mode: Mode,
+    draft: Draft,
+) -> Result<(Request, Topic), ApiError> {
+    // The body alone already too large for Kafka: refused before any budget or moderation
+    // (the encoded record is checked exactly when it is published).
+    let limit = app.config().kafka.max_message_bytes;
+    if !sluice_schemas::topics::fits(limit, caller.team.len(), draft.body.len()) {
+        return Err(ApiError::MessageTooLarge {
+            size: draft.body.len(),
+            limit,
+        });
+    }
+    let topic = app.routing().topic(&caller.team, draft.priority);
+    let reply = match mode {
+        Mode::Sync => Some(app.reply_to().clone()),
+        Mode::Async | Mode::Count => None,
+    };
+    let created_at_ms = now_ms();
+    let record = Request {
+        request_id: format!("req_{}", uuid::Uuid::now_v7().simple()),
+        team: caller.team.clone(),
+        key_id: caller.key_id.clone(),
+        priority: draft.priority,
+        model: draft.model,
+        created_at_ms,
+        deadline_ms: created_at_ms + draft.timeout.as_millis() as i64,
+        traceparent: headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        reply,
+        prompt_tokens: draft.prompt_tokens.min(i32::MAX as usize) as i32,
+        max_tokens: Some(draft.max_tokens),
+        body: draft.body,
+        stream: draft.stream,
+        attributes: draft.attributes,
+    };
+    Ok((record, topic))
 }
 
 #[cfg(test)]

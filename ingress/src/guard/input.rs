@@ -124,65 +124,17 @@ impl Guard {
         }
 
         let mut decisions = Vec::new();
-        if !policy.prompt.is_empty() {
-            decisions.push("prompt_guard:pass".to_string());
-            for m in messages.iter() {
-                let untrusted = matches!(m.role, Role::User | Role::Tool | Role::Function);
-                for text in m.text() {
-                    policy
-                        .prompt
-                        .check(text, untrusted)
-                        .map_err(|b| ApiError::PromptBlocked { rule: b.0 })?;
-                }
-            }
-            for value in variables.values() {
-                policy
-                    .prompt
-                    .check(value, true)
-                    .map_err(|b| ApiError::PromptBlocked { rule: b.0 })?;
-            }
-        }
-
-        let mut masker = Masker::default();
-        if Category::ALL.iter().any(|c| policy.pii_wanted(*c)) {
-            let mut slots = text_slots(messages, &mut variables);
-            let findings: Vec<Vec<Finding>> = slots
-                .iter()
-                .map(|s| pii::scan(s, |c| policy.pii_wanted(c)))
-                .collect();
-            let blocked: BTreeSet<Category> = findings
-                .iter()
-                .flatten()
-                .map(|f| f.category)
-                .filter(|c| policy.pii.action(*c) == PiiAction::Block)
-                .collect();
-            if !blocked.is_empty() {
-                return Err(ApiError::PiiBlocked {
-                    categories: blocked.iter().copied().map(Category::as_str).collect(),
-                    described: blocked.into_iter().map(Category::describe).collect(),
-                });
-            }
-            let applied: BTreeSet<Category> =
-                findings.iter().flatten().map(|f| f.category).collect();
-            decisions.extend(applied.into_iter().filter_map(|c| {
-                let action = match policy.pii.action(c) {
-                    PiiAction::Redact => "redact",
-                    PiiAction::Mask => "mask",
-                    PiiAction::Allow | PiiAction::Block => return None,
-                };
-                Some(format!("pii:{action}:{}", c.as_str()))
-            }));
-            if findings.iter().any(|f| !f.is_empty()) {
-                for s in &slots {
-                    masker.reserve_existing(s);
-                }
-                for (slot, found) in slots.iter_mut().zip(&findings) {
-                    if !found.is_empty() {
-                        **slot = replace(slot, found, &policy.pii, &mut masker);
-                    }
-                }
-            }
-        }
+        let texts = messages.iter().flat_map(|m| {
+            let untrusted = matches!(m.role, Role::User | Role::Tool | Role::Function);
+            m.text().map(move |text| (text, untrusted))
+        });
+        let variable_texts = variables.values().map(|v| (v.as_str(), true));
+        screen_prompt(&policy, texts.chain(variable_texts), &mut decisions)?;
+        let masker = mask_pii(
+            &policy,
+            text_slots(messages, &mut variables),
+            &mut decisions,
+        )?;
 
         if let Some(reference) = asked.template {
             let id = self.templates.id(team, reference).unwrap_or(reference);
@@ -224,6 +176,122 @@ impl Guard {
             decisions,
         })
     }
+    /// The guardrails of an input that is not a conversation (the texts of an embeddings
+    /// request), in place: prompt guard and PII. Templates, decorators and masking restore
+    /// do not apply: nothing is generated from them.
+    pub fn prepare_texts(&self, team: &str, texts: &mut [String]) -> Result<Prepared, ApiError> {
+        let policy = self.policy(team);
+        let mut decisions = Vec::new();
+        screen_prompt(
+            &policy,
+            texts.iter().map(|t| (t.as_str(), true)),
+            &mut decisions,
+        )?;
+        mask_pii(&policy, texts.iter_mut().collect(), &mut decisions)?;
+        let moderation_input = if policy.moderation.as_ref().is_some_and(|c| c.config.input) {
+            decisions.push("moderation:input".to_string());
+            texts.to_vec()
+        } else {
+            Vec::new()
+        };
+        Ok(Prepared {
+            policy,
+            restorer: None,
+            moderation_input,
+            decisions,
+        })
+    }
+}
+
+impl Guard {
+    /// The guardrails of token-array input, which they cannot read: allowed only when the
+    /// team's policy screens no input (prompt guard, PII or input moderation).
+    pub fn prepare_tokens(&self, team: &str) -> Result<Prepared, ApiError> {
+        let policy = self.policy(team);
+        let screens = !policy.prompt.is_empty()
+            || Category::ALL.iter().any(|c| policy.pii_wanted(*c))
+            || policy.moderation.as_ref().is_some_and(|c| c.config.input);
+        if screens {
+            return Err(ApiError::InvalidParam {
+                param: "input",
+                problem: "token arrays cannot be screened by this team's guardrails (prompt guard, PII, moderation); send the text instead",
+            });
+        }
+        Ok(Prepared {
+            policy,
+            restorer: None,
+            moderation_input: Vec::new(),
+            decisions: Vec::new(),
+        })
+    }
+}
+
+/// The prompt guard over every `(text, untrusted)`: a blocked text refuses the request.
+fn screen_prompt<'a>(
+    policy: &Policy,
+    texts: impl Iterator<Item = (&'a str, bool)>,
+    decisions: &mut Vec<String>,
+) -> Result<(), ApiError> {
+    if policy.prompt.is_empty() {
+        return Ok(());
+    }
+    decisions.push("prompt_guard:pass".to_string());
+    for (text, untrusted) in texts {
+        policy
+            .prompt
+            .check(text, untrusted)
+            .map_err(|b| ApiError::PromptBlocked { rule: b.0 })?;
+    }
+    Ok(())
+}
+
+/// Scans every slot for the PII the policy wants found: refuses what it blocks, redacts or
+/// masks the rest in place. The masker holds what masking replaced.
+fn mask_pii(
+    policy: &Policy,
+    mut slots: Vec<&mut String>,
+    decisions: &mut Vec<String>,
+) -> Result<Masker, ApiError> {
+    let mut masker = Masker::default();
+    if !Category::ALL.iter().any(|c| policy.pii_wanted(*c)) {
+        return Ok(masker);
+    }
+    let findings: Vec<Vec<Finding>> = slots
+        .iter()
+        .map(|s| pii::scan(s, |c| policy.pii_wanted(c)))
+        .collect();
+    let blocked: BTreeSet<Category> = findings
+        .iter()
+        .flatten()
+        .map(|f| f.category)
+        .filter(|c| policy.pii.action(*c) == PiiAction::Block)
+        .collect();
+    if !blocked.is_empty() {
+        return Err(ApiError::PiiBlocked {
+            categories: blocked.iter().copied().map(Category::as_str).collect(),
+            described: blocked.into_iter().map(Category::describe).collect(),
+        });
+    }
+    let applied: BTreeSet<Category> = findings.iter().flatten().map(|f| f.category).collect();
+    decisions.extend(applied.into_iter().filter_map(|c| {
+        let action = match policy.pii.action(c) {
+            PiiAction::Redact => "redact",
+            PiiAction::Mask => "mask",
+            PiiAction::Allow | PiiAction::Block => return None,
+        };
+        Some(format!("pii:{action}:{}", c.as_str()))
+    }));
+    if findings.iter().any(|f| !f.is_empty()) {
+        for s in &slots {
+            masker.reserve_existing(s);
+        }
+        for (slot, found) in slots.iter_mut().zip(&findings) {
+            if !found.is_empty() {
+                **slot = replace(slot, found, &policy.pii, &mut masker);
+            }
+        }
+    }
+    Ok(masker)
 }
 
 fn system_message(text: &str) -> ChatMessage {

@@ -27,7 +27,16 @@ pub(super) async fn chat_completions(
     sync_call(app, headers, body, Dialect::OpenAi).await
 }
 
-/// A sync call in either dialect: publish, then wait for the result (or its stream).
+/// `POST /v1/embeddings`: a sync call with an embeddings body.
+pub(super) async fn embeddings(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    sync_call(app, headers, body, Dialect::Embeddings).await
+}
+
+/// A sync call in any dialect: publish, then wait for the result (or its stream).
 pub(crate) async fn sync_call(
     app: Arc<AppState>,
     headers: HeaderMap,
@@ -44,6 +53,7 @@ pub(crate) async fn sync_call(
     let route = match dialect {
         Dialect::OpenAi => "POST /v1/chat/completions",
         Dialect::Anthropic => "POST /v1/messages",
+        Dialect::Embeddings => "POST /v1/embeddings",
     };
     let scope = match super::idempotent::scope(&headers, &caller, route, &body) {
         Ok(scope) => scope,

@@ -12,14 +12,14 @@ pub(crate) const REQUEST_ID_HEADER: &str = "x-sluice-request-id";
 impl Dialect {
     pub(crate) fn error(self, error: ApiError) -> Response {
         match self {
-            Dialect::OpenAi => error.into_response(),
+            Dialect::OpenAi | Dialect::Embeddings => error.into_response(),
             Dialect::Anthropic => error.into_anthropic_response(),
         }
     }
 
     pub(crate) fn result(self, result: &ResultRecord) -> Response {
         match self {
-            Dialect::OpenAi => result_response(result),
+            Dialect::OpenAi | Dialect::Embeddings => result_response(result),
             Dialect::Anthropic => crate::http::anthropic::result_response(result),
         }
     }

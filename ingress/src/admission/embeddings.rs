@@ -1,0 +1,109 @@
+//! Validation of `POST /v1/embeddings` (and of embeddings batch lines): OpenAI's request
+//! shape, the same checks as a chat request (model, key, class and timeout, guardrails on
+//! the input, size), input tokens counted with the model's tokenizer. Only input is billed:
+//! the record's `max_tokens` is 0.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::http::HeaderMap;
+use serde_json::{Map, Value};
+use sluice_schemas::embeddings::{
+    EmbeddingsRequest, Input, Unreadable, EMBEDDINGS, ENDPOINT_ATTRIBUTE,
+};
+
+use super::validate::{body_of, schedule, seal, Accepted, Draft, Mode, SluiceOptions};
+use super::Handles;
+use crate::error::ApiError;
+use crate::keys::Caller;
+
+pub(super) fn validate(
+    app: &impl Handles,
+    caller: &Caller,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    mode: Mode,
+) -> Result<Accepted, ApiError> {
+    let body = body_of(app, body)?;
+    let mut fields: Map<String, Value> =
+        serde_json::from_slice(&body).map_err(ApiError::InvalidJson)?;
+    let options = SluiceOptions::take(&mut fields)?;
+    if options.template.is_some() || options.variables.is_some() || options.restore.is_some() {
+        return Err(ApiError::InvalidParam {
+            param: "sluice",
+            problem: "embeddings take priority, timeout_ms, attributes and (async) webhook_url; templates and restore are for chat",
+        });
+    }
+    options.check_webhook(app, caller, mode)?;
+    let mut request = EmbeddingsRequest::from_fields(fields).map_err(|e| match e {
+        Unreadable::Field(e) => ApiError::InvalidParam {
+            param: e.param,
+            problem: e.problem,
+        },
+        Unreadable::Json(e) => ApiError::InvalidJson(e),
+    })?;
+    request.check().map_err(|e| ApiError::InvalidParam {
+        param: e.param,
+        problem: e.problem,
+    })?;
+    let tokenizer = *app
+        .models()
+        .get(&request.model)
+        .ok_or_else(|| ApiError::UnknownModel(request.model.clone()))?;
+    app.keys().check_model(caller, &request.model)?;
+    let (priority, timeout) = schedule(
+        app,
+        headers,
+        options.priority.as_deref(),
+        options.timeout_ms,
+    )?;
+    let guard = app.guard();
+    let (prepared, prompt_tokens) = match &mut request.input {
+        Input::Text(text) => {
+            let prepared = guard.prepare_texts(&caller.team, std::slice::from_mut(text))?;
+            (prepared, tokenizer.count(text))
+        }
+        Input::Texts(texts) => {
+            let prepared = guard.prepare_texts(&caller.team, texts)?;
+            (prepared, texts.iter().map(|t| tokenizer.count(t)).sum())
+        }
+        Input::Tokens(tokens) => (guard.prepare_tokens(&caller.team)?, tokens.len()),
+        Input::TokenArrays(arrays) => (
+            guard.prepare_tokens(&caller.team)?,
+            arrays.iter().map(Vec::len).sum(),
+        ),
+    };
+    let mut attributes = options.attributes;
+    attributes.insert(ENDPOINT_ATTRIBUTE.to_string(), EMBEDDINGS.to_string());
+    let prompt_audit = crate::audit::PromptAudit::of(
+        app.config().audit.content_for(&caller.team),
+        &request.input,
+        &prepared.decisions,
+        &mut attributes,
+    );
+    let body = serde_json::to_string(&request).map_err(ApiError::InvalidJson)?;
+    let (record, topic) = seal(
+        app,
+        caller,
+        headers,
+        mode,
+        Draft {
+            model: request.model,
+            priority,
+            timeout,
+            prompt_tokens,
+            max_tokens: 0,
+            body,
+            stream: false,
+            attributes,
+        },
+    )?;
+    Ok(Accepted {
+        record,
+        topic,
+        policy: prepared.policy,
+        restorer: None,
+        moderation_input: prepared.moderation_input,
+        prompt_audit,
+        webhook_url: options.webhook_url,
+    })
+}

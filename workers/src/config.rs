@@ -495,7 +495,10 @@ free_models = ["llama"]
                     "gpt-4o-mini",
                     "local-llama",
                     "claude-sonnet",
-                    "gemini-flash"
+                    "gemini-flash",
+                    "text-embedding-3-small",
+                    "text-embedding-3-large",
+                    "gemini-embedding-001"
                 ],
                 "{file}"
             );

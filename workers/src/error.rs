@@ -39,6 +39,11 @@ pub enum ProviderError {
     BadRequest(#[source] serde_json::Error),
     #[error("provider stream is not valid server-sent events")]
     StreamBroken,
+    /// The deployment's provider has no form of the request (Anthropic has no embeddings
+    /// API; Gemini embeds no token arrays). No call was made: another deployment may serve
+    /// it, and this one is not at fault.
+    #[error("{0}")]
+    Unsupported(&'static str),
 }
 
 impl ProviderError {
@@ -52,7 +57,8 @@ impl ProviderError {
             ProviderError::Timeout(_) | ProviderError::Connect(_) | ProviderError::Body(_) => true,
             ProviderError::Malformed(_)
             | ProviderError::BadRequest(_)
-            | ProviderError::StreamBroken => false,
+            | ProviderError::StreamBroken
+            | ProviderError::Unsupported(_) => false,
         }
     }
 
@@ -78,6 +84,7 @@ impl ProviderError {
             ProviderError::Malformed(_) => "malformed_response",
             ProviderError::BadRequest(_) => "bad_request",
             ProviderError::StreamBroken => "stream_broken",
+            ProviderError::Unsupported(_) => "unsupported",
         }
     }
 

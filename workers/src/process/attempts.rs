@@ -43,7 +43,9 @@ pub(super) enum Ended<'a> {
 /// unreadable may have.
 fn billed(error: &ProviderError) -> &'static str {
     match error {
-        ProviderError::Status { .. } | ProviderError::BadRequest(_) => "none",
+        ProviderError::Status { .. }
+        | ProviderError::BadRequest(_)
+        | ProviderError::Unsupported(_) => "none",
         _ => "unknown",
     }
 }

@@ -280,6 +280,8 @@ pub(super) enum Next {
 }
 
 /// Records the failure with the deployment's breaker and decides what comes next:
+/// - a request this deployment's provider has no form of: the next deployment, if any
+///   (no call was made, so its breaker hears nothing);
 /// - a request error (400, 422, ...) would fail anywhere: stop, never retried;
 /// - a deployment fault that retrying cannot fix (401, 403, 404): the next deployment;
 /// - throttled (429) with a fallback left: the next deployment at once, rather than wait;
@@ -295,6 +297,9 @@ pub(super) fn after_failure(
 ) -> Next {
     let deployment = &target.deployment;
     tracing::warn!(deployment = %deployment.name, attempt, kind = error.kind(), %error, "provider call failed");
+    if matches!(error, ProviderError::Unsupported(_)) {
+        return if has_next { Next::Fallback } else { Next::Stop };
+    }
     if !error.is_deployment_fault() {
         // The deployment answered: it is healthy, the request is not.
         target.breaker.success();

@@ -12,6 +12,7 @@ use tracing::Instrument;
 
 use crate::providers::with_traceparent;
 use crate::routing::random_for;
+use sluice_schemas::embeddings::{is_embeddings, EmbeddingsRequest};
 
 impl Processor {
     /// Runs the request and publishes its events. Returns false if the events could not be
@@ -68,12 +69,16 @@ impl Processor {
         let outcome = match self.prepare(&request) {
             Err(outcome) => outcome,
             Ok(_) if registration.token.is_cancelled() => caller_gone(now_ms()),
-            Ok((chain, body)) if request.stream => {
+            Ok((chain, Body::Chat(body))) if request.stream => {
                 let run = self.run_stream(&request, body, chain, &registration.token, now_ms());
                 with_traceparent(request.traceparent.as_deref(), run).await
             }
-            Ok((chain, body)) => {
+            Ok((chain, Body::Chat(body))) => {
                 let run = self.run(&request, body, chain);
+                with_traceparent(request.traceparent.as_deref(), run).await
+            }
+            Ok((chain, Body::Embeddings(embeddings))) => {
+                let run = self.run_embed(&request, embeddings, chain);
                 with_traceparent(request.traceparent.as_deref(), run).await
             }
         };
@@ -110,7 +115,7 @@ impl Processor {
         clippy::result_large_err,
         reason = "the Err is the request's Outcome, published as is; boxing it buys nothing on this once-per-request path"
     )]
-    fn prepare(&self, request: &Request) -> Result<(Chain, Map<String, Value>), Outcome> {
+    fn prepare(&self, request: &Request) -> Result<(Chain, Body), Outcome> {
         let started_at_ms = now_ms();
         if started_at_ms >= request.deadline_ms {
             tracing::info!(
@@ -166,9 +171,12 @@ impl Processor {
                     started_at_ms,
                 )
             })?;
+        if is_embeddings(&request.attributes) {
+            return embeddings(&request.body, started_at_ms).map(|e| (chain, Body::Embeddings(e)));
+        }
         match serde_json::from_str::<Map<String, Value>>(&request.body) {
             Ok(body) => match sluice_schemas::billable::check(&body) {
-                Ok(()) => Ok((chain, body)),
+                Ok(()) => Ok((chain, Body::Chat(body))),
                 // The ingress refuses these before publishing; a record that still has one
                 // was not written by it, and is not sent where it could be billed unpriced.
                 Err(refused) => Err(failure(
@@ -197,4 +205,39 @@ impl Processor {
             )),
         }
     }
+}
+
+/// What a record asks the provider for.
+enum Body {
+    /// A chat completion request (OpenAI's shape; Sluice's own fields removed).
+    Chat(Map<String, Value>),
+    Embeddings(EmbeddingsRequest),
+}
+
+/// An embeddings record's body, held to the bounds the ingress checks: a record that breaks
+/// them was not written by it, and is not sent where it could be billed.
+#[expect(
+    clippy::result_large_err,
+    reason = "the Err is the request's Outcome, published as is"
+)]
+fn embeddings(body: &str, started_at_ms: i64) -> Result<EmbeddingsRequest, Outcome> {
+    let refuse = |param: &str, message: String| {
+        failure(
+            Status::Failed,
+            400,
+            ErrorBody::new("invalid_request_error", Some("invalid_value"), message)
+                .with_param(param),
+            "bad_request",
+            started_at_ms,
+        )
+    };
+    let request: EmbeddingsRequest = serde_json::from_str(body)
+        .map_err(|e| refuse("input", format!("The embeddings request is not valid: {e}")))?;
+    request.check().map_err(|invalid| {
+        refuse(
+            invalid.param,
+            format!("Invalid {}: {}.", invalid.param, invalid.problem),
+        )
+    })?;
+    Ok(request)
 }

@@ -275,7 +275,7 @@ impl Processor {
             "server_error",
             Some("result_too_large"),
             format!(
-                "The provider's answer is {size} bytes, more than the queue accepts{limit}; it was not kept. Ask for a shorter completion (max_tokens)."
+                "The provider's answer is {size} bytes, more than the queue accepts{limit}; it was not kept. Ask for less: a shorter completion (max_tokens), or fewer inputs or dimensions for embeddings."
             ),
         )
         .to_json();

@@ -78,6 +78,10 @@ pub(super) fn provider_failure(
             )
             .to_json(),
         ),
+        ProviderError::Unsupported(why) => (
+            400,
+            ErrorBody::new("invalid_request_error", Some("unsupported_model"), why).to_json(),
+        ),
         ProviderError::Timeout(_) => (
             504,
             ErrorBody::new(

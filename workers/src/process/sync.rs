@@ -1,8 +1,10 @@
-//! A sync call: the provider's whole answer at once.
+//! A sync call: the provider's whole answer at once, a chat completion or embeddings.
 
 use std::time::Instant;
 
 use serde_json::{Map, Value};
+use sluice_schemas::embeddings::EmbeddingsRequest;
+use sluice_schemas::openai::CompletionUsage;
 use sluice_schemas::{Attempt, Request, Status};
 use tokio_util::sync::CancellationToken;
 
@@ -10,12 +12,37 @@ use super::attempts::Ended;
 use super::chain::{Attempted, Call, Chain, Leg};
 use super::outcome::Outcome;
 use super::Processor;
-use crate::providers::{Completion, Provider};
+use crate::error::ProviderError;
+use crate::providers::Provider;
 
 /// A sync call of the chain; the caller's disconnect does not stop it.
-struct Sync;
+enum Sync<'a> {
+    /// The chain's body, a chat completion request.
+    Chat,
+    Embed(&'a EmbeddingsRequest),
+}
 
-impl Leg for Sync {
+/// A sync answer: its body, its usage, whether the usage is Sluice's estimate.
+type Answer = (String, CompletionUsage, bool);
+
+impl Sync<'_> {
+    async fn answer(&self, call: &Call<'_>) -> Result<Answer, ProviderError> {
+        let client = &call.target.client;
+        match self {
+            Sync::Chat => {
+                let c = client.complete(call.body.clone(), call.timeout).await?;
+                Ok((c.body, c.usage, false))
+            }
+            Sync::Embed(request) => {
+                let prompt = call.request.prompt();
+                let e = client.embed(request, prompt, call.timeout).await?;
+                Ok((e.body, e.usage, e.estimated))
+            }
+        }
+    }
+}
+
+impl Leg for Sync<'_> {
     fn cancel(&self) -> Option<&CancellationToken> {
         None
     }
@@ -26,27 +53,24 @@ impl Leg for Sync {
         call: Call<'_>,
         log: &mut Vec<Attempt>,
     ) -> Attempted {
+        let began = Instant::now();
+        let called = self.answer(&call).await;
         let (request, target) = (call.request, call.target);
         let deployment = &target.deployment;
-        let began = Instant::now();
-        let called = target
-            .client
-            .complete(call.body.clone(), call.timeout)
-            .await;
         log.push(processor.attempt_ended(
             request,
             call.attempt,
             match &called {
-                Ok(c) => Ended::Usage {
-                    usage: c.usage,
-                    estimated: false,
+                Ok((_, usage, estimated)) => Ended::Usage {
+                    usage: *usage,
+                    estimated: *estimated,
                     outcome: "completed",
                 },
                 Err(error) => Ended::Failed(error),
             },
         ));
         match called {
-            Ok(Completion { body, usage }) => {
+            Ok((body, usage, estimated)) => {
                 target.breaker.success();
                 target
                     .throttle
@@ -63,7 +87,7 @@ impl Leg for Sync {
                     attempts: call.tally.attempts,
                     fallbacks: call.tally.fallbacks,
                     usage,
-                    estimated: false,
+                    estimated,
                     started_at_ms: call.started_at_ms,
                     attempt_log: Vec::new(),
                 })
@@ -80,7 +104,18 @@ impl Processor {
         body: Map<String, Value>,
         chain: Chain,
     ) -> Outcome {
-        self.run_chain(request, &body, chain, &Sync, sluice_schemas::now_ms())
+        self.run_chain(request, &body, chain, &Sync::Chat, sluice_schemas::now_ms())
+            .await
+    }
+
+    pub(super) async fn run_embed(
+        &self,
+        request: &Request,
+        embeddings: EmbeddingsRequest,
+        chain: Chain,
+    ) -> Outcome {
+        let leg = Sync::Embed(&embeddings);
+        self.run_chain(request, &Map::new(), chain, &leg, sluice_schemas::now_ms())
             .await
     }
 }

@@ -7,10 +7,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use sluice_dialect::anthropic::{error, request, response, stream};
+use sluice_schemas::embeddings::EmbeddingsRequest;
 
 use super::{
     call_json, call_stream, check_key_env, check_url, key_from_env, translate_events, Completion,
-    EventStream, Invalid, Provider,
+    Embedded, EventStream, Invalid, Provider,
 };
 use crate::error::ProviderError;
 
@@ -123,6 +124,17 @@ impl Provider for Anthropic {
         Ok(translate_events(
             response,
             stream::ToOpenAi::new(out.json_tool),
+        ))
+    }
+
+    async fn embed(
+        &self,
+        _request: &EmbeddingsRequest,
+        _prompt_tokens: u32,
+        _timeout: Duration,
+    ) -> Result<Embedded, ProviderError> {
+        Err(ProviderError::Unsupported(
+            "Anthropic has no embeddings API; route this model to an OpenAI, Azure, Gemini or OpenAI-compatible deployment",
         ))
     }
 }

@@ -1,5 +1,6 @@
 //! Azure OpenAI: OpenAI's wire format at a per-deployment URL,
-//! `{endpoint}/openai/deployments/{deployment}/chat/completions?api-version=...`, with the
+//! `{endpoint}/openai/deployments/{deployment}/chat/completions?api-version=...` (and
+//! `.../embeddings?api-version=...`), with the
 //! key in an `api-key` header. The Azure deployment decides the model.
 
 use serde::Deserialize;
@@ -51,9 +52,15 @@ impl AzureConfig {
         check_key_env(self.api_key_env.as_deref())
     }
 
+    /// The chat completions URL.
     pub fn url(&self) -> String {
+        self.url_of("chat/completions")
+    }
+
+    /// The deployment's URL for an operation (`chat/completions`, `embeddings`).
+    fn url_of(&self, operation: &str) -> String {
         format!(
-            "{}/openai/deployments/{}/chat/completions?api-version={}",
+            "{}/openai/deployments/{}/{operation}?api-version={}",
             self.endpoint.trim_end_matches('/'),
             self.deployment,
             self.api_version
@@ -67,7 +74,12 @@ pub fn client(config: &AzureConfig, model: &str, http: reqwest::Client) -> OpenA
         Some(key) => Auth::Header("api-key", key),
         None => Auth::None,
     };
-    OpenAi::with_url(config.url(), auth, model, http)
+    OpenAi::with_urls(
+        [config.url(), config.url_of("embeddings")],
+        auth,
+        model,
+        http,
+    )
 }
 
 #[cfg(test)]
@@ -83,6 +95,10 @@ mod tests {
         assert_eq!(
             config.url(),
             "https://my-resource.openai.azure.com/openai/deployments/gpt-4o-prod/chat/completions?api-version=2024-10-21"
+        );
+        assert_eq!(
+            config.url_of("embeddings"),
+            "https://my-resource.openai.azure.com/openai/deployments/gpt-4o-prod/embeddings?api-version=2024-10-21"
         );
         assert!(config.validate().is_ok());
         let bad: AzureConfig = toml_config(

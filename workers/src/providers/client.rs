@@ -3,6 +3,8 @@
 use std::time::Duration;
 
 use serde_json::{Map, Value};
+use sluice_schemas::embeddings::EmbeddingsRequest;
+use sluice_schemas::openai::CompletionUsage;
 
 use super::config::ProviderConfig;
 use super::{anthropic, azure, gemini, openai};
@@ -14,7 +16,35 @@ pub use sluice_dialect::Completion;
 /// JSON (and the final `[DONE]`).
 pub type EventStream = futures::stream::BoxStream<'static, Result<String, ProviderError>>;
 
-/// What every provider does: one chat completion call, whole or streamed.
+/// An embeddings answer in OpenAI's shape, and its usage.
+#[derive(Debug, Clone)]
+pub struct Embedded {
+    pub body: String,
+    /// `prompt_tokens` (= `total_tokens`); no completion tokens.
+    pub usage: CompletionUsage,
+    /// The provider reported no usage: it is the ingress's count.
+    pub estimated: bool,
+}
+
+impl Embedded {
+    /// `usage` as the provider reported it, else `prompt_tokens` (the ingress's count).
+    pub(crate) fn new(body: String, reported: Option<u32>, prompt_tokens: u32) -> Embedded {
+        let tokens = reported.unwrap_or(prompt_tokens);
+        Embedded {
+            body,
+            usage: CompletionUsage {
+                prompt_tokens: tokens,
+                completion_tokens: 0,
+                total_tokens: tokens,
+                prompt_tokens_details: None,
+            },
+            estimated: reported.is_none(),
+        }
+    }
+}
+
+/// What every provider does: one chat completion call, whole or streamed, and one
+/// embeddings call.
 pub trait Provider {
     /// `request` is the caller's OpenAI chat request (Sluice's own fields removed).
     fn complete(
@@ -31,6 +61,16 @@ pub trait Provider {
         request: Map<String, Value>,
         timeout: Duration,
     ) -> impl std::future::Future<Output = Result<EventStream, ProviderError>> + Send;
+
+    /// Embeds the request's input. `prompt_tokens` is the ingress's count of it, the usage
+    /// when the provider reports none. A provider without embeddings answers
+    /// [`ProviderError::Unsupported`] without a call.
+    fn embed(
+        &self,
+        request: &EmbeddingsRequest,
+        prompt_tokens: u32,
+        timeout: Duration,
+    ) -> impl std::future::Future<Output = Result<Embedded, ProviderError>> + Send;
 }
 
 /// A provider client built from config.
@@ -82,6 +122,19 @@ impl Provider for Client {
             Client::Openai(p) => p.stream(request, timeout).await,
             Client::Anthropic(p) => p.stream(request, timeout).await,
             Client::Gemini(p) => p.stream(request, timeout).await,
+        }
+    }
+
+    async fn embed(
+        &self,
+        request: &EmbeddingsRequest,
+        prompt_tokens: u32,
+        timeout: Duration,
+    ) -> Result<Embedded, ProviderError> {
+        match self {
+            Client::Openai(p) => p.embed(request, prompt_tokens, timeout).await,
+            Client::Anthropic(p) => p.embed(request, prompt_tokens, timeout).await,
+            Client::Gemini(p) => p.embed(request, prompt_tokens, timeout).await,
         }
     }
 }

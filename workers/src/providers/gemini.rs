@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use sluice_dialect::gemini::{error, request, response, stream};
+use sluice_dialect::gemini::{embeddings, error, request, response, stream};
+use sluice_schemas::embeddings::EmbeddingsRequest;
 
 use super::{
     call_json, call_stream, check_key_env, check_url, key_from_env, translate_events, Completion,
-    EventStream, Invalid, Provider,
+    Embedded, EventStream, Invalid, Provider,
 };
 use crate::error::ProviderError;
 
@@ -114,6 +115,22 @@ impl Provider for Gemini {
             response,
             stream::ToOpenAi::new(&self.model),
         ))
+    }
+
+    /// `embedContent` or `batchEmbedContents`. Gemini reports no usage for them: it is the
+    /// ingress's count, marked estimated.
+    async fn embed(
+        &self,
+        request: &EmbeddingsRequest,
+        prompt_tokens: u32,
+        timeout: Duration,
+    ) -> Result<Embedded, ProviderError> {
+        let (method, body) =
+            embeddings::from_openai(request, &self.model).map_err(ProviderError::Unsupported)?;
+        let answer = call_json(self.post(method, &body), timeout, map_error).await?;
+        let body = embeddings::to_openai(&answer, request, &self.model, prompt_tokens)
+            .map_err(ProviderError::Malformed)?;
+        Ok(Embedded::new(body, None, prompt_tokens))
     }
 }
 

@@ -13,7 +13,7 @@ mod http;
 pub mod openai;
 pub mod scrub;
 
-pub use client::{Client, Completion, EventStream, Provider};
+pub use client::{Client, Completion, Embedded, EventStream, Provider};
 pub(crate) use config::{check_key_env, check_url, key_from_env};
 pub use config::{Invalid, ProviderConfig};
 pub(crate) use http::{call_json, call_stream, passthrough_error, translate_events};

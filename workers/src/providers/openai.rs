@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use sluice_schemas::embeddings::{EmbeddingsRequest, EmbeddingsResponse};
 use sluice_schemas::openai::ChatCompletionResponse;
 
 use eventsource_stream::Eventsource;
@@ -12,7 +13,7 @@ use futures::StreamExt;
 
 use super::{
     call_json, call_stream, check_key_env, check_url, key_from_env, passthrough_error, Completion,
-    EventStream, Invalid, Provider,
+    Embedded, EventStream, Invalid, Provider,
 };
 use crate::error::ProviderError;
 
@@ -49,6 +50,8 @@ pub(crate) enum Auth {
 #[derive(Clone)]
 pub struct OpenAi {
     url: String,
+    /// The same API's `embeddings` endpoint.
+    embeddings_url: String,
     auth: Auth,
     model: String,
     http: reqwest::Client,
@@ -69,18 +72,28 @@ impl OpenAi {
             Some(key) => Auth::Bearer(key),
             None => Auth::None,
         };
-        OpenAi::with_url(
-            format!("{}/chat/completions", config.base_url.trim_end_matches('/')),
+        let base = config.base_url.trim_end_matches('/');
+        OpenAi::with_urls(
+            [
+                format!("{base}/chat/completions"),
+                format!("{base}/embeddings"),
+            ],
             auth,
             model,
             http,
         )
     }
 
-    /// A client for an OpenAI-shaped endpoint at `url`.
-    pub(crate) fn with_url(url: String, auth: Auth, model: &str, http: reqwest::Client) -> OpenAi {
+    /// A client for an OpenAI-shaped API: its chat completions and embeddings URLs.
+    pub(crate) fn with_urls(
+        [url, embeddings_url]: [String; 2],
+        auth: Auth,
+        model: &str,
+        http: reqwest::Client,
+    ) -> OpenAi {
         OpenAi {
             url,
+            embeddings_url,
             auth,
             model: model.to_string(),
             http,
@@ -135,6 +148,32 @@ impl Provider for OpenAi {
             })
             .boxed())
     }
+
+    /// The request as it came, for the deployment's model; the answer passes unchanged.
+    async fn embed(
+        &self,
+        request: &EmbeddingsRequest,
+        prompt_tokens: u32,
+        timeout: Duration,
+    ) -> Result<Embedded, ProviderError> {
+        let request = EmbeddingsRequest {
+            model: self.model.clone(),
+            ..request.clone()
+        };
+        let call = self.send(&self.embeddings_url, &request);
+        let body = call_json(call, timeout, passthrough_error).await?;
+        let parsed: EmbeddingsResponse =
+            serde_json::from_str(&body).map_err(ProviderError::Malformed)?;
+        if parsed.data.len() != request.input.len() {
+            return Err(ProviderError::Malformed(serde::de::Error::custom(format!(
+                "{} embeddings answered for {} inputs",
+                parsed.data.len(),
+                request.input.len()
+            ))));
+        }
+        let reported = parsed.usage.map(|u| u.prompt_tokens);
+        Ok(Embedded::new(body, reported, prompt_tokens))
+    }
 }
 
 impl OpenAi {
@@ -145,7 +184,11 @@ impl OpenAi {
                 request.insert("max_tokens".into(), cap);
             }
         }
-        let call = self.http.post(&self.url).json(&request);
+        self.send(&self.url, &request)
+    }
+
+    fn send(&self, url: &str, body: &impl serde::Serialize) -> reqwest::RequestBuilder {
+        let call = self.http.post(url).json(body);
         match &self.auth {
             Auth::None => call,
             Auth::Bearer(key) => call.bearer_auth(key),

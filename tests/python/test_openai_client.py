@@ -269,3 +269,27 @@ def test_a_retry_with_the_same_idempotency_key_is_answered_once(stack):
     assert count == "1"
     assert clickhouse(f"SELECT count() FROM {stack['database']}.usage FINAL "
                       f"WHERE request_id = '{request_id}'").strip() == "1"
+
+
+EMBED = "text-embedding-3-small"  # config/worker.toml: OpenAI's deployment, Gemini's fallback
+
+
+def test_embeddings_equal_what_the_provider_produced(stack):
+    texts = ["the quick brown fox", "jumps"]
+    # The SDK asks for base64 by default and decodes it; Sluice passes it through.
+    through = client(stack).embeddings.create(model=EMBED, input=texts)
+    expected = direct(stack).embeddings.create(model=EMBED, input=texts, encoding_format="float")
+    assert [d.index for d in through.data] == [0, 1]
+    assert [d.embedding for d in through.data] == [d.embedding for d in expected.data]
+    assert len(through.data[0].embedding) == 16
+    assert through.usage.prompt_tokens == expected.usage.prompt_tokens == 5
+
+    floats = client(stack).embeddings.create(
+        model=EMBED, input="jumps", encoding_format="float", dimensions=4)
+    again = direct(stack).embeddings.create(
+        model=EMBED, input="jumps", encoding_format="float", dimensions=4)
+    assert floats.data[0].embedding == again.data[0].embedding
+
+    with pytest.raises(openai.BadRequestError) as e:
+        client(stack).embeddings.create(model=EMBED, input=[])
+    assert e.value.param == "input"

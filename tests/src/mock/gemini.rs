@@ -183,6 +183,11 @@ enum Answer {
         reply: Reply,
         stream: bool,
     },
+    /// An `embedContent` or `batchEmbedContents` answer and its tokens.
+    Embeddings {
+        json: Value,
+        tokens: u32,
+    },
 }
 
 fn presented_key<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> Option<&'a str> {
@@ -239,6 +244,7 @@ fn answer(plan: &Plan, model: &str, method: &str, uri: &Uri, body: Option<&Value
     let stream = match method {
         "generateContent" => false,
         "streamGenerateContent" => true,
+        "embedContent" | "batchEmbedContents" => return embed(plan, model, method, body),
         _ => return Answer::Error(ErrorAnswer::new(404, format!("Method not found: {method}"))),
     };
     if stream
@@ -290,6 +296,23 @@ fn answer(plan: &Plan, model: &str, method: &str, uri: &Uri, body: Option<&Value
         model: model.to_string(),
         reply: expected_reply(body, plan.completion_tokens),
         stream,
+    }
+}
+
+/// `embedContent` and `batchEmbedContents` (see [`super::embeddings`]).
+fn embed(plan: &Plan, model: &str, method: &str, body: Option<&Value>) -> Answer {
+    let Some(body) = body.filter(|b| b.is_object()) else {
+        return Answer::Error(ErrorAnswer::new(400, "Invalid JSON payload received."));
+    };
+    if !plan.model_exists {
+        return Answer::Error(ErrorAnswer::new(
+            404,
+            format!("models/{model} is not found for API version v1beta, or is not supported for {method}."),
+        ));
+    }
+    match super::embeddings::gemini_answer(method, model, body) {
+        Ok((json, tokens)) => Answer::Embeddings { json, tokens },
+        Err(message) => Answer::Error(ErrorAnswer::new(400, message)),
     }
 }
 
@@ -359,6 +382,11 @@ async fn generate(
                 }
             }
             Answer::Hang | Answer::Cut => {}
+            Answer::Embeddings { tokens, .. } => {
+                call.status = Some(200);
+                call.prompt_tokens = *tokens;
+                call.usage_reported = true;
+            }
             Answer::Content { id, reply, .. } => {
                 call.status = Some(200);
                 call.response_id = Some(id.clone());
@@ -405,6 +433,7 @@ async fn generate(
             conn.kill();
             Response::new(Body::empty())
         }
+        Answer::Embeddings { json, .. } => json_response(&json),
         Answer::Content {
             id, model, reply, ..
         } => match stream_plan {

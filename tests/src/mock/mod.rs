@@ -29,6 +29,7 @@
 pub mod anthropic;
 pub mod behaviour;
 mod connection;
+pub mod embeddings;
 pub mod gemini;
 pub mod openai;
 pub mod reply;

@@ -14,6 +14,7 @@ mod budgets;
 mod common;
 mod connections;
 mod count_tokens;
+mod embeddings;
 mod governance;
 mod guardrails;
 mod idempotency;

@@ -17,7 +17,7 @@ use super::{common_headers, internal_error, json_response, ApiError, RecordedCal
 const RATE_LIMIT_REQUESTS: u64 = 500;
 const RATE_LIMIT_TOKENS: u64 = 200_000;
 
-const INVALID_REQUEST: &str = "invalid_request_error";
+pub(super) const INVALID_REQUEST: &str = "invalid_request_error";
 const SERVER_ERROR: &str = "server_error";
 const ROLES: [&str; 6] = [
     "system",

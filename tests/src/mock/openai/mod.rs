@@ -23,6 +23,7 @@
 //! holds the response JSON types, `errors.rs` OpenAI's validation and error bodies,
 //! `models.rs` the model endpoints.
 
+mod embeddings;
 mod errors;
 mod models;
 pub mod moderations;
@@ -72,6 +73,11 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .route(
             "/openai/deployments/{deployment}/chat/completions",
             post(chat_completions),
+        )
+        .route("/v1/embeddings", post(embeddings::embeddings))
+        .route(
+            "/openai/deployments/{deployment}/embeddings",
+            post(embeddings::embeddings),
         )
         .route("/v1/moderations", post(moderations::moderations))
         .route("/v1/models", get(models::list_models))
@@ -202,6 +208,11 @@ enum Answer {
     /// Close the connection without a response.
     Cut,
     Completion(Completion),
+    /// An embeddings answer ([`embeddings`]) and its prompt tokens.
+    Embeddings {
+        json: Vec<u8>,
+        tokens: u32,
+    },
 }
 
 pub(super) struct Completion {
@@ -248,8 +259,7 @@ async fn chat_completions(
     let received_at = SystemTime::now();
     let body = serde_json::from_slice::<Value>(&raw_body).ok();
     // Azure OpenAI sends its key as `api-key`.
-    let presented_key =
-        bearer_key(&headers).or_else(|| headers.get("api-key").and_then(|v| v.to_str().ok()));
+    let presented_key = presented_key(&headers);
     let model = body.as_ref().and_then(|b| b.get("model")?.as_str());
     let plan = Plan::take(&shared, presented_key, model);
     if let Some(failure) = &plan.failure {
@@ -286,10 +296,15 @@ pub(super) struct Progress {
     pub(super) seq: u64,
 }
 
-/// Decide the answer: injected failure, then auth, JSON, fields, model, then the reply.
-fn answer(plan: &Plan, body: Option<&Value>, presented_key: Option<&str>) -> Answer {
+/// What comes before the body on every OpenAI call: an injected failure (a mid-stream one
+/// is a 500 on a call that does not stream), then the API key.
+fn refusal(
+    plan: &Plan,
+    body: Option<&Value>,
+    stream: bool,
+    presented_key: Option<&str>,
+) -> Option<Answer> {
     let model = body.and_then(|b| b.get("model")?.as_str());
-    let stream = body.and_then(|b| b.get("stream")) == Some(&Value::Bool(true));
     match &plan.failure {
         Some(Failure::Status {
             status,
@@ -298,36 +313,49 @@ fn answer(plan: &Plan, body: Option<&Value>, presented_key: Option<&str>) -> Ans
             retry_after,
         }) => {
             let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            return Answer::Error(ErrorAnswer {
+            return Some(Answer::Error(ErrorAnswer {
                 status,
                 error: error
                     .clone()
                     .unwrap_or_else(|| canned_error(status, model, presented_key, *retry_after)),
                 raw_body: body.clone(),
                 retry_after: *retry_after,
-            });
+            }));
         }
-        Some(Failure::Timeout) => return Answer::Hang,
-        Some(Failure::Disconnect) => return Answer::Cut,
+        Some(Failure::Timeout) => return Some(Answer::Hang),
+        Some(Failure::Disconnect) => return Some(Answer::Cut),
         Some(Failure::MidStreamError { error, .. }) if !stream => {
-            return Answer::Error(ErrorAnswer::new(
+            return Some(Answer::Error(ErrorAnswer::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 error.clone().unwrap_or_else(server_error),
-            ));
+            )));
         }
         Some(Failure::MidStreamBreak { .. } | Failure::MidStreamError { .. }) | None => {}
     }
     match plan.key {
         KeyCheck::Accepted => {}
         KeyCheck::Missing => {
-            return Answer::Error(ErrorAnswer::new(StatusCode::UNAUTHORIZED, missing_key()))
+            return Some(Answer::Error(ErrorAnswer::new(
+                StatusCode::UNAUTHORIZED,
+                missing_key(),
+            )))
         }
         KeyCheck::Wrong => {
-            return Answer::Error(ErrorAnswer::new(
+            return Some(Answer::Error(ErrorAnswer::new(
                 StatusCode::UNAUTHORIZED,
                 wrong_key(presented_key.unwrap_or_default()),
-            ))
+            )))
         }
+    }
+
+    None
+}
+
+/// Decide the answer: injected failure, then auth, JSON, fields, model, then the reply.
+fn answer(plan: &Plan, body: Option<&Value>, presented_key: Option<&str>) -> Answer {
+    let stream = body.and_then(|b| b.get("stream")) == Some(&Value::Bool(true));
+    if let Some(refused) = refusal(plan, body, stream, presented_key) {
+        return refused;
     }
     let Some(body) = body else {
         return Answer::Error(ErrorAnswer::new(
@@ -389,6 +417,11 @@ impl Answer {
                 }
             }
             Answer::Hang | Answer::Cut => {}
+            Answer::Embeddings { tokens, .. } => {
+                call.status = Some(200);
+                call.prompt_tokens = *tokens;
+                call.usage_reported = true;
+            }
             Answer::Completion(completion) => {
                 let sent = completion.sent();
                 call.status = Some(200);
@@ -426,6 +459,11 @@ impl Answer {
             Answer::Cut => {
                 conn.kill();
                 Response::new(Body::empty())
+            }
+            Answer::Embeddings { json, .. } => {
+                let mut response = json_response(json);
+                common_headers(response.headers_mut(), processing);
+                response
             }
             Answer::Completion(completion) => match completion.stream {
                 Some(_) => completion.into_event_stream(processing, progress),
@@ -565,6 +603,11 @@ pub(super) fn common_headers(headers: &mut HeaderMap, processing: Duration) {
 pub(super) fn internal_error(error: &serde_json::Error, processing: Duration) -> Response {
     tracing::error!(%error, "mock provider could not serialize its answer");
     ErrorAnswer::new(StatusCode::INTERNAL_SERVER_ERROR, server_error()).into_response(processing)
+}
+
+/// The key a call presents: `Authorization: Bearer`, or Azure OpenAI's `api-key`.
+fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    bearer_key(headers).or_else(|| headers.get("api-key").and_then(|v| v.to_str().ok()))
 }
 
 /// The key in `Authorization: Bearer <key>`; any other scheme counts as no key.

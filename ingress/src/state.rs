@@ -151,4 +151,7 @@ impl crate::batch::Handles for AppState {
     fn store(&self) -> &ResultStore {
         &self.store
     }
+    fn idempotency(&self) -> &crate::idempotency::Store {
+        &self.idempotency
+    }
 }

@@ -15,14 +15,15 @@ use serde_json::{json, Map, Value};
 use sluice_schemas::tables::PrivateTable;
 use sluice_schemas::{encode, now_ms, Cancel, Topic};
 
+use super::idempotent::{claim, replayed, settle, Keyed};
 use super::store::{BatchRow, FileRow, JoinedLine, Progress};
 use super::Handles;
 use super::{driver, next_version, BatchError};
 use crate::auth::Caller;
 
-/// The one endpoint Sluice batches serve (OpenAI's other batch endpoints are embeddings,
-/// responses and completions).
+/// The endpoints Sluice batches serve (OpenAI's others are responses and completions).
 pub const CHAT_ENDPOINT: &str = "/v1/chat/completions";
+pub const EMBEDDINGS_ENDPOINT: &str = "/v1/embeddings";
 /// The longest completion window accepted (OpenAI only offers `24h`; shorter ones are a
 /// Sluice extension).
 const MAX_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -99,15 +100,18 @@ pub async fn create<S: Handles>(
 ) -> Result<Response, BatchError> {
     let caller = app.keys().authenticate(&headers)?;
     let request: CreateBatch = serde_json::from_slice(&body).map_err(BatchError::InvalidJson)?;
-    if request.endpoint != CHAT_ENDPOINT {
-        return Err(BatchError::InvalidParam {
-            param: "endpoint",
-            problem: format!(
-                "`{}` is not supported; Sluice batches serve {CHAT_ENDPOINT}",
-                request.endpoint
-            ),
-        });
-    }
+    let endpoint = match request.endpoint.as_str() {
+        CHAT_ENDPOINT => CHAT_ENDPOINT,
+        EMBEDDINGS_ENDPOINT => EMBEDDINGS_ENDPOINT,
+        other => {
+            return Err(BatchError::InvalidParam {
+                param: "endpoint",
+                problem: format!(
+                    "`{other}` is not supported; Sluice batches serve {CHAT_ENDPOINT} and {EMBEDDINGS_ENDPOINT}"
+                ),
+            })
+        }
+    };
     let window =
         parse_window(&request.completion_window).ok_or_else(|| BatchError::InvalidParam {
             param: "completion_window",
@@ -116,29 +120,53 @@ pub async fn create<S: Handles>(
                 request.completion_window
             ),
         })?;
-    let webhook_url = check_webhook(&*app, &caller.team, request.sluice.as_ref()).await?;
-    let file = app
-        .batches_store()
-        .file(&request.input_file_id, &caller.team)
-        .await?
-        .ok_or_else(|| BatchError::FileNotFound(request.input_file_id.clone()))?;
-    check_caps(&*app, &caller, &file).await?;
-    let metadata = Value::Object(request.metadata.unwrap_or_default()).to_string();
-    let row = new_batch(
-        &caller,
-        format!("batch_{}", uuid::Uuid::now_v7().simple()),
-        "openai",
-        CHAT_ENDPOINT,
-        &file.file_id,
-        &request.completion_window,
-        window,
-        file.lines,
-        metadata,
-        webhook_url,
-    );
-    app.batches_store()
-        .insert(PrivateTable::Batches, std::slice::from_ref(&row))
-        .await?;
+    let fresh_id = format!("batch_{}", uuid::Uuid::now_v7().simple());
+    let keyed = claim(
+        &*app,
+        &headers,
+        &caller.team,
+        "/v1/batches",
+        &body,
+        fresh_id,
+    )
+    .await?;
+    let (ticket, batch_id) = match keyed {
+        Keyed::Fresh(ticket, id) => (ticket, id),
+        Keyed::Created(id) => {
+            let row = find(&*app, &caller, &id).await?;
+            let view = view(&*app, &row).await?;
+            return Ok(replayed(Json(batch_object(&row, &view)).into_response()));
+        }
+    };
+    let stored = async {
+        let webhook_url = check_webhook(&*app, &caller.team, request.sluice.as_ref()).await?;
+        let file = app
+            .batches_store()
+            .file(&request.input_file_id, &caller.team)
+            .await?
+            .ok_or_else(|| BatchError::FileNotFound(request.input_file_id.clone()))?;
+        check_caps(&*app, &caller, &file).await?;
+        let metadata = Value::Object(request.metadata.unwrap_or_default()).to_string();
+        let row = new_batch(
+            &caller,
+            batch_id,
+            "openai",
+            endpoint,
+            &file.file_id,
+            &request.completion_window,
+            window,
+            file.lines,
+            metadata,
+            webhook_url,
+        );
+        app.batches_store()
+            .insert(PrivateTable::Batches, std::slice::from_ref(&row))
+            .await?;
+        Ok::<_, BatchError>(row)
+    }
+    .await;
+    settle(&*app, ticket.as_ref(), stored.is_ok()).await;
+    let row = stored?;
     tracing::info!(batch_id = %row.batch_id, team = %row.team, lines = row.total_lines, "batch created");
     driver::spawn(Arc::clone(&app), row.clone());
     Ok(Json(batch_object(&row, &View::fresh(&row))).into_response())

@@ -241,6 +241,8 @@ fn examine(
 ) -> (LineRow, Option<Line>) {
     let dialect = if row.dialect == "anthropic" {
         Dialect::Anthropic
+    } else if row.endpoint == super::batches::EMBEDDINGS_ENDPOINT {
+        Dialect::Embeddings
     } else {
         Dialect::OpenAi
     };

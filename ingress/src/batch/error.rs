@@ -59,6 +59,8 @@ pub enum BatchError {
     QuotaExceeded { limit: u64, unit: &'static str },
     #[error("The file {0} is the input of a batch still being published; cancel the batch or retry when it has been published")]
     FileInUse(String),
+    #[error("A batch with this Idempotency-Key ({0}) is still being created; retry shortly")]
+    BatchInProgress(String),
     #[error("The batch store is unavailable; retry later")]
     Store(#[source] clickhouse::error::Error),
     #[error("The request queue is unavailable; retry later")]
@@ -78,7 +80,7 @@ impl BatchError {
             Api(e) => e.status(),
             FileTooLarge { .. } | RequestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             TooManyUploads | TooManyOpenBatches { .. } => StatusCode::TOO_MANY_REQUESTS,
-            FileInUse(_) | NotEnded(_) => StatusCode::CONFLICT,
+            FileInUse(_) | NotEnded(_) | BatchInProgress(_) => StatusCode::CONFLICT,
             FileNotFound(_) | BatchNotFound(_) => StatusCode::NOT_FOUND,
             NotCancellable(_) => StatusCode::CONFLICT,
             Store(_) | Queue(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -106,6 +108,7 @@ impl BatchError {
             QuotaExceeded { .. } => ("storage_quota_exceeded", Some("file")),
             FileInUse(_) => ("file_in_use", None),
             NotEnded(_) => ("batch_not_ended", None),
+            BatchInProgress(_) => ("idempotency_key_in_use", None),
             Store(_) | Queue(_) => ("service_unavailable", None),
             Api(_) => ("", None),
         }

@@ -12,4 +12,6 @@ pub trait Handles: crate::admission::Handles {
     fn batches(&self) -> &Batches;
     /// Results, for a batch's output and the async-request webhooks.
     fn store(&self) -> &ResultStore;
+    /// `Idempotency-Key` claims (batch creation takes one).
+    fn idempotency(&self) -> &crate::idempotency::Store;
 }

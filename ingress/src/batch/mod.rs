@@ -14,6 +14,7 @@ pub mod driver;
 pub mod error;
 pub mod files;
 mod handles;
+mod idempotent;
 mod ids;
 pub mod inline;
 pub mod jsonl;

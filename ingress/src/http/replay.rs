@@ -8,8 +8,7 @@ use sluice_schemas::{Request, Result as ResultRecord, Status, StreamChunk};
 use crate::lookup::StoredResult;
 use crate::replies::ReplyEvent;
 
-/// Set on an answer given again (`true`).
-pub(crate) const REPLAYED_HEADER: &str = "x-sluice-idempotent-replayed";
+pub(crate) use crate::idempotency::REPLAYED_HEADER;
 /// The attempt a replayed stream's chunks and result carry.
 const REPLAY_ATTEMPT: &str = "replay";
 

@@ -26,6 +26,8 @@ use crate::error::{ApiError, ConfigError};
 
 /// The request header (case-insensitive, as every header).
 pub(crate) const HEADER: &str = "idempotency-key";
+/// Set on an answer given again (`true`).
+pub(crate) const REPLAYED_HEADER: &str = "x-sluice-idempotent-replayed";
 /// Stripe's limit; a key is an opaque token (a UUID is 36).
 const MAX_KEY_BYTES: usize = 255;
 

@@ -457,3 +457,57 @@ fn a_retry_takes_over_a_key_whose_request_never_reached_kafka() {
         stack.stop().await;
     });
 }
+
+/// Batch creation takes a key too: a retry gets the same batch, not a second run of every
+/// line (and bill); the same key with another body is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retried_batch_creation_makes_one_batch() {
+    use crate::batch::{batch_reaching, line, upload};
+    let stack = Stack::start(StackOptions::default()).await;
+    let lines = [line("a", "first"), line("b", "second")];
+    let (status, file) = upload(&stack, KEY_A, "batch", &lines.join("\n")).await;
+    assert_eq!(status, 200, "{file}");
+    let create = json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions",
+                        "completion_window": "24h"});
+    let first = send(&stack, "/v1/batches", KEY_A, "batch", &create).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    assert!(!first.replayed);
+    let id = first.json()["id"].as_str().unwrap().to_string();
+    let again = send(&stack, "/v1/batches", KEY_A, "batch", &create).await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert!(again.replayed, "{}", again.text);
+    assert_eq!(again.json()["id"], id.as_str(), "the same batch");
+
+    let mut other = create.clone();
+    other["metadata"] = json!({"run": "2"});
+    let reused = send(&stack, "/v1/batches", KEY_A, "batch", &other).await;
+    assert_eq!(reused.status, 422, "{}", reused.text);
+    assert_eq!(reused.json()["error"]["code"], "idempotency_key_reused");
+    // Another team's same key is its own.
+    let theirs = keyed(
+        &stack.http,
+        &stack.base,
+        "/v1/batches",
+        KEY_B,
+        &ik(&stack, "batch"),
+        &create,
+    )
+    .await;
+    assert_eq!(
+        theirs.status, 404,
+        "team B cannot see team A's file: {}",
+        theirs.text
+    );
+
+    batch_reaching(&stack, &id, "completed").await;
+    let done = send(&stack, "/v1/batches", KEY_A, "batch", &create).await;
+    assert_eq!(
+        done.json()["status"],
+        "completed",
+        "a replay shows the batch as it is now"
+    );
+    let (_, list) = stack.get("/v1/batches", KEY_A).await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(stack.mock.call_count(), 2, "each line ran once");
+    stack.stop().await;
+}

@@ -66,7 +66,7 @@ fn budgets_are_checked_at_start_up() {
     ));
     let config = Config::load(Some(example)).unwrap();
     assert_eq!(config.budgets[0].subject, "demo");
-    assert_eq!(config.prices.len(), 4);
+    assert_eq!(config.prices.len(), 5);
 }
 
 #[test]

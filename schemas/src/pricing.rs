@@ -67,6 +67,64 @@ pub fn with_price_file(
     Ok(prices)
 }
 
+/// The built-in price catalogue (`schemas/data/price_catalogue.toml`): public list prices
+/// by the provider's model name, used for a model that has no `[[prices]]` entry.
+#[cfg(feature = "config")]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Catalogue {
+    /// Where the prices were read.
+    pub source: String,
+    /// The day they were read (`YYYY-MM-DD`).
+    pub as_of: String,
+    pub prices: Vec<CatalogueEntry>,
+}
+
+/// One model of the [`Catalogue`].
+#[cfg(feature = "config")]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogueEntry {
+    /// Who sells it at this price (`openai`, `anthropic`, `google`, ...).
+    pub provider: String,
+    /// The provider's name for the model.
+    pub model: String,
+    pub input_per_million: f64,
+    pub output_per_million: f64,
+    #[serde(default)]
+    pub cached_input_per_million: Option<f64>,
+}
+
+#[cfg(feature = "config")]
+impl Catalogue {
+    /// The catalogue built into the services.
+    pub fn builtin() -> &'static Catalogue {
+        static BUILTIN: std::sync::OnceLock<Catalogue> = std::sync::OnceLock::new();
+        BUILTIN.get_or_init(|| {
+            use figment::providers::Format;
+            figment::Figment::from(figment::providers::Toml::string(include_str!(
+                "../data/price_catalogue.toml"
+            )))
+            .extract()
+            // The file is part of the build; its test parses it.
+            .unwrap_or_else(|e| panic!("the built-in price catalogue does not parse: {e}"))
+        })
+    }
+
+    /// The catalogue's price of `model` (the provider's name), as a [`Price`] named `as`.
+    pub fn price(&self, model: &str, named: &str) -> Option<Price> {
+        self.prices
+            .iter()
+            .find(|e| e.model == model)
+            .map(|e| Price {
+                model: named.to_string(),
+                input_per_million: e.input_per_million,
+                output_per_million: e.output_per_million,
+                cached_input_per_million: e.cached_input_per_million,
+            })
+    }
+}
+
 /// Prices in nano-USD per token: $1 per million tokens is 1,000 nano-USD per token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct TokenPrices {
@@ -153,6 +211,49 @@ impl PriceTable {
 mod tests {
 
     use super::*;
+
+    #[cfg(feature = "config")]
+    #[test]
+    fn the_catalogue_parses_with_valid_unique_prices() {
+        let catalogue = Catalogue::builtin();
+        assert!(catalogue.prices.len() >= 30, "{}", catalogue.prices.len());
+        assert_eq!(catalogue.as_of.len(), 10, "{}", catalogue.as_of);
+        let mut seen = std::collections::HashSet::new();
+        for e in &catalogue.prices {
+            assert!(seen.insert(e.model.as_str()), "{} twice", e.model);
+            let p = catalogue.price(&e.model, "x").unwrap();
+            assert!(p.is_valid(), "{}", e.model);
+            assert!(
+                p.cached_input_per_million.unwrap_or(0.0) <= p.input_per_million,
+                "{}: a cache read dearer than input",
+                e.model
+            );
+        }
+        for provider in [
+            "openai",
+            "anthropic",
+            "google",
+            "mistral",
+            "deepseek",
+            "together",
+        ] {
+            assert!(
+                catalogue.prices.iter().any(|e| e.provider == provider),
+                "{provider}"
+            );
+        }
+        let mini = catalogue.price("gpt-4o-mini", "alias").unwrap();
+        assert_eq!(mini.model, "alias");
+        assert_eq!(
+            (
+                mini.input_per_million,
+                mini.output_per_million,
+                mini.cached_input_per_million
+            ),
+            (0.15, 0.6, Some(0.075))
+        );
+        assert!(catalogue.price("no-such-model", "x").is_none());
+    }
 
     fn price(model: &str, input: f64, output: f64, cached: Option<f64>) -> Price {
         Price {

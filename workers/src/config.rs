@@ -308,10 +308,30 @@ impl Config {
 
     /// Every deployed model is priced or explicitly free: a provider that bills us is never
     /// recorded as costing 0 by omission.
+    /// The prices of deployments whose model has no `[[prices]]` entry and is not free: the
+    /// built-in catalogue's price of what each sends to its provider (its provider `model`,
+    /// else its `model`), named by the deployment. A request is billed at the price of the
+    /// deployment that answered it, so a fallback to another provider costs what it costs.
+    pub fn catalogue_prices(&self) -> Vec<Price> {
+        let catalogue = sluice_schemas::pricing::Catalogue::builtin();
+        self.deployments
+            .iter()
+            .filter(|d| {
+                !self.prices.iter().any(|p| p.model == d.model)
+                    && !self.pricing.free_models.contains(&d.model)
+            })
+            .filter_map(|d| {
+                let sent = d.provider.model().unwrap_or(&d.model);
+                catalogue.price(sent, &d.name)
+            })
+            .collect()
+    }
+
     fn validate_pricing(&self) -> Result<(), ConfigError> {
         let field = |field: String, problem: &'static str| ConfigError::Field { field, problem };
         let priced: std::collections::HashSet<&str> =
             self.prices.iter().map(|p| p.model.as_str()).collect();
+        let catalogued = self.catalogue_prices();
         let free = &self.pricing.free_models;
         for (i, m) in free.iter().enumerate() {
             if priced.contains(m.as_str()) {
@@ -328,10 +348,13 @@ impl Config {
             }
         }
         for (i, d) in self.deployments.iter().enumerate() {
-            if !priced.contains(d.model.as_str()) && !free.contains(&d.model) {
+            if !priced.contains(d.model.as_str())
+                && !free.contains(&d.model)
+                && !catalogued.iter().any(|p| p.model == d.name)
+            {
                 return Err(field(
                     format!("deployments[{i}].model = \"{}\"", d.model),
-                    "has no price: add a [[prices]] entry for this model, or list it in [pricing] free_models to bill it at 0",
+                    "has no price: the price catalogue does not know the model it sends; add a [[prices]] entry for this model, or list it in [pricing] free_models to bill it at 0",
                 ));
             }
         }
@@ -477,6 +500,37 @@ free_models = ["llama"]
         assert_eq!(anthropic.version, "2023-06-01");
     }
 
+    /// A deployment whose model has no [[prices]] entry is priced by the catalogue, by the
+    /// model it sends its provider; [[prices]] and free_models win over it.
+    #[test]
+    fn the_catalogue_prices_deployments_without_an_entry() {
+        let toml = GOOD.replace(
+            "[[prices]]\nmodel = \"gemini-flash\"\ninput_per_million = 0.3\noutput_per_million = 2.5\n",
+            "",
+        ) + r#"
+[[deployments]]
+name = "claude-fallback"
+model = "gpt-4o"
+weight = 0
+provider = { type = "anthropic", model = "claude-haiku-4-5" }
+"#;
+        let config = parse(&toml).unwrap();
+        let prices = config.catalogue_prices();
+        let catalogued: Vec<(&str, f64, f64)> = prices
+            .iter()
+            .map(|p| (p.model.as_str(), p.input_per_million, p.output_per_million))
+            .collect();
+        // gemini-flash sends gemini-2.5-flash; gpt-4o and its Anthropic fallback keep the
+        // model's [[prices]] entry; llama is free.
+        assert_eq!(catalogued, [("gemini-flash", 0.3, 2.5)]);
+        let unknown = toml.replace("model = \"gemini-2.5-flash\"", "model = \"gemini-9-ultra\"");
+        let err = parse(&unknown).unwrap_err().to_string();
+        assert!(
+            err.contains("deployments[3].model = \"gemini-flash\"` has no price"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn the_shipped_configs_load() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
@@ -495,10 +549,7 @@ free_models = ["llama"]
                     "gpt-4o-mini",
                     "local-llama",
                     "claude-sonnet",
-                    "gemini-flash",
-                    "text-embedding-3-small",
-                    "text-embedding-3-large",
-                    "gemini-embedding-001"
+                    "gemini-flash"
                 ],
                 "{file}"
             );
@@ -546,8 +597,9 @@ free_models = ["llama"]
             ),
             // A billed model without a price never starts (it would be billed 0).
             (
-                GOOD.replace("model = \"gemini-flash\"\ninput", "model = \"gemini-pro\"\ninput"),
-                "`deployments[3].model = \"gemini-flash\"` has no price: add a [[prices]] entry for this model, or list it in [pricing] free_models to bill it at 0",
+                GOOD.replace("model = \"gemini-flash\"\ninput", "model = \"gemini-pro\"\ninput")
+                    .replace("model = \"gemini-2.5-flash\"", "model = \"gemini-9-ultra\""),
+                "`deployments[3].model = \"gemini-flash\"` has no price: the price catalogue does not know the model it sends; add a [[prices]] entry for this model, or list it in [pricing] free_models to bill it at 0",
             ),
             (
                 GOOD.replace("free_models = [\"llama\"]", "free_models = []"),

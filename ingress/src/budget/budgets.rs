@@ -23,7 +23,7 @@ impl Budgets {
                 &config.budgets,
                 config.budget.dedup_window,
             ))),
-            prices: PriceTable::new(&config.prices),
+            prices: PriceTable::new(&config.resolved_prices()),
             default_completion_tokens: config.budget.default_completion_tokens,
             grace_ms: config.budget.reservation_grace_ms.as_millis() as i64,
         }

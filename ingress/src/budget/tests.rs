@@ -66,7 +66,18 @@ fn budgets_are_checked_at_start_up() {
     ));
     let config = Config::load(Some(example)).unwrap();
     assert_eq!(config.budgets[0].subject, "demo");
-    assert_eq!(config.prices.len(), 5);
+    assert_eq!(config.prices.len(), 4);
+    // A listed model without [[prices]] has the catalogue's price of its name.
+    let resolved = config.resolved_prices();
+    let embedding = resolved
+        .iter()
+        .find(|p| p.model == "text-embedding-3-small")
+        .expect("catalogued");
+    assert_eq!(
+        (embedding.input_per_million, embedding.output_per_million),
+        (0.02, 0.0)
+    );
+    assert_eq!(resolved.len(), 5);
 }
 
 #[test]

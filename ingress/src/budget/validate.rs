@@ -62,10 +62,10 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
             ));
         }
     }
-    if !config.budgets.is_empty() && config.prices.is_empty() {
+    if !config.budgets.is_empty() && config.resolved_prices().is_empty() {
         return Err(field(
             "prices".into(),
-            "budgets need [[prices]] to price reservations (the same as the workers')",
+            "budgets need prices to price reservations: [[prices]] (the same as the workers') or models the price catalogue knows",
         ));
     }
     if config.budget.default_completion_tokens == 0 {

@@ -105,6 +105,19 @@ pub struct Config {
 }
 
 impl Config {
+    /// The prices budgets reserve with and `/v1/models` shows: `[[prices]]`, then for a
+    /// model of `[[models]]` without one, the built-in catalogue's price of that name (the
+    /// workers bill a deployment the catalogue prices by what it sends its provider).
+    pub fn resolved_prices(&self) -> Vec<sluice_schemas::pricing::Price> {
+        let catalogue = sluice_schemas::pricing::Catalogue::builtin();
+        let listed = self
+            .models
+            .iter()
+            .filter(|m| !self.prices.iter().any(|p| p.model == m.id))
+            .filter_map(|m| catalogue.price(&m.id, &m.id));
+        self.prices.iter().cloned().chain(listed).collect()
+    }
+
     /// Loads `path` (if given) and then the environment.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let mut figment = Figment::new();

@@ -16,22 +16,18 @@ pub(super) async fn models(
     headers: HeaderMap,
 ) -> Result<Json<ModelList>, ApiError> {
     let caller = app.keys.authenticate(&headers)?;
+    let prices = app.config.resolved_prices();
     let data = app
         .config
         .models
         .iter()
         .filter(|m| app.keys.allows_model(&caller, &m.id))
         .map(|m| {
-            let price = app
-                .config
-                .prices
-                .iter()
-                .find(|p| p.model == m.id)
-                .map(|p| ModelPrice {
-                    input_per_million: p.input_per_million,
-                    output_per_million: p.output_per_million,
-                    cached_input_per_million: p.cached_input_per_million,
-                });
+            let price = prices.iter().find(|p| p.model == m.id).map(|p| ModelPrice {
+                input_per_million: p.input_per_million,
+                output_per_million: p.output_per_million,
+                cached_input_per_million: p.cached_input_per_million,
+            });
             let extensions = ModelExtensions {
                 price,
                 context_window: m.context_window,

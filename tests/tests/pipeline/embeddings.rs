@@ -49,13 +49,10 @@ name = "anthropic-only"
 model = "claude-only"
 provider = { type = "anthropic", base_url = "{origin}", model = "claude-sonnet-4-5" }
 
-[[prices]]
-model = "text-embedding-3-small"
-input_per_million = 0.02
-output_per_million = 0.0
-
+# No [[prices]]: the price catalogue prices each deployment by the model it sends (Azure's
+# names none, so it is free here).
 [pricing]
-free_models = ["azure-embed", "gemini-embed", "claude-embed", "claude-only"]
+free_models = ["azure-embed"]
 "#;
 
 /// Team A masks emails and blocks a codename; team B has no rules.
@@ -232,12 +229,16 @@ async fn gemini_and_azure_embed_and_anthropic_falls_back() {
     stack
         .wait_count(&format!("SELECT count() {usage}"), 1, WAIT)
         .await;
+    // Billed at the catalogue's gemini-embedding-001 price (0.15 USD per million: 150
+    // nano-USD a token), the model that deployment sends.
     assert_eq!(
         stack
-            .ch(&format!("SELECT prompt_tokens, estimated {usage}"))
+            .ch(&format!(
+                "SELECT prompt_tokens, estimated, cost_nanos {usage}"
+            ))
             .await
             .trim(),
-        format!("{prompt}\t1")
+        format!("{prompt}\t1\t{}", prompt * 150)
     );
     let (status, answer, _) = embed(
         &stack,
@@ -295,6 +296,19 @@ async fn gemini_and_azure_embed_and_anthropic_falls_back() {
     assert_eq!(
         stack.result_row(&id, "deployment, fallbacks").await,
         "openai-after-anthropic\t1"
+    );
+    // Billed at the price of the deployment that answered (text-embedding-3-small's, from
+    // the catalogue), not the Anthropic model's the chain began with: 1 token, 20 nano-USD.
+    let usage = format!("FROM {{db}}.usage FINAL WHERE request_id = '{id}'");
+    stack
+        .wait_count(&format!("SELECT count() {usage}"), 1, WAIT)
+        .await;
+    assert_eq!(
+        stack
+            .ch(&format!("SELECT prompt_tokens, cost_nanos {usage}"))
+            .await
+            .trim(),
+        "1\t20"
     );
     // Anthropic alone: a 400 in OpenAI's shape, nothing called.
     let (status, answer, _) =

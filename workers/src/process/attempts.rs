@@ -62,7 +62,7 @@ impl Processor {
     ) -> Attempt {
         let deployment = &target.deployment;
         let prompt = request.prompt();
-        let (cost, max_cost) = self.estimated_costs(&deployment.model, request);
+        let (cost, max_cost) = self.estimated_costs(&deployment.name, &deployment.model, request);
         let attempt = Attempt {
             attempt_id: format!("{}-{}", request.request_id, uuid::Uuid::now_v7().simple()),
             request_id: request.request_id.clone(),
@@ -138,8 +138,8 @@ impl Processor {
             } => {
                 let cached = usage.prompt_tokens_details.map_or(0, |d| d.cached_tokens);
                 let cost = self
-                    .prices
                     .cost_nanos(
+                        &attempt.deployment,
                         &attempt.served_model,
                         usage.prompt_tokens,
                         cached,
@@ -154,7 +154,10 @@ impl Processor {
                 attempt.cached_tokens = clamp(cached);
                 attempt.cost_nanos = cost;
                 attempt.max_cost_nanos = if estimated {
-                    cost.max(self.estimated_costs(&attempt.served_model, request).1)
+                    cost.max(
+                        self.estimated_costs(&attempt.deployment, &attempt.served_model, request)
+                            .1,
+                    )
                 } else {
                     cost
                 };
@@ -180,14 +183,16 @@ impl Processor {
         attempt
     }
 
-    /// (the counted prompt's cost, the prompt plus the completion cap's) at `model`'s price.
-    fn estimated_costs(&self, model: &str, request: &Request) -> (i64, i64) {
+    /// (the counted prompt's cost, the prompt plus the completion cap's) at the price of
+    /// `deployment` of `model`.
+    fn estimated_costs(&self, deployment: &str, model: &str, request: &Request) -> (i64, i64) {
         let prompt = request.prompt();
         let cap = request.completion_cap(self.default_completion_tokens);
-        let cost = self.prices.cost_nanos(model, prompt, 0, 0).unwrap_or(0);
+        let cost = self
+            .cost_nanos(deployment, model, prompt, 0, 0)
+            .unwrap_or(0);
         let max = self
-            .prices
-            .max_cost_nanos([model], prompt, cap)
+            .max_cost_nanos(deployment, model, prompt, cap)
             .unwrap_or(0);
         (cost, max)
     }

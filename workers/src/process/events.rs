@@ -31,14 +31,16 @@ impl Processor {
             .prompt_tokens_details
             .map_or(0, |d| d.cached_tokens);
         let cost = |model: &str| {
-            self.prices.cost_nanos(
+            self.cost_nanos(
+                &outcome.deployment,
                 model,
                 outcome.usage.prompt_tokens,
                 cached,
                 outcome.usage.completion_tokens,
             )
         };
-        // The served model's price; the requested name's (an alias may have one) otherwise.
+        // The answering deployment's catalogue price, or the served model's price; the
+        // requested name's (an alias may have one) otherwise.
         // Start-up refuses a deployed model with neither a price nor a `free_models` entry,
         // so None here is a free model, or a request no deployment answered (no usage).
         let cost_nanos = cost(&outcome.served_model)

@@ -14,7 +14,8 @@ pub(super) struct Outcome {
     pub error_kind: Option<&'static str>,
     pub provider: String,
     pub deployment: String,
-    /// The model of the deployment that answered (prices are per served model).
+    /// The model of the deployment that answered (its [[prices]] entry, else the
+    /// deployment's catalogue price, bills the request).
     pub served_model: String,
     pub attempts: i32,
     /// Deployments passed over (failed, or skipped with an open circuit) before the last.

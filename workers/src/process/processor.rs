@@ -20,6 +20,8 @@ pub struct Processor {
     /// `[[residency]]`: where each team's requests may run.
     pub residency: crate::residency::Residency,
     pub prices: PriceTable,
+    /// Deployments priced by the catalogue, by deployment name ([`Config::catalogue_prices`]).
+    pub deployment_prices: PriceTable,
     pub cancellations: Cancellations,
     pub shutdown: CancellationToken,
     /// Completion tokens assumed for a request without max_tokens.
@@ -49,6 +51,7 @@ impl Processor {
             catalogue: Catalogue::new(config, &http),
             residency: crate::residency::Residency::new(&config.residency),
             prices: PriceTable::new(&config.prices),
+            deployment_prices: PriceTable::new(&config.catalogue_prices()),
             default_completion_tokens: config.scheduling.default_completion_tokens,
             lookup: crate::redelivery::Lookup::new(&config.redelivery, http.clone()),
             recent: crate::redelivery::Recent::new(config.redelivery.remember),
@@ -56,5 +59,35 @@ impl Processor {
             cancellations,
             shutdown,
         }
+    }
+}
+
+impl Processor {
+    /// The cost of tokens served by `deployment` of `model`: the deployment's catalogue
+    /// price when its model has no `[[prices]]` entry, else the model's price.
+    pub(super) fn cost_nanos(
+        &self,
+        deployment: &str,
+        model: &str,
+        prompt: u32,
+        cached: u32,
+        completion: u32,
+    ) -> Option<i64> {
+        self.deployment_prices
+            .cost_nanos(deployment, prompt, cached, completion)
+            .or_else(|| self.prices.cost_nanos(model, prompt, cached, completion))
+    }
+
+    /// The most a request of `prompt` and `completion` tokens can cost at `deployment`.
+    pub(super) fn max_cost_nanos(
+        &self,
+        deployment: &str,
+        model: &str,
+        prompt: u32,
+        completion: u32,
+    ) -> Option<i64> {
+        self.deployment_prices
+            .max_cost_nanos([deployment], prompt, completion)
+            .or_else(|| self.prices.max_cost_nanos([model], prompt, completion))
     }
 }

@@ -22,6 +22,7 @@ use super::batches::{
     check_webhook, new_batch, outcome, page, request_cancel, view, Outcome, OutputKind, View,
 };
 use super::files::{Discard, Quota, BLOCK_LINES, MAX_LINE_BYTES};
+use super::idempotent::{claim, replayed, settle, Keyed};
 use super::inline::{self, InlineLimits};
 use super::store::{BatchRow, FileLineRow, FileRow, JoinedLine};
 use super::Handles;
@@ -70,12 +71,11 @@ pub async fn create<S: Handles>(
     let caller = app.keys().authenticate(&headers)?;
     let _permit = app.batches().uploads.try_enter()?;
     let limits = &app.batches().limits;
-    let open = app.batches_store().open_batches(&caller.team).await?;
-    if open >= limits.max_open_batches_per_team {
-        return Err(BatchError::TooManyOpenBatches {
-            limit: limits.max_open_batches_per_team,
-        }
-        .into());
+    // A keyed retry of a created batch must reach its replay: its cap is checked once the
+    // key is claimed.
+    let keyed = headers.contains_key(crate::idempotency::HEADER);
+    if !keyed {
+        check_open(&*app, &caller.team).await?;
     }
     let (used_bytes, used_lines) = app.batches_store().team_usage(&caller.team).await?;
     let quota = Quota::left(limits, used_bytes, used_lines)?;
@@ -91,7 +91,7 @@ pub async fn create<S: Handles>(
     };
     let (chunks_tx, chunks_rx) = tokio::sync::mpsc::channel(4);
     let (blocks_tx, mut blocks_rx) = tokio::sync::mpsc::channel(1);
-    tokio::spawn(pump(body, chunks_tx));
+    let pumped = tokio::spawn(pump(body, chunks_tx));
     let parser = tokio::task::spawn_blocking(move || {
         inline::parse(inline::ChunkReader::new(chunks_rx), inline, blocks_tx)
     });
@@ -133,10 +133,62 @@ pub async fn create<S: Handles>(
     if parsed.bytes > quota.bytes {
         return Err(quota.bytes_exceeded().into());
     }
-    let webhook_url = check_webhook(&*app, &caller.team, parsed.sluice.as_ref()).await?;
+    // The body's digest, as the pump read it: the key's fingerprint.
+    let Ok(Some(digest)) = pumped.await else {
+        return Err(ApiError::ShuttingDown.into());
+    };
+    let fresh_id = format!("msgbatch_{}", uuid::Uuid::now_v7().simple());
+    let route = "/v1/messages/batches";
+    let (ticket, batch_id) =
+        match claim(&*app, &headers, &caller.team, route, &digest, fresh_id).await? {
+            Keyed::Fresh(ticket, id) => (ticket, id),
+            Keyed::Created(id) => {
+                // The lines just stored are discarded; the key's batch is the answer.
+                let row = find(&*app, &headers, &id).await?;
+                let view = view(&*app, &row).await?;
+                let body = with_url(&*app, batch_object(&row, &view), &headers, &row);
+                return Ok(replayed(Json(body).into_response()));
+            }
+        };
+    let stored = store_batch(
+        &*app, &caller, keyed, &parsed, &file_id, expires_at, batch_id,
+    )
+    .await;
+    settle(&*app, ticket.as_ref(), stored.is_ok()).await;
+    let row = stored?;
+    discard.keep();
+    tracing::info!(batch_id = %row.batch_id, team = %row.team, lines = row.total_lines, "message batch created");
+    driver::spawn(Arc::clone(&app), row.clone());
+    let view = view(&*app, &row).await?;
+    Ok(Json(with_url(&*app, batch_object(&row, &view), &headers, &row)).into_response())
+}
+
+/// The team's open batches are under its cap.
+async fn check_open(app: &impl Handles, team: &str) -> Result<(), BatchError> {
+    let limit = app.batches().limits.max_open_batches_per_team;
+    if app.batches_store().open_batches(team).await? >= limit {
+        return Err(BatchError::TooManyOpenBatches { limit });
+    }
+    Ok(())
+}
+
+/// Stores the input file's row and the batch's (lines are stored already).
+async fn store_batch(
+    app: &impl Handles,
+    caller: &crate::auth::Caller,
+    keyed: bool,
+    parsed: &inline::Parsed,
+    file_id: &str,
+    expires_at: u32,
+    batch_id: String,
+) -> Result<BatchRow, BatchError> {
+    if keyed {
+        check_open(app, &caller.team).await?;
+    }
+    let webhook_url = check_webhook(app, &caller.team, parsed.sluice.as_ref()).await?;
     let total = parsed.requests;
     let file = FileRow {
-        file_id: file_id.clone(),
+        file_id: file_id.to_string(),
         team: caller.team.clone(),
         purpose: "anthropic_batch".into(),
         filename: String::new(),
@@ -149,11 +201,11 @@ pub async fn create<S: Handles>(
         .insert(PrivateTable::BatchFiles, &[file])
         .await?;
     let row = new_batch(
-        &caller,
-        format!("msgbatch_{}", uuid::Uuid::now_v7().simple()),
+        caller,
+        batch_id,
         "anthropic",
         "/v1/messages",
-        &file_id,
+        file_id,
         "24h",
         WINDOW,
         total,
@@ -163,24 +215,30 @@ pub async fn create<S: Handles>(
     app.batches_store()
         .insert(PrivateTable::Batches, std::slice::from_ref(&row))
         .await?;
-    discard.keep();
-    tracing::info!(batch_id = %row.batch_id, team = %row.team, lines = total, "message batch created");
-    driver::spawn(Arc::clone(&app), row.clone());
-    let view = view(&*app, &row).await?;
-    Ok(Json(with_url(&*app, batch_object(&row, &view), &headers, &row)).into_response())
+    Ok(row)
 }
 
 /// Feeds the body's chunks to the parser until it ends, fails, or the parser stops
-/// reading (it refused the body: the rest is never read).
-async fn pump(body: Body, chunks: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>) {
+/// reading (it refused the body: the rest is never read). The SHA-256 of the whole body,
+/// when it was read to its end.
+async fn pump(
+    body: Body,
+    chunks: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+) -> Option<[u8; 32]> {
+    use sha2::Digest;
+    let mut digest = sha2::Sha256::new();
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(std::io::Error::other);
+        if let Ok(bytes) = &chunk {
+            digest.update(bytes);
+        }
         let failed = chunk.is_err();
         if chunks.send(chunk).await.is_err() || failed {
-            return;
+            return None;
         }
     }
+    Some(digest.finalize().into())
 }
 
 /// Request counts in Anthropic's terms: every line is processing until it ends.

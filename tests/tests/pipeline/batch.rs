@@ -278,7 +278,7 @@ async fn bad_batch_input_gets_clear_errors_and_other_teams_see_nothing() {
     expect_error(s, &b, 404, "not_found");
     let (_, file) = upload(&stack, KEY_A, "batch", &line("a", "x")).await;
     let (s, b) = stack
-        .post("/v1/batches", KEY_A, json!({"input_file_id": file["id"], "endpoint": "/v1/embeddings", "completion_window": "24h"}))
+        .post("/v1/batches", KEY_A, json!({"input_file_id": file["id"], "endpoint": "/v1/responses", "completion_window": "24h"}))
         .await;
     expect_error(s, &b, 400, "invalid_value");
     assert_eq!(b["error"]["param"], "endpoint");

@@ -511,3 +511,66 @@ async fn a_retried_batch_creation_makes_one_batch() {
     assert_eq!(stack.mock.call_count(), 2, "each line ran once");
     stack.stop().await;
 }
+
+/// Anthropic's Message Batches take a key too, though the body streams into storage as it
+/// arrives: its digest is the fingerprint, and a retry's stored lines are dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retried_message_batch_creation_makes_one_batch() {
+    use crate::batch::message_batch_ended;
+    let stack = Stack::start(StackOptions::default()).await;
+    let body = |text: &str| {
+        json!({"requests": [
+            {"custom_id": "m-1", "params": {"model": MODEL, "max_tokens": 16,
+             "messages": [{"role": "user", "content": text}]}}]})
+    };
+    let create = |body: Value| {
+        let http = stack.http.clone();
+        let url = format!("{}/v1/messages/batches", stack.base);
+        let key = ik(&stack, "msgbatch");
+        async move {
+            let response = http
+                .post(url)
+                .header("x-api-key", KEY_A)
+                .header("anthropic-version", "2023-06-01")
+                .header("Idempotency-Key", key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let replayed = response
+                .headers()
+                .get(REPLAYED)
+                .is_some_and(|v| v == "true");
+            (
+                response.status().as_u16(),
+                replayed,
+                response.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+    let (status, replayed, first) = create(body("hello")).await;
+    assert_eq!(status, 200, "{first}");
+    assert!(!replayed);
+    let (status, replayed, again) = create(body("hello")).await;
+    assert_eq!(status, 200, "{again}");
+    assert!(replayed);
+    assert_eq!(again["id"], first["id"]);
+    let (status, _, reused) = create(body("another body")).await;
+    assert_eq!(status, 422, "{reused}");
+    assert_eq!(reused["type"], "error", "Anthropic's shape: {reused}");
+
+    let id = first["id"].as_str().unwrap();
+    message_batch_ended(&stack, id).await;
+    assert_eq!(stack.mock.call_count(), 1, "the line ran once");
+    // The retries' stored lines are dropped (a ClickHouse mutation, applied in the
+    // background): only the batch's input file is left.
+    let left = eventually(WAIT, || async {
+        let files = stack
+            .ch("SELECT uniqExact(file_id) FROM {db}_private.batch_file_lines")
+            .await;
+        (files.trim() == "1").then_some(())
+    })
+    .await;
+    assert!(left.is_some(), "the retries' lines were not dropped");
+    stack.stop().await;
+}

@@ -7,6 +7,7 @@
 //! - [`gemini`]: Google's Gemini API, as a provider (OpenAI -> Gemini requests, Gemini
 //!   answers, streams and errors -> OpenAI).
 //! - [`openai`]: reading and writing the internal shape, what the others share.
+//! - [`responses`]: OpenAI's Responses API (stateless), served by the ingress.
 //!
 //! Each dialect has `request`, `response`, `stream` and `error` modules; in each, a
 //! direction sits beside its inverse (`to_openai` / `from_openai`, `ToOpenAi` /
@@ -15,5 +16,6 @@
 pub mod anthropic;
 pub mod gemini;
 pub mod openai;
+pub mod responses;
 
 pub use openai::{Completion, StreamItem, StreamToOpenAi};

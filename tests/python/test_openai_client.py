@@ -293,3 +293,34 @@ def test_embeddings_equal_what_the_provider_produced(stack):
     with pytest.raises(openai.BadRequestError) as e:
         client(stack).embeddings.create(model=EMBED, input=[])
     assert e.value.param == "input"
+
+
+def test_responses_sync_and_streaming(stack):
+    expected = direct(stack).chat.completions.create(
+        model=MODEL, messages=[{"role": "system", "content": "You are terse."},
+                               {"role": "user", "content": "Name three rivers of Europe"}])
+    r = client(stack).responses.create(
+        model=MODEL, instructions="You are terse.", input="Name three rivers of Europe",
+        store=False, metadata={"job": "sdk"})
+    assert r.object == "response" and r.status == "completed"
+    assert r.output_text == expected.choices[0].message.content
+    assert r.usage.input_tokens == expected.usage.prompt_tokens
+    assert r.usage.output_tokens == expected.usage.completion_tokens
+
+    types, text, final = [], "", None
+    with client(stack).responses.stream(
+            model=MODEL, instructions="You are terse.",
+            input=[{"role": "user", "content": "Name three rivers of Europe"}]) as stream:
+        for event in stream:
+            types.append(event.type)
+            if event.type == "response.output_text.delta":
+                text += event.delta
+        final = stream.get_final_response()
+    assert types[0] == "response.created" and types[-1] == "response.completed"
+    assert text == expected.choices[0].message.content
+    assert final.output_text == text
+    assert final.usage.output_tokens == expected.usage.completion_tokens
+
+    with pytest.raises(openai.BadRequestError) as e:
+        client(stack).responses.create(model=MODEL, input="x", previous_response_id="resp_1")
+    assert e.value.param == "previous_response_id"

@@ -115,6 +115,8 @@ pub enum Dialect {
     Anthropic,
     /// `POST /v1/embeddings`: OpenAI's shapes, an embeddings body instead of a chat one.
     Embeddings,
+    /// `POST /v1/responses`: OpenAI's Responses API (stateless), a chat request inside.
+    Responses,
 }
 
 /// An Anthropic Messages request body as the internal OpenAI chat request: parsed once,
@@ -165,6 +167,11 @@ pub(crate) fn validate(
     let mut request: ChatCompletionRequest = match dialect {
         Dialect::OpenAi => serde_json::from_slice(&body).map_err(ApiError::InvalidJson)?,
         Dialect::Anthropic => from_anthropic(&body, matches!(mode, Mode::Count))?,
+        Dialect::Responses => {
+            let chat = sluice_dialect::responses::request::to_openai(&body)?;
+            serde_json::from_value(serde_json::Value::Object(chat))
+                .map_err(ApiError::InvalidJson)?
+        }
         Dialect::Embeddings => {
             return super::embeddings::validate(app, caller, headers, Ok(body), mode)
         }

@@ -80,7 +80,8 @@ pub fn result_response(result: &ResultRecord) -> Response {
 /// Turns the OpenAI chunks of one stream into Anthropic's server-sent events.
 pub struct StreamWriter(stream::FromOpenAi);
 
-fn events(events: Vec<stream::Event>) -> Vec<Event> {
+/// Named server-sent events (Anthropic's, and the Responses API's, which share the type).
+pub(super) fn events(events: Vec<stream::Event>) -> Vec<Event> {
     events
         .into_iter()
         .map(|e| Event::default().event(e.name).data(e.data))

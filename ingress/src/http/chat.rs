@@ -54,6 +54,7 @@ pub(crate) async fn sync_call(
         Dialect::OpenAi => "POST /v1/chat/completions",
         Dialect::Anthropic => "POST /v1/messages",
         Dialect::Embeddings => "POST /v1/embeddings",
+        Dialect::Responses => "POST /v1/responses",
     };
     let scope = match super::idempotent::scope(&headers, &caller, route, &body) {
         Ok(scope) => scope,

@@ -12,6 +12,7 @@ mod models;
 pub(crate) mod render;
 mod replay;
 mod requests;
+pub(crate) mod responses;
 mod router;
 mod sse;
 

@@ -12,7 +12,7 @@ pub(crate) const REQUEST_ID_HEADER: &str = "x-sluice-request-id";
 impl Dialect {
     pub(crate) fn error(self, error: ApiError) -> Response {
         match self {
-            Dialect::OpenAi | Dialect::Embeddings => error.into_response(),
+            Dialect::OpenAi | Dialect::Embeddings | Dialect::Responses => error.into_response(),
             Dialect::Anthropic => error.into_anthropic_response(),
         }
     }
@@ -21,6 +21,7 @@ impl Dialect {
         match self {
             Dialect::OpenAi | Dialect::Embeddings => result_response(result),
             Dialect::Anthropic => crate::http::anthropic::result_response(result),
+            Dialect::Responses => crate::http::responses::result_response(result),
         }
     }
 }

@@ -20,6 +20,7 @@ use crate::admission::{audit_event, Dialect};
 use crate::error::ApiError;
 use crate::guard::{Output, StreamOutput};
 use crate::http::anthropic::StreamWriter;
+use crate::http::responses::StreamWriter as ResponsesWriter;
 use crate::kafka::send;
 use crate::replies::{ReplyEvent, StreamGuard};
 use crate::state::AppState;
@@ -58,6 +59,25 @@ impl Drop for CancelOnDrop {
     }
 }
 
+/// A dialect's own stream events, made from the OpenAI chunks.
+enum Writer {
+    Anthropic(StreamWriter),
+    Responses(ResponsesWriter),
+}
+
+impl Writer {
+    fn render(&mut self, out: Out) -> Vec<Event> {
+        match (self, out) {
+            (Writer::Anthropic(w), Out::Chunk(data)) => w.chunk(&data),
+            (Writer::Anthropic(w), Out::Done) => w.done(),
+            (Writer::Anthropic(w), Out::Error(body)) => w.error(&body),
+            (Writer::Responses(w), Out::Chunk(data)) => w.chunk(&data),
+            (Writer::Responses(w), Out::Done) => w.done(),
+            (Writer::Responses(w), Out::Error(body)) => w.error(&body),
+        }
+    }
+}
+
 struct StreamState {
     guard: StreamGuard,
     cancel: CancelOnDrop,
@@ -68,8 +88,8 @@ struct StreamState {
     pending: Option<StreamChunk>,
     idle: Duration,
     done: bool,
-    /// Anthropic's events for `/v1/messages`; `None` = OpenAI's as they come.
-    anthropic: Option<StreamWriter>,
+    /// Anthropic's or the Responses API's events; `None` = OpenAI's as they come.
+    writer: Option<Writer>,
     /// Rendered events not sent yet.
     queue: VecDeque<Event>,
     /// Restoration and output moderation; `None` when the policy has neither.
@@ -141,8 +161,18 @@ pub(super) async fn respond(
         pending: Some(first),
         idle: app.config.server.sync_timeout_ms,
         done: false,
-        anthropic: (dialect == Dialect::Anthropic)
-            .then(|| StreamWriter::new(&record.model, record.prompt_tokens)),
+        writer: match dialect {
+            Dialect::Anthropic => Some(Writer::Anthropic(StreamWriter::new(
+                &record.model,
+                record.prompt_tokens,
+            ))),
+            Dialect::Responses => Some(Writer::Responses(ResponsesWriter::new(
+                &record.request_id,
+                &record.model,
+                record.created_at_ms,
+            ))),
+            Dialect::OpenAi | Dialect::Embeddings => None,
+        },
         queue: VecDeque::new(),
         output: (!output.is_noop()).then(|| output.into_stream()),
         audit: audit_event(record, AuditAction::Rejected, 0, None),
@@ -154,14 +184,12 @@ pub(super) async fn respond(
             }
             let out = next_out(&mut st).await?;
             for out in guard_output(&mut st, out).await {
-                let rendered = match (&mut st.anthropic, out) {
+                let rendered = match (&mut st.writer, out) {
                     (None, Out::Chunk(data) | Out::Error(data)) => {
                         vec![Event::default().data(data)]
                     }
                     (None, Out::Done) => vec![Event::default().data("[DONE]")],
-                    (Some(writer), Out::Chunk(data)) => writer.chunk(&data),
-                    (Some(writer), Out::Done) => writer.done(),
-                    (Some(writer), Out::Error(body)) => writer.error(&body),
+                    (Some(writer), out) => writer.render(out),
                 };
                 st.queue.extend(rendered);
             }

@@ -25,6 +25,7 @@ mod money;
 mod privileges;
 mod providers;
 mod residency;
+mod responses;
 mod scheduling;
 mod streaming;
 mod webhooks;

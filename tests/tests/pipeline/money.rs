@@ -217,7 +217,7 @@ async fn a_worker_with_an_unpriced_model_refuses_to_start() {
     })
     .await;
     let unpriced = format!(
-        "{}\n[[deployments]]\nname = \"pricey\"\nmodel = \"gpt-4o\"\nprovider = {{ type = \"openai\", base_url = \"{}\" }}\n",
+        "{}\n[[deployments]]\nname = \"pricey\"\nmodel = \"house-model\"\nprovider = {{ type = \"openai\", base_url = \"{}\" }}\n",
         stack.worker_toml("unpriced"),
         stack.mock.base_url()
     );
@@ -249,6 +249,10 @@ async fn a_worker_with_an_unpriced_model_refuses_to_start() {
     }
     let mut child = spawn(std::process::Stdio::piped());
     let status = exited(&mut child, Duration::from_secs(30)).await;
+    if status.is_none() {
+        // Still serving: stop it, or reading its stderr would wait for ever.
+        let _ = child.kill();
+    }
     let mut stderr = String::new();
     if let Some(mut pipe) = child.stderr.take() {
         use std::io::Read;
@@ -257,14 +261,14 @@ async fn a_worker_with_an_unpriced_model_refuses_to_start() {
     let status = status.expect("the worker exits instead of serving");
     assert!(!status.success(), "{stderr}");
     assert!(
-        stderr.contains("`deployments[1].model = \"gpt-4o\"` has no price"),
+        stderr.contains("`deployments[1].model = \"house-model\"` has no price"),
         "{stderr}"
     );
     assert!(stderr.contains("free_models"), "{stderr}");
     // Listed as free on purpose, it starts (and keeps running until stopped).
     std::fs::write(
         &config,
-        format!("{unpriced}\n[pricing]\nfree_models = [\"gpt-4o\"]\n"),
+        format!("{unpriced}\n[pricing]\nfree_models = [\"house-model\"]\n"),
     )
     .unwrap();
     let mut child = spawn(std::process::Stdio::null());

@@ -1,0 +1,11 @@
+//! OpenAI's Responses API (`POST /v1/responses`) in its stateless form and the internal
+//! chat shape: the ingress serves it with [`request::to_openai`] and answers with
+//! [`response::from_openai`] and the [`stream::FromOpenAi`] events. Errors are OpenAI's
+//! error shape, as on chat completions.
+
+pub mod request;
+pub mod response;
+pub mod stream;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,321 @@
+//! A Responses API request (`POST /v1/responses`, stateless) as the chat completion request
+//! Sluice queues. What has no chat form, or needs stored state Sluice does not keep
+//! (`previous_response_id`, `store: true`, `background`, built-in tools), is refused by name.
+
+use serde_json::{json, Map, Value};
+
+use crate::anthropic::RequestError;
+
+fn invalid(param: &'static str, problem: &'static str) -> RequestError {
+    RequestError::InvalidParam { param, problem }
+}
+
+/// Fields passed to the chat request under the same name.
+const PASSED: [&str; 6] = [
+    "model",
+    "temperature",
+    "top_p",
+    "parallel_tool_calls",
+    "user",
+    "prompt_cache_key",
+];
+
+/// Fields of the Responses API Sluice does not serve, refused by name (a field ignored in
+/// silence could change the answer or the bill).
+const UNSUPPORTED: [(&str, &str); 12] = [
+    (
+        "previous_response_id",
+        "Sluice keeps no conversation state; send the whole conversation in `input`",
+    ),
+    (
+        "conversation",
+        "Sluice keeps no conversation state; send the whole conversation in `input`",
+    ),
+    ("background", "use POST /v1/requests for async calls"),
+    ("reasoning", "reasoning options are not supported"),
+    ("include", "`include` is not supported"),
+    (
+        "truncation",
+        "`truncation` is not supported; Sluice never truncates input",
+    ),
+    ("service_tier", "`service_tier` is not supported"),
+    (
+        "prompt",
+        "stored prompts are not supported; see Sluice's `sluice.template`",
+    ),
+    ("max_tool_calls", "`max_tool_calls` is not supported"),
+    ("top_logprobs", "`top_logprobs` is not supported"),
+    (
+        "stream_options",
+        "`stream_options` is not supported; a stream always ends with its usage",
+    ),
+    (
+        "safety_identifier",
+        "`safety_identifier` is not supported; use `user`",
+    ),
+];
+
+/// The chat completion request for a Responses `body`.
+pub fn to_openai(body: &[u8]) -> Result<Map<String, Value>, RequestError> {
+    let fields: Map<String, Value> =
+        serde_json::from_slice(body).map_err(RequestError::InvalidJson)?;
+    let mut chat = Map::new();
+    let mut messages = Vec::new();
+    for (name, value) in &fields {
+        match name.as_str() {
+            n if PASSED.contains(&n) => {
+                chat.insert(name.clone(), value.clone());
+            }
+            "input" => {}
+            "instructions" => match value {
+                Value::String(text) => messages.insert(0, json!({"role": "system", "content": text})),
+                Value::Null => {}
+                _ => return Err(invalid("instructions", "must be a string")),
+            },
+            "max_output_tokens" => match value.as_u64() {
+                Some(n) if n > 0 => {
+                    chat.insert("max_completion_tokens".into(), json!(n));
+                }
+                _ if value.is_null() => {}
+                _ => return Err(invalid("max_output_tokens", "must be a positive integer")),
+            },
+            "stream" => match value {
+                Value::Bool(true) => {
+                    chat.insert("stream".into(), json!(true));
+                    chat.insert("stream_options".into(), json!({"include_usage": true}));
+                }
+                Value::Bool(false) | Value::Null => {}
+                _ => return Err(invalid("stream", "must be a boolean")),
+            },
+            "store" => match value {
+                Value::Bool(false) | Value::Null => {}
+                Value::Bool(true) => {
+                    return Err(invalid("store", "Sluice stores no responses to retrieve later (its results are in the team's ClickHouse tables); set `store` to false or leave it out"))
+                }
+                _ => return Err(invalid("store", "must be a boolean")),
+            },
+            "metadata" => {
+                if !(value.is_object() || value.is_null()) {
+                    return Err(invalid("metadata", "must be an object"));
+                }
+            }
+            "tools" => {
+                chat.insert("tools".into(), tools(value)?);
+            }
+            "tool_choice" => {
+                chat.insert("tool_choice".into(), tool_choice(value)?);
+            }
+            "text" => {
+                if let Some(format) = text_format(value)? {
+                    chat.insert("response_format".into(), format);
+                }
+            }
+            "sluice" => {
+                chat.insert(name.clone(), value.clone());
+            }
+            other => {
+                return Err(match UNSUPPORTED.iter().find(|(n, _)| *n == other) {
+                    Some((param, problem)) => invalid(param, problem),
+                    None => invalid("body", "has a field the Responses API does not define"),
+                })
+            }
+        }
+    }
+    match fields.get("input") {
+        Some(Value::String(text)) => messages.push(json!({"role": "user", "content": text})),
+        Some(Value::Array(items)) => {
+            for item in items {
+                push_item(&mut messages, item)?;
+            }
+        }
+        None | Some(Value::Null) => return Err(invalid("input", "is required")),
+        Some(_) => {
+            return Err(invalid(
+                "input",
+                "must be a string or an array of input items",
+            ))
+        }
+    }
+    chat.insert("messages".into(), Value::Array(messages));
+    Ok(chat)
+}
+
+/// One input item as chat messages: a message, a function call (an assistant tool call,
+/// merged into the assistant message before it) or a function call's output.
+fn push_item(messages: &mut Vec<Value>, item: &Value) -> Result<(), RequestError> {
+    let kind = item
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("message");
+    match kind {
+        "message" => {
+            let role = match item.get("role").and_then(Value::as_str) {
+                Some(r @ ("user" | "assistant" | "system" | "developer")) => r,
+                _ => return Err(invalid("input", "a message's `role` must be user, assistant, system or developer")),
+            };
+            let content = match item.get("content") {
+                Some(Value::String(text)) => json!(text),
+                Some(Value::Array(parts)) if role == "assistant" => {
+                    let texts: Result<Vec<&str>, _> = parts.iter().map(assistant_text).collect();
+                    json!(texts?.concat())
+                }
+                Some(Value::Array(parts)) => {
+                    let parts: Result<Vec<Value>, _> = parts.iter().map(input_part).collect();
+                    Value::Array(parts?)
+                }
+                _ => return Err(invalid("input", "a message needs `content`: a string or content parts")),
+            };
+            messages.push(json!({"role": role, "content": content}));
+        }
+        "function_call" => {
+            let field = |name: &str| item.get(name).and_then(Value::as_str);
+            let (Some(call_id), Some(name)) = (field("call_id"), field("name")) else {
+                return Err(invalid("input", "a `function_call` item needs `call_id` and `name`"));
+            };
+            let call = json!({"id": call_id, "type": "function",
+                              "function": {"name": name, "arguments": field("arguments").unwrap_or("{}")}});
+            match messages.last_mut() {
+                Some(last) if last["role"] == "assistant" => {
+                    match last.get_mut("tool_calls").and_then(Value::as_array_mut) {
+                        Some(calls) => calls.push(call),
+                        None => last["tool_calls"] = json!([call]),
+                    }
+                }
+                _ => messages.push(json!({"role": "assistant", "content": null, "tool_calls": [call]})),
+            }
+        }
+        "function_call_output" => {
+            let Some(call_id) = item.get("call_id").and_then(Value::as_str) else {
+                return Err(invalid("input", "a `function_call_output` item needs `call_id`"));
+            };
+            let output = match item.get("output") {
+                Some(Value::String(text)) => text.clone(),
+                Some(other) => other.to_string(),
+                None => return Err(invalid("input", "a `function_call_output` item needs `output`")),
+            };
+            messages.push(json!({"role": "tool", "tool_call_id": call_id, "content": output}));
+        }
+        _ => {
+            return Err(invalid(
+                "input",
+                "Sluice takes message, function_call and function_call_output items (no stored items, reasoning or built-in tool calls)",
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// A user, system or developer content part in chat's form.
+fn input_part(part: &Value) -> Result<Value, RequestError> {
+    match part.get("type").and_then(Value::as_str) {
+        Some("input_text") => match part.get("text") {
+            Some(Value::String(text)) => Ok(json!({"type": "text", "text": text})),
+            _ => Err(invalid("input", "an `input_text` part needs `text`")),
+        },
+        Some("input_image") => match part.get("image_url").and_then(Value::as_str) {
+            Some(url) => {
+                let mut image = json!({"url": url});
+                if let Some(detail) = part.get("detail").filter(|d| d.is_string()) {
+                    image["detail"] = detail.clone();
+                }
+                Ok(json!({"type": "image_url", "image_url": image}))
+            }
+            None => Err(invalid(
+                "input",
+                "an `input_image` part needs an `image_url` (file ids are not supported)",
+            )),
+        },
+        _ => Err(invalid(
+            "input",
+            "content parts are input_text or input_image (files are not supported)",
+        )),
+    }
+}
+
+/// The text of an assistant message's part (what an earlier response answered).
+fn assistant_text(part: &Value) -> Result<&str, RequestError> {
+    match (
+        part.get("type").and_then(Value::as_str),
+        part.get("text").and_then(Value::as_str),
+    ) {
+        (Some("output_text" | "input_text"), Some(text)) => Ok(text),
+        _ => Err(invalid(
+            "input",
+            "an assistant message's parts are output_text",
+        )),
+    }
+}
+
+/// Function tools in chat's form; any other tool type would bring fees Sluice cannot price.
+fn tools(value: &Value) -> Result<Value, RequestError> {
+    let Some(tools) = value.as_array() else {
+        return Err(invalid("tools", "must be an array"));
+    };
+    let converted: Result<Vec<Value>, RequestError> = tools
+        .iter()
+        .map(|tool| {
+            if tool.get("type").and_then(Value::as_str) != Some("function") {
+                return Err(invalid("tools", "only `function` tools are supported (built-in tools bill fees Sluice cannot price)"));
+            }
+            let Some(name) = tool.get("name").and_then(Value::as_str) else {
+                return Err(invalid("tools", "a function tool needs a `name`"));
+            };
+            let mut function = json!({"name": name});
+            for field in ["description", "parameters", "strict"] {
+                if let Some(v) = tool.get(field).filter(|v| !v.is_null()) {
+                    function[field] = v.clone();
+                }
+            }
+            Ok(json!({"type": "function", "function": function}))
+        })
+        .collect();
+    Ok(Value::Array(converted?))
+}
+
+fn tool_choice(value: &Value) -> Result<Value, RequestError> {
+    match value {
+        Value::String(s) if matches!(s.as_str(), "auto" | "none" | "required") => Ok(value.clone()),
+        Value::Object(o) if o.get("type").and_then(Value::as_str) == Some("function") => {
+            match o.get("name").and_then(Value::as_str) {
+                Some(name) => Ok(json!({"type": "function", "function": {"name": name}})),
+                None => Err(invalid("tool_choice", "a function choice needs a `name`")),
+            }
+        }
+        _ => Err(invalid(
+            "tool_choice",
+            "must be auto, none, required or {\"type\": \"function\", \"name\"}",
+        )),
+    }
+}
+
+/// `text.format` as chat's `response_format` (`None` for plain text).
+fn text_format(value: &Value) -> Result<Option<Value>, RequestError> {
+    let Some(format) = value.get("format") else {
+        return Ok(None);
+    };
+    match format.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(json!({"type": "json_object"}))),
+        Some("json_schema") => {
+            let (Some(name), Some(schema)) = (format.get("name"), format.get("schema")) else {
+                return Err(invalid(
+                    "text",
+                    "a json_schema format needs `name` and `schema`",
+                ));
+            };
+            let mut json_schema = json!({"name": name, "schema": schema});
+            for field in ["strict", "description"] {
+                if let Some(v) = format.get(field).filter(|v| !v.is_null()) {
+                    json_schema[field] = v.clone();
+                }
+            }
+            Ok(Some(
+                json!({"type": "json_schema", "json_schema": json_schema}),
+            ))
+        }
+        _ => Err(invalid(
+            "text",
+            "`format.type` must be text, json_object or json_schema",
+        )),
+    }
+}

@@ -1,0 +1,216 @@
+use serde_json::{json, Value};
+
+use super::request::to_openai;
+use super::response::from_openai;
+use super::stream::FromOpenAi;
+use crate::anthropic::RequestError;
+
+fn chat(body: Value) -> Value {
+    Value::Object(to_openai(body.to_string().as_bytes()).unwrap())
+}
+
+fn refused(body: Value) -> &'static str {
+    match to_openai(body.to_string().as_bytes()) {
+        Err(RequestError::InvalidParam { param, .. }) => param,
+        other => panic!("not refused by name: {other:?}"),
+    }
+}
+
+#[test]
+fn a_string_input_with_instructions_is_a_chat_request() {
+    let out = chat(
+        json!({"model": "m", "input": "hi", "instructions": "be brief",
+                          "max_output_tokens": 50, "temperature": 0, "metadata": {"k": "v"},
+                          "store": false}),
+    );
+    assert_eq!(
+        out,
+        json!({"model": "m", "temperature": 0, "max_completion_tokens": 50,
+               "messages": [{"role": "system", "content": "be brief"},
+                            {"role": "user", "content": "hi"}]})
+    );
+}
+
+#[test]
+fn items_tools_and_formats_translate() {
+    let out = chat(json!({
+        "model": "m", "stream": true,
+        "input": [
+            {"role": "developer", "content": "rules"},
+            {"type": "message", "role": "user", "content": [
+                {"type": "input_text", "text": "look"},
+                {"type": "input_image", "image_url": "https://x/y.png", "detail": "low"}]},
+            {"role": "assistant", "content": [{"type": "output_text", "text": "calling"}]},
+            {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{\"a\":1}"},
+            {"type": "function_call", "call_id": "c2", "name": "g", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "42"}],
+        "tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}, "strict": true}],
+        "tool_choice": {"type": "function", "name": "f"},
+        "text": {"format": {"type": "json_schema", "name": "s", "schema": {"type": "object"}, "strict": true}}
+    }));
+    let messages = out["messages"].as_array().unwrap();
+    assert_eq!(
+        messages[0],
+        json!({"role": "developer", "content": "rules"})
+    );
+    assert_eq!(
+        messages[1]["content"][1],
+        json!({"type": "image_url", "image_url": {"url": "https://x/y.png", "detail": "low"}})
+    );
+    assert_eq!(messages[2]["content"], "calling");
+    assert_eq!(
+        messages[2]["tool_calls"][1]["id"], "c2",
+        "calls merge into the assistant turn"
+    );
+    assert_eq!(
+        messages[3],
+        json!({"role": "tool", "tool_call_id": "c1", "content": "42"})
+    );
+    assert_eq!(
+        out["tools"][0],
+        json!({"type": "function", "function": {"name": "f", "parameters": {"type": "object"}, "strict": true}})
+    );
+    assert_eq!(
+        out["tool_choice"],
+        json!({"type": "function", "function": {"name": "f"}})
+    );
+    assert_eq!(out["response_format"]["json_schema"]["name"], "s");
+    assert_eq!(out["stream_options"], json!({"include_usage": true}));
+}
+
+#[test]
+fn what_needs_state_or_has_no_chat_form_is_refused_by_name() {
+    assert_eq!(
+        refused(json!({"model": "m", "input": "x", "previous_response_id": "resp_1"})),
+        "previous_response_id"
+    );
+    assert_eq!(
+        refused(json!({"model": "m", "input": "x", "store": true})),
+        "store"
+    );
+    assert_eq!(
+        refused(json!({"model": "m", "input": "x", "background": true})),
+        "background"
+    );
+    assert_eq!(
+        refused(json!({"model": "m", "input": "x", "tools": [{"type": "web_search"}]})),
+        "tools"
+    );
+    assert_eq!(
+        refused(json!({"model": "m", "input": "x", "colour": 1})),
+        "body"
+    );
+    assert_eq!(refused(json!({"model": "m"})), "input");
+    assert_eq!(
+        refused(json!({"model": "m", "input": [{"type": "item_reference", "id": "x"}]})),
+        "input"
+    );
+    assert_eq!(
+        refused(json!({"model": "m", "input": "x", "max_output_tokens": 0})),
+        "max_output_tokens"
+    );
+    assert!(matches!(
+        to_openai(b"{nope"),
+        Err(RequestError::InvalidJson(_))
+    ));
+}
+
+#[test]
+fn a_completion_is_a_response_object() {
+    let completion = json!({"id": "chatcmpl-1", "created": 7, "model": "m-2024",
+        "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant",
+            "content": "ok", "tool_calls": [{"id": "c1", "type": "function",
+            "function": {"name": "f", "arguments": "{}"}}]}}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8,
+                  "prompt_tokens_details": {"cached_tokens": 2}}});
+    let r = from_openai(&completion, "m", "req_abc");
+    assert_eq!(r["id"], "resp_abc");
+    assert_eq!(r["object"], "response");
+    assert_eq!(r["status"], "completed");
+    assert_eq!(r["model"], "m-2024");
+    assert_eq!(
+        r["output"][0]["content"][0],
+        json!({"type": "output_text", "text": "ok", "annotations": [], "logprobs": []})
+    );
+    assert_eq!(r["output"][1]["call_id"], "c1");
+    assert_eq!(r["usage"]["input_tokens"], 5);
+    assert_eq!(r["usage"]["input_tokens_details"]["cached_tokens"], 2);
+    assert_eq!(r["usage"]["total_tokens"], 8);
+    let mut cut = completion.clone();
+    cut["choices"][0]["finish_reason"] = json!("length");
+    let r = from_openai(&cut, "m", "req_abc");
+    assert_eq!(
+        (r["status"].as_str(), &r["incomplete_details"]),
+        (Some("incomplete"), &json!({"reason": "max_output_tokens"}))
+    );
+}
+
+fn names(events: &[super::stream::Event]) -> Vec<&str> {
+    events.iter().map(|e| e.name).collect()
+}
+
+#[test]
+fn a_stream_is_the_typed_event_sequence() {
+    let mut s = FromOpenAi::new("req_1", "m", 9);
+    let mut events = Vec::new();
+    for chunk in [
+        json!({"model": "m", "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}),
+        json!({"choices": [{"index": 0, "delta": {"content": "Hel"}}]}),
+        json!({"choices": [{"index": 0, "delta": {"content": "lo"}}]}),
+        json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "c1", "type": "function", "function": {"name": "f", "arguments": "{\"a\""}}]}}]}),
+        json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": ":1}"}}]}}]}),
+        json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}),
+        json!({"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 6, "total_tokens": 10}}),
+    ] {
+        events.extend(s.chunk(&chunk.to_string()));
+    }
+    events.extend(s.done());
+    assert_eq!(
+        names(&events),
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.content_part.added",
+            "response.output_text.delta",
+            "response.output_text.delta",
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.output_item.added",
+            "response.function_call_arguments.delta",
+            "response.function_call_arguments.delta",
+            "response.function_call_arguments.done",
+            "response.output_item.done",
+            "response.completed",
+        ]
+    );
+    let data: Vec<Value> = events
+        .iter()
+        .map(|e| serde_json::from_str(&e.data).unwrap())
+        .collect();
+    for (i, d) in data.iter().enumerate() {
+        assert_eq!(d["sequence_number"], i, "{d}");
+        assert_eq!(d["type"], events[i].name);
+    }
+    assert_eq!(data[6]["text"], "Hello");
+    assert_eq!(data[12]["arguments"], "{\"a\":1}");
+    let done = &data[14]["response"];
+    assert_eq!(done["status"], "completed");
+    assert_eq!(done["output"][0]["content"][0]["text"], "Hello");
+    assert_eq!(done["output"][1]["arguments"], "{\"a\":1}");
+    assert_eq!(done["usage"]["output_tokens"], 6);
+}
+
+#[test]
+fn a_failed_stream_ends_with_error_and_failed() {
+    let mut s = FromOpenAi::new("req_1", "m", 9);
+    s.chunk(&json!({"choices": [{"index": 0, "delta": {"content": "a"}}]}).to_string());
+    let events = s.error(
+        r#"{"error": {"message": "boom", "type": "server_error", "code": "stream_interrupted"}}"#,
+    );
+    assert_eq!(names(&events), ["error", "response.failed"]);
+    let failed: Value = serde_json::from_str(&events[1].data).unwrap();
+    assert_eq!(failed["response"]["status"], "failed");
+    assert_eq!(failed["response"]["error"]["code"], "stream_interrupted");
+}

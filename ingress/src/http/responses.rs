@@ -1,0 +1,65 @@
+//! OpenAI's Responses API, stateless: `POST /v1/responses` through the same sync path as
+//! chat completions (the request is translated to the internal chat shape by
+//! `sluice_dialect::responses`), answered as a `response` object or its typed events.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::Event;
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+use sluice_dialect::responses::{response, stream};
+use sluice_schemas::{Result as ResultRecord, Status};
+
+use super::anthropic::events;
+use super::REQUEST_ID_HEADER;
+use crate::admission::Dialect;
+use crate::state::AppState;
+
+pub(super) async fn responses(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    super::chat::sync_call(app, headers, body, Dialect::Responses).await
+}
+
+/// A worker's result as a `response` object; a failure is OpenAI's error body as it is.
+pub(crate) fn result_response(result: &ResultRecord) -> Response {
+    let status = StatusCode::from_u16(result.http_status as u16).unwrap_or(StatusCode::BAD_GATEWAY);
+    let body: Value = serde_json::from_str(&result.body).unwrap_or(Value::Null);
+    let json = match result.status {
+        Status::Completed => response::from_openai(&body, &result.model, &result.request_id),
+        Status::Failed | Status::Expired => body,
+    };
+    let mut response = (status, axum::Json(json)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&result.request_id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    response
+}
+
+/// Turns the OpenAI chunks of one stream into the Responses API's events.
+pub(crate) struct StreamWriter(stream::FromOpenAi);
+
+impl StreamWriter {
+    pub(crate) fn new(request_id: &str, model: &str, created_at_ms: i64) -> StreamWriter {
+        let created_at = u64::try_from(created_at_ms / 1000).unwrap_or_default();
+        StreamWriter(stream::FromOpenAi::new(request_id, model, created_at))
+    }
+
+    pub(crate) fn chunk(&mut self, data: &str) -> Vec<Event> {
+        events(self.0.chunk(data))
+    }
+
+    pub(crate) fn done(&mut self) -> Vec<Event> {
+        events(self.0.done())
+    }
+
+    pub(crate) fn error(&mut self, body: &str) -> Vec<Event> {
+        events(self.0.error(body))
+    }
+}

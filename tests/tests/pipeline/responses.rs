@@ -1,0 +1,296 @@
+//! `POST /v1/responses` end to end (stateless): the Responses request goes through the
+//! pipeline as a chat request, the answer comes back as a `response` object or its typed
+//! events, billed like chat; what needs stored state is refused by name.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sluice_tests::mock::openai::expected_reply;
+use sluice_tests::mock::Behaviour;
+
+use crate::common::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn stack(completion_tokens: u32) -> Stack {
+    Stack::start(StackOptions {
+        behaviour: Behaviour {
+            completion_tokens,
+            ..Behaviour::default()
+        },
+        ..StackOptions::default()
+    })
+    .await
+}
+
+fn tool() -> Value {
+    json!({"type": "function", "name": "lookup", "description": "Looks a river up",
+           "parameters": {"type": "object", "properties": {"name": {"type": "string"}}}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_response_is_the_providers_answer_in_the_responses_shape_and_is_billed() {
+    let stack = stack(6).await;
+    let (status, answer, id) = {
+        let response = stack
+            .http
+            .post(format!("{}/v1/responses", stack.base))
+            .bearer_auth(KEY_A)
+            .json(
+                &json!({"model": MODEL, "input": "Name three rivers of Europe",
+                          "instructions": "Be terse.", "max_output_tokens": 40,
+                          "tools": [tool()], "tool_choice": "auto", "metadata": {"job": "t"},
+                          "text": {"format": {"type": "json_schema", "name": "rivers",
+                                              "schema": {"type": "object"}}}}),
+            )
+            .send()
+            .await
+            .unwrap();
+        let id = response.headers()["x-sluice-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        (
+            response.status().as_u16(),
+            response.json::<Value>().await.unwrap(),
+            id,
+        )
+    };
+    assert_eq!(status, 200, "{answer}");
+    // What the provider got: the chat form of the request.
+    let call = stack.mock.calls().pop().unwrap();
+    let sent = call.body.clone().unwrap();
+    assert_eq!(
+        sent["messages"],
+        json!([{"role": "system", "content": "Be terse."},
+               {"role": "user", "content": "Name three rivers of Europe"}])
+    );
+    assert_eq!(sent["max_completion_tokens"], 40);
+    assert_eq!(sent["tools"][0]["function"]["name"], "lookup");
+    assert_eq!(sent["response_format"]["json_schema"]["name"], "rivers");
+    assert!(
+        sent.get("metadata").is_none() && sent.get("input").is_none(),
+        "{sent}"
+    );
+
+    let expected = expected_reply(&sent, 6);
+    assert_eq!(answer["object"], "response", "{answer}");
+    assert_eq!(
+        answer["id"],
+        format!("resp_{}", id.trim_start_matches("req_"))
+    );
+    assert_eq!(answer["status"], "completed");
+    assert_eq!(answer["output"][0]["type"], "message");
+    assert_eq!(
+        answer["output"][0]["content"][0]["text"],
+        expected.content.as_str()
+    );
+    assert_eq!(answer["usage"]["input_tokens"], expected.prompt_tokens);
+    assert_eq!(answer["usage"]["output_tokens"], expected.completion_tokens);
+
+    let usage = format!("FROM {{db}}.usage FINAL WHERE request_id = '{id}'");
+    stack
+        .wait_count(&format!("SELECT count() {usage}"), 1, WAIT)
+        .await;
+    let cost = (f64::from(expected.prompt_tokens) * PRICE_IN * 1000.0
+        + f64::from(expected.completion_tokens) * PRICE_OUT * 1000.0)
+        .round() as i64;
+    assert_eq!(
+        stack
+            .ch(&format!(
+                "SELECT prompt_tokens, completion_tokens, cost_nanos {usage}"
+            ))
+            .await
+            .trim(),
+        format!(
+            "{}\t{}\t{cost}",
+            expected.prompt_tokens, expected.completion_tokens
+        )
+    );
+
+    // The cap cut it: incomplete, as OpenAI says it.
+    let (status, cut) = stack
+        .post(
+            "/v1/responses",
+            KEY_A,
+            json!({"model": MODEL, "input": "more", "max_output_tokens": 2}),
+        )
+        .await;
+    assert_eq!(status, 200, "{cut}");
+    assert_eq!(cut["status"], "incomplete");
+    assert_eq!(
+        cut["incomplete_details"],
+        json!({"reason": "max_output_tokens"})
+    );
+    stack.stop().await;
+}
+
+/// SSE frames as (event name, data).
+fn frames(text: &str) -> Vec<(String, Value)> {
+    text.split("\n\n")
+        .filter(|f| !f.trim().is_empty())
+        .filter_map(|frame| {
+            let mut name = None;
+            let mut data = String::new();
+            for line in frame.lines() {
+                if let Some(n) = line.strip_prefix("event: ").or(line.strip_prefix("event:")) {
+                    name = Some(n.trim().to_string());
+                } else if let Some(d) = line.strip_prefix("data: ").or(line.strip_prefix("data:")) {
+                    data.push_str(d);
+                }
+            }
+            Some((name?, serde_json::from_str(&data).ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_streamed_response_is_the_typed_event_sequence_with_usage() {
+    let stack = stack(9).await;
+    let response = stack
+        .http
+        .post(format!("{}/v1/responses", stack.base))
+        .bearer_auth(KEY_A)
+        .json(&json!({"model": MODEL, "stream": true,
+                      "input": [{"role": "user", "content": [{"type": "input_text", "text": "Tell me about the Danube"}]}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let frames = frames(&response.text().await.unwrap());
+    let names: Vec<&str> = frames.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        &names[..4],
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.content_part.added"
+        ],
+        "{names:?}"
+    );
+    assert_eq!(names.last(), Some(&"response.completed"), "{names:?}");
+    for (i, (name, data)) in frames.iter().enumerate() {
+        assert_eq!(data["sequence_number"], i, "{name}");
+        assert_eq!(data["type"], name.as_str());
+    }
+    let sent = stack.mock.calls().pop().unwrap().body.unwrap();
+    assert_eq!(sent["stream_options"], json!({"include_usage": true}));
+    let expected = expected_reply(&sent, 9);
+    let text: String = frames
+        .iter()
+        .filter(|(n, _)| n == "response.output_text.delta")
+        .map(|(_, d)| d["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, expected.content);
+    let done = &frames.last().unwrap().1["response"];
+    assert_eq!(done["status"], "completed");
+    assert_eq!(
+        done["output"][0]["content"][0]["text"],
+        expected.content.as_str()
+    );
+    assert_eq!(done["usage"]["output_tokens"], expected.completion_tokens);
+    assert_eq!(done["usage"]["input_tokens"], expected.prompt_tokens);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn what_the_responses_api_cannot_do_statelessly_is_refused_and_never_sent() {
+    let stack = stack(4).await;
+    let cases = [
+        (
+            json!({"model": MODEL, "input": "x", "previous_response_id": "resp_123"}),
+            "previous_response_id",
+        ),
+        (
+            json!({"model": MODEL, "input": "x", "store": true}),
+            "store",
+        ),
+        (
+            json!({"model": MODEL, "input": "x", "background": true}),
+            "background",
+        ),
+        (
+            json!({"model": MODEL, "input": "x", "tools": [{"type": "web_search"}]}),
+            "tools",
+        ),
+        (
+            json!({"model": MODEL, "input": [{"type": "item_reference", "id": "msg_1"}]}),
+            "input",
+        ),
+        (json!({"model": MODEL}), "input"),
+        (
+            json!({"model": MODEL, "input": "x", "max_output_tokens": -1}),
+            "max_output_tokens",
+        ),
+        (
+            json!({"model": MODEL, "input": "x", "reasoning": {"effort": "high"}}),
+            "reasoning",
+        ),
+        (
+            json!({"model": MODEL, "input": "x", "frobnicate": 1}),
+            "body",
+        ),
+    ];
+    for (body, param) in cases {
+        let (status, answer) = stack.post("/v1/responses", KEY_A, body.clone()).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert_eq!(answer["error"]["param"], param, "{body}: {answer}");
+        assert_eq!(answer["error"]["type"], "invalid_request_error", "{answer}");
+    }
+    let (status, answer) = stack
+        .post(
+            "/v1/responses",
+            KEY_A,
+            json!({"model": "nope", "input": "x"}),
+        )
+        .await;
+    assert_eq!(status, 404, "{answer}");
+    let (status, _) = stack
+        .post(
+            "/v1/responses",
+            "sk-wrong",
+            json!({"model": MODEL, "input": "x"}),
+        )
+        .await;
+    assert_eq!(status, 401);
+    assert_eq!(stack.mock.call_count(), 0);
+    stack.stop().await;
+}
+
+/// An Idempotency-Key retry gets the first response, as a response object or as its
+/// events, and no second provider call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idempotent_retry_of_a_response_replays_it() {
+    let stack = stack(5).await;
+    let key = format!("{}-resp", stack.prefix);
+    let send = |stream: bool| {
+        let mut body = json!({"model": MODEL, "input": "Say hello"});
+        if stream {
+            body["stream"] = json!(true);
+        }
+        stack
+            .http
+            .post(format!("{}/v1/responses", stack.base))
+            .bearer_auth(KEY_A)
+            .header("Idempotency-Key", &key)
+            .json(&body)
+            .send()
+    };
+    let first: Value = send(false).await.unwrap().json().await.unwrap();
+    let again = send(false).await.unwrap();
+    assert_eq!(again.headers()["x-sluice-idempotent-replayed"], "true");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(again["output"], first["output"]);
+    assert_eq!(again["usage"], first["usage"]);
+    assert_eq!(stack.mock.call_count(), 1);
+    // The same key with another body (a stream now) is another request: refused.
+    let other = send(true).await.unwrap();
+    assert_eq!(other.status(), 422);
+    stack.stop().await;
+}

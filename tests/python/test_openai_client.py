@@ -324,3 +324,17 @@ def test_responses_sync_and_streaming(stack):
     with pytest.raises(openai.BadRequestError) as e:
         client(stack).responses.create(model=MODEL, input="x", previous_response_id="resp_1")
     assert e.value.param == "previous_response_id"
+
+
+def test_a_background_response_is_retrieved_when_done(stack):
+    queued = client(stack).responses.create(model=MODEL, input="Name a river", background=True)
+    assert queued.status == "queued"
+    deadline = time.time() + 60
+    r = queued
+    while time.time() < deadline and r.status not in ("completed", "failed", "incomplete"):
+        time.sleep(0.2)
+        r = client(stack).responses.retrieve(queued.id)
+    assert r.status == "completed" and r.id == queued.id
+    expected = direct(stack).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Name a river"}])
+    assert r.output_text == expected.choices[0].message.content

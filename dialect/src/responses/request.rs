@@ -1,6 +1,8 @@
 //! A Responses API request (`POST /v1/responses`, stateless) as the chat completion request
 //! Sluice queues. What has no chat form, or needs stored state Sluice does not keep
-//! (`previous_response_id`, `store: true`, `background`, built-in tools), is refused by name.
+//! (`previous_response_id`, `store: true`, built-in tools), is refused by name.
+//! `background` is the ingress's to act on (it queues the request as an async one): it
+//! changes nothing in the chat request.
 
 use serde_json::{json, Map, Value};
 
@@ -22,7 +24,7 @@ const PASSED: [&str; 6] = [
 
 /// Fields of the Responses API Sluice does not serve, refused by name (a field ignored in
 /// silence could change the answer or the bill).
-const UNSUPPORTED: [(&str, &str); 12] = [
+const UNSUPPORTED: [(&str, &str); 11] = [
     (
         "previous_response_id",
         "Sluice keeps no conversation state; send the whole conversation in `input`",
@@ -31,7 +33,6 @@ const UNSUPPORTED: [(&str, &str); 12] = [
         "conversation",
         "Sluice keeps no conversation state; send the whole conversation in `input`",
     ),
-    ("background", "use POST /v1/requests for async calls"),
     ("reasoning", "reasoning options are not supported"),
     ("include", "`include` is not supported"),
     (
@@ -94,6 +95,11 @@ pub fn to_openai(body: &[u8]) -> Result<Map<String, Value>, RequestError> {
                 }
                 _ => return Err(invalid("store", "must be a boolean")),
             },
+            "background" => {
+                if !(value.is_boolean() || value.is_null()) {
+                    return Err(invalid("background", "must be a boolean"));
+                }
+            }
             "metadata" => {
                 if !(value.is_object() || value.is_null()) {
                     return Err(invalid("metadata", "must be an object"));

@@ -64,6 +64,46 @@ pub fn object(
     })
 }
 
+/// The `response` of a background request not answered yet.
+pub fn queued(request_id: &str, created_at: u64, model: &str) -> Value {
+    object(
+        &response_id(request_id),
+        created_at,
+        model,
+        "queued",
+        Value::Null,
+        Vec::new(),
+        Value::Null,
+    )
+}
+
+/// The `response` of a background request that failed with `error` (OpenAI's `error`
+/// object: `code`, `message`).
+pub fn failed(request_id: &str, created_at: u64, model: &str, error: &Value) -> Value {
+    let mut response = object(
+        &response_id(request_id),
+        created_at,
+        model,
+        "failed",
+        Value::Null,
+        Vec::new(),
+        Value::Null,
+    );
+    response["error"] = json!({
+        "code": error["code"].as_str().or(error["type"].as_str()).unwrap_or("server_error"),
+        "message": error["message"].as_str().unwrap_or("The request failed."),
+    });
+    response
+}
+
+/// The Sluice request id of a `resp_` id (`None` if it is not one).
+pub fn request_id(response_id: &str) -> Option<String> {
+    response_id
+        .strip_prefix("resp_")
+        .filter(|rest| !rest.is_empty() && rest.chars().all(|c| c.is_ascii_alphanumeric()))
+        .map(|rest| format!("req_{rest}"))
+}
+
 /// A chat completion (JSON) as the `response` of request `request_id`.
 pub fn from_openai(completion: &Value, model: &str, request_id: &str) -> Value {
     let choice = &completion["choices"][0];

@@ -89,8 +89,13 @@ fn what_needs_state_or_has_no_chat_form_is_refused_by_name() {
         "store"
     );
     assert_eq!(
-        refused(json!({"model": "m", "input": "x", "background": true})),
+        refused(json!({"model": "m", "input": "x", "background": "yes"})),
         "background"
+    );
+    // `background` is the ingress's: the chat request is the same.
+    assert_eq!(
+        chat(json!({"model": "m", "input": "x", "background": true})),
+        chat(json!({"model": "m", "input": "x"}))
     );
     assert_eq!(
         refused(json!({"model": "m", "input": "x", "tools": [{"type": "web_search"}]})),

@@ -24,12 +24,27 @@ pub(super) async fn submit(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    submit_in(app, headers, body, Dialect::OpenAi).await
+}
+
+/// An async submission: `POST /v1/requests` (OpenAI's chat body), or a background
+/// `POST /v1/responses` (the Responses body, answered as a queued `response`).
+pub(super) async fn submit_in(
+    app: Arc<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    dialect: Dialect,
+) -> Response {
     let caller = match app.keys.authenticate(&headers) {
         Ok(c) => c,
-        Err(e) => return e.into_response(),
+        Err(e) => return dialect.error(e),
     };
-    let span = request_span(&headers, &caller, "POST /v1/requests");
-    let response = submit_traced(&app, &caller, &headers, body)
+    let route = match dialect {
+        Dialect::Responses => "POST /v1/responses",
+        _ => "POST /v1/requests",
+    };
+    let span = request_span(&headers, &caller, route);
+    let response = submit_traced(&app, &caller, &headers, body, dialect, route)
         .instrument(span.clone())
         .await;
     ended(&span, &response);
@@ -41,14 +56,16 @@ async fn submit_traced(
     caller: &Caller,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
+    dialect: Dialect,
+    route: &str,
 ) -> Response {
     let request = tracing::Span::current();
-    let scope = match super::idempotent::scope(headers, caller, "POST /v1/requests", &body) {
+    let scope = match super::idempotent::scope(headers, caller, route, &body) {
         Ok(scope) => scope,
-        Err(e) => return reject(app, caller, e, Dialect::OpenAi),
+        Err(e) => return reject(app, caller, e, dialect),
     };
     let admitted = async {
-        let accepted = checked(app, caller, headers, body, Mode::Async, Dialect::OpenAi).await?;
+        let accepted = checked(app, caller, headers, body, Mode::Async, dialect).await?;
         request.record("request_id", accepted.record.request_id.as_str());
         if let Some(url) = &accepted.webhook_url {
             // The destination's DNS answer, for a clear 400 now (delivery checks again).
@@ -62,28 +79,28 @@ async fn submit_traced(
     };
     let mut accepted = match admitted.instrument(tracing::info_span!("admission")).await {
         Ok(a) => a,
-        Err(e) => return reject(app, caller, e, Dialect::OpenAi),
+        Err(e) => return reject(app, caller, e, dialect),
     };
     let ticket = match keyed(app, scope.as_ref(), &accepted).await {
         Ok(Keyed::Ticket(ticket)) => ticket,
         Ok(Keyed::Original(original)) => {
             let mut r = accepted.record.clone();
             r.request_id = original;
-            return super::idempotent::replayed(queued(&r));
+            return super::idempotent::replayed(queued(&r, dialect));
         }
-        Err(e) => return e.into_response(),
+        Err(e) => return dialect.error(e),
     };
     let published = publish_traced(&**app, &mut accepted).await;
     super::idempotent::published(app, ticket.as_ref(), &published).await;
     if let Err(e) = published {
-        return e.into_response();
+        return dialect.error(e);
     }
     let r = &accepted.record;
     app.recent.remember(&r.request_id, &r.team);
     if let Some(url) = &accepted.webhook_url {
         crate::batch::webhooks::watch_request(Arc::clone(app), r, url.clone());
     }
-    queued(r)
+    queued(r, dialect)
 }
 
 /// What an async request does about its `Idempotency-Key`.
@@ -137,8 +154,14 @@ async fn keyed(
     }
 }
 
-/// `202 Accepted` for an async request, with its status URL.
-fn queued(r: &sluice_schemas::Request) -> Response {
+/// `202 Accepted` for an async request, with its status URL; a background response is a
+/// queued `response` object (200, as OpenAI answers it).
+fn queued(r: &sluice_schemas::Request, dialect: Dialect) -> Response {
+    if dialect == Dialect::Responses {
+        let created_at = u64::try_from(r.created_at_ms / 1000).unwrap_or_default();
+        let body = sluice_dialect::responses::response::queued(&r.request_id, created_at, &r.model);
+        return Json(body).into_response();
+    }
     let location = format!("/v1/requests/{}", r.request_id);
     let mut response = (
         StatusCode::ACCEPTED,
@@ -166,9 +189,58 @@ pub(super) async fn request_status(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let caller = app.keys.authenticate(&headers)?;
+    let body = match async_state(&app, &caller, &id).await? {
+        AsyncState::Done {
+            status,
+            http_status,
+            model,
+            finished_at_ms,
+            response,
+            error,
+        } => json!({
+            "id": id,
+            "object": "sluice.request",
+            "status": status,
+            "model": model,
+            "http_status": http_status,
+            "completed_at": finished_at_ms / 1000,
+            "response": response,
+            "error": error,
+        }),
+        AsyncState::Queued => json!({
+            "id": id,
+            "object": "sluice.request",
+            "status": "queued",
+            "response": Value::Null,
+            "error": Value::Null,
+        }),
+    };
+    Ok(Json(body).into_response())
+}
+
+/// Where an async request stands, as its caller may see it.
+pub(super) enum AsyncState {
+    /// Its result: the completion (`response`) or the error, after output moderation.
+    Done {
+        status: String,
+        http_status: i32,
+        model: String,
+        finished_at_ms: i64,
+        response: Value,
+        error: Value,
+    },
+    Queued,
+}
+
+/// The state of the caller's async request `id`; another team's is not found.
+pub(super) async fn async_state(
+    app: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<AsyncState, ApiError> {
     if let Some(stored) = app
         .store
-        .result(&id, &caller.team)
+        .result(id, &caller.team)
         .await
         .map_err(ApiError::StoreUnavailable)?
     {
@@ -195,9 +267,9 @@ pub(super) async fn request_status(
                 Err(e) => {
                     app.audits.reject(
                         Audit {
-                            request_id: id.clone(),
+                            request_id: id.to_string(),
                             model: stored.model.clone(),
-                            ..of_caller(&caller)
+                            ..of_caller(caller)
                         },
                         &e,
                     );
@@ -212,34 +284,24 @@ pub(super) async fn request_status(
         } else {
             (body, Value::Null)
         };
-        return Ok(Json(json!({
-            "id": id,
-            "object": "sluice.request",
-            "status": status,
-            "model": stored.model,
-            "http_status": http_status,
-            "completed_at": stored.finished_at_ms / 1000,
-            "response": response,
-            "error": error,
-        }))
-        .into_response());
+        return Ok(AsyncState::Done {
+            status,
+            http_status,
+            model: stored.model,
+            finished_at_ms: stored.finished_at_ms,
+            response,
+            error,
+        });
     }
-    let queued = app.recent.contains(&id, &caller.team)
+    let queued = app.recent.contains(id, &caller.team)
         || app
             .store
-            .was_accepted(&id, &caller.team)
+            .was_accepted(id, &caller.team)
             .await
             .map_err(ApiError::StoreUnavailable)?;
     if queued {
-        return Ok(Json(json!({
-            "id": id,
-            "object": "sluice.request",
-            "status": "queued",
-            "response": Value::Null,
-            "error": Value::Null,
-        }))
-        .into_response());
+        return Ok(AsyncState::Queued);
     }
     // Another team's request is indistinguishable from a missing one.
-    Err(ApiError::RequestNotFound(id))
+    Err(ApiError::RequestNotFound(id.to_string()))
 }

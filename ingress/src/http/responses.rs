@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
@@ -15,16 +15,66 @@ use sluice_dialect::responses::{response, stream};
 use sluice_schemas::{Result as ResultRecord, Status};
 
 use super::anthropic::events;
+use super::requests::AsyncState;
 use super::REQUEST_ID_HEADER;
 use crate::admission::Dialect;
+use crate::error::ApiError;
 use crate::state::AppState;
 
+/// `POST /v1/responses`: sync or streamed; `"background": true` queues it as an async
+/// request, to be read at `GET /v1/responses/{id}`.
 pub(super) async fn responses(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    if body.as_ref().is_ok_and(|b| background(b)) {
+        return super::requests::submit_in(app, headers, body, Dialect::Responses).await;
+    }
     super::chat::sync_call(app, headers, body, Dialect::Responses).await
+}
+
+/// Whether a body asks for `"background": true` (a body that does not parse is the sync
+/// path's to refuse).
+fn background(body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Flag {
+        #[serde(default)]
+        background: Option<Value>,
+    }
+    serde_json::from_slice::<Flag>(body).is_ok_and(|f| f.background == Some(Value::Bool(true)))
+}
+
+/// `GET /v1/responses/{id}`: a background response as it stands (queued, completed,
+/// incomplete or failed); only its team sees it.
+pub(super) async fn retrieve(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let caller = app.keys.authenticate(&headers)?;
+    let request_id =
+        response::request_id(&id).ok_or_else(|| ApiError::RequestNotFound(id.clone()))?;
+    let body = match super::requests::async_state(&app, &caller, &request_id).await {
+        Ok(AsyncState::Done {
+            model,
+            finished_at_ms,
+            response: completion,
+            error,
+            ..
+        }) => {
+            let created_at = u64::try_from(finished_at_ms / 1000).unwrap_or_default();
+            if completion.is_null() {
+                response::failed(&request_id, created_at, &model, &error)
+            } else {
+                response::from_openai(&completion, &model, &request_id)
+            }
+        }
+        Ok(AsyncState::Queued) => response::queued(&request_id, 0, ""),
+        Err(ApiError::RequestNotFound(_)) => return Err(ApiError::RequestNotFound(id)),
+        Err(e) => return Err(e),
+    };
+    Ok(axum::Json(body).into_response())
 }
 
 /// A worker's result as a `response` object; a failure is OpenAI's error body as it is.

@@ -21,6 +21,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(super::chat::chat_completions))
         .route("/v1/embeddings", post(super::chat::embeddings))
         .route("/v1/responses", post(super::responses::responses))
+        .route("/v1/responses/{id}", get(super::responses::retrieve))
         .route("/v1/messages", post(crate::http::anthropic::messages))
         .route(
             "/v1/messages/count_tokens",

@@ -211,8 +211,12 @@ async fn what_the_responses_api_cannot_do_statelessly_is_refused_and_never_sent(
             "store",
         ),
         (
-            json!({"model": MODEL, "input": "x", "background": true}),
+            json!({"model": MODEL, "input": "x", "background": "yes"}),
             "background",
+        ),
+        (
+            json!({"model": MODEL, "input": "x", "background": true, "stream": true}),
+            "stream",
         ),
         (
             json!({"model": MODEL, "input": "x", "tools": [{"type": "web_search"}]}),
@@ -292,5 +296,57 @@ async fn an_idempotent_retry_of_a_response_replays_it() {
     // The same key with another body (a stream now) is another request: refused.
     let other = send(true).await.unwrap();
     assert_eq!(other.status(), 422);
+    stack.stop().await;
+}
+
+/// `background: true` queues the response as an async request; `GET /v1/responses/{id}`
+/// shows it queued, then completed; another team cannot see it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_background_response_is_polled_until_it_completes() {
+    let stack = stack(7).await;
+    let (status, queued) = stack
+        .post(
+            "/v1/responses",
+            KEY_A,
+            json!({"model": MODEL, "input": "Tell me about the Rhine", "background": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{queued}");
+    assert_eq!(queued["object"], "response");
+    assert_eq!(queued["status"], "queued", "{queued}");
+    let id = queued["id"].as_str().unwrap().to_string();
+    let done = eventually(WAIT, || async {
+        let (status, r) = stack.get(&format!("/v1/responses/{id}"), KEY_A).await;
+        assert_eq!(status, 200, "{r}");
+        (r["status"] == "completed").then_some(r)
+    })
+    .await
+    .expect("completed");
+    let sent = stack.mock.calls().pop().unwrap().body.unwrap();
+    let expected = expected_reply(&sent, 7);
+    assert_eq!(done["id"], id.as_str());
+    assert_eq!(
+        done["output"][0]["content"][0]["text"],
+        expected.content.as_str()
+    );
+    assert_eq!(done["usage"]["output_tokens"], expected.completion_tokens);
+    // The id is the async request's: /v1/requests shows the same request.
+    let request_id = id.replacen("resp_", "req_", 1);
+    let (status, request) = stack
+        .get(&format!("/v1/requests/{request_id}"), KEY_A)
+        .await;
+    assert_eq!(
+        (status, request["status"].as_str()),
+        (200, Some("completed"))
+    );
+    // Another team's id, or one that is not a response id, is not found.
+    for (key, path) in [
+        (KEY_B, format!("/v1/responses/{id}")),
+        (KEY_A, "/v1/responses/resp_nope%2F..".to_string()),
+        (KEY_A, "/v1/responses/msg_123".to_string()),
+    ] {
+        let (status, body) = stack.get(&path, key).await;
+        assert_eq!(status, 404, "{path}: {body}");
+    }
     stack.stop().await;
 }

@@ -5,8 +5,7 @@
 //! creation still under way 409. A claim whose creator died before the batch was stored is
 //! taken over once it is stale (docs/idempotency.md).
 
-use axum::http::{HeaderMap, HeaderValue};
-use axum::response::Response;
+use axum::http::HeaderMap;
 
 use super::{BatchError, Handles};
 use crate::idempotency::{Claim, Scope, Ticket};
@@ -71,11 +70,4 @@ pub(super) async fn settle(app: &impl Handles, ticket: Option<&Ticket>, stored: 
     }
 }
 
-/// Marks an answer given again.
-pub(super) fn replayed(mut response: Response) -> Response {
-    response.headers_mut().insert(
-        crate::idempotency::REPLAYED_HEADER,
-        HeaderValue::from_static("true"),
-    );
-    response
-}
+pub(super) use crate::idempotency::replayed;

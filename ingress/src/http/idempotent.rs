@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderValue};
-use axum::response::Response;
 
 use crate::admission::{PRIORITY_HEADER, TIMEOUT_HEADER};
 use crate::error::ApiError;
@@ -137,11 +136,4 @@ pub(super) async fn wait(
     }
 }
 
-/// Marks an answer given again.
-pub(super) fn replayed(mut response: Response) -> Response {
-    response.headers_mut().insert(
-        super::replay::REPLAYED_HEADER,
-        HeaderValue::from_static("true"),
-    );
-    response
-}
+pub(super) use crate::idempotency::replayed;

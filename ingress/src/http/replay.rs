@@ -8,7 +8,6 @@ use sluice_schemas::{Request, Result as ResultRecord, Status, StreamChunk};
 use crate::lookup::StoredResult;
 use crate::replies::ReplyEvent;
 
-pub(crate) use crate::idempotency::REPLAYED_HEADER;
 /// The attempt a replayed stream's chunks and result carry.
 const REPLAY_ATTEMPT: &str = "replay";
 

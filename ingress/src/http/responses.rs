@@ -35,14 +35,20 @@ pub(super) async fn responses(
 }
 
 /// Whether a body asks for `"background": true` (a body that does not parse is the sync
-/// path's to refuse).
+/// path's to refuse). The other fields are skipped, not built; a large body is scanned off
+/// the runtime's worker thread, as admission parses it.
 fn background(body: &[u8]) -> bool {
     #[derive(serde::Deserialize)]
     struct Flag {
         #[serde(default)]
-        background: Option<Value>,
+        background: Option<bool>,
     }
-    serde_json::from_slice::<Flag>(body).is_ok_and(|f| f.background == Some(Value::Bool(true)))
+    let scan = || serde_json::from_slice::<Flag>(body).is_ok_and(|f| f.background == Some(true));
+    if body.len() < crate::cpu::HEAVY_BYTES {
+        scan()
+    } else {
+        crate::cpu::in_place(scan)
+    }
 }
 
 /// `GET /v1/responses/{id}`: a background response as it stands (queued, completed,

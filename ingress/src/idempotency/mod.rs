@@ -28,6 +28,15 @@ use crate::error::{ApiError, ConfigError};
 pub(crate) const HEADER: &str = "idempotency-key";
 /// Set on an answer given again (`true`).
 pub(crate) const REPLAYED_HEADER: &str = "x-sluice-idempotent-replayed";
+
+/// Marks an answer given again ([`REPLAYED_HEADER`]).
+pub(crate) fn replayed(mut response: axum::response::Response) -> axum::response::Response {
+    response.headers_mut().insert(
+        REPLAYED_HEADER,
+        axum::http::HeaderValue::from_static("true"),
+    );
+    response
+}
 /// Stripe's limit; a key is an opaque token (a UUID is 36).
 const MAX_KEY_BYTES: usize = 255;
 

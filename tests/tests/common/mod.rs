@@ -475,8 +475,17 @@ output_per_million = {PRICE_OUT}
 
     /// The `results` row of `request_id` (`columns`, TSV, trimmed), once the sink wrote it.
     pub async fn result_row(&self, request_id: &str, columns: &str) -> String {
+        self.row_of("results", request_id, columns).await
+    }
+
+    /// The `usage` row of `request_id` (`columns`, TSV, trimmed), once the sink wrote it.
+    pub async fn usage_row(&self, request_id: &str, columns: &str) -> String {
+        self.row_of("usage", request_id, columns).await
+    }
+
+    async fn row_of(&self, table: &str, request_id: &str, columns: &str) -> String {
         let sql =
-            format!("SELECT {columns} FROM {{db}}.results FINAL WHERE request_id = '{request_id}'");
+            format!("SELECT {columns} FROM {{db}}.{table} FINAL WHERE request_id = '{request_id}'");
         eventually(Duration::from_secs(60), || async {
             let row = self.ch(&sql).await;
             (!row.trim().is_empty()).then(|| row.trim().to_string())

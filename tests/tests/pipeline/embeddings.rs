@@ -153,23 +153,18 @@ async fn embeddings_answer_in_openais_shape_and_bill_the_input_once() {
     );
 
     // Billed: the provider's 5 input tokens at 20 nano-USD, no output, not estimated, once.
-    let usage = format!("FROM {{db}}.usage FINAL WHERE request_id = '{id}'");
-    assert_eq!(
-        stack
-            .wait_count(&format!("SELECT count() {usage}"), 1, WAIT)
-            .await,
-        1
-    );
     let expected_cost = (5.0 * EMBED_PRICE * 1000.0).round() as i64;
     assert_eq!(
         stack
-            .ch(&format!(
-                "SELECT status, prompt_tokens, completion_tokens, cost_nanos, estimated, deployment {usage}"
-            ))
-            .await
-            .trim(),
+            .usage_row(
+                &id,
+                "status, prompt_tokens, completion_tokens, cost_nanos, estimated, deployment"
+            )
+            .await,
         format!("completed\t5\t0\t{expected_cost}\t0\topenai-embed")
     );
+    let once = format!("SELECT count() FROM {{db}}.usage FINAL WHERE request_id = '{id}'");
+    assert_eq!(stack.ch(&once).await.trim(), "1");
 
     // base64, as the OpenAI SDKs ask by default: the same vectors.
     let (status, answer, _) = embed(
@@ -225,19 +220,12 @@ async fn gemini_and_azure_embed_and_anthropic_falls_back() {
         "completed",
         "the result landed"
     );
-    let usage = format!("FROM {{db}}.usage FINAL WHERE request_id = '{id}'");
-    stack
-        .wait_count(&format!("SELECT count() {usage}"), 1, WAIT)
-        .await;
     // Billed at the catalogue's gemini-embedding-001 price (0.15 USD per million: 150
     // nano-USD a token), the model that deployment sends.
     assert_eq!(
         stack
-            .ch(&format!(
-                "SELECT prompt_tokens, estimated, cost_nanos {usage}"
-            ))
-            .await
-            .trim(),
+            .usage_row(&id, "prompt_tokens, estimated, cost_nanos")
+            .await,
         format!("{prompt}\t1\t{}", prompt * 150)
     );
     let (status, answer, _) = embed(
@@ -299,15 +287,8 @@ async fn gemini_and_azure_embed_and_anthropic_falls_back() {
     );
     // Billed at the price of the deployment that answered (text-embedding-3-small's, from
     // the catalogue), not the Anthropic model's the chain began with: 1 token, 20 nano-USD.
-    let usage = format!("FROM {{db}}.usage FINAL WHERE request_id = '{id}'");
-    stack
-        .wait_count(&format!("SELECT count() {usage}"), 1, WAIT)
-        .await;
     assert_eq!(
-        stack
-            .ch(&format!("SELECT prompt_tokens, cost_nanos {usage}"))
-            .await
-            .trim(),
+        stack.usage_row(&id, "prompt_tokens, cost_nanos").await,
         "1\t20"
     );
     // Anthropic alone: a 400 in OpenAI's shape, nothing called.

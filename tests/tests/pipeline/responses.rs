@@ -88,20 +88,13 @@ async fn a_response_is_the_providers_answer_in_the_responses_shape_and_is_billed
     assert_eq!(answer["usage"]["input_tokens"], expected.prompt_tokens);
     assert_eq!(answer["usage"]["output_tokens"], expected.completion_tokens);
 
-    let usage = format!("FROM {{db}}.usage FINAL WHERE request_id = '{id}'");
-    stack
-        .wait_count(&format!("SELECT count() {usage}"), 1, WAIT)
-        .await;
     let cost = (f64::from(expected.prompt_tokens) * PRICE_IN * 1000.0
         + f64::from(expected.completion_tokens) * PRICE_OUT * 1000.0)
         .round() as i64;
     assert_eq!(
         stack
-            .ch(&format!(
-                "SELECT prompt_tokens, completion_tokens, cost_nanos {usage}"
-            ))
-            .await
-            .trim(),
+            .usage_row(&id, "prompt_tokens, completion_tokens, cost_nanos")
+            .await,
         format!(
             "{}\t{}\t{cost}",
             expected.prompt_tokens, expected.completion_tokens

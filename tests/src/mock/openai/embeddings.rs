@@ -13,7 +13,7 @@ use axum::response::Response;
 use serde_json::Value;
 
 use super::errors::{model_not_found, unparseable_json, ErrorAnswer, INVALID_REQUEST};
-use super::{presented_key, refusal, Answer, Plan, Progress};
+use super::{deliver, presented_key, refusal, Answer, Plan};
 use crate::mock::connection::Conn;
 use crate::mock::{embeddings, ApiError, RecordedCall, Shared};
 
@@ -52,23 +52,12 @@ pub(super) async fn embeddings(
             }
         }
     });
-    if let Some(max) = plan.record {
+    let model = model.map(str::to_owned);
+    let call = || {
         let mut call = RecordedCall::received(seq, received_at, method, &uri, headers, raw_body);
-        call.model = model.map(str::to_owned);
-        call.body = body.clone();
-        call.injected = plan.failure.clone();
-        answer.describe(&mut call);
-        shared.record(call, max);
-    }
-    if !plan.latency.is_zero() {
-        tokio::select! {
-            () = tokio::time::sleep(plan.latency) => {}
-            () = shared.stopped() => {}
-        }
-    }
-    let progress = Progress {
-        shared: Arc::clone(&shared),
-        seq,
+        call.model = model;
+        call.body = body;
+        call
     };
-    answer.respond(&shared, &conn, plan.latency, progress).await
+    deliver(shared, &conn, &plan, seq, answer, call).await
 }

@@ -267,16 +267,34 @@ async fn chat_completions(
     }
     let answer = answer(&plan, body.as_ref(), presented_key);
 
-    if let Some(max) = plan.record {
+    let model = model.map(str::to_owned);
+    let stream = body.as_ref().and_then(|b| b.get("stream")) == Some(&Value::Bool(true));
+    let call = || {
         let mut call = RecordedCall::received(seq, received_at, method, &uri, headers, raw_body);
-        call.model = model.map(str::to_owned);
-        call.stream = body.as_ref().and_then(|b| b.get("stream")) == Some(&Value::Bool(true));
+        call.model = model;
+        call.stream = stream;
         call.body = body;
+        call
+    };
+    deliver(shared, &conn, &plan, seq, answer, call).await
+}
+
+/// The end of every OpenAI call: records it (when recording, as `call` builds it, with
+/// what it is answered), waits the planned latency, then answers.
+async fn deliver(
+    shared: Arc<Shared>,
+    conn: &Conn,
+    plan: &Plan,
+    seq: u64,
+    answer: Answer,
+    call: impl FnOnce() -> RecordedCall,
+) -> Response {
+    if let Some(max) = plan.record {
+        let mut call = call();
         call.injected = plan.failure.clone();
         answer.describe(&mut call);
         shared.record(call, max);
     }
-
     if !plan.latency.is_zero() {
         tokio::select! {
             () = tokio::time::sleep(plan.latency) => {}
@@ -287,7 +305,7 @@ async fn chat_completions(
         shared: Arc::clone(&shared),
         seq,
     };
-    answer.respond(&shared, &conn, plan.latency, progress).await
+    answer.respond(&shared, conn, plan.latency, progress).await
 }
 
 /// Where a stream reports how it really ended (the recorded call is the plan until then).

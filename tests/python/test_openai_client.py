@@ -326,6 +326,43 @@ def test_responses_sync_and_streaming(stack):
     assert e.value.param == "previous_response_id"
 
 
+WEATHER = {"type": "function", "name": "get_weather", "description": "Weather of a city",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                          "required": ["city"]}}
+
+
+def test_responses_with_a_tool_call_sync_and_streaming(stack):
+    chat_tool = {"type": "function", "function": {k: v for k, v in WEATHER.items() if k != "type"}}
+    expected = direct(stack).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Weather in Paris"}],
+        tools=[chat_tool], tool_choice="required").choices[0].message.tool_calls[0]
+
+    r = client(stack).responses.create(
+        model=MODEL, input="Weather in Paris", tools=[WEATHER], tool_choice="required")
+    call = r.output[0]
+    assert call.type == "function_call" and call.name == "get_weather"
+    assert call.arguments == expected.function.arguments
+    assert json.loads(call.arguments) == {"city": "Weather in Paris"}
+
+    with client(stack).responses.stream(
+            model=MODEL, input="Weather in Paris", tools=[WEATHER],
+            tool_choice="required") as stream:
+        arguments = "".join(e.delta for e in stream
+                            if e.type == "response.function_call_arguments.delta")
+        final = stream.get_final_response()
+    assert arguments == expected.function.arguments
+    assert final.output[0].type == "function_call"
+
+    # The tool's output sent back continues the turn in text.
+    follow = client(stack).responses.create(
+        model=MODEL, tools=[WEATHER], input=[
+            {"role": "user", "content": "Weather in Paris"},
+            {"type": "function_call", "call_id": call.call_id, "name": call.name,
+             "arguments": call.arguments},
+            {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}])
+    assert follow.status == "completed" and follow.output_text
+
+
 def test_a_background_response_is_retrieved_when_done(stack):
     queued = client(stack).responses.create(model=MODEL, input="Name a river", background=True)
     assert queued.status == "queued"

@@ -87,6 +87,7 @@ fn finish_reason(reason: FinishReason) -> &'static str {
     match reason {
         FinishReason::Stop => "STOP",
         FinishReason::Length => "MAX_TOKENS",
+        FinishReason::ToolCalls => "STOP",
     }
 }
 

@@ -20,6 +20,8 @@ pub enum FinishReason {
     Stop,
     /// The request's token cap cut the reply short.
     Length,
+    /// The reply is a call of one of the request's tools (OpenAI's wire format only).
+    ToolCalls,
 }
 
 /// What the mock answers to a well-formed generation call.

@@ -984,3 +984,76 @@ async fn moderations_validate_input_check_the_key_and_can_fail() {
     assert_eq!(status, 500);
     assert_eq!(body["error"]["type"], "server_error");
 }
+
+fn weather_tools(prompt: &str, tool_choice: Value) -> Value {
+    let mut body = chat(prompt);
+    body["tools"] = json!([{"type": "function", "function": {"name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
+    body["tool_choice"] = tool_choice;
+    body
+}
+
+#[tokio::test]
+async fn a_forced_tool_choice_is_answered_with_a_call() {
+    let mock = mock(words(5)).await;
+    let body: Value = post(&mock, &weather_tools("Paris today", json!("required")))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let choice = &body["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls");
+    assert_eq!(choice["message"]["content"], Value::Null);
+    let call = &choice["message"]["tool_calls"][0];
+    assert_eq!(call["type"], "function");
+    assert!(call["id"].as_str().unwrap().starts_with("call_"));
+    assert_eq!(call["function"]["name"], "get_weather");
+    let arguments = call["function"]["arguments"].as_str().unwrap();
+    assert_eq!(arguments, r#"{"city":"Paris today"}"#);
+    assert_eq!(
+        body["usage"]["completion_tokens"], 2,
+        "words of the arguments"
+    );
+
+    // Named, and streamed: id and name first, then the arguments.
+    let mut request = weather_tools(
+        "Oslo",
+        json!({"type": "function", "function": {"name": "get_weather"}}),
+    );
+    request["stream"] = json!(true);
+    let text = post(&mock, &request).await.text().await.unwrap();
+    let data = sse_data(&text);
+    let parsed: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let deltas: Vec<&Value> = parsed.iter().map(|c| &c["choices"][0]["delta"]).collect();
+    assert_eq!(
+        deltas[1]["tool_calls"][0]["function"]["name"],
+        "get_weather"
+    );
+    assert_eq!(deltas[1]["tool_calls"][0]["function"]["arguments"], "");
+    assert_eq!(
+        deltas[2]["tool_calls"][0]["function"]["arguments"],
+        r#"{"city":"Oslo"}"#
+    );
+    assert_eq!(parsed[3]["choices"][0]["finish_reason"], "tool_calls");
+
+    // "auto", or a tool result last: text.
+    let auto: Value = post(&mock, &weather_tools("Rome", json!("auto")))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        auto["choices"][0]["message"]["content"],
+        "Rome Rome Rome Rome Rome"
+    );
+    let mut answered = weather_tools("Rome", json!("required"));
+    answered["messages"] = json!([{"role": "user", "content": "Rome"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]);
+    let after: Value = post(&mock, &answered).await.json().await.unwrap();
+    assert_eq!(after["choices"][0]["finish_reason"], "stop");
+}

@@ -343,3 +343,68 @@ async fn a_background_response_is_polled_until_it_completes() {
     }
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tool_call_comes_back_as_a_function_call_item_and_its_output_continues_the_turn() {
+    let stack = stack(4).await;
+    let post = |body: Value| {
+        stack
+            .http
+            .post(format!("{}/v1/responses", stack.base))
+            .bearer_auth(KEY_A)
+            .json(&body)
+            .send()
+    };
+    let ask =
+        json!({"model": MODEL, "input": "Danube", "tools": [tool()], "tool_choice": "required"});
+    let answer: Value = post(ask.clone()).await.unwrap().json().await.unwrap();
+    assert_eq!(answer["status"], "completed", "{answer}");
+    let call = &answer["output"][0];
+    assert_eq!(call["type"], "function_call", "{answer}");
+    assert_eq!(call["name"], "lookup");
+    assert_eq!(call["arguments"], r#"{"name":"Danube"}"#);
+    let call_id = call["call_id"].as_str().unwrap().to_string();
+    assert!(call_id.starts_with("call_"), "{call}");
+    // Billed on what the provider reported: the mock counts the arguments' words.
+    assert_eq!(answer["usage"]["output_tokens"], 1);
+
+    // Streamed: the call's events, the arguments whole at the end.
+    let mut streamed = ask.clone();
+    streamed["stream"] = json!(true);
+    let frames = frames(&post(streamed).await.unwrap().text().await.unwrap());
+    let names: Vec<&str> = frames.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(
+        names.contains(&"response.function_call_arguments.delta"),
+        "{names:?}"
+    );
+    let done = frames
+        .iter()
+        .find(|(n, _)| n == "response.function_call_arguments.done")
+        .map(|(_, d)| d)
+        .unwrap();
+    assert_eq!(done["arguments"], r#"{"name":"Danube"}"#);
+    let completed = &frames.last().unwrap().1["response"];
+    assert_eq!(completed["output"][0]["type"], "function_call");
+    assert_eq!(completed["output"][0]["name"], "lookup");
+
+    // The caller runs the tool and sends the call and its output back: the provider gets
+    // an assistant tool call and a tool message, and answers in text.
+    let follow = json!({"model": MODEL, "tools": [tool()], "tool_choice": "required",
+        "input": [{"role": "user", "content": "Danube"}, call.clone(),
+                  {"type": "function_call_output", "call_id": call_id, "output": "2850 km"}]});
+    let text: Value = post(follow).await.unwrap().json().await.unwrap();
+    assert_eq!(text["status"], "completed", "{text}");
+    assert_eq!(text["output"][0]["type"], "message", "{text}");
+    let sent = stack.mock.calls().pop().unwrap().body.unwrap();
+    let messages = sent["messages"].as_array().unwrap();
+    assert_eq!(messages[1]["tool_calls"][0]["id"], call_id.as_str());
+    assert_eq!(
+        messages[2],
+        json!({"role": "tool", "tool_call_id": call_id, "content": "2850 km"})
+    );
+    assert_eq!(
+        text["output"][0]["content"][0]["text"],
+        expected_reply(&sent, 4).content.as_str()
+    );
+    stack.stop().await;
+}

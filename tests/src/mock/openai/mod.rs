@@ -53,7 +53,10 @@ use errors::{
     wrong_key, ErrorAnswer,
 };
 use stream::{cut, words_in_chunks, EventStream};
-use wire::{finish_reason, ChatCompletionJson, ChoiceJson, MessageJson, UsageJson};
+use wire::{
+    finish_reason, ChatCompletionJson, ChoiceJson, FunctionJson, MessageJson, ToolCallJson,
+    UsageJson,
+};
 
 pub(crate) use errors::{invalid_method, invalid_url};
 
@@ -220,6 +223,8 @@ pub(super) struct Completion {
     created: u64,
     model: String,
     reply: Reply,
+    /// The reply is this call instead of text.
+    tool_call: Option<ToolCall>,
     /// `None` = a JSON answer.
     stream: Option<StreamShape>,
     fault: Option<Fault>,
@@ -392,7 +397,13 @@ fn answer(plan: &Plan, body: Option<&Value>, presented_key: Option<&str>) -> Ans
         ));
     }
 
-    let reply = expected_reply(body, plan.completion_tokens);
+    let mut reply = expected_reply(body, plan.completion_tokens);
+    let tool_call = forced_tool_call(body);
+    if let Some(call) = &tool_call {
+        reply.content = String::new();
+        reply.completion_tokens = count_words(&call.arguments);
+        reply.finish_reason = reply::FinishReason::ToolCalls;
+    }
     let fault = match &plan.failure {
         Some(Failure::MidStreamBreak { after_chunks }) => Some(Fault::Break {
             after: *after_chunks,
@@ -410,7 +421,11 @@ fn answer(plan: &Plan, body: Option<&Value>, presented_key: Option<&str>) -> Ans
         let words = reply.completion_tokens;
         StreamShape {
             include_usage: request.include_usage,
-            chunks: plan.stream_chunks.map_or(words, |k| k.get().min(words)),
+            // A tool call streams as two chunks: id and name, then the arguments.
+            chunks: match tool_call {
+                Some(_) => 2,
+                None => plan.stream_chunks.map_or(words, |k| k.get().min(words)),
+            },
             delay: plan.stream_chunk_delay,
         }
     });
@@ -419,8 +434,67 @@ fn answer(plan: &Plan, body: Option<&Value>, presented_key: Option<&str>) -> Ans
         created: unix_now(),
         model: request.model.to_owned(),
         reply,
+        tool_call,
         stream,
         fault,
+    })
+}
+
+/// A function call the mock answers with instead of text.
+pub(super) struct ToolCall {
+    pub(super) id: String,
+    pub(super) name: String,
+    pub(super) arguments: String,
+}
+
+/// The call a request forces: `tool_choice` "required" (the first function tool) or
+/// `{"type": "function", "function": {"name"}}`, unless the last message already is a tool
+/// result (then the mock answers in text, as a model does after it got what it asked for).
+/// The arguments are `{"<first property of the tool's parameters, else input>": "<the last
+/// user message's text>"}`.
+pub fn forced_tool_call_of(request: &Value) -> Option<(String, String)> {
+    let last_role = messages(request).last()?.get("role")?.as_str()?;
+    if last_role == "tool" {
+        return None;
+    }
+    let functions = request
+        .get("tools")?
+        .as_array()?
+        .iter()
+        .filter_map(|t| (t.get("type")?.as_str()? == "function").then(|| t.get("function"))?);
+    let tool = match request.get("tool_choice")? {
+        Value::String(choice) if choice == "required" => functions.into_iter().next()?,
+        Value::Object(choice) => {
+            let name = choice.get("function")?.get("name")?.as_str()?;
+            functions
+                .into_iter()
+                .find(|f| f.get("name").and_then(Value::as_str) == Some(name))?
+        }
+        _ => return None,
+    };
+    let name = tool.get("name")?.as_str()?.to_owned();
+    let property = tool
+        .get("parameters")
+        .and_then(|p| p.get("properties"))
+        .and_then(Value::as_object)
+        .and_then(|p| p.keys().next().cloned())
+        .unwrap_or_else(|| "input".into());
+    let seed = messages(request)
+        .iter()
+        .rev()
+        .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+        .map(message_text)
+        .unwrap_or_default();
+    let arguments = serde_json::json!({ property: seed }).to_string();
+    Some((name, arguments))
+}
+
+fn forced_tool_call(request: &Value) -> Option<ToolCall> {
+    let (name, arguments) = forced_tool_call_of(request)?;
+    Some(ToolCall {
+        id: format!("call_{}", &uuid::Uuid::new_v4().simple().to_string()[..24]),
+        name,
+        arguments,
     })
 }
 
@@ -567,8 +641,19 @@ impl Completion {
                 index: 0,
                 message: MessageJson {
                     role: "assistant",
-                    content: &self.reply.content,
+                    content: self.tool_call.is_none().then_some(&*self.reply.content),
                     refusal: (),
+                    tool_calls: self.tool_call.as_ref().map(|call| {
+                        [ToolCallJson {
+                            index: None,
+                            id: Some(&call.id),
+                            kind: Some("function"),
+                            function: FunctionJson {
+                                name: Some(&call.name),
+                                arguments: &call.arguments,
+                            },
+                        }]
+                    }),
                     annotations: [],
                 },
                 logprobs: (),

@@ -8,7 +8,10 @@ use std::time::Duration;
 use axum::body::Bytes;
 use serde::Serialize;
 
-use super::wire::{finish_reason, ChunkChoiceJson, ChunkJson, Delta, ErrorEnvelope, UsageJson};
+use super::wire::{
+    finish_reason, ChunkChoiceJson, ChunkJson, Delta, ErrorEnvelope, FunctionJson, ToolCallJson,
+    UsageJson,
+};
 use super::{Completion, Fault, Progress, StreamShape, SERVICE_TIER, SYSTEM_FINGERPRINT};
 use crate::mock::reply;
 
@@ -142,6 +145,14 @@ impl EventStream {
                     refusal: (),
                 })
             }
+            Step::Content(j) if self.completion.tool_call.is_some() => {
+                self.next = if j == 0 {
+                    Step::Content(1)
+                } else {
+                    Step::Finish
+                };
+                self.tool_call_chunk(j)
+            }
             Step::Content(j) => {
                 if j > 0 && !self.delay.is_zero() {
                     tokio::time::sleep(self.delay).await;
@@ -203,6 +214,38 @@ impl EventStream {
                 finish_reason: None,
             }],
             ..self.chunk_envelope()
+        })
+    }
+
+    /// Chunk `j` of a tool call: the id, type and name with empty arguments, then the
+    /// arguments (OpenAI's own split, in fewer pieces).
+    fn tool_call_chunk(&self, j: u32) -> io::Result<Bytes> {
+        let Some(call) = &self.completion.tool_call else {
+            return Ok(Bytes::new());
+        };
+        let delta = if j == 0 {
+            ToolCallJson {
+                index: Some(0),
+                id: Some(&call.id),
+                kind: Some("function"),
+                function: FunctionJson {
+                    name: Some(&call.name),
+                    arguments: "",
+                },
+            }
+        } else {
+            ToolCallJson {
+                index: Some(0),
+                id: None,
+                kind: None,
+                function: FunctionJson {
+                    name: None,
+                    arguments: &call.arguments,
+                },
+            }
+        };
+        self.chunk(Delta::ToolCalls {
+            tool_calls: [delta],
         })
     }
 

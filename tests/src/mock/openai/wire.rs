@@ -10,6 +10,7 @@ pub(super) fn finish_reason(reason: FinishReason) -> &'static str {
     match reason {
         FinishReason::Stop => "stop",
         FinishReason::Length => "length",
+        FinishReason::ToolCalls => "tool_calls",
     }
 }
 
@@ -36,9 +37,31 @@ pub(super) struct ChoiceJson<'a> {
 #[derive(Serialize)]
 pub(super) struct MessageJson<'a> {
     pub(super) role: &'static str,
-    pub(super) content: &'a str,
+    /// `null` when the message is a tool call.
+    pub(super) content: Option<&'a str>,
     pub(super) refusal: (),
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) tool_calls: Option<[ToolCallJson<'a>; 1]>,
     pub(super) annotations: [(); 0],
+}
+
+/// One function call, as a message's `tool_calls` entry or (with `index`) a stream delta's.
+#[derive(Serialize)]
+pub(super) struct ToolCallJson<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) index: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) id: Option<&'a str>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub(super) kind: Option<&'static str>,
+    pub(super) function: FunctionJson<'a>,
+}
+
+#[derive(Serialize)]
+pub(super) struct FunctionJson<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) name: Option<&'a str>,
+    pub(super) arguments: &'a str,
 }
 
 #[derive(Serialize)]
@@ -73,6 +96,9 @@ pub(super) enum Delta<'a> {
     },
     Content {
         content: &'a str,
+    },
+    ToolCalls {
+        tool_calls: [ToolCallJson<'a>; 1],
     },
     Empty {},
 }

@@ -45,7 +45,7 @@ pub use codec::{decode, encode, Record};
 pub use error::CodecError;
 pub use records::{
     ApiKey, Attempt, Audit, AuditAction, BudgetAlert, Cancel, Priority, ReplyTo, Request, Result,
-    Status, StreamChunk, Usage,
+    Status, StreamChunk, Usage, REQUEST_CANCELLED,
 };
 
 /// Kafka header naming what a reply-topic message holds.

@@ -220,6 +220,15 @@ pub struct Cancel {
     pub occurred_at_ms: i64,
 }
 
+impl Cancel {
+    /// `reason` of a caller's explicit cancel (`POST /v1/requests/{id}/cancel`); the others
+    /// are `client_disconnected` and `batch`.
+    pub const BY_CALLER: &'static str = "cancelled";
+}
+
+/// The error code (and `error_kind`) of a request its caller cancelled before it started.
+pub const REQUEST_CANCELLED: &str = "request_cancelled";
+
 /// Settled spend of a budget crossed an alert threshold (`budget_alert.v1.avsc`).
 /// `alert_id` = `scope:subject:period_start_ms:threshold_pct`, the same on every replica.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -375,3 +375,6 @@ def test_a_background_response_is_retrieved_when_done(stack):
     expected = direct(stack).chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "Name a river"}])
     assert r.output_text == expected.choices[0].message.content
+    # Cancelling a response that ended answers it as it is.
+    after = client(stack).responses.cancel(queued.id)
+    assert after.status == "completed" and after.output_text == r.output_text

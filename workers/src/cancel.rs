@@ -1,6 +1,7 @@
-//! Cancellations: when a streaming caller goes away the ingress publishes a `Cancel`; every
-//! worker reads the whole cancels topic and stops the matching provider call, or skips the
-//! request if it has not started yet.
+//! Cancellations: when a streaming caller goes away, or a caller cancels a request
+//! (`POST /v1/requests/{id}/cancel`), the ingress publishes a `Cancel`; every worker reads the
+//! whole cancels topic and stops the matching provider call (a stream), or skips the request
+//! if it has not started yet.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,14 +20,16 @@ use crate::publish::client_config;
 
 /// How long a cancellation of a request not (yet) running here is remembered.
 const REMEMBER_MS: i64 = 10 * 60 * 1000;
-/// How long a cancelled batch is remembered (longer than any completion window).
+/// How long a cancelled batch, or a request its caller cancelled, is remembered (longer
+/// than any completion window or deadline).
 const BATCH_REMEMBER_MS: i64 = 8 * 24 * 3600 * 1000;
 
 #[derive(Default)]
 struct State {
     running: HashMap<String, CancellationToken>,
-    /// Cancelled before they started here, with the time of the cancellation.
-    early: HashMap<String, i64>,
+    /// Cancelled before they started here, with the time of the cancellation and whether
+    /// the caller asked for it ([`Cancel::BY_CALLER`]) rather than went away.
+    early: HashMap<String, (i64, bool)>,
     /// Cancelled batches (by batch id): their lines `<batch_id>-<line_no>` that have not
     /// started are skipped.
     batches: HashMap<String, i64>,
@@ -49,6 +52,8 @@ pub struct Registration {
     cancellations: Cancellations,
     request_id: String,
     pub token: CancellationToken,
+    /// Cancelled before it started because its caller asked (not because it went away).
+    pub by_caller: bool,
 }
 
 impl Drop for Registration {
@@ -64,17 +69,21 @@ impl Cancellations {
     /// arrived before it started.
     pub fn register(&self, request_id: &str) -> Registration {
         let token = CancellationToken::new();
+        let mut by_caller = false;
         if let Ok(mut s) = self.state.lock() {
             let batch_cancelled = batch_of(request_id).is_some_and(|b| s.batches.contains_key(b));
-            if s.early.remove(request_id).is_some() || batch_cancelled {
+            let early = s.early.remove(request_id);
+            if early.is_some() || batch_cancelled {
                 token.cancel();
             }
+            by_caller = early.is_some_and(|(_, asked)| asked);
             s.running.insert(request_id.to_string(), token.clone());
         }
         Registration {
             cancellations: self.clone(),
             request_id: request_id.to_string(),
             token,
+            by_caller,
         }
     }
 
@@ -90,7 +99,10 @@ impl Cancellations {
         }
     }
 
-    pub fn cancel(&self, request_id: &str) {
+    /// Stops `request_id` if it runs here (a stream ends as if its caller left; a call
+    /// that does not stream runs to its end: the provider bills it either way), else
+    /// remembers to skip it. `by_caller`: an explicit cancel, not a caller gone.
+    pub fn cancel(&self, request_id: &str, by_caller: bool) {
         let Ok(mut s) = self.state.lock() else {
             return;
         };
@@ -99,9 +111,13 @@ impl Cancellations {
             None => {
                 let now = now_ms();
                 if s.early.len() >= 100_000 {
-                    s.early.retain(|_, at| now - *at < REMEMBER_MS);
+                    // A caller's cancel outlives any queue wait (its request exists: the
+                    // ingress checked), a caller gone only a short one.
+                    s.early.retain(|_, (at, asked)| {
+                        now - *at < if *asked { BATCH_REMEMBER_MS } else { REMEMBER_MS }
+                    });
                 }
-                s.early.insert(request_id.to_string(), now);
+                s.early.insert(request_id.to_string(), (now, by_caller));
             }
         }
     }
@@ -148,7 +164,8 @@ pub async fn run(
                 if cancel.reason == "batch" {
                     cancellations.cancel_batch(&cancel.request_id);
                 } else {
-                    cancellations.cancel(&cancel.request_id);
+                    let by_caller = cancel.reason == Cancel::BY_CALLER;
+                    cancellations.cancel(&cancel.request_id, by_caller);
                 }
             }
             Some(Err(error)) => tracing::warn!(%error, "undecodable cancel skipped"),
@@ -166,15 +183,18 @@ mod tests {
         let c = Cancellations::default();
         let running = c.register("a");
         assert!(!running.token.is_cancelled());
-        c.cancel("a");
+        c.cancel("a", false);
         assert!(running.token.is_cancelled());
         drop(running);
-        c.cancel("b");
-        assert!(
-            c.register("b").token.is_cancelled(),
-            "cancelled before it started"
-        );
+        c.cancel("b", false);
+        let b = c.register("b");
+        assert!(b.token.is_cancelled(), "cancelled before it started");
+        assert!(!b.by_caller);
         assert!(!c.register("c").token.is_cancelled());
+        c.cancel("d", true);
+        let d = c.register("d");
+        assert!(d.token.is_cancelled() && d.by_caller);
+        assert!(!c.register("d").token.is_cancelled(), "remembered once");
     }
 
     #[test]

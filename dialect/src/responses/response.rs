@@ -77,6 +77,19 @@ pub fn queued(request_id: &str, created_at: u64, model: &str) -> Value {
     )
 }
 
+/// The `response` of a background request its caller cancelled before it started.
+pub fn cancelled(request_id: &str, created_at: u64, model: &str) -> Value {
+    object(
+        &response_id(request_id),
+        created_at,
+        model,
+        "cancelled",
+        Value::Null,
+        Vec::new(),
+        Value::Null,
+    )
+}
+
 /// The `response` of a background request that failed with `error` (OpenAI's `error`
 /// object: `code`, `message`).
 pub fn failed(request_id: &str, created_at: u64, model: &str, error: &Value) -> Value {

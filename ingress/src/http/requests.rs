@@ -1,4 +1,5 @@
-//! `POST /v1/requests` (async submission) and `GET /v1/requests/{id}` (its status and result).
+//! `POST /v1/requests` (async submission), `GET /v1/requests/{id}` (its status and result)
+//! and `POST /v1/requests/{id}/cancel` ([`super::cancel`]).
 
 use std::sync::Arc;
 
@@ -189,7 +190,25 @@ pub(super) async fn request_status(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let caller = app.keys.authenticate(&headers)?;
-    let body = match async_state(&app, &caller, &id).await? {
+    let state = async_state(&app, &caller, &id).await?;
+    Ok(Json(status_json(&id, state, false)).into_response())
+}
+
+/// `POST /v1/requests/{id}/cancel`: the request as it stands after the cancel.
+pub(super) async fn cancel_request(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let caller = app.keys.authenticate(&headers)?;
+    let state = super::cancel::cancel(&app, &caller, &id).await?;
+    Ok(Json(status_json(&id, state, true)).into_response())
+}
+
+/// The `sluice.request` object of request `id`; `cancel_requested` marks one still queued
+/// after a cancel.
+fn status_json(id: &str, state: AsyncState, cancel_requested: bool) -> Value {
+    match state {
         AsyncState::Done {
             status,
             http_status,
@@ -207,20 +226,27 @@ pub(super) async fn request_status(
             "response": response,
             "error": error,
         }),
-        AsyncState::Queued => json!({
-            "id": id,
-            "object": "sluice.request",
-            "status": "queued",
-            "response": Value::Null,
-            "error": Value::Null,
-        }),
-    };
-    Ok(Json(body).into_response())
+        AsyncState::Queued => {
+            let mut body = json!({
+                "id": id,
+                "object": "sluice.request",
+                "status": "queued",
+                "response": Value::Null,
+                "error": Value::Null,
+            });
+            if cancel_requested {
+                body["cancel_requested"] = Value::Bool(true);
+            }
+            body
+        }
+    }
 }
 
 /// Where an async request stands, as its caller may see it.
 pub(super) enum AsyncState {
-    /// Its result: the completion (`response`) or the error, after output moderation.
+    /// Its result: the completion (`response`) or the error, after output moderation;
+    /// `status` is the result's (`completed`, `failed`, `expired`), or `cancelled` for one
+    /// its caller cancelled before it started.
     Done {
         status: String,
         http_status: i32,
@@ -254,7 +280,11 @@ pub(super) async fn async_state(
         let mut status = stored.status.clone();
         let mut http_status = stored.http_status;
         let (response, error) = if stored.status != "completed" {
-            (Value::Null, body.get("error").cloned().unwrap_or(body))
+            let error = body.get("error").cloned().unwrap_or(body);
+            if http_status == 499 && error["code"] == sluice_schemas::REQUEST_CANCELLED {
+                status = "cancelled".into();
+            }
+            (Value::Null, error)
         } else if policy.moderates_output() {
             // Async results are checked when they are read: the caller never gets a
             // completion the team's classifier refuses.

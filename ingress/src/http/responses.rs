@@ -52,17 +52,44 @@ fn background(body: &[u8]) -> bool {
 }
 
 /// `GET /v1/responses/{id}`: a background response as it stands (queued, completed,
-/// incomplete or failed); only its team sees it.
+/// incomplete, failed or cancelled); only its team sees it.
 pub(super) async fn retrieve(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let caller = app.keys.authenticate(&headers)?;
-    let request_id =
-        response::request_id(&id).ok_or_else(|| ApiError::RequestNotFound(id.clone()))?;
-    let body = match super::requests::async_state(&app, &caller, &request_id).await {
+    let request_id = request_id_of(&id)?;
+    let state = super::requests::async_state(&app, &caller, &request_id).await;
+    Ok(axum::Json(response_of(&id, &request_id, state)?).into_response())
+}
+
+/// `POST /v1/responses/{id}/cancel` ([`super::cancel`]): the response as it stands after
+/// the cancel, `cancelled` when a worker skipped it.
+pub(super) async fn cancel(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let caller = app.keys.authenticate(&headers)?;
+    let request_id = request_id_of(&id)?;
+    let state = super::cancel::cancel(&app, &caller, &request_id).await;
+    Ok(axum::Json(response_of(&id, &request_id, state)?).into_response())
+}
+
+fn request_id_of(id: &str) -> Result<String, ApiError> {
+    response::request_id(id).ok_or_else(|| ApiError::RequestNotFound(id.to_string()))
+}
+
+/// The `response` object of a background request's state.
+fn response_of(
+    id: &str,
+    request_id: &str,
+    state: Result<AsyncState, ApiError>,
+) -> Result<Value, ApiError> {
+    Ok(match state {
         Ok(AsyncState::Done {
+            status,
             model,
             finished_at_ms,
             response: completion,
@@ -70,17 +97,18 @@ pub(super) async fn retrieve(
             ..
         }) => {
             let created_at = u64::try_from(finished_at_ms / 1000).unwrap_or_default();
-            if completion.is_null() {
-                response::failed(&request_id, created_at, &model, &error)
+            if status == "cancelled" {
+                response::cancelled(request_id, created_at, &model)
+            } else if completion.is_null() {
+                response::failed(request_id, created_at, &model, &error)
             } else {
-                response::from_openai(&completion, &model, &request_id)
+                response::from_openai(&completion, &model, request_id)
             }
         }
-        Ok(AsyncState::Queued) => response::queued(&request_id, 0, ""),
-        Err(ApiError::RequestNotFound(_)) => return Err(ApiError::RequestNotFound(id)),
+        Ok(AsyncState::Queued) => response::queued(request_id, 0, ""),
+        Err(ApiError::RequestNotFound(_)) => return Err(ApiError::RequestNotFound(id.to_string())),
         Err(e) => return Err(e),
-    };
-    Ok(axum::Json(body).into_response())
+    })
 }
 
 /// A worker's result as a `response` object; a failure is OpenAI's error body as it is.

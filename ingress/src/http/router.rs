@@ -22,6 +22,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/embeddings", post(super::chat::embeddings))
         .route("/v1/responses", post(super::responses::responses))
         .route("/v1/responses/{id}", get(super::responses::retrieve))
+        .route("/v1/responses/{id}/cancel", post(super::responses::cancel))
         .route("/v1/messages", post(crate::http::anthropic::messages))
         .route(
             "/v1/messages/count_tokens",
@@ -29,6 +30,10 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/requests", post(super::requests::submit))
         .route("/v1/requests/{id}", get(super::requests::request_status))
+        .route(
+            "/v1/requests/{id}/cancel",
+            post(super::requests::cancel_request),
+        )
         .route("/v1/models", get(super::models::models))
         .merge(crate::batch::routes())
         .route("/v1/budgets", get(super::budgets::budgets))

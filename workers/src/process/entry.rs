@@ -6,7 +6,7 @@ use sluice_schemas::openai::ErrorBody;
 use sluice_schemas::{now_ms, Request, Status};
 
 use super::chain::Chain;
-use super::outcome::{caller_gone, failure, Outcome};
+use super::outcome::{caller_gone, cancelled_by_caller, failure, Outcome};
 use super::Processor;
 use tracing::Instrument;
 
@@ -68,6 +68,7 @@ impl Processor {
         let registration = self.cancellations.register(&request.request_id);
         let outcome = match self.prepare(&request) {
             Err(outcome) => outcome,
+            Ok(_) if registration.by_caller => cancelled_by_caller(now_ms()),
             Ok(_) if registration.token.is_cancelled() => caller_gone(now_ms()),
             Ok((chain, Body::Chat(body))) if request.stream => {
                 let run = self.run_stream(&request, body, chain, &registration.token, now_ms());

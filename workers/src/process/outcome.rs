@@ -114,6 +114,22 @@ pub(super) fn provider_failure(
     }
 }
 
+/// The caller cancelled the request before it started: nothing to bill. The ingress shows
+/// it as `cancelled` (http 499 with this code).
+pub(super) fn cancelled_by_caller(started_at_ms: i64) -> Outcome {
+    failure(
+        Status::Failed,
+        499,
+        ErrorBody::new(
+            "invalid_request_error",
+            Some(sluice_schemas::REQUEST_CANCELLED),
+            "The request was cancelled before it reached a provider.",
+        ),
+        sluice_schemas::REQUEST_CANCELLED,
+        started_at_ms,
+    )
+}
+
 /// The caller went away before any provider answered: nothing to bill.
 pub(super) fn caller_gone(started_at_ms: i64) -> Outcome {
     failure(

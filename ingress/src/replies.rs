@@ -132,10 +132,15 @@ impl Waiters {
         }
     }
 
+    /// A record's events, one by one (a worker coalesces several into one record).
     fn deliver_chunk(&self, chunk: StreamChunk) {
         if let Ok(map) = self.inner.lock() {
             if let Some(Waiter::Stream(tx)) = map.get(&chunk.request_id) {
-                let _ = tx.send(ReplyEvent::Chunk(chunk));
+                for event in chunk.events() {
+                    if tx.send(ReplyEvent::Chunk(event)).is_err() {
+                        return;
+                    }
+                }
             }
         }
     }

@@ -99,7 +99,11 @@ macro_rules! record {
 record!(Request, "Request", ["request.v1.avsc", "request.v2.avsc"]);
 record!(ResultRecord, "Result", ["result.v1.avsc", "result.v2.avsc"]);
 record!(Usage, "Usage", ["usage.v1.avsc", "usage.v2.avsc"]);
-record!(StreamChunk, "StreamChunk", ["stream_chunk.v1.avsc"]);
+record!(
+    StreamChunk,
+    "StreamChunk",
+    ["stream_chunk.v1.avsc", "stream_chunk.v2.avsc"]
+);
 record!(Cancel, "Cancel", ["cancel.v1.avsc"]);
 record!(Audit, "Audit", ["audit.v1.avsc", "audit.v2.avsc"]);
 record!(BudgetAlert, "BudgetAlert", ["budget_alert.v1.avsc"]);

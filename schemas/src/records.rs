@@ -206,9 +206,36 @@ pub struct StreamChunk {
     pub request_id: String,
     /// Which processing attempt produced it (worker id).
     pub attempt: String,
+    /// The seq of `data`; the events of `more` follow it (seq + 1, ...).
     pub seq: i32,
     /// An OpenAI `chat.completion.chunk`, as JSON.
     pub data: String,
+    /// Events coalesced after `data` into this record (v2; none in a v1 record).
+    #[serde(default)]
+    pub more: Vec<String>,
+}
+
+impl StreamChunk {
+    /// The record as one chunk per event, numbered from `seq`.
+    pub fn events(self) -> impl Iterator<Item = StreamChunk> {
+        let StreamChunk {
+            request_id,
+            attempt,
+            seq,
+            data,
+            more,
+        } = self;
+        std::iter::once(data)
+            .chain(more)
+            .zip(seq..)
+            .map(move |(data, seq)| StreamChunk {
+                request_id: request_id.clone(),
+                attempt: attempt.clone(),
+                seq,
+                data,
+                more: Vec::new(),
+            })
+    }
 }
 
 /// The caller went away; workers stop or skip the request (`cancel.v1.avsc`).

@@ -112,6 +112,7 @@ fn every_record_round_trips() {
         attempt: "w1".into(),
         seq: 7,
         data: "{}".into(),
+        more: vec!["{\"a\":1}".into(), "{\"b\":2}".into()],
     };
     assert_eq!(
         decode::<sluice_schemas::StreamChunk>(&encode(&c).unwrap()).unwrap(),
@@ -313,6 +314,43 @@ fn previous_reader_reads_current_version() {
         get("body"),
         Some(Value::String(request().body)),
         "last v1 field read intact"
+    );
+}
+
+/// A v1 chunk (one event, written by an older worker) reads as a record of that event alone.
+#[test]
+fn a_v1_stream_chunk_is_one_event() {
+    let v1 = Schema::parse_str(include_str!("../avro/stream_chunk.v1.avsc")).unwrap();
+    let value = Value::Record(vec![
+        ("request_id".into(), Value::String("r".into())),
+        ("attempt".into(), Value::String("w1".into())),
+        ("seq".into(), Value::Int(3)),
+        ("data".into(), Value::String("{}".into())),
+    ]);
+    let datum = to_avro_datum(&v1, value).unwrap();
+    let chunk = decode::<sluice_schemas::StreamChunk>(&frame(&v1, datum)).unwrap();
+    assert!(chunk.more.is_empty());
+    let events: Vec<_> = chunk.events().map(|e| (e.seq, e.data)).collect();
+    assert_eq!(events, [(3, "{}".to_string())]);
+
+    let coalesced = sluice_schemas::StreamChunk {
+        request_id: "r".into(),
+        attempt: "w1".into(),
+        seq: 10,
+        data: "a".into(),
+        more: vec!["b".into(), "c".into()],
+    };
+    let events: Vec<_> = coalesced
+        .events()
+        .map(|e| (e.seq, e.data, e.more.len()))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            (10, "a".into(), 0),
+            (11, "b".into(), 0),
+            (12, "c".into(), 0)
+        ]
     );
 }
 

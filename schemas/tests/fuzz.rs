@@ -217,7 +217,7 @@ proptest! {
         s in (text(), text(), any::<i32>(), text()),
         c in (text(), text(), text(), any::<i64>()),
     ) {
-        let chunk = StreamChunk { request_id: s.0, attempt: s.1, seq: s.2, data: s.3 };
+        let chunk = StreamChunk { request_id: s.0, attempt: s.1, seq: s.2, data: s.3, more: Vec::new() };
         prop_assert_eq!(decode::<StreamChunk>(&encode(&chunk).unwrap()).unwrap(), chunk);
         let cancel = Cancel { request_id: c.0, team: c.1, reason: c.2, occurred_at_ms: c.3 };
         prop_assert_eq!(decode::<Cancel>(&encode(&cancel).unwrap()).unwrap(), cancel);

@@ -114,7 +114,12 @@ impl Cancellations {
                     // A caller's cancel outlives any queue wait (its request exists: the
                     // ingress checked), a caller gone only a short one.
                     s.early.retain(|_, (at, asked)| {
-                        now - *at < if *asked { BATCH_REMEMBER_MS } else { REMEMBER_MS }
+                        now - *at
+                            < if *asked {
+                                BATCH_REMEMBER_MS
+                            } else {
+                                REMEMBER_MS
+                            }
                     });
                 }
                 s.early.insert(request_id.to_string(), (now, by_caller));

@@ -52,6 +52,9 @@ pub struct Config {
     /// `[trace]`: OTLP span export, off unless `otlp_endpoint` is set (sluice_schemas::trace).
     #[serde(default)]
     pub trace: sluice_schemas::trace::TraceConfig,
+    /// `[streaming]`: how stream events are coalesced into reply records.
+    #[serde(default)]
+    pub streaming: crate::process::StreamingConfig,
 }
 
 /// `[pricing]`: the shared price file, and models deliberately billed at 0.

@@ -55,6 +55,7 @@ pub(super) fn stream_events(result: ResultRecord, include_usage: bool) -> Vec<Re
                 attempt: REPLAY_ATTEMPT.into(),
                 seq: seq as i32,
                 data,
+                more: Vec::new(),
             })
         })
         .collect();

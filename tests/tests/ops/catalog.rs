@@ -39,6 +39,8 @@ pub const METRICS: &[&str] = &[
     "sluice_breaker_state",
     "sluice_redelivery_skipped_total",
     "sluice_redelivery_lookup_failures_total",
+    "sluice_stream_records_total",
+    "sluice_stream_events_total",
     // Analytics sink.
     "sluice_sink_rows_inserted_total",
     "sluice_sink_insert_duration_seconds",

@@ -277,3 +277,116 @@ async fn streaming_misuse_is_rejected_up_front() {
     assert!(body["error"]["message"].is_string());
     stack.stop().await;
 }
+
+/// The chunk records of `request_id` on the stack's reply topic: the events each holds.
+async fn reply_records(stack: &Stack, request_id: &str) -> Vec<usize> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Message, Offset, TopicPartitionList};
+    use sluice_schemas::{Topic, Topics};
+    let topic = Topics::new(stack.prefix.clone()).name(&Topic::Replies);
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &stack.bootstrap)
+        .set("group.id", unique("reply-reader"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..Topic::Replies.partitions() {
+        tpl.add_partition_offset(&topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut records = Vec::new();
+    let mut at_end = 0;
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while at_end < Topic::Replies.partitions() && std::time::Instant::now() < until {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let mine = m.key() == Some(request_id.as_bytes());
+                if let Some(Ok(chunk)) = m
+                    .payload()
+                    .filter(|_| mine)
+                    .map(sluice_schemas::decode::<sluice_schemas::StreamChunk>)
+                {
+                    records.push(1 + chunk.more.len());
+                }
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => at_end += 1,
+            _ => {}
+        }
+    }
+    records
+}
+
+/// Events of a fast provider share records; a slow provider's go one by one, as they come;
+/// the caller gets every event in order either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fast_providers_events_share_reply_records_and_a_slow_ones_do_not_wait() {
+    let stack = Stack::start(StackOptions {
+        behaviour: Behaviour {
+            completion_tokens: 45,
+            ..Behaviour::default()
+        },
+        ..StackOptions::default()
+    })
+    .await;
+    let stream = |text: &'static str| {
+        let stack = &stack;
+        async move {
+            let response = stack
+                .http
+                .post(format!("{}/v1/chat/completions", stack.base))
+                .bearer_auth(KEY_A)
+                .json(&stream_request(text, true))
+                .send()
+                .await
+                .unwrap();
+            let id = response.headers()["x-sluice-request-id"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            (id, sse_data(&response.text().await.unwrap()))
+        }
+    };
+    let (fast_id, fast) = stream("a fast stream").await;
+    let expected =
+        sluice_tests::mock::openai::expected_reply(&stream_request("a fast stream", true), 45);
+    let text: String = fast[..fast.len() - 1]
+        .iter()
+        .filter_map(|d| {
+            let chunk: Value = serde_json::from_str(d).unwrap();
+            chunk["choices"].get(0)?["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(text, expected.content);
+    // role + 45 content + finish + usage events, without [DONE].
+    let events = fast.len() - 1;
+    assert_eq!(events, 48);
+    let records = reply_records(&stack, &fast_id).await;
+    assert_eq!(records.iter().sum::<usize>(), events, "every event, once");
+    assert!(
+        records.len() < events / 3,
+        "an instant provider's {events} events in {} records: {records:?}",
+        records.len()
+    );
+    assert_eq!(records[0], 1, "the first event is sent alone, at once");
+
+    // 25 ms between chunks, more than the 5 ms window: one record per event.
+    stack.mock.set_behaviour(Behaviour {
+        completion_tokens: 6,
+        stream_chunk_delay: Duration::from_millis(25),
+        ..Behaviour::default()
+    });
+    let (slow_id, slow) = stream("a slow stream").await;
+    let records = reply_records(&stack, &slow_id).await;
+    let content_records = &records[1..records.len() - 2];
+    assert!(
+        content_records.iter().all(|&n| n == 1),
+        "paced events are not held: {records:?}"
+    );
+    assert_eq!(records.iter().sum::<usize>(), slow.len() - 1);
+    stack.stop().await;
+}

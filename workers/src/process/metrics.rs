@@ -134,3 +134,9 @@ pub(super) fn throttle_wait(deployment: &str, waited: std::time::Duration) {
     histogram!("sluice_throttle_wait_seconds", "deployment" => deployment.to_string())
         .record(waited.as_secs_f64());
 }
+
+/// One reply record of a stream, holding `1 + more` events (crate::process::coalesce).
+pub(super) fn stream_record(more: usize) {
+    counter!("sluice_stream_records_total").increment(1);
+    counter!("sluice_stream_events_total").increment(1 + more as u64);
+}

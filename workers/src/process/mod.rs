@@ -9,6 +9,7 @@
 mod attempts;
 mod backoff;
 mod chain;
+mod coalesce;
 mod entry;
 mod events;
 mod metrics;
@@ -17,4 +18,5 @@ mod processor;
 mod stream;
 mod sync;
 
+pub use coalesce::StreamingConfig;
 pub use processor::Processor;

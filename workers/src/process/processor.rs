@@ -32,6 +32,8 @@ pub struct Processor {
     pub recent: crate::redelivery::Recent,
     /// `[kafka] max_message_bytes`: larger results are published as `result_too_large`.
     pub max_message_bytes: usize,
+    /// `[streaming]`: how stream events share reply records.
+    pub streaming: super::StreamingConfig,
 }
 
 impl Processor {
@@ -56,6 +58,7 @@ impl Processor {
             lookup: crate::redelivery::Lookup::new(&config.redelivery, http.clone()),
             recent: crate::redelivery::Recent::new(config.redelivery.remember),
             max_message_bytes: config.kafka.max_message_bytes,
+            streaming: config.streaming.clone(),
             cancellations,
             shutdown,
         }

@@ -237,11 +237,19 @@ impl Processor {
     ) -> Forwarded {
         let mut collected = Collected::default();
         let mut deliveries = Vec::new();
+        // Events forwarded, and of those, sent in records.
         let mut seq = 0;
+        let mut sent = 0;
+        let mut coalescer = super::coalesce::Coalescer::new(&self.streaming);
         let idle = target.deployment.timeout_ms;
         let end = loop {
             let event = tokio::select! {
                 _ = cancel.cancelled() => break End::CallerGone,
+                () = super::coalesce::until(coalescer.due()) => {
+                    let held = coalescer.take(tokio::time::Instant::now());
+                    deliveries.push(self.send_chunk(request, &mut sent, held));
+                    continue;
+                }
                 e = tokio::time::timeout(idle, events.next()) => e,
             };
             let data = match event {
@@ -264,10 +272,16 @@ impl Processor {
             let usage_only = chunk["choices"].as_array().is_some_and(Vec::is_empty)
                 && chunk["usage"].is_object();
             if !usage_only || caller_wants_usage {
-                deliveries.push(self.send_chunk(request, seq, data));
+                if let Some(events) = coalescer.push(data, tokio::time::Instant::now()) {
+                    deliveries.push(self.send_chunk(request, &mut sent, events));
+                }
                 seq += 1;
             }
         };
+        let held = coalescer.take(tokio::time::Instant::now());
+        if !held.is_empty() {
+            deliveries.push(self.send_chunk(request, &mut sent, held));
+        }
         // The result must follow every chunk: wait for their acks first.
         for delivery in deliveries {
             if let Err(error) = delivery.await {
@@ -281,20 +295,30 @@ impl Processor {
         }
     }
 
+    /// Sends `events` (at least one) as one record, numbered from `sent`, the count of
+    /// events sent before them.
     fn send_chunk(
         &self,
         request: &Request,
-        seq: i32,
-        data: String,
+        sent: &mut i32,
+        events: Vec<String>,
     ) -> futures::future::BoxFuture<'static, Result<(), String>> {
+        let seq = *sent;
+        *sent += i32::try_from(events.len()).unwrap_or(i32::MAX);
         let Some(reply) = &request.reply else {
             return Box::pin(async { Ok(()) });
         };
+        let mut events = events.into_iter();
+        let Some(data) = events.next() else {
+            return Box::pin(async { Ok(()) });
+        };
+        super::metrics::stream_record(events.len());
         let chunk = StreamChunk {
             request_id: request.request_id.clone(),
             attempt: self.worker_id.clone(),
             seq,
             data,
+            more: events.collect(),
         };
         let payload = match encode(&chunk) {
             Ok(p) => p,

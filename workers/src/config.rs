@@ -54,7 +54,7 @@ pub struct Config {
     pub trace: sluice_schemas::trace::TraceConfig,
     /// `[streaming]`: how stream events are coalesced into reply records.
     #[serde(default)]
-    pub streaming: crate::process::StreamingConfig,
+    pub streaming: StreamingConfig,
 }
 
 /// `[pricing]`: the shared price file, and models deliberately billed at 0.
@@ -96,6 +96,27 @@ impl Default for KafkaConfig {
             options: BTreeMap::new(),
             max_message_bytes: sluice_schemas::topics::MAX_MESSAGE_BYTES,
             membership: crate::membership::Membership::default(),
+        }
+    }
+}
+
+/// `[streaming]`: how stream events are coalesced into reply records
+/// (crate::process::coalesce).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamingConfig {
+    /// The longest an event is held to share a record with the next ones; 0: never.
+    #[serde(with = "millis")]
+    pub coalesce_ms: Duration,
+    /// Held events are sent once they reach this many bytes.
+    pub coalesce_bytes: usize,
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        StreamingConfig {
+            coalesce_ms: Duration::from_millis(5),
+            coalesce_bytes: 16 * 1024,
         }
     }
 }
@@ -367,9 +388,10 @@ impl Config {
 
 /// The sections env vars may override. Other `SLUICE_*` variables (another service's, or
 /// the scripts' `SLUICE_STATE`) are not ours and must not trip `deny_unknown_fields`.
-const ENV_SECTIONS: [&str; 7] = [
+const ENV_SECTIONS: [&str; 8] = [
     "kafka",
     "worker",
+    "streaming",
     "ops",
     "scheduling",
     "redelivery",

@@ -9,28 +9,9 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
 use tokio::time::Instant;
 
-/// `[streaming]` of the worker config.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StreamingConfig {
-    /// The longest an event is held to share a record with the next ones; 0: never.
-    #[serde(with = "sluice_schemas::config::millis")]
-    pub coalesce_ms: Duration,
-    /// Held events are sent once they reach this many bytes.
-    pub coalesce_bytes: usize,
-}
-
-impl Default for StreamingConfig {
-    fn default() -> Self {
-        StreamingConfig {
-            coalesce_ms: Duration::from_millis(5),
-            coalesce_bytes: 16 * 1024,
-        }
-    }
-}
+use crate::config::StreamingConfig;
 
 pub(super) struct Coalescer {
     window: Duration,

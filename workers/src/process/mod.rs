@@ -18,5 +18,4 @@ mod processor;
 mod stream;
 mod sync;
 
-pub use coalesce::StreamingConfig;
 pub use processor::Processor;

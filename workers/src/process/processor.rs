@@ -33,7 +33,7 @@ pub struct Processor {
     /// `[kafka] max_message_bytes`: larger results are published as `result_too_large`.
     pub max_message_bytes: usize,
     /// `[streaming]`: how stream events share reply records.
-    pub streaming: super::StreamingConfig,
+    pub streaming: crate::config::StreamingConfig,
 }
 
 impl Processor {

@@ -37,6 +37,7 @@ const FILES: &[(&str, &str)] = migration_files![
     "0006_private_and_retention.sql",
     "0007_batch_attempts.sql",
     "0008_attempts.sql",
+    "0009_cache.sql",
 ];
 
 /// The database and `schema_migrations`, created (if missing) before anything else.

@@ -253,6 +253,9 @@ pub struct UsageRow {
     pub occurred_at_ms: u64,
     /// 1 when the token counts are a tiktoken estimate (the provider reported none).
     pub estimated: u8,
+    /// 1 for an answer from the response cache (cost 0, `saved_nanos` what it saved).
+    pub cache_hit: u8,
+    pub saved_nanos: i64,
 }
 
 impl TableRow for UsageRow {
@@ -278,6 +281,8 @@ impl From<Usage> for UsageRow {
             latency_ms: u.latency_ms,
             occurred_at_ms: non_negative(u.occurred_at_ms),
             estimated: u8::from(u.estimated),
+            cache_hit: u8::from(u.cache_hit),
+            saved_nanos: u.saved_nanos,
         }
     }
 }
@@ -617,9 +622,12 @@ mod tests {
             latency_ms: 9,
             occurred_at_ms: -5,
             estimated: true,
+            cache_hit: true,
+            saved_nanos: 42,
         };
         let row = UsageRow::from(usage);
         assert_eq!(row.estimated, 1);
+        assert_eq!((row.cache_hit, row.saved_nanos), (1, 42));
         assert_eq!(
             (row.priority.as_str(), row.status.as_str()),
             ("batch", "expired")

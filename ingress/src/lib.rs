@@ -7,6 +7,7 @@ mod audit;
 mod batch;
 mod billing;
 mod budget;
+mod cache;
 pub mod config;
 mod cpu;
 pub mod demo;

@@ -43,6 +43,8 @@ pub struct AppState {
     pub(crate) recent: Recent,
     /// `Idempotency-Key` claims, shared by every replica (docs/idempotency.md).
     pub(crate) idempotency: crate::idempotency::Store,
+    /// The response cache (docs/cache.md).
+    pub(crate) cache: crate::cache::Cache,
 }
 
 impl AppState {
@@ -88,6 +90,7 @@ impl AppState {
             waiters,
             recent: Recent::default(),
             idempotency: crate::idempotency::Store::new(&config.idempotency),
+            cache: crate::cache::Cache::new(&config.cache),
             config,
         }
     }

@@ -98,7 +98,11 @@ macro_rules! record {
 
 record!(Request, "Request", ["request.v1.avsc", "request.v2.avsc"]);
 record!(ResultRecord, "Result", ["result.v1.avsc", "result.v2.avsc"]);
-record!(Usage, "Usage", ["usage.v1.avsc", "usage.v2.avsc"]);
+record!(
+    Usage,
+    "Usage",
+    ["usage.v1.avsc", "usage.v2.avsc", "usage.v3.avsc"]
+);
 record!(
     StreamChunk,
     "StreamChunk",

@@ -127,7 +127,7 @@ pub struct Result {
     pub fallbacks: i32,
 }
 
-/// Billable usage of one request (`usage.v2.avsc`). Cost in nano-USD keeps sums exact.
+/// Billable usage of one request (`usage.v3.avsc`). Cost in nano-USD keeps sums exact.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Usage {
     pub request_id: String,
@@ -147,6 +147,12 @@ pub struct Usage {
     pub occurred_at_ms: i64,
     /// Token counts were estimated (tiktoken) because the provider reported none.
     pub estimated: bool,
+    /// Answered from the response cache (v3): no provider call, `cost_nanos` 0.
+    #[serde(default)]
+    pub cache_hit: bool,
+    /// A cache hit: what the answer would have cost, nano-USD (v3).
+    #[serde(default)]
+    pub saved_nanos: i64,
 }
 
 /// What an audit row records.

@@ -84,6 +84,8 @@ fn every_record_round_trips() {
         estimated: true,
         latency_ms: 40,
         occurred_at_ms: 9,
+        cache_hit: true,
+        saved_nanos: 77,
     };
     assert_eq!(decode::<Usage>(&encode(&u).unwrap()).unwrap(), u);
     let a = Audit {

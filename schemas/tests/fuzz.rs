@@ -139,6 +139,8 @@ prop_compose! {
             completion_tokens: counts.1, cached_tokens: counts.2, cost_nanos: numbers.0,
             created_at_ms: numbers.1, latency_ms: numbers.2, occurred_at_ms: numbers.3,
             estimated,
+            cache_hit: false,
+            saved_nanos: 0,
         }
     }
 }

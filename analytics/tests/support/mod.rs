@@ -153,6 +153,8 @@ pub fn usage_records() -> Vec<Usage> {
             latency_ms: int(r, "latency_ms"),
             occurred_at_ms: int(r, "occurred_at_ms"),
             estimated: false,
+            cache_hit: false,
+            saved_nanos: 0,
         })
         .collect()
 }

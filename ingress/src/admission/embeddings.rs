@@ -11,8 +11,9 @@ use sluice_schemas::embeddings::{
     EmbeddingsRequest, Input, Unreadable, EMBEDDINGS, ENDPOINT_ATTRIBUTE,
 };
 
-use super::validate::{body_of, schedule, seal, Accepted, Draft, Mode, SluiceOptions};
+use super::validate::{body_of, cache_plan, schedule, seal, Accepted, Draft, Mode, SluiceOptions};
 use super::Handles;
+use crate::cache::EMBEDDINGS as EMBEDDINGS_FAMILY;
 use crate::error::ApiError;
 use crate::keys::Caller;
 
@@ -81,6 +82,15 @@ pub(super) fn validate(
         &mut attributes,
     );
     let body = serde_json::to_string(&request).map_err(ApiError::InvalidJson)?;
+    let cache = cache_plan(
+        options.cache,
+        app,
+        caller,
+        headers,
+        mode,
+        EMBEDDINGS_FAMILY,
+        &body,
+    )?;
     let (record, topic) = seal(
         app,
         caller,
@@ -105,5 +115,6 @@ pub(super) fn validate(
         moderation_input: prepared.moderation_input,
         prompt_audit,
         webhook_url: options.webhook_url,
+        cache,
     })
 }

@@ -17,6 +17,7 @@ use sluice_schemas::{now_ms, Priority, Request, Topic};
 
 use super::tokens::count_prompt_tokens;
 use super::Handles;
+use crate::cache::CHAT;
 use crate::error::ApiError;
 use crate::guard::{Asked, Policy};
 use crate::keys::Caller;
@@ -41,6 +42,8 @@ pub(super) struct SluiceOptions {
     pub(super) restore: Option<bool>,
     /// Async only: a URL notified (Standard Webhooks) when the request has its result.
     pub(super) webhook_url: Option<String>,
+    /// Sync only: use the response cache for this request (docs/cache.md).
+    pub(super) cache: Option<crate::cache::Asked>,
 }
 
 impl SluiceOptions {
@@ -51,7 +54,7 @@ impl SluiceOptions {
         match fields.remove("sluice") {
             Some(v) => serde_json::from_value(v).map_err(|_| ApiError::InvalidParam {
                 param: "sluice",
-                problem: "expected an object with optional priority, timeout_ms, attributes, template, variables, restore and webhook_url",
+                problem: "expected an object with optional priority, timeout_ms, attributes, template, variables, restore, webhook_url and cache ({\"ttl_s\": N})",
             }),
             None => Ok(SluiceOptions::default()),
         }
@@ -103,6 +106,8 @@ pub(crate) struct Accepted {
     pub(crate) prompt_audit: crate::audit::PromptAudit,
     /// Notified when an async request has its result (docs/batch.md#webhooks).
     pub(crate) webhook_url: Option<String>,
+    /// How a sync request uses the response cache; `None`: it does not.
+    pub(crate) cache: Option<crate::cache::Plan>,
 }
 
 /// The wire format of a sync endpoint. Both carry the same internal (OpenAI) request
@@ -250,6 +255,7 @@ pub(crate) fn validate(
     // workers throttle by.
     let max_tokens = completion_tokens.min(i32::MAX as u64) as i32;
     let body = serde_json::to_string(&request).map_err(ApiError::InvalidJson)?;
+    let cache = cache_plan(options.cache, app, caller, headers, mode, CHAT, &body)?;
     let (record, topic) = seal(
         app,
         caller,
@@ -274,7 +280,36 @@ pub(crate) fn validate(
         moderation_input: prepared.moderation_input,
         webhook_url: options.webhook_url,
         prompt_audit,
+        cache,
     })
+}
+
+/// How a request of `family` (its final `body`) uses the response cache: only a sync
+/// one (an async request, a token count or a batch line never does).
+pub(super) fn cache_plan(
+    asked: Option<crate::cache::Asked>,
+    app: &impl Handles,
+    caller: &Caller,
+    headers: &HeaderMap,
+    mode: Mode,
+    family: &str,
+    body: &str,
+) -> Result<Option<crate::cache::Plan>, ApiError> {
+    match mode {
+        Mode::Sync => crate::cache::plan(
+            &app.config().cache,
+            &caller.team,
+            family,
+            headers,
+            asked,
+            body,
+        ),
+        Mode::Async | Mode::Count if asked.is_some() => Err(ApiError::InvalidParam {
+            param: "sluice.cache",
+            problem: "the response cache serves sync calls; an async request always runs",
+        }),
+        Mode::Async | Mode::Count => Ok(None),
+    }
 }
 
 /// The body, or why there is none: too large, or not readable.

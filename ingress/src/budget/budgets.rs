@@ -47,6 +47,14 @@ impl Budgets {
             .unwrap_or(0)
     }
 
+    /// What `prompt` and `completion` tokens of `model` cost at its list price (a cache
+    /// hit's saving); 0 for a model without a price.
+    pub fn cost_nanos(&self, model: &str, prompt: i32, completion: i32) -> i64 {
+        self.prices
+            .cost_nanos(model, prompt.max(0) as u32, 0, completion.max(0) as u32)
+            .unwrap_or(0)
+    }
+
     /// Admits `r` under every budget that applies to it and holds its reservation, or
     /// names the first budget it would exceed. Returns the reservation (0: no budget).
     pub fn admit(&self, r: &Request, now_ms: i64) -> Result<i64, Exceeded> {

@@ -455,6 +455,8 @@ mod tests {
             latency_ms: 1,
             occurred_at_ms: at,
             estimated: false,
+            cache_hit: false,
+            saved_nanos: 0,
         }
     }
 

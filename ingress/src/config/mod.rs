@@ -7,6 +7,7 @@
 mod audit;
 mod batch;
 mod budget;
+mod cache;
 mod clickhouse;
 pub mod guard;
 mod idempotency;
@@ -27,6 +28,7 @@ use crate::error::ConfigError;
 pub use audit::AuditConfig;
 pub use batch::BatchLimits;
 pub use budget::{BudgetConfig, BudgetSettings, Period, Scope};
+pub use cache::{CacheBackend, CacheConfig, TeamCache};
 pub use clickhouse::{ClickHouseConfig, RetentionConfig};
 pub use guard::{GuardConfig, PiiAction, PiiConfig};
 pub use idempotency::IdempotencyConfig;
@@ -96,6 +98,9 @@ pub struct Config {
     /// `Idempotency-Key`s: the shared store and how long keys are kept (docs/idempotency.md).
     #[serde(default)]
     pub idempotency: IdempotencyConfig,
+    /// The exact response cache: backend, bounds, teams that use it (docs/cache.md).
+    #[serde(default)]
+    pub cache: CacheConfig,
     /// `[log] format = "text" | "json"` (sluice_schemas::logging).
     #[serde(default)]
     pub log: sluice_schemas::logging::LogConfig,
@@ -207,6 +212,7 @@ impl Config {
         self.budget.check(self)?;
         self.audit.check(self)?;
         self.idempotency.check(self)?;
+        self.cache.check(self)?;
         if self.models.is_empty() {
             return Err(ConfigError::Field {
                 field: "models".into(),
@@ -227,7 +233,8 @@ pub(crate) trait Section {
 /// Durations in config are plain milliseconds (`*_ms` keys).
 /// The sections env vars may override. Other `SLUICE_*` variables (another service's, or
 /// the scripts' `SLUICE_STATE`) are not ours and must not trip `deny_unknown_fields`.
-const ENV_SECTIONS: [&str; 14] = [
+const ENV_SECTIONS: [&str; 15] = [
+    "cache",
     "idempotency",
     "log",
     "trace",

@@ -94,32 +94,79 @@ pub(crate) async fn sync_call(
             }
             Err(e) => return dialect.error(e),
         };
-        if accepted.record.stream {
-            let guard = app.waiters.register_stream(&request_id);
-            let published = publish_traced(&*app, &mut accepted).await;
-            super::idempotent::published(&app, ticket.as_ref(), &published).await;
-            if let Err(e) = published {
-                return dialect.error(e);
-            }
-            // A keyed stream runs to its end when the caller goes away: it said it would
-            // retry, and the retry gets the whole answer.
-            let cancels = ticket.is_none();
-            let record = &accepted.record;
-            return super::sse::respond(Arc::clone(&app), record, guard, dialect, output, cancels)
-                .instrument(tracing::info_span!("reply", stream = true))
-                .await;
+        if let Some(entry) = super::cached::lookup(&app, &accepted).await {
+            let ticket = ticket.as_ref();
+            return super::cached::serve(app, &accepted, entry, dialect, output, ticket).await;
         }
-        let mut guard = app.waiters.register(&request_id);
-        let published = publish_traced(&*app, &mut accepted).await;
+        let response = answer(
+            Arc::clone(&app),
+            &mut accepted,
+            ticket,
+            dialect,
+            output,
+            wait,
+        )
+        .await;
+        match super::cached::missed(accepted.cache.as_ref()) {
+            Some(value) => super::cached::mark(response, value),
+            None => response,
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    ended(&span, &response);
+    response
+}
+
+/// Publishes an admitted request and answers with its result (or stream), kept in the
+/// response cache when its plan says so.
+async fn answer(
+    app: Arc<AppState>,
+    accepted: &mut Accepted,
+    ticket: Option<crate::idempotency::Ticket>,
+    dialect: Dialect,
+    output: Output,
+    wait: Duration,
+) -> Response {
+    let request_id = accepted.record.request_id.clone();
+    if accepted.record.stream {
+        let guard = app.waiters.register_stream(&request_id);
+        let published = publish_traced(&*app, accepted).await;
         super::idempotent::published(&app, ticket.as_ref(), &published).await;
         if let Err(e) = published {
             return dialect.error(e);
         }
-        let waited = tokio::time::timeout(wait, &mut guard.receiver)
-            .instrument(tracing::info_span!("reply", stream = false))
-            .await;
-        match waited {
-            Ok(Ok(mut result)) => match output.finish(&mut result).await {
+        // A keyed stream runs to its end when the caller goes away: it said it would
+        // retry, and the retry gets the whole answer.
+        let cancels = ticket.is_none();
+        let (record, fill) = (&accepted.record, accepted.cache.clone());
+        return super::sse::respond(
+            Arc::clone(&app),
+            record,
+            guard,
+            dialect,
+            output,
+            cancels,
+            fill,
+        )
+        .instrument(tracing::info_span!("reply", stream = true))
+        .await;
+    }
+    let mut guard = app.waiters.register(&request_id);
+    let published = publish_traced(&*app, accepted).await;
+    super::idempotent::published(&app, ticket.as_ref(), &published).await;
+    if let Err(e) = published {
+        return dialect.error(e);
+    }
+    let waited = tokio::time::timeout(wait, &mut guard.receiver)
+        .instrument(tracing::info_span!("reply", stream = false))
+        .await;
+    match waited {
+        Ok(Ok(mut result)) => {
+            if let Some(plan) = &accepted.cache {
+                app.cache.put(plan, &result);
+            }
+            match output.finish(&mut result).await {
                 Ok(()) => dialect.result(&result),
                 Err(e) => {
                     app.audits.reject(
@@ -128,15 +175,11 @@ pub(crate) async fn sync_call(
                     );
                     dialect.error(e)
                 }
-            },
-            Ok(Err(_)) => dialect.error(ApiError::ShuttingDown),
-            Err(_) => dialect.error(ApiError::SyncTimeout(wait.as_millis(), request_id)),
+            }
         }
+        Ok(Err(_)) => dialect.error(ApiError::ShuttingDown),
+        Err(_) => dialect.error(ApiError::SyncTimeout(wait.as_millis(), request_id)),
     }
-    .instrument(span.clone())
-    .await;
-    ended(&span, &response);
-    response
 }
 
 /// What a valid sync request does about its `Idempotency-Key`.
@@ -187,7 +230,7 @@ async fn replay(
         record.request_id = result.request_id.clone();
         let usage = super::replay::wants_usage(&record.body);
         let guard = StreamGuard::replay(super::replay::stream_events(result, usage));
-        let response = super::sse::respond(app, &record, guard, dialect, output, false).await;
+        let response = super::sse::respond(app, &record, guard, dialect, output, false, None).await;
         return super::idempotent::replayed(response);
     }
     match output.finish(&mut result).await {

@@ -6,6 +6,7 @@
 mod admin;
 pub(crate) mod anthropic;
 mod budgets;
+mod cached;
 mod cancel;
 pub(crate) mod chat;
 mod idempotent;

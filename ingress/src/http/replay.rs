@@ -52,7 +52,8 @@ pub(super) fn stream_events(result: ResultRecord, include_usage: bool) -> Vec<Re
         .map(|(seq, data)| {
             ReplyEvent::Chunk(StreamChunk {
                 request_id: result.request_id.clone(),
-                attempt: REPLAY_ATTEMPT.into(),
+                // The result's own attempt: the stream ends as that attempt's.
+                attempt: result.worker.clone(),
                 seq: seq as i32,
                 data,
                 more: Vec::new(),

@@ -96,6 +96,8 @@ struct StreamState {
     output: Option<StreamOutput>,
     /// The audit row for a stream a guardrail cuts (filled in then).
     audit: Audit,
+    /// Where the completed answer goes in the response cache (a miss that may be stored).
+    fill: Option<crate::cache::Plan>,
 }
 
 /// What the reply topic delivers to a stream, before it is rendered in a dialect.
@@ -110,7 +112,7 @@ enum Out {
 /// Waits for the first event, then streams. Failures before the first chunk are answered as
 /// plain JSON errors with their status, as OpenAI does. A caller that goes away cancels the
 /// provider call if `cancels` (not for a keyed request, whose caller said it would retry,
-/// nor for a replay).
+/// nor for a replay). A completed answer is kept in the response cache under `fill`.
 pub(super) async fn respond(
     app: Arc<AppState>,
     record: &Request,
@@ -118,6 +120,7 @@ pub(super) async fn respond(
     dialect: Dialect,
     output: Output,
     cancels: bool,
+    fill: Option<crate::cache::Plan>,
 ) -> Response {
     let mut cancel = CancelOnDrop {
         app: Arc::clone(&app),
@@ -144,6 +147,9 @@ pub(super) async fn respond(
     let first = match first {
         ReplyEvent::End(mut result) => {
             cancel.armed = false;
+            if let Some(plan) = &fill {
+                app.cache.put(plan, &result);
+            }
             if let Err(e) = output.finish(&mut result).await {
                 app.audits
                     .reject(audit_event(record, AuditAction::Rejected, 0, None), &e);
@@ -176,6 +182,7 @@ pub(super) async fn respond(
         queue: VecDeque::new(),
         output: (!output.is_noop()).then(|| output.into_stream()),
         audit: audit_event(record, AuditAction::Rejected, 0, None),
+        fill,
     };
     let events = futures::stream::unfold(state, |mut st| async move {
         loop {
@@ -282,6 +289,9 @@ async fn next_out(st: &mut StreamState) -> Option<Out> {
                         "The worker serving this stream failed mid-way; the request was completed by another worker but its output cannot be spliced into this stream.",
                     );
                     return Some(Out::Error(body.to_json()));
+                }
+                if let Some(plan) = st.fill.take() {
+                    st.cancel.app.cache.put(&plan, &result);
                 }
                 return Some(match result.status {
                     Status::Completed => Out::Done,

@@ -258,6 +258,7 @@ impl Stack {
                 redis_url: Some(redis_url()),
                 ..Default::default()
             },
+            cache: Default::default(),
         };
         ingress.server.listen = "127.0.0.1:0".into();
         ingress.server.sync_timeout_ms = Duration::from_secs(30);

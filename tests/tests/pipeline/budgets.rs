@@ -493,6 +493,8 @@ async fn ledger_rebuild_figures() {
             latency_ms: 1,
             occurred_at_ms: now,
             estimated: false,
+            cache_hit: false,
+            saved_nanos: 0,
         };
         let payload = sluice_schemas::encode(&usage).unwrap();
         let producer = producer.clone();

@@ -10,6 +10,7 @@
 mod batch;
 mod batch_limits;
 mod budgets;
+mod cache;
 mod cancel;
 #[path = "../common/mod.rs"]
 mod common;

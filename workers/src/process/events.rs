@@ -87,6 +87,8 @@ impl Processor {
             latency_ms: finished_at_ms - request.created_at_ms,
             occurred_at_ms: finished_at_ms,
             estimated: outcome.estimated,
+            cache_hit: false,
+            saved_nanos: 0,
         };
         // The completion under the team's audit content policy (set by the ingress).
         let (completion_sha256, completion_text) = match outcome.status {

@@ -44,10 +44,11 @@ pub enum Table {
     ErrorRatesByTeamModelHour,
     AuditTrail,
     ReconciliationByDeploymentDay,
+    CacheByTeamModelDay,
 }
 
 impl Table {
-    pub const VIEWS: [Table; 15] = [
+    pub const VIEWS: [Table; 16] = [
         Table::SpendByTeamDay,
         Table::SpendByTeamModelDay,
         Table::SpendByKeyDay,
@@ -63,6 +64,7 @@ impl Table {
         Table::ErrorRatesByTeamModelHour,
         Table::AuditTrail,
         Table::ReconciliationByDeploymentDay,
+        Table::CacheByTeamModelDay,
     ];
 
     pub fn name(self) -> &'static str {
@@ -89,6 +91,7 @@ impl Table {
             Table::ErrorRatesByTeamModelHour => "error_rates_by_team_model_hour",
             Table::AuditTrail => "audit_trail",
             Table::ReconciliationByDeploymentDay => "reconciliation_by_deployment_day",
+            Table::CacheByTeamModelDay => "cache_by_team_model_day",
         }
     }
 }

@@ -48,6 +48,7 @@ VIEWS = [
     "error_rates_by_team_model_hour",
     "audit_trail",
     "reconciliation_by_deployment_day",
+    "cache_by_team_model_day",
 ]
 
 

@@ -153,8 +153,8 @@ pub fn usage_records() -> Vec<Usage> {
             latency_ms: int(r, "latency_ms"),
             occurred_at_ms: int(r, "occurred_at_ms"),
             estimated: false,
-            cache_hit: false,
-            saved_nanos: 0,
+            cache_hit: int::<u8>(r, "cache_hit") == 1,
+            saved_nanos: int(r, "saved_nanos"),
         })
         .collect()
 }

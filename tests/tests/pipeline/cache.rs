@@ -111,7 +111,7 @@ async fn a_cached_answer_is_served_as_json_or_stream_costs_nothing_and_is_never_
 
     // A stream first, then JSON: one entry serves both.
     let s = question("Name a mountain in Spain");
-    let (status, cache, _, live) = call(&base, KEY_A, &streamed(s.clone()), None).await;
+    let (status, cache, s_id, live) = call(&base, KEY_A, &streamed(s.clone()), None).await;
     assert_eq!((status, cache.as_str()), (200, "miss"), "{live}");
     assert_eq!(calls(), 2);
     let (status, cache, _, json_hit) = call(&base, KEY_A, &s, None).await;
@@ -188,6 +188,22 @@ async fn a_cached_answer_is_served_as_json_or_stream_costs_nothing_and_is_never_
         )
         .await;
     assert_eq!(audited, 2, "accepted and completed audit rows of the hit");
+    // The view: team A's three hits saved what their first calls cost (two of the first
+    // question, one of the streamed one).
+    let hits = stack
+        .wait_count(
+            "SELECT sum(hits) FROM {db}.cache_by_team_model_day WHERE team = 'team-a'",
+            3,
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(hits, 3);
+    let s_cost: i64 = stack.usage_row(&s_id, "cost_nanos").await.parse().unwrap();
+    let saved = stack
+        .ch("SELECT sum(saved_nanos) FROM {db}.cache_by_team_model_day WHERE team = 'team-a'")
+        .await;
+    let cost: i64 = cost.parse().unwrap();
+    assert_eq!(saved.trim(), (2 * cost + s_cost).to_string());
     stack.stop().await;
 }
 

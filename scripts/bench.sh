@@ -26,6 +26,10 @@
 #   BENCH_STREAM_IN_FLIGHT [1100]   the worker's max_in_flight during the streams scenario
 #   BENCH_CANCEL_SAMPLES [100]  BENCH_DISCONNECT_AFTER [5]  BENCH_RELAY_PORT [19181]
 #                              (BENCH_CANCEL_SAMPLES=0 / BENCH_STREAM_OPEN=0 skip those steps)
+#   BENCH_SCENARIOS may also hold "cache": response-cache hits (one request opted in with
+#                              sluice.cache, asked again) at BENCH_CACHE_RATES ["500 1000"]
+#                              req/s and closed-loop x BENCH_CACHE_CONNECTIONS [32], each
+#                              against the same body straight to the mock
 #   BENCH_SCENARIOS may also hold "serial" (in "streams" too): one stream at a time,
 #                              BENCH_SERIAL_SAMPLES [30] streams of BENCH_SERIAL_CHUNKS [20]
 #                              chunks BENCH_SERIAL_DELAY_MS [20] ms apart, each chunk timed from
@@ -84,6 +88,8 @@ SERIAL_DELAY_MS="${BENCH_SERIAL_DELAY_MS:-20}"
 FLOOR="${BENCH_FLOOR:-1}"
 TRAFFIC="${BENCH_TRAFFIC:-1}"
 RELAY_PORT="${BENCH_RELAY_PORT:-19181}"
+CACHE_RATES="${BENCH_CACHE_RATES:-500 1000}"
+CACHE_CONNECTIONS="${BENCH_CACHE_CONNECTIONS:-32}"
 ANALYTICS_KAFKA_OPTIONS="${BENCH_ANALYTICS_KAFKA_OPTIONS:-}"
 
 KEY=sk-sluice-demo          # demo key of config/ingress.toml (team demo)
@@ -96,6 +102,8 @@ BIN="${BENCH_BIN:-$REPO_DIR/target/release}"
 INGRESS="http://127.0.0.1:$INGRESS_PORT"
 MOCK="http://127.0.0.1:$MOCK_PORT"
 BODY="{\"model\":\"$MODEL\",\"messages\":[{\"role\":\"user\",\"content\":\"Say hello in one short sentence.\"}]}"
+# The same request, opted into the response cache for an hour (docs/cache.md).
+CACHE_BODY="{\"model\":\"$MODEL\",\"sluice\":{\"cache\":{\"ttl_s\":3600}},\"messages\":[{\"role\":\"user\",\"content\":\"Say hello in one short sentence.\"}]}"
 STREAM_BODY="{\"model\":\"$MODEL\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"Say hello in one short sentence.\"}]}"
 # The cancel step's model: the worker reaches its deployment through loadgen's relay.
 RELAY_MODEL=local-llama
@@ -432,6 +440,23 @@ done
 # (c) accept -> usage row in ClickHouse, one request at a time, before any async backlog.
 want e2e && run_step "e2e accept->ClickHouse" --mode e2e --url "$INGRESS/v1/requests" --key "$KEY" \
   --body "$BODY" --expect-status 202 --samples "$E2E_SAMPLES" --clickhouse-url "$CH" --database "$DB"
+# (b2) cache: one miss stores the answer, then every request is a hit the ingress answers
+# itself (no Kafka round trip, no provider); the direct mock call beside it.
+if want cache; then
+  hit=$(curl -s -o /dev/null -D - -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
+    -d "$CACHE_BODY" "$INGRESS/v1/chat/completions" | tr -d '\r' | sed -n 's/^x-sluice-cache: //Ip')
+  [[ $hit == miss || $hit == hit ]] || die "the cache body was not cached (x-sluice-cache: '$hit')"
+  for rate in $CACHE_RATES; do
+    run_step "cache direct ${rate}/s" --mode open --url "$MOCK/v1/chat/completions" --body "$BODY" \
+      --rate "$rate" --duration "$STEP" --warmup "$WARMUP"
+    run_step "cache hit ${rate}/s" --mode open --url "$INGRESS/v1/chat/completions" --key "$KEY" \
+      --body "$CACHE_BODY" --rate "$rate" --duration "$STEP" --warmup "$WARMUP"
+  done
+  run_step "cache direct closed x${CACHE_CONNECTIONS}" --mode closed --url "$MOCK/v1/chat/completions" \
+    --body "$BODY" --concurrency "$CACHE_CONNECTIONS" --duration "$STEP" --warmup "$WARMUP"
+  run_step "cache hit closed x${CACHE_CONNECTIONS}" --mode closed --url "$INGRESS/v1/chat/completions" \
+    --key "$KEY" --body "$CACHE_BODY" --concurrency "$CACHE_CONNECTIONS" --duration "$STEP" --warmup "$WARMUP"
+fi
 # (a) async accept: at the target rate, then as fast as the connections go. The worker and the
 # sink process the accepted requests at the same time, on the same two cores.
 if want async; then

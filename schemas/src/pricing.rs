@@ -93,10 +93,21 @@ pub struct CatalogueEntry {
     pub output_per_million: f64,
     #[serde(default)]
     pub cached_input_per_million: Option<f64>,
+    /// An embeddings model's default vector length (its provider's documentation).
+    #[serde(default)]
+    pub dimensions: Option<u32>,
 }
 
 #[cfg(feature = "config")]
 impl Catalogue {
+    /// The default vector length of the embeddings model `model`, if the catalogue has it.
+    pub fn dimensions(&self, model: &str) -> Option<u32> {
+        self.prices
+            .iter()
+            .find(|e| e.model == model)
+            .and_then(|e| e.dimensions)
+    }
+
     /// The catalogue built into the services.
     pub fn builtin() -> &'static Catalogue {
         static BUILTIN: std::sync::OnceLock<Catalogue> = std::sync::OnceLock::new();

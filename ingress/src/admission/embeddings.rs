@@ -8,7 +8,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
 use serde_json::{Map, Value};
 use sluice_schemas::embeddings::{
-    EmbeddingsRequest, Input, Unreadable, EMBEDDINGS, ENDPOINT_ATTRIBUTE,
+    EmbeddingsRequest, EncodingFormat, Input, Unreadable, EMBEDDINGS, ENDPOINT_ATTRIBUTE,
 };
 
 use super::validate::{body_of, cache_plan, schedule, seal, Accepted, Draft, Mode, SluiceOptions};
@@ -16,6 +16,42 @@ use super::Handles;
 use crate::cache::EMBEDDINGS as EMBEDDINGS_FAMILY;
 use crate::error::ApiError;
 use crate::keys::Caller;
+
+/// Bytes per vector value in an answer: JSON floats as providers print them (about 20
+/// characters with the comma: a 1536-dimension vector is ~30 KB), or base64 of `f32`s
+/// (4 bytes as 5.33 characters).
+const FLOAT_VALUE_BYTES: u64 = 20;
+const BASE64_VALUE_BYTES: u64 = 6;
+/// Each vector's object (`{"object":"embedding","index":N,"embedding":...}`).
+const VECTOR_BYTES: u64 = 100;
+/// The vector length assumed for a model whose default is known neither to its
+/// `[[models]]` entry nor to the catalogue: the largest of current models.
+const UNKNOWN_DIMENSIONS: u32 = 3072;
+
+/// Refuses a request whose answer could not travel back as one Kafka record: a provider
+/// would bill it and the caller would get 502 `result_too_large` instead of vectors.
+fn bound_answer(app: &impl Handles, request: &EmbeddingsRequest) -> Result<(), ApiError> {
+    let dimensions = request
+        .dimensions
+        .or_else(|| {
+            let models = &app.config().models;
+            models.iter().find(|m| m.id == request.model)?.dimensions
+        })
+        .or_else(|| sluice_schemas::pricing::Catalogue::builtin().dimensions(&request.model))
+        .unwrap_or(UNKNOWN_DIMENSIONS);
+    let per_value = match request.encoding_format {
+        Some(EncodingFormat::Base64) => BASE64_VALUE_BYTES,
+        Some(EncodingFormat::Float) | None => FLOAT_VALUE_BYTES,
+    };
+    let answer = request.input.len() as u64 * (u64::from(dimensions) * per_value + VECTOR_BYTES);
+    if answer > app.config().kafka.max_message_bytes as u64 {
+        return Err(ApiError::InvalidParam {
+            param: "input",
+            problem: "the answer (inputs x dimensions) would be larger than one Kafka record carries ([kafka] max_message_bytes); send fewer inputs, ask for fewer dimensions, or use encoding_format \"base64\" (about 3x smaller)",
+        });
+    }
+    Ok(())
+}
 
 pub(super) fn validate(
     app: &impl Handles,
@@ -51,6 +87,7 @@ pub(super) fn validate(
         .get(&request.model)
         .ok_or_else(|| ApiError::UnknownModel(request.model.clone()))?;
     app.keys().check_model(caller, &request.model)?;
+    bound_answer(app, &request)?;
     let (priority, timeout) = schedule(
         app,
         headers,

@@ -76,6 +76,10 @@ pub struct ModelConfig {
     /// The model's context window in tokens, shown in `GET /v1/models` (`sluice`).
     #[serde(default)]
     pub context_window: Option<u32>,
+    /// An embeddings model's default vector length (bounds an answer's size before it is
+    /// asked for; the catalogue knows OpenAI's and Google's, others fall back to 3072).
+    #[serde(default)]
+    pub dimensions: Option<u32>,
 }
 
 fn default_owner() -> String {

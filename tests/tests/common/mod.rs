@@ -214,6 +214,7 @@ impl Stack {
                     owned_by: "openai".into(),
                     tokenizer: None,
                     context_window: (id == MODEL).then_some(128_000),
+                    dimensions: None,
                     id,
                 })
                 .collect(),

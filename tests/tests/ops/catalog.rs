@@ -21,6 +21,9 @@ pub const METRICS: &[&str] = &[
     "sluice_budget_spend_usd",
     "sluice_budget_reserved_usd",
     "sluice_budget_limit_usd",
+    "sluice_cache_lookups_total",
+    "sluice_cache_stores_total",
+    "sluice_cache_errors_total",
     // Every producer.
     "sluice_kafka_produce_duration_seconds",
     "sluice_kafka_produce_errors_total",

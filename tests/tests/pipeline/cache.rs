@@ -119,12 +119,41 @@ async fn a_cached_answer_is_served_as_json_or_stream_costs_nothing_and_is_never_
     assert_eq!(text_of(&json_hit), text_of(&live));
     assert_eq!(calls(), 2);
 
+    // Anthropic's Messages API: the stored answer in its shape, then as its events.
+    let m = json!({"model": MODEL, "max_tokens": 50, "temperature": 0,
+                   "messages": [{"role": "user", "content": "Name a sea"}]});
+    let messages = |body: Value| {
+        let request = stack.http.post(format!("{base}/v1/messages"));
+        request.header("x-api-key", KEY_A).json(&body).send()
+    };
+    let first_m = messages(m.clone()).await.unwrap();
+    assert_eq!(first_m.headers()["x-sluice-cache"], "miss");
+    let m_id = first_m.headers()["x-sluice-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let first_m: Value = first_m.json().await.unwrap();
+    let hit_m = messages(m.clone()).await.unwrap();
+    assert_eq!(hit_m.headers()["x-sluice-cache"], "hit");
+    let hit_m: Value = hit_m.json().await.unwrap();
+    assert_eq!(hit_m["type"], "message");
+    assert_eq!(hit_m["content"], first_m["content"], "{hit_m}");
+    let mut m_stream = m.clone();
+    m_stream["stream"] = json!(true);
+    let events = messages(m_stream).await.unwrap();
+    assert_eq!(events.headers()["x-sluice-cache"], "hit");
+    let events = sse_events(&events.text().await.unwrap());
+    let names: Vec<&str> = events.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names.first(), Some(&"message_start"), "{names:?}");
+    assert_eq!(names.last(), Some(&"message_stop"), "{names:?}");
+    assert_eq!(calls(), 3);
+
     // Team B asks exactly what team A asked, opting in: its own miss, its own call.
     let mut asked = q.clone();
     asked["sluice"] = json!({"cache": {"ttl_s": 60}});
     let (status, cache, _, _) = call(&base, KEY_B, &asked, None).await;
     assert_eq!((status, cache.as_str()), (200, "miss"));
-    assert_eq!(calls(), 3);
+    assert_eq!(calls(), 4);
     let (_, cache, _, _) = call(&base, KEY_B, &asked, None).await;
     assert_eq!(cache, "hit");
     // Without asking, team B has no cache; team A's default skips a sampled request.
@@ -134,14 +163,14 @@ async fn a_cached_answer_is_served_as_json_or_stream_costs_nothing_and_is_never_
     sampled["temperature"] = json!(0.7);
     let (_, cache, _, _) = call(&base, KEY_A, &sampled, None).await;
     assert_eq!(cache, "");
-    assert_eq!(calls(), 5);
+    assert_eq!(calls(), 6);
 
     // Cache-Control: no-store stays out of the cache; no-cache asks the provider again.
     let (_, cache, _, _) = call(&base, KEY_A, &q, Some("no-store")).await;
     assert_eq!(cache, "");
     let (_, cache, _, _) = call(&base, KEY_A, &q, Some("no-cache")).await;
     assert_eq!(cache, "bypass");
-    assert_eq!(calls(), 7);
+    assert_eq!(calls(), 8);
 
     // A TTL out of bounds is refused in OpenAI's error shape, and nothing is called.
     for ttl in [json!(0), json!(100_000_000), json!("soon")] {
@@ -157,7 +186,7 @@ async fn a_cached_answer_is_served_as_json_or_stream_costs_nothing_and_is_never_
             "{body}"
         );
     }
-    assert_eq!(calls(), 7);
+    assert_eq!(calls(), 8);
 
     // ClickHouse: the hits cost 0, saved what the first call cost, and were audited.
     let paid = stack
@@ -188,22 +217,23 @@ async fn a_cached_answer_is_served_as_json_or_stream_costs_nothing_and_is_never_
         )
         .await;
     assert_eq!(audited, 2, "accepted and completed audit rows of the hit");
-    // The view: team A's three hits saved what their first calls cost (two of the first
-    // question, one of the streamed one).
+    // The view: team A's five hits saved what their first calls cost (two of the first
+    // question, one of the streamed one, two of the Messages one).
     let hits = stack
         .wait_count(
             "SELECT sum(hits) FROM {db}.cache_by_team_model_day WHERE team = 'team-a'",
-            3,
+            5,
             Duration::from_secs(60),
         )
         .await;
-    assert_eq!(hits, 3);
+    assert_eq!(hits, 5);
     let s_cost: i64 = stack.usage_row(&s_id, "cost_nanos").await.parse().unwrap();
+    let m_cost: i64 = stack.usage_row(&m_id, "cost_nanos").await.parse().unwrap();
     let saved = stack
         .ch("SELECT sum(saved_nanos) FROM {db}.cache_by_team_model_day WHERE team = 'team-a'")
         .await;
     let cost: i64 = cost.parse().unwrap();
-    assert_eq!(saved.trim(), (2 * cost + s_cost).to_string());
+    assert_eq!(saved.trim(), (2 * cost + s_cost + 2 * m_cost).to_string());
     stack.stop().await;
 }
 

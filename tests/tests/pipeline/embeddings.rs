@@ -349,6 +349,8 @@ async fn guardrails_screen_embeddings_and_token_arrays_cannot_slip_past_them() {
 async fn bad_embeddings_requests_get_openais_errors_and_no_call() {
     let stack = stack().await;
     let many: Vec<String> = (0..2049).map(|i| format!("t{i}")).collect();
+    // 2048 vectors of 3072 floats (~125 MB as JSON) cannot come back in one Kafka record.
+    let huge: Vec<String> = (0..2048).map(|i| format!("t{i}")).collect();
     let cases = [
         (json!({"model": EMBED}), "input"),
         (json!({"model": EMBED, "input": []}), "input"),
@@ -356,6 +358,10 @@ async fn bad_embeddings_requests_get_openais_errors_and_no_call() {
         (json!({"model": EMBED, "input": ""}), "input"),
         (json!({"model": EMBED, "input": [[]]}), "input"),
         (json!({"model": EMBED, "input": many}), "input"),
+        (
+            json!({"model": EMBED, "input": huge.clone(), "dimensions": 3072}),
+            "input",
+        ),
         (json!({"model": EMBED, "input": 42}), "input"),
         (json!({"model": EMBED, "input": [[1, "a"]]}), "input"),
         (

@@ -97,6 +97,8 @@ fn api(path: &str) -> &'static str {
         ("/v1/messages/count_tokens", "count_tokens"),
         ("/v1/messages", "messages"),
         ("/v1/requests", "requests"),
+        ("/v1/responses", "responses"),
+        ("/v1/embeddings", "embeddings"),
         ("/v1/batches", "batches"),
         ("/v1/files", "files"),
         ("/v1/models", "models"),
@@ -126,4 +128,22 @@ pub(crate) fn enqueued(request: &sluice_schemas::Request, default_completion: u3
 /// (the store failed; 503).
 pub(crate) fn idempotency(outcome: &'static str) {
     counter!("sluice_idempotency_total", "outcome" => outcome).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn each_api_has_its_label() {
+        for (path, label) in [
+            ("/v1/chat/completions", "chat"),
+            ("/v1/messages/count_tokens", "count_tokens"),
+            ("/v1/messages/batches", "messages"),
+            ("/v1/responses/resp_1/cancel", "responses"),
+            ("/v1/embeddings", "embeddings"),
+            ("/v1/requests/req_1", "requests"),
+            ("/somewhere", "other"),
+        ] {
+            assert_eq!(super::api(path), label, "{path}");
+        }
+    }
 }

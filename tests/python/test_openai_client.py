@@ -271,6 +271,36 @@ def test_a_retry_with_the_same_idempotency_key_is_answered_once(stack):
                       f"WHERE request_id = '{request_id}'").strip() == "1"
 
 
+def test_a_repeated_request_is_answered_from_the_cache(stack):
+    # config/ingress.toml caches the demo team's requests at temperature 0.
+    sdk = client(stack)
+    ask = dict(model=MODEL, temperature=0,
+               messages=[{"role": "user", "content": "Cache me " + uuid.uuid4().hex}])
+    first = sdk.chat.completions.with_raw_response.create(**ask)
+    assert first.headers["x-sluice-cache"] == "miss"
+    answer = first.parse().choices[0].message.content
+    hit = sdk.chat.completions.with_raw_response.create(**ask)
+    assert hit.headers["x-sluice-cache"] == "hit"
+    assert hit.parse().choices[0].message.content == answer
+    stream = sdk.chat.completions.create(stream=True, **ask)
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert stream.response.headers["x-sluice-cache"] == "hit"
+    assert text == answer
+    # The hit is billed 0 and saved what the first call cost.
+    hit_id = hit.headers["x-sluice-request-id"]
+    first_id = first.headers["x-sluice-request-id"]
+    rows, deadline = [], time.time() + 60
+    while time.time() < deadline and len(rows) < 2:
+        rows = clickhouse(
+            f"SELECT request_id, cost_nanos, cache_hit, saved_nanos FROM {stack['database']}.usage "
+            f"FINAL WHERE request_id IN ('{first_id}', '{hit_id}') ORDER BY cache_hit").split("\n")
+        rows = [r.split("\t") for r in rows if r.strip()]
+        time.sleep(0.2)
+    (paid_id, cost, paid_hit, _), (got_id, hit_cost, cache_hit, saved) = rows
+    assert (paid_id, paid_hit, got_id, hit_cost, cache_hit) == (first_id, "0", hit_id, "0", "1")
+    assert int(cost) > 0 and saved == cost
+
+
 EMBED = "text-embedding-3-small"  # config/worker.toml: OpenAI's deployment, Gemini's fallback
 
 

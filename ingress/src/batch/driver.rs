@@ -128,6 +128,8 @@ fn empty_record(row: &BatchRow, line_no: u32) -> LineRow {
 fn parse(row: &BatchRow, line_no: u32, line: &str) -> Read {
     let mut record = empty_record(row, line_no);
     let anthropic = row.dialect == "anthropic";
+    // Known as soon as it is read: a line refused after that keeps it in the error file.
+    let mut known_id = String::new();
     let checked = (|| -> Result<(String, Bytes), (&'static str, String)> {
         let value: Value = serde_json::from_str(line).map_err(|e| {
             (
@@ -153,6 +155,7 @@ fn parse(row: &BatchRow, line_no: u32, line: &str) -> Read {
                 "`custom_id` is longer than 512 characters.".into(),
             ));
         }
+        known_id.clone_from(&custom_id);
         let body = if anthropic {
             object.get("params")
         } else {
@@ -187,6 +190,7 @@ fn parse(row: &BatchRow, line_no: u32, line: &str) -> Read {
             Read::Parsed(record, custom_id, body)
         }
         Err((code, message)) => {
+            record.custom_id = known_id;
             record.error_code = code.into();
             record.error_message = message;
             Read::Invalid(record)

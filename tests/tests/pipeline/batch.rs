@@ -213,6 +213,14 @@ async fn a_batch_completes_every_line_once_and_bad_lines_go_to_the_error_file() 
     ] {
         assert!(codes.contains(code), "{code} missing from {codes:?}");
     }
+    // A line refused after its custom_id was read keeps it; one without has null.
+    let custom_id_of = |code: &str| {
+        let e = errors.iter().find(|e| e["error"]["code"] == code).unwrap();
+        e["custom_id"].clone()
+    };
+    assert_eq!(custom_id_of("invalid_url"), json!("wrong-url"));
+    assert_eq!(custom_id_of("model_not_found"), json!("no-model"));
+    assert_eq!(custom_id_of("missing_custom_id"), Value::Null);
     // Nothing of the bad lines reached the provider; each good line once. The output file
     // is read from the result bodies; the `results` rows are another insert of the sink,
     // which may land a flush later: wait for 40, then check no more came.

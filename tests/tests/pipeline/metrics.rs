@@ -116,6 +116,35 @@ async fn ops_listeners_serve_readiness_and_the_catalog() {
         "{text}"
     );
     assert!(text.contains(r#"service="ingress""#), "{text}");
+    // The response cache: a request opted in, asked twice, is stored once and hit once.
+    let mut cached = chat("metrics cached");
+    cached["sluice"] = serde_json::json!({"cache": {"ttl_s": 60}});
+    for _ in 0..2 {
+        let (status, body) = stack
+            .post("/v1/chat/completions", KEY_A, cached.clone())
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (_, cache_text) = get(&http, format!("{ingress_ops}/metrics")).await;
+    for (name, labels) in [
+        (
+            "sluice_cache_lookups_total",
+            [r#"backend="memory""#, r#"outcome="hit""#],
+        ),
+        (
+            "sluice_cache_lookups_total",
+            [r#"backend="memory""#, r#"outcome="miss""#],
+        ),
+        (
+            "sluice_cache_stores_total",
+            [r#"backend="memory""#, r#"outcome="stored""#],
+        ),
+    ] {
+        assert!(
+            value(&cache_text, name, &labels) >= 1.0,
+            "{name} {labels:?}: {cache_text}"
+        );
+    }
     assert!(
         value(
             &text,

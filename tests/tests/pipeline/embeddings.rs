@@ -539,7 +539,7 @@ async fn an_embeddings_batch_answers_each_line_in_openais_shape() {
     );
     assert_eq!(vectors(&answer("b64")), vec![vector("delta", 16)]);
     let errors = batch_file(&stack, &id, "errors").await;
-    // A line refused before its body is read has no custom_id, only its line number.
+    // A refused line keeps the custom_id it had (a line without one has its line number).
     let mut failed: Vec<String> = errors
         .iter()
         .map(|l| match l["custom_id"].as_str() {
@@ -550,7 +550,7 @@ async fn an_embeddings_batch_answers_each_line_in_openais_shape() {
     failed.sort_unstable();
     assert_eq!(
         failed,
-        ["line 4: \"invalid_url\"", "tokens: \"invalid_value\""],
+        ["chat: \"invalid_url\"", "tokens: \"invalid_value\""],
         "{errors:?}"
     );
     let paths: Vec<String> = stack.mock.calls().into_iter().map(|c| c.path).collect();

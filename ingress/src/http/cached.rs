@@ -13,7 +13,7 @@ use sluice_schemas::audit_content::AuditContent;
 use sluice_schemas::{encode, now_ms, AuditAction, Result as ResultRecord, Status, Topic, Usage};
 
 use crate::admission::{audit_event, Accepted, Dialect};
-use crate::cache::{Entry, Lookup, Plan, HEADER};
+use crate::cache::{Entry, Lookup, HEADER};
 use crate::guard::Output;
 use crate::kafka::send;
 use crate::replies::StreamGuard;
@@ -39,11 +39,6 @@ pub(super) fn mark(mut response: Response, value: &'static str) -> Response {
     response
 }
 
-/// The `x-sluice-cache` value of an answer that did not come from the cache.
-pub(super) fn missed(plan: Option<&Plan>) -> Option<&'static str> {
-    plan.map(Plan::missed)
-}
-
 /// Answers `accepted` with `entry`. `keyed`: the request holds an `Idempotency-Key` claim,
 /// settled once the events are in Kafka.
 pub(super) async fn serve(
@@ -54,9 +49,9 @@ pub(super) async fn serve(
     output: Output,
     ticket: Option<&crate::idempotency::Ticket>,
 ) -> Response {
-    let mut result = record(accepted, &entry);
+    let result = record(accepted, &entry);
     if let Some(ticket) = ticket {
-        publish(&app, accepted, &result, &entry).await;
+        Events::of(accepted).publish(&app, &result, &entry).await;
         super::idempotent::published(&app, Some(ticket), &Ok(())).await;
     } else {
         let (app, accepted_events) = (Arc::clone(&app), Events::of(accepted));
@@ -68,16 +63,7 @@ pub(super) async fn serve(
         let guard = StreamGuard::replay(super::replay::stream_events(result, usage));
         super::sse::respond(app, &accepted.record, guard, dialect, output, false, None).await
     } else {
-        match output.finish(&mut result).await {
-            Ok(()) => dialect.result(&result),
-            Err(e) => {
-                app.audits.reject(
-                    audit_event(&accepted.record, AuditAction::Rejected, 0, None),
-                    &e,
-                );
-                dialect.error(e)
-            }
-        }
+        super::chat::finished(&app, accepted, output, result, dialect).await
     };
     mark(response, "hit")
 }
@@ -191,9 +177,4 @@ impl Events {
             tracing::error!(request_id = %r.request_id, %error, "cache hit event not written");
         }
     }
-}
-
-/// [`Events::publish`] for a request still borrowed.
-async fn publish(app: &AppState, accepted: &Accepted, result: &ResultRecord, entry: &Entry) {
-    Events::of(accepted).publish(app, result, entry).await;
 }

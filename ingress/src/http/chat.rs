@@ -107,7 +107,7 @@ pub(crate) async fn sync_call(
             wait,
         )
         .await;
-        match super::cached::missed(accepted.cache.as_ref()) {
+        match accepted.cache.as_ref().map(crate::cache::Plan::missed) {
             Some(value) => super::cached::mark(response, value),
             None => response,
         }
@@ -162,23 +162,32 @@ async fn answer(
         .instrument(tracing::info_span!("reply", stream = false))
         .await;
     match waited {
-        Ok(Ok(mut result)) => {
+        Ok(Ok(result)) => {
             if let Some(plan) = &accepted.cache {
                 app.cache.put(plan, &result);
             }
-            match output.finish(&mut result).await {
-                Ok(()) => dialect.result(&result),
-                Err(e) => {
-                    app.audits.reject(
-                        audit_event(&accepted.record, AuditAction::Rejected, 0, None),
-                        &e,
-                    );
-                    dialect.error(e)
-                }
-            }
+            finished(&app, accepted, output, result, dialect).await
         }
         Ok(Err(_)) => dialect.error(ApiError::ShuttingDown),
         Err(_) => dialect.error(ApiError::SyncTimeout(wait.as_millis(), request_id)),
+    }
+}
+
+/// A JSON answer through the output guardrails; one they withhold is refused and audited.
+pub(super) async fn finished(
+    app: &AppState,
+    accepted: &Accepted,
+    output: Output,
+    mut result: sluice_schemas::Result,
+    dialect: Dialect,
+) -> Response {
+    match output.finish(&mut result).await {
+        Ok(()) => dialect.result(&result),
+        Err(e) => {
+            let audit = audit_event(&accepted.record, AuditAction::Rejected, 0, None);
+            app.audits.reject(audit, &e);
+            dialect.error(e)
+        }
     }
 }
 

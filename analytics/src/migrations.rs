@@ -38,6 +38,7 @@ const FILES: &[(&str, &str)] = migration_files![
     "0007_batch_attempts.sql",
     "0008_attempts.sql",
     "0009_cache.sql",
+    "0010_routing.sql",
 ];
 
 /// The database and `schema_migrations`, created (if missing) before anything else.

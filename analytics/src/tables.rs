@@ -137,6 +137,10 @@ pub struct ResultRow {
     pub worker: String,
     /// Deployments passed over before the one that answered (or failed last).
     pub fallbacks: i32,
+    /// Why its deployments were tried in that order; '' before v3 results.
+    pub routing_reason: String,
+    /// Where the deployment that answered (or failed last) runs; '' when it has none.
+    pub location: String,
 }
 
 impl TableRow for ResultRow {
@@ -165,6 +169,8 @@ impl From<sluice_schemas::Result> for ResultRow {
             finished_at_ms: non_negative(r.finished_at_ms),
             worker: r.worker,
             fallbacks: r.fallbacks,
+            routing_reason: r.routing_reason.unwrap_or_default(),
+            location: r.location.unwrap_or_default(),
         }
     }
 }
@@ -595,6 +601,8 @@ mod tests {
             finished_at_ms: 1_700_000_001_000,
             worker: "w-1".into(),
             fallbacks: 1,
+            routing_reason: Some("cost: d at $0.000001 for this request".into()),
+            location: None,
         };
         let row = ResultRow::from(result);
         assert_eq!(row.priority, "interactive");
@@ -604,6 +612,8 @@ mod tests {
         assert_eq!(row.finished_at_ms, 1_700_000_001_000);
         assert_eq!(row.attempts, 3);
         assert_eq!(row.fallbacks, 1);
+        assert_eq!(row.routing_reason, "cost: d at $0.000001 for this request");
+        assert_eq!(row.location, "");
     }
 
     #[test]

@@ -97,7 +97,11 @@ macro_rules! record {
 }
 
 record!(Request, "Request", ["request.v1.avsc", "request.v2.avsc"]);
-record!(ResultRecord, "Result", ["result.v1.avsc", "result.v2.avsc"]);
+record!(
+    ResultRecord,
+    "Result",
+    ["result.v1.avsc", "result.v2.avsc", "result.v3.avsc"]
+);
 record!(
     Usage,
     "Usage",

@@ -35,6 +35,7 @@ pub mod outbound;
 pub mod pricing;
 pub mod records;
 pub mod retry;
+pub mod route_hints;
 pub mod tables;
 pub mod topics;
 #[cfg(feature = "logging")]

@@ -99,7 +99,7 @@ impl Status {
     }
 }
 
-/// The outcome of one request (`result.v2.avsc`).
+/// The outcome of one request (`result.v3.avsc`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Result {
     pub request_id: String,
@@ -125,6 +125,12 @@ pub struct Result {
     /// Deployments passed over (failed, or skipped with an open circuit) before the one
     /// that answered, or failed last. 0 in records written before v2.
     pub fallbacks: i32,
+    /// Why the deployments were tried in the order they were (v3).
+    #[serde(default)]
+    pub routing_reason: Option<String>,
+    /// Where the deployment that answered, or failed last, runs (v3).
+    #[serde(default)]
+    pub location: Option<String>,
 }
 
 /// Billable usage of one request (`usage.v3.avsc`). Cost in nano-USD keeps sums exact.

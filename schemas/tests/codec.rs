@@ -58,6 +58,8 @@ fn result() -> Result {
         finished_at_ms: 3,
         worker: "w1".into(),
         fallbacks: 2,
+        routing_reason: Some("latency: d1 (12.0 ms, 0 in flight), the only candidate".into()),
+        location: Some("eu-west".into()),
     }
 }
 
@@ -356,20 +358,24 @@ fn a_v1_stream_chunk_is_one_event() {
     );
 }
 
-/// Results written by v1 workers (no `fallbacks`) read as 0 fallbacks; v1 readers read v2.
+/// Results written by v1 workers (no `fallbacks`, no routing reason or location) read as 0
+/// fallbacks and none; v1 readers read v3.
 #[test]
-fn result_v1_and_v2_read_each_other() {
+fn result_v1_and_v3_read_each_other() {
     let v1 = Schema::parse_str(include_str!("../avro/result.v1.avsc")).unwrap();
     let Value::Record(mut fields) = to_value(result()).unwrap() else {
         panic!("record expected")
     };
-    fields.retain(|(name, _)| name != "fallbacks");
+    fields
+        .retain(|(name, _)| !["fallbacks", "routing_reason", "location"].contains(&name.as_str()));
     let datum = to_avro_datum(&v1, Value::Record(fields).resolve(&v1).unwrap()).unwrap();
     let decoded = decode::<Result>(&frame(&v1, datum)).unwrap();
     assert_eq!(
         decoded,
         Result {
             fallbacks: 0,
+            routing_reason: None,
+            location: None,
             ..result()
         }
     );

@@ -112,6 +112,7 @@ prop_compose! {
         names in (text(), text(), text()),
         counts in (any::<i32>(), any::<i32>(), any::<i32>(), any::<i32>(), any::<i32>()),
         times in (any::<i64>(), any::<i64>(), any::<i64>()),
+        placed in (proptest::option::of(text()), proptest::option::of(text())),
     ) -> Result {
         Result {
             request_id: ids.0, team: ids.1, key_id: ids.2, priority, model: ids.3, traceparent,
@@ -119,6 +120,7 @@ prop_compose! {
             deployment: names.1, attempts: counts.1, prompt_tokens: counts.2,
             completion_tokens: counts.3, created_at_ms: times.0, started_at_ms: times.1,
             finished_at_ms: times.2, worker: names.2, fallbacks: counts.4,
+            routing_reason: placed.0, location: placed.1,
         }
     }
 }

@@ -96,6 +96,21 @@ impl Breaker {
         })
     }
 
+    /// Whether [`Breaker::admit`] would let a request through at `now` (closed, or open
+    /// with its cool-down over), without taking the probe: what the routing strategies
+    /// call healthy.
+    pub fn is_closed_or_due(&self, now: Instant) -> bool {
+        let state = match self.state.lock() {
+            Ok(s) => *s,
+            Err(poisoned) => *poisoned.into_inner(),
+        };
+        match state {
+            State::Closed { .. } => true,
+            State::Open { until } => now >= until,
+            State::HalfOpen { since } => now.duration_since(since) >= self.cooldown,
+        }
+    }
+
     /// The deployment answered (any answer that is not its own fault): close.
     pub fn success(&self) {
         self.with(|state| *state = State::Closed { failures: 0 });
@@ -164,6 +179,8 @@ mod tests {
             }
         );
         assert_eq!(b.admit(t0 + Duration::from_secs(29)), Admission::Rejected);
+        assert!(!b.is_closed_or_due(t0 + Duration::from_secs(29)));
+        assert!(b.is_closed_or_due(t0 + COOLDOWN), "due for its probe");
     }
 
     #[test]
@@ -178,6 +195,7 @@ mod tests {
             Admission::Rejected,
             "only one probe at a time"
         );
+        assert!(!b.is_closed_or_due(after), "its probe is out");
         b.success();
         assert_eq!(b.state(), State::Closed { failures: 0 });
         assert_eq!(b.admit(after), Admission::Allowed);

@@ -30,6 +30,9 @@ pub struct Config {
     /// across models.
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// `[routing]`: the strategy that orders each model's deployments (crate::strategy).
+    #[serde(default)]
+    pub routing: crate::strategy::RoutingConfig,
     /// `[[residency]]`: the locations a team's or key's requests may run in
     /// (crate::residency).
     #[serde(default)]
@@ -190,8 +193,13 @@ pub struct Route {
     /// An alias (`smart`, `fast`), or a deployed model's name: then this chain replaces the
     /// model's own (list the model first to keep it and add fallbacks).
     pub name: String,
-    /// Deployed models, tried in order; within each, deployments are chosen by weight.
+    /// Deployed models, tried in order; within each, deployments are ordered by the
+    /// model's strategy.
     pub models: Vec<String>,
+    /// Orders all the route's deployments, of every model, as one pool by this strategy
+    /// (crate::strategy) instead of model after model.
+    #[serde(default)]
+    pub strategy: Option<crate::strategy::Strategy>,
 }
 
 /// Takes a failing deployment out of rotation, then probes it back.
@@ -309,6 +317,20 @@ impl Config {
                 }
             }
         }
+        for model in self.routing.models.keys() {
+            if !models.contains(model.as_str()) {
+                return Err(field(
+                    format!("routing.models.{model}"),
+                    "is not the model of any deployment",
+                ));
+            }
+        }
+        if self.routing.latency_decay_ms.is_zero() {
+            return Err(field(
+                "routing.latency_decay_ms".into(),
+                "must be at least 1",
+            ));
+        }
         if self.circuit_breaker.failure_threshold > 0 && self.circuit_breaker.cooldown_ms.is_zero()
         {
             return Err(field(
@@ -388,8 +410,9 @@ impl Config {
 
 /// The sections env vars may override. Other `SLUICE_*` variables (another service's, or
 /// the scripts' `SLUICE_STATE`) are not ours and must not trip `deny_unknown_fields`.
-const ENV_SECTIONS: [&str; 8] = [
+const ENV_SECTIONS: [&str; 9] = [
     "kafka",
+    "routing",
     "worker",
     "streaming",
     "ops",

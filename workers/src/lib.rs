@@ -16,8 +16,10 @@ mod providers;
 mod publish;
 mod redelivery;
 mod residency;
-mod routing;
+/// Public for the routing benchmark (benches/routing.rs).
+pub mod routing;
 mod schedule;
+pub mod strategy;
 mod throttle;
 
 pub use config::Config;

@@ -33,8 +33,11 @@ type TokenLimiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInfo
 pub struct DeploymentThrottle {
     /// For `sluice_throttle_tokens_available{deployment}`; empty: not exported.
     deployment: String,
-    rpm: Option<DefaultDirectRateLimiter>,
+    rpm: Option<TokenLimiter>,
     tpm: Option<Arc<TokenLimiter>>,
+    /// What each limiter had left after its last take: the routing strategies' headroom.
+    rpm_level: Option<Level>,
+    tpm_level: Option<Level>,
     tpm_burst: u32,
     /// Tokens charged too much by earlier estimates, deducted from the next charges.
     credit: AtomicU64,
@@ -57,9 +60,12 @@ impl DeploymentThrottle {
     pub fn new(limits: Limits) -> DeploymentThrottle {
         DeploymentThrottle {
             deployment: String::new(),
-            rpm: limits
-                .requests_per_minute
-                .map(|n| RateLimiter::direct(Quota::per_minute(n))),
+            rpm: limits.requests_per_minute.map(|n| {
+                RateLimiter::direct(Quota::per_minute(n))
+                    .with_middleware::<StateInformationMiddleware>()
+            }),
+            rpm_level: limits.requests_per_minute.map(Level::per_minute),
+            tpm_level: limits.tokens_per_minute.map(Level::per_minute),
             tpm: limits.tokens_per_minute.map(|n| {
                 Arc::new(
                     RateLimiter::direct(Quota::per_minute(n))
@@ -81,6 +87,9 @@ impl DeploymentThrottle {
 
     /// The tokens left in the minute's burst after a take.
     fn report(&self, snapshot: &governor::middleware::StateSnapshot) {
+        if let Some(level) = &self.tpm_level {
+            level.took(snapshot.remaining_burst_capacity());
+        }
         if !self.deployment.is_empty() {
             metrics::gauge!("sluice_throttle_tokens_available", "deployment" => self.deployment.clone())
                 .set(f64::from(snapshot.remaining_burst_capacity()));
@@ -109,7 +118,10 @@ impl DeploymentThrottle {
             tokio::time::sleep_until(until).await;
         }
         if let Some(rpm) = &self.rpm {
-            rpm.until_ready().await;
+            let snapshot = rpm.until_ready().await;
+            if let Some(level) = &self.rpm_level {
+                level.took(snapshot.remaining_burst_capacity());
+            }
         }
         if let Some(tpm) = &self.tpm {
             if let Some(n) = NonZeroU32::new(self.charge(estimate)) {
@@ -161,6 +173,67 @@ impl DeploymentThrottle {
 
     pub fn penalty(&self) -> f64 {
         self.penalty.load(Ordering::Relaxed) as f64 / UNIT as f64
+    }
+
+    /// The share of its limits left now (0 to 1; 1 without limits), and whether a request
+    /// of `estimate` tokens fits in them without waiting. An estimate from the limiters'
+    /// last takes and their refill since: for choosing, not for admitting.
+    pub fn headroom(&self, estimate: u64) -> (f64, bool) {
+        let now = Instant::now();
+        let paused = self.paused_until.lock().ok().and_then(|p| *p);
+        if paused.is_some_and(|until| until > now) {
+            return (0.0, false);
+        }
+        let mut share: f64 = 1.0;
+        let mut fits = true;
+        if let Some(level) = &self.rpm_level {
+            let left = level.left(now);
+            share = share.min(left / level.burst);
+            fits &= left >= 1.0;
+        }
+        if let Some(level) = &self.tpm_level {
+            let left = level.left(now);
+            share = share.min(left / level.burst);
+            let penalty = self.penalty.load(Ordering::Relaxed);
+            let need =
+                (estimate.saturating_mul(penalty) / UNIT).clamp(1, u64::from(self.tpm_burst));
+            fits &= left >= need as f64;
+        }
+        (share.clamp(0.0, 1.0), fits)
+    }
+}
+
+/// A limiter's level: what it had left after its last take, refilling at its rate since.
+struct Level {
+    burst: f64,
+    per_second: f64,
+    last: Mutex<Option<(f64, Instant)>>,
+}
+
+impl Level {
+    fn per_minute(n: NonZeroU32) -> Level {
+        let burst = f64::from(n.get());
+        Level {
+            burst,
+            per_second: burst / 60.0,
+            last: Mutex::new(None),
+        }
+    }
+
+    fn took(&self, left: u32) {
+        if let Ok(mut last) = self.last.lock() {
+            *last = Some((f64::from(left), Instant::now()));
+        }
+    }
+
+    fn left(&self, now: Instant) -> f64 {
+        match self.last.lock().ok().and_then(|l| *l) {
+            None => self.burst,
+            Some((left, at)) => {
+                let refilled = now.saturating_duration_since(at).as_secs_f64() * self.per_second;
+                (left + refilled).min(self.burst)
+            }
+        }
     }
 }
 
@@ -254,6 +327,28 @@ mod tests {
         // The third request of this minute is not let through now.
         let third = tokio::time::timeout(Duration::from_millis(50), t.acquire(1)).await;
         assert!(third.is_err());
+    }
+
+    #[tokio::test]
+    async fn headroom_is_what_the_limits_have_left_and_none_while_paused() {
+        assert_eq!(
+            DeploymentThrottle::new(Limits::default()).headroom(u64::MAX),
+            (1.0, true),
+            "no limits: all the room there is"
+        );
+        let t = DeploymentThrottle::new(Limits {
+            requests_per_minute: Some(nz(10)),
+            tokens_per_minute: Some(nz(1000)),
+        });
+        assert_eq!(t.headroom(100), (1.0, true));
+        t.acquire(600).await;
+        // 400 of 1,000 tokens left (plus what refilled since: 17 a second).
+        let (share, fits) = t.headroom(300);
+        assert!(share > 0.39 && share < 0.45, "{share}");
+        assert!(fits);
+        assert!(!t.headroom(500).1, "500 tokens do not fit in 400");
+        t.throttled(Some(Duration::from_secs(5)));
+        assert_eq!(t.headroom(1), (0.0, false), "paused after a 429");
     }
 
     #[test]

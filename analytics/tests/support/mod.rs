@@ -183,6 +183,9 @@ pub fn result_records() -> Vec<sluice_schemas::Result> {
             finished_at_ms: int(r, "finished_at_ms"),
             worker: r["worker"].clone(),
             fallbacks: int(r, "fallbacks"),
+            // Not in the fixture: results written before v3.
+            routing_reason: r.get("routing_reason").filter(|s| !s.is_empty()).cloned(),
+            location: r.get("location").filter(|s| !s.is_empty()).cloned(),
         })
         .collect()
 }

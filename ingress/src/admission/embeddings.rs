@@ -67,7 +67,7 @@ pub(super) fn validate(
     if options.template.is_some() || options.variables.is_some() || options.restore.is_some() {
         return Err(ApiError::InvalidParam {
             param: "sluice",
-            problem: "embeddings take priority, timeout_ms, attributes and (async) webhook_url; templates and restore are for chat",
+            problem: "embeddings take priority, timeout_ms, attributes, route and (async) webhook_url; templates and restore are for chat",
         });
     }
     options.check_webhook(app, caller, mode)?;
@@ -112,6 +112,7 @@ pub(super) fn validate(
     };
     let mut attributes = options.attributes;
     attributes.insert(ENDPOINT_ATTRIBUTE.to_string(), EMBEDDINGS.to_string());
+    SluiceOptions::route_into(options.route, &mut attributes)?;
     let prompt_audit = crate::audit::PromptAudit::of(
         app.config().audit.content_for(&caller.team),
         &request.input,

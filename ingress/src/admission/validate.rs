@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use sluice_dialect::anthropic;
 use sluice_schemas::openai::ChatCompletionRequest;
+use sluice_schemas::route_hints::{RouteHints, ROUTE_ATTRIBUTE};
 use sluice_schemas::{now_ms, Priority, Request, Topic};
 
 use super::tokens::count_prompt_tokens;
@@ -44,6 +45,8 @@ pub(super) struct SluiceOptions {
     pub(super) webhook_url: Option<String>,
     /// Sync only: use the response cache for this request (docs/cache.md).
     pub(super) cache: Option<crate::cache::Asked>,
+    /// Routing hints: narrow or steer the choice of deployment (docs/scheduling.md#routing).
+    pub(super) route: Option<RouteHints>,
 }
 
 impl SluiceOptions {
@@ -54,10 +57,28 @@ impl SluiceOptions {
         match fields.remove("sluice") {
             Some(v) => serde_json::from_value(v).map_err(|_| ApiError::InvalidParam {
                 param: "sluice",
-                problem: "expected an object with optional priority, timeout_ms, attributes, template, variables, restore, webhook_url and cache ({\"ttl_s\": N})",
+                problem: "expected an object with optional priority, timeout_ms, attributes, template, variables, restore, webhook_url, cache ({\"ttl_s\": N}) and route ({\"max_cost_per_mtok\", \"max_latency_ms\", \"prefer\": \"cost\"|\"latency\"})",
             }),
             None => Ok(SluiceOptions::default()),
         }
+    }
+
+    /// Checks the routing hints and carries them to the workers in the record's
+    /// `attributes` (a caller's own value of that attribute is never kept).
+    pub(super) fn route_into(
+        route: Option<RouteHints>,
+        attributes: &mut HashMap<String, String>,
+    ) -> Result<(), ApiError> {
+        attributes.remove(ROUTE_ATTRIBUTE);
+        let Some(hints) = route.filter(|h| !h.is_empty()) else {
+            return Ok(());
+        };
+        hints
+            .check()
+            .map_err(|(param, problem)| ApiError::InvalidParam { param, problem })?;
+        let json = serde_json::to_string(&hints).map_err(ApiError::InvalidJson)?;
+        attributes.insert(ROUTE_ATTRIBUTE.to_string(), json);
+        Ok(())
     }
 
     /// A webhook only for an async request, and only to where the team may send one.
@@ -245,6 +266,7 @@ pub(crate) fn validate(
     let mut attributes = options.attributes;
     // A chat request, whatever the caller's attributes say.
     attributes.remove(sluice_schemas::embeddings::ENDPOINT_ATTRIBUTE);
+    SluiceOptions::route_into(options.route, &mut attributes)?;
     let prompt_audit = crate::audit::PromptAudit::new(
         app.config().audit.content_for(&caller.team),
         &request.messages,

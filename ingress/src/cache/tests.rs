@@ -167,6 +167,8 @@ fn result(status: Status, body: &str) -> ResultRecord {
         finished_at_ms: 0,
         worker: "w".into(),
         fallbacks: 0,
+        routing_reason: None,
+        location: None,
     }
 }
 

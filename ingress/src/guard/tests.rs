@@ -616,6 +616,8 @@ fn completion(content: &str) -> sluice_schemas::Result {
         finished_at_ms: 0,
         worker: "w".into(),
         fallbacks: 0,
+        routing_reason: None,
+        location: None,
     }
 }
 

@@ -93,6 +93,8 @@ fn record(accepted: &Accepted, entry: &Entry) -> ResultRecord {
         finished_at_ms: now,
         worker: CACHE.into(),
         fallbacks: 0,
+        routing_reason: None,
+        location: None,
     }
 }
 

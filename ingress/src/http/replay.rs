@@ -35,6 +35,8 @@ pub(super) fn record(stored: StoredResult, request_id: String, request: &Request
         finished_at_ms: stored.finished_at_ms,
         worker: REPLAY_ATTEMPT.into(),
         fallbacks: 0,
+        routing_reason: None,
+        location: None,
     }
 }
 

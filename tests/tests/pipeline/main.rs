@@ -28,6 +28,7 @@ mod privileges;
 mod providers;
 mod residency;
 mod responses;
+mod routing;
 mod scheduling;
 mod streaming;
 mod webhooks;

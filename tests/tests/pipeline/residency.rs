@@ -2,6 +2,8 @@
 //! deployments in its team's allowed locations, fallbacks included, and refuses with a 503
 //! naming the rule when none is left.
 
+use std::time::Duration;
+
 use serde_json::{json, Value};
 use sluice_tests::mock::{Behaviour, Failure, MockProvider};
 
@@ -71,6 +73,16 @@ async fn a_team_bound_to_a_region_never_leaves_it_even_on_fallback() {
         "completed\t200\teu-fallback\t0"
     );
     assert_eq!((stack.mock.call_count(), eu.call_count()), (0, 1));
+    // Where it ran: in the result, and in the audit trail.
+    assert_eq!(stack.result_row(&id, "location").await, "eu-west");
+    let audit = format!(
+        "SELECT policy FROM {{db}}.audit FINAL WHERE request_id = '{id}' AND action = 'completed'"
+    );
+    let policy = eventually(Duration::from_secs(60), || async {
+        Some(stack.ch(&audit).await.trim().to_string()).filter(|p| !p.is_empty())
+    })
+    .await;
+    assert_eq!(policy.as_deref(), Some("location:eu-west"));
 
     // Team B has no rule: the primary, as configured.
     let (status, body, id) = call(&stack, KEY_B, "resident").await;

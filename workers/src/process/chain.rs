@@ -14,6 +14,7 @@ use super::outcome::{caller_gone, failure, provider_failure, Outcome};
 use super::Processor;
 use crate::breaker::Admission;
 use crate::error::ProviderError;
+use crate::routing::stats::{Kind, FAILURE_SAMPLE};
 use crate::routing::Target;
 
 /// One provider call of the chain: what differs between a sync call and a stream.
@@ -128,10 +129,14 @@ impl Processor {
                     attempt = tally.attempts,
                     error_kind = tracing::field::Empty,
                 );
+                let called = Instant::now();
+                let in_flight = target.stats.begin();
                 let attempted = leg
                     .call(self, call, &mut log)
                     .instrument(span.clone())
                     .await;
+                drop(in_flight);
+                observe(target, request, &attempted, called);
                 let error = match attempted {
                     Attempted::Answered(mut outcome) => {
                         outcome.attempt_log = log;
@@ -193,6 +198,29 @@ impl Processor {
             _ = self.shutdown.cancelled() => false,
             _ = cancelled(cancel) => false,
         }
+    }
+}
+
+/// What the latency strategy learns from a call: a sync answer's time (a stream's first
+/// event is measured where it arrives, in super::stream); a deployment fault counts at least
+/// [`FAILURE_SAMPLE`].
+fn observe(target: &Target, request: &Request, attempted: &Attempted, called: Instant) {
+    let kind = if request.stream {
+        Kind::FirstToken
+    } else {
+        Kind::Answer
+    };
+    let now = Instant::now();
+    match attempted {
+        Attempted::Answered(_) if !request.stream => {
+            target.stats.observe(kind, now - called, now);
+        }
+        Attempted::Failed(error) if error.is_deployment_fault() => {
+            target
+                .stats
+                .observe(kind, (now - called).max(FAILURE_SAMPLE), now);
+        }
+        _ => {}
     }
 }
 

@@ -5,13 +5,12 @@ use serde_json::{Map, Value};
 use sluice_schemas::openai::ErrorBody;
 use sluice_schemas::{now_ms, Request, Status};
 
-use super::chain::Chain;
 use super::outcome::{caller_gone, cancelled_by_caller, failure, Outcome};
+use super::route::Routed;
 use super::Processor;
 use tracing::Instrument;
 
 use crate::providers::with_traceparent;
-use crate::routing::random_for;
 use sluice_schemas::embeddings::{is_embeddings, EmbeddingsRequest};
 
 impl Processor {
@@ -66,7 +65,11 @@ impl Processor {
             }
         }
         let registration = self.cancellations.register(&request.request_id);
-        let outcome = match self.prepare(&request) {
+        let (routed, body) = match self.prepare(&request) {
+            Err(outcome) => (None, Err(outcome)),
+            Ok((routed, body)) => (Some(routed.reason), Ok((routed.chain, body))),
+        };
+        let mut outcome = match body {
             Err(outcome) => outcome,
             Ok(_) if registration.by_caller => cancelled_by_caller(now_ms()),
             Ok(_) if registration.token.is_cancelled() => caller_gone(now_ms()),
@@ -83,6 +86,13 @@ impl Processor {
                 with_traceparent(request.traceparent.as_deref(), run).await
             }
         };
+        outcome.routing_reason =
+            routed
+                .filter(|r| !r.is_empty())
+                .map(|r| match outcome.fallbacks {
+                    0 => r,
+                    n => format!("{r}; answered after {n} fallback(s)"),
+                });
         let span = tracing::Span::current();
         span.record("sluice.status", outcome.status.as_str());
         if outcome.status != Status::Completed {
@@ -116,7 +126,7 @@ impl Processor {
         clippy::result_large_err,
         reason = "the Err is the request's Outcome, published as is; boxing it buys nothing on this once-per-request path"
     )]
-    fn prepare(&self, request: &Request) -> Result<(Chain, Body), Outcome> {
+    fn prepare(&self, request: &Request) -> Result<(Routed, Body), Outcome> {
         let started_at_ms = now_ms();
         if started_at_ms >= request.deadline_ms {
             tracing::info!(
@@ -135,49 +145,13 @@ impl Processor {
                 started_at_ms,
             ));
         }
-        let Some(chain) = self
-            .catalogue
-            .chain(&request.model, random_for(&request.request_id))
-        else {
-            return Err(failure(
-                Status::Failed,
-                404,
-                ErrorBody::new(
-                    "invalid_request_error",
-                    Some("model_not_found"),
-                    format!("No worker deployment serves model `{}`.", request.model),
-                ),
-                "no_deployment",
-                started_at_ms,
-            ));
-        };
-        let chain = self
-            .residency
-            .cut(&request.team, &request.key_id, chain, |i| {
-                self.catalogue.target(i).deployment.location.clone()
-            })
-            .map_err(|rules| {
-                failure(
-                    Status::Failed,
-                    503,
-                    ErrorBody::new(
-                        "service_unavailable",
-                        Some("location_not_allowed"),
-                        format!(
-                            "No deployment of model `{}` runs where this request may run ({rules}).",
-                            request.model
-                        ),
-                    ),
-                    "location_not_allowed",
-                    started_at_ms,
-                )
-            })?;
+        let routed = self.route(request, started_at_ms)?;
         if is_embeddings(&request.attributes) {
-            return embeddings(&request.body, started_at_ms).map(|e| (chain, Body::Embeddings(e)));
+            return embeddings(&request.body, started_at_ms).map(|e| (routed, Body::Embeddings(e)));
         }
         match serde_json::from_str::<Map<String, Value>>(&request.body) {
             Ok(body) => match sluice_schemas::billable::check(&body) {
-                Ok(()) => Ok((chain, Body::Chat(body))),
+                Ok(()) => Ok((routed, Body::Chat(body))),
                 // The ingress refuses these before publishing; a record that still has one
                 // was not written by it, and is not sent where it could be billed unpriced.
                 Err(refused) => Err(failure(

@@ -63,6 +63,11 @@ impl Processor {
             deployment: outcome.deployment.clone(),
             attempts: outcome.attempts,
             fallbacks: outcome.fallbacks,
+            routing_reason: outcome.routing_reason.take(),
+            location: self
+                .catalogue
+                .location(&outcome.deployment)
+                .map(str::to_string),
             prompt_tokens: clamp(outcome.usage.prompt_tokens),
             completion_tokens: clamp(outcome.usage.completion_tokens),
             created_at_ms: request.created_at_ms,
@@ -115,6 +120,8 @@ impl Processor {
             occurred_at_ms: finished_at_ms,
             completion_sha256,
             completion_text,
+            // Where it ran, for residency audits.
+            policy: result.location.as_ref().map(|l| format!("location:{l}")),
             ..Audit::default()
         };
         let Some(mut encoded) = encode_events(&result, &usage, &audit) else {

@@ -15,6 +15,7 @@ mod events;
 mod metrics;
 mod outcome;
 mod processor;
+mod route;
 mod stream;
 mod sync;
 

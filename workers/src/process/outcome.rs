@@ -26,6 +26,9 @@ pub(super) struct Outcome {
     pub started_at_ms: i64,
     /// Every provider call made for it, ended (crate::attempts).
     pub attempt_log: Vec<Attempt>,
+    /// Why its chain was in the order it was (process::route); `None` when no chain was
+    /// chosen.
+    pub routing_reason: Option<String>,
 }
 
 pub(super) fn clamp(n: u32) -> i32 {
@@ -53,6 +56,7 @@ pub(super) fn failure(
         estimated: false,
         started_at_ms,
         attempt_log: Vec::new(),
+        routing_reason: None,
     }
 }
 
@@ -111,6 +115,7 @@ pub(super) fn provider_failure(
         estimated: false,
         started_at_ms,
         attempt_log: Vec::new(),
+        routing_reason: None,
     }
 }
 

@@ -20,6 +20,7 @@ use super::outcome::Outcome;
 use super::Processor;
 use crate::error::ProviderError;
 use crate::providers::Provider;
+use crate::routing::stats::Kind;
 use crate::routing::Target;
 
 /// How a started stream ended.
@@ -149,6 +150,7 @@ impl Leg for Stream<'_> {
     ) -> Attempted {
         let (request, target) = (call.request, call.target);
         let cancel = self.cancel;
+        let called = std::time::Instant::now();
         let started = tokio::select! {
             s = target.client.stream(call.body.clone(), call.timeout) => s,
             _ = cancel.cancelled() => {
@@ -159,6 +161,8 @@ impl Leg for Stream<'_> {
         let events = match started {
             Ok(events) => {
                 super::metrics::first_token(&call.attempt);
+                let now = std::time::Instant::now();
+                target.stats.observe(Kind::FirstToken, now - called, now);
                 events
             }
             Err(error) => {
@@ -441,6 +445,7 @@ impl Forwarded {
             estimated,
             started_at_ms,
             attempt_log: Vec::new(),
+            routing_reason: None,
         }
     }
 }

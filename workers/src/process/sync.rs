@@ -90,6 +90,7 @@ impl Leg for Sync<'_> {
                     estimated,
                     started_at_ms: call.started_at_ms,
                     attempt_log: Vec::new(),
+                    routing_reason: None,
                 })
             }
             Err(error) => Attempted::Failed(error),

@@ -11,14 +11,24 @@ use sluice_tests::mock::{Behaviour, Latency, MockProvider};
 
 use crate::common::*;
 
-async fn ask(stack: &Stack, model: &str, sluice: Value) -> (u16, Value, String) {
-    let body = json!({
+fn body(model: &str, sluice: Value) -> Value {
+    json!({
         "model": model,
         "max_tokens": 50,
         "messages": [{"role": "user", "content": "route me"}],
         "sluice": sluice,
-    });
-    stack.chat_with_id(KEY_A, &body).await
+    })
+}
+
+async fn ask(stack: &Stack, model: &str, sluice: Value) -> (u16, Value, String) {
+    stack.chat_with_id(KEY_A, &body(model, sluice)).await
+}
+
+/// A request the ingress refuses (no request id is made).
+async fn refused(stack: &Stack, sluice: Value) -> (u16, Value) {
+    stack
+        .post("/v1/chat/completions", KEY_A, body("listed", sluice))
+        .await
 }
 
 fn slowed(latency: Duration) -> Behaviour {
@@ -208,11 +218,11 @@ async fn cost_uses_the_cheap_deployment_until_its_tokens_run_out_and_hints_steer
             "sluice.route.max_cost_per_mtok",
         ),
     ] {
-        let (status, body, _) = ask(&stack, "listed", json!({ "route": hint })).await;
+        let (status, body) = refused(&stack, json!({ "route": hint })).await;
         assert_eq!(status, 400, "{body}");
         assert_eq!(body["error"]["param"], param, "{body}");
     }
-    let (status, body, _) = ask(&stack, "listed", json!({"route": {"region": "eu"}})).await;
+    let (status, body) = refused(&stack, json!({"route": {"region": "eu"}})).await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["param"], "sluice", "{body}");
 

@@ -10,9 +10,10 @@
 //! - `least-busy`: fewest calls in flight per unit of capacity (its `weight`, at least 1).
 //! - `headroom`: the largest share of its rate limits (TPM/RPM) left.
 //!
-//! Under every strategy a deployment whose circuit is open goes last (the chain skips it
-//! while it is open) and a deployment of weight 0 is only ever a fallback. Equal candidates
-//! are taken from a random rotation so ties spread the load.
+//! Under every strategy but `weighted` a deployment whose circuit is open goes last
+//! (`weighted` keeps config order; the chain skips an open one either way, counted as a
+//! fallback). Under every strategy a deployment of weight 0 is only ever a fallback. Equal
+//! candidates are taken from a random rotation so ties spread the load.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -239,12 +240,11 @@ fn latency(c: &Candidate) -> String {
     }
 }
 
-/// Today's weighted draw, open circuits moved last.
+/// The weighted draw, in config order after the first. Open circuits keep their place: the
+/// chain skips them, and a skipped one counts as a fallback, as it always has.
 fn weighted(candidates: &[Candidate], random: u64) -> Order {
     let weights: Vec<u32> = candidates.iter().map(|c| c.weight).collect();
-    let mut order = weighted_order(&weights, random);
-    // Stable: open circuits last, the draw kept among the rest.
-    order.sort_by_key(|&i| !candidates[i].healthy);
+    let order = weighted_order(&weights, random);
     let first = &candidates[order[0]];
     let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
     Order {
@@ -403,7 +403,6 @@ mod tests {
         spare.weight = 0;
         spare.headroom = 1.0;
         for strategy in [
-            Strategy::Weighted,
             Strategy::Latency,
             Strategy::Cost,
             Strategy::LeastBusy,

@@ -243,11 +243,30 @@ fn shared_redis(config: &mut sluice_ingress::Config) {
     config.cache.redis_url = Some(redis_url());
 }
 
+/// The ops listener of the Redis-down stack (its `/metrics` says why requests missed).
+static REDIS_DOWN_OPS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 fn redis_down(config: &mut sluice_ingress::Config) {
     team_a_caches(config);
     config.cache.backend = sluice_ingress::config::CacheBackend::Redis;
     // Nothing listens on port 1: every lookup fails.
     config.cache.redis_url = Some("redis://127.0.0.1:1".into());
+    config.ops.listen = REDIS_DOWN_OPS.get().cloned();
+}
+
+/// `sluice_cache_errors_total{backend="redis",op}` on an ops listener (0 if absent).
+async fn redis_errors(ops: &str, op: &str) -> f64 {
+    let text = reqwest::get(format!("http://{ops}/metrics"))
+        .await
+        .expect("the ops listener answers")
+        .text()
+        .await
+        .unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("sluice_cache_errors_total{"))
+        .filter(|l| l.contains(r#"backend="redis""#) && l.contains(&format!(r#"op="{op}""#)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -273,11 +292,14 @@ async fn replicas_share_answers_through_redis_and_a_redis_down_is_only_a_miss() 
     replica.stop().await;
     stack.stop().await;
 
+    let ops = format!("127.0.0.1:{}", free_port());
+    REDIS_DOWN_OPS.set(ops.clone()).expect("one test sets it");
     let stack = Stack::start(StackOptions {
         ingress_config: Some(redis_down),
         ..StackOptions::default()
     })
     .await;
+    let before = redis_errors(&ops, "get").await;
     for _ in 0..2 {
         let (status, cache, _, body) = call(&stack.base, KEY_A, &q, None).await;
         assert_eq!((status, cache.as_str()), (200, "miss"), "{body}");
@@ -287,6 +309,11 @@ async fn replicas_share_answers_through_redis_and_a_redis_down_is_only_a_miss() 
         stack.mock.call_count(),
         2,
         "each request went to the provider"
+    );
+    // The metric says why: each lookup failed (and each store, in the background).
+    assert!(
+        redis_errors(&ops, "get").await >= before + 2.0,
+        "sluice_cache_errors_total{{op=\"get\"}} counts the failed lookups"
     );
     stack.stop().await;
 }

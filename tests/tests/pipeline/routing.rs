@@ -256,3 +256,76 @@ async fn cost_uses_the_cheap_deployment_until_its_tokens_run_out_and_hints_steer
     eprintln!("cost strategy: {n} requests on the cheap deployment before its TPM ran out");
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn least_busy_keeps_new_requests_off_a_deployment_whose_calls_pile_up() {
+    let free = MockProvider::start(Behaviour::default()).await.unwrap();
+    let stack = Stack::start(StackOptions {
+        // The stack's mock is the busy one: each call holds for 2 s.
+        behaviour: slowed(Duration::from_secs(2)),
+        extra_worker_toml: format!(
+            r#"
+[routing.models]
+busy = "least-busy"
+
+[[deployments]]
+name = "busy-held"
+model = "busy"
+provider = {{ type = "openai", base_url = "{{origin}}/v1" }}
+
+[[deployments]]
+name = "busy-free"
+model = "busy"
+provider = {{ type = "openai", base_url = "{free}/v1" }}
+
+[pricing]
+free_models = ["busy"]
+"#,
+            free = free.origin(),
+        ),
+        extra_models: vec!["busy".into()],
+        ..StackOptions::default()
+    })
+    .await;
+    let held = &stack.mock;
+    // 20 requests 50 ms apart: once one call holds the slow deployment, every later request
+    // sees it busier than the free one. Weighted, about half would wait 2 s there.
+    let mut calls = Vec::new();
+    for _ in 0..20 {
+        let base = stack.base.clone();
+        calls.push(tokio::spawn(async move {
+            let response = reqwest::Client::new()
+                .post(format!("{base}/v1/chat/completions"))
+                .bearer_auth(KEY_A)
+                .json(&body("busy", json!({})))
+                .send()
+                .await
+                .expect("ingress answers");
+            let id = response.headers()["x-sluice-request-id"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            (response.status().as_u16(), id)
+        }));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut last = String::new();
+    for call in calls {
+        let (status, id) = call.await.unwrap();
+        assert_eq!(status, 200);
+        last = id;
+    }
+    assert!(
+        held.call_count() <= 2,
+        "the held deployment got {} of 20",
+        held.call_count()
+    );
+    assert!(free.call_count() >= 18);
+    let row = stack.result_row(&last, "deployment, routing_reason").await;
+    assert!(
+        row.starts_with("busy-free\tleast-busy: busy-free with 0 in flight per 1 of capacity")
+            || row.starts_with("busy-free\tleast-busy: busy-free with 1 in flight"),
+        "{row}"
+    );
+    stack.stop().await;
+}

@@ -297,7 +297,7 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
 /// The two delivery clients: allow-listed destinations, and the guarded one for the rest.
 /// Neither follows redirects (a 3xx is an answer, not a new destination) or reads proxy
 /// settings from the environment.
-pub(crate) fn clients(
+pub fn clients(
     policy: &OutboundPolicy,
     timeout: std::time::Duration,
 ) -> Result<(reqwest::Client, reqwest::Client), reqwest::Error> {

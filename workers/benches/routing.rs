@@ -4,7 +4,10 @@
 //! strategy's order. Prints nanoseconds per decision; docs/scheduling.md records the figures.
 //!
 //! `cargo bench -p sluice-workers --bench routing`
-#![expect(clippy::print_stdout, reason = "printing figures is this benchmark's job")]
+#![expect(
+    clippy::print_stdout,
+    reason = "printing figures is this benchmark's job"
+)]
 #![expect(
     clippy::expect_used,
     reason = "a benchmark whose fixed config does not load has nothing to measure"

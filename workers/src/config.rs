@@ -30,6 +30,13 @@ pub struct Config {
     /// across models.
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// `[[hooks]]`: pre- and post-processing hooks (crate::hooks).
+    #[serde(default)]
+    pub hooks: Vec<crate::hooks::HookConfig>,
+    /// Where hooks may go: `allowed_hosts` (exact `host:port`) opens non-public destinations,
+    /// as `[webhooks]` does for the ingress.
+    #[serde(default)]
+    pub hooks_outbound: sluice_schemas::outbound::OutboundConfig,
     /// `[routing]`: the strategy that orders each model's deployments (crate::strategy).
     #[serde(default)]
     pub routing: crate::strategy::RoutingConfig,
@@ -259,6 +266,8 @@ impl Config {
             .map(|d| d.location.as_deref())
             .collect();
         crate::residency::validate(&self.residency, &locations)?;
+        crate::hooks::validate(&self.hooks, &self.hooks_outbound)
+            .map_err(|(f, problem)| field(f, problem))?;
         let mut names = std::collections::HashSet::new();
         for (i, d) in self.deployments.iter().enumerate() {
             if d.name.trim().is_empty() {

@@ -7,6 +7,7 @@ mod cancel;
 mod config;
 mod consume;
 mod error;
+mod hooks;
 mod membership;
 mod offsets;
 mod ops;

@@ -19,6 +19,7 @@ mod count_tokens;
 mod embeddings;
 mod governance;
 mod guardrails;
+mod hooks;
 mod idempotency;
 mod keys;
 mod limits;

@@ -69,23 +69,40 @@ impl Processor {
             Err(outcome) => (None, Err(outcome)),
             Ok((routed, body)) => (Some(routed.reason), Ok((routed.chain, body))),
         };
+        let mut decisions = Vec::new();
         let mut outcome = match body {
             Err(outcome) => outcome,
             Ok(_) if registration.by_caller => cancelled_by_caller(now_ms()),
             Ok(_) if registration.token.is_cancelled() => caller_gone(now_ms()),
-            Ok((chain, Body::Chat(body))) if request.stream => {
-                let run = self.run_stream(&request, body, chain, &registration.token, now_ms());
-                with_traceparent(request.traceparent.as_deref(), run).await
-            }
-            Ok((chain, Body::Chat(body))) => {
-                let run = self.run(&request, body, chain);
-                with_traceparent(request.traceparent.as_deref(), run).await
-            }
+            Ok((chain, Body::Chat(mut body))) => match self.hooks.pre(&request, &mut body).await {
+                Err(refusal) => hook_refused(refusal, &mut decisions, None),
+                Ok(pre) if request.stream => {
+                    decisions = pre;
+                    let run = self.run_stream(&request, body, chain, &registration.token, now_ms());
+                    with_traceparent(request.traceparent.as_deref(), run).await
+                }
+                Ok(pre) => {
+                    decisions = pre;
+                    let kept = self.hooks.has_post(&request).then(|| body.clone());
+                    let run = self.run(&request, body, chain);
+                    let mut outcome = with_traceparent(request.traceparent.as_deref(), run).await;
+                    if let Some(body) = kept.filter(|_| outcome.status == Status::Completed) {
+                        match self.hooks.post(&request, &body, &mut outcome.body).await {
+                            Ok(post) => decisions.extend(post),
+                            Err(refusal) => {
+                                outcome = hook_refused(refusal, &mut decisions, Some(outcome));
+                            }
+                        }
+                    }
+                    outcome
+                }
+            },
             Ok((chain, Body::Embeddings(embeddings))) => {
                 let run = self.run_embed(&request, embeddings, chain);
                 with_traceparent(request.traceparent.as_deref(), run).await
             }
         };
+        outcome.decisions = decisions;
         outcome.routing_reason =
             routed
                 .filter(|r| !r.is_empty())
@@ -179,6 +196,38 @@ impl Processor {
                 started_at_ms,
             )),
         }
+    }
+}
+
+/// A hook's refusal as the request's outcome. A post refusal keeps what the answer it
+/// refused used: the provider billed it.
+fn hook_refused(
+    refusal: crate::hooks::Refusal,
+    decisions: &mut Vec<String>,
+    answered: Option<Outcome>,
+) -> Outcome {
+    decisions.push(refusal.decision);
+    let kind = match refusal.status {
+        503 => "service_unavailable",
+        _ => "invalid_request_error",
+    };
+    let body = ErrorBody::new(kind, Some(refusal.code), refusal.message);
+    let refused = failure(
+        Status::Failed,
+        refusal.status,
+        body,
+        "hook_refused",
+        now_ms(),
+    );
+    match answered {
+        Some(answered) => Outcome {
+            status: refused.status,
+            http_status: refused.http_status,
+            body: refused.body,
+            error_kind: refused.error_kind,
+            ..answered
+        },
+        None => refused,
     }
 }
 

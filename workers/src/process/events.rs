@@ -120,8 +120,12 @@ impl Processor {
             occurred_at_ms: finished_at_ms,
             completion_sha256,
             completion_text,
-            // Where it ran, for residency audits.
-            policy: result.location.as_ref().map(|l| format!("location:{l}")),
+            // Where it ran, for residency audits, and what the processing hooks decided.
+            policy: {
+                let located = result.location.as_ref().map(|l| format!("location:{l}"));
+                let all: Vec<String> = located.into_iter().chain(outcome.decisions).collect();
+                (!all.is_empty()).then(|| all.join(","))
+            },
             ..Audit::default()
         };
         let Some(mut encoded) = encode_events(&result, &usage, &audit) else {

@@ -29,6 +29,8 @@ pub(super) struct Outcome {
     /// Why its chain was in the order it was (process::route); `None` when no chain was
     /// chosen.
     pub routing_reason: Option<String>,
+    /// Processing hooks' decisions (crate::hooks), for the audit row's `policy`.
+    pub decisions: Vec<String>,
 }
 
 pub(super) fn clamp(n: u32) -> i32 {
@@ -57,6 +59,7 @@ pub(super) fn failure(
         started_at_ms,
         attempt_log: Vec::new(),
         routing_reason: None,
+        decisions: Vec::new(),
     }
 }
 
@@ -116,6 +119,7 @@ pub(super) fn provider_failure(
         started_at_ms,
         attempt_log: Vec::new(),
         routing_reason: None,
+        decisions: Vec::new(),
     }
 }
 

@@ -34,6 +34,8 @@ pub struct Processor {
     pub max_message_bytes: usize,
     /// `[streaming]`: how stream events share reply records.
     pub streaming: crate::config::StreamingConfig,
+    /// `[[hooks]]`: pre- and post-processing hooks (crate::hooks).
+    pub hooks: crate::hooks::Hooks,
 }
 
 impl Processor {
@@ -52,6 +54,7 @@ impl Processor {
             attempts_producer,
             catalogue: Catalogue::new(config, &http),
             residency: crate::residency::Residency::new(&config.residency),
+            hooks: crate::hooks::Hooks::new(&config.hooks, &config.hooks_outbound),
             prices: PriceTable::new(&config.prices),
             deployment_prices: PriceTable::new(&config.catalogue_prices()),
             default_completion_tokens: config.scheduling.default_completion_tokens,

@@ -446,6 +446,7 @@ impl Forwarded {
             started_at_ms,
             attempt_log: Vec::new(),
             routing_reason: None,
+            decisions: Vec::new(),
         }
     }
 }

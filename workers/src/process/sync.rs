@@ -91,6 +91,7 @@ impl Leg for Sync<'_> {
                     started_at_ms: call.started_at_ms,
                     attempt_log: Vec::new(),
                     routing_reason: None,
+                    decisions: Vec::new(),
                 })
             }
             Err(error) => Attempted::Failed(error),

@@ -5,7 +5,8 @@
 //!   after 2 s (longer than any test hook's timeout); otherwise account numbers
 //!   (`ACCT-` and digits) are redacted to `ACCT-[REDACTED]` and a house-style system message is
 //!   put first.
-//! - `post`: `[reviewed]` is appended to every choice's text.
+//! - `post`: the answer to a prompt mentioning `withhold` is refused; otherwise `[reviewed]`
+//!   is appended to every choice's text.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -126,6 +127,11 @@ async fn hook(
             Json(json!({"action": "change", "messages": messages}))
         }
         Some("post") => {
+            if texts(request).contains("withhold") {
+                return Json(
+                    json!({"action": "refuse", "reason": "house rule: this answer is withheld"}),
+                );
+            }
             let choices: Vec<Value> = payload["response"]["choices"]
                 .as_array()
                 .into_iter()

@@ -20,7 +20,9 @@
 //! same outbound policy as webhooks (`[hooks_outbound] allowed_hosts`; nothing non-public
 //! otherwise, checked at connect time). A hook that cannot be asked (timeout, non-2xx, an
 //! answer not of this shape) passes the request with `on_error = "open"` and refuses it with
-//! 503 `hook_unavailable` with `"closed"` (the default). A pre change may only replace
+//! 503 `hook_unavailable` with `"closed"` (the default). Streams: pre hooks apply; post
+//! hooks see the final text before the stream's end and may refuse it (the stream then ends
+//! with the error), a change cannot apply to text already sent. A pre change may only replace
 //! `messages`; a post change only the texts of the choices it names: nothing a hook says can
 //! change the model, the limits or what is billed. Every decision lands in the audit row's
 //! `policy` (`hook:<name>:changed`, `:refused`, `:error-open`).
@@ -235,13 +237,16 @@ impl Hooks {
         Ok(decisions)
     }
 
-    /// Runs the post hooks on a completed sync answer (`answer`, a chat.completion as JSON,
-    /// changed in place). Ok: the decisions for the audit row.
+    /// Runs the post hooks on a completed answer (`answer`, a chat.completion as JSON,
+    /// changed in place). A `streamed` answer has reached the caller already: a change
+    /// cannot apply (`hook:<name>:unapplied`), a refusal still ends the stream with its
+    /// error instead of its normal end. Ok: the decisions for the audit row.
     pub async fn post(
         &self,
         request: &Request,
         body: &Map<String, Value>,
         answer: &mut String,
+        streamed: bool,
     ) -> Result<Vec<String>, Refusal> {
         let mut decisions = Vec::new();
         for hook in self.of(Stage::Post, request) {
@@ -255,6 +260,10 @@ impl Hooks {
             let changed = match self.ask(hook, request, &payload).await {
                 Ok(Answer::Pass) => continue,
                 Ok(Answer::Refuse(reason)) => return Err(refused(hook, Stage::Post, &reason)),
+                Ok(Answer::Change(_)) if streamed => {
+                    decisions.push(format!("hook:{}:unapplied", hook.name));
+                    continue;
+                }
                 Ok(Answer::Change(change)) => retext(&mut response, &change).map(|()| response),
                 Err(error) => Err(error),
             };

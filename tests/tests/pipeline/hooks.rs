@@ -64,6 +64,25 @@ fn last_messages(stack: &Stack) -> Value {
     last.body.as_ref().expect("a JSON body")["messages"].clone()
 }
 
+/// A streamed call by team A: the whole SSE text and the request id.
+async fn streamed(stack: &Stack, text: &str) -> (String, String) {
+    let body =
+        json!({"model": MODEL, "stream": true, "messages": [{"role": "user", "content": text}]});
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", stack.base))
+        .bearer_auth(KEY_A)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let id = response.headers()["x-sluice-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    (response.text().await.unwrap(), id)
+}
+
 async fn audit_policy(stack: &Stack, id: &str) -> String {
     let sql = format!(
         "SELECT policy FROM {{db}}.audit FINAL WHERE request_id = '{id}' AND action != 'accepted'"
@@ -148,24 +167,38 @@ async fn hooks_change_refuse_and_time_out_as_configured_and_every_decision_is_au
     let text = body["choices"][0]["message"]["content"].as_str().unwrap();
     assert!(!text.ends_with("[reviewed]"), "{text}");
 
-    // A stream gets the pre change (post hooks do not run on streams).
-    let stream = json!({
-        "model": MODEL, "stream": true,
-        "messages": [{"role": "user", "content": "stream ACCT-777"}],
-    });
-    let response = reqwest::Client::new()
-        .post(format!("{}/v1/chat/completions", stack.base))
-        .bearer_auth(KEY_A)
-        .json(&stream)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let text = response.text().await.unwrap();
-    assert!(text.contains("[DONE]"), "{text}");
+    // A post refusal of a sync answer: 422, yet the provider's usage is billed.
+    let (status, body, id) = ask(&stack, KEY_A, MODEL, "please withhold this").await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "hook_refused_output", "{body}");
+    let billed = stack.usage_row(&id, "status, completion_tokens > 0").await;
+    assert_eq!(
+        billed, "failed\t1",
+        "the answer the provider made is billed"
+    );
+
+    // Streams: the pre change applies; the post hook sees the final text, its change cannot
+    // apply to what was sent (audited as unapplied) ...
+    let (text, id) = streamed(&stack, "stream ACCT-777").await;
+    assert!(
+        text.contains("[DONE]") && !text.contains("[reviewed]"),
+        "{text}"
+    );
     assert_eq!(
         last_messages(&stack)[1]["content"],
         "stream ACCT-[REDACTED]"
+    );
+    assert_eq!(
+        audit_policy(&stack, &id).await,
+        "hook:house:changed,hook:review:unapplied"
+    );
+    // ... and its refusal ends the stream with the error instead of [DONE].
+    let (text, id) = streamed(&stack, "stream and withhold").await;
+    assert!(!text.contains("[DONE]"), "{text}");
+    assert!(text.contains("hook_refused_output"), "{text}");
+    assert_eq!(
+        audit_policy(&stack, &id).await,
+        "hook:house:changed,hook:review:refused"
     );
     stack.stop().await;
 }

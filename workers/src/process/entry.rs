@@ -76,18 +76,20 @@ impl Processor {
             Ok(_) if registration.token.is_cancelled() => caller_gone(now_ms()),
             Ok((chain, Body::Chat(mut body))) => match self.hooks.pre(&request, &mut body).await {
                 Err(refusal) => hook_refused(refusal, &mut decisions, None),
-                Ok(pre) if request.stream => {
-                    decisions = pre;
-                    let run = self.run_stream(&request, body, chain, &registration.token, now_ms());
-                    with_traceparent(request.traceparent.as_deref(), run).await
-                }
                 Ok(pre) => {
                     decisions = pre;
                     let kept = self.hooks.has_post(&request).then(|| body.clone());
-                    let run = self.run(&request, body, chain);
-                    let mut outcome = with_traceparent(request.traceparent.as_deref(), run).await;
+                    let mut outcome = if request.stream {
+                        let token = &registration.token;
+                        let run = self.run_stream(&request, body, chain, token, now_ms());
+                        with_traceparent(request.traceparent.as_deref(), run).await
+                    } else {
+                        let run = self.run(&request, body, chain);
+                        with_traceparent(request.traceparent.as_deref(), run).await
+                    };
                     if let Some(body) = kept.filter(|_| outcome.status == Status::Completed) {
-                        match self.hooks.post(&request, &body, &mut outcome.body).await {
+                        let (answer, streamed) = (&mut outcome.body, request.stream);
+                        match self.hooks.post(&request, &body, answer, streamed).await {
                             Ok(post) => decisions.extend(post),
                             Err(refusal) => {
                                 outcome = hook_refused(refusal, &mut decisions, Some(outcome));

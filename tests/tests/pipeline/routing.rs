@@ -329,3 +329,64 @@ free_models = ["busy"]
     );
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn headroom_spreads_requests_by_what_each_deployments_limits_have_left() {
+    let small = MockProvider::start(Behaviour {
+        completion_tokens: 50,
+        ..Behaviour::default()
+    })
+    .await
+    .unwrap();
+    let stack = Stack::start(StackOptions {
+        behaviour: Behaviour {
+            completion_tokens: 50,
+            ..Behaviour::default()
+        },
+        extra_worker_toml: format!(
+            r#"
+[routing.models]
+roomy = "headroom"
+
+[[deployments]]
+name = "roomy-big"
+model = "roomy"
+limits = {{ tokens_per_minute = 6000 }}
+provider = {{ type = "openai", base_url = "{{origin}}/v1" }}
+
+[[deployments]]
+name = "roomy-small"
+model = "roomy"
+limits = {{ tokens_per_minute = 3000 }}
+provider = {{ type = "openai", base_url = "{small}/v1" }}
+
+[pricing]
+free_models = ["roomy"]
+"#,
+            small = small.origin(),
+        ),
+        extra_models: vec!["roomy".into()],
+        ..StackOptions::default()
+    })
+    .await;
+    let big = &stack.mock;
+    // Each request uses ~60 tokens of the deployment it goes to; the one with the larger
+    // share left is chosen, so the big one takes about two thirds.
+    let mut last = String::new();
+    for _ in 0..30 {
+        let (status, body, id) = ask(&stack, "roomy", json!({})).await;
+        assert_eq!(status, 200, "{body}");
+        last = id;
+    }
+    let (to_big, to_small) = (big.call_count(), small.call_count());
+    assert_eq!(to_big + to_small, 30);
+    assert!(
+        (16..=24).contains(&to_big),
+        "big {to_big}, small {to_small}: about 2:1"
+    );
+    let row = stack.result_row(&last, "routing_reason").await;
+    assert!(row.starts_with("headroom: roomy-"), "{row}");
+    assert!(row.contains("% of its limits left"), "{row}");
+    eprintln!("headroom strategy: 30 requests split {to_big}:{to_small} over TPM 6000:3000");
+    stack.stop().await;
+}

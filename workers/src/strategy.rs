@@ -111,6 +111,8 @@ pub struct Order {
     /// Catalogue indices, in the order to try them.
     pub chain: Vec<usize>,
     pub reason: String,
+    /// The strategy that chose the first (`sluice_routing_decisions_total{strategy}`).
+    pub strategy: Strategy,
 }
 
 /// Orders `candidates` by `strategy`. `random` is any number; different ones spread load.
@@ -119,6 +121,7 @@ pub fn order(strategy: Strategy, candidates: &[Candidate], random: u64) -> Order
         return Order {
             chain: Vec::new(),
             reason: String::new(),
+            strategy,
         };
     }
     if strategy == Strategy::Weighted {
@@ -230,6 +233,7 @@ pub fn order(strategy: Strategy, candidates: &[Candidate], random: u64) -> Order
     Order {
         chain: sorted.iter().map(|c| c.index).collect(),
         reason,
+        strategy,
     }
 }
 
@@ -253,6 +257,7 @@ fn weighted(candidates: &[Candidate], random: u64) -> Order {
             "weighted: {} drawn with weight {} of {total}",
             first.name, first.weight
         ),
+        strategy: Strategy::Weighted,
     }
 }
 

@@ -40,6 +40,8 @@ pub const METRICS: &[&str] = &[
     "sluice_provider_retries_total",
     "sluice_fallbacks_total",
     "sluice_breaker_state",
+    "sluice_routing_decisions_total",
+    "sluice_deployment_latency_seconds",
     "sluice_redelivery_skipped_total",
     "sluice_redelivery_lookup_failures_total",
     "sluice_stream_records_total",

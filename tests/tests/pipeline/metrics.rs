@@ -224,6 +224,24 @@ async fn ops_listeners_serve_readiness_and_the_catalog() {
         value(&text, "sluice_dequeued_tokens_total", &[]) > 0.0,
         "{text}"
     );
+    // Routing: which deployment each chain started with, and the latency it measured.
+    let deployment = format!(r#"deployment="mock-{MODEL}""#);
+    assert!(
+        value(
+            &text,
+            "sluice_routing_decisions_total",
+            &[r#"strategy="weighted""#, deployment.as_str()]
+        ) >= 3.0,
+        "{text}"
+    );
+    assert!(
+        value(
+            &text,
+            "sluice_deployment_latency_seconds",
+            &[deployment.as_str(), r#"kind="answer""#]
+        ) > 0.0,
+        "{text}"
+    );
     assert!(
         value(
             &text,

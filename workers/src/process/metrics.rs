@@ -140,3 +140,9 @@ pub(super) fn stream_record(more: usize) {
     counter!("sluice_stream_records_total").increment(1);
     counter!("sluice_stream_events_total").increment(1 + more as u64);
 }
+
+/// The deployment a request's chain starts with, and the strategy that put it first.
+pub(super) fn routed(strategy: &'static str, deployment: &str) {
+    counter!("sluice_routing_decisions_total", "strategy" => strategy, "deployment" => deployment.to_string())
+        .increment(1);
+}

@@ -107,6 +107,10 @@ impl Processor {
             candidate,
             random_for(&request.request_id),
         );
+        if let Some(&first) = order.chain.first() {
+            let name = &self.catalogue.target(first).deployment.name;
+            super::metrics::routed(order.strategy.as_str(), name);
+        }
         let reason = match prefer {
             Some(p) => format!("hint prefer={}; {}", p.as_str(), order.reason),
             None => order.reason,

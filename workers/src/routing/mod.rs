@@ -84,7 +84,7 @@ impl Catalogue {
                     breaker: Breaker::new(&d.name, breaker.failure_threshold, breaker.cooldown_ms),
                     throttle: crate::throttle::DeploymentThrottle::new(d.limits)
                         .for_deployment(&d.name),
-                    stats: Stats::new(routing.latency_decay_ms),
+                    stats: Stats::new(routing.latency_decay_ms).for_deployment(&d.name),
                     deployment: d.clone(),
                 }
             })
@@ -186,6 +186,7 @@ impl Catalogue {
         }
         let mut chain: Vec<usize> = Vec::new();
         let mut reason = String::new();
+        let mut chosen_by = Strategy::Weighted;
         for (g, (strategy, group)) in set.groups.iter().enumerate() {
             let pool: Vec<Candidate> = group
                 .iter()
@@ -197,10 +198,15 @@ impl Catalogue {
             let order = strategy::order(*strategy, &pool, mixed);
             if reason.is_empty() {
                 reason = order.reason;
+                chosen_by = order.strategy;
             }
             chain.extend(order.chain);
         }
-        Order { chain, reason }
+        Order {
+            chain,
+            reason,
+            strategy: chosen_by,
+        }
     }
 }
 

@@ -52,6 +52,8 @@ fn weight(elapsed: Duration, decay: Duration) -> f64 {
 /// One deployment's latency averages and calls in flight.
 #[derive(Debug)]
 pub struct Stats {
+    /// For `sluice_deployment_latency_seconds{deployment,kind}`; empty: not exported.
+    deployment: String,
     decay: Duration,
     latency: Mutex<(Ewma, Ewma)>,
     in_flight: AtomicU32,
@@ -69,10 +71,17 @@ pub enum Kind {
 impl Stats {
     pub fn new(decay: Duration) -> Stats {
         Stats {
+            deployment: String::new(),
             decay,
             latency: Mutex::new((Ewma::default(), Ewma::default())),
             in_flight: AtomicU32::new(0),
         }
+    }
+
+    /// Names the deployment in the latency gauge.
+    pub fn for_deployment(mut self, deployment: &str) -> Stats {
+        self.deployment = deployment.to_string();
+        self
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut (Ewma, Ewma)) -> T) -> T {
@@ -85,10 +94,22 @@ impl Stats {
     pub fn observe(&self, kind: Kind, sample: Duration, now: Instant) {
         let ms = sample.as_secs_f64() * 1000.0;
         let decay = self.decay;
-        self.with(|(answer, first)| match kind {
-            Kind::Answer => answer.observe(ms, now, decay),
-            Kind::FirstToken => first.observe(ms, now, decay),
+        let average = self.with(|(answer, first)| {
+            let ewma = match kind {
+                Kind::Answer => answer,
+                Kind::FirstToken => first,
+            };
+            ewma.observe(ms, now, decay);
+            ewma.read(now, decay)
         });
+        if let (false, Some(ms)) = (self.deployment.is_empty(), average) {
+            let kind = match kind {
+                Kind::Answer => "answer",
+                Kind::FirstToken => "first_token",
+            };
+            metrics::gauge!("sluice_deployment_latency_seconds", "deployment" => self.deployment.clone(), "kind" => kind)
+                .set(ms / 1000.0);
+        }
     }
 
     /// The decayed average in milliseconds; `None` if never measured. A stream with no

@@ -7,6 +7,8 @@
 //!   put first.
 //! - `post`: the answer to a prompt mentioning `withhold` is refused; otherwise `[reviewed]`
 //!   is appended to every choice's text.
+//! - `post` per chunk (a hook with `per_chunk = true`): `secret` in a delta becomes `[CUT]`; a
+//!   delta with `stopword` refuses the stream.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -125,6 +127,19 @@ async fn hook(
                 messages.push(m);
             }
             Json(json!({"action": "change", "messages": messages}))
+        }
+        Some("post") if payload.get("chunk").is_some() => {
+            // Per chunk: `secret` never leaves in a delta; `stopword` ends the stream.
+            let mut choices = Vec::new();
+            for c in payload["chunk"]["choices"].as_array().into_iter().flatten() {
+                let text = c["delta"]["content"].as_str().unwrap_or_default();
+                if text.contains("stopword") {
+                    return Json(json!({"action": "refuse", "reason": "house rule: stopword"}));
+                }
+                choices
+                    .push(json!({"index": c["index"], "content": text.replace("secret", "[CUT]")}));
+            }
+            Json(json!({"action": "change", "choices": choices}))
         }
         Some("post") => {
             if texts(request).contains("withhold") {

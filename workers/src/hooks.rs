@@ -13,6 +13,8 @@
 //! 200 {"action": "pass"}
 //! 200 {"action": "change", "messages": [...]}                          pre: the new messages
 //! 200 {"action": "change", "choices": [{"index": 0, "content": "..."}]}  post: new texts
+//! {"stage": "post", ..., "chunk": {chat.completion.chunk}}          per_chunk post hooks
+//! 200 {"action": "change", "choices": [{"index": 0, "content": "..."}]}  the deltas' texts
 //! 200 {"action": "refuse", "reason": "..."}
 //! ```
 //!
@@ -22,7 +24,9 @@
 //! answer not of this shape) passes the request with `on_error = "open"` and refuses it with
 //! 503 `hook_unavailable` with `"closed"` (the default). Streams: pre hooks apply; post
 //! hooks see the final text before the stream's end and may refuse it (the stream then ends
-//! with the error), a change cannot apply to text already sent. A pre change may only replace
+//! with the error), a change cannot apply to text already sent; a post hook with
+//! `per_chunk = true` is also asked about every chunk before it is forwarded, and may change
+//! its delta texts or refuse the stream there. A pre change may only replace
 //! `messages`; a post change only the texts of the choices it names: nothing a hook says can
 //! change the model, the limits or what is billed. Every decision lands in the audit row's
 //! `policy` (`hook:<name>:changed`, `:refused`, `:error-open`).
@@ -82,6 +86,11 @@ pub struct HookConfig {
     pub max_bytes: usize,
     #[serde(default)]
     pub on_error: OnError,
+    /// Post hooks: also ask about every chunk of a stream before it is forwarded (its
+    /// `delta` texts may be changed, or the stream refused there). A call per chunk: for
+    /// hooks that answer in a millisecond or two.
+    #[serde(default)]
+    pub per_chunk: bool,
 }
 
 fn default_timeout() -> Duration {
@@ -122,6 +131,9 @@ pub fn validate(
                 field("url"),
                 "is refused by the outbound policy (not http(s), or a loopback, private or link-local address): allow it in [hooks_outbound] allowed_hosts",
             ));
+        }
+        if h.per_chunk && h.stage != Stage::Post {
+            return Err((field("per_chunk"), "is for post hooks only"));
         }
         if h.timeout_ms.is_zero() || h.timeout_ms > Duration::from_secs(60) {
             return Err((field("timeout_ms"), "must be 1 to 60000"));
@@ -194,6 +206,38 @@ impl Hooks {
         self.hooks
             .iter()
             .filter(move |h| h.stage == stage && h.applies(request))
+    }
+
+    /// Whether a per-chunk post hook runs for `request`'s stream.
+    pub fn has_chunk(&self, request: &Request) -> bool {
+        request.stream && self.of(Stage::Post, request).any(|h| h.per_chunk)
+    }
+
+    /// Runs the per-chunk post hooks on one stream chunk (changed in place: its delta texts).
+    /// Ok: the decisions for the audit row.
+    pub async fn chunk(
+        &self,
+        request: &Request,
+        chunk: &mut Value,
+    ) -> Result<Vec<String>, Refusal> {
+        let mut decisions = Vec::new();
+        for hook in self.of(Stage::Post, request).filter(|h| h.per_chunk) {
+            let payload = json!({
+                "stage": "post", "request_id": request.request_id, "team": request.team,
+                "model": request.model, "chunk": chunk,
+            });
+            let changed = match self.ask(hook, request, &payload).await {
+                Ok(Answer::Pass) => continue,
+                Ok(Answer::Refuse(reason)) => return Err(refused(hook, Stage::Post, &reason)),
+                Ok(Answer::Change(change)) => retext_field(chunk, &change, "delta"),
+                Err(error) => Err(error),
+            };
+            match changed {
+                Ok(()) => decisions.push(format!("hook:{}:changed", hook.name)),
+                Err(error) => decisions.push(unavailable(hook, error)?),
+            }
+        }
+        Ok(decisions)
     }
 
     /// Whether a post hook runs for `request`.
@@ -343,6 +387,15 @@ impl Hooks {
 /// A post change: `{"choices": [{"index": i, "content": "..."}]}` replaces those choices'
 /// message texts, and nothing else.
 fn retext(response: &mut Value, change: &Map<String, Value>) -> Result<(), &'static str> {
+    retext_field(response, change, "message")
+}
+
+/// [`retext`] on `choices[].<field>.content` (`message` of an answer, `delta` of a chunk).
+fn retext_field(
+    response: &mut Value,
+    change: &Map<String, Value>,
+    field: &str,
+) -> Result<(), &'static str> {
     const SHAPE: &str = "a post change must carry `choices` of {index, content}";
     let edits = change
         .get("choices")
@@ -356,7 +409,7 @@ fn retext(response: &mut Value, change: &Map<String, Value>) -> Result<(), &'sta
             .iter_mut()
             .find(|c| c["index"].as_u64() == Some(index))
             .ok_or("a post change names a choice the answer does not have")?;
-        choice["message"]["content"] = Value::String(content.to_string());
+        choice[field]["content"] = Value::String(content.to_string());
     }
     Ok(())
 }
@@ -484,6 +537,7 @@ mod tests {
                 timeout_ms: default_timeout(),
                 max_bytes: 1024,
                 on_error,
+                per_chunk: false,
             };
             let outbound = OutboundConfig {
                 allowed_hosts: vec![host.clone()],
@@ -514,6 +568,7 @@ mod tests {
             timeout_ms: default_timeout(),
             max_bytes: default_max_bytes(),
             on_error: OnError::Closed,
+            per_chunk: false,
         };
         let strict = OutboundConfig::default();
         let (field, _) = validate(&[hook("a", "http://127.0.0.1:9/pre")], &strict).unwrap_err();

@@ -39,13 +39,25 @@ models = ["open-m"]
 timeout_ms = 300
 on_error = "open"
 
+[[hooks]]
+name = "chunks"
+stage = "post"
+url = "{url}"
+models = ["chunky"]
+per_chunk = true
+
+[[deployments]]
+name = "chunky-1"
+model = "chunky"
+provider = {{ type = "openai", base_url = "{{origin}}/v1" }}
+
 [[deployments]]
 name = "open-1"
 model = "open-m"
 provider = {{ type = "openai", base_url = "{{origin}}/v1" }}
 
 [pricing]
-free_models = ["open-m"]
+free_models = ["open-m", "chunky"]
 "#,
         host = hook.host(),
         url = hook.url(),
@@ -66,8 +78,12 @@ fn last_messages(stack: &Stack) -> Value {
 
 /// A streamed call by team A: the whole SSE text and the request id.
 async fn streamed(stack: &Stack, text: &str) -> (String, String) {
+    streamed_to(stack, MODEL, text).await
+}
+
+async fn streamed_to(stack: &Stack, model: &str, text: &str) -> (String, String) {
     let body =
-        json!({"model": MODEL, "stream": true, "messages": [{"role": "user", "content": text}]});
+        json!({"model": model, "stream": true, "messages": [{"role": "user", "content": text}]});
     let response = reqwest::Client::new()
         .post(format!("{}/v1/chat/completions", stack.base))
         .bearer_auth(KEY_A)
@@ -99,7 +115,7 @@ async fn hooks_change_refuse_and_time_out_as_configured_and_every_decision_is_au
     let hook = ExampleHook::start().await.unwrap();
     let stack = Stack::start(StackOptions {
         extra_worker_toml: worker_toml(&hook),
-        extra_models: vec!["open-m".into()],
+        extra_models: vec!["open-m".into(), "chunky".into()],
         ..StackOptions::default()
     })
     .await;
@@ -199,6 +215,40 @@ async fn hooks_change_refuse_and_time_out_as_configured_and_every_decision_is_au
     assert_eq!(
         audit_policy(&stack, &id).await,
         "hook:house:changed,hook:review:refused"
+    );
+
+    // Per chunk: every delta is asked about before it is forwarded. The mock echoes the
+    // prompt's words, so `secret` comes back, and is cut from every delta ...
+    let (text, id) = streamed_to(&stack, "chunky", "a secret word").await;
+    let deltas: String = sse_data(&text)
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert!(text.contains("[DONE]"), "{text}");
+    assert!(
+        deltas.contains("[CUT]") && !deltas.contains("secret"),
+        "{deltas}"
+    );
+    let stored = stack.result_row(&id, "status").await;
+    assert_eq!(stored, "completed");
+    assert!(
+        audit_policy(&stack, &id)
+            .await
+            .contains("hook:chunks:changed"),
+        "the per-chunk change is audited"
+    );
+    // ... and a delta with `stopword` ends the stream with the refusal.
+    let (text, id) = streamed_to(&stack, "chunky", "say stopword now").await;
+    assert!(!text.contains("[DONE]"), "{text}");
+    assert!(text.contains("hook_refused_output"), "{text}");
+    assert_eq!(
+        stack.result_row(&id, "status, error_kind").await,
+        "failed\thook_refused"
     );
     stack.stop().await;
 }

@@ -104,6 +104,8 @@ impl Processor {
                 with_traceparent(request.traceparent.as_deref(), run).await
             }
         };
+        // The pre and post hooks', then the per-chunk hooks' of the stream.
+        decisions.append(&mut outcome.decisions);
         outcome.decisions = decisions;
         outcome.routing_reason =
             routed

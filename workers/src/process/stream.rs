@@ -31,6 +31,8 @@ enum End {
     Broken(ProviderError),
     IdleTimeout(Duration),
     CallerGone,
+    /// A per-chunk post hook refused the stream (crate::hooks).
+    Refused(crate::hooks::Refusal),
 }
 
 /// What the stream produced so far.
@@ -177,6 +179,7 @@ impl Leg for Stream<'_> {
         match &forwarded.end {
             End::Done => target.breaker.success(),
             End::CallerGone | End::ProviderError(_) => {}
+            End::Refused(_) => target.breaker.success(),
             End::Broken(_) | End::IdleTimeout(_) => {
                 target.breaker.failure(std::time::Instant::now());
             }
@@ -245,6 +248,8 @@ impl Processor {
         let mut seq = 0;
         let mut sent = 0;
         let mut coalescer = super::coalesce::Coalescer::new(&self.streaming);
+        let hooked = self.hooks.has_chunk(request);
+        let mut decisions: Vec<String> = Vec::new();
         let idle = target.deployment.timeout_ms;
         let end = loop {
             let event = tokio::select! {
@@ -266,11 +271,25 @@ impl Processor {
             if data.trim() == "[DONE]" {
                 break End::Done;
             }
-            let Ok(chunk) = serde_json::from_str::<Value>(&data) else {
+            let Ok(mut chunk) = serde_json::from_str::<Value>(&data) else {
                 break End::Broken(ProviderError::StreamBroken);
             };
             if chunk.get("error").is_some() {
                 break End::ProviderError(data);
+            }
+            let mut data = data;
+            if hooked && chunk["choices"].as_array().is_some_and(|c| !c.is_empty()) {
+                match self.hooks.chunk(request, &mut chunk).await {
+                    Ok(said) => {
+                        for decision in said {
+                            if !decisions.contains(&decision) {
+                                decisions.push(decision);
+                            }
+                        }
+                        data = chunk.to_string();
+                    }
+                    Err(refusal) => break End::Refused(refusal),
+                }
             }
             collected.absorb(&chunk);
             let usage_only = chunk["choices"].as_array().is_some_and(Vec::is_empty)
@@ -296,6 +315,7 @@ impl Processor {
             end,
             collected,
             chunks: seq,
+            decisions,
         }
     }
 
@@ -355,11 +375,13 @@ struct Forwarded {
     end: End,
     collected: Collected,
     chunks: i32,
+    /// Per-chunk hooks' decisions, each once.
+    decisions: Vec<String>,
 }
 
 impl Forwarded {
     fn into_outcome(
-        self,
+        mut self,
         request: &Request,
         target: &Target,
         tally: &Tally,
@@ -424,6 +446,16 @@ impl Forwarded {
                 )
                 .to_json(),
             ),
+            End::Refused(refusal) => {
+                self.decisions.push(refusal.decision);
+                (
+                    Status::Failed,
+                    refusal.status,
+                    Some("hook_refused"),
+                    ErrorBody::new("invalid_request_error", Some(refusal.code), refusal.message)
+                        .to_json(),
+                )
+            }
         };
         tracing::debug!(
             chunks = self.chunks,
@@ -446,7 +478,7 @@ impl Forwarded {
             started_at_ms,
             attempt_log: Vec::new(),
             routing_reason: None,
-            decisions: Vec::new(),
+            decisions: self.decisions,
         }
     }
 }

@@ -261,8 +261,8 @@ async fn cost_uses_the_cheap_deployment_until_its_tokens_run_out_and_hints_steer
 async fn least_busy_keeps_new_requests_off_a_deployment_whose_calls_pile_up() {
     let free = MockProvider::start(Behaviour::default()).await.unwrap();
     let stack = Stack::start(StackOptions {
-        // The stack's mock is the busy one: each call holds for 2 s.
-        behaviour: slowed(Duration::from_secs(2)),
+        // The stack's mock is the busy one: each call holds for 5 s.
+        behaviour: slowed(Duration::from_secs(5)),
         extra_worker_toml: format!(
             r#"
 [routing.models]
@@ -288,12 +288,15 @@ free_models = ["busy"]
     })
     .await;
     let held = &stack.mock;
-    // 20 requests 50 ms apart: once one call holds the slow deployment, every later request
-    // sees it busier than the free one. Weighted, about half would wait 2 s there.
-    let mut calls = Vec::new();
+    // 20 requests, each sent once the one before has reached a provider, and, when the free
+    // deployment took it, been answered: every choice then sees the held deployment's calls
+    // in flight and none on the free one. Only a tie (nothing in flight anywhere: the first
+    // request) can go to the held one. Weighted, about half would wait 5 s there.
+    let mut held_calls = Vec::new();
+    let mut last = String::new();
     for _ in 0..20 {
-        let base = stack.base.clone();
-        calls.push(tokio::spawn(async move {
+        let (before, base) = (held.call_count(), stack.base.clone());
+        let mut call = tokio::spawn(async move {
             let response = reqwest::Client::new()
                 .post(format!("{base}/v1/chat/completions"))
                 .bearer_auth(KEY_A)
@@ -306,14 +309,26 @@ free_models = ["busy"]
                 .unwrap()
                 .to_string();
             (response.status().as_u16(), id)
-        }));
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        });
+        let watched = &call;
+        let went_held = eventually(Duration::from_secs(60), move || async move {
+            if held.call_count() > before {
+                return Some(true);
+            }
+            watched.is_finished().then_some(false)
+        })
+        .await
+        .expect("the request reached a deployment");
+        if went_held {
+            held_calls.push(call);
+        } else {
+            let (status, id) = (&mut call).await.unwrap();
+            assert_eq!(status, 200);
+            last = id;
+        }
     }
-    let mut last = String::new();
-    for call in calls {
-        let (status, id) = call.await.unwrap();
-        assert_eq!(status, 200);
-        last = id;
+    for call in held_calls {
+        assert_eq!(call.await.unwrap().0, 200);
     }
     assert!(
         held.call_count() <= 2,

@@ -71,6 +71,8 @@ fn sre_dashboard_is_wired_to_the_provisioned_prometheus() {
         "sluice_provider_retries_total",
         "sluice_fallbacks_total",
         "sluice_breaker_state",
+        "sluice_routing_decisions_total",
+        "sluice_deployment_latency_seconds",
         "sluice_throttle_wait_seconds_bucket",
         "gen_ai_client_token_usage_sum",
         "gen_ai_server_request_duration_seconds_bucket",

@@ -71,10 +71,10 @@ impl Processor {
             tokens: self.estimate(request),
         };
         let now = Instant::now();
+        let prompt = request.prompt();
+        let completion = request.completion_cap(self.default_completion_tokens);
         let candidate = |i: usize| {
             let d = &self.catalogue.target(i).deployment;
-            let prompt = request.prompt();
-            let completion = request.completion_cap(self.default_completion_tokens);
             let cost = self
                 .max_cost_nanos(&d.name, &d.model, prompt, completion)
                 .unwrap_or(0);

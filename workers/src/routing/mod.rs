@@ -160,7 +160,7 @@ impl Catalogue {
             in_flight: t.stats.in_flight(),
             headroom,
             fits,
-            healthy: t.breaker.is_closed_or_due(std::time::Instant::now()),
+            healthy: t.breaker.is_closed_or_due(now),
         }
     }
 

@@ -9,6 +9,7 @@ mod billing;
 mod budget;
 mod cache;
 pub mod config;
+mod console;
 mod cpu;
 pub mod demo;
 mod error;
@@ -65,6 +66,8 @@ pub enum StartError {
 /// A running ingress.
 pub struct Ingress {
     pub addr: SocketAddr,
+    /// The console's address (`[console] listen`), when it is on.
+    pub console: Option<SocketAddr>,
     pub task: tokio::task::JoinHandle<()>,
 }
 
@@ -125,9 +128,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Ingres
     }
     state.batches.set_shutdown(shutdown.clone());
     batch::driver::resume_all(Arc::clone(&state));
+    let console = console::start(Arc::clone(&state), shutdown.clone()).await?;
     let limits = state.config.listener.clone();
     let app = http::router(state);
     tracing::info!(%addr, max_connections = limits.max_connections, "ingress listening");
     let task = tokio::spawn(listener::serve(listener, app, limits, shutdown));
-    Ok(Ingress { addr, task })
+    Ok(Ingress {
+        addr,
+        console,
+        task,
+    })
 }

@@ -284,6 +284,15 @@ impl BatchStore {
             .await
     }
 
+    /// The newest batches of every team (the operators' console), newest first.
+    pub async fn recent(&self, limit: u64) -> Result<Vec<BatchRow>, clickhouse::error::Error> {
+        let sql = format!(
+            "SELECT ?fields FROM {} FINAL WHERE status != 'deleted' ORDER BY batch_id DESC LIMIT ?",
+            self.table(PrivateTable::Batches)
+        );
+        self.client.query(&sql).bind(limit).fetch_all().await
+    }
+
     /// Batches whose driver has not finished (to resume at start-up).
     pub async fn unfinished(&self) -> Result<Vec<BatchRow>, clickhouse::error::Error> {
         let sql = format!(

@@ -359,20 +359,30 @@ impl Ledger {
     /// The budgets of a team and key in their current periods.
     pub fn status(&self, team: &str, key_id: &str, now_ms: i64) -> Vec<Status> {
         self.matching(team, key_id)
-            .map(|(i, b)| {
-                let start = b.period.start_ms(now_ms);
-                Status {
-                    scope: b.scope,
-                    subject: b.subject.clone(),
-                    period: b.period,
-                    period_start_ms: start,
-                    resets_at_ms: b.period.end_ms(now_ms),
-                    limit_nanos: b.limit_nanos,
-                    spent_nanos: self.spent_in(i, start),
-                    reserved_nanos: self.reserved_in(i, start),
-                    thresholds_pct: b.thresholds.iter().map(|t| t.0).collect(),
-                }
-            })
+            .map(|(i, _)| self.status_of(i, now_ms))
+            .collect()
+    }
+
+    fn status_of(&self, i: usize, now_ms: i64) -> Status {
+        let b = &self.budgets[i];
+        let start = b.period.start_ms(now_ms);
+        Status {
+            scope: b.scope,
+            subject: b.subject.clone(),
+            period: b.period,
+            period_start_ms: start,
+            resets_at_ms: b.period.end_ms(now_ms),
+            limit_nanos: b.limit_nanos,
+            spent_nanos: self.spent_in(i, start),
+            reserved_nanos: self.reserved_in(i, start),
+            thresholds_pct: b.thresholds.iter().map(|t| t.0).collect(),
+        }
+    }
+
+    /// Every configured budget in its current period (the operators' console).
+    pub fn status_all(&self, now_ms: i64) -> Vec<Status> {
+        (0..self.budgets.len())
+            .map(|i| self.status_of(i, now_ms))
             .collect()
     }
 

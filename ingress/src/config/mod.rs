@@ -9,6 +9,7 @@ mod batch;
 mod budget;
 mod cache;
 mod clickhouse;
+mod console;
 pub mod guard;
 mod idempotency;
 mod kafka;
@@ -30,6 +31,7 @@ pub use batch::BatchLimits;
 pub use budget::{BudgetConfig, BudgetSettings, Period, Scope};
 pub use cache::{CacheBackend, CacheConfig, TeamCache};
 pub use clickhouse::{ClickHouseConfig, RetentionConfig};
+pub use console::ConsoleConfig;
 pub use guard::{GuardConfig, PiiAction, PiiConfig};
 pub use idempotency::IdempotencyConfig;
 pub use kafka::KafkaConfig;
@@ -107,6 +109,9 @@ pub struct Config {
     /// `[trace]`: OTLP span export, off unless `otlp_endpoint` is set (sluice_schemas::trace).
     #[serde(default)]
     pub trace: sluice_schemas::trace::TraceConfig,
+    /// `[console]`: the operators' web console, off unless `listen` is set (docs/console.md).
+    #[serde(default)]
+    pub console: ConsoleConfig,
 }
 
 impl Config {
@@ -165,13 +170,24 @@ impl Config {
                 });
             }
         }
-        if let Some(digest) = &self.admin.key_sha256 {
-            if digest.len() != 64 || hex::decode(digest).is_err() {
-                return Err(ConfigError::Field {
-                    field: "admin.key_sha256".into(),
-                    problem: "must be 64 hex characters (SHA-256 of the admin key)",
-                });
+        for (field, digest) in [
+            ("admin.key_sha256", &self.admin.key_sha256),
+            ("console.key_sha256", &self.console.key_sha256),
+        ] {
+            if let Some(digest) = digest {
+                if digest.len() != 64 || hex::decode(digest).is_err() {
+                    return Err(ConfigError::Field {
+                        field: field.into(),
+                        problem: "must be 64 hex characters (SHA-256 of the key)",
+                    });
+                }
             }
+        }
+        if self.console.max_sessions == 0 || self.console.session_ttl_ms.is_zero() {
+            return Err(ConfigError::Field {
+                field: "console.max_sessions/session_ttl_ms".into(),
+                problem: "must be more than 0",
+            });
         }
         for team in &self.routing.team_topics {
             if !sluice_schemas::topics::is_valid_team_name(team) {

@@ -260,6 +260,19 @@ impl Admin<'_> {
     ) -> Result<Response, ApiError> {
         authorize(self.config, headers)?;
         let map = fields(body, KEY_FIELDS, self.config.server.max_body_bytes)?;
+        let (stored, secret) = self.create_key(&map).await?;
+        Ok((StatusCode::CREATED, Json(with_secret(&stored, &secret))).into_response())
+    }
+
+    /// A new key from `map` (the fields of [`KEY_FIELDS`]), and its secret. The caller has
+    /// checked the admin key (the HTTP API) or an admin login (the console).
+    pub(crate) async fn create_key(
+        &self,
+        map: &Map<String, Value>,
+    ) -> Result<(StoredKey, String), ApiError> {
+        if let Some(unknown) = map.keys().find(|k| !KEY_FIELDS.contains(&k.as_str())) {
+            return Err(ApiError::UnknownParam(unknown.clone()));
+        }
         let team = match map.get("team") {
             Some(Value::String(t)) if is_valid_team_name(t) => t.clone(),
             _ => {
@@ -270,7 +283,7 @@ impl Admin<'_> {
             }
         };
         let now = now_ms();
-        let changes = Changes::parse(self.config, &map, now)?;
+        let changes = Changes::parse(self.config, map, now)?;
         let secret = new_secret()?;
         let mut record = ApiKey {
             key_id: format!("key_{}", uuid::Uuid::now_v7().simple()),
@@ -293,7 +306,7 @@ impl Admin<'_> {
         };
         log.write(self.producer, self.keys, record).await?;
         tracing::info!(key_id = %stored.record.key_id, team = %stored.record.team, "api key created");
-        Ok((StatusCode::CREATED, Json(with_secret(&stored, &secret))).into_response())
+        Ok((stored, secret))
     }
 
     /// `GET /admin/keys[?team=]`.
@@ -358,9 +371,15 @@ impl Admin<'_> {
         id: String,
     ) -> Result<Json<Value>, ApiError> {
         authorize(self.config, headers)?;
+        let (key, secret) = self.rotate_key(&id).await?;
+        Ok(Json(with_secret(&key, &secret)))
+    }
+
+    /// A new secret for key `id`, and the key. The caller has checked the admin's right.
+    pub(crate) async fn rotate_key(&self, id: &str) -> Result<(StoredKey, String), ApiError> {
         let log = self.log()?;
         let _writing = log.begin(self.keys).await?;
-        let mut key = self.changeable(&id)?;
+        let mut key = self.changeable(id)?;
         let secret = new_secret()?;
         key.record.sha256 = auth::hex_digest(&secret);
         key.record.hint = auth::hint(&secret);
@@ -368,7 +387,7 @@ impl Admin<'_> {
         log.write(self.producer, self.keys, key.record.clone())
             .await?;
         tracing::info!(key_id = %id, team = %key.record.team, "api key rotated");
-        Ok(Json(with_secret(&key, &secret)))
+        Ok((key, secret))
     }
 
     /// `POST /admin/keys/{id}/revoke` and `DELETE /admin/keys/{id}`: the key stops working for
@@ -379,20 +398,26 @@ impl Admin<'_> {
         id: String,
     ) -> Result<Json<Value>, ApiError> {
         authorize(self.config, headers)?;
+        Ok(Json(view(&self.revoke_key(&id).await?)))
+    }
+
+    /// Revokes key `id` (a revoked key stays as it is). The caller has checked the admin's
+    /// right.
+    pub(crate) async fn revoke_key(&self, id: &str) -> Result<StoredKey, ApiError> {
         let log = self.log()?;
         let _writing = log.begin(self.keys).await?;
-        if let Some(key) = self.keys.get(&id) {
+        if let Some(key) = self.keys.get(id) {
             if key.source == KeySource::Admin && key.record.revoked {
-                return Ok(Json(view(&key)));
+                return Ok(key);
             }
         }
-        let mut key = self.changeable(&id)?;
+        let mut key = self.changeable(id)?;
         key.record.revoked = true;
         key.record.updated_at_ms = now_ms();
         log.write(self.producer, self.keys, key.record.clone())
             .await?;
         tracing::info!(key_id = %id, team = %key.record.team, "api key revoked");
-        Ok(Json(view(&key)))
+        Ok(key)
     }
 
     /// `PATCH /admin/keys/{id}`: change label, allowed models, rate limit or expiry.

@@ -152,6 +152,8 @@ impl Default for StackOptions {
 
 pub struct Stack {
     pub prefix: String,
+    /// The console's base URL (`http://127.0.0.1:PORT`), when the config turned it on.
+    pub console: Option<String>,
     pub database: String,
     pub bootstrap: String,
     pub base: String,
@@ -260,6 +262,7 @@ impl Stack {
                 ..Default::default()
             },
             cache: Default::default(),
+            console: Default::default(),
         };
         ingress.server.listen = "127.0.0.1:0".into();
         ingress.server.sync_timeout_ms = Duration::from_secs(30);
@@ -279,6 +282,8 @@ impl Stack {
         if let Some(change) = options.ingress_config {
             change(&mut ingress);
         }
+        // The console's backlog page reads this stack's worker groups.
+        ingress.console.worker_group_id = format!("{prefix}-workers");
         let ingress_config = ingress.clone();
         let running = sluice_ingress::start(ingress, shutdown.clone())
             .await
@@ -315,6 +320,7 @@ impl Stack {
         let mock_origin = mock.origin();
         let mut stack = Stack {
             base: format!("http://{}", running.addr),
+            console: running.console.map(|a| format!("http://{a}")),
             prefix,
             database,
             bootstrap: options.bootstrap,

@@ -39,7 +39,7 @@ pub(crate) async fn upload(stack: &Stack, key: &str, purpose: &str, content: &st
     .await
 }
 
-async fn create_batch(stack: &Stack, lines: &[String]) -> String {
+pub(crate) async fn create_batch(stack: &Stack, lines: &[String]) -> String {
     let (status, file) = upload(stack, KEY_A, "batch", &lines.join("\n")).await;
     assert_eq!(status, 200, "{file}");
     let (status, batch) = stack

@@ -15,6 +15,7 @@ mod cancel;
 #[path = "../common/mod.rs"]
 mod common;
 mod connections;
+mod console;
 mod count_tokens;
 mod embeddings;
 mod governance;

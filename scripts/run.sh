@@ -6,7 +6,7 @@
 #   scripts/run.sh stop     stop what a running `scripts/run.sh` started (from another shell)
 #
 # Knobs: WORKERS [2] workers in the group, MOCK_LATENCY_MS [40], INGRESS_PORT [8080],
-# MOCK_PORT [9100], KEEP_SERVICES=1 leaves Kafka, ClickHouse and Redis running on exit,
+# MOCK_PORT [9100], CONSOLE_PORT [9470], KEEP_SERVICES=1 leaves Kafka, ClickHouse and Redis running on exit,
 # PROFILE [release], PROMETHEUS [1] starts a Prometheus on PROM_PORT [19090] scraping the
 # services' ops listeners (scripts/prometheus.sh; 0: none).
 set -euo pipefail
@@ -20,6 +20,7 @@ WORKERS="${WORKERS:-2}"
 MOCK_LATENCY_MS="${MOCK_LATENCY_MS:-40}"
 INGRESS_PORT="${INGRESS_PORT:-8080}"
 MOCK_PORT="${MOCK_PORT:-9100}"
+CONSOLE_PORT="${CONSOLE_PORT:-9470}"
 KEEP_SERVICES="${KEEP_SERVICES:-0}"
 PROFILE="${PROFILE:-release}"
 PROMETHEUS="${PROMETHEUS:-1}"
@@ -115,8 +116,12 @@ wait_http "http://127.0.0.1:$MOCK_PORT/v1/models" "mock provider"
 # The ingress creates the topics; the sink applies the ClickHouse migrations. Idempotency-Key
 # claims go to services.sh's Redis.
 ch_env ingress
+# The console reads the analytics views as the read-only analyst user.
+console_ch=()
+[[ -n ${SLUICE_CH_ANALYST_USER:-} ]] && console_ch=("SLUICE_CONSOLE_CLICKHOUSE_USER=$SLUICE_CH_ANALYST_USER" "SLUICE_CONSOLE_CLICKHOUSE_PASSWORD=$SLUICE_CH_ANALYST_PASSWORD")
 SLUICE_SERVER_LISTEN="127.0.0.1:$INGRESS_PORT" SLUICE_IDEMPOTENCY_REDIS_URL="$SLUICE_REDIS_URL" \
-  start ingress env "${CH_ENV[@]}" "$BIN/sluice-ingress" --config config/ingress.toml --demo
+  SLUICE_CONSOLE_LISTEN="127.0.0.1:$CONSOLE_PORT" \
+  start ingress env "${CH_ENV[@]}" "${console_ch[@]}" "$BIN/sluice-ingress" --config config/ingress.toml --demo
 wait_http "http://127.0.0.1:$INGRESS_PORT/healthz" "ingress"
 ch_env sink migrator
 start analytics env "${CH_ENV[@]}" "$BIN/sluice-analytics" --config config/analytics.toml
@@ -164,6 +169,9 @@ cat <<BANNER
       -d '{"team":"demo","label":"my-app"}'          # the new key is shown once
     curl -s http://127.0.0.1:$INGRESS_PORT/v1/budgets -H 'Authorization: Bearer sk-sluice-demo'
     OpenAI SDK: client.files.create(purpose="batch") + client.batches.create(...)   (docs/batch.md)
+
+  Console (spend, budgets, latency, backlog, batches, audit, keys), in a browser:
+    http://127.0.0.1:$CONSOLE_PORT/console   log in with sk-sluice-console (read-only) or sk-sluice-admin
 
   Spend in ClickHouse (rows land within a second or two), as the read-only analyst user
   (passwords: $SLUICE_STATE/clickhouse/credentials.env; \$SLUICE_CH_ANALYST_PASSWORD after

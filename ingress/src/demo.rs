@@ -7,7 +7,12 @@ use sha2::{Digest, Sha256};
 use crate::Config;
 
 /// The plaintext keys the repository publishes for the local demo.
-pub const DEMO_KEYS: [&str; 3] = ["sk-sluice-demo", "sk-sluice-team-b", "sk-sluice-admin"];
+pub const DEMO_KEYS: [&str; 4] = [
+    "sk-sluice-demo",
+    "sk-sluice-team-b",
+    "sk-sluice-admin",
+    "sk-sluice-console",
+];
 
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -32,6 +37,13 @@ pub fn refuse_demo_secrets(config: &Config) -> Result<(), DemoSecret> {
                 .key_sha256
                 .as_deref()
                 .map(|d| ("admin.key_sha256".to_string(), d)),
+        )
+        .chain(
+            config
+                .console
+                .key_sha256
+                .as_deref()
+                .map(|d| ("console.key_sha256".to_string(), d)),
         );
     for (field, digest) in configured {
         if let Some(key) = DEMO_KEYS
@@ -61,6 +73,10 @@ mod tests {
         let err = refuse_demo_secrets(&own).unwrap_err();
         assert_eq!(err.field, "admin.key_sha256");
         own.admin.key_sha256 = Some(hex::encode(Sha256::digest("a key of my own")));
+        let err = refuse_demo_secrets(&own).unwrap_err();
+        assert_eq!(err.field, "console.key_sha256");
+        assert_eq!(err.key, "sk-sluice-console");
+        own.console.key_sha256 = Some(hex::encode(Sha256::digest("a console key of my own")));
         assert!(refuse_demo_secrets(&own).is_ok());
     }
 

@@ -249,8 +249,9 @@ pub(crate) trait Section {
 /// Durations in config are plain milliseconds (`*_ms` keys).
 /// The sections env vars may override. Other `SLUICE_*` variables (another service's, or
 /// the scripts' `SLUICE_STATE`) are not ours and must not trip `deny_unknown_fields`.
-const ENV_SECTIONS: [&str; 15] = [
+const ENV_SECTIONS: [&str; 16] = [
     "cache",
+    "console",
     "idempotency",
     "log",
     "trace",

@@ -252,6 +252,25 @@ impl Data {
         self.client.query(&sql).fetch_all().await
     }
 
+    /// Provider attempts per model and deployment over `period`: how many, how many
+    /// answered, how many ended in an error (a retry or a fallback followed, or the request
+    /// failed). From the `attempts` log (every call a worker made).
+    pub(super) async fn attempts(
+        &self,
+        period: Period,
+    ) -> Result<Vec<AttemptRow>, clickhouse::error::Error> {
+        let sql = format!(
+            "SELECT model, deployment, toUInt64(count()) AS n, \
+             toUInt64(countIf(outcome = 'completed')) AS ok, \
+             toUInt64(countIf(outcome NOT IN ('completed', 'started'))) AS bad \
+             FROM {db}.attempts FINAL WHERE created_at >= now() - INTERVAL {hours} HOUR \
+             GROUP BY model, deployment ORDER BY n DESC, model, deployment LIMIT 200",
+            db = self.db,
+            hours = hours(period),
+        );
+        self.client.query(&sql).fetch_all().await
+    }
+
     /// The newest budget alerts.
     pub(super) async fn alerts(&self) -> Result<Vec<AlertRow>, clickhouse::error::Error> {
         let sql = format!(
@@ -317,6 +336,15 @@ pub(super) struct ErrorRow {
     pub e: u64,
     pub r: u64,
     pub t: u64,
+}
+
+#[derive(Debug, Clone, Row, Deserialize)]
+pub(super) struct AttemptRow {
+    pub model: String,
+    pub deployment: String,
+    pub n: u64,
+    pub ok: u64,
+    pub bad: u64,
 }
 
 #[derive(Debug, Clone, Row, Deserialize)]

@@ -264,8 +264,12 @@ pub(super) async fn latency(
     let body = async {
         known(&q, &["period"]).map_err(bad)?;
         let period = period_of(&q).map_err(bad)?;
-        let (latency, errors) =
-            tokio::try_join!(c.data.latency(period), c.data.errors(period)).map_err(store_down)?;
+        let (latency, errors, attempts) = tokio::try_join!(
+            c.data.latency(period),
+            c.data.errors(period),
+            c.data.attempts(period)
+        )
+        .map_err(store_down)?;
         Ok(html! {
             (period_form("/console/latency", period, html! {}))
             h2 { "Error and throttle rates per model" }
@@ -277,6 +281,17 @@ pub(super) async fn latency(
                         tr data-name=(e.model) { th scope="row" { @if e.model.is_empty() { "(refused before a model was read)" } @else { (e.model) } } td.num { (e.n) } td.num { (e.f) } td.num { (e.e) } td.num { (e.r) } td.num { (e.t) } td.num { (pct(e.f + e.e, e.n)) } td.num { (pct(e.t, e.n)) } }
                     }
                     @if errors.is_empty() { tr { td colspan="8" { "No requests in this period." } } }
+                }
+            }
+            h2 { "Provider attempts per deployment" }
+            table #attempts {
+                caption { "From the attempts log: every call a worker made; an error was retried, fell back, or failed the request" }
+                thead { tr { th scope="col" { "model" } th scope="col" { "deployment" } th.num scope="col" { "attempts" } th.num scope="col" { "answered" } th.num scope="col" { "errors" } th.num scope="col" { "error rate" } } }
+                tbody {
+                    @for a in &attempts {
+                        tr data-name=(a.deployment) { td { (a.model) } th scope="row" { (a.deployment) } td.num { (a.n) } td.num { (a.ok) } td.num { (a.bad) } td.num.rate { (pct(a.bad, a.n)) } }
+                    }
+                    @if attempts.is_empty() { tr { td colspan="6" { "No provider calls in this period." } } }
                 }
             }
             h2 { "Latency per deployment (completed requests, accepted to result)" }

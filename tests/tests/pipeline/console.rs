@@ -223,6 +223,31 @@ async fn the_console_holds_against_a_tenant_a_reader_and_a_forged_form() {
     .await;
     assert_eq!(status, 400, "{body}");
 
+    // Rotated from the console: a new secret, and the old one stops working.
+    let (status, html) = post_form(
+        &http,
+        &format!("{console}/console/keys/{key_id}/rotate"),
+        &admin,
+        None,
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(status, 200, "{html}");
+    let at = html.find("id=\"secret\">").expect("the rotated secret") + 12;
+    let rotated = html[at..].split('<').next().unwrap().to_string();
+    assert_ne!(rotated, secret);
+    assert_eq!(
+        stack.get("/v1/models", &secret).await.0,
+        401,
+        "the old secret"
+    );
+    assert_eq!(
+        stack.get("/v1/models", &rotated).await.0,
+        200,
+        "the new secret"
+    );
+    let secret = rotated;
+
     // Revoked from the console: the key stops working.
     let (status, html) = post_form(
         &http,
@@ -481,6 +506,12 @@ async fn the_console_in_a_browser_shows_spend_to_the_cent_changes_keys_and_alert
     assert!(text_of(&b, &format!("{row} td:last-child"))
         .await
         .contains("100.0%"));
+
+    // Every call reached the mock through its deployment: none of them an error.
+    b.goto(&format!("{console}/console/latency")).await.unwrap();
+    let attempts = text_of(&b, "table#attempts tbody").await;
+    assert!(attempts.contains(MODEL), "{attempts}");
+    assert_eq!(text_of(&b, "table#attempts tbody tr td.rate").await, "0.0%");
 
     // The budget alert: the ledger's state and the alert the sink stored.
     b.goto(&format!("{console}/console/budgets")).await.unwrap();

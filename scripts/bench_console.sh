@@ -29,9 +29,10 @@ if ((SEED > 0)); then
     key=$DEMO_KEY; model=gpt-4o-mini
     ((i % 3 == 0)) && key=$TEAM_B_KEY
     ((i % 2 == 0)) && model=local-llama
+    ((i > 1)) && echo next
     printf 'url = "%s/v1/requests"\nheader = "Authorization: Bearer %s"\nheader = "x-sluice-priority: batch"\n' "$INGRESS" "$key"
     printf 'data = "{\\"model\\":\\"%s\\",\\"messages\\":[{\\"role\\":\\"user\\",\\"content\\":\\"console bench %s\\"}],\\"max_tokens\\":32}"\n' "$model" "$i"
-    printf 'output = "/dev/null"\nnext\n'
+    printf 'output = "/dev/null"\n'
   done > /tmp/sluice-console-seed.curl
   curl -fsS --parallel --parallel-max 32 -K /tmp/sluice-console-seed.curl
   echo "waiting for the backlog to drain..." >&2

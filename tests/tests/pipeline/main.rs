@@ -655,10 +655,20 @@ fn kafka_down_gives_503_and_a_broker_restart_loses_nothing_accepted() {
             missing.is_empty().then_some(())
         })
         .await;
-        assert!(
-            missing.is_some(),
-            "every request accepted before and after the restart was processed"
-        );
+        if missing.is_none() {
+            // Which stage stalled (this test failed 1 run in 6 under CI load once): the
+            // provider calls, the results the sink stored, the usage rows.
+            let results = stack.ch("SELECT count() FROM {db}.results FINAL").await;
+            let usage = stack.ch("SELECT count() FROM {db}.usage FINAL").await;
+            panic!(
+                "not every request accepted before and after the restart was processed: \
+                 {} wanted, {} provider calls, {} results rows, {} usage rows",
+                wanted.len(),
+                stack.mock.calls().len(),
+                results.trim(),
+                usage.trim()
+            );
+        }
         let billed = stack
             .ch("SELECT uniqExact(request_id) = count() FROM {db}.usage FINAL")
             .await;

@@ -39,6 +39,7 @@ const FILES: &[(&str, &str)] = migration_files![
     "0008_attempts.sql",
     "0009_cache.sql",
     "0010_routing.sql",
+    "0011_conversations.sql",
 ];
 
 /// The database and `schema_migrations`, created (if missing) before anything else.

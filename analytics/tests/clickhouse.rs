@@ -306,8 +306,11 @@ async fn migration_0006_moves_content_out_of_the_analyst_database() {
         ch.query(&sql).execute().await.unwrap();
     }
 
-    // 0006 moves the content; 0007 to 0010 come after it.
-    assert_eq!(apply_migrations(&ch, &db).await.unwrap(), [6, 7, 8, 9, 10]);
+    // 0006 moves the content; 0007 to 0011 come after it.
+    assert_eq!(
+        apply_migrations(&ch, &db).await.unwrap(),
+        [6, 7, 8, 9, 10, 11]
+    );
 
     let text = |sql: String| {
         let ch = ch.clone();

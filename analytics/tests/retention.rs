@@ -63,6 +63,18 @@ async fn expired_content_is_dropped_and_the_rest_kept() {
         .await
         .unwrap();
     }
+    // A stored conversation's input, as the ingress writes it: an expired one, a current one.
+    for (id, expiry) in [("conv-old", old_expiry), ("conv-new", new_expiry)] {
+        ch.query(&format!(
+            "INSERT INTO {private}.conversation_inputs (request_id, team, items, output, \
+             created_at_ms, expires_at) VALUES (?, 'acme', '[]', '', 0, ?)"
+        ))
+        .bind(id)
+        .bind(expiry)
+        .execute()
+        .await
+        .unwrap();
+    }
 
     let ids = |table: PrivateTable, column: &'static str| {
         let ch = ch.clone();
@@ -94,6 +106,10 @@ async fn expired_content_is_dropped_and_the_rest_kept() {
         ["file-new"]
     );
     assert_eq!(ids(PrivateTable::BatchFiles, "file_id").await, ["file-new"]);
+    assert_eq!(
+        ids(PrivateTable::ConversationInputs, "request_id").await,
+        ["conv-new"]
+    );
     // Nothing more to drop.
     assert!(drop_expired(&ch, &db).await.unwrap().is_empty());
 

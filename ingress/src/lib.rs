@@ -10,6 +10,7 @@ mod budget;
 mod cache;
 pub mod config;
 mod console;
+mod conversations;
 mod cpu;
 pub mod demo;
 mod error;

@@ -45,6 +45,8 @@ pub struct AppState {
     pub(crate) idempotency: crate::idempotency::Store,
     /// The response cache (docs/cache.md).
     pub(crate) cache: crate::cache::Cache,
+    /// Stored conversations of the Responses API (docs/responses.md).
+    pub(crate) conversations: crate::conversations::Conversations,
 }
 
 impl AppState {
@@ -91,6 +93,7 @@ impl AppState {
             recent: Recent::default(),
             idempotency: crate::idempotency::Store::new(&config.idempotency),
             cache: crate::cache::Cache::new(&config.cache),
+            conversations: crate::conversations::Conversations::new(&config),
             config,
         }
     }

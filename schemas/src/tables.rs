@@ -32,10 +32,13 @@ pub enum PrivateTable {
     Batches,
     BatchCancels,
     BatchLines,
+    /// Stored conversations of the Responses API: the input items a stored response was
+    /// answered from (caller content; expires).
+    ConversationInputs,
 }
 
 impl PrivateTable {
-    pub const ALL: [PrivateTable; 7] = [
+    pub const ALL: [PrivateTable; 8] = [
         PrivateTable::ResultBodies,
         PrivateTable::AcceptedRequests,
         PrivateTable::BatchFiles,
@@ -43,14 +46,16 @@ impl PrivateTable {
         PrivateTable::Batches,
         PrivateTable::BatchCancels,
         PrivateTable::BatchLines,
+        PrivateTable::ConversationInputs,
     ];
 
     /// The tables whose rows carry `expires_at` and are partitioned by its day.
-    pub const EXPIRING: [PrivateTable; 4] = [
+    pub const EXPIRING: [PrivateTable; 5] = [
         PrivateTable::ResultBodies,
         PrivateTable::AcceptedRequests,
         PrivateTable::BatchFiles,
         PrivateTable::BatchFileLines,
+        PrivateTable::ConversationInputs,
     ];
 
     pub fn name(self) -> &'static str {
@@ -62,6 +67,7 @@ impl PrivateTable {
             PrivateTable::Batches => "batches",
             PrivateTable::BatchCancels => "batch_cancels",
             PrivateTable::BatchLines => "batch_lines",
+            PrivateTable::ConversationInputs => "conversation_inputs",
         }
     }
 

@@ -49,6 +49,8 @@ def budget_stack():
         SLUICE_CLICKHOUSE_URL=CLICKHOUSE,
         SLUICE_CLICKHOUSE_DATABASE=f"sluice_{prefix}",
         SLUICE_SERVER_LISTEN=f"127.0.0.1:{ingress_port}",
+        # config/ingress.toml's console port may be taken (a running scripts/run.sh).
+        SLUICE_CONSOLE_LISTEN=f"127.0.0.1:{free_port()}",
     )
     with processes(tmp, env) as start:
         mock = start("mock-provider", "--listen", f"127.0.0.1:{mock_port}", "--completion-tokens", "24")

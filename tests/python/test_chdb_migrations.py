@@ -226,10 +226,11 @@ def test_private_database_and_retention(session, loaded):
     assert q(session, "SELECT count() FROM system.columns WHERE database = '%s' AND table = 'results' AND name = 'body'" % DB).strip() == "0"
     private = set(q(session, "SELECT name FROM system.tables WHERE database = '%s'" % PRIVATE).split())
     assert private == {"result_bodies", "accepted_requests", "batch_files", "batch_file_lines",
-                       "batches", "batch_cancels", "batch_lines"}
+                       "batches", "batch_cancels", "batch_lines", "conversation_inputs"}
     assert not {"batch_files", "batch_file_lines", "batches", "batch_cancels", "batch_lines"} & set(
         q(session, "SELECT name FROM system.tables WHERE database = '%s'" % DB).split())
-    for table in ("result_bodies", "accepted_requests", "batch_files", "batch_file_lines"):
+    for table in ("result_bodies", "accepted_requests", "batch_files", "batch_file_lines",
+                  "conversation_inputs"):
         create = q(session, "SELECT create_table_query FROM system.tables WHERE database = '%s' AND name = '%s'" % (PRIVATE, table))
         assert "TTL expires_at" in create, create
 

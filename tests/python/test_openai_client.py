@@ -131,7 +131,12 @@ def stack():
         with processes(tmp, env) as start:
             mock = start("mock-provider", "--listen", f"127.0.0.1:{mock_port}", "--completion-tokens", "24")
             wait_http(f"http://127.0.0.1:{mock_port}/v1/models", mock, "mock provider")
-            ingress = start("sluice-ingress", "--config", os.path.join(REPO, "config", "ingress.toml"), "--demo")
+            # The console port of config/ingress.toml may be taken (a running scripts/run.sh);
+            # the demo team's retention policy keeps conversations (stored responses). The
+            # ingress's own: the sink's [retention] knows no conversation_teams.
+            ingress = start("sluice-ingress", "--config", os.path.join(REPO, "config", "ingress.toml"), "--demo",
+                            SLUICE_CONSOLE_LISTEN=f"127.0.0.1:{free_port()}",
+                            SLUICE_RETENTION_CONVERSATION_TEAMS='["demo"]')
             wait_http(f"http://127.0.0.1:{ingress_port}/healthz", ingress, "ingress")
             start("sluice-analytics", "--config", os.path.join(REPO, "config", "analytics.toml"),
                   SLUICE_KAFKA_GROUP_ID=f"{prefix}-analytics")
@@ -351,9 +356,23 @@ def test_responses_sync_and_streaming(stack):
     assert final.output_text == text
     assert final.usage.output_tokens == expected.usage.completion_tokens
 
-    with pytest.raises(openai.BadRequestError) as e:
+    # No such stored response (nor another team's): 404.
+    with pytest.raises(openai.NotFoundError):
         client(stack).responses.create(model=MODEL, input="x", previous_response_id="resp_1")
-    assert e.value.param == "previous_response_id"
+
+
+def test_a_stored_response_is_continued_with_previous_response_id(stack):
+    first = client(stack).responses.create(model=MODEL, input="My name is Ada.", store=True)
+    assert first.status == "completed" and first.store is True
+    second = client(stack).responses.create(
+        model=MODEL, input="What is my name?", previous_response_id=first.id)
+    assert second.previous_response_id == first.id
+    # The provider was sent the whole conversation: the same answer as asking it directly.
+    expected = direct(stack).chat.completions.create(model=MODEL, messages=[
+        {"role": "user", "content": "My name is Ada."},
+        {"role": "assistant", "content": first.output_text},
+        {"role": "user", "content": "What is my name?"}])
+    assert second.output_text == expected.choices[0].message.content
 
 
 WEATHER = {"type": "function", "name": "get_weather", "description": "Weather of a city",

@@ -1,6 +1,7 @@
 //! A Responses API request (`POST /v1/responses`, stateless) as the chat completion request
 //! Sluice queues. What has no chat form, or needs stored state Sluice does not keep
-//! (`previous_response_id`, `store: true`, built-in tools), is refused by name.
+//! (`previous_response_id`, `store: true` for a team not allowed stored conversations:
+//! the ingress resolves both first for one that is; built-in tools), is refused by name.
 //! `background` is the ingress's to act on (it queues the request as an async one): it
 //! changes nothing in the chat request.
 
@@ -27,11 +28,11 @@ const PASSED: [&str; 6] = [
 const UNSUPPORTED: [(&str, &str); 11] = [
     (
         "previous_response_id",
-        "Sluice keeps no conversation state; send the whole conversation in `input`",
+        "this team's retention policy keeps no conversations ([retention] conversation_teams); send the whole conversation in `input`",
     ),
     (
         "conversation",
-        "Sluice keeps no conversation state; send the whole conversation in `input`",
+        "the Conversations API is not served: use `previous_response_id` (a team allowed stored conversations) or send the whole conversation in `input`",
     ),
     ("reasoning", "reasoning options are not supported"),
     ("include", "`include` is not supported"),
@@ -91,7 +92,7 @@ pub fn to_openai(body: &[u8]) -> Result<Map<String, Value>, RequestError> {
             "store" => match value {
                 Value::Bool(false) | Value::Null => {}
                 Value::Bool(true) => {
-                    return Err(invalid("store", "Sluice stores no responses to retrieve later (its results are in the team's ClickHouse tables); set `store` to false or leave it out"))
+                    return Err(invalid("store", "this team's retention policy keeps no conversations ([retention] conversation_teams); set `store` to false or leave it out"))
                 }
                 _ => return Err(invalid("store", "must be a boolean")),
             },

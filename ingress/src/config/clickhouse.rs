@@ -65,10 +65,22 @@ impl fmt::Debug for ClickHouseConfig {
 pub struct RetentionConfig {
     /// Days an uploaded batch input file (and its lines) is kept, at least 1.
     pub file_days: u32,
+    /// Teams whose policy allows stored conversations: their Responses API requests may set
+    /// `store: true` and `previous_response_id` (docs/responses.md#stored-conversations).
+    /// Any other team's are refused by name.
+    pub conversation_teams: Vec<String>,
+    /// Days a stored response's input is kept, at least 1. Its answer is read from the
+    /// completions the sink keeps (`[retention] completion_days` there) when the ingress did
+    /// not have it at hand: keep both alike.
+    pub conversation_days: u32,
 }
 
 impl Default for RetentionConfig {
     fn default() -> Self {
-        RetentionConfig { file_days: 7 }
+        RetentionConfig {
+            file_days: 7,
+            conversation_teams: Vec::new(),
+            conversation_days: 30,
+        }
     }
 }

@@ -148,6 +148,23 @@ impl Config {
     /// Checks every section: plain fields here, a room's section by the room
     /// ([`Section`]).
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.retention.conversation_days == 0 {
+            return Err(ConfigError::Field {
+                field: "retention.conversation_days".into(),
+                problem: "must be at least 1",
+            });
+        }
+        if let Some(bad) = self
+            .retention
+            .conversation_teams
+            .iter()
+            .find(|t| !sluice_schemas::topics::is_valid_team_name(t))
+        {
+            return Err(ConfigError::Field {
+                field: format!("retention.conversation_teams ({bad})"),
+                problem: "team names use letters, digits, '-' and '_' (at most 64)",
+            });
+        }
         if self.retention.file_days == 0 {
             return Err(ConfigError::Field {
                 field: "retention.file_days".into(),

@@ -9,6 +9,7 @@ mod budgets;
 mod cached;
 mod cancel;
 pub(crate) mod chat;
+mod conversation;
 mod idempotent;
 mod models;
 pub(crate) mod render;

@@ -15,6 +15,7 @@ use sluice_schemas::Audit;
 use tracing::Instrument;
 
 use super::chat::{ended, reject, request_span};
+use super::REQUEST_ID_HEADER;
 use crate::admission::{checked, of_caller, publish_traced, Dialect, Mode};
 use crate::error::ApiError;
 use crate::keys::Caller;
@@ -161,7 +162,11 @@ fn queued(r: &sluice_schemas::Request, dialect: Dialect) -> Response {
     if dialect == Dialect::Responses {
         let created_at = u64::try_from(r.created_at_ms / 1000).unwrap_or_default();
         let body = sluice_dialect::responses::response::queued(&r.request_id, created_at, &r.model);
-        return Json(body).into_response();
+        let mut response = Json(body).into_response();
+        if let Ok(v) = HeaderValue::from_str(&r.request_id) {
+            response.headers_mut().insert(REQUEST_ID_HEADER, v);
+        }
+        return response;
     }
     let location = format!("/v1/requests/{}", r.request_id);
     let mut response = (

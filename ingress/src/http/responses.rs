@@ -1,6 +1,7 @@
-//! OpenAI's Responses API, stateless: `POST /v1/responses` through the same sync path as
-//! chat completions (the request is translated to the internal chat shape by
-//! `sluice_dialect::responses`), answered as a `response` object or its typed events.
+//! OpenAI's Responses API: `POST /v1/responses` through the same sync path as chat
+//! completions (the request is translated to the internal chat shape by
+//! `sluice_dialect::responses`), answered as a `response` object or its typed events;
+//! stored conversations for the teams allowed them ([`super::conversation`]).
 
 use std::sync::Arc;
 
@@ -28,10 +29,19 @@ pub(super) async fn responses(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if body.as_ref().is_ok_and(|b| background(b)) {
-        return super::requests::submit_in(app, headers, body, Dialect::Responses).await;
+    let (body, keep) = match super::conversation::prepare(&app, &headers, body).await {
+        Ok(prepared) => prepared,
+        Err(error) => return error.into_response(),
+    };
+    let response = if body.as_ref().is_ok_and(|b| background(b)) {
+        super::requests::submit_in(Arc::clone(&app), headers, body, Dialect::Responses).await
+    } else {
+        super::chat::sync_call(Arc::clone(&app), headers, body, Dialect::Responses).await
+    };
+    match keep {
+        Some(keep) => super::conversation::keep(&app, keep, response).await,
+        None => response,
     }
-    super::chat::sync_call(app, headers, body, Dialect::Responses).await
 }
 
 /// Whether a body asks for `"background": true` (a body that does not parse is the sync

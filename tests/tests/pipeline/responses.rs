@@ -1,6 +1,6 @@
-//! `POST /v1/responses` end to end (stateless): the Responses request goes through the
+//! `POST /v1/responses` end to end: the Responses request goes through the
 //! pipeline as a chat request, the answer comes back as a `response` object or its typed
-//! events, billed like chat; what needs stored state is refused by name.
+//! events, billed like chat; stored conversations for a team whose retention policy allows them.
 
 use std::time::Duration;
 
@@ -406,5 +406,197 @@ async fn a_tool_call_comes_back_as_a_function_call_item_and_its_output_continues
         text["output"][0]["content"][0]["text"],
         expected_reply(&sent, 4).content.as_str()
     );
+    stack.stop().await;
+}
+
+fn conversations_for_a_and_b(config: &mut sluice_ingress::Config) {
+    config.retention.conversation_teams = vec!["team-a".into(), "team-b".into()];
+}
+
+/// What the provider got on its last call: (role, content) of each message.
+fn last_messages(stack: &Stack) -> Vec<(String, String)> {
+    let body = stack.mock.calls().pop().unwrap().body.unwrap();
+    body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let content = m["content"]
+                .as_str()
+                .map_or_else(|| m["content"].to_string(), str::to_string);
+            (m["role"].as_str().unwrap().to_string(), content)
+        })
+        .collect()
+}
+
+fn roles(messages: &[(String, String)]) -> Vec<&str> {
+    messages.iter().map(|(r, _)| r.as_str()).collect()
+}
+
+async fn respond(stack: &Stack, key: &str, body: Value) -> (u16, Value) {
+    stack.post("/v1/responses", key, body).await
+}
+
+/// A team whose retention policy allows stored conversations continues a response with
+/// `previous_response_id` across a sync, a background and a streamed turn: the provider
+/// sees the whole conversation each time (instructions not carried over, as OpenAI does);
+/// another team cannot continue it, and a team without the policy is refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stored_conversation_continues_across_sync_background_and_streamed_turns() {
+    let stack = Stack::start(StackOptions {
+        behaviour: Behaviour {
+            completion_tokens: 5,
+            ..Behaviour::default()
+        },
+        ingress_config: Some(conversations_for_a_and_b),
+        ..StackOptions::default()
+    })
+    .await;
+
+    // Turn 1, sync, stored.
+    let (status, first) = respond(
+        &stack,
+        KEY_A,
+        json!({"model": MODEL, "input": "My name is Ada.", "instructions": "Be terse.", "store": true}),
+    )
+    .await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["store"], true);
+    assert_eq!(first["previous_response_id"], Value::Null);
+    let first_id = first["id"].as_str().unwrap().to_string();
+    let first_text = first["output"][0]["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(roles(&last_messages(&stack)), ["system", "user"]);
+
+    // Turn 2, background, from turn 1: the provider gets turn 1 and its answer first.
+    let (status, queued) = respond(
+        &stack,
+        KEY_A,
+        json!({"model": MODEL, "input": "What is my name?", "previous_response_id": first_id,
+               "store": true, "background": true}),
+    )
+    .await;
+    assert_eq!(status, 200, "{queued}");
+    let second_id = queued["id"].as_str().unwrap().to_string();
+    let second = eventually(WAIT, || async {
+        let (_, r) = stack
+            .get(&format!("/v1/responses/{second_id}"), KEY_A)
+            .await;
+        (r["status"] == "completed").then_some(r)
+    })
+    .await
+    .expect("the background turn completes");
+    let second_text = second["output"][0]["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sent = last_messages(&stack);
+    assert_eq!(
+        sent,
+        [
+            ("user".to_string(), "My name is Ada.".to_string()),
+            ("assistant".to_string(), first_text.clone()),
+            ("user".to_string(), "What is my name?".to_string()),
+        ]
+    );
+
+    // Turn 3, streamed, from turn 2 (whose answer the ingress never held: it is read from
+    // the stored completions).
+    let streamed = stack
+        .http
+        .post(format!("{}/v1/responses", stack.base))
+        .bearer_auth(KEY_A)
+        .json(&json!({"model": MODEL, "stream": true, "store": true,
+                      "previous_response_id": second_id,
+                      "input": [{"role": "user", "content": [{"type": "input_text", "text": "Once more."}]}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(streamed.status(), 200);
+    // A response id is its request id with `resp_` for `req_`.
+    let third_id = streamed.headers()["x-sluice-request-id"]
+        .to_str()
+        .unwrap()
+        .replacen("req_", "resp_", 1);
+    let events = streamed.text().await.unwrap();
+    assert!(events.contains("response.completed"), "{events}");
+    let sent = last_messages(&stack);
+    assert_eq!(
+        roles(&sent),
+        ["user", "assistant", "user", "assistant", "user"]
+    );
+    assert_eq!(sent[3].1, second_text);
+
+    // Turn 4, sync, not stored, from the streamed turn.
+    let (status, fourth) = respond(
+        &stack,
+        KEY_A,
+        json!({"model": MODEL, "input": "Last one.", "previous_response_id": third_id}),
+    )
+    .await;
+    assert_eq!(status, 200, "{fourth}");
+    assert_eq!(fourth["store"], false);
+    assert_eq!(roles(&last_messages(&stack)).len(), 7);
+    let calls = stack.mock.calls().len();
+
+    // Team B may store conversations, but not continue team A's; an unknown id is a 404 too.
+    for id in [first_id.as_str(), "resp_0123456789abcdef", "nonsense"] {
+        let (status, body) = respond(
+            &stack,
+            KEY_B,
+            json!({"model": MODEL, "input": "x", "previous_response_id": id}),
+        )
+        .await;
+        assert_eq!(status, 404, "{id}: {body}");
+    }
+    // A team whose policy keeps no conversations: refused by name, never sent.
+    let (status, key_c) = stack
+        .post("/admin/keys", ADMIN_KEY, json!({"team": "team-c"}))
+        .await;
+    assert_eq!(status, 201, "{key_c}");
+    let key_c = key_c["key"].as_str().unwrap().to_string();
+    for (body, param) in [
+        (
+            json!({"model": MODEL, "input": "x", "store": true}),
+            "store",
+        ),
+        (
+            json!({"model": MODEL, "input": "x", "previous_response_id": first_id}),
+            "previous_response_id",
+        ),
+    ] {
+        let (status, answer) = respond(&stack, &key_c, body).await;
+        assert_eq!(status, 400, "{answer}");
+        assert_eq!(answer["error"]["param"], param, "{answer}");
+        assert!(answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("retention policy"));
+    }
+    assert_eq!(
+        stack.mock.calls().len(),
+        calls,
+        "nothing refused reached the provider"
+    );
+
+    // Kept in the private database, for the retention's days; every turn billed once.
+    let request_id = first_id.replacen("resp_", "req_", 1);
+    let days = stack
+        .ch(&format!(
+            "SELECT dateDiff('day', now(), expires_at) FROM {{db}}_private.conversation_inputs \
+             WHERE request_id = '{request_id}'"
+        ))
+        .await;
+    assert!(["29", "30"].contains(&days.trim()), "{days}");
+    let billed = stack
+        .wait_count(
+            "SELECT count() FROM {db}.usage FINAL WHERE team = 'team-a'",
+            4,
+            WAIT,
+        )
+        .await;
+    assert_eq!(billed, 4);
     stack.stop().await;
 }

@@ -20,6 +20,7 @@
 #   SLUICE_STATE           pid files, data, logs      [<repo>/.state]
 #   SLUICE_CACHE           Kafka jars (kept by clean)  [$HOME/.cache/sluice]
 #   KAFKA_PORT [19092]  KAFKA_CONTROLLER_PORT [19093]  KAFKA_HEAP [512m]  KAFKA_VERSION [4.3.1]
+#   KAFKA_GC_OPTS          the broker's collector flags [G1 as kafka-server-start.sh sets it]
 #   CH_HTTP_PORT [18123]  CH_TCP_PORT [19000]
 #   CH_DATABASES [sluice sluice_acl sluice_acl_e2e]  analyst databases the per-process users may use (each
 #                          with its `<db>_private`); see "ClickHouse users" below
@@ -43,6 +44,9 @@ SLUICE_CACHE="${SLUICE_CACHE:-${HOME:-/root}/.cache/sluice}"
 KAFKA_PORT="${KAFKA_PORT:-19092}"
 KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-19093}"
 KAFKA_HEAP="${KAFKA_HEAP:-512m}"
+# The broker's collector flags: Kafka's own kafka-server-start.sh choice (G1, short pauses).
+# scripts/bench_kafka_jvm.sh measures others (docs/benchmarks.md, "broker JVM").
+KAFKA_GC_OPTS="${KAFKA_GC_OPTS:--XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent}"
 KAFKA_VERSION="${KAFKA_VERSION:-4.3.1}"
 KAFKA_START_TIMEOUT="${KAFKA_START_TIMEOUT:-90}"
 CH_HTTP_PORT="${CH_HTTP_PORT:-18123}"
@@ -274,10 +278,11 @@ start_kafka() {
   # Fresh log each start, so readiness only sees this run's "started" line.
   if [[ -f $KAFKA_DIR/logs/server.log ]]; then mv -f "$KAFKA_DIR/logs/server.log" "$KAFKA_DIR/logs/server.log.prev"; fi
   t0=$(now_ms)
-  # JVM flags as in Kafka's own kafka-server-start.sh (G1, short pauses, headless).
+  # JVM flags as in Kafka's own kafka-server-start.sh (G1, short pauses, headless) unless
+  # KAFKA_GC_OPTS says otherwise (split on spaces on purpose).
+  # shellcheck disable=SC2086
   spawn "$pidf" "$KAFKA_DIR/logs/stdout.log" \
-    java "-Xmx$KAFKA_HEAP" "-Xms$KAFKA_HEAP" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
-      -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true \
+    java "-Xmx$KAFKA_HEAP" "-Xms$KAFKA_HEAP" $KAFKA_GC_OPTS -Djava.awt.headless=true \
       -Dkafka.logs.dir="$KAFKA_DIR/logs" -Dlog4j2.configurationFile="$KAFKA_SRC/log4j2.properties" \
       -cp "$KAFKA_LIBS/*" kafka.Kafka "$KAFKA_DIR/server.properties"
   wait_kafka_ready "$t0" 1

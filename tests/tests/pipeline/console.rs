@@ -587,14 +587,13 @@ async fn the_console_in_a_browser_shows_spend_to_the_cent_changes_keys_and_alert
         .click()
         .await
         .unwrap();
-    let status_line = b
-        .wait()
-        .for_element(Locator::Css("p[role='status']"))
-        .await
-        .unwrap()
-        .text()
+    // The page that answers the revoke (the key-created page before it has a status line
+    // too: wait for the new URL, not for the element).
+    b.wait()
+        .for_url(&url::Url::parse(&format!("{console}/console/keys/{made}/revoke")).unwrap())
         .await
         .unwrap();
+    let status_line = text_of(&b, "p[role='status']").await;
     assert_eq!(status_line, format!("Revoked {made}."));
     assert_eq!(
         text_of(&b, &format!("tr[data-name='{made}'] td.state")).await,

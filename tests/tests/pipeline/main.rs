@@ -522,18 +522,28 @@ async fn a_killed_worker_loses_nothing_and_bills_nothing_twice() {
     let calls = stack.mock.call_count();
     assert!(calls as usize > ids.len(), "{calls} calls");
     // But every call is an attempt row, the killed worker's cut-off ones included (left
-    // `started`, billed `unknown`): what the provider may bill is on record.
-    let recorded = eventually(WAIT, || async {
-        let n: u64 = stack
+    // `started`, billed `unknown`): what the provider may bill is on record. At least one row
+    // per call, not exactly one: a worker killed after its `started` record was acked but
+    // before the HTTP request reached the provider leaves a row for a call that never
+    // happened (billed `unknown`, the safe side; seen once in CI: 60 calls, 61 rows).
+    let attempts = || async {
+        stack
             .ch("SELECT count() FROM {db}.attempts FINAL")
             .await
             .trim()
-            .parse()
-            .unwrap_or(0);
-        (n == calls).then_some(n)
+            .parse::<u64>()
+            .unwrap_or(0)
+    };
+    let recorded = eventually(WAIT, || async {
+        let n = attempts().await;
+        (n >= calls).then_some(n)
     })
     .await;
-    assert_eq!(recorded, Some(calls), "one attempt row per provider call");
+    assert!(
+        recorded.is_some(),
+        "one attempt row per provider call at least: {} rows for {calls} calls",
+        attempts().await
+    );
     let cut = stack
         .ch("SELECT count(), countIf(billed = 'unknown') FROM {db}.attempts FINAL WHERE worker = 'doomed' AND outcome = 'started'")
         .await;

@@ -29,18 +29,33 @@ impl ClickHouseConfig {
     /// the private database: the only one the ingress's ClickHouse user may use
     /// (docs/security.md); `database` names the analyst one next to it.
     pub fn client(&self) -> clickhouse::Client {
+        self.client_for(
+            &sluice_schemas::tables::private_database(&self.database),
+            self.user.as_deref(),
+            self.password.as_deref(),
+        )
+    }
+
+    /// A client on this server bound to `database`, as `user` (the console reads the
+    /// analyst database with its own read-only user).
+    pub fn client_for(
+        &self,
+        database: &str,
+        user: Option<&str>,
+        password: Option<&str>,
+    ) -> clickhouse::Client {
         let mut client = clickhouse::Client::default()
             .with_url(&self.url)
-            .with_database(sluice_schemas::tables::private_database(&self.database))
+            .with_database(database)
             // ClickHouse 18.16 (Debian) cannot validate row types; casts in the queries
             // pin the types instead.
             .with_validation(false)
             // Small requests: lz4 framing only adds a round of latency here.
             .with_compression(clickhouse::Compression::None);
-        if let Some(user) = &self.user {
+        if let Some(user) = user {
             client = client.with_user(user);
         }
-        if let Some(password) = &self.password {
+        if let Some(password) = password {
             client = client.with_password(password);
         }
         client

@@ -55,17 +55,24 @@ pub(super) const PAGES: &[(&str, &str)] = &[
     ("/console/keys", "Keys"),
 ];
 
+/// Every page's `<head>`.
+fn head(title: &str) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            title { (title) " · Sluice console" }
+            link rel="stylesheet" href="/console/style.css";
+        }
+    }
+}
+
 /// A page of the console: navigation, who is logged in, a logout button.
 pub(super) fn page(path: &str, title: &str, role: Role, csrf: &str, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · Sluice console" }
-                link rel="stylesheet" href="/console/style.css";
-            }
+            (head(title))
             body {
                 header {
                     span.brand { "Sluice console" }
@@ -101,12 +108,7 @@ pub(super) fn login(problem: Option<&str>) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { "Log in · Sluice console" }
-                link rel="stylesheet" href="/console/style.css";
-            }
+            (head("Log in"))
             body {
                 main.login {
                     h1 { "Sluice console" }

@@ -34,10 +34,6 @@ fn admin(c: &Console) -> Admin<'_> {
     }
 }
 
-fn format_ms(ms: i64) -> String {
-    crate::budget::format_utc(ms)
-}
-
 fn list(c: &Console, viewer: &Viewer, team: &str, outcome: Option<&Outcome>) -> Markup {
     let keys: Vec<StoredKey> = c
         .app
@@ -80,7 +76,7 @@ fn list(c: &Console, viewer: &Viewer, team: &str, outcome: Option<&Outcome>) -> 
                     tr data-name=(r.key_id) {
                         th scope="row" { (r.key_id) } td { (r.team) } td { (r.label.as_deref().unwrap_or("")) } td { code { (r.hint) } }
                         td { @if k.source == KeySource::Config { "config" } @else { "admin API" } }
-                        td { (format_ms(r.created_at_ms)) } td { @if let Some(e) = r.expires_at_ms { (format_ms(e)) } }
+                        td { (crate::budget::format_utc(r.created_at_ms)) } td { @if let Some(e) = r.expires_at_ms { (crate::budget::format_utc(e)) } }
                         td.state { @if r.revoked { "revoked" } @else if k.expired(sluice_schemas::now_ms()) { "expired" } @else { "active" } }
                         @if admin {
                             td {

@@ -103,19 +103,12 @@ impl Console {
             Some(user) => (Some(user), config.console.clickhouse_password.as_ref()),
             None => (ch.user.as_ref(), ch.password.as_ref()),
         };
-        // Bound to the analytics database (the analysts' user may not use the private one);
-        // 18.16 cannot validate row types: the queries cast every column.
-        let mut client = clickhouse::Client::default()
-            .with_url(&ch.url)
-            .with_database(&ch.database)
-            .with_validation(false)
-            .with_compression(clickhouse::Compression::None);
-        if let Some(user) = user {
-            client = client.with_user(user);
-        }
-        if let Some(password) = password {
-            client = client.with_password(password);
-        }
+        // Bound to the analytics database (the analysts' user may not use the private one).
+        let client = ch.client_for(
+            &ch.database,
+            user.map(String::as_str),
+            password.map(String::as_str),
+        );
         let data = data::Data::new(client, ch.database.clone());
         let backlog = match backlog::Backlog::new(config) {
             Ok(b) => Some(Arc::new(b)),

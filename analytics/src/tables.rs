@@ -603,6 +603,7 @@ mod tests {
             fallbacks: 1,
             routing_reason: Some("cost: d at $0.000001 for this request".into()),
             location: None,
+            replay: None,
         };
         let row = ResultRow::from(result);
         assert_eq!(row.priority, "interactive");
@@ -637,6 +638,7 @@ mod tests {
             estimated: true,
             cache_hit: true,
             saved_nanos: 42,
+            replay: None,
         };
         let row = UsageRow::from(usage);
         assert_eq!(row.estimated, 1);

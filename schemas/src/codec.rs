@@ -96,16 +96,30 @@ macro_rules! record {
     };
 }
 
-record!(Request, "Request", ["request.v1.avsc", "request.v2.avsc"]);
+record!(
+    Request,
+    "Request",
+    ["request.v1.avsc", "request.v2.avsc", "request.v3.avsc"]
+);
 record!(
     ResultRecord,
     "Result",
-    ["result.v1.avsc", "result.v2.avsc", "result.v3.avsc"]
+    [
+        "result.v1.avsc",
+        "result.v2.avsc",
+        "result.v3.avsc",
+        "result.v4.avsc"
+    ]
 );
 record!(
     Usage,
     "Usage",
-    ["usage.v1.avsc", "usage.v2.avsc", "usage.v3.avsc"]
+    [
+        "usage.v1.avsc",
+        "usage.v2.avsc",
+        "usage.v3.avsc",
+        "usage.v4.avsc"
+    ]
 );
 record!(
     StreamChunk,

@@ -45,8 +45,8 @@ pub mod webhook;
 pub use codec::{decode, encode, Record};
 pub use error::CodecError;
 pub use records::{
-    ApiKey, Attempt, Audit, AuditAction, BudgetAlert, Cancel, Priority, ReplyTo, Request, Result,
-    Status, StreamChunk, Usage, REQUEST_CANCELLED,
+    ApiKey, Attempt, Audit, AuditAction, BudgetAlert, Cancel, Priority, ReplayTag, ReplyTo,
+    Request, Result, Status, StreamChunk, Usage, REQUEST_CANCELLED,
 };
 
 /// Kafka header naming what a reply-topic message holds.

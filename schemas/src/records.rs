@@ -37,7 +37,16 @@ pub struct ReplyTo {
     pub partition: i32,
 }
 
-/// An accepted LLM request (`request.v2.avsc`).
+/// What ties a replayed or shadow request to the live one it re-runs (`ReplayTag` in
+/// `request.v3`, `result.v4`, `usage.v4`). Only Sluice's replay and shadow code sets it,
+/// never a caller; a tagged request's result and usage go to the replay topics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayTag {
+    pub replay_id: String,
+    pub original_request_id: String,
+}
+
+/// An accepted LLM request (`request.v3.avsc`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Request {
     pub request_id: String,
@@ -55,6 +64,9 @@ pub struct Request {
     pub body: String,
     pub stream: bool,
     pub attributes: HashMap<String, String>,
+    /// A replay or shadow copy (v3); `None` for every live request.
+    #[serde(default)]
+    pub replay: Option<ReplayTag>,
 }
 
 impl Request {
@@ -99,7 +111,7 @@ impl Status {
     }
 }
 
-/// The outcome of one request (`result.v3.avsc`).
+/// The outcome of one request (`result.v4.avsc`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Result {
     pub request_id: String,
@@ -131,9 +143,12 @@ pub struct Result {
     /// Where the deployment that answered, or failed last, runs (v3).
     #[serde(default)]
     pub location: Option<String>,
+    /// A replayed or shadow request's result (v4), published to the replay topic only.
+    #[serde(default)]
+    pub replay: Option<ReplayTag>,
 }
 
-/// Billable usage of one request (`usage.v3.avsc`). Cost in nano-USD keeps sums exact.
+/// Billable usage of one request (`usage.v4.avsc`). Cost in nano-USD keeps sums exact.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Usage {
     pub request_id: String,
@@ -159,6 +174,10 @@ pub struct Usage {
     /// A cache hit: what the answer would have cost, nano-USD (v3).
     #[serde(default)]
     pub saved_nanos: i64,
+    /// A replayed or shadow request's usage (v4), published to the replay topic only: never
+    /// billed to the team.
+    #[serde(default)]
+    pub replay: Option<ReplayTag>,
 }
 
 /// What an audit row records.
@@ -361,6 +380,7 @@ mod tests {
             body: String::new(),
             stream: false,
             attributes: HashMap::new(),
+            replay: None,
         }
     }
 

@@ -45,6 +45,12 @@ pub enum Topic {
     /// Budget threshold crossings; every ingress replica may emit the same alert (same
     /// `alert_id`), the analytics sink deduplicates.
     BudgetAlerts,
+    /// Results of replayed and shadow requests (`sluice-replay`, `[[shadows]]`): never a
+    /// caller's, never in the live tables.
+    ReplayResults,
+    /// Usage of replayed and shadow requests: no budget ledger reads it, teams are never
+    /// billed for it.
+    ReplayUsage,
     /// API keys made through the admin API: compacted, one partition (a total order, so
     /// the last record per key id wins on every replica), Kafka key = key id. Every ingress
     /// replica reads all of it.
@@ -60,7 +66,7 @@ impl Topic {
             Topic::TeamRequests(..) => 3,
             Topic::Replies => 6,
             Topic::DeadLetter | Topic::Keys => 1,
-            Topic::Cancels | Topic::BudgetAlerts => 3,
+            Topic::Cancels | Topic::BudgetAlerts | Topic::ReplayResults | Topic::ReplayUsage => 3,
         }
     }
 
@@ -119,6 +125,8 @@ impl Topics {
             Topic::Cancels => format!("{p}.cancels"),
             Topic::BudgetAlerts => format!("{p}.budget-alerts"),
             Topic::Keys => format!("{p}.keys"),
+            Topic::ReplayResults => format!("{p}.replay.results"),
+            Topic::ReplayUsage => format!("{p}.replay.usage"),
         }
     }
 
@@ -135,6 +143,8 @@ impl Topics {
             Topic::Cancels,
             Topic::BudgetAlerts,
             Topic::Keys,
+            Topic::ReplayResults,
+            Topic::ReplayUsage,
         ]);
         all
     }

@@ -33,6 +33,7 @@ fn request() -> Request {
         body: r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#.into(),
         stream: true,
         attributes: HashMap::from([("app".to_string(), "crm".to_string())]),
+        replay: None,
     }
 }
 
@@ -60,6 +61,7 @@ fn result() -> Result {
         fallbacks: 2,
         routing_reason: Some("latency: d1 (12.0 ms, 0 in flight), the only candidate".into()),
         location: Some("eu-west".into()),
+        replay: None,
     }
 }
 
@@ -88,6 +90,7 @@ fn every_record_round_trips() {
         occurred_at_ms: 9,
         cache_hit: true,
         saved_nanos: 77,
+        replay: None,
     };
     assert_eq!(decode::<Usage>(&encode(&u).unwrap()).unwrap(), u);
     let a = Audit {
@@ -293,13 +296,13 @@ fn current_reader_reads_previous_version() {
     assert_eq!(decoded, expected);
 }
 
-/// Old reader (v2), new writer (v3, unknown to this build): v3's extra field is skipped.
+/// Old reader (v3), new writer (v4, unknown to this build): v4's extra field is skipped.
 #[test]
 fn current_reader_reads_next_version() {
-    let v3 = Schema::parse_str(include_str!("../testdata/request.v3.avsc")).unwrap();
-    let value = v2_fields_as_value(&v3, vec![("region".into(), Value::String("us".into()))]);
-    let datum = to_avro_datum(&v3, value).unwrap();
-    assert_eq!(decode::<Request>(&frame(&v3, datum)).unwrap(), request());
+    let v4 = Schema::parse_str(include_str!("../testdata/request.v4.avsc")).unwrap();
+    let value = v2_fields_as_value(&v4, vec![("region".into(), Value::String("us".into()))]);
+    let datum = to_avro_datum(&v4, value).unwrap();
+    assert_eq!(decode::<Request>(&frame(&v4, datum)).unwrap(), request());
 }
 
 /// A v1 reader (an older deployment) reads what this build writes.

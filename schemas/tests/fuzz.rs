@@ -97,6 +97,7 @@ prop_compose! {
             created_at_ms: times.0, deadline_ms: times.1, traceparent,
             reply: reply.map(|(topic, partition)| ReplyTo { topic, partition }),
             prompt_tokens: tokens.0, max_tokens: tokens.1, body, stream, attributes,
+            replay: None,
         }
     }
 }
@@ -121,6 +122,7 @@ prop_compose! {
             completion_tokens: counts.3, created_at_ms: times.0, started_at_ms: times.1,
             finished_at_ms: times.2, worker: names.2, fallbacks: counts.4,
             routing_reason: placed.0, location: placed.1,
+            replay: None,
         }
     }
 }
@@ -143,6 +145,7 @@ prop_compose! {
             estimated,
             cache_hit: false,
             saved_nanos: 0,
+            replay: None,
         }
     }
 }
@@ -253,6 +256,7 @@ fn huge_length_prefixes_are_refused_quickly() {
             body: String::new(),
             stream: false,
             attributes: HashMap::new(),
+            replay: None,
         };
         let mut b = encode(&r).unwrap();
         b.pop(); // the empty map's 0 block count

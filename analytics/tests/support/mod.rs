@@ -155,6 +155,7 @@ pub fn usage_records() -> Vec<Usage> {
             estimated: false,
             cache_hit: int::<u8>(r, "cache_hit") == 1,
             saved_nanos: int(r, "saved_nanos"),
+            replay: None,
         })
         .collect()
 }
@@ -186,6 +187,7 @@ pub fn result_records() -> Vec<sluice_schemas::Result> {
             // Not in the fixture: results written before v3.
             routing_reason: r.get("routing_reason").filter(|s| !s.is_empty()).cloned(),
             location: r.get("location").filter(|s| !s.is_empty()).cloned(),
+            replay: None,
         })
         .collect()
 }

@@ -437,6 +437,7 @@ pub(super) fn seal(
         body: draft.body,
         stream: draft.stream,
         attributes: draft.attributes,
+        replay: None,
     };
     Ok((record, topic))
 }

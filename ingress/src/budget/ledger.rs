@@ -467,6 +467,7 @@ mod tests {
             estimated: false,
             cache_hit: false,
             saved_nanos: 0,
+            replay: None,
         }
     }
 

@@ -101,6 +101,7 @@ fn reservations_price_the_prompt_and_the_completion_cap() {
         body: String::new(),
         stream: false,
         attributes: Default::default(),
+        replay: None,
     };
     // 100 * 1000 + 10 * 2000 nano-USD.
     assert_eq!(budgets.max_cost_nanos(&r), 120_000);

@@ -169,6 +169,7 @@ fn result(status: Status, body: &str) -> ResultRecord {
         fallbacks: 0,
         routing_reason: None,
         location: None,
+        replay: None,
     }
 }
 

@@ -618,6 +618,7 @@ fn completion(content: &str) -> sluice_schemas::Result {
         fallbacks: 0,
         routing_reason: None,
         location: None,
+        replay: None,
     }
 }
 

@@ -95,6 +95,7 @@ fn record(accepted: &Accepted, entry: &Entry) -> ResultRecord {
         fallbacks: 0,
         routing_reason: None,
         location: None,
+        replay: None,
     }
 }
 
@@ -154,6 +155,7 @@ impl Events {
                 result.prompt_tokens,
                 result.completion_tokens,
             ),
+            replay: None,
         };
         let (Ok(result_bytes), Ok(usage_bytes)) = (encode(result), encode(&usage)) else {
             tracing::error!(request_id = %r.request_id, "cache hit events not encodable");

@@ -37,6 +37,7 @@ pub(super) fn record(stored: StoredResult, request_id: String, request: &Request
         fallbacks: 0,
         routing_reason: None,
         location: None,
+        replay: None,
     }
 }
 

@@ -495,6 +495,7 @@ async fn ledger_rebuild_figures() {
             estimated: false,
             cache_hit: false,
             saved_nanos: 0,
+            replay: None,
         };
         let payload = sluice_schemas::encode(&usage).unwrap();
         let producer = producer.clone();

@@ -87,6 +87,10 @@ impl Processor {
             started_at_ms: now_ms(),
             finished_at_ms: 0,
         };
+        // A replay's calls are not a team's: they stay out of the attempts table.
+        if request.replay.is_some() {
+            return attempt;
+        }
         let topic = self.topics.name(&Topic::Attempts);
         match encode(&attempt) {
             Ok(payload) => {

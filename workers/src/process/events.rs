@@ -74,6 +74,7 @@ impl Processor {
             started_at_ms: outcome.started_at_ms,
             finished_at_ms,
             worker: self.worker_id.clone(),
+            replay: request.replay.clone(),
         };
         let mut usage = Usage {
             request_id: request.request_id.clone(),
@@ -94,6 +95,7 @@ impl Processor {
             estimated: outcome.estimated,
             cache_hit: false,
             saved_nanos: 0,
+            replay: request.replay.clone(),
         };
         // The completion under the team's audit content policy (set by the ingress).
         let (completion_sha256, completion_text) = match outcome.status {
@@ -121,9 +123,18 @@ impl Processor {
             completion_sha256,
             completion_text,
             // Where it ran, for residency audits, and what the processing hooks decided.
+            // A replayed or shadow request says so: its prompt went to another deployment.
             policy: {
                 let located = result.location.as_ref().map(|l| format!("location:{l}"));
-                let all: Vec<String> = located.into_iter().chain(outcome.decisions).collect();
+                let replayed = request
+                    .replay
+                    .as_ref()
+                    .map(|r| format!("replay:{}", r.replay_id));
+                let all: Vec<String> = replayed
+                    .into_iter()
+                    .chain(located)
+                    .chain(outcome.decisions)
+                    .collect();
                 (!all.is_empty()).then(|| all.join(","))
             },
             ..Audit::default()
@@ -157,10 +168,19 @@ impl Processor {
             usage: mut usage_bytes,
             audit: mut audit_bytes,
         } = encoded;
-        let attempts = super::attempts::encoded(&outcome_attempts);
+        // A replay's result and usage go to the replay topics, which no caller, no budget
+        // ledger and no live table reads; its provider calls are not reconciled as a team's.
+        let (results_topic, usage_topic, attempts) = match request.replay {
+            Some(_) => (Topic::ReplayResults, Topic::ReplayUsage, Vec::new()),
+            None => (
+                Topic::Results,
+                Topic::Usage,
+                super::attempts::encoded(&outcome_attempts),
+            ),
+        };
         let attempts_topic = self.topics.name(&Topic::Attempts);
-        let results_topic = self.topics.name(&Topic::Results);
-        let usage_topic = self.topics.name(&Topic::Usage);
+        let results_topic = self.topics.name(&results_topic);
+        let usage_topic = self.topics.name(&usage_topic);
         let audit_topic = self.topics.name(&Topic::Audit);
         // The loop changes what it sends between tries and stops at shutdown only while it
         // waits, which backon's Retry cannot say: it takes its waits from the house policy.

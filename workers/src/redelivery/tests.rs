@@ -82,6 +82,7 @@ async fn a_lookup_that_cannot_reach_clickhouse_fails_open() {
         body: String::new(),
         stream: false,
         attributes: Default::default(),
+        replay: None,
     };
     let answers = futures::future::join_all((0..20).map(|_| lookup.already_done(&request))).await;
     assert!(answers.iter().all(|done| !done));

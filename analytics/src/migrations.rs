@@ -40,6 +40,7 @@ const FILES: &[(&str, &str)] = migration_files![
     "0009_cache.sql",
     "0010_routing.sql",
     "0011_conversations.sql",
+    "0012_replay.sql",
 ];
 
 /// The database and `schema_migrations`, created (if missing) before anything else.

@@ -71,11 +71,14 @@ async fn fixtures_give_the_expected_views_and_queries() {
     let usage: Vec<UsageRow> = usage_records().into_iter().map(Into::into).collect();
     let results: Vec<ResultRow> = result_records().into_iter().map(Into::into).collect();
     let audit: Vec<AuditRow> = audit_records().into_iter().map(Into::into).collect();
+    let (replays, replay_usage) = (replay_result_rows(), replay_usage_rows());
     // Twice: the second time is a whole batch redelivered after a crash before the commit.
     for _ in 0..2 {
         insert(&client, &usage, TIMEOUT).await.unwrap();
         insert(&client, &results, TIMEOUT).await.unwrap();
         insert(&client, &audit, TIMEOUT).await.unwrap();
+        insert(&client, &replays, TIMEOUT).await.unwrap();
+        insert(&client, &replay_usage, TIMEOUT).await.unwrap();
     }
     for (table, unique) in [
         ("usage", UNIQUE_USAGE),
@@ -306,10 +309,10 @@ async fn migration_0006_moves_content_out_of_the_analyst_database() {
         ch.query(&sql).execute().await.unwrap();
     }
 
-    // 0006 moves the content; 0007 to 0011 come after it.
+    // 0006 moves the content; 0007 to 0012 come after it.
     assert_eq!(
         apply_migrations(&ch, &db).await.unwrap(),
-        [6, 7, 8, 9, 10, 11]
+        [6, 7, 8, 9, 10, 11, 12]
     );
 
     let text = |sql: String| {

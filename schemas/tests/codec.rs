@@ -192,8 +192,10 @@ fn garbage_is_rejected_with_an_error() {
         Err(CodecError::BadMarker)
     ));
     let good = encode(&request()).unwrap();
-    // Truncated anywhere in the body.
-    for cut in [11, good.len() / 2, good.len() - 1] {
+    // Truncated anywhere in the body. Not at `len - 1`: that drops only the trailing
+    // `replay` union's null byte, and apache-avro reads a union at the end of its input as
+    // null, the very value that byte held.
+    for cut in [11, good.len() / 2, good.len() - 2] {
         assert!(decode::<Request>(&good[..cut]).is_err(), "cut at {cut}");
     }
     // Extra bytes after a known schema's last field.

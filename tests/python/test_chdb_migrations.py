@@ -49,6 +49,8 @@ VIEWS = [
     "audit_trail",
     "reconciliation_by_deployment_day",
     "cache_by_team_model_day",
+    "replay_comparison",
+    "replay_summary",
 ]
 
 
@@ -185,6 +187,9 @@ def loaded(session):
     rows = {table: load_fixture(session, table) for table in ("usage", "results", "audit")}
     # The whole batch again, as a redelivery after a crash before the commit would.
     for table in rows:
+        load_fixture(session, table)
+    for table in ("replay_results", "replay_usage"):  # twice too: a redelivered batch
+        load_fixture(session, table)
         load_fixture(session, table)
     return rows
 

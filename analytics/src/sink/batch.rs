@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use super::dead_letter::Origin;
 use crate::tables::{
-    AcceptedRow, AttemptRow, AuditRow, BudgetAlertRow, ResultBodyRow, ResultRow, UsageRow,
+    AcceptedRow, AttemptRow, AuditRow, BudgetAlertRow, ReplayResultRow, ReplayUsageRow,
+    ResultBodyRow, ResultRow, UsageRow,
 };
 
 /// One table's rows and, beside each, the message it came from.
@@ -56,6 +57,8 @@ pub(super) struct Batch {
     pub audit: Rows<AuditRow>,
     pub budget_alerts: Rows<BudgetAlertRow>,
     pub attempts: Rows<AttemptRow>,
+    pub replay_results: Rows<ReplayResultRow>,
+    pub replay_usage: Rows<ReplayUsageRow>,
     pub messages: usize,
     /// `(topic, partition)` -> next offset to consume, i.e. the offset to commit.
     pub positions: HashMap<(String, i32), i64>,

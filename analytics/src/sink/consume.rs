@@ -20,7 +20,7 @@ use super::insert::Writer;
 use super::retry::FIRST_BACKOFF;
 use crate::config::Config;
 use crate::error::Error;
-use crate::tables::{AcceptedRow, ResultBodyRow};
+use crate::tables::{AcceptedRow, ReplayResultRow, ReplayUsageRow, ResultBodyRow};
 
 /// What a sink run did, for logs and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -31,6 +31,9 @@ pub struct SinkStats {
     pub audit: u64,
     pub budget_alerts: u64,
     pub attempts: u64,
+    /// Rows of replayed and shadow requests (`replay_results`, `replay_usage`).
+    pub replay_results: u64,
+    pub replay_usage: u64,
     /// Messages sent to the dead-letter topic.
     pub dead_lettered: u64,
     /// Batches written and committed.
@@ -66,6 +69,8 @@ enum Kind {
     Audit,
     BudgetAlerts,
     Attempts,
+    ReplayResults,
+    ReplayUsage,
 }
 
 /// A connected sink. [`Sink::new`] subscribes; [`Sink::run`] consumes until shutdown.
@@ -88,6 +93,8 @@ impl Sink {
             (names.name(&Topic::Audit), Kind::Audit),
             (names.name(&Topic::BudgetAlerts), Kind::BudgetAlerts),
             (names.name(&Topic::Attempts), Kind::Attempts),
+            (names.name(&Topic::ReplayResults), Kind::ReplayResults),
+            (names.name(&Topic::ReplayUsage), Kind::ReplayUsage),
         ];
 
         let consumer: StreamConsumer<SinkContext> = kafka_config(config, CONSUMER_DEFAULTS)
@@ -255,6 +262,15 @@ impl Sink {
             Some(Kind::Attempts) => decode::<sluice_schemas::Attempt>(payload)
                 .map(|a| batch.attempts.push(a.into(), &origin))
                 .map_err(Rejection::from),
+            // A replay topic holds tagged records only: an untagged one is nobody's re-run.
+            Some(Kind::ReplayResults) => decode::<sluice_schemas::Result>(payload)
+                .map_err(Rejection::from)
+                .and_then(|r| ReplayResultRow::of(r).ok_or_else(untagged))
+                .map(|row| batch.replay_results.push(row, &origin)),
+            Some(Kind::ReplayUsage) => decode::<sluice_schemas::Usage>(payload)
+                .map_err(Rejection::from)
+                .and_then(|u| ReplayUsageRow::of(u).ok_or_else(untagged))
+                .map(|row| batch.replay_usage.push(row, &origin)),
             None => Err(Rejection {
                 summary: "topic is not one this sink reads".into(),
                 detail: format!("topic {topic} is not one this sink reads"),
@@ -326,6 +342,13 @@ impl Sink {
         batch.messages = 0;
         batch.started = None;
         true
+    }
+}
+
+fn untagged() -> Rejection {
+    Rejection {
+        summary: "a record on a replay topic without its replay tag".into(),
+        detail: "the replay topics hold only records whose `replay` field is set".into(),
     }
 }
 

@@ -79,6 +79,16 @@ impl Writer {
                 .await
             && self
                 .write(&mut batch.attempts, &mut stats.attempts, &mut out)
+                .await
+            && self
+                .write(
+                    &mut batch.replay_results,
+                    &mut stats.replay_results,
+                    &mut out,
+                )
+                .await
+            && self
+                .write(&mut batch.replay_usage, &mut stats.replay_usage, &mut out)
                 .await;
         if !written {
             return false;

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use clickhouse::Client;
 use sluice_analytics::config::ClickHouseConfig;
 use sluice_analytics::queries::{render_query, QUERIES};
+use sluice_analytics::tables::{ReplayResultRow, ReplayUsageRow};
 use sluice_analytics::Table;
 use sluice_schemas::{Audit, Priority, Usage};
 
@@ -213,6 +214,55 @@ pub fn audit_records() -> Vec<Audit> {
             completion_text: optional(r, "completion_text"),
             policy: optional(r, "policy"),
             ..Audit::default()
+        })
+        .collect()
+}
+
+/// The replay tables' fixture rows, as the sink would write them (one duplicate each).
+pub fn replay_result_rows() -> Vec<ReplayResultRow> {
+    fixture("replay_results")
+        .iter()
+        .map(|r| ReplayResultRow {
+            replay_id: r["replay_id"].clone(),
+            original_request_id: r["original_request_id"].clone(),
+            request_id: r["request_id"].clone(),
+            team: r["team"].clone(),
+            model: r["model"].clone(),
+            status: r["status"].clone(),
+            http_status: int(r, "http_status"),
+            error_kind: r["error_kind"].clone(),
+            provider: r["provider"].clone(),
+            deployment: r["deployment"].clone(),
+            prompt_tokens: int(r, "prompt_tokens"),
+            completion_tokens: int(r, "completion_tokens"),
+            created_at_ms: int(r, "created_at_ms"),
+            started_at_ms: int(r, "started_at_ms"),
+            finished_at_ms: int(r, "finished_at_ms"),
+            completion_sha256: r["completion_sha256"].clone(),
+            output_chars: int(r, "output_chars"),
+        })
+        .collect()
+}
+
+pub fn replay_usage_rows() -> Vec<ReplayUsageRow> {
+    fixture("replay_usage")
+        .iter()
+        .map(|r| ReplayUsageRow {
+            replay_id: r["replay_id"].clone(),
+            original_request_id: r["original_request_id"].clone(),
+            request_id: r["request_id"].clone(),
+            team: r["team"].clone(),
+            model: r["model"].clone(),
+            provider: r["provider"].clone(),
+            deployment: r["deployment"].clone(),
+            status: r["status"].clone(),
+            prompt_tokens: int(r, "prompt_tokens"),
+            completion_tokens: int(r, "completion_tokens"),
+            cached_tokens: int(r, "cached_tokens"),
+            cost_nanos: int(r, "cost_nanos"),
+            estimated: int(r, "estimated"),
+            created_at_ms: int(r, "created_at_ms"),
+            occurred_at_ms: int(r, "occurred_at_ms"),
         })
         .collect()
 }

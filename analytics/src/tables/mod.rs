@@ -14,6 +14,10 @@ use serde::{Deserialize, Serialize};
 use sluice_schemas::tables::{expires_at, PrivateTable};
 use sluice_schemas::{Audit, AuditAction, Usage};
 
+mod replay;
+
+pub use replay::{ReplayResultRow, ReplayUsageRow};
+
 use crate::config::Compression;
 use crate::error::Error;
 
@@ -45,10 +49,14 @@ pub enum Table {
     AuditTrail,
     ReconciliationByDeploymentDay,
     CacheByTeamModelDay,
+    ReplayResults,
+    ReplayUsage,
+    ReplayComparison,
+    ReplaySummary,
 }
 
 impl Table {
-    pub const VIEWS: [Table; 16] = [
+    pub const VIEWS: [Table; 18] = [
         Table::SpendByTeamDay,
         Table::SpendByTeamModelDay,
         Table::SpendByKeyDay,
@@ -65,6 +73,8 @@ impl Table {
         Table::AuditTrail,
         Table::ReconciliationByDeploymentDay,
         Table::CacheByTeamModelDay,
+        Table::ReplayComparison,
+        Table::ReplaySummary,
     ];
 
     pub fn name(self) -> &'static str {
@@ -92,6 +102,10 @@ impl Table {
             Table::AuditTrail => "audit_trail",
             Table::ReconciliationByDeploymentDay => "reconciliation_by_deployment_day",
             Table::CacheByTeamModelDay => "cache_by_team_model_day",
+            Table::ReplayResults => "replay_results",
+            Table::ReplayUsage => "replay_usage",
+            Table::ReplayComparison => "replay_comparison",
+            Table::ReplaySummary => "replay_summary",
         }
     }
 }
@@ -448,7 +462,7 @@ impl From<sluice_schemas::Attempt> for AttemptRow {
 }
 
 /// Wire timestamps are `long`; the version columns are UInt64.
-fn non_negative(ms: i64) -> u64 {
+pub(crate) fn non_negative(ms: i64) -> u64 {
     u64::try_from(ms).unwrap_or(0)
 }
 

@@ -127,6 +127,12 @@ pub enum ApiError {
     RateLimited { retry_after: std::time::Duration },
     #[error("No request with id `{0}`")]
     RequestNotFound(String),
+    #[error("No replay with id `{0}`")]
+    ReplayNotFound(String),
+    #[error("Team `{0}` may not be replayed: its policy forbids it (`[replay] forbidden_teams`, or an `[audit]` content policy of `none`)")]
+    ReplayForbidden(String),
+    #[error("{max} replays are running already (`[replay] max_running`); retry when one ends")]
+    ReplaysBusy { max: usize },
     #[error("The request queue is unavailable; nothing was accepted, retry later")]
     QueueUnavailable(#[source] KafkaError),
     #[error("The results store is unavailable; retry later")]
@@ -318,10 +324,22 @@ impl ApiError {
                 Some("rate_limit_exceeded"),
                 None,
             ),
-            RequestNotFound(_) => (
+            RequestNotFound(_) | ReplayNotFound(_) => (
                 StatusCode::NOT_FOUND,
                 "invalid_request_error",
                 Some("not_found"),
+                None,
+            ),
+            ReplayForbidden(_) => (
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                Some("replay_forbidden"),
+                Some("team"),
+            ),
+            ReplaysBusy { .. } => (
+                StatusCode::CONFLICT,
+                "invalid_request_error",
+                Some("too_many_replays"),
                 None,
             ),
             QueueUnavailable(_) | StoreUnavailable(_) | ShuttingDown => (

@@ -6,6 +6,7 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
@@ -124,6 +125,34 @@ pub fn wanted_topics(team_topics: &[String]) -> Vec<Topic> {
         }
     }
     wanted
+}
+
+/// How long a metadata, offset or watermark query may take.
+const METADATA_WAIT: Duration = Duration::from_secs(10);
+
+/// (partition, first offset at or after `from_ms`, high watermark) for every partition.
+pub(crate) fn partition_starts(
+    consumer: &rdkafka::consumer::StreamConsumer,
+    topic: &str,
+    partitions: i32,
+    from_ms: i64,
+) -> Result<Vec<(i32, i64, i64)>, KafkaError> {
+    let mut times = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        times.add_partition_offset(topic, p, rdkafka::Offset::Offset(from_ms))?;
+    }
+    let starts = consumer.offsets_for_times(times, METADATA_WAIT)?;
+    (0..partitions)
+        .map(|p| {
+            let (_, high) = consumer.fetch_watermarks(topic, p, METADATA_WAIT)?;
+            // No message at or after `from_ms`: nothing to read, start at the end.
+            let start = match starts.find_partition(topic, p).map(|e| e.offset()) {
+                Some(rdkafka::Offset::Offset(o)) => o,
+                _ => high,
+            };
+            Ok((p, start, high))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ mod listener;
 mod lookup;
 mod ops;
 mod public_url;
+pub mod replay;
 mod replies;
 mod state;
 mod webhooks;

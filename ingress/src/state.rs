@@ -47,6 +47,8 @@ pub struct AppState {
     pub(crate) cache: crate::cache::Cache,
     /// Stored conversations of the Responses API (docs/responses.md).
     pub(crate) conversations: crate::conversations::Conversations,
+    /// Replays started through the admin API (docs/replay.md). They end with the process.
+    pub(crate) replays: crate::replay::Registry,
 }
 
 impl AppState {
@@ -88,12 +90,17 @@ impl AppState {
             budgets: crate::budget::Budgets::new(&config),
             models,
             topics,
-            producer,
             waiters,
             recent: Recent::default(),
             idempotency: crate::idempotency::Store::new(&config.idempotency),
             cache: crate::cache::Cache::new(&config.cache),
             conversations: crate::conversations::Conversations::new(&config),
+            replays: crate::replay::Registry::new(
+                crate::replay::Replayer::new(&config, producer.clone()),
+                config.replay.max_running,
+                tokio_util::sync::CancellationToken::new(),
+            ),
+            producer,
             config,
         }
     }

@@ -34,6 +34,7 @@ pub mod ops;
 pub mod outbound;
 pub mod pricing;
 pub mod records;
+pub mod replay;
 pub mod retry;
 pub mod route_hints;
 pub mod tables;

@@ -12,6 +12,7 @@ mod handles;
 mod lines;
 mod publish;
 mod routing;
+mod shadow;
 pub(crate) mod tokens;
 mod validate;
 

@@ -40,6 +40,7 @@ pub(crate) async fn publish(app: &impl Handles, accepted: &Accepted) -> Result<(
     );
     if sent.is_ok() {
         crate::ops::enqueued(r, app.config().budget.default_completion_tokens);
+        super::shadow::mirror(app, r);
     }
     if let Err(error) = sent {
         app.budgets().release(&r.request_id);

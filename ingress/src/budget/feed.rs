@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Ledger, Period};
 use crate::config::Config;
-use crate::kafka::{reader_config, send, when_ready};
+use crate::kafka::{partition_starts, reader_config, send, when_ready};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -143,31 +143,6 @@ async fn plan_topic(
         }
     }
     Ok(())
-}
-
-/// (partition, first offset at or after `from_ms`, high watermark) for every partition.
-fn partition_starts(
-    consumer: &StreamConsumer,
-    topic: &str,
-    partitions: i32,
-    from_ms: i64,
-) -> Result<Vec<(i32, i64, i64)>, KafkaError> {
-    let mut times = TopicPartitionList::new();
-    for p in 0..partitions {
-        times.add_partition_offset(topic, p, Offset::Offset(from_ms))?;
-    }
-    let starts = consumer.offsets_for_times(times, WAIT)?;
-    (0..partitions)
-        .map(|p| {
-            let (_, high) = consumer.fetch_watermarks(topic, p, WAIT)?;
-            // No message at or after `from_ms`: nothing to read, start at the end.
-            let start = match starts.find_partition(topic, p).map(|e| e.offset()) {
-                Some(Offset::Offset(o)) => o,
-                _ => high,
-            };
-            Ok((p, start, high))
-        })
-        .collect()
 }
 
 struct Feed {

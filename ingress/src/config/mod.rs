@@ -14,6 +14,7 @@ pub mod guard;
 mod idempotency;
 mod kafka;
 mod keys;
+mod replay;
 mod requests;
 mod server;
 mod webhooks;
@@ -36,6 +37,7 @@ pub use guard::{GuardConfig, PiiAction, PiiConfig};
 pub use idempotency::IdempotencyConfig;
 pub use kafka::KafkaConfig;
 pub use keys::{AdminConfig, KeyConfig};
+pub use replay::{ReplayConfig, ShadowConfig};
 pub use requests::{BillingConfig, DeadlineConfig, ModelConfig, RoutingConfig};
 pub use server::{ListenerConfig, ServerConfig};
 pub use webhooks::{TeamWebhooks, WebhooksConfig};
@@ -112,6 +114,12 @@ pub struct Config {
     /// `[console]`: the operators' web console, off unless `listen` is set (docs/console.md).
     #[serde(default)]
     pub console: ConsoleConfig,
+    /// `[replay]`: bounds of every replay and shadow (docs/replay.md).
+    #[serde(default)]
+    pub replay: ReplayConfig,
+    /// `[[shadows]]`: live traffic mirrored to candidate models (docs/replay.md).
+    #[serde(default)]
+    pub shadows: Vec<ShadowConfig>,
 }
 
 impl Config {
@@ -246,6 +254,7 @@ impl Config {
         self.audit.check(self)?;
         self.idempotency.check(self)?;
         self.cache.check(self)?;
+        self.replay.validate(self)?;
         if self.models.is_empty() {
             return Err(ConfigError::Field {
                 field: "models".into(),
@@ -266,8 +275,9 @@ pub(crate) trait Section {
 /// Durations in config are plain milliseconds (`*_ms` keys).
 /// The sections env vars may override. Other `SLUICE_*` variables (another service's, or
 /// the scripts' `SLUICE_STATE`) are not ours and must not trip `deny_unknown_fields`.
-const ENV_SECTIONS: [&str; 16] = [
+const ENV_SECTIONS: [&str; 17] = [
     "cache",
+    "replay",
     "console",
     "idempotency",
     "log",

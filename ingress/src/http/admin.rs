@@ -8,7 +8,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::Value;
@@ -23,6 +23,44 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
         .route("/admin/keys/{id}", get(show).patch(update).delete(revoke))
         .route("/admin/keys/{id}/rotate", post(rotate))
         .route("/admin/keys/{id}/revoke", post(revoke))
+        .route("/admin/replays", post(start_replay).get(list_replays))
+        .route("/admin/replays/{id}", get(show_replay))
+}
+
+/// `POST /admin/replays` (docs/replay.md): checks the spec and starts it; 202 with its
+/// progress so far.
+async fn start_replay(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    keys::authorize_admin(&app.config, &headers)?;
+    let body = body.map_err(|_| ApiError::NotJson)?;
+    let spec: crate::replay::Spec = serde_json::from_slice(&body).map_err(ApiError::InvalidJson)?;
+    let started = app.replays.start(spec.check(&app.config)?)?;
+    Ok((axum::http::StatusCode::ACCEPTED, Json(started)).into_response())
+}
+
+async fn list_replays(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    keys::authorize_admin(&app.config, &headers)?;
+    Ok(Json(
+        serde_json::json!({"object": "list", "data": app.replays.list()}),
+    ))
+}
+
+async fn show_replay(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<crate::replay::Progress>, ApiError> {
+    keys::authorize_admin(&app.config, &headers)?;
+    app.replays
+        .get(&id)
+        .map(Json)
+        .ok_or(ApiError::ReplayNotFound(id))
 }
 
 fn admin(app: &AppState) -> keys::Admin<'_> {

@@ -263,6 +263,8 @@ impl Stack {
             },
             cache: Default::default(),
             console: Default::default(),
+            replay: Default::default(),
+            shadows: Vec::new(),
         };
         ingress.server.listen = "127.0.0.1:0".into();
         ingress.server.sync_timeout_ms = Duration::from_secs(30);

@@ -28,6 +28,7 @@ mod metrics;
 mod money;
 mod privileges;
 mod providers;
+mod replay;
 mod residency;
 mod responses;
 mod routing;

@@ -391,5 +391,21 @@ async fn a_shadow_copies_live_requests_without_the_caller_seeing_or_paying() {
         .await;
     assert_eq!(live.trim(), "5\t0");
     assert_eq!((stack.mock.call_count(), candidate.call_count()), (5, 4));
+
+    // The attack: a caller dressing its request as a copy to be served and not billed. The
+    // tag is no option a caller has: asked for, it is refused by name; in metadata it is a
+    // label, and the request is live, billed like any other.
+    let mut dressed = chat("bill me not");
+    dressed["sluice"] = json!({"replay": {"replay_id": "shadow-cand", "original_request_id": "x"}});
+    let (status, body) = stack.post("/v1/chat/completions", KEY_B, dressed).await;
+    assert_eq!(status, 400, "{body}");
+    let mut labelled = chat("bill me not");
+    labelled["metadata"] = json!({"replay": "shadow-cand", "replay_id": "shadow-cand"});
+    let (status, body, id) = stack.chat_with_id(KEY_B, &labelled).await;
+    assert_eq!(status, 200, "{body}");
+    let billed = stack.usage_row(&id, "team, cost_nanos > 0").await;
+    assert_eq!(billed, "team-b\t1");
+    let copies = format!("SELECT count() FROM {{db}}.replay_results WHERE original_request_id = '{id}' OR request_id = '{id}'");
+    assert_eq!(count(stack.ch(&copies).await), 0);
     stack.stop().await;
 }

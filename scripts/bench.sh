@@ -51,6 +51,9 @@
 #   BENCH_TRACE [0]   1: every service exports its spans ([trace], sample_ratio 1) to a local
 #                              OTLP/HTTP sink (python3, answers 200, logs exports and bytes) on
 #                              BENCH_OTLP_PORT [14318], to price tracing against a run without
+#   BENCH_SHADOW_PERCENT [unset]  a [[shadows]] entry in the ingress config copying that share
+#                              of $MODEL's requests to local-llama (docs/replay.md), to price
+#                              shadow traffic against a run without
 #   BENCH_OUT [<repo>/.state/bench]           logs, loadgen JSON, results.md
 set -euo pipefail
 
@@ -219,6 +222,11 @@ if [[ $BUDGET_USD == none ]]; then
   awk '/^\[/ { skip = ($0 == "[[budgets]]") } !skip { print }' config/ingress.toml >"$OUT/ingress.toml"
 else
   sed "s/^limit_usd = .*/limit_usd = $BUDGET_USD/" config/ingress.toml >"$OUT/ingress.toml"
+fi
+if [[ -n ${BENCH_SHADOW_PERCENT:-} ]]; then
+  log "experiment: [[shadows]] $BENCH_SHADOW_PERCENT % of $MODEL to local-llama"
+  printf '\n[[shadows]]\nname = "bench"\nmodel = "%s"\ntarget_model = "local-llama"\npercent = %s\n' \
+    "$MODEL" "$BENCH_SHADOW_PERCENT" >>"$OUT/ingress.toml"
 fi
 # The streams scenario's cancel step: the deployment of $RELAY_MODEL goes through loadgen's
 # relay on RELAY_PORT (which forwards to the mock), so the relay sees when the worker closes
@@ -560,5 +568,10 @@ bench_report | tee "$OUT/results.md"
 if [[ -s $OUT/otlp.log ]]; then
   read -r exports bytes < <(tail -1 "$OUT/otlp.log")
   log "traces: the OTLP sink took $exports exports, $((bytes / 1024)) KiB"
+fi
+if [[ -n ${BENCH_SHADOW_PERCENT:-} ]]; then
+  copies=$(curl -sf "${CH_AUTH[@]}" "$CH" --data-binary "SELECT count() FROM $DB.replay_results FINAL WHERE replay_id = 'shadow-bench'" || echo "?")
+  live=$(curl -sf "${CH_AUTH[@]}" "$CH" --data-binary "SELECT count() FROM $DB.usage FINAL WHERE model = '$MODEL'" || echo "?")
+  log "shadow: $copies copies in replay_results for $live live $MODEL requests in usage"
 fi
 log "done; figures also in $OUT/results.md"

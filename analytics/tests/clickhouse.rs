@@ -5,7 +5,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use sluice_analytics::config::{ClickHouseConfig, Compression};
-use sluice_analytics::tables::{insert, AuditRow, ResultBodyRow, ResultRow, UsageRow};
+use sluice_analytics::tables::{
+    insert, AuditRow, ReplayResultRow, ReplayUsageRow, ResultBodyRow, ResultRow, UsageRow,
+};
 use sluice_analytics::{apply_migrations, client, find_result, find_result_body, private_client};
 use support::*;
 
@@ -72,6 +74,19 @@ async fn fixtures_give_the_expected_views_and_queries() {
     let results: Vec<ResultRow> = result_records().into_iter().map(Into::into).collect();
     let audit: Vec<AuditRow> = audit_records().into_iter().map(Into::into).collect();
     let (replays, replay_usage) = (replay_result_rows(), replay_usage_rows());
+    // The rows the sink makes of the tagged records are the fixture's rows.
+    let made: Vec<ReplayResultRow> = replay_result_records()
+        .into_iter()
+        .filter_map(ReplayResultRow::of)
+        .collect();
+    assert_eq!(made, replays);
+    let made: Vec<ReplayUsageRow> = replay_usage_records()
+        .into_iter()
+        .filter_map(ReplayUsageRow::of)
+        .collect();
+    assert_eq!(made, replay_usage);
+    // A live record has no replay row.
+    assert!(ReplayUsageRow::of(usage_records().remove(0)).is_none());
     // Twice: the second time is a whole batch redelivered after a crash before the commit.
     for _ in 0..2 {
         insert(&client, &usage, TIMEOUT).await.unwrap();

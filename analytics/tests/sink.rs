@@ -73,6 +73,8 @@ async fn create_topics(prefix: &str) -> Topics {
         Topic::Usage,
         Topic::Audit,
         Topic::DeadLetter,
+        Topic::ReplayResults,
+        Topic::ReplayUsage,
     ];
     let names: Vec<String> = wanted.iter().map(|t| topics.name(t)).collect();
     let new: Vec<NewTopic<'_>> = wanted
@@ -113,6 +115,8 @@ async fn delete_topics(topics: &Topics) {
         Topic::Usage,
         Topic::Audit,
         Topic::DeadLetter,
+        Topic::ReplayResults,
+        Topic::ReplayUsage,
     ]
     .iter()
     .map(|t| topics.name(t))
@@ -148,9 +152,23 @@ async fn produce_fixtures(producer: &FutureProducer, topics: &Topics) {
     for record in audit_records() {
         produce(producer, &audit, &record.team, &encode(&record).unwrap()).await;
     }
+    let replays = topics.name(&Topic::ReplayResults);
+    for record in replay_result_records() {
+        produce(producer, &replays, &record.team, &encode(&record).unwrap()).await;
+    }
+    let replay_usage = topics.name(&Topic::ReplayUsage);
+    for record in replay_usage_records() {
+        produce(
+            producer,
+            &replay_usage,
+            &record.team,
+            &encode(&record).unwrap(),
+        )
+        .await;
+    }
 }
 
-async fn wait_for_counts(client: &Client, db: &str, want: [(&str, u64); 3]) {
+async fn wait_for_counts<const N: usize>(client: &Client, db: &str, want: [(&str, u64); N]) {
     let started = Instant::now();
     loop {
         let mut got = Vec::new();
@@ -223,6 +241,10 @@ async fn sink_lands_records_once_and_dead_letters_garbage() {
     truncated.truncate(40);
     let results_topic = topics.name(&Topic::Results);
     let cut = produce(&producer, &results_topic, "globex", &truncated).await;
+    // A live record on a replay topic is nobody's copy: dead-lettered, never a replay row.
+    let replay_usage_topic = topics.name(&Topic::ReplayUsage);
+    let live = encode(&usage_records().remove(0)).unwrap();
+    let stray = produce(&producer, &replay_usage_topic, "acme", &live).await;
 
     // In process, as main does: migrate, then run until cancelled.
     let shutdown = CancellationToken::new();
@@ -234,15 +256,28 @@ async fn sink_lands_records_once_and_dead_letters_garbage() {
             ("usage", UNIQUE_USAGE),
             ("results", UNIQUE_RESULTS),
             ("audit", UNIQUE_AUDIT),
+            ("replay_results", 5),
+            ("replay_usage", 5),
         ],
     )
     .await;
     // The duplicate and the superseded result are absorbed: the views match the fixtures.
     assert_views_and_queries(&ch, &db).await;
 
-    // Both bad messages are in the dead-letter topic, with where they came from and why.
-    let mut dead = read_dead_letters(&topics, 2).await;
+    // The bad messages are in the dead-letter topic, with where they came from and why.
+    let mut dead = read_dead_letters(&topics, 3).await;
     dead.sort();
+    // Sorted by topic: `<p>.replay.usage` first.
+    let stray_dead = dead.remove(0);
+    assert_eq!(
+        (stray_dead.0.as_str(), stray_dead.1, stray_dead.2),
+        (replay_usage_topic.as_str(), stray.0, stray.1)
+    );
+    assert!(
+        stray_dead.3.contains("`replay` field"),
+        "reason: {}",
+        stray_dead.3
+    );
     assert_eq!(
         (dead[0].0.as_str(), dead[0].1, dead[0].2),
         (results_topic.as_str(), cut.0, cut.1)
@@ -262,7 +297,8 @@ async fn sink_lands_records_once_and_dead_letters_garbage() {
         .unwrap()
         .unwrap()
         .unwrap();
-    assert_eq!((stats.dead_lettered, stats.unwritten), (2, 0));
+    assert_eq!((stats.dead_lettered, stats.unwritten), (3, 0));
+    assert_eq!(stats.replay_results, replay_result_records().len() as u64);
     assert_eq!(stats.usage, usage_records().len() as u64);
     assert!(stats.batches >= 2, "{stats:?}");
 

@@ -244,6 +244,87 @@ pub fn replay_result_rows() -> Vec<ReplayResultRow> {
         .collect()
 }
 
+/// The texts of the replay fixtures' completions, by their SHA-256 (`completion_sha256`).
+const REPLAY_TEXTS: [&str; 2] = ["ok", "A longer answer from the candidate."];
+
+/// `replay_results.tsv` as the tagged results a worker publishes to the replay topic: a
+/// completion whose text hashes to the row's `completion_sha256` (an error body for '').
+pub fn replay_result_records() -> Vec<sluice_schemas::Result> {
+    fixture("replay_results")
+        .iter()
+        .map(|r| {
+            let sha = &r["completion_sha256"];
+            let text = REPLAY_TEXTS
+                .iter()
+                .find(|t| sluice_schemas::audit_content::sha256_hex(t.as_bytes()) == *sha);
+            let body = match text {
+                Some(text) => serde_json::json!({"object": "chat.completion",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]}),
+                None => serde_json::json!({"error": {"message": "upstream failed"}}),
+            };
+            sluice_schemas::Result {
+                request_id: r["request_id"].clone(),
+                team: r["team"].clone(),
+                key_id: "k-replay".into(),
+                priority: Priority::Batch,
+                model: r["model"].clone(),
+                traceparent: None,
+                status: enumeration(r, "status"),
+                http_status: int(r, "http_status"),
+                body: body.to_string(),
+                error_kind: optional(r, "error_kind"),
+                provider: r["provider"].clone(),
+                deployment: r["deployment"].clone(),
+                attempts: 1,
+                prompt_tokens: int(r, "prompt_tokens"),
+                completion_tokens: int(r, "completion_tokens"),
+                created_at_ms: int(r, "created_at_ms"),
+                started_at_ms: int(r, "started_at_ms"),
+                finished_at_ms: int(r, "finished_at_ms"),
+                worker: "worker-replay".into(),
+                fallbacks: 0,
+                routing_reason: None,
+                location: None,
+                replay: Some(sluice_schemas::ReplayTag {
+                    replay_id: r["replay_id"].clone(),
+                    original_request_id: r["original_request_id"].clone(),
+                }),
+            }
+        })
+        .collect()
+}
+
+/// `replay_usage.tsv` as the tagged usage a worker publishes to the replay topic.
+pub fn replay_usage_records() -> Vec<Usage> {
+    fixture("replay_usage")
+        .iter()
+        .map(|r| Usage {
+            request_id: r["request_id"].clone(),
+            team: r["team"].clone(),
+            key_id: "k-replay".into(),
+            priority: Priority::Batch,
+            model: r["model"].clone(),
+            provider: r["provider"].clone(),
+            deployment: r["deployment"].clone(),
+            status: enumeration(r, "status"),
+            prompt_tokens: int(r, "prompt_tokens"),
+            completion_tokens: int(r, "completion_tokens"),
+            cached_tokens: int(r, "cached_tokens"),
+            cost_nanos: int(r, "cost_nanos"),
+            created_at_ms: int(r, "created_at_ms"),
+            latency_ms: 0,
+            occurred_at_ms: int(r, "occurred_at_ms"),
+            estimated: int::<u8>(r, "estimated") == 1,
+            cache_hit: false,
+            saved_nanos: 0,
+            replay: Some(sluice_schemas::ReplayTag {
+                replay_id: r["replay_id"].clone(),
+                original_request_id: r["original_request_id"].clone(),
+            }),
+        })
+        .collect()
+}
+
 pub fn replay_usage_rows() -> Vec<ReplayUsageRow> {
     fixture("replay_usage")
         .iter()

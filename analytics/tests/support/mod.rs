@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use clickhouse::Client;
 use sluice_analytics::config::ClickHouseConfig;
 use sluice_analytics::queries::{render_query, QUERIES};
-use sluice_analytics::tables::{ReplayResultRow, ReplayUsageRow};
+use sluice_analytics::tables::ReplayResultRow;
 use sluice_analytics::Table;
 use sluice_schemas::{Audit, Priority, Usage};
 
@@ -218,7 +218,8 @@ pub fn audit_records() -> Vec<Audit> {
         .collect()
 }
 
-/// The replay tables' fixture rows, as the sink would write them (one duplicate each).
+/// `replay_results.tsv` as its table's rows, hash and length as written there (one
+/// duplicate inside).
 pub fn replay_result_rows() -> Vec<ReplayResultRow> {
     fixture("replay_results")
         .iter()
@@ -321,29 +322,6 @@ pub fn replay_usage_records() -> Vec<Usage> {
                 replay_id: r["replay_id"].clone(),
                 original_request_id: r["original_request_id"].clone(),
             }),
-        })
-        .collect()
-}
-
-pub fn replay_usage_rows() -> Vec<ReplayUsageRow> {
-    fixture("replay_usage")
-        .iter()
-        .map(|r| ReplayUsageRow {
-            replay_id: r["replay_id"].clone(),
-            original_request_id: r["original_request_id"].clone(),
-            request_id: r["request_id"].clone(),
-            team: r["team"].clone(),
-            model: r["model"].clone(),
-            provider: r["provider"].clone(),
-            deployment: r["deployment"].clone(),
-            status: r["status"].clone(),
-            prompt_tokens: int(r, "prompt_tokens"),
-            completion_tokens: int(r, "completion_tokens"),
-            cached_tokens: int(r, "cached_tokens"),
-            cost_nanos: int(r, "cost_nanos"),
-            estimated: int(r, "estimated"),
-            created_at_ms: int(r, "created_at_ms"),
-            occurred_at_ms: int(r, "occurred_at_ms"),
         })
         .collect()
 }

@@ -130,6 +130,20 @@ pub fn wanted_topics(team_topics: &[String]) -> Vec<Topic> {
 /// How long a metadata, offset or watermark query may take.
 const METADATA_WAIT: Duration = Duration::from_secs(10);
 
+/// How many partitions `topic` has; an error while it does not exist (yet).
+pub(crate) fn partition_count(
+    consumer: &rdkafka::consumer::StreamConsumer,
+    topic: &str,
+) -> Result<i32, KafkaError> {
+    let metadata = consumer.fetch_metadata(Some(topic), METADATA_WAIT)?;
+    match metadata.topics().iter().find(|t| t.name() == topic) {
+        Some(t) if !t.partitions().is_empty() => Ok(t.partitions().len() as i32),
+        _ => Err(KafkaError::MetadataFetch(
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+        )),
+    }
+}
+
 /// (partition, first offset at or after `from_ms`, high watermark) for every partition.
 pub(crate) fn partition_starts(
     consumer: &rdkafka::consumer::StreamConsumer,

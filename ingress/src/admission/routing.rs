@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use sluice_schemas::{Priority, Topic};
+use sluice_schemas::{Priority, Topic, Topics};
 
 use crate::config::RoutingConfig;
 
@@ -30,6 +30,14 @@ impl Routing {
         } else {
             Topic::Requests(priority)
         }
+    }
+
+    /// Where a replay or shadow copy of `team`'s request goes: the team's batch topic, by
+    /// name, and the partition.
+    pub(crate) fn copy_destination(&self, topics: &Topics, team: &str) -> (String, i32) {
+        let topic = self.topic(team, Priority::Batch);
+        let partition = self.partition(&topic, team);
+        (topics.name(&topic), partition)
     }
 
     /// The partition for a team's next request: round robin over the team's

@@ -3,7 +3,7 @@
 //! never waits for it; the copy's result and usage go to the replay tables only.
 
 use sluice_schemas::replay::{copy, sampled, SHADOW_PREFIX};
-use sluice_schemas::{encode, now_ms, Priority, Request};
+use sluice_schemas::{encode, now_ms, Request};
 
 use super::Handles;
 
@@ -29,9 +29,7 @@ pub(crate) fn mirror(app: &impl Handles, r: &Request) {
         let Ok(payload) = encode(&shadowed) else {
             continue;
         };
-        let topic = app.routing().topic(&r.team, Priority::Batch);
-        let partition = app.routing().partition(&topic, &r.team);
-        let topic = app.topics().name(&topic);
+        let (topic, partition) = app.routing().copy_destination(app.topics(), &r.team);
         let producer = app.producer().clone();
         let (name, team) = (shadow.name.clone(), r.team.clone());
         tokio::spawn(async move {

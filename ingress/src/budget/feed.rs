@@ -18,9 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Ledger, Period};
 use crate::config::Config;
-use crate::kafka::{partition_starts, reader_config, send, when_ready};
-
-const WAIT: Duration = Duration::from_secs(10);
+use crate::kafka::{partition_count, partition_starts, reader_config, send, when_ready};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FeedError {
@@ -122,13 +120,7 @@ async fn plan_topic(
     plan: &mut Plan,
 ) -> Result<(), FeedError> {
     let partitions = when_ready("ledger topic", || async {
-        let metadata = consumer.fetch_metadata(Some(topic), WAIT)?;
-        match metadata.topics().iter().find(|t| t.name() == topic) {
-            Some(t) if !t.partitions().is_empty() => Ok(t.partitions().len() as i32),
-            _ => Err(KafkaError::MetadataFetch(
-                rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
-            )),
-        }
+        partition_count(consumer, topic)
     })
     .await?;
     let starts = when_ready("ledger partitions", || async {

@@ -12,7 +12,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 use rdkafka::{Message, Offset, TopicPartitionList};
-use sluice_schemas::replay::{copy, NotReplayable};
+use sluice_schemas::replay::copy;
 use sluice_schemas::{decode, encode, now_ms, Priority, Request, Topic, Topics};
 use tokio_util::sync::CancellationToken;
 
@@ -20,7 +20,7 @@ use super::{Checked, Progress, State};
 use crate::admission::Routing;
 use crate::budget::Budgets;
 use crate::config::Config;
-use crate::kafka::{partition_starts, reader_config, send};
+use crate::kafka::{partition_count, partition_starts, reader_config, send};
 
 /// The longest wait for the next record of a partition not read to its end yet.
 const STALL: Duration = Duration::from_secs(30);
@@ -105,7 +105,7 @@ impl Replayer {
         let mut pending: HashMap<(String, i32), i64> = HashMap::new();
         let mut assignment = TopicPartitionList::new();
         for topic in self.request_topics(spec) {
-            let partitions = match partitions(&consumer, &topic) {
+            let partitions = match partition_count(&consumer, &topic) {
                 Ok(n) => n,
                 // A team topic nobody has written to yet: nothing to replay there.
                 Err(_) => continue,
@@ -173,12 +173,10 @@ impl Replayer {
                 now,
                 now + deadline,
             );
-            let replayed = match copied {
-                Ok(c) => c,
-                Err(NotReplayable::Copy | NotReplayable::Embeddings | NotReplayable::Body) => {
-                    lock(progress).not_replayable += 1;
-                    continue;
-                }
+            // A copy, an embeddings request, a body that is no object: nothing to compare.
+            let Ok(replayed) = copied else {
+                lock(progress).not_replayable += 1;
+                continue;
             };
             let cost = self.pricing.max_cost_nanos(&replayed);
             {
@@ -206,9 +204,7 @@ impl Replayer {
 
     async fn publish(&self, copy: &Request) -> Result<(), KafkaError> {
         let payload = encode(copy).map_err(|_| KafkaError::Canceled)?;
-        let topic = self.routing.topic(&copy.team, Priority::Batch);
-        let partition = self.routing.partition(&topic, &copy.team);
-        let topic = self.topics.name(&topic);
+        let (topic, partition) = self.routing.copy_destination(&self.topics, &copy.team);
         send(
             &self.producer,
             &topic,
@@ -226,18 +222,6 @@ fn matches(spec: &Checked, r: &Request) -> bool {
         && spec.team.as_ref().is_none_or(|t| *t == r.team)
         && spec.model.as_ref().is_none_or(|m| *m == r.model)
         && spec.priority.is_none_or(|p| p == r.priority)
-}
-
-fn partitions(consumer: &StreamConsumer, topic: &str) -> Result<i32, KafkaError> {
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    match metadata.topics().iter().find(|t| t.name() == topic) {
-        Some(t) if !t.partitions().is_empty() && t.error().is_none() => {
-            Ok(t.partitions().len() as i32)
-        }
-        _ => Err(KafkaError::MetadataFetch(
-            rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
-        )),
-    }
 }
 
 fn lock(progress: &Mutex<Progress>) -> std::sync::MutexGuard<'_, Progress> {

@@ -326,3 +326,228 @@ fn text_format(value: &Value) -> Result<Option<Value>, RequestError> {
         )),
     }
 }
+
+/// The refusal of a chat field that has no form in the Responses API, for a deployment
+/// that speaks it (a field dropped in silence would change the answer or the bill).
+macro_rules! no_form {
+    ($field:literal) => {
+        concat!(
+            "`",
+            $field,
+            "` has no form in OpenAI's Responses API, which this deployment speaks (api = \"responses\"); route the request to a chat completions deployment"
+        )
+    };
+}
+
+/// Chat fields the Responses API has under the same name.
+const SAME_NAME: [&str; 10] = [
+    "temperature",
+    "top_p",
+    "parallel_tool_calls",
+    "user",
+    "prompt_cache_key",
+    "metadata",
+    "service_tier",
+    "safety_identifier",
+    "store",
+    "top_logprobs",
+];
+
+/// The Responses API request for a chat completion `chat`, for `model`: the workers' side,
+/// for an OpenAI deployment that speaks the Responses API (`api = "responses"`). Every
+/// message becomes an input item (system and developer messages keep their role; tool calls
+/// are `function_call` items, tool answers `function_call_output` items), the cap is
+/// `max_output_tokens`, `response_format` is `text.format`, and `store` is false unless the
+/// caller set it. A field with no Responses form is refused by name.
+pub fn from_openai(
+    chat: &Map<String, Value>,
+    model: &str,
+    stream: bool,
+) -> Result<Map<String, Value>, &'static str> {
+    let mut out = Map::new();
+    let mut text = Map::new();
+    out.insert("model".into(), json!(model));
+    for (name, value) in chat {
+        if value.is_null() {
+            continue;
+        }
+        match name.as_str() {
+            "model" | "stream" | "stream_options" => {}
+            n if SAME_NAME.contains(&n) => {
+                out.insert(name.clone(), value.clone());
+            }
+            "messages" => {
+                let messages = value.as_array().map_or(&[][..], Vec::as_slice);
+                let mut input = Vec::with_capacity(messages.len());
+                for message in messages {
+                    push_message(&mut input, message)?;
+                }
+                out.insert("input".into(), Value::Array(input));
+            }
+            "max_completion_tokens" => {
+                out.insert("max_output_tokens".into(), value.clone());
+            }
+            "max_tokens" => {
+                out.entry("max_output_tokens").or_insert(value.clone());
+            }
+            "tools" => {
+                let tools = value.as_array().map_or(&[][..], Vec::as_slice);
+                let tools: Result<Vec<Value>, _> = tools.iter().map(function_tool).collect();
+                out.insert("tools".into(), Value::Array(tools?));
+            }
+            "tool_choice" => {
+                out.insert("tool_choice".into(), chat_tool_choice(value)?);
+            }
+            "response_format" => {
+                if let Some(format) = format_of(value)? {
+                    text.insert("format".into(), format);
+                }
+            }
+            "verbosity" => {
+                text.insert("verbosity".into(), value.clone());
+            }
+            "reasoning_effort" => {
+                out.insert("reasoning".into(), json!({"effort": value}));
+            }
+            "n" if value.as_u64() == Some(1) => {}
+            "logprobs" if value == &Value::Bool(false) => {}
+            "n" => return Err(no_form!("n")),
+            "logprobs" => return Err(no_form!("logprobs")),
+            "stop" => return Err(no_form!("stop")),
+            "seed" => return Err(no_form!("seed")),
+            "presence_penalty" => return Err(no_form!("presence_penalty")),
+            "frequency_penalty" => return Err(no_form!("frequency_penalty")),
+            "logit_bias" => return Err(no_form!("logit_bias")),
+            "modalities" | "audio" => return Err(no_form!("audio")),
+            "prediction" => return Err(no_form!("prediction")),
+            _ => {
+                return Err(
+                    "the request has a field with no form in OpenAI's Responses API, which this deployment speaks (api = \"responses\"); route it to a chat completions deployment",
+                )
+            }
+        }
+    }
+    if !text.is_empty() {
+        out.insert("text".into(), Value::Object(text));
+    }
+    out.entry("store").or_insert(Value::Bool(false));
+    if stream {
+        out.insert("stream".into(), Value::Bool(true));
+    }
+    Ok(out)
+}
+
+/// One chat message as input items.
+fn push_message(input: &mut Vec<Value>, message: &Value) -> Result<(), &'static str> {
+    let role = message.get("role").and_then(Value::as_str).unwrap_or("");
+    let content = message.get("content").unwrap_or(&Value::Null);
+    match role {
+        "system" | "developer" | "user" => {
+            let content = match content {
+                Value::Array(parts) => {
+                    let parts: Result<Vec<Value>, _> = parts.iter().map(chat_part).collect();
+                    Value::Array(parts?)
+                }
+                Value::String(_) => content.clone(),
+                _ => json!(""),
+            };
+            input.push(json!({"type": "message", "role": role, "content": content}));
+        }
+        "assistant" => {
+            let text = match content {
+                Value::String(text) => text.clone(),
+                Value::Array(parts) => parts
+                    .iter()
+                    .filter_map(|p| p.get("text").and_then(Value::as_str))
+                    .collect(),
+                _ => String::new(),
+            };
+            if !text.is_empty() {
+                input.push(json!({"type": "message", "role": "assistant", "content": text}));
+            }
+            let calls = message.get("tool_calls").and_then(Value::as_array);
+            for call in calls.map_or(&[][..], Vec::as_slice) {
+                let function = &call["function"];
+                input.push(json!({
+                    "type": "function_call",
+                    "call_id": call["id"].as_str().unwrap_or(""),
+                    "name": function["name"].as_str().unwrap_or(""),
+                    "arguments": function["arguments"].as_str().unwrap_or("{}"),
+                }));
+            }
+        }
+        "tool" => {
+            let output = match content {
+                Value::String(text) => text.clone(),
+                Value::Array(parts) => parts
+                    .iter()
+                    .filter_map(|p| p.get("text").and_then(Value::as_str))
+                    .collect(),
+                _ => String::new(),
+            };
+            input.push(json!({
+                "type": "function_call_output",
+                "call_id": message["tool_call_id"].as_str().unwrap_or(""),
+                "output": output,
+            }));
+        }
+        _ => return Err(no_form!("function")),
+    }
+    Ok(())
+}
+
+/// A chat content part as an input part.
+fn chat_part(part: &Value) -> Result<Value, &'static str> {
+    match part.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(json!({"type": "input_text", "text": part["text"]})),
+        Some("image_url") => {
+            let image = &part["image_url"];
+            let mut out = json!({"type": "input_image", "image_url": image["url"]});
+            out["detail"] = image.get("detail").cloned().unwrap_or(json!("auto"));
+            Ok(out)
+        }
+        _ => Err(no_form!("content part")),
+    }
+}
+
+/// A chat function tool in the Responses form (flat: name, description, parameters, strict).
+fn function_tool(tool: &Value) -> Result<Value, &'static str> {
+    if tool.get("type").and_then(Value::as_str) != Some("function") {
+        return Err(no_form!("tools (a tool that is not a function)"));
+    }
+    let mut out = json!({"type": "function"});
+    if let Some(function) = tool.get("function").and_then(Value::as_object) {
+        for (name, value) in function {
+            out[name.as_str()] = value.clone();
+        }
+    }
+    Ok(out)
+}
+
+fn chat_tool_choice(value: &Value) -> Result<Value, &'static str> {
+    match value {
+        Value::String(_) => Ok(value.clone()),
+        Value::Object(o) if o.get("type").and_then(Value::as_str) == Some("function") => {
+            Ok(json!({"type": "function", "name": o["function"]["name"]}))
+        }
+        _ => Err(no_form!("tool_choice")),
+    }
+}
+
+/// `response_format` as `text.format` (`None` for plain text).
+fn format_of(value: &Value) -> Result<Option<Value>, &'static str> {
+    match value.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(json!({"type": "json_object"}))),
+        Some("json_schema") => {
+            let mut format = json!({"type": "json_schema"});
+            if let Some(schema) = value.get("json_schema").and_then(Value::as_object) {
+                for (name, value) in schema {
+                    format[name.as_str()] = value.clone();
+                }
+            }
+            Ok(Some(format))
+        }
+        _ => Err(no_form!("response_format")),
+    }
+}

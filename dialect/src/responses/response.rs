@@ -2,6 +2,9 @@
 //! as output items, usage in the Responses names, `incomplete` when the cap cut it.
 
 use serde_json::{json, Value};
+use sluice_schemas::openai::CompletionUsage;
+
+use crate::openai::{self, Completion};
 
 /// The `resp_` id of the response answering Sluice request `request_id`.
 pub fn response_id(request_id: &str) -> String {
@@ -148,4 +151,82 @@ pub fn from_openai(completion: &Value, model: &str, request_id: &str) -> Value {
         output,
         usage(&completion["usage"]),
     )
+}
+
+/// The chat `finish_reason` of a `response` (a JSON answer's, or the one in a stream's last
+/// event); `called`: the answer has function calls.
+pub(super) fn finish_reason(response: &Value, called: bool) -> &'static str {
+    match (
+        response["status"].as_str(),
+        response["incomplete_details"]["reason"].as_str(),
+    ) {
+        (Some("incomplete"), Some("content_filter")) => "content_filter",
+        (Some("incomplete"), _) => "length",
+        _ if called => "tool_calls",
+        _ => "stop",
+    }
+}
+
+/// A `response`'s usage in chat's terms (input tokens include cached ones in both).
+pub(super) fn chat_usage(usage: &Value) -> CompletionUsage {
+    let n = |v: &Value| u32::try_from(v.as_u64().unwrap_or(0)).unwrap_or(u32::MAX);
+    openai::usage(
+        n(&usage["input_tokens"]),
+        n(&usage["output_tokens"]),
+        n(&usage["input_tokens_details"]["cached_tokens"]),
+    )
+}
+
+/// A provider's `response` object (JSON) as a chat completion: the workers' side, for a
+/// deployment that speaks the Responses API. Message text is the content, function calls
+/// are tool calls (their `call_id` the call's id); reasoning items have no chat form and
+/// are left out (their tokens are in `output_tokens`, which is what is billed). A
+/// `failed` response is an error.
+pub fn to_openai(body: &str) -> Result<Completion, serde_json::Error> {
+    let response: Value = serde_json::from_str(body)?;
+    if !response.is_object() || response["object"] != "response" {
+        return Err(serde::de::Error::custom(
+            "not a Responses API `response` object",
+        ));
+    }
+    if response["status"] == "failed" {
+        let message = response["error"]["message"]
+            .as_str()
+            .unwrap_or("no message");
+        return Err(serde::de::Error::custom(format!(
+            "the provider's response failed: {message}"
+        )));
+    }
+    let mut text = String::new();
+    let mut calls = Vec::new();
+    for item in response["output"].as_array().into_iter().flatten() {
+        match item["type"].as_str() {
+            Some("message") => {
+                for part in item["content"].as_array().into_iter().flatten() {
+                    if part["type"] == "output_text" {
+                        text.push_str(part["text"].as_str().unwrap_or_default());
+                    }
+                }
+            }
+            Some("function_call") => calls.push(openai::tool_call_json(
+                item["call_id"].as_str().unwrap_or_default(),
+                item["name"].as_str().unwrap_or_default(),
+                item["arguments"].as_str().unwrap_or("{}"),
+            )),
+            _ => {}
+        }
+    }
+    let finish = finish_reason(&response, !calls.is_empty());
+    let content = (!text.is_empty() || calls.is_empty()).then_some(text);
+    let usage = chat_usage(&response["usage"]);
+    let body = openai::completion(
+        response["id"].as_str().unwrap_or_default(),
+        response["created_at"]
+            .as_i64()
+            .unwrap_or_else(openai::unix_now),
+        response["model"].as_str().unwrap_or_default(),
+        vec![openai::choice(0, content, calls, finish)],
+        &usage,
+    );
+    Ok(Completion { body, usage })
 }

@@ -4,13 +4,20 @@
 //! `response.function_call_arguments.delta`) and its `.done` events, and last
 //! `response.completed` (or `response.incomplete`) with the whole response and its usage;
 //! a failure is an `error` event and `response.failed`. Every event has a
-//! `sequence_number`.
+//! `sequence_number`. [`ToOpenAi`] is the inverse, for the workers: a provider's
+//! Responses events as the internal chunks.
+
+use std::collections::HashMap;
 
 use serde_json::{json, Value};
+use sluice_schemas::openai::ErrorBody;
 
 pub use crate::anthropic::stream::Event;
+use crate::openai::{self, Chunks, StreamItem, StreamToOpenAi};
 
-use super::response::{function_item, message_item, object, response_id, status, usage};
+use super::response::{
+    chat_usage, finish_reason, function_item, message_item, object, response_id, status, usage,
+};
 
 /// The output item being streamed.
 #[derive(Debug)]
@@ -267,5 +274,110 @@ impl FromOpenAi {
         response["error"] = json!({"code": code, "message": message});
         self.event("response.failed", json!({"response": response}), &mut out);
         out
+    }
+}
+
+/// A provider's Responses API events as OpenAI chunks (the workers' side of a deployment
+/// that speaks it): `response.created` is the role chunk, text deltas are content chunks,
+/// a function call's `output_item.added` and argument deltas are tool-call chunks, and
+/// `response.completed` / `response.incomplete` the finish and usage chunks, then the end.
+/// `response.failed` and `error` are the provider's error. Other events (reasoning,
+/// `.done` repeats of what the deltas said) add nothing to a chat stream.
+#[derive(Debug, Default)]
+pub struct ToOpenAi {
+    chunks: Option<Chunks>,
+    /// Function-call items (by output index) and their position among tool calls.
+    calls: HashMap<u64, u32>,
+    /// An error was passed on: the `response.failed` after an `error` event is the same one.
+    failed: bool,
+}
+
+impl ToOpenAi {
+    pub fn new() -> ToOpenAi {
+        ToOpenAi::default()
+    }
+
+    fn chunks(&mut self) -> &Chunks {
+        self.chunks.get_or_insert_with(|| Chunks {
+            id: openai::generated_id("resp_"),
+            created: openai::unix_now(),
+            model: String::new(),
+        })
+    }
+}
+
+/// OpenAI's error body of a Responses `error` object (`code`, `message`).
+fn error_body(error: &Value) -> ErrorBody {
+    let code = error["code"].as_str().unwrap_or("server_error");
+    let message = error["message"]
+        .as_str()
+        .unwrap_or("The provider's response failed.");
+    ErrorBody::new("upstream_error", Some(code), message)
+}
+
+impl StreamToOpenAi for ToOpenAi {
+    fn event(&mut self, data: &str, out: &mut Vec<StreamItem>) -> Result<(), serde_json::Error> {
+        let event: Value = serde_json::from_str(data)?;
+        let index = event["output_index"].as_u64().unwrap_or(0);
+        match event["type"].as_str().unwrap_or("") {
+            "response.created" => {
+                let response = &event["response"];
+                self.chunks = Some(Chunks {
+                    id: response["id"].as_str().unwrap_or_default().to_string(),
+                    created: response["created_at"]
+                        .as_i64()
+                        .unwrap_or_else(openai::unix_now),
+                    model: response["model"].as_str().unwrap_or_default().to_string(),
+                });
+                out.push(StreamItem::Chunk(self.chunks().role(0)));
+            }
+            "response.output_item.added" if event["item"]["type"] == "function_call" => {
+                let item = &event["item"];
+                let position = self.calls.len() as u32;
+                self.calls.insert(index, position);
+                let (id, name) = (
+                    item["call_id"].as_str().unwrap_or_default(),
+                    item["name"].as_str().unwrap_or_default(),
+                );
+                out.push(StreamItem::Chunk(
+                    self.chunks().tool_start(0, position, id, name),
+                ));
+                if let Some(arguments) = item["arguments"].as_str().filter(|a| !a.is_empty()) {
+                    out.push(StreamItem::Chunk(
+                        self.chunks().tool_arguments(0, position, arguments),
+                    ));
+                }
+            }
+            "response.output_text.delta" => {
+                let delta = event["delta"].as_str().unwrap_or_default();
+                out.push(StreamItem::Chunk(self.chunks().text(0, delta)));
+            }
+            "response.function_call_arguments.delta" => {
+                if let Some(position) = self.calls.get(&index).copied() {
+                    let delta = event["delta"].as_str().unwrap_or_default();
+                    out.push(StreamItem::Chunk(
+                        self.chunks().tool_arguments(0, position, delta),
+                    ));
+                }
+            }
+            "response.completed" | "response.incomplete" => {
+                let response = &event["response"];
+                let reason = finish_reason(response, !self.calls.is_empty());
+                let usage = chat_usage(&response["usage"]);
+                out.push(StreamItem::Chunk(self.chunks().finish(0, reason)));
+                out.push(StreamItem::Chunk(self.chunks().usage(&usage)));
+                out.push(StreamItem::Done);
+            }
+            "response.failed" | "error" if !self.failed => {
+                self.failed = true;
+                let error = match event.get("response") {
+                    Some(response) => &response["error"],
+                    None => &event,
+                };
+                out.push(StreamItem::Error(error_body(error)));
+            }
+            _ => {}
+        }
+        Ok(())
     }
 }

@@ -1,10 +1,14 @@
 //! OpenAI Chat Completions, and every server that speaks it (vLLM, Ollama, llama.cpp
 //! server, Azure OpenAI): the internal shape itself, so requests and answers pass unchanged.
+//! A deployment with `api = "responses"` is called at OpenAI's Responses API instead
+//! (`{base_url}/responses`, for models served only there, or to use it for every caller):
+//! each request is translated to it and its answers back, by `sluice_dialect::responses`.
 
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use sluice_dialect::responses;
 use sluice_schemas::embeddings::{EmbeddingsRequest, EmbeddingsResponse};
 use sluice_schemas::openai::ChatCompletionResponse;
 
@@ -12,8 +16,8 @@ use eventsource_stream::Eventsource;
 use futures::StreamExt;
 
 use super::{
-    call_json, call_stream, check_key_env, check_url, key_from_env, passthrough_error, Completion,
-    Embedded, EventStream, Invalid, Provider,
+    call_json, call_stream, check_key_env, check_url, key_from_env, passthrough_error,
+    translate_events, Completion, Embedded, EventStream, Invalid, Provider,
 };
 use crate::error::ProviderError;
 
@@ -28,6 +32,19 @@ pub struct OpenAiConfig {
     /// The provider's name for the model, if it differs from the name callers use.
     #[serde(default)]
     pub model: Option<String>,
+    /// Which of OpenAI's APIs the deployment is called at: `chat_completions` (the default)
+    /// or `responses`.
+    #[serde(default)]
+    pub api: Api,
+}
+
+/// The API an OpenAI deployment is called at.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Api {
+    #[default]
+    ChatCompletions,
+    Responses,
 }
 
 impl OpenAiConfig {
@@ -58,6 +75,8 @@ pub struct OpenAi {
     /// Send the completion cap as `max_tokens`: self-hosted servers (older vLLM, llama.cpp
     /// server) may ignore `max_completion_tokens`, and an ignored cap is an unbounded bill.
     cap_as_max_tokens: bool,
+    /// The Responses API's URL, for a deployment called there.
+    responses_url: Option<String>,
 }
 
 impl std::fmt::Debug for OpenAi {
@@ -73,15 +92,18 @@ impl OpenAi {
             None => Auth::None,
         };
         let base = config.base_url.trim_end_matches('/');
-        OpenAi::with_urls(
-            [
-                format!("{base}/chat/completions"),
-                format!("{base}/embeddings"),
-            ],
-            auth,
-            model,
-            http,
-        )
+        OpenAi {
+            responses_url: (config.api == Api::Responses).then(|| format!("{base}/responses")),
+            ..OpenAi::with_urls(
+                [
+                    format!("{base}/chat/completions"),
+                    format!("{base}/embeddings"),
+                ],
+                auth,
+                model,
+                http,
+            )
+        }
     }
 
     /// A client for an OpenAI-shaped API: its chat completions and embeddings URLs.
@@ -98,6 +120,7 @@ impl OpenAi {
             model: model.to_string(),
             http,
             cap_as_max_tokens: false,
+            responses_url: None,
         }
     }
 
@@ -116,6 +139,11 @@ impl Provider for OpenAi {
         request: Map<String, Value>,
         timeout: Duration,
     ) -> Result<Completion, ProviderError> {
+        if let Some(url) = &self.responses_url {
+            let call = self.send(url, &self.responses_body(&request, false)?);
+            let body = call_json(call, timeout, passthrough_error).await?;
+            return responses::response::to_openai(&body).map_err(ProviderError::Malformed);
+        }
         let body = call_json(self.post(request), timeout, passthrough_error).await?;
         let parsed: ChatCompletionResponse =
             serde_json::from_str(&body).map_err(ProviderError::Malformed)?;
@@ -130,6 +158,14 @@ impl Provider for OpenAi {
         request: Map<String, Value>,
         timeout: Duration,
     ) -> Result<EventStream, ProviderError> {
+        if let Some(url) = &self.responses_url {
+            let call = self.send(url, &self.responses_body(&request, true)?);
+            let response = call_stream(call, timeout, passthrough_error).await?;
+            return Ok(translate_events(
+                response,
+                responses::stream::ToOpenAi::new(),
+            ));
+        }
         let response = call_stream(self.post(request), timeout, passthrough_error).await?;
         Ok(response
             .bytes_stream()
@@ -185,6 +221,17 @@ impl OpenAi {
             }
         }
         self.send(&self.url, &request)
+    }
+
+    /// The Responses API's request for a chat `request`; a field it has no form for is
+    /// refused without a call (another deployment may take it).
+    fn responses_body(
+        &self,
+        request: &Map<String, Value>,
+        stream: bool,
+    ) -> Result<Map<String, Value>, ProviderError> {
+        responses::request::from_openai(request, &self.model, stream)
+            .map_err(ProviderError::Unsupported)
     }
 
     fn send(&self, url: &str, body: &impl serde::Serialize) -> reqwest::RequestBuilder {

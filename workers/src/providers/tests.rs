@@ -146,3 +146,44 @@ async fn provider_error_bodies_reach_the_caller_without_key_hints_or_org_ids() {
         other => panic!("expected the provider's 401, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn an_openai_deployment_with_the_responses_api_reads_a_response_object_as_a_chat_completion()
+{
+    let answer = r#"{"id": "resp_1", "object": "response", "created_at": 5, "status": "completed",
+        "model": "gpt-5-mini", "output": [{"type": "message", "role": "assistant",
+        "content": [{"type": "output_text", "text": "Hi there"}]}],
+        "usage": {"input_tokens": 8, "output_tokens": 2, "total_tokens": 10}}"#;
+    let (url, _) = server(200, answer, None).await;
+    let config: openai::OpenAiConfig = serde_json::from_value(serde_json::json!({
+        "base_url": format!("{url}/v1"), "api": "responses"
+    }))
+    .unwrap();
+    let provider = openai::OpenAi::new(&config, "gpt-5-mini", http_client(4).unwrap());
+    let completion = provider
+        .complete(request(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let body: Value = serde_json::from_str(&completion.body).unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], "Hi there");
+    assert_eq!(
+        (
+            completion.usage.prompt_tokens,
+            completion.usage.completion_tokens
+        ),
+        (8, 2)
+    );
+    // A chat field the Responses API has no form for is refused without a call.
+    let mut stop = request();
+    stop.insert("stop".into(), serde_json::json!(["."]));
+    let refused = provider.complete(stop, Duration::from_secs(5)).await;
+    assert!(
+        matches!(refused, Err(ProviderError::Unsupported(why)) if why.contains("`stop`")),
+        "{refused:?}"
+    );
+    // An unknown api is a config error.
+    assert!(serde_json::from_value::<openai::OpenAiConfig>(
+        serde_json::json!({"base_url": "http://x/v1", "api": "assistants"})
+    )
+    .is_err());
+}

@@ -154,9 +154,9 @@ fn names(events: &[super::stream::Event]) -> Vec<&str> {
     events.iter().map(|e| e.name).collect()
 }
 
-#[test]
-fn a_stream_is_the_typed_event_sequence() {
-    let mut s = FromOpenAi::new("req_1", "m", 9);
+/// The Responses events of one streamed chat answer: a role chunk, text "Hello", a call of
+/// `f` with arguments `{"a":1}` in two pieces, finish `tool_calls`, usage 4 + 6.
+fn events_of(writer: &mut FromOpenAi) -> Vec<super::stream::Event> {
     let mut events = Vec::new();
     for chunk in [
         json!({"model": "m", "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}),
@@ -167,9 +167,15 @@ fn a_stream_is_the_typed_event_sequence() {
         json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}),
         json!({"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 6, "total_tokens": 10}}),
     ] {
-        events.extend(s.chunk(&chunk.to_string()));
+        events.extend(writer.chunk(&chunk.to_string()));
     }
-    events.extend(s.done());
+    events.extend(writer.done());
+    events
+}
+
+#[test]
+fn a_stream_is_the_typed_event_sequence() {
+    let events = events_of(&mut FromOpenAi::new("req_1", "m", 9));
     assert_eq!(
         names(&events),
         [
@@ -381,20 +387,7 @@ fn a_response_object_is_a_chat_completion() {
 /// workers' reader (Responses events -> chat): the same text, call, finish and usage.
 #[test]
 fn responses_events_are_chat_chunks_again() {
-    let mut writer = FromOpenAi::new("req_1", "m", 9);
-    let mut events = Vec::new();
-    for chunk in [
-        json!({"model": "m", "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}),
-        json!({"choices": [{"index": 0, "delta": {"content": "Hel"}}]}),
-        json!({"choices": [{"index": 0, "delta": {"content": "lo"}}]}),
-        json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "c1", "type": "function", "function": {"name": "f", "arguments": "{\"a\""}}]}}]}),
-        json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": ":1}"}}]}}]}),
-        json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}),
-        json!({"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 6, "total_tokens": 10}}),
-    ] {
-        events.extend(writer.chunk(&chunk.to_string()));
-    }
-    events.extend(writer.done());
+    let events = events_of(&mut FromOpenAi::new("req_1", "m", 9));
     let mut reader = ToOpenAi::new();
     let mut items = Vec::new();
     for event in &events {

@@ -13,6 +13,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use sluice_schemas::kafka::when_ready;
 use sluice_schemas::retry;
 use sluice_schemas::{decode, now_ms, Cancel, Topic, Topics};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaConfig;
@@ -131,7 +132,16 @@ impl Cancellations {
 /// A consumer of every partition of the cancels topic, from the oldest retained record
 /// (an hour): a worker that starts mid-batch still skips the lines of a batch cancelled
 /// before it started, and replayed request cancels only skip requests whose caller left.
-pub async fn listener(kafka: &KafkaConfig) -> Result<StreamConsumer, KafkaError> {
+pub struct Listener {
+    consumer: StreamConsumer,
+    /// Each partition's end when the worker started: [`run`] reports when it has applied
+    /// every cancel before these, so that no request the worker takes afterwards misses a
+    /// cancel published before it started.
+    ends: HashMap<i32, i64>,
+}
+
+/// Subscribes to the whole cancels topic (see [`Listener`]).
+pub async fn listener(kafka: &KafkaConfig) -> Result<Listener, KafkaError> {
     let topic = Topics::new(kafka.topic_prefix.clone()).name(&Topic::Cancels);
     let mut cc = client_config(kafka);
     cc.set("group.id", format!("{topic}-reader"))
@@ -139,30 +149,52 @@ pub async fn listener(kafka: &KafkaConfig) -> Result<StreamConsumer, KafkaError>
         .set("enable.partition.eof", "false");
     let consumer: StreamConsumer = cc.create()?;
     let mut tpl = TopicPartitionList::new();
+    let mut ends = HashMap::new();
     for partition in 0..Topic::Cancels.partitions() {
-        let (low, _) = when_ready("cancels partition", || async {
+        let (low, high) = when_ready("cancels partition", || async {
             consumer.fetch_watermarks(&topic, partition, Duration::from_secs(5))
         })
         .await?;
         tpl.add_partition_offset(&topic, partition, Offset::Offset(low))?;
+        if high > low {
+            ends.insert(partition, high);
+        }
     }
     consumer.assign(&tpl)?;
-    Ok(consumer)
+    Ok(Listener { consumer, ends })
 }
 
-/// Applies cancellations until `shutdown`.
+/// Applies cancellations until `shutdown`; `caught_up` is sent once every cancel published
+/// before the listener started is applied.
 pub async fn run(
-    consumer: StreamConsumer,
+    listener: Listener,
     cancellations: Cancellations,
+    caught_up: oneshot::Sender<()>,
     shutdown: CancellationToken,
 ) {
+    let Listener {
+        consumer,
+        mut ends,
+    } = listener;
+    let mut caught_up = Some(caught_up);
     loop {
+        if ends.is_empty() {
+            if let Some(tx) = caught_up.take() {
+                let _ = tx.send(());
+            }
+        }
         let message = tokio::select! {
             _ = shutdown.cancelled() => return,
             m = retry::until_ok(|| consumer.recv(), Duration::from_millis(200), |error| {
                 tracing::warn!(%error, "cancel listener error");
             }) => m,
         };
+        if ends
+            .get(&message.partition())
+            .is_some_and(|end| message.offset() + 1 >= *end)
+        {
+            ends.remove(&message.partition());
+        }
         match message.payload().map(decode::<Cancel>) {
             Some(Ok(cancel)) => {
                 tracing::debug!(request_id = %cancel.request_id, reason = %cancel.reason, "cancel received");

@@ -120,6 +120,9 @@ impl ConsumerContext for WorkerContext {
 
 type WorkerConsumer = StreamConsumer<WorkerContext>;
 
+/// How long a starting worker waits to apply the cancels already published (an hour's
+/// worth at most: the topic's retention) before it takes requests.
+const CANCELS_CATCH_UP: Duration = Duration::from_secs(10);
 /// How long an assignment waits for a partition's high watermark.
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -263,11 +266,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), crat
     let attempts_producer = crate::publish::attempts_producer(&config.kafka)?;
     let cancellations = crate::cancel::Cancellations::default();
     let listener = crate::cancel::listener(&config.kafka).await?;
+    let (caught_up, cancels_applied) = tokio::sync::oneshot::channel();
     tokio::spawn(crate::cancel::run(
         listener,
         cancellations.clone(),
+        caught_up,
         shutdown.clone(),
     ));
+    // A request cancelled while queued is skipped only if its cancel is applied before the
+    // request is taken: read the cancels already published before taking any request.
+    if tokio::time::timeout(CANCELS_CATCH_UP, cancels_applied)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "cancels topic not read to its end in {CANCELS_CATCH_UP:?}; taking requests anyway"
+        );
+    }
     let processor = Arc::new(Processor::new(
         &config,
         producer,

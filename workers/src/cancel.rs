@@ -172,10 +172,7 @@ pub async fn run(
     caught_up: oneshot::Sender<()>,
     shutdown: CancellationToken,
 ) {
-    let Listener {
-        consumer,
-        mut ends,
-    } = listener;
+    let Listener { consumer, mut ends } = listener;
     let mut caught_up = Some(caught_up);
     loop {
         if ends.is_empty() {

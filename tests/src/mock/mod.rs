@@ -15,8 +15,9 @@
 //!
 //! - [`behaviour`]: what it answers (latency, reply size, stream shape, injected failures).
 //! - [`reply`]: how reply text and token counts are derived, so tests can compute them.
-//! - [`openai`]: OpenAI Chat Completions (`/v1/chat/completions`, `/v1/models`), and Azure
-//!   OpenAI's deployment path (`/openai/deployments/{deployment}/chat/completions`).
+//! - [`openai`]: OpenAI Chat Completions (`/v1/chat/completions`, `/v1/models`), the
+//!   Responses API (`/v1/responses`, [`openai::responses`]), and Azure OpenAI's deployment
+//!   path (`/openai/deployments/{deployment}/chat/completions`).
 //! - [`anthropic`]: Anthropic Messages (`/v1/messages`), at [`MockProvider::origin`].
 //! - [`gemini`]: Gemini generateContent and streamGenerateContent
 //!   (`/v1beta/models/{model}:generateContent`), at [`MockProvider::gemini_base_url`].

@@ -1,6 +1,6 @@
 //! OpenAI Chat Completions as api.openai.com speaks it: `POST /v1/chat/completions`
 //! (JSON or `text/event-stream`), `GET /v1/models`, `GET /v1/models/{model}`,
-//! `POST /v1/moderations` ([`moderations`]), and OpenAI's
+//! `POST /v1/moderations` ([`moderations`]), `POST /v1/responses` ([`responses`]), and OpenAI's
 //! error shape `{"error": {"message", "type", "param", "code"}}` for everything that fails.
 //! Azure OpenAI's deployment path `POST /openai/deployments/{deployment}/chat/completions`
 //! is answered the same way, with the key taken from Azure's `api-key` header.
@@ -27,6 +27,7 @@ mod embeddings;
 mod errors;
 mod models;
 pub mod moderations;
+pub mod responses;
 pub(super) mod stream;
 mod tools;
 mod wire;
@@ -86,6 +87,7 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
             post(embeddings::embeddings),
         )
         .route("/v1/moderations", post(moderations::moderations))
+        .route("/v1/responses", post(responses::responses))
         .route("/v1/models", get(models::list_models))
         .route("/v1/models/{model}", get(models::retrieve_model))
 }
@@ -219,6 +221,8 @@ enum Answer {
         json: Vec<u8>,
         tokens: u32,
     },
+    /// A Responses API answer ([`responses`]).
+    Response(Box<responses::Response>),
 }
 
 pub(super) struct Completion {
@@ -263,6 +267,37 @@ async fn chat_completions(
     headers: HeaderMap,
     raw_body: Bytes,
 ) -> Response {
+    let request = Incoming {
+        method,
+        uri,
+        headers,
+        raw_body,
+    };
+    handle(shared, &conn, request, answer).await
+}
+
+/// An HTTP request as received.
+pub(super) struct Incoming {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    raw_body: Bytes,
+}
+
+/// Every generation call in OpenAI's formats: the plan taken, the answer `decide`d, then
+/// recorded and delivered.
+async fn handle(
+    shared: Arc<Shared>,
+    conn: &Conn,
+    request: Incoming,
+    decide: fn(&Plan, Option<&Value>, Option<&str>) -> Answer,
+) -> Response {
+    let Incoming {
+        method,
+        uri,
+        headers,
+        raw_body,
+    } = request;
     let seq = shared.next_seq();
     let received_at = SystemTime::now();
     let body = serde_json::from_slice::<Value>(&raw_body).ok();
@@ -273,7 +308,7 @@ async fn chat_completions(
     if let Some(failure) = &plan.failure {
         tracing::debug!(seq, ?failure, "mock provider injects a failure");
     }
-    let answer = answer(&plan, body.as_ref(), presented_key);
+    let answer = decide(&plan, body.as_ref(), presented_key);
 
     let model = model.map(str::to_owned);
     let stream = body.as_ref().and_then(|b| b.get("stream")) == Some(&Value::Bool(true));
@@ -284,7 +319,7 @@ async fn chat_completions(
         call.body = body;
         call
     };
-    deliver(shared, &conn, &plan, seq, answer, call).await
+    deliver(shared, conn, &plan, seq, answer, call).await
 }
 
 /// The end of every OpenAI call: records it (when recording, as `call` builds it, with
@@ -459,6 +494,7 @@ impl Answer {
                 call.prompt_tokens = *tokens;
                 call.usage_reported = true;
             }
+            Answer::Response(response) => response.describe(call),
             Answer::Completion(completion) => {
                 let sent = completion.sent();
                 call.status = Some(200);
@@ -506,6 +542,7 @@ impl Answer {
                 Some(_) => completion.into_event_stream(processing, progress),
                 None => completion.into_json(processing),
             },
+            Answer::Response(response) => response.into_response(processing, progress),
         }
     }
 }
@@ -552,28 +589,14 @@ impl Completion {
     }
 
     fn into_json(self, processing: Duration) -> Response {
-        let json = match serde_json::to_vec(&self.json()) {
-            Ok(json) => json,
-            Err(error) => return internal_error(&error, processing),
-        };
-        let mut response = if let Some(Fault::Break { .. }) = self.fault {
-            // The head promises the whole body; half of it arrives, then the connection ends.
-            let full_length = json.len();
-            let mut json = Bytes::from(json);
-            let half = json.split_to(full_length / 2);
-            let body = futures::stream::once(async move { Ok(half) }).chain(cut());
-            let mut response = Response::new(Body::from_stream(body));
-            response
-                .headers_mut()
-                .insert(CONTENT_LENGTH, HeaderValue::from(full_length));
-            response
-        } else {
-            Response::new(Body::from(json))
-        };
-        let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        common_headers(headers, processing);
-        response
+        match serde_json::to_vec(&self.json()) {
+            Ok(json) => json_answer(
+                json,
+                matches!(self.fault, Some(Fault::Break { .. })),
+                processing,
+            ),
+            Err(error) => internal_error(&error, processing),
+        }
     }
 
     fn json(&self) -> ChatCompletionJson<'_> {
@@ -625,6 +648,28 @@ impl Completion {
         common_headers(headers, processing);
         response
     }
+}
+
+/// A JSON answer with OpenAI's headers; `cut`: the head promises the whole body, half of it
+/// arrives, then the connection ends.
+pub(super) fn json_answer(json: Vec<u8>, cut_half: bool, processing: Duration) -> Response {
+    let mut response = if cut_half {
+        let full_length = json.len();
+        let mut json = Bytes::from(json);
+        let half = json.split_to(full_length / 2);
+        let body = futures::stream::once(async move { Ok(half) }).chain(cut());
+        let mut response = Response::new(Body::from_stream(body));
+        response
+            .headers_mut()
+            .insert(CONTENT_LENGTH, HeaderValue::from(full_length));
+        response
+    } else {
+        Response::new(Body::from(json))
+    };
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    common_headers(headers, processing);
+    response
 }
 
 pub(super) fn json_response(json: Vec<u8>) -> Response {

@@ -26,6 +26,7 @@ mod keys;
 mod limits;
 mod metrics;
 mod money;
+mod native_responses;
 mod privileges;
 mod providers;
 mod replay;

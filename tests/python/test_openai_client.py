@@ -412,6 +412,57 @@ def test_responses_with_a_tool_call_sync_and_streaming(stack):
     assert follow.status == "completed" and follow.output_text
 
 
+NATIVE = "gpt-5-mini"  # config/worker.toml: an OpenAI deployment called at /v1/responses
+NATIVE_PRICE = (0.25, 2.0)  # schemas/data/price_catalogue.toml, USD per million in / out
+
+
+def usage_row(stack, request_id):
+    """`prompt_tokens completion_tokens cost_nanos` billed for `request_id`, once written."""
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        row = clickhouse(
+            f"SELECT prompt_tokens, completion_tokens, cost_nanos FROM {stack['database']}.usage "
+            f"FINAL WHERE request_id = '{request_id}'").split()
+        if row:
+            return [int(v) for v in row]
+        time.sleep(0.2)
+    raise AssertionError(f"no usage row for {request_id}")
+
+
+def test_a_native_responses_deployment_answers_as_openai_would(stack):
+    raw = client(stack).responses.with_raw_response.create(
+        model=NATIVE, instructions="You are terse.", input="Name three rivers of Europe",
+        max_output_tokens=64)
+    through = raw.parse()
+    # The same request straight to the provider's Responses API, with its own model name.
+    expected = direct(stack).responses.create(
+        model=NATIVE, instructions="You are terse.", input="Name three rivers of Europe",
+        max_output_tokens=64, store=False)
+    assert through.status == "completed"
+    assert through.output_text == expected.output_text != ""
+    assert through.usage.input_tokens == expected.usage.input_tokens
+    assert through.usage.output_tokens == expected.usage.output_tokens
+    prompt, completion = expected.usage.input_tokens, expected.usage.output_tokens
+    cost = round(prompt * NATIVE_PRICE[0] * 1000 + completion * NATIVE_PRICE[1] * 1000)
+    assert usage_row(stack, raw.headers["x-sluice-request-id"]) == [prompt, completion, cost]
+
+    with client(stack).responses.stream(
+            model=NATIVE, instructions="You are terse.",
+            input="Name three rivers of Europe") as stream:
+        text = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
+        final = stream.get_final_response()
+    assert text == expected.output_text == final.output_text
+
+    # A chat caller of the same deployment: the provider's answer as a chat completion.
+    chat = client(stack).chat.completions.create(model=NATIVE, messages=MESSAGES)
+    assert chat.choices[0].message.content == expected.output_text
+    assert chat.usage.completion_tokens == expected.usage.output_tokens
+    # A chat field the Responses API has no form for: refused, naming it.
+    with pytest.raises(openai.BadRequestError) as e:
+        client(stack).chat.completions.create(model=NATIVE, messages=MESSAGES, stop=["."])
+    assert "`stop`" in e.value.message
+
+
 def test_a_background_response_is_retrieved_when_done(stack):
     queued = client(stack).responses.create(model=MODEL, input="Name a river", background=True)
     assert queued.status == "queued"

@@ -11,6 +11,8 @@ use crate::common::*;
 const NATIVE: &str = "native-mini";
 const NATIVE_IN: f64 = 0.25;
 const NATIVE_OUT: f64 = 2.0;
+/// An Azure OpenAI deployment called at Azure's Responses API.
+const AZURE: &str = "azure-native";
 
 async fn stack() -> Stack {
     Stack::start(StackOptions {
@@ -25,13 +27,21 @@ name = "mock-native"
 model = "{NATIVE}"
 provider = {{ type = "openai", base_url = "{{origin}}/v1", api = "responses", model = "gpt-5-mini" }}
 
+[[deployments]]
+name = "azure-native"
+model = "{AZURE}"
+provider = {{ type = "azure", endpoint = "{{origin}}", deployment = "gpt-5-mini-prod", api = "responses" }}
+
 [[prices]]
 model = "{NATIVE}"
 input_per_million = {NATIVE_IN}
 output_per_million = {NATIVE_OUT}
+
+[pricing]
+free_models = ["{AZURE}"]
 "#
         ),
-        extra_models: vec![NATIVE.to_string()],
+        extra_models: vec![NATIVE.to_string(), AZURE.to_string()],
         ..StackOptions::default()
     })
     .await
@@ -45,8 +55,12 @@ fn weather() -> Value {
 
 /// The last call the mock got: it was at the Responses API; its body.
 fn last_native_call(stack: &Stack) -> Value {
+    last_call_at(stack, "/v1/responses")
+}
+
+fn last_call_at(stack: &Stack, path: &str) -> Value {
     let call = stack.mock.calls().pop().expect("the mock was called");
-    assert_eq!(call.path, "/v1/responses");
+    assert_eq!(call.path, path);
     call.body.expect("a JSON body")
 }
 
@@ -290,5 +304,31 @@ async fn a_native_responses_deployment_streams_and_serves_chat_callers() {
     );
     // The refusal is the worker's result: any call would have been made before it.
     assert_eq!(stack.mock.calls().len(), calls, "no provider call");
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_azure_deployment_is_called_at_azures_responses_api() {
+    let stack = stack().await;
+    let chat = json!({"model": AZURE, "messages": [{"role": "user", "content": "Name a lake"}]});
+    let (status, answer, _) = post_with_id(&stack, "/v1/chat/completions", &chat).await;
+    assert_eq!(status, 200, "{answer}");
+    // Azure's v1 surface: no deployment in the path, the deployment named as the model; the
+    // cap is the one the budget reserved ([budget] default_completion_tokens).
+    let sent = last_call_at(&stack, "/openai/v1/responses");
+    assert_eq!(
+        sent,
+        json!({"model": "gpt-5-mini-prod", "store": false, "max_output_tokens": 4096,
+               "input": [{"type": "message", "role": "user", "content": "Name a lake"}]})
+    );
+    let direct = ask_directly(&stack, sent).await;
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        output_text(&direct).as_str()
+    );
+    assert_eq!(
+        answer["usage"]["prompt_tokens"],
+        direct["usage"]["input_tokens"]
+    );
     stack.stop().await;
 }

@@ -2,10 +2,14 @@
 //! `{endpoint}/openai/deployments/{deployment}/chat/completions?api-version=...` (and
 //! `.../embeddings?api-version=...`), with the
 //! key in an `api-key` header. The Azure deployment decides the model.
+//!
+//! With `api = "responses"` generation goes to Azure's Responses API instead, which lives on
+//! its OpenAI-compatible v1 surface: `{endpoint}/openai/v1/responses`, no api-version, the
+//! Azure deployment named as the body's `model`.
 
 use serde::Deserialize;
 
-use super::openai::{Auth, OpenAi};
+use super::openai::{Api, Auth, OpenAi};
 use super::{check_key_env, check_url, key_from_env, Invalid};
 
 /// The GA API version used when config names none.
@@ -23,6 +27,9 @@ pub struct AzureConfig {
     /// Name of the environment variable holding the key (sent as `api-key`).
     #[serde(default)]
     pub api_key_env: Option<String>,
+    /// `chat_completions` (the default) or `responses` (see the module docs).
+    #[serde(default)]
+    pub api: Api,
 }
 
 fn default_api_version() -> String {
@@ -74,12 +81,22 @@ pub fn client(config: &AzureConfig, model: &str, http: reqwest::Client) -> OpenA
         Some(key) => Auth::Header("api-key", key),
         None => Auth::None,
     };
-    OpenAi::with_urls(
+    let openai = OpenAi::with_urls(
         [config.url(), config.url_of("embeddings")],
         auth,
         model,
         http,
-    )
+    );
+    match config.api {
+        Api::ChatCompletions => openai,
+        Api::Responses => openai.at_responses(
+            format!(
+                "{}/openai/v1/responses",
+                config.endpoint.trim_end_matches('/')
+            ),
+            &config.deployment,
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -106,6 +123,30 @@ mod tests {
                deployment = "x""#,
         );
         assert_eq!(bad.validate().map_err(|e| e.field), Err("endpoint"));
+    }
+
+    #[test]
+    fn the_responses_api_is_on_azures_v1_surface() {
+        let config: AzureConfig = toml_config(
+            r#"endpoint = "https://my-resource.openai.azure.com/"
+               deployment = "gpt-5-mini-prod"
+               api = "responses""#,
+        );
+        assert_eq!(config.api, Api::Responses);
+        let client = client(&config, "gpt-5-mini", reqwest::Client::new());
+        assert_eq!(
+            client.responses_target(),
+            Some((
+                "https://my-resource.openai.azure.com/openai/v1/responses",
+                "gpt-5-mini-prod"
+            ))
+        );
+        let chat: AzureConfig = toml_config(
+            r#"endpoint = "https://my-resource.openai.azure.com"
+               deployment = "gpt-4o-prod""#,
+        );
+        let client = super::client(&chat, "gpt-4o", reqwest::Client::new());
+        assert_eq!(client.responses_target(), None);
     }
 
     fn toml_config(text: &str) -> AzureConfig {

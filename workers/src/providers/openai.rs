@@ -92,17 +92,35 @@ impl OpenAi {
             None => Auth::None,
         };
         let base = config.base_url.trim_end_matches('/');
+        let openai = OpenAi::with_urls(
+            [
+                format!("{base}/chat/completions"),
+                format!("{base}/embeddings"),
+            ],
+            auth,
+            model,
+            http,
+        );
+        match config.api {
+            Api::ChatCompletions => openai,
+            Api::Responses => openai.at_responses(format!("{base}/responses"), model),
+        }
+    }
+
+    /// Where generation goes when it is at the Responses API: the URL and the model named.
+    #[cfg(test)]
+    pub(crate) fn responses_target(&self) -> Option<(&str, &str)> {
+        self.responses_url
+            .as_deref()
+            .map(|url| (url, self.model.as_str()))
+    }
+
+    /// The same client calling the Responses API at `url` for generation, naming `model`.
+    pub(crate) fn at_responses(self, url: String, model: &str) -> OpenAi {
         OpenAi {
-            responses_url: (config.api == Api::Responses).then(|| format!("{base}/responses")),
-            ..OpenAi::with_urls(
-                [
-                    format!("{base}/chat/completions"),
-                    format!("{base}/embeddings"),
-                ],
-                auth,
-                model,
-                http,
-            )
+            responses_url: Some(url),
+            model: model.to_string(),
+            ..self
         }
     }
 

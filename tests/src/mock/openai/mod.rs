@@ -3,7 +3,8 @@
 //! `POST /v1/moderations` ([`moderations`]), `POST /v1/responses` ([`responses`]), and OpenAI's
 //! error shape `{"error": {"message", "type", "param", "code"}}` for everything that fails.
 //! Azure OpenAI's deployment path `POST /openai/deployments/{deployment}/chat/completions`
-//! is answered the same way, with the key taken from Azure's `api-key` header.
+//! is answered the same way, with the key taken from Azure's `api-key` header, and so is
+//! Azure's Responses API, `POST /openai/v1/responses`.
 //!
 //! A call is handled in OpenAI's order: an injected status, timeout or disconnect first (it
 //! replaces everything else), then the API key (401), the JSON (400), the request fields
@@ -88,6 +89,7 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         )
         .route("/v1/moderations", post(moderations::moderations))
         .route("/v1/responses", post(responses::responses))
+        .route("/openai/v1/responses", post(responses::responses))
         .route("/v1/models", get(models::list_models))
         .route("/v1/models/{model}", get(models::retrieve_model))
 }

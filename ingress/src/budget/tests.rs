@@ -77,7 +77,16 @@ fn budgets_are_checked_at_start_up() {
         (embedding.input_per_million, embedding.output_per_million),
         (0.02, 0.0)
     );
-    assert_eq!(resolved.len(), 5);
+    // The demo's Responses-API deployment is billed at the catalogue's gpt-5-mini price.
+    let native = resolved
+        .iter()
+        .find(|p| p.model == "gpt-5-mini")
+        .expect("catalogued");
+    assert_eq!(
+        (native.input_per_million, native.output_per_million),
+        (0.25, 2.0)
+    );
+    assert_eq!(resolved.len(), 6);
 }
 
 #[test]

@@ -628,3 +628,99 @@ async fn completion_text_lands_only_in_the_private_database() {
     drop_database(&ch, &db).await;
     delete_topics(&topics).await;
 }
+
+/// A v5 result carries its completed audit event: the sink writes that audit row from it
+/// (once, however often the result is delivered), from live and replay results alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_results_audit_row_is_written_from_the_result() {
+    let clickhouse = clickhouse_config().await;
+    let prefix = unique("t");
+    let topics = create_topics(&prefix).await;
+    let config = sink_config(&prefix, clickhouse);
+    let db = config.clickhouse.database.clone();
+    let ch = client(&config.clickhouse);
+
+    let mut live = result_records().remove(0);
+    live.request_id = unique("req");
+    live.status = sluice_schemas::Status::Completed;
+    live.error_kind = None;
+    live.body =
+        r#"{"choices":[{"message":{"role":"assistant","content":"a full answer"}}]}"#.into();
+    live.audit = Some(sluice_schemas::ResultAudit {
+        completion_sha256: Some(sluice_schemas::audit_content::sha256_hex(b"a full answer")),
+        keep_text: true,
+        policy: Some("location:eu-west".into()),
+    });
+    let mut replayed = replay_result_records().remove(0);
+    replayed.request_id = unique("req");
+    replayed.audit = Some(sluice_schemas::ResultAudit {
+        completion_sha256: None,
+        keep_text: false,
+        policy: Some("replay:r1".into()),
+    });
+
+    let producer = producer();
+    let results_topic = topics.name(&Topic::Results);
+    for _ in 0..2 {
+        produce(
+            &producer,
+            &results_topic,
+            &live.team,
+            &encode(&live).unwrap(),
+        )
+        .await;
+    }
+    let replay_topic = topics.name(&Topic::ReplayResults);
+    produce(
+        &producer,
+        &replay_topic,
+        &replayed.team,
+        &encode(&replayed).unwrap(),
+    )
+    .await;
+
+    let shutdown = CancellationToken::new();
+    let sink = tokio::spawn(sluice_analytics::run(config.clone(), shutdown.clone()));
+    wait_for_counts(
+        &ch,
+        &db,
+        [("results", 1), ("replay_results", 1), ("audit", 2)],
+    )
+    .await;
+    let row = |id: String| {
+        let ch = ch.clone();
+        let db = db.clone();
+        async move {
+            ch.query(&format!(
+                "SELECT event_id, action, http_status, completion_sha256, completion_text, policy \
+                 FROM {db}.audit FINAL WHERE request_id = ?"
+            ))
+            .bind(id)
+            .fetch_all::<(String, String, i32, String, String, String)>()
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(
+        row(live.request_id.clone()).await,
+        [(
+            format!("{}-completed", live.request_id),
+            "completed".to_string(),
+            live.http_status,
+            sluice_schemas::audit_content::sha256_hex(b"a full answer"),
+            "a full answer".to_string(),
+            "location:eu-west".to_string()
+        )]
+    );
+    let replay_rows = row(replayed.request_id.clone()).await;
+    assert_eq!(replay_rows.len(), 1, "{replay_rows:?}");
+    assert_eq!(replay_rows[0].1, replayed.status.as_str());
+    assert_eq!(
+        (replay_rows[0].4.as_str(), replay_rows[0].5.as_str()),
+        ("", "replay:r1")
+    );
+    shutdown.cancel();
+    sink.await.unwrap().unwrap();
+    drop_database(&ch, &db).await;
+    delete_topics(&topics).await;
+}

@@ -108,7 +108,8 @@ record!(
         "result.v1.avsc",
         "result.v2.avsc",
         "result.v3.avsc",
-        "result.v4.avsc"
+        "result.v4.avsc",
+        "result.v5.avsc"
     ]
 );
 record!(

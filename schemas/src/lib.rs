@@ -47,7 +47,7 @@ pub use codec::{decode, encode, Record};
 pub use error::CodecError;
 pub use records::{
     ApiKey, Attempt, Audit, AuditAction, BudgetAlert, Cancel, Priority, ReplayTag, ReplyTo,
-    Request, Result, Status, StreamChunk, Usage, REQUEST_CANCELLED,
+    Request, Result, ResultAudit, Status, StreamChunk, Usage, REQUEST_CANCELLED,
 };
 
 /// Kafka header naming what a reply-topic message holds.

@@ -111,7 +111,7 @@ impl Status {
     }
 }
 
-/// The outcome of one request (`result.v4.avsc`).
+/// The outcome of one request (`result.v5.avsc`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Result {
     pub request_id: String,
@@ -146,6 +146,60 @@ pub struct Result {
     /// A replayed or shadow request's result (v4), published to the replay topic only.
     #[serde(default)]
     pub replay: Option<ReplayTag>,
+    /// The request's completed (failed, expired) audit event, folded into the result (v5):
+    /// the sink writes that audit row from the result ([`Result::completed_audit`]), and no
+    /// separate event is published. `None` in older records, whose event is on the audit
+    /// topic.
+    #[serde(default)]
+    pub audit: Option<ResultAudit>,
+}
+
+/// What a result's audit row needs beyond the result itself (`ResultAudit` in `result.v5`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ResultAudit {
+    /// SHA-256 (hex) of the completion's text, unless the team's audit content policy is
+    /// `none`; kept when the answer itself was not (`result_too_large`).
+    pub completion_sha256: Option<String>,
+    /// The audit row keeps the completion's text (policy `full`): the text of the body's
+    /// choices.
+    pub keep_text: bool,
+    /// Policy decisions, comma-separated (location, replay, processing hooks).
+    pub policy: Option<String>,
+}
+
+impl Result {
+    /// The audit event a result with [`Result::audit`] stands for: `completed`, `failed` or
+    /// `expired` as its status, at its finish, with the completion's hash (and text, when
+    /// kept) and the policy decisions. The same event the worker published before v5, with
+    /// the same `event_id`, so a redelivered result is one audit row.
+    pub fn completed_audit(&self) -> Option<Audit> {
+        let audit = self.audit.as_ref()?;
+        let completion_text = match (audit.keep_text, self.status) {
+            (true, Status::Completed) => crate::audit_content::completion_text(&self.body),
+            _ => None,
+        };
+        Some(Audit {
+            event_id: format!("{}-{}", self.request_id, self.status.as_str()),
+            request_id: self.request_id.clone(),
+            team: self.team.clone(),
+            key_id: self.key_id.clone(),
+            action: match self.status {
+                Status::Completed => AuditAction::Completed,
+                Status::Failed => AuditAction::Failed,
+                Status::Expired => AuditAction::Expired,
+            },
+            model: self.model.clone(),
+            priority: self.priority,
+            http_status: self.http_status,
+            reason: self.error_kind.clone(),
+            prompt_tokens: self.prompt_tokens,
+            occurred_at_ms: self.finished_at_ms,
+            completion_sha256: audit.completion_sha256.clone(),
+            completion_text,
+            policy: audit.policy.clone(),
+            ..Audit::default()
+        })
+    }
 }
 
 /// Billable usage of one request (`usage.v4.avsc`). Cost in nano-USD keeps sums exact.
@@ -391,5 +445,94 @@ mod tests {
         assert_eq!(request(-3, Some(-1)).token_estimate(100), 0);
         assert_eq!(request(7, None).prompt(), 7);
         assert_eq!(request(7, Some(2)).completion_cap(100), 2);
+    }
+
+    fn finished(status: Status, body: &str, audit: Option<ResultAudit>) -> Result {
+        Result {
+            request_id: "req_1".into(),
+            team: "t".into(),
+            key_id: "k".into(),
+            priority: Priority::Standard,
+            model: "m".into(),
+            traceparent: None,
+            status,
+            http_status: 200,
+            body: body.into(),
+            error_kind: None,
+            provider: "openai".into(),
+            deployment: "d".into(),
+            attempts: 1,
+            prompt_tokens: 7,
+            completion_tokens: 2,
+            created_at_ms: 1,
+            started_at_ms: 2,
+            finished_at_ms: 3,
+            worker: "w".into(),
+            fallbacks: 0,
+            routing_reason: None,
+            location: None,
+            replay: None,
+            audit,
+        }
+    }
+
+    #[test]
+    fn a_results_audit_event_is_the_one_the_worker_published_before() {
+        let body = r#"{"choices":[{"message":{"role":"assistant","content":"a b"}}]}"#;
+        assert_eq!(
+            finished(Status::Completed, body, None).completed_audit(),
+            None
+        );
+        let kept = ResultAudit {
+            completion_sha256: Some("ab".repeat(32)),
+            keep_text: true,
+            policy: Some("location:eu".into()),
+        };
+        let audit = finished(Status::Completed, body, Some(kept.clone()))
+            .completed_audit()
+            .unwrap();
+        assert_eq!(
+            audit,
+            Audit {
+                event_id: "req_1-completed".into(),
+                request_id: "req_1".into(),
+                team: "t".into(),
+                key_id: "k".into(),
+                action: AuditAction::Completed,
+                model: "m".into(),
+                priority: Priority::Standard,
+                http_status: 200,
+                reason: None,
+                prompt_tokens: 7,
+                occurred_at_ms: 3,
+                completion_sha256: Some("ab".repeat(32)),
+                completion_text: Some("a b".into()),
+                policy: Some("location:eu".into()),
+                ..Audit::default()
+            }
+        );
+        // Hash only: no text. A failure: its action and reason, no text even if kept.
+        let hashed = ResultAudit {
+            keep_text: false,
+            ..kept.clone()
+        };
+        let audit = finished(Status::Completed, body, Some(hashed))
+            .completed_audit()
+            .unwrap();
+        assert_eq!(audit.completion_text, None);
+        let mut failed = finished(Status::Failed, body, Some(kept));
+        failed.error_kind = Some("result_too_large".into());
+        failed.http_status = 502;
+        let audit = failed.completed_audit().unwrap();
+        assert_eq!(
+            (audit.event_id.as_str(), audit.action, audit.http_status),
+            ("req_1-failed", AuditAction::Failed, 502)
+        );
+        assert_eq!(audit.reason.as_deref(), Some("result_too_large"));
+        assert_eq!(audit.completion_text, None);
+        assert!(
+            audit.completion_sha256.is_some(),
+            "the hash outlives the body"
+        );
     }
 }

@@ -62,6 +62,7 @@ fn result() -> Result {
         routing_reason: Some("latency: d1 (12.0 ms, 0 in flight), the only candidate".into()),
         location: Some("eu-west".into()),
         replay: None,
+        audit: None,
     }
 }
 
@@ -393,6 +394,40 @@ fn result_v1_and_v3_read_each_other() {
     assert!(old
         .iter()
         .any(|(k, v)| k == "worker" && *v == Value::String("w1".into())));
+}
+
+/// A v5 result carries its completed audit event; v4 readers skip it, and a v4 result reads
+/// as one without (its audit event is on the audit topic).
+#[test]
+fn result_v5_carries_its_audit_and_v4_reads_it() {
+    let audited = Result {
+        audit: Some(sluice_schemas::ResultAudit {
+            completion_sha256: Some("ab".repeat(32)),
+            keep_text: true,
+            policy: Some("location:eu-west".into()),
+        }),
+        ..result()
+    };
+    let bytes = encode(&audited).unwrap();
+    assert_eq!(decode::<Result>(&bytes).unwrap(), audited);
+    let v4 = Schema::parse_str(include_str!("../avro/result.v4.avsc")).unwrap();
+    let mut body = &bytes[10..];
+    let Value::Record(old) = from_avro_datum(&v4, &mut body, None).unwrap() else {
+        panic!("record expected")
+    };
+    assert!(old.iter().all(|(k, _)| k != "audit"));
+    assert!(old
+        .iter()
+        .any(|(k, v)| k == "worker" && *v == Value::String("w1".into())));
+
+    let Value::Record(mut fields) = to_value(result()).unwrap() else {
+        panic!("record expected")
+    };
+    fields.retain(|(name, _)| name != "audit");
+    let datum = to_avro_datum(&v4, Value::Record(fields).resolve(&v4).unwrap()).unwrap();
+    let decoded = decode::<Result>(&frame(&v4, datum)).unwrap();
+    assert_eq!(decoded, result());
+    assert_eq!(decoded.completed_audit(), None);
 }
 
 #[test]

@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use proptest::prelude::*;
 use sluice_schemas::codec::{fingerprint, Record};
 use sluice_schemas::{
-    decode, encode, Audit, AuditAction, Cancel, Priority, ReplyTo, Request, Result, Status,
-    StreamChunk, Usage,
+    decode, encode, Audit, AuditAction, Cancel, Priority, ReplyTo, Request, Result, ResultAudit,
+    Status, StreamChunk, Usage,
 };
 
 fn cases() -> u32 {
@@ -114,6 +114,7 @@ prop_compose! {
         counts in (any::<i32>(), any::<i32>(), any::<i32>(), any::<i32>(), any::<i32>()),
         times in (any::<i64>(), any::<i64>(), any::<i64>()),
         placed in (proptest::option::of(text()), proptest::option::of(text())),
+        audit in proptest::option::of((proptest::option::of(text()), any::<bool>(), proptest::option::of(text()))),
     ) -> Result {
         Result {
             request_id: ids.0, team: ids.1, key_id: ids.2, priority, model: ids.3, traceparent,
@@ -123,6 +124,9 @@ prop_compose! {
             finished_at_ms: times.2, worker: names.2, fallbacks: counts.4,
             routing_reason: placed.0, location: placed.1,
             replay: None,
+            audit: audit.map(|(completion_sha256, keep_text, policy)| ResultAudit {
+                completion_sha256, keep_text, policy,
+            }),
         }
     }
 }

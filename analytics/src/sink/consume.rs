@@ -232,6 +232,10 @@ impl Sink {
         let decoded = match self.kind_of(topic) {
             Some(Kind::Results) => decode::<sluice_schemas::Result>(payload)
                 .map(|r| {
+                    // A v5 result carries its completed audit event (none was published).
+                    if let Some(audit) = r.completed_audit() {
+                        batch.audit.push(audit.into(), &origin);
+                    }
                     let days = self.config.retention.completion_days;
                     batch
                         .result_bodies
@@ -265,8 +269,16 @@ impl Sink {
             // A replay topic holds tagged records only: an untagged one is nobody's re-run.
             Some(Kind::ReplayResults) => decode::<sluice_schemas::Result>(payload)
                 .map_err(Rejection::from)
-                .and_then(|r| ReplayResultRow::of(r).ok_or_else(untagged))
-                .map(|row| batch.replay_results.push(row, &origin)),
+                .and_then(|r| {
+                    let audit = r.completed_audit();
+                    Ok((ReplayResultRow::of(r).ok_or_else(untagged)?, audit))
+                })
+                .map(|(row, audit)| {
+                    if let Some(audit) = audit {
+                        batch.audit.push(audit.into(), &origin);
+                    }
+                    batch.replay_results.push(row, &origin);
+                }),
             Some(Kind::ReplayUsage) => decode::<sluice_schemas::Usage>(payload)
                 .map_err(Rejection::from)
                 .and_then(|u| ReplayUsageRow::of(u).ok_or_else(untagged))

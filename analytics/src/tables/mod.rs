@@ -618,6 +618,7 @@ mod tests {
             routing_reason: Some("cost: d at $0.000001 for this request".into()),
             location: None,
             replay: None,
+            audit: None,
         };
         let row = ResultRow::from(result);
         assert_eq!(row.priority, "interactive");

@@ -189,6 +189,7 @@ pub fn result_records() -> Vec<sluice_schemas::Result> {
             routing_reason: r.get("routing_reason").filter(|s| !s.is_empty()).cloned(),
             location: r.get("location").filter(|s| !s.is_empty()).cloned(),
             replay: None,
+            audit: None,
         })
         .collect()
 }
@@ -290,6 +291,7 @@ pub fn replay_result_records() -> Vec<sluice_schemas::Result> {
                     replay_id: r["replay_id"].clone(),
                     original_request_id: r["original_request_id"].clone(),
                 }),
+                audit: None,
             }
         })
         .collect()

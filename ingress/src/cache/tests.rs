@@ -170,6 +170,7 @@ fn result(status: Status, body: &str) -> ResultRecord {
         routing_reason: None,
         location: None,
         replay: None,
+        audit: None,
     }
 }
 

@@ -619,6 +619,7 @@ fn completion(content: &str) -> sluice_schemas::Result {
         routing_reason: None,
         location: None,
         replay: None,
+        audit: None,
     }
 }
 

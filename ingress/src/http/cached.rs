@@ -96,6 +96,7 @@ fn record(accepted: &Accepted, entry: &Entry) -> ResultRecord {
         routing_reason: None,
         location: None,
         replay: None,
+        audit: None,
     }
 }
 

@@ -38,6 +38,7 @@ pub(super) fn record(stored: StoredResult, request_id: String, request: &Request
         routing_reason: None,
         location: None,
         replay: None,
+        audit: None,
     }
 }
 

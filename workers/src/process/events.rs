@@ -1,5 +1,6 @@
-//! A finished request's events: the result (and its reply), usage, audit and attempt
-//! records, published and acknowledged before the message may be marked done.
+//! A finished request's events: the result (and its reply; the completed audit event rides
+//! on it, [`ResultRecord::audit`]), usage and attempt records, published and acknowledged
+//! before the message may be marked done.
 
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use sluice_schemas::audit_content::AuditContent;
 use sluice_schemas::openai::ErrorBody;
 use sluice_schemas::retry::{doubling, BackoffBuilder};
 use sluice_schemas::{
-    encode, now_ms, Audit, AuditAction, Request, Result as ResultRecord, Status, Topic, Usage,
+    encode, now_ms, Request, Result as ResultRecord, ResultAudit, Status, Topic, Usage,
 };
 
 use super::outcome::{clamp, Outcome};
@@ -75,6 +76,7 @@ impl Processor {
             finished_at_ms,
             worker: self.worker_id.clone(),
             replay: request.replay.clone(),
+            audit: None,
         };
         let mut usage = Usage {
             request_id: request.request_id.clone(),
@@ -97,49 +99,35 @@ impl Processor {
             saved_nanos: 0,
             replay: request.replay.clone(),
         };
-        // The completion under the team's audit content policy (set by the ingress).
-        let (completion_sha256, completion_text) = match outcome.status {
+        // The completed audit event rides on the result (the sink writes its row): the
+        // completion's hash under the team's audit content policy (set by the ingress), whether
+        // the row keeps its text, where it ran (for residency audits) and what the processing
+        // hooks decided. A replayed or shadow request says so: its prompt went elsewhere.
+        let content = AuditContent::of_attributes(&request.attributes);
+        let completion_sha256 = match outcome.status {
             Status::Completed => sluice_schemas::audit_content::completion_text(&result.body)
-                .map(|text| AuditContent::of_attributes(&request.attributes).record(&text))
-                .unwrap_or_default(),
-            Status::Failed | Status::Expired => (None, None),
+                .and_then(|text| content.record(&text).0),
+            Status::Failed | Status::Expired => None,
         };
-        let mut audit = Audit {
-            event_id: format!("{}-{}", request.request_id, outcome.status.as_str()),
-            request_id: request.request_id.clone(),
-            team: request.team.clone(),
-            key_id: request.key_id.clone(),
-            action: match outcome.status {
-                Status::Completed => AuditAction::Completed,
-                Status::Failed => AuditAction::Failed,
-                Status::Expired => AuditAction::Expired,
-            },
-            model: request.model.clone(),
-            priority: request.priority,
-            http_status: outcome.http_status,
-            reason: result.error_kind.clone(),
-            prompt_tokens: clamp(outcome.usage.prompt_tokens),
-            occurred_at_ms: finished_at_ms,
+        let policy = {
+            let located = result.location.as_ref().map(|l| format!("location:{l}"));
+            let replayed = request
+                .replay
+                .as_ref()
+                .map(|r| format!("replay:{}", r.replay_id));
+            let all: Vec<String> = replayed
+                .into_iter()
+                .chain(located)
+                .chain(outcome.decisions)
+                .collect();
+            (!all.is_empty()).then(|| all.join(","))
+        };
+        result.audit = Some(ResultAudit {
             completion_sha256,
-            completion_text,
-            // Where it ran, for residency audits, and what the processing hooks decided.
-            // A replayed or shadow request says so: its prompt went to another deployment.
-            policy: {
-                let located = result.location.as_ref().map(|l| format!("location:{l}"));
-                let replayed = request
-                    .replay
-                    .as_ref()
-                    .map(|r| format!("replay:{}", r.replay_id));
-                let all: Vec<String> = replayed
-                    .into_iter()
-                    .chain(located)
-                    .chain(outcome.decisions)
-                    .collect();
-                (!all.is_empty()).then(|| all.join(","))
-            },
-            ..Audit::default()
-        };
-        let Some(mut encoded) = encode_events(&result, &usage, &audit) else {
+            keep_text: content == AuditContent::Full,
+            policy,
+        });
+        let Some(mut encoded) = encode_events(&result, &usage) else {
             // Only a schema defect gets here; nothing sensible can be published.
             tracing::error!("result events could not be encoded");
             return true;
@@ -148,14 +136,14 @@ impl Processor {
         // rather than a publish retried forever.
         let key = request.request_id.len();
         let fits = |e: &Encoded| {
-            [&e.result, &e.usage, &e.audit]
+            [&e.result, &e.usage]
                 .iter()
                 .all(|p| sluice_schemas::topics::fits(self.max_message_bytes, key, p.len()))
         };
         let mut shrunk = false;
         if !fits(&encoded) {
             let size = encoded.result.len();
-            match self.too_large(&mut result, &mut usage, &mut audit, size, true) {
+            match self.too_large(&mut result, &mut usage, size, true) {
                 Some(e) => encoded = e,
                 None => return true,
             }
@@ -166,7 +154,6 @@ impl Processor {
         let Encoded {
             result: mut result_bytes,
             usage: mut usage_bytes,
-            audit: mut audit_bytes,
         } = encoded;
         // A replay's result and usage go to the replay topics, which no caller, no budget
         // ledger and no live table reads; its provider calls are not reconciled as a team's.
@@ -181,7 +168,6 @@ impl Processor {
         let attempts_topic = self.topics.name(&Topic::Attempts);
         let results_topic = self.topics.name(&results_topic);
         let usage_topic = self.topics.name(&usage_topic);
-        let audit_topic = self.topics.name(&Topic::Audit);
         // The loop changes what it sends between tries and stops at shutdown only while it
         // waits, which backon's Retry cannot say: it takes its waits from the house policy.
         let mut waits = doubling(FIRST_WAIT, MAX_WAIT).build();
@@ -234,26 +220,24 @@ impl Processor {
                 headers: with_traceparent(None, traceparent),
                 ..out(&results_topic, &result_bytes)
             };
-            let (a, b, c, d, e) = tokio::join!(
+            let (a, b, c, d) = tokio::join!(
                 reply,
                 send(&self.producer, result_message),
                 send(&self.producer, out(&usage_topic, &usage_bytes)),
-                send(&self.producer, out(&audit_topic, &audit_bytes)),
                 calls,
             );
-            let e: Result<(), _> = e.into_iter().collect();
-            match a.and(b).and(c).and(d).and(e) {
+            let d: Result<(), _> = d.into_iter().collect();
+            match a.and(b).and(c).and(d) {
                 Ok(()) => return true,
                 Err(error) if crate::publish::too_large(&error) && !shrunk => {
                     // A topic with a smaller limit than ours refused it: final. Sinks keep
                     // the failure (deduplicated by request id) whatever was sent before.
                     tracing::warn!(request_id = %request.request_id, "result refused by Kafka as too large; publishing a failure instead");
                     let size = result_bytes.len();
-                    let Some(e) = self.too_large(&mut result, &mut usage, &mut audit, size, false)
-                    else {
+                    let Some(e) = self.too_large(&mut result, &mut usage, size, false) else {
                         return true;
                     };
-                    (result_bytes, usage_bytes, audit_bytes) = (e.result, e.usage, e.audit);
+                    (result_bytes, usage_bytes) = (e.result, e.usage);
                     shrunk = true;
                 }
                 Err(error) => {
@@ -270,30 +254,27 @@ impl Processor {
     }
 }
 
-/// The three events of a finished request, encoded.
+/// The two events of a finished request, encoded.
 struct Encoded {
     result: Vec<u8>,
     usage: Vec<u8>,
-    audit: Vec<u8>,
 }
 
-fn encode_events(result: &ResultRecord, usage: &Usage, audit: &Audit) -> Option<Encoded> {
+fn encode_events(result: &ResultRecord, usage: &Usage) -> Option<Encoded> {
     Some(Encoded {
         result: encode(result).ok()?,
         usage: encode(usage).ok()?,
-        audit: encode(audit).ok()?,
     })
 }
 
 impl Processor {
     /// Turns a result too large for Kafka into a small `failed` one (`result_too_large`,
     /// 502): the caller learns why, nothing is retried. Usage keeps the tokens (the provider
-    /// billed them); the audit event keeps the completion's hash, not its text.
+    /// billed them); the audit row keeps the completion's hash, not its text.
     fn too_large(
         &self,
         result: &mut ResultRecord,
         usage: &mut Usage,
-        audit: &mut Audit,
         size: usize,
         over_our_limit: bool,
     ) -> Option<Encoded> {
@@ -315,11 +296,9 @@ impl Processor {
         )
         .to_json();
         usage.status = Status::Failed;
-        audit.action = AuditAction::Failed;
-        audit.event_id = format!("{}-{}", result.request_id, Status::Failed.as_str());
-        audit.http_status = 502;
-        audit.reason = result.error_kind.clone();
-        audit.completion_text = None;
-        encode_events(result, usage, audit)
+        if let Some(audit) = &mut result.audit {
+            audit.keep_text = false;
+        }
+        encode_events(result, usage)
     }
 }

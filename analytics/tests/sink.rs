@@ -75,6 +75,7 @@ async fn create_topics(prefix: &str) -> Topics {
         Topic::DeadLetter,
         Topic::ReplayResults,
         Topic::ReplayUsage,
+        Topic::Attempts,
     ];
     let names: Vec<String> = wanted.iter().map(|t| topics.name(t)).collect();
     let new: Vec<NewTopic<'_>> = wanted
@@ -117,6 +118,7 @@ async fn delete_topics(topics: &Topics) {
         Topic::DeadLetter,
         Topic::ReplayResults,
         Topic::ReplayUsage,
+        Topic::Attempts,
     ]
     .iter()
     .map(|t| topics.name(t))
@@ -629,10 +631,12 @@ async fn completion_text_lands_only_in_the_private_database() {
     delete_topics(&topics).await;
 }
 
-/// A v5 result carries its completed audit event: the sink writes that audit row from it
-/// (once, however often the result is delivered), from live and replay results alike.
+/// A v5 result carries its completed audit event, a v6 one its provider calls as they
+/// ended: the sink writes those audit and attempts rows from it (once, however often the
+/// result is delivered; an ended call replaces its `started` record), from live and replay
+/// results alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_results_audit_row_is_written_from_the_result() {
+async fn a_results_audit_and_attempt_rows_are_written_from_the_result() {
     let clickhouse = clickhouse_config().await;
     let prefix = unique("t");
     let topics = create_topics(&prefix).await;
@@ -651,6 +655,31 @@ async fn a_results_audit_row_is_written_from_the_result() {
         keep_text: true,
         policy: Some("location:eu-west".into()),
     });
+    let call = |finished_at_ms: i64, outcome: &str| sluice_schemas::Attempt {
+        attempt_id: format!("{}-1", live.request_id),
+        request_id: live.request_id.clone(),
+        team: live.team.clone(),
+        key_id: live.key_id.clone(),
+        model: live.model.clone(),
+        provider: "openai".into(),
+        deployment: "d1".into(),
+        served_model: live.model.clone(),
+        attempt: 1,
+        worker: "w1".into(),
+        outcome: outcome.into(),
+        billed: "reported".into(),
+        http_status: 200,
+        prompt_tokens: 7,
+        completion_tokens: 3,
+        cached_tokens: 0,
+        cost_nanos: 1234,
+        max_cost_nanos: 5000,
+        estimated: false,
+        created_at_ms: 1,
+        started_at_ms: 2,
+        finished_at_ms,
+    };
+    live.calls = vec![call(3, "completed")];
     let mut replayed = replay_result_records().remove(0);
     replayed.request_id = unique("req");
     replayed.audit = Some(sluice_schemas::ResultAudit {
@@ -660,6 +689,16 @@ async fn a_results_audit_row_is_written_from_the_result() {
     });
 
     let producer = producer();
+    // The call's `started` record, as the worker acks it before the call.
+    let started = call(0, "started");
+    let attempts_topic = topics.name(&Topic::Attempts);
+    produce(
+        &producer,
+        &attempts_topic,
+        &started.request_id,
+        &encode(&started).unwrap(),
+    )
+    .await;
     let results_topic = topics.name(&Topic::Results);
     for _ in 0..2 {
         produce(
@@ -684,9 +723,30 @@ async fn a_results_audit_row_is_written_from_the_result() {
     wait_for_counts(
         &ch,
         &db,
-        [("results", 1), ("replay_results", 1), ("audit", 2)],
+        [
+            ("results", 1),
+            ("replay_results", 1),
+            ("audit", 2),
+            ("attempts", 1),
+        ],
     )
     .await;
+    let attempts: Vec<(String, String, i64)> = ch
+        .query(&format!(
+            "SELECT attempt_id, outcome, cost_nanos FROM {db}.attempts FINAL WHERE request_id = ?"
+        ))
+        .bind(&live.request_id)
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(
+        attempts,
+        [(
+            format!("{}-1", live.request_id),
+            "completed".to_string(),
+            1234
+        )]
+    );
     let row = |id: String| {
         let ch = ch.clone();
         let db = db.clone();

@@ -109,7 +109,8 @@ record!(
         "result.v2.avsc",
         "result.v3.avsc",
         "result.v4.avsc",
-        "result.v5.avsc"
+        "result.v5.avsc",
+        "result.v6.avsc"
     ]
 );
 record!(

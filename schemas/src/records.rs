@@ -111,7 +111,7 @@ impl Status {
     }
 }
 
-/// The outcome of one request (`result.v5.avsc`).
+/// The outcome of one request (`result.v6.avsc`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Result {
     pub request_id: String,
@@ -152,6 +152,12 @@ pub struct Result {
     /// topic.
     #[serde(default)]
     pub audit: Option<ResultAudit>,
+    /// Every provider call of this processing as it ended (v6): the sink writes their
+    /// `attempts` rows from the result, replacing each call's `started` record, and no
+    /// separate ended record is published. Empty in older records (their ended records are
+    /// on the attempts topic), in replies (the caller's copy) and for replays.
+    #[serde(default)]
+    pub calls: Vec<Attempt>,
 }
 
 /// What a result's audit row needs beyond the result itself (`ResultAudit` in `result.v5`).
@@ -383,7 +389,7 @@ pub struct ApiKey {
 /// One provider call (`attempt.v1.avsc`): what a provider may have billed, recorded for
 /// every retry, fallback and redelivery, to reconcile with its invoice. The team is charged
 /// from [`Usage`], once per request.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Attempt {
     /// Unique per call; the `started` record and the ended one share it.
     pub attempt_id: String,
@@ -473,6 +479,7 @@ mod tests {
             location: None,
             replay: None,
             audit,
+            calls: Vec::new(),
         }
     }
 

@@ -63,6 +63,7 @@ fn result() -> Result {
         location: Some("eu-west".into()),
         replay: None,
         audit: None,
+        calls: Vec::new(),
     }
 }
 
@@ -410,6 +411,22 @@ fn result_v5_carries_its_audit_and_v4_reads_it() {
     };
     let bytes = encode(&audited).unwrap();
     assert_eq!(decode::<Result>(&bytes).unwrap(), audited);
+    // v6: the provider calls ride on the result too.
+    let with_calls = Result {
+        calls: vec![sluice_schemas::Attempt {
+            attempt_id: "a1".into(),
+            request_id: "r".into(),
+            outcome: "completed".into(),
+            cost_nanos: 42,
+            finished_at_ms: 9,
+            ..Default::default()
+        }],
+        ..audited.clone()
+    };
+    assert_eq!(
+        decode::<Result>(&encode(&with_calls).unwrap()).unwrap(),
+        with_calls
+    );
     let v4 = Schema::parse_str(include_str!("../avro/result.v4.avsc")).unwrap();
     let mut body = &bytes[10..];
     let Value::Record(old) = from_avro_datum(&v4, &mut body, None).unwrap() else {

@@ -127,6 +127,7 @@ prop_compose! {
             audit: audit.map(|(completion_sha256, keep_text, policy)| ResultAudit {
                 completion_sha256, keep_text, policy,
             }),
+            calls: Vec::new(),
         }
     }
 }

@@ -231,10 +231,14 @@ impl Sink {
         let origin = Arc::new(Origin::of(message));
         let decoded = match self.kind_of(topic) {
             Some(Kind::Results) => decode::<sluice_schemas::Result>(payload)
-                .map(|r| {
-                    // A v5 result carries its completed audit event (none was published).
+                .map(|mut r| {
+                    // A v5 result carries its completed audit event, a v6 one its provider
+                    // calls as they ended (neither was published on its own).
                     if let Some(audit) = r.completed_audit() {
                         batch.audit.push(audit.into(), &origin);
+                    }
+                    for call in std::mem::take(&mut r.calls) {
+                        batch.attempts.push(call.into(), &origin);
                     }
                     let days = self.config.retention.completion_days;
                     batch

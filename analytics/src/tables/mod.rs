@@ -619,6 +619,7 @@ mod tests {
             location: None,
             replay: None,
             audit: None,
+            calls: Vec::new(),
         };
         let row = ResultRow::from(result);
         assert_eq!(row.priority, "interactive");

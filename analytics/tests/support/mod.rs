@@ -190,6 +190,7 @@ pub fn result_records() -> Vec<sluice_schemas::Result> {
             location: r.get("location").filter(|s| !s.is_empty()).cloned(),
             replay: None,
             audit: None,
+            calls: Vec::new(),
         })
         .collect()
 }
@@ -292,6 +293,7 @@ pub fn replay_result_records() -> Vec<sluice_schemas::Result> {
                     original_request_id: r["original_request_id"].clone(),
                 }),
                 audit: None,
+                calls: Vec::new(),
             }
         })
         .collect()

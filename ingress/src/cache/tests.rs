@@ -171,6 +171,7 @@ fn result(status: Status, body: &str) -> ResultRecord {
         location: None,
         replay: None,
         audit: None,
+        calls: Vec::new(),
     }
 }
 

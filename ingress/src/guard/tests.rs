@@ -620,6 +620,7 @@ fn completion(content: &str) -> sluice_schemas::Result {
         location: None,
         replay: None,
         audit: None,
+        calls: Vec::new(),
     }
 }
 

@@ -97,6 +97,7 @@ fn record(accepted: &Accepted, entry: &Entry) -> ResultRecord {
         location: None,
         replay: None,
         audit: None,
+        calls: Vec::new(),
     }
 }
 

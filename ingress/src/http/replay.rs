@@ -39,6 +39,7 @@ pub(super) fn record(stored: StoredResult, request_id: String, request: &Request
         location: None,
         replay: None,
         audit: None,
+        calls: Vec::new(),
     }
 }
 

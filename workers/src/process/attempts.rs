@@ -8,8 +8,8 @@
 //! [`STARTED_ACK_WAIT`]): a worker killed mid-call still leaves evidence of it. (Sent in the
 //! background, a SIGKILL inside the producer's linger lost it: the chaos test saw one call
 //! in ~60 without its row.) After the call, the ended record (same `attempt_id`, which
-//! replaces it in ClickHouse) is published with the request's result, before its offset is
-//! marked done.
+//! replaces it in ClickHouse) rides on the request's result (`Result::calls`, written
+//! by the sink), published before its offset is marked done.
 
 use sluice_schemas::openai::CompletionUsage;
 use sluice_schemas::{encode, now_ms, Attempt, Request, Topic};
@@ -200,18 +200,4 @@ impl Processor {
             .unwrap_or(0);
         (cost, max)
     }
-}
-
-/// The encoded ended records of a request, for [`Processor::publish`].
-pub(super) fn encoded(attempts: &[Attempt]) -> Vec<(String, Vec<u8>)> {
-    attempts
-        .iter()
-        .filter_map(|a| match encode(a) {
-            Ok(payload) => Some((a.request_id.clone(), payload)),
-            Err(error) => {
-                tracing::error!(%error, "attempt record not encodable");
-                None
-            }
-        })
-        .collect()
 }

@@ -77,6 +77,7 @@ impl Processor {
             worker: self.worker_id.clone(),
             replay: request.replay.clone(),
             audit: None,
+            calls: Vec::new(),
         };
         let mut usage = Usage {
             request_id: request.request_id.clone(),
@@ -127,7 +128,13 @@ impl Processor {
             keep_text: content == AuditContent::Full,
             policy,
         });
-        let Some(mut encoded) = encode_events(&result, &usage) else {
+        // Every provider call of this processing, for reconciliation, rides on the result
+        // too (the sink writes their rows). A replay's calls are not reconciled as a team's.
+        if request.replay.is_none() {
+            result.calls = outcome_attempts;
+        }
+        let replying = request.reply.is_some();
+        let Some(mut encoded) = encode_events(&mut result, &usage, replying) else {
             // Only a schema defect gets here; nothing sensible can be published.
             tracing::error!("result events could not be encoded");
             return true;
@@ -143,7 +150,7 @@ impl Processor {
         let mut shrunk = false;
         if !fits(&encoded) {
             let size = encoded.result.len();
-            match self.too_large(&mut result, &mut usage, size, true) {
+            match self.too_large(&mut result, &mut usage, size, true, replying) {
                 Some(e) => encoded = e,
                 None => return true,
             }
@@ -153,19 +160,15 @@ impl Processor {
         let traceparent = sluice_schemas::trace::well_formed(traceparent.as_deref());
         let Encoded {
             result: mut result_bytes,
+            reply: mut reply_bytes,
             usage: mut usage_bytes,
         } = encoded;
         // A replay's result and usage go to the replay topics, which no caller, no budget
-        // ledger and no live table reads; its provider calls are not reconciled as a team's.
-        let (results_topic, usage_topic, attempts) = match request.replay {
-            Some(_) => (Topic::ReplayResults, Topic::ReplayUsage, Vec::new()),
-            None => (
-                Topic::Results,
-                Topic::Usage,
-                super::attempts::encoded(&outcome_attempts),
-            ),
+        // ledger and no live table reads.
+        let (results_topic, usage_topic) = match request.replay {
+            Some(_) => (Topic::ReplayResults, Topic::ReplayUsage),
+            None => (Topic::Results, Topic::Usage),
         };
-        let attempts_topic = self.topics.name(&Topic::Attempts);
         let results_topic = self.topics.name(&results_topic);
         let usage_topic = self.topics.name(&usage_topic);
         // The loop changes what it sends between tries and stops at shutdown only while it
@@ -180,7 +183,7 @@ impl Processor {
                             Outgoing {
                                 topic: &r.topic,
                                 key: &request.request_id,
-                                payload: &result_bytes,
+                                payload: &reply_bytes,
                                 partition: Some(r.partition),
                                 headers: with_traceparent(
                                     Some(OwnedHeaders::new().insert(Header {
@@ -203,41 +206,27 @@ impl Processor {
                 partition: None,
                 headers: None,
             };
-            // Every provider call of this processing, for reconciliation.
-            let calls = futures::future::join_all(attempts.iter().map(|(key, payload)| {
-                send(
-                    &self.producer,
-                    Outgoing {
-                        topic: &attempts_topic,
-                        key,
-                        payload,
-                        partition: None,
-                        headers: None,
-                    },
-                )
-            }));
             let result_message = Outgoing {
                 headers: with_traceparent(None, traceparent),
                 ..out(&results_topic, &result_bytes)
             };
-            let (a, b, c, d) = tokio::join!(
+            let (a, b, c) = tokio::join!(
                 reply,
                 send(&self.producer, result_message),
                 send(&self.producer, out(&usage_topic, &usage_bytes)),
-                calls,
             );
-            let d: Result<(), _> = d.into_iter().collect();
-            match a.and(b).and(c).and(d) {
+            match a.and(b).and(c) {
                 Ok(()) => return true,
                 Err(error) if crate::publish::too_large(&error) && !shrunk => {
                     // A topic with a smaller limit than ours refused it: final. Sinks keep
                     // the failure (deduplicated by request id) whatever was sent before.
                     tracing::warn!(request_id = %request.request_id, "result refused by Kafka as too large; publishing a failure instead");
                     let size = result_bytes.len();
-                    let Some(e) = self.too_large(&mut result, &mut usage, size, false) else {
+                    let Some(e) = self.too_large(&mut result, &mut usage, size, false, replying)
+                    else {
                         return true;
                     };
-                    (result_bytes, usage_bytes) = (e.result, e.usage);
+                    (result_bytes, reply_bytes, usage_bytes) = (e.result, e.reply, e.usage);
                     shrunk = true;
                 }
                 Err(error) => {
@@ -254,15 +243,27 @@ impl Processor {
     }
 }
 
-/// The two events of a finished request, encoded.
+/// The events of a finished request, encoded: the result, the caller's copy of it (without
+/// the provider calls, which only the sink reads; empty if no caller waits), and usage.
 struct Encoded {
     result: Vec<u8>,
+    reply: Vec<u8>,
     usage: Vec<u8>,
 }
 
-fn encode_events(result: &ResultRecord, usage: &Usage) -> Option<Encoded> {
+fn encode_events(result: &mut ResultRecord, usage: &Usage, replying: bool) -> Option<Encoded> {
+    let full = encode(result).ok()?;
+    let reply = if replying {
+        let calls = std::mem::take(&mut result.calls);
+        let reply = encode(result);
+        result.calls = calls;
+        reply.ok()?
+    } else {
+        Vec::new()
+    };
     Some(Encoded {
-        result: encode(result).ok()?,
+        result: full,
+        reply,
         usage: encode(usage).ok()?,
     })
 }
@@ -277,6 +278,7 @@ impl Processor {
         usage: &mut Usage,
         size: usize,
         over_our_limit: bool,
+        replying: bool,
     ) -> Option<Encoded> {
         tracing::warn!(request_id = %result.request_id, size, over_our_limit, "result too large for Kafka; published as failed");
         let limit = if over_our_limit {
@@ -299,6 +301,6 @@ impl Processor {
         if let Some(audit) = &mut result.audit {
             audit.keep_text = false;
         }
-        encode_events(result, usage)
+        encode_events(result, usage, replying)
     }
 }

@@ -149,7 +149,7 @@ pub struct Result {
     /// The request's completed (failed, expired) audit event, folded into the result (v5):
     /// the sink writes that audit row from the result ([`Result::completed_audit`]), and no
     /// separate event is published. `None` in older records, whose event is on the audit
-    /// topic.
+    /// topic, and in replies (the caller's copy).
     #[serde(default)]
     pub audit: Option<ResultAudit>,
     /// Every provider call of this processing as it ended (v6): the sink writes their

@@ -244,7 +244,8 @@ impl Processor {
 }
 
 /// The events of a finished request, encoded: the result, the caller's copy of it (without
-/// the provider calls, which only the sink reads; empty if no caller waits), and usage.
+/// the provider calls and the audit event, which only the sink reads; empty if no caller
+/// waits), and usage.
 struct Encoded {
     result: Vec<u8>,
     reply: Vec<u8>,
@@ -255,8 +256,9 @@ fn encode_events(result: &mut ResultRecord, usage: &Usage, replying: bool) -> Op
     let full = encode(result).ok()?;
     let reply = if replying {
         let calls = std::mem::take(&mut result.calls);
+        let audit = result.audit.take();
         let reply = encode(result);
-        result.calls = calls;
+        (result.calls, result.audit) = (calls, audit);
         reply.ok()?
     } else {
         Vec::new()

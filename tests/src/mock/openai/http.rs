@@ -80,3 +80,15 @@ pub(in crate::mock) fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
+
+/// A `text/event-stream` answer with OpenAI's headers.
+pub(super) fn event_stream(body: Body, processing: Duration) -> Response {
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    common_headers(headers, processing);
+    response
+}

@@ -41,8 +41,7 @@ use std::time::{Duration, SystemTime};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, State};
-use axum::http::header::CONTENT_TYPE;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
@@ -66,7 +65,7 @@ use wire::{
 pub(crate) use errors::{invalid_method, invalid_url};
 use http::presented_key;
 pub(super) use http::unix_now;
-use http::{bearer_key, common_headers, internal_error, json_answer, json_response};
+use http::{bearer_key, common_headers, event_stream, internal_error, json_answer, json_response};
 
 pub(super) const SYSTEM_FINGERPRINT: &str = "fp_mock";
 pub(super) const SERVICE_TIER: &str = "default";
@@ -644,14 +643,7 @@ impl Completion {
             let event = events.next_event().await?;
             Some((event, events))
         });
-        let mut response = Response::new(Body::from_stream(events));
-        let headers = response.headers_mut();
-        headers.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream; charset=utf-8"),
-        );
-        common_headers(headers, processing);
-        response
+        event_stream(Body::from_stream(events), processing)
     }
 }
 

@@ -25,8 +25,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
-use axum::http::header::CONTENT_TYPE;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use serde_json::{json, Map, Value};
 
 use super::super::sse::{self, Planned};
@@ -37,7 +36,7 @@ use super::errors::{
 use super::stream::words_in_chunks;
 use super::tools::{forced_tool_call, ToolCall};
 use super::{
-    common_headers, expected_reply, handle, internal_error, json_answer, refusal, unix_now, Answer,
+    event_stream, expected_reply, handle, internal_error, json_answer, refusal, unix_now, Answer,
     Conn, Incoming, Plan, Progress,
 };
 use crate::mock::reply::{self, count_words, FinishReason, Reply};
@@ -486,14 +485,7 @@ impl Response {
             progress.shared,
             progress.seq,
         );
-        let mut response = axum::response::Response::new(body);
-        let headers = response.headers_mut();
-        headers.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream; charset=utf-8"),
-        );
-        common_headers(headers, processing);
-        response
+        event_stream(body, processing)
     }
 }
 

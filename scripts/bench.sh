@@ -14,6 +14,8 @@
 #   BENCH_MOCK_LATENCY_MS [0]   fixed latency of the mock provider's answers
 #   BENCH_STEP [15s]  BENCH_WARMUP [3s]      measured time and warmup of each load step
 #   BENCH_SYNC_RATES ["100 500 1000"]        sync steps, req/s (each: direct, then through)
+#   BENCH_SYNC_CONNECTIONS [64]  then sync closed-loop (direct, then through) with this many
+#                              connections: the most sync req/s the stack serves (0 skips it)
 #   BENCH_ASYNC_RATE [5000]  BENCH_ASYNC_CONNECTIONS [64]
 #   BENCH_E2E_SAMPLES [50]   BENCH_DRAIN_S [30]  BENCH_NO_BUILD [0]
 #   BENCH_BIN [<repo>/target/release]   where the binaries are (with BENCH_NO_BUILD=1: an older build, for before/after)
@@ -54,6 +56,14 @@
 #   BENCH_SHADOW_PERCENT [unset]  a [[shadows]] entry in the ingress config copying that share
 #                              of $MODEL's requests to local-llama (docs/replay.md), to price
 #                              shadow traffic against a run without
+#   BENCH_PROFILE [""]  processes to sample with perf (e.g. "ingress worker") during the
+#                              steps whose label holds BENCH_PROFILE_STEP ["sync ingress"]:
+#                              perf record -F BENCH_PROFILE_HZ [499] --call-graph dwarf, and a
+#                              flat report of the hottest functions (self time) beside the
+#                              step's JSON, NN.<proc>.perf.txt; sampling costs CPU, so a
+#                              profiled run's figures are not the benchmark's
+#   BENCH_TOKIO_WORKERS [unset]  Tokio worker threads of the ingress and the worker
+#                              (TOKIO_WORKER_THREADS; unset: one per core)
 #   BENCH_OUT [<repo>/.state/bench]           logs, loadgen JSON, results.md
 set -euo pipefail
 
@@ -93,6 +103,7 @@ TRAFFIC="${BENCH_TRAFFIC:-1}"
 RELAY_PORT="${BENCH_RELAY_PORT:-19181}"
 CACHE_RATES="${BENCH_CACHE_RATES:-500 1000}"
 CACHE_CONNECTIONS="${BENCH_CACHE_CONNECTIONS:-32}"
+SYNC_CONNECTIONS="${BENCH_SYNC_CONNECTIONS:-64}"
 ANALYTICS_KAFKA_OPTIONS="${BENCH_ANALYTICS_KAFKA_OPTIONS:-}"
 
 KEY=sk-sluice-demo          # demo key of config/ingress.toml (team demo)
@@ -282,8 +293,12 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Sink).serve_for
   log "traces: every service exports its spans to $SLUICE_TRACE_OTLP_ENDPOINT"
 fi
 
+# BENCH_TOKIO_WORKERS: the Tokio runtime's worker threads in the ingress and the worker
+# (TOKIO_WORKER_THREADS; unset = one per core).
+TOKIO_ENV=()
+[[ -n ${BENCH_TOKIO_WORKERS:-} ]] && TOKIO_ENV=(TOKIO_WORKER_THREADS="$BENCH_TOKIO_WORKERS")
 start_ingress() {
-  start ingress "$OUT/ingress.log" SLUICE_SERVER_LISTEN="127.0.0.1:$INGRESS_PORT" \
+  start ingress "$OUT/ingress.log" "${TOKIO_ENV[@]}" SLUICE_SERVER_LISTEN="127.0.0.1:$INGRESS_PORT" \
     SLUICE_KAFKA_TOPIC_PREFIX="$PREFIX" SLUICE_CLICKHOUSE_DATABASE="$DB" -- \
     "$BIN/sluice-ingress" --config "$OUT/ingress.toml" --demo
   wait_for ingress 60 curl -sf "$INGRESS/healthz"
@@ -303,7 +318,7 @@ start_ingress
 log "worker (group $PREFIX-workers) and analytics sink (group $PREFIX-analytics, database $DB)"
 # 1,000 concurrent streams need as many provider calls in flight (the shipped config: 256).
 want_streams=0; [[ " $SCENARIOS " == *" streams "* ]] && want_streams=1
-WORKER_ENV=(SLUICE_KAFKA_TOPIC_PREFIX="$PREFIX" SLUICE_KAFKA_GROUP_ID="$PREFIX-workers")
+WORKER_ENV=("${TOKIO_ENV[@]}" SLUICE_KAFKA_TOPIC_PREFIX="$PREFIX" SLUICE_KAFKA_GROUP_ID="$PREFIX-workers")
 ((want_streams)) && WORKER_ENV+=(SLUICE_WORKER_MAX_IN_FLIGHT="$STREAM_IN_FLIGHT")
 [[ -n "${BENCH_COALESCE_MS:-}" ]] && WORKER_ENV+=(SLUICE_STREAMING_COALESCE_MS="$BENCH_COALESCE_MS")
 start worker "$OUT/worker.log" "${WORKER_ENV[@]}" -- "$BIN/sluice-worker" --config "$OUT/worker.toml"
@@ -377,6 +392,32 @@ account() { # scenario
     'BEGIN { ms = (t1 - t0) * 1000; printf "%s\t%d\t%.0f\t%.1f\n", s, n, ms, n ? ms / n : 0 }' >>"$OUT/gc.tsv"
 }
 
+# perf sampling of BENCH_PROFILE's processes during the matching steps (see the header).
+PROFILE="${BENCH_PROFILE:-}"
+PROFILE_STEP="${BENCH_PROFILE_STEP:-sync ingress}"
+declare -A PERF=()   # proc -> pid of its perf record
+profile_start() { # label n
+  [[ -n $PROFILE && $1 == *"$PROFILE_STEP"* ]] || return 0
+  command -v perf >/dev/null || die "BENCH_PROFILE needs perf (Debian's linux-perf)"
+  local p
+  for p in $PROFILE; do
+    perf record -q -F "${BENCH_PROFILE_HZ:-499}" --call-graph dwarf,16384 -p "$(pid_of "$p")" \
+      -o "$OUT/$2.$p.perf.data" 2>"$OUT/$2.$p.perf.log" &
+    PERF[$p]=$!
+  done
+}
+profile_stop() { # n
+  local p
+  for p in "${!PERF[@]}"; do
+    kill -INT "${PERF[$p]}" 2>/dev/null || true
+    wait "${PERF[$p]}" 2>/dev/null || true
+    perf report -i "$OUT/$1.$p.perf.data" --no-children --stdio -g none --percent-limit 0.3 \
+      --sort symbol 2>/dev/null | grep -v '^$' >"$OUT/$1.$p.perf.txt" || true
+    log "  perf: $OUT/$1.$p.perf.txt"
+  done
+  PERF=()
+}
+
 N=0
 FLOOR_ARGS=()   # the experiment's librdkafka options, for kafka-floor's clients
 while IFS= read -r line; do
@@ -398,9 +439,11 @@ run_step() { # label loadgen-args... (STEP_TOOL=kafka-floor for the floor)
   fi
   mark
   local from_ms=$MARK_MS
+  profile_start "$label" "$n"
   "$BIN/${STEP_TOOL:-loadgen}" --json "$@" >"$f.tmp" 2>"$OUT/$n.log" \
     || { cat "$OUT/$n.log" >&2; die "${STEP_TOOL:-loadgen} failed: $label"; }
   account "$label"
+  profile_stop "$n"
   if traffic_of "$label"; then
     "$BIN/kafka-floor" --bootstrap "$SLUICE_KAFKA_BOOTSTRAP" traffic --prefix "$PREFIX" \
       --since "$OUT/$n.offsets" >"$OUT/$n.traffic" || die "kafka-floor traffic failed"
@@ -445,6 +488,14 @@ for rate in $SYNC_RATES; do
       --duration "$STEP" --warmup "$WARMUP"
   fi
 done
+# (b1) sync at most: closed loop, each of SYNC_CONNECTIONS connections sends its next request
+# when its answer arrives; the direct mock call beside it.
+if want sync && ((SYNC_CONNECTIONS > 0)); then
+  run_step "sync direct closed x${SYNC_CONNECTIONS}" --mode closed --url "$MOCK/v1/chat/completions" \
+    --body "$BODY" --concurrency "$SYNC_CONNECTIONS" --duration "$STEP" --warmup "$WARMUP"
+  run_step "sync ingress closed x${SYNC_CONNECTIONS}" --mode closed --url "$INGRESS/v1/chat/completions" \
+    --key "$KEY" --body "$BODY" --concurrency "$SYNC_CONNECTIONS" --duration "$STEP" --warmup "$WARMUP"
+fi
 # (c) accept -> usage row in ClickHouse, one request at a time, before any async backlog.
 want e2e && run_step "e2e accept->ClickHouse" --mode e2e --url "$INGRESS/v1/requests" --key "$KEY" \
   --body "$BODY" --expect-status 202 --samples "$E2E_SAMPLES" --clickhouse-url "$CH" --database "$DB"

@@ -373,6 +373,10 @@ async fn a_fast_providers_events_share_reply_records_and_a_slow_ones_do_not_wait
         records.len()
     );
     assert_eq!(records[0], 1, "the first event is sent alone, at once");
+    assert_eq!(
+        records[1], 1,
+        "the first token is sent at once, not held for the window: {records:?}"
+    );
 
     // 25 ms between chunks, more than the 5 ms window: one record per event.
     stack.mock.set_behaviour(Behaviour {

@@ -2,13 +2,17 @@
 //! become a few Kafka records, a slow provider's are sent as they come.
 //!
 //! An event is sent at once when the last record went out at least `window` ago (the first
-//! event of a stream always is); one that comes sooner is held, with any that follow, until
-//! `window` after the last record, or until the held events reach `max_bytes`. So no event
-//! waits longer than `window`, and a provider whose events are `window` or more apart sees
-//! no added latency at all. `window` 0 sends every event as its own record.
+//! event of a stream always is), and so is the first event that carries a token (content,
+//! a tool call, a refusal or reasoning: the caller's time to first token never waits for
+//! the window, though the role-only event before it has just gone out). Any other event that
+//! comes sooner is held, with any that follow, until `window` after the last record, or
+//! until the held events reach `max_bytes`. So no event waits longer than `window`, and a
+//! provider whose events are `window` or more apart sees no added latency at all. `window` 0
+//! sends every event as its own record.
 
 use std::time::Duration;
 
+use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::config::StreamingConfig;
@@ -42,6 +46,13 @@ impl Coalescer {
         (quiet || self.bytes >= self.max_bytes).then(|| self.take(now))
     }
 
+    /// Takes an event that must not wait (the first token): returns it, after any held
+    /// events, to send as one record now.
+    pub(super) fn push_at_once(&mut self, event: String, now: Instant) -> Vec<String> {
+        self.held.push(event);
+        self.take(now)
+    }
+
     /// When the held events are due; `None` when none are held.
     pub(super) fn due(&self) -> Option<Instant> {
         if self.held.is_empty() {
@@ -59,6 +70,30 @@ impl Coalescer {
         self.bytes = 0;
         std::mem::take(&mut self.held)
     }
+}
+
+/// Whether a chat-completion chunk carries a token: text, a tool call, a refusal or
+/// reasoning in any choice's delta (not only a role, a finish reason or usage).
+pub(super) fn carries_token(chunk: &Value) -> bool {
+    let nonempty = |v: &Value| match v {
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        _ => false,
+    };
+    chunk["choices"].as_array().is_some_and(|choices| {
+        choices.iter().any(|c| {
+            let delta = &c["delta"];
+            [
+                "content",
+                "tool_calls",
+                "refusal",
+                "reasoning_content",
+                "reasoning",
+            ]
+            .iter()
+            .any(|field| nonempty(&delta[*field]))
+        })
+    })
 }
 
 /// Resolves at `due`; never without one.
@@ -121,6 +156,43 @@ mod tests {
             c.push("67890".into(), t0),
             Some(vec!["12345".to_string(), "67890".to_string()])
         );
+    }
+
+    #[test]
+    fn the_first_token_goes_at_once_with_what_is_held_and_restarts_the_window() {
+        let t0 = Instant::now();
+        let mut c = coalescer(5, 1 << 20);
+        assert!(c.push("role".into(), t0).is_some());
+        assert_eq!(c.push("empty".into(), t0 + ms(1)), None);
+        assert_eq!(
+            c.push_at_once("token".into(), t0 + ms(2)),
+            ["empty", "token"]
+        );
+        assert_eq!(c.due(), None);
+        assert_eq!(c.push("next".into(), t0 + ms(3)), None);
+        assert_eq!(c.due(), Some(t0 + ms(7)));
+    }
+
+    #[test]
+    fn a_token_is_text_a_tool_call_a_refusal_or_reasoning() {
+        let delta = |d: Value| serde_json::json!({"choices": [{"index": 0, "delta": d}]});
+        assert!(!carries_token(&delta(
+            serde_json::json!({"role": "assistant", "content": ""})
+        )));
+        assert!(!carries_token(
+            &serde_json::json!({"choices": [], "usage": {"total_tokens": 3}})
+        ));
+        assert!(!carries_token(
+            &serde_json::json!({"choices": [{"delta": {}, "finish_reason": "stop"}]})
+        ));
+        assert!(carries_token(&delta(serde_json::json!({"content": "Hi"}))));
+        assert!(carries_token(&delta(
+            serde_json::json!({"tool_calls": [{"index": 0}]})
+        )));
+        assert!(carries_token(&delta(serde_json::json!({"refusal": "no"}))));
+        assert!(carries_token(&delta(
+            serde_json::json!({"reasoning_content": "hm"})
+        )));
     }
 
     #[test]

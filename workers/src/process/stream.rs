@@ -248,6 +248,8 @@ impl Processor {
         let mut seq = 0;
         let mut sent = 0;
         let mut coalescer = super::coalesce::Coalescer::new(&self.streaming);
+        // Until the first token has gone out, it goes out at once (coalesce.rs).
+        let mut token_sent = false;
         let hooked = self.hooks.has_chunk(request);
         let mut decisions: Vec<String> = Vec::new();
         let idle = target.deployment.timeout_ms;
@@ -295,7 +297,14 @@ impl Processor {
             let usage_only = chunk["choices"].as_array().is_some_and(Vec::is_empty)
                 && chunk["usage"].is_object();
             if !usage_only || caller_wants_usage {
-                if let Some(events) = coalescer.push(data, tokio::time::Instant::now()) {
+                let now = tokio::time::Instant::now();
+                let events = if !token_sent && super::coalesce::carries_token(&chunk) {
+                    token_sent = true;
+                    Some(coalescer.push_at_once(data, now))
+                } else {
+                    coalescer.push(data, now)
+                };
+                if let Some(events) = events {
                     deliveries.push(self.send_chunk(request, &mut sent, events));
                 }
                 seq += 1;

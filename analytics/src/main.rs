@@ -10,10 +10,6 @@ use sluice_analytics::{apply_migrations, client, migrator_client, Config};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-/// mimalloc, not glibc's malloc: see the workspace Cargo.toml.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(name = "sluice-analytics", version, about)]
 struct Cli {

@@ -3,10 +3,6 @@ use std::path::PathBuf;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-/// mimalloc, not glibc's malloc: see the workspace Cargo.toml.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Sluice ingress: OpenAI-compatible HTTP in, Kafka out.
 #[derive(Parser)]
 #[command(version)]

@@ -23,6 +23,7 @@ pub(super) struct Coalescer {
     held: Vec<String>,
     bytes: usize,
     last_sent: Option<Instant>,
+    token_sent: bool,
 }
 
 impl Coalescer {
@@ -33,6 +34,7 @@ impl Coalescer {
             held: Vec::new(),
             bytes: 0,
             last_sent: None,
+            token_sent: false,
         }
     }
 
@@ -46,11 +48,20 @@ impl Coalescer {
         (quiet || self.bytes >= self.max_bytes).then(|| self.take(now))
     }
 
-    /// Takes an event that must not wait (the first token): returns it, after any held
-    /// events, to send as one record now.
-    pub(super) fn push_at_once(&mut self, event: String, now: Instant) -> Vec<String> {
+    /// Takes an event that carries a token at `now`. The stream's first one does not wait:
+    /// it goes, after any held events, as one record now. Later ones are as [`Self::push`].
+    pub(super) fn push_token(&mut self, event: String, now: Instant) -> Option<Vec<String>> {
+        if self.token_sent {
+            return self.push(event, now);
+        }
+        self.token_sent = true;
         self.held.push(event);
-        self.take(now)
+        Some(self.take(now))
+    }
+
+    /// Whether the stream's first token has been taken, so later events need no check.
+    pub(super) fn token_sent(&self) -> bool {
+        self.token_sent
     }
 
     /// When the held events are due; `None` when none are held.
@@ -164,12 +175,15 @@ mod tests {
         let mut c = coalescer(5, 1 << 20);
         assert!(c.push("role".into(), t0).is_some());
         assert_eq!(c.push("empty".into(), t0 + ms(1)), None);
+        assert!(!c.token_sent());
         assert_eq!(
-            c.push_at_once("token".into(), t0 + ms(2)),
-            ["empty", "token"]
+            c.push_token("token".into(), t0 + ms(2)),
+            Some(vec!["empty".to_string(), "token".to_string()])
         );
+        assert!(c.token_sent());
         assert_eq!(c.due(), None);
-        assert_eq!(c.push("next".into(), t0 + ms(3)), None);
+        // A later token waits for the window like any other event.
+        assert_eq!(c.push_token("next".into(), t0 + ms(3)), None);
         assert_eq!(c.due(), Some(t0 + ms(7)));
     }
 

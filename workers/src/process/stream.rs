@@ -248,8 +248,6 @@ impl Processor {
         let mut seq = 0;
         let mut sent = 0;
         let mut coalescer = super::coalesce::Coalescer::new(&self.streaming);
-        // Until the first token has gone out, it goes out at once (coalesce.rs).
-        let mut token_sent = false;
         let hooked = self.hooks.has_chunk(request);
         let mut decisions: Vec<String> = Vec::new();
         let idle = target.deployment.timeout_ms;
@@ -298,9 +296,9 @@ impl Processor {
                 && chunk["usage"].is_object();
             if !usage_only || caller_wants_usage {
                 let now = tokio::time::Instant::now();
-                let events = if !token_sent && super::coalesce::carries_token(&chunk) {
-                    token_sent = true;
-                    Some(coalescer.push_at_once(data, now))
+                // The first token goes out at once (coalesce.rs).
+                let events = if !coalescer.token_sent() && super::coalesce::carries_token(&chunk) {
+                    coalescer.push_token(data, now)
                 } else {
                     coalescer.push(data, now)
                 };

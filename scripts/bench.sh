@@ -25,6 +25,7 @@
 #   BENCH_STREAM_CHUNKS [50]  BENCH_STREAM_DELAY_MS [20]   the mock's streams
 #   BENCH_STREAM_OPEN [1000]  BENCH_STREAM_SLOW_DELAY_MS [400]  concurrent open streams for
 #                              the memory step, and the chunk delay that keeps them open
+#   BENCH_STREAM_CONNECTIONS [64]   closed-loop streams at most, direct and through (0: skip)
 #   BENCH_STREAM_IN_FLIGHT [1100]   the worker's max_in_flight during the streams scenario
 #   BENCH_CANCEL_SAMPLES [100]  BENCH_DISCONNECT_AFTER [5]  BENCH_RELAY_PORT [19181]
 #                              (BENCH_CANCEL_SAMPLES=0 / BENCH_STREAM_OPEN=0 skip those steps)
@@ -62,6 +63,11 @@
 #                              flat report of the hottest functions (self time) beside the
 #                              step's JSON, NN.<proc>.perf.txt; sampling costs CPU, so a
 #                              profiled run's figures are not the benchmark's
+#   BENCH_SCENARIOS may also hold "backlog": the worker paused (SIGSTOP), async requests
+#                              submitted for BENCH_BACKLOG_SUBMIT [5s] closed loop, then the
+#                              worker resumed against a mock answering in
+#                              BENCH_BACKLOG_LATENCY_MS [40]: how fast one worker (and the sink)
+#                              drain what waits
 #   BENCH_TOKIO_WORKERS [unset]  Tokio worker threads of the ingress and the worker
 #                              (TOKIO_WORKER_THREADS; unset: one per core)
 #   BENCH_OUT [<repo>/.state/bench]           logs, loadgen JSON, results.md
@@ -92,12 +98,15 @@ STREAM_DELAY_MS="${BENCH_STREAM_DELAY_MS:-20}"
 STREAM_OPEN="${BENCH_STREAM_OPEN:-1000}"
 STREAM_SLOW_DELAY_MS="${BENCH_STREAM_SLOW_DELAY_MS:-400}"
 STREAM_IN_FLIGHT="${BENCH_STREAM_IN_FLIGHT:-1100}"
+STREAM_CONNECTIONS="${BENCH_STREAM_CONNECTIONS:-64}"
 CANCEL_SAMPLES="${BENCH_CANCEL_SAMPLES:-100}"
 BUDGET_USD="${BENCH_BUDGET_USD:-1000000}"
 DISCONNECT_AFTER="${BENCH_DISCONNECT_AFTER:-5}"
 SERIAL_SAMPLES="${BENCH_SERIAL_SAMPLES:-30}"
 SERIAL_CHUNKS="${BENCH_SERIAL_CHUNKS:-20}"
 SERIAL_DELAY_MS="${BENCH_SERIAL_DELAY_MS:-20}"
+BACKLOG_SUBMIT="${BENCH_BACKLOG_SUBMIT:-5s}"
+BACKLOG_LATENCY_MS="${BENCH_BACKLOG_LATENCY_MS:-40}"
 FLOOR="${BENCH_FLOOR:-1}"
 TRAFFIC="${BENCH_TRAFFIC:-1}"
 RELAY_PORT="${BENCH_RELAY_PORT:-19181}"
@@ -543,6 +552,41 @@ if want soak; then
   soak_log="$OUT/$(printf '%02d' "$N").log"
   soak_backlog=$(drain "$rows_before_soak" "$(jq -r .ok "$OUT/$(printf '%02d' "$N").json")" "$soak_from_ms")
 fi
+# Backlog drain: requests wait in Kafka while the worker is paused (SIGSTOP keeps its group
+# membership, so resuming measures draining, not a rebalance), then one worker drains them
+# against a provider answering in BACKLOG_LATENCY_MS. Timed from the resume, and from the first
+# usage row (which leaves out the sink's first flush).
+if want backlog; then
+  log "mock restarted: latency ${BACKLOG_LATENCY_MS} ms (backlog)"
+  MOCK_LATENCY_MS=$BACKLOG_LATENCY_MS restart_mock --completion-tokens 16
+  restart_ingress
+  rows_before_backlog=$(usage_rows)
+  kill -STOP "${PID[worker]}"
+  run_step "backlog submit closed x${ASYNC_CONNECTIONS}" --mode closed --url "$INGRESS/v1/requests" \
+    --key "$KEY" --body "$BODY" --expect-status 202 --concurrency "$ASYNC_CONNECTIONS" \
+    --duration "$BACKLOG_SUBMIT" --warmup 0s
+  backlog_n=$(jq -r .ok "$OUT/$(printf '%02d' "$N").json")
+  backlog_want=$((rows_before_backlog + backlog_n))
+  resumed_ms=$(date +%s%3N)
+  kill -CONT "${PID[worker]}"
+  first_ms=""
+  while rows=$(usage_rows); ((rows < backlog_want && $(date +%s%3N) - resumed_ms < DRAIN_S * 1000)); do
+    [[ -z $first_ms ]] && ((rows > rows_before_backlog)) && first_ms=$(date +%s%3N) first_rows=$rows
+    sleep 0.1
+  done
+  done_ms=$(date +%s%3N)
+  if ((rows >= backlog_want)); then
+    drained="all $backlog_n requests drained $((done_ms - resumed_ms)) ms after the worker resumed:"
+    drained+=" $((backlog_n * 1000 / (done_ms - resumed_ms))) rows/s from the resume"
+    if [[ -n $first_ms ]] && ((done_ms > first_ms)); then
+      drained+=", $(((backlog_want - first_rows) * 1000 / (done_ms - first_ms))) rows/s from the first row on"
+    fi
+  else
+    drained="$((backlog_want - rows)) of $backlog_n usage rows still missing ${DRAIN_S}s after the worker resumed"
+  fi
+  log "backlog: $drained"
+  MOCK_LATENCY_MS=${BENCH_MOCK_LATENCY_MS:-0} restart_mock --completion-tokens 16
+fi
 # Streaming: time to first token and whole stream, direct vs through, at each rate of new
 # streams (each stream STREAM_CHUNKS content chunks STREAM_DELAY_MS apart); then client
 # disconnect -> provider connection closed; then memory with STREAM_OPEN streams open at once.
@@ -582,6 +626,13 @@ if ((want_streams)); then
     run_step "stream ingress ${rate}/s" --mode open --url "$INGRESS/v1/chat/completions" \
       --key "$KEY" --body "$STREAM_BODY" --rate "$rate" --duration "$STEP" --warmup "$WARMUP"
   done
+  # Streams at most: closed loop, each connection opens its next stream when the last ends.
+  if ((STREAM_CONNECTIONS > 0)); then
+    run_step "stream direct closed x${STREAM_CONNECTIONS}" --mode closed --url "$MOCK/v1/chat/completions" \
+      --body "$STREAM_BODY" --concurrency "$STREAM_CONNECTIONS" --duration "$STEP" --warmup "$WARMUP"
+    run_step "stream ingress closed x${STREAM_CONNECTIONS}" --mode closed --url "$INGRESS/v1/chat/completions" \
+      --key "$KEY" --body "$STREAM_BODY" --concurrency "$STREAM_CONNECTIONS" --duration "$STEP" --warmup "$WARMUP"
+  fi
   if ((CANCEL_SAMPLES > 0)); then
     run_step "stream cancel x${CANCEL_SAMPLES}" --mode cancel --url "$INGRESS/v1/chat/completions" \
       --key "$KEY" --body "$CANCEL_BODY" --samples "$CANCEL_SAMPLES" \

@@ -2,7 +2,7 @@
 # bench_report once its steps are done. It reads what the steps left: the loadgen JSON,
 # steps.tsv, cpu.tsv, cpu_ms.tsv, gc.tsv, hwm.tsv, stream-mem.tsv and the *.traffic files in $OUT, the results rows in
 # ClickHouse ($CH, $DB, CH_AUTH), and bench.sh's settings and figures (STEP, WARMUP,
-# SYNC_RATES, STREAM_*, SERIAL_*, serial_ran, PROCS, backlog, soak_backlog, soak_log, cancel_json, mem_base,
+# SYNC_RATES, STREAM_*, SERIAL_*, STREAM_CONNECTIONS, serial_ran, PROCS, backlog, drained, soak_backlog, soak_log, cancel_json, mem_base,
 # mem_hwm, want, want_streams).
 # shellcheck shell=bash disable=SC2154
 
@@ -69,6 +69,7 @@ bench_report() {
     echo
   fi
   if want async; then echo "Async backlog: $backlog."; echo; fi
+  if want backlog; then echo "Backlog drain (one worker, provider ${BACKLOG_LATENCY_MS} ms): $drained."; echo; fi
   if want soak; then
     echo "Async soak, answers/s in each second of $SOAK on one fresh ingress (closed loop, $ASYNC_CONNECTIONS connections):"
     echo
@@ -91,6 +92,12 @@ bench_report() {
         (map(select(.label == $d))[0]) as $a | (map(select(.label == $t))[0]) as $b |
         "| \($r)/s | \($a.ttft_p50_ms) / \($a.ttft_p99_ms) | \($b.ttft_p50_ms) / \($b.ttft_p99_ms) | **\(($b.ttft_p50_ms - $a.ttft_p50_ms) | r3) / \(($b.ttft_p99_ms - $a.ttft_p99_ms) | r3)** | \($a.total_p50_ms) / \($a.total_p99_ms) | \($b.total_p50_ms) / \($b.total_p99_ms) | \(($b.total_p50_ms - $a.total_p50_ms) | r3) / \(($b.total_p99_ms - $a.total_p99_ms) | r3) |"' "$OUT"/*.json
     done
+    if ((STREAM_CONNECTIONS > 0)); then
+      jq -rs --arg d "stream direct closed x${STREAM_CONNECTIONS}" --arg t "stream ingress closed x${STREAM_CONNECTIONS}" --arg n "$STREAM_CONNECTIONS" '
+        def r3: . * 1000 | round / 1000;
+        (map(select(.label == $d))[0]) as $a | (map(select(.label == $t))[0]) as $b |
+        "| closed x\($n): \($a.achieved_rps | round) direct, **\($b.achieved_rps | round) through**/s | \($a.ttft_p50_ms) / \($a.ttft_p99_ms) | \($b.ttft_p50_ms) / \($b.ttft_p99_ms) | \(($b.ttft_p50_ms - $a.ttft_p50_ms) | r3) / \(($b.ttft_p99_ms - $a.ttft_p99_ms) | r3) | \($a.total_p50_ms) / \($a.total_p99_ms) | \($b.total_p50_ms) / \($b.total_p99_ms) | \(($b.total_p50_ms - $a.total_p50_ms) | r3) / \(($b.total_p99_ms - $a.total_p99_ms) | r3) |"' "$OUT"/*.json
+    fi
     echo
     [[ -n ${cancel_json:-} ]] && jq -r '"Client disconnect (after \(.disconnect_after) SSE events, \(.sent) streams one at a time) -> the worker closed its provider connection (seen by loadgen'"'"'s relay): p50 \(.p50_ms) ms, p90 \(.p90_ms) ms, p99 \(.p99_ms) ms, max \(.max_ms) ms; ok \(.ok)/\(.sent), errors \(.errors_by_status); \(.relay_connections) provider connections for \(.sent) streams."' "$cancel_json"
     echo

@@ -552,10 +552,10 @@ if want soak; then
   soak_log="$OUT/$(printf '%02d' "$N").log"
   soak_backlog=$(drain "$rows_before_soak" "$(jq -r .ok "$OUT/$(printf '%02d' "$N").json")" "$soak_from_ms")
 fi
-# Backlog drain: requests wait in Kafka while the worker is paused (SIGSTOP keeps its group
-# membership, so resuming measures draining, not a rebalance), then one worker drains them
-# against a provider answering in BACKLOG_LATENCY_MS. Timed from the resume, and from the first
-# usage row (which leaves out the sink's first flush).
+# Backlog drain: requests wait in Kafka while the worker is paused (SIGSTOP), then one worker
+# drains them against a provider answering in BACKLOG_LATENCY_MS. The worker's short session
+# expires during the pause, so it rejoins the group on resume: the figure from the resume
+# includes that rebalance, the one from the first usage row does not.
 if want backlog; then
   log "mock restarted: latency ${BACKLOG_LATENCY_MS} ms (backlog)"
   MOCK_LATENCY_MS=$BACKLOG_LATENCY_MS restart_mock --completion-tokens 16

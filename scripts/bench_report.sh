@@ -6,6 +6,17 @@
 # mem_hwm, want, want_streams).
 # shellcheck shell=bash disable=SC2154
 
+# One row of the streaming table from the loadgen JSON in $OUT: the direct and the through
+# step's labels, the first cell, and 1 when the steps ran closed loop (the cell then gives
+# the streams/s each achieved).
+stream_row() {
+  jq -rs --arg d "$1" --arg t "$2" --arg cell "$3" --arg closed "$4" '
+    def r3: . * 1000 | round / 1000;
+    (map(select(.label == $d))[0]) as $a | (map(select(.label == $t))[0]) as $b |
+    (if $closed == "1" then "\($cell): \($a.achieved_rps | round) direct, **\($b.achieved_rps | round) through**/s" else $cell end) as $first |
+    "| \($first) | \($a.ttft_p50_ms) / \($a.ttft_p99_ms) | \($b.ttft_p50_ms) / \($b.ttft_p99_ms) | **\(($b.ttft_p50_ms - $a.ttft_p50_ms) | r3) / \(($b.ttft_p99_ms - $a.ttft_p99_ms) | r3)** | \($a.total_p50_ms) / \($a.total_p99_ms) | \($b.total_p50_ms) / \($b.total_p99_ms) | \(($b.total_p50_ms - $a.total_p50_ms) | r3) / \(($b.total_p99_ms - $a.total_p99_ms) | r3) |"' "$OUT"/*.json
+}
+
 bench_report() {
   echo "## Sluice benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo
@@ -87,16 +98,10 @@ bench_report() {
     echo "| rate | TTFT direct p50 / p99 | TTFT through p50 / p99 | **TTFT added p50 / p99** | total direct p50 / p99 | total through p50 / p99 | total added p50 / p99 |"
     echo "|---:|---:|---:|---:|---:|---:|---:|"
     for rate in $STREAM_RATES; do
-      jq -rs --arg d "stream direct ${rate}/s" --arg t "stream ingress ${rate}/s" --arg r "$rate" '
-        def r3: . * 1000 | round / 1000;
-        (map(select(.label == $d))[0]) as $a | (map(select(.label == $t))[0]) as $b |
-        "| \($r)/s | \($a.ttft_p50_ms) / \($a.ttft_p99_ms) | \($b.ttft_p50_ms) / \($b.ttft_p99_ms) | **\(($b.ttft_p50_ms - $a.ttft_p50_ms) | r3) / \(($b.ttft_p99_ms - $a.ttft_p99_ms) | r3)** | \($a.total_p50_ms) / \($a.total_p99_ms) | \($b.total_p50_ms) / \($b.total_p99_ms) | \(($b.total_p50_ms - $a.total_p50_ms) | r3) / \(($b.total_p99_ms - $a.total_p99_ms) | r3) |"' "$OUT"/*.json
+      stream_row "stream direct ${rate}/s" "stream ingress ${rate}/s" "${rate}/s" 0
     done
     if ((STREAM_CONNECTIONS > 0)); then
-      jq -rs --arg d "stream direct closed x${STREAM_CONNECTIONS}" --arg t "stream ingress closed x${STREAM_CONNECTIONS}" --arg n "$STREAM_CONNECTIONS" '
-        def r3: . * 1000 | round / 1000;
-        (map(select(.label == $d))[0]) as $a | (map(select(.label == $t))[0]) as $b |
-        "| closed x\($n): \($a.achieved_rps | round) direct, **\($b.achieved_rps | round) through**/s | \($a.ttft_p50_ms) / \($a.ttft_p99_ms) | \($b.ttft_p50_ms) / \($b.ttft_p99_ms) | \(($b.ttft_p50_ms - $a.ttft_p50_ms) | r3) / \(($b.ttft_p99_ms - $a.ttft_p99_ms) | r3) | \($a.total_p50_ms) / \($a.total_p99_ms) | \($b.total_p50_ms) / \($b.total_p99_ms) | \(($b.total_p50_ms - $a.total_p50_ms) | r3) / \(($b.total_p99_ms - $a.total_p99_ms) | r3) |"' "$OUT"/*.json
+      stream_row "stream direct closed x${STREAM_CONNECTIONS}" "stream ingress closed x${STREAM_CONNECTIONS}" "closed x${STREAM_CONNECTIONS}" 1
     fi
     echo
     [[ -n ${cancel_json:-} ]] && jq -r '"Client disconnect (after \(.disconnect_after) SSE events, \(.sent) streams one at a time) -> the worker closed its provider connection (seen by loadgen'"'"'s relay): p50 \(.p50_ms) ms, p90 \(.p90_ms) ms, p99 \(.p99_ms) ms, max \(.max_ms) ms; ok \(.ok)/\(.sent), errors \(.errors_by_status); \(.relay_connections) provider connections for \(.sent) streams."' "$cancel_json"

@@ -39,7 +39,7 @@ impl Coalescer {
     }
 
     /// Takes an event at `now`; returns the events to send as one record now, if any.
-    pub(super) fn push(&mut self, event: String, now: Instant) -> Option<Vec<String>> {
+    fn push(&mut self, event: String, now: Instant) -> Option<Vec<String>> {
         self.bytes += event.len();
         self.held.push(event);
         let quiet = self
@@ -48,20 +48,21 @@ impl Coalescer {
         (quiet || self.bytes >= self.max_bytes).then(|| self.take(now))
     }
 
-    /// Takes an event that carries a token at `now`. The stream's first one does not wait:
-    /// it goes, after any held events, as one record now. Later ones are as [`Self::push`].
-    pub(super) fn push_token(&mut self, event: String, now: Instant) -> Option<Vec<String>> {
-        if self.token_sent {
+    /// Takes a chunk's event at `now`. The stream's first chunk that carries a token does
+    /// not wait: it goes, after any held events, as one record now. Any other is as
+    /// [`Self::push`]; once the first token is out, no chunk is scanned again.
+    pub(super) fn push_chunk(
+        &mut self,
+        chunk: &Value,
+        event: String,
+        now: Instant,
+    ) -> Option<Vec<String>> {
+        if self.token_sent || !carries_token(chunk) {
             return self.push(event, now);
         }
         self.token_sent = true;
         self.held.push(event);
         Some(self.take(now))
-    }
-
-    /// Whether the stream's first token has been taken, so later events need no check.
-    pub(super) fn token_sent(&self) -> bool {
-        self.token_sent
     }
 
     /// When the held events are due; `None` when none are held.
@@ -85,7 +86,7 @@ impl Coalescer {
 
 /// Whether a chat-completion chunk carries a token: text, a tool call, a refusal or
 /// reasoning in any choice's delta (not only a role, a finish reason or usage).
-pub(super) fn carries_token(chunk: &Value) -> bool {
+fn carries_token(chunk: &Value) -> bool {
     let nonempty = |v: &Value| match v {
         Value::String(s) => !s.is_empty(),
         Value::Array(a) => !a.is_empty(),
@@ -171,19 +172,20 @@ mod tests {
 
     #[test]
     fn the_first_token_goes_at_once_with_what_is_held_and_restarts_the_window() {
+        let delta = |d: Value| serde_json::json!({"choices": [{"index": 0, "delta": d}]});
+        let empty = delta(serde_json::json!({"content": ""}));
+        let token = delta(serde_json::json!({"content": "hi"}));
         let t0 = Instant::now();
         let mut c = coalescer(5, 1 << 20);
-        assert!(c.push("role".into(), t0).is_some());
-        assert_eq!(c.push("empty".into(), t0 + ms(1)), None);
-        assert!(!c.token_sent());
+        assert!(c.push_chunk(&empty, "role".into(), t0).is_some());
+        assert_eq!(c.push_chunk(&empty, "empty".into(), t0 + ms(1)), None);
         assert_eq!(
-            c.push_token("token".into(), t0 + ms(2)),
+            c.push_chunk(&token, "token".into(), t0 + ms(2)),
             Some(vec!["empty".to_string(), "token".to_string()])
         );
-        assert!(c.token_sent());
         assert_eq!(c.due(), None);
         // A later token waits for the window like any other event.
-        assert_eq!(c.push_token("next".into(), t0 + ms(3)), None);
+        assert_eq!(c.push_chunk(&token, "next".into(), t0 + ms(3)), None);
         assert_eq!(c.due(), Some(t0 + ms(7)));
     }
 

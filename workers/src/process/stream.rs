@@ -297,12 +297,7 @@ impl Processor {
             if !usage_only || caller_wants_usage {
                 let now = tokio::time::Instant::now();
                 // The first token goes out at once (coalesce.rs).
-                let events = if !coalescer.token_sent() && super::coalesce::carries_token(&chunk) {
-                    coalescer.push_token(data, now)
-                } else {
-                    coalescer.push(data, now)
-                };
-                if let Some(events) = events {
+                if let Some(events) = coalescer.push_chunk(&chunk, data, now) {
                     deliveries.push(self.send_chunk(request, &mut sent, events));
                 }
                 seq += 1;

@@ -272,9 +272,26 @@ async fn next_out(st: &mut StreamState) -> Option<Out> {
         };
         match event {
             ReplyEvent::Chunk(chunk) => {
-                if chunk.attempt != st.attempt || chunk.seq != st.next_seq {
+                if chunk.attempt != st.attempt || chunk.seq < st.next_seq {
                     // Another attempt (redelivery) or a duplicate: never mixed in.
                     continue;
+                }
+                if chunk.seq > st.next_seq {
+                    // An event of this attempt never arrived (a record the worker could not
+                    // publish): what follows cannot be the whole answer, so say so rather
+                    // than end a shortened stream as if it were complete.
+                    st.done = true;
+                    tracing::warn!(
+                        expected = st.next_seq,
+                        got = chunk.seq,
+                        "stream events missing"
+                    );
+                    let body = ErrorBody::new(
+                        "server_error",
+                        Some("stream_incomplete"),
+                        "Part of this stream was lost between the worker and the ingress; the answer is incomplete.",
+                    );
+                    return Some(Out::Error(body.to_json()));
                 }
                 st.next_seq += 1;
                 return Some(Out::Chunk(chunk.data));

@@ -394,3 +394,115 @@ async fn a_fast_providers_events_share_reply_records_and_a_slow_ones_do_not_wait
     assert_eq!(records.iter().sum::<usize>(), slow.len() - 1);
     stack.stop().await;
 }
+
+/// The request record the ingress published on one of the stack's request topics.
+fn published_request(stack: &Stack) -> sluice_schemas::Request {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::Message;
+    use sluice_schemas::{Priority, Topic, Topics};
+    let topics: Vec<String> = Priority::ALL
+        .iter()
+        .map(|p| Topics::new(stack.prefix.clone()).name(&Topic::Requests(*p)))
+        .collect();
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &stack.bootstrap)
+        .set("group.id", unique("request-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics).unwrap();
+    let until = std::time::Instant::now() + WAIT;
+    while std::time::Instant::now() < until {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            return sluice_schemas::decode(m.payload().unwrap()).unwrap();
+        }
+    }
+    panic!("no request record was published");
+}
+
+/// A stream whose events arrive with one missing ends with an error event, not with [DONE]
+/// as if the shortened answer were whole; duplicates and another attempt's events are
+/// skipped. The reply records are written here as a worker writes them, one of them lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_missing_an_event_ends_with_an_error_not_done() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let stack = Stack::start(StackOptions {
+        worker: false,
+        ..StackOptions::default()
+    })
+    .await;
+    let caller = {
+        let request = stack
+            .http
+            .post(format!("{}/v1/chat/completions", stack.base))
+            .bearer_auth(KEY_A)
+            .json(&stream_request("a story", false));
+        tokio::spawn(async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.text().await.unwrap()
+        })
+    };
+    let request = tokio::task::block_in_place(|| published_request(&stack));
+    let reply = request.reply.clone().expect("a stream waits for its reply");
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &stack.bootstrap)
+        .create()
+        .unwrap();
+    let event = |text: &str| {
+        json!({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": text}}]})
+            .to_string()
+    };
+    // seq 0, its duplicate, another attempt's seq 1, seq 1, then seq 3: seq 2 is lost.
+    let records = [
+        ("w1", 0, "one "),
+        ("w1", 0, "one again "),
+        ("w2", 1, "spliced "),
+        ("w1", 1, "two "),
+        ("w1", 3, "four"),
+    ];
+    for (attempt, seq, text) in records {
+        let chunk = sluice_schemas::StreamChunk {
+            request_id: request.request_id.clone(),
+            attempt: attempt.into(),
+            seq,
+            data: event(text),
+            more: Vec::new(),
+        };
+        let payload = sluice_schemas::encode(&chunk).unwrap();
+        let headers = OwnedHeaders::new().insert(Header {
+            key: sluice_schemas::REPLY_KIND_HEADER,
+            value: Some(sluice_schemas::REPLY_KIND_CHUNK),
+        });
+        let record = FutureRecord::to(&reply.topic)
+            .partition(reply.partition)
+            .key(&request.request_id)
+            .payload(&payload)
+            .headers(headers);
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .expect("chunk record produced");
+    }
+    let body = tokio::time::timeout(WAIT, caller)
+        .await
+        .expect("the stream ends")
+        .unwrap();
+    let data = sse_data(&body);
+    let text: String = data
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|c| {
+            c["choices"].get(0)?["delta"]["content"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect();
+    assert_eq!(text, "one two ", "{body}");
+    assert!(!data.iter().any(|d| d == "[DONE]"), "{body}");
+    let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "stream_incomplete", "{body}");
+    stack.stop().await;
+}

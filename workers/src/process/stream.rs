@@ -13,6 +13,7 @@ use serde_json::{json, Map, Value};
 use sluice_schemas::openai::{CompletionUsage, ErrorBody};
 use sluice_schemas::{encode, Attempt, Request, Status, StreamChunk};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::attempts::Ended;
 use super::chain::{Attempted, Call, Chain, Leg, Tally};
@@ -307,12 +308,21 @@ impl Processor {
         if !held.is_empty() {
             deliveries.push(self.send_chunk(request, &mut sent, held));
         }
-        // The result must follow every chunk: wait for their acks first.
-        for delivery in deliveries {
-            if let Err(error) = delivery.await {
-                tracing::warn!(%error, "stream chunk not delivered");
+        // The end follows every chunk without waiting for their acks: the reply goes to the
+        // same partition from the same idempotent producer (events.rs), which Kafka keeps in
+        // order, and is itself awaited before the request is committed. Waiting added a
+        // broker round trip to the end of every stream. The acks are only watched; a lost
+        // chunk shows at the ingress as a seq gap, which ends the stream with an error.
+        tokio::spawn(
+            async move {
+                for delivery in deliveries {
+                    if let Err(error) = delivery.await {
+                        tracing::warn!(%error, "stream chunk not delivered");
+                    }
+                }
             }
-        }
+            .instrument(tracing::Span::current()),
+        );
         Forwarded {
             end,
             collected,

@@ -163,7 +163,9 @@ pub(super) async fn respond(
         guard,
         cancel,
         attempt: first.attempt.clone(),
-        next_seq: first.seq + 1,
+        // The first event goes through the same check as the rest: a stream whose first
+        // record was lost does not start mid-answer.
+        next_seq: 0,
         pending: Some(first),
         idle: app.config.server.sync_timeout_ms,
         done: false,
@@ -250,11 +252,12 @@ async fn next_out(st: &mut StreamState) -> Option<Out> {
     if st.done {
         return None;
     }
-    if let Some(chunk) = st.pending.take() {
-        return Some(Out::Chunk(chunk.data));
-    }
     loop {
-        let event = match tokio::time::timeout(st.idle, st.guard.receiver.recv()).await {
+        let received = match st.pending.take() {
+            Some(first) => Ok(Some(ReplyEvent::Chunk(first))),
+            None => tokio::time::timeout(st.idle, st.guard.receiver.recv()).await,
+        };
+        let event = match received {
             Ok(Some(event)) => event,
             Ok(None) => {
                 st.done = true;

@@ -19,6 +19,18 @@ fn stream_request(text: &str, include_usage: bool) -> Value {
     body
 }
 
+/// Posts a streamed chat completion of `text` (usage asked for) as team A.
+async fn post_stream(stack: &Stack, text: &str) -> reqwest::Response {
+    stack
+        .http
+        .post(format!("{}/v1/chat/completions", stack.base))
+        .bearer_auth(KEY_A)
+        .json(&stream_request(text, true))
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stream_arrives_as_openai_sends_it_and_is_billed() {
     let stack = Stack::start(StackOptions {
@@ -334,14 +346,7 @@ async fn a_fast_providers_events_share_reply_records_and_a_slow_ones_do_not_wait
     let stream = |text: &'static str| {
         let stack = &stack;
         async move {
-            let response = stack
-                .http
-                .post(format!("{}/v1/chat/completions", stack.base))
-                .bearer_auth(KEY_A)
-                .json(&stream_request(text, true))
-                .send()
-                .await
-                .unwrap();
+            let response = post_stream(stack, text).await;
             let id = response.headers()["x-sluice-request-id"]
                 .to_str()
                 .unwrap()
@@ -352,16 +357,7 @@ async fn a_fast_providers_events_share_reply_records_and_a_slow_ones_do_not_wait
     let (fast_id, fast) = stream("a fast stream").await;
     let expected =
         sluice_tests::mock::openai::expected_reply(&stream_request("a fast stream", true), 45);
-    let text: String = fast[..fast.len() - 1]
-        .iter()
-        .filter_map(|d| {
-            let chunk: Value = serde_json::from_str(d).unwrap();
-            chunk["choices"].get(0)?["delta"]["content"]
-                .as_str()
-                .map(str::to_owned)
-        })
-        .collect();
-    assert_eq!(text, expected.content);
+    assert_eq!(content(&fast[..fast.len() - 1]), expected.content);
     // role + 45 content + finish + usage events, without [DONE].
     let events = fast.len() - 1;
     assert_eq!(events, 48);
@@ -421,11 +417,9 @@ fn published_request(stack: &Stack) -> sluice_schemas::Request {
     panic!("no request record was published");
 }
 
-/// A stream whose events arrive with one missing ends with an error event, not with [DONE]
-/// as if the shortened answer were whole; duplicates and another attempt's events are
-/// skipped. The reply records are written here as a worker writes them, one of them lost.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_stream_missing_an_event_ends_with_an_error_not_done() {
+/// The caller's SSE data lines for a stream whose reply records are written here as a
+/// worker writes them (`(attempt, seq, text)`, one content event each), with no worker.
+async fn stream_of_records(records: &[(&str, i32, &str)]) -> Vec<String> {
     use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let stack = Stack::start(StackOptions {
@@ -455,15 +449,7 @@ async fn a_stream_missing_an_event_ends_with_an_error_not_done() {
         json!({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": text}}]})
             .to_string()
     };
-    // seq 0, its duplicate, another attempt's seq 1, seq 1, then seq 3: seq 2 is lost.
-    let records = [
-        ("w1", 0, "one "),
-        ("w1", 0, "one again "),
-        ("w2", 1, "spliced "),
-        ("w1", 1, "two "),
-        ("w1", 3, "four"),
-    ];
-    for (attempt, seq, text) in records {
+    for &(attempt, seq, text) in records {
         let chunk = sluice_schemas::StreamChunk {
             request_id: request.request_id.clone(),
             attempt: attempt.into(),
@@ -490,19 +476,49 @@ async fn a_stream_missing_an_event_ends_with_an_error_not_done() {
         .await
         .expect("the stream ends")
         .unwrap();
-    let data = sse_data(&body);
-    let text: String = data
-        .iter()
+    stack.stop().await;
+    sse_data(&body)
+}
+
+/// The text of a stream's content events.
+fn content(data: &[String]) -> String {
+    data.iter()
         .filter_map(|d| serde_json::from_str::<Value>(d).ok())
         .filter_map(|c| {
             c["choices"].get(0)?["delta"]["content"]
                 .as_str()
                 .map(String::from)
         })
-        .collect();
-    assert_eq!(text, "one two ", "{body}");
-    assert!(!data.iter().any(|d| d == "[DONE]"), "{body}");
+        .collect()
+}
+
+/// A stream whose events arrive with one missing ends with an error event, not with [DONE]
+/// as if the shortened answer were whole; duplicates and another attempt's events are
+/// skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_missing_an_event_ends_with_an_error_not_done() {
+    // seq 0, its duplicate, another attempt's seq 1, seq 1, then seq 3: seq 2 is lost.
+    let data = stream_of_records(&[
+        ("w1", 0, "one "),
+        ("w1", 0, "one again "),
+        ("w2", 1, "spliced "),
+        ("w1", 1, "two "),
+        ("w1", 3, "four"),
+    ])
+    .await;
+    assert_eq!(content(&data), "one two ", "{data:?}");
+    assert!(!data.iter().any(|d| d == "[DONE]"), "{data:?}");
     let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
-    assert_eq!(last["error"]["code"], "stream_incomplete", "{body}");
-    stack.stop().await;
+    assert_eq!(last["error"]["code"], "stream_incomplete", "{data:?}");
+}
+
+/// A stream whose first event was lost does not start mid-answer: the caller gets the
+/// error event and none of the later text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_whose_first_event_is_lost_ends_with_an_error() {
+    let data = stream_of_records(&[("w1", 1, "two "), ("w1", 2, "three")]).await;
+    assert_eq!(content(&data), "", "{data:?}");
+    assert!(!data.iter().any(|d| d == "[DONE]"), "{data:?}");
+    let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "stream_incomplete", "{data:?}");
 }

@@ -48,6 +48,8 @@
 #   BENCH_ANALYTICS_KAFKA_OPTIONS [""]  the same for the analytics sink's consumer
 #   BENCH_COALESCE_MS [unset]  the worker's [streaming] coalesce_ms (shipped 5; 0 = one reply
 #                              record per stream event, as before coalescing), for before/after
+#   BENCH_PROMPT_STREAMS [unset]  the worker's [streaming] prompt_streams (shipped 2; 0 =
+#                              every stream's records on the batched producer)
 #   BENCH_BUDGET_USD [1000000]  the demo team's monthly budget in the ingress config: large
 #                              enough that the ledger and reservations run (their cost is
 #                              measured) but nothing is refused; "none" removes [[budgets]]
@@ -330,6 +332,7 @@ want_streams=0; [[ " $SCENARIOS " == *" streams "* ]] && want_streams=1
 WORKER_ENV=("${TOKIO_ENV[@]}" SLUICE_KAFKA_TOPIC_PREFIX="$PREFIX" SLUICE_KAFKA_GROUP_ID="$PREFIX-workers")
 ((want_streams)) && WORKER_ENV+=(SLUICE_WORKER_MAX_IN_FLIGHT="$STREAM_IN_FLIGHT")
 [[ -n "${BENCH_COALESCE_MS:-}" ]] && WORKER_ENV+=(SLUICE_STREAMING_COALESCE_MS="$BENCH_COALESCE_MS")
+[[ -n "${BENCH_PROMPT_STREAMS:-}" ]] && WORKER_ENV+=(SLUICE_STREAMING_PROMPT_STREAMS="$BENCH_PROMPT_STREAMS")
 start worker "$OUT/worker.log" "${WORKER_ENV[@]}" -- "$BIN/sluice-worker" --config "$OUT/worker.toml"
 start analytics "$OUT/analytics.log" SLUICE_KAFKA_TOPIC_PREFIX="$PREFIX" \
   SLUICE_KAFKA_GROUP_ID="$PREFIX-analytics" SLUICE_CLICKHOUSE_DATABASE="$DB" -- \

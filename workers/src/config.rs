@@ -120,6 +120,10 @@ pub struct StreamingConfig {
     pub coalesce_ms: Duration,
     /// Held events are sent once they reach this many bytes.
     pub coalesce_bytes: usize,
+    /// While fewer streams than this are live on the worker, a new stream's records go out
+    /// each at once (`linger.ms = 0`); the rest share the batched producer's requests, which
+    /// cost the broker and the worker less per record. 0: every stream is batched.
+    pub prompt_streams: usize,
 }
 
 impl Default for StreamingConfig {
@@ -127,6 +131,7 @@ impl Default for StreamingConfig {
         StreamingConfig {
             coalesce_ms: Duration::from_millis(5),
             coalesce_bytes: 16 * 1024,
+            prompt_streams: 2,
         }
     }
 }

@@ -263,7 +263,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), crat
     let http = crate::providers::http_client(config.worker.max_in_flight)
         .map_err(crate::WorkerError::Http)?;
     let producer = crate::publish::producer(&config.kafka)?;
-    let attempts_producer = crate::publish::attempts_producer(&config.kafka)?;
+    let prompt_producer = crate::publish::prompt_producer(&config.kafka)?;
     let cancellations = crate::cancel::Cancellations::default();
     let listener = crate::cancel::listener(&config.kafka).await?;
     let (caught_up, cancels_applied) = tokio::sync::oneshot::channel();
@@ -286,7 +286,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), crat
     let processor = Arc::new(Processor::new(
         &config,
         producer,
-        attempts_producer,
+        prompt_producer,
         http,
         cancellations,
         shutdown.clone(),

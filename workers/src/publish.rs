@@ -16,10 +16,13 @@ pub fn producer(kafka: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
     reliable(kafka, 1)
 }
 
-/// The producer of `started` attempt records, whose ack each provider call waits for
-/// (process/attempts.rs): `linger.ms = 0`, so the wait is the broker's round trip, not the
-/// hot producer's linger too.
-pub fn attempts_producer(kafka: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
+/// The producer of records someone waits for one at a time, with `linger.ms = 0`: `started`
+/// attempt records, whose ack each provider call waits for (process/attempts.rs), so the
+/// wait is the broker's round trip, not the batched producer's linger too; and the reply
+/// records of a stream in the prompt lane (process/processor.rs `Lane`), which the caller
+/// reads as they come. Each record is its own produce request: the broker and the worker
+/// pay more per record (docs/benchmarks.md).
+pub fn prompt_producer(kafka: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
     reliable(kafka, 0)
 }
 

@@ -391,6 +391,51 @@ async fn a_fast_providers_events_share_reply_records_and_a_slow_ones_do_not_wait
     stack.stop().await;
 }
 
+/// Streams beyond `[streaming] prompt_streams` go on the batched producer, the first on the
+/// prompt one (workers/src/process/processor.rs `Lanes`); in either lane a stream's end
+/// follows all its chunks, so every caller gets its whole answer, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn streams_in_both_producer_lanes_arrive_whole_and_in_order() {
+    let stack = Stack::start(StackOptions {
+        behaviour: Behaviour {
+            completion_tokens: 20,
+            // 20 chunks 10 ms apart: the six streams below are live at the worker together.
+            stream_chunk_delay: Duration::from_millis(10),
+            ..Behaviour::default()
+        },
+        // One record per event: the most records whose order each lane must keep.
+        extra_worker_toml: "[streaming]\nprompt_streams = 1\ncoalesce_ms = 0\n".into(),
+        ..StackOptions::default()
+    })
+    .await;
+    let texts: Vec<String> = (0..6).map(|i| format!("stream number {i}")).collect();
+    let streams = texts.iter().map(|text| {
+        let stack = &stack;
+        async move {
+            let response = post_stream(stack, text).await;
+            assert_eq!(response.status(), 200);
+            sse_data(&response.text().await.unwrap())
+        }
+    });
+    let answers = futures::future::join_all(streams).await;
+    for (text, data) in texts.iter().zip(&answers) {
+        assert_eq!(
+            data.last().map(String::as_str),
+            Some("[DONE]"),
+            "{text}: {data:?}"
+        );
+        let expected = sluice_tests::mock::openai::expected_reply(&stream_request(text, true), 20);
+        assert_eq!(
+            content(&data[..data.len() - 1]),
+            expected.content,
+            "{text}: every token, in order"
+        );
+        // role + 20 content + finish + usage events, then [DONE].
+        assert_eq!(data.len(), 24, "{text}: {data:?}");
+    }
+    stack.stop().await;
+}
+
 /// The request record the ingress published on one of the stack's request topics.
 fn published_request(stack: &Stack) -> sluice_schemas::Request {
     use rdkafka::consumer::{BaseConsumer, Consumer};

@@ -98,7 +98,7 @@ impl Processor {
                 let record = FutureRecord::to(&topic)
                     .key(&attempt.request_id)
                     .payload(&payload);
-                match self.attempts_producer.send_result(record) {
+                match self.prompt_producer.send_result(record) {
                     Ok(delivery) => {
                         let acked = async move {
                             if !matches!(delivery.await, Ok(OwnedDeliveryResult::Ok(_))) {

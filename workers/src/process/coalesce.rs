@@ -124,6 +124,7 @@ mod tests {
         Coalescer::new(&StreamingConfig {
             coalesce_ms: Duration::from_millis(ms),
             coalesce_bytes: max_bytes,
+            ..StreamingConfig::default()
         })
     }
 

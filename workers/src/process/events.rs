@@ -26,6 +26,7 @@ const MAX_WAIT: Duration = Duration::from_secs(5);
 impl Processor {
     pub(super) async fn publish(&self, request: &Request, mut outcome: Outcome) -> bool {
         let outcome_attempts = std::mem::take(&mut outcome.attempt_log);
+        let lane = outcome.lane;
         let finished_at_ms = now_ms();
         let cached = outcome
             .usage
@@ -179,7 +180,7 @@ impl Processor {
                 match &request.reply {
                     Some(r) => {
                         send(
-                            &self.producer,
+                            self.reply_producer(lane),
                             Outgoing {
                                 topic: &r.topic,
                                 key: &request.request_id,

@@ -135,9 +135,10 @@ pub(super) fn throttle_wait(deployment: &str, waited: std::time::Duration) {
         .record(waited.as_secs_f64());
 }
 
-/// One reply record of a stream, holding `1 + more` events (crate::process::coalesce).
-pub(super) fn stream_record(more: usize) {
-    counter!("sluice_stream_records_total").increment(1);
+/// One reply record of a stream, holding `1 + more` events (crate::process::coalesce), sent
+/// on `lane`'s producer.
+pub(super) fn stream_record(more: usize, lane: super::processor::Lane) {
+    counter!("sluice_stream_records_total", "lane" => lane.as_str()).increment(1);
     counter!("sluice_stream_events_total").increment(1 + more as u64);
 }
 

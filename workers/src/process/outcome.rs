@@ -3,6 +3,7 @@
 use sluice_schemas::openai::{CompletionUsage, ErrorBody};
 use sluice_schemas::{Attempt, Status};
 
+use super::processor::Lane;
 use crate::config::Deployment;
 use crate::error::ProviderError;
 
@@ -31,6 +32,8 @@ pub(super) struct Outcome {
     pub routing_reason: Option<String>,
     /// Processing hooks' decisions (crate::hooks), for the audit row's `policy`.
     pub decisions: Vec<String>,
+    /// The producer of its reply: a stream's end goes where its chunks went.
+    pub lane: Lane,
 }
 
 pub(super) fn clamp(n: u32) -> i32 {
@@ -60,6 +63,7 @@ pub(super) fn failure(
         attempt_log: Vec::new(),
         routing_reason: None,
         decisions: Vec::new(),
+        lane: Lane::Batched,
     }
 }
 
@@ -120,6 +124,7 @@ pub(super) fn provider_failure(
         attempt_log: Vec::new(),
         routing_reason: None,
         decisions: Vec::new(),
+        lane: Lane::Batched,
     }
 }
 

@@ -243,6 +243,8 @@ impl Processor {
         caller_wants_usage: bool,
         cancel: &CancellationToken,
     ) -> Forwarded {
+        let live = self.lanes.start();
+        let lane = live.lane;
         let mut collected = Collected::default();
         let mut deliveries = Vec::new();
         // Events forwarded, and of those, sent in records.
@@ -257,7 +259,7 @@ impl Processor {
                 _ = cancel.cancelled() => break End::CallerGone,
                 () = super::coalesce::until(coalescer.due()) => {
                     let held = coalescer.take(tokio::time::Instant::now());
-                    deliveries.push(self.send_chunk(request, &mut sent, held));
+                    deliveries.push(self.send_chunk(request, lane, &mut sent, held));
                     continue;
                 }
                 e = tokio::time::timeout(idle, events.next()) => e,
@@ -299,14 +301,14 @@ impl Processor {
                 let now = tokio::time::Instant::now();
                 // The first token goes out at once (coalesce.rs).
                 if let Some(events) = coalescer.push_chunk(&chunk, data, now) {
-                    deliveries.push(self.send_chunk(request, &mut sent, events));
+                    deliveries.push(self.send_chunk(request, lane, &mut sent, events));
                 }
                 seq += 1;
             }
         };
         let held = coalescer.take(tokio::time::Instant::now());
         if !held.is_empty() {
-            deliveries.push(self.send_chunk(request, &mut sent, held));
+            deliveries.push(self.send_chunk(request, lane, &mut sent, held));
         }
         // The end follows every chunk without waiting for their acks: the reply goes to the
         // same partition from the same idempotent producer (events.rs), which Kafka keeps in
@@ -328,6 +330,7 @@ impl Processor {
             collected,
             chunks: seq,
             decisions,
+            lane,
         }
     }
 
@@ -336,6 +339,7 @@ impl Processor {
     fn send_chunk(
         &self,
         request: &Request,
+        lane: super::processor::Lane,
         sent: &mut i32,
         events: Vec<String>,
     ) -> futures::future::BoxFuture<'static, Result<(), String>> {
@@ -348,7 +352,7 @@ impl Processor {
         let Some(data) = events.next() else {
             return Box::pin(async { Ok(()) });
         };
-        super::metrics::stream_record(events.len());
+        super::metrics::stream_record(events.len(), lane);
         let chunk = StreamChunk {
             request_id: request.request_id.clone(),
             attempt: self.worker_id.clone(),
@@ -370,7 +374,7 @@ impl Processor {
             .payload(&payload)
             .headers(headers);
         // Enqueued now, in order; the idempotent producer keeps that order per partition.
-        match self.producer.send_result(record) {
+        match self.reply_producer(lane).send_result(record) {
             Ok(delivery) => Box::pin(async move {
                 match delivery.await {
                     Ok(OwnedDeliveryResult::Ok(_)) => Ok(()),
@@ -389,6 +393,8 @@ struct Forwarded {
     chunks: i32,
     /// Per-chunk hooks' decisions, each once.
     decisions: Vec<String>,
+    /// The producer its chunks went on, which its end takes too.
+    lane: super::processor::Lane,
 }
 
 impl Forwarded {
@@ -491,6 +497,7 @@ impl Forwarded {
             attempt_log: Vec::new(),
             routing_reason: None,
             decisions: self.decisions,
+            lane: self.lane,
         }
     }
 }

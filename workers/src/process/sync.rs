@@ -92,6 +92,7 @@ impl Leg for Sync<'_> {
                     attempt_log: Vec::new(),
                     routing_reason: None,
                     decisions: Vec::new(),
+                    lane: super::processor::Lane::Batched,
                 })
             }
             Err(error) => Attempted::Failed(error),

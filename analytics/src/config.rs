@@ -157,6 +157,11 @@ pub struct SinkConfig {
     /// write is not committed, so it is consumed again on the next start.
     #[serde(with = "millis")]
     pub shutdown_timeout_ms: Duration,
+    /// A consumer that receives nothing for this long while the group has records to read
+    /// and none of its offsets moves is replaced by a new one (sink/stall.rs); each
+    /// replacement in a row doubles the wait, up to 16 times. 0: never.
+    #[serde(with = "millis")]
+    pub stall_timeout_ms: Duration,
 }
 
 impl Default for SinkConfig {
@@ -167,6 +172,7 @@ impl Default for SinkConfig {
             insert_timeout_ms: Duration::from_secs(30),
             retry_max_backoff_ms: Duration::from_secs(5),
             shutdown_timeout_ms: Duration::from_secs(10),
+            stall_timeout_ms: Duration::from_secs(60),
         }
     }
 }

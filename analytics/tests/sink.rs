@@ -44,6 +44,7 @@ fn sink_config(prefix: &str, clickhouse: ClickHouseConfig) -> Config {
             insert_timeout_ms: Duration::from_secs(10),
             retry_max_backoff_ms: Duration::from_millis(300),
             shutdown_timeout_ms: Duration::from_secs(5),
+            stall_timeout_ms: Duration::from_secs(60),
         },
         retention: Default::default(),
         alert_webhooks: Vec::new(),
@@ -781,6 +782,65 @@ async fn a_results_audit_and_attempt_rows_are_written_from_the_result() {
     );
     shutdown.cancel();
     sink.await.unwrap().unwrap();
+    drop_database(&ch, &db).await;
+    delete_topics(&topics).await;
+}
+
+/// A consumer that stops fetching while its group has records to read (here its partitions
+/// are paused, which is how a consumer stuck after a broker restart was seen to behave:
+/// records on the topic, none received, nothing logged) is replaced by a new one, and the
+/// records it left land, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_stops_fetching_is_replaced_and_its_records_land() {
+    let clickhouse = clickhouse_config().await;
+    let prefix = unique("t");
+    let topics = create_topics(&prefix).await;
+    let mut config = sink_config(&prefix, clickhouse);
+    config.sink.stall_timeout_ms = Duration::from_secs(5);
+    let ch = client(&config.clickhouse);
+    let db = config.clickhouse.database.clone();
+    apply_migrations(&ch, &db).await.unwrap();
+
+    let shutdown = CancellationToken::new();
+    let sink = Sink::new(&config).unwrap();
+    let stall = sink.stall_handle();
+    let handle = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { sink.run(shutdown).await.unwrap() }
+    });
+    // Joined before anything is produced: the group is not behind while it joins.
+    let started = Instant::now();
+    while stall.assigned() == 0 {
+        assert!(started.elapsed() < WAIT, "the sink never joined its group");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let producer = producer();
+    let usage_topic = topics.name(&Topic::Usage);
+    let records = usage_records();
+    let send = |record: &sluice_schemas::Usage| {
+        let (producer, topic) = (&producer, &usage_topic);
+        let payload = encode(record).unwrap();
+        let team = record.team.clone();
+        async move { produce(producer, topic, &team, &payload).await }
+    };
+    send(&records[0]).await;
+    wait_for_counts(&ch, &db, [("usage", 1)]).await;
+
+    assert!(stall.pause_assigned() > 0, "the consumer held partitions");
+    for record in &records[1..4] {
+        send(record).await;
+    }
+    wait_for_counts(&ch, &db, [("usage", 4)]).await;
+    shutdown.cancel();
+    let stats = tokio::time::timeout(WAIT, handle).await.unwrap().unwrap();
+    assert!(stats.consumer_replacements >= 1, "{stats:?}");
+    let once = count(
+        &ch,
+        &format!("SELECT toUInt64(uniqExact(request_id) = count()) FROM {db}.usage FINAL"),
+    )
+    .await;
+    assert_eq!(once, 1, "each usage row once");
+    drop(producer.flush(KAFKA_TIMEOUT));
     drop_database(&ch, &db).await;
     delete_topics(&topics).await;
 }

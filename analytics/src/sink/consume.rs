@@ -18,6 +18,7 @@ use super::context::{kafka_config, SinkContext, CONSUMER_DEFAULTS, PRODUCER_DEFA
 use super::dead_letter::{DeadLetters, Origin, Rejection};
 use super::insert::Writer;
 use super::retry::FIRST_BACKOFF;
+use super::stall::{Viewer, Watch};
 use crate::config::Config;
 use crate::error::Error;
 use crate::tables::{AcceptedRow, ReplayResultRow, ReplayUsageRow, ResultBodyRow};
@@ -41,6 +42,8 @@ pub struct SinkStats {
     /// Messages consumed but not written when the sink stopped (ClickHouse unreachable
     /// through the shutdown timeout). Not committed: the next run consumes them again.
     pub unwritten: u64,
+    /// Consumers replaced because they had stalled (`[sink] stall_timeout_ms`).
+    pub consumer_replacements: u64,
 }
 
 /// Applies the migrations (as the migrator), then runs the sink and the retention job until
@@ -80,6 +83,36 @@ pub struct Sink {
     topics: Vec<(String, Kind)>,
     dead_letters: DeadLetters,
     writer: Writer,
+    /// Reads the group's view for the stall watch; None when it is off.
+    viewer: Option<Viewer>,
+}
+
+/// For tests: stops the fetching of the partitions the sink's consumer holds now, as a
+/// consumer that has stalled would. It does not keep the consumer alive: a replaced one is
+/// closed as it would be otherwise.
+#[doc(hidden)]
+pub struct StallHandle(std::sync::Weak<StreamConsumer<SinkContext>>);
+
+impl StallHandle {
+    /// How many partitions the consumer holds (0 once it is replaced).
+    pub fn assigned(&self) -> usize {
+        self.0
+            .upgrade()
+            .and_then(|c| c.assignment().ok())
+            .map_or(0, |a| a.count())
+    }
+
+    /// Pauses every partition the consumer holds; returns how many.
+    pub fn pause_assigned(&self) -> usize {
+        let Some(consumer) = self.0.upgrade() else {
+            return 0;
+        };
+        let assigned = consumer.assignment().unwrap_or_default();
+        match consumer.pause(&assigned) {
+            Ok(()) => assigned.count(),
+            Err(_) => 0,
+        }
+    }
 }
 
 impl Sink {
@@ -97,22 +130,15 @@ impl Sink {
             (names.name(&Topic::ReplayUsage), Kind::ReplayUsage),
         ];
 
-        let consumer: StreamConsumer<SinkContext> = kafka_config(config, CONSUMER_DEFAULTS)
-            .set("group.id", &config.kafka.group_id)
-            // Offsets move only when we commit, after the rows are in ClickHouse.
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            // A new group must read what was produced before it first joined: it is billing.
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false")
-            .create_with_context(SinkContext)
-            .map_err(Error::KafkaClient)?;
+        let consumer = subscribe(config, &topics)?;
         let subscribed: Vec<&str> = topics.iter().map(|(t, _)| t.as_str()).collect();
-        consumer
-            .subscribe(&subscribed)
-            .map_err(Error::kafka("subscribe"))?;
-        let consumer = Arc::new(consumer);
-        sluice_schemas::ops::spawn_lag_gauge(&consumer, crate::ops::LAG_EVERY);
+        let viewer = if config.sink.stall_timeout_ms.is_zero() {
+            None
+        } else {
+            let names = topics.iter().map(|(t, _)| t.clone()).collect();
+            let client = kafka_config(config, &[]);
+            Some(Viewer::new(client, &config.kafka.group_id, names).map_err(Error::KafkaClient)?)
+        };
 
         let producer: FutureProducer<SinkContext> = kafka_config(config, PRODUCER_DEFAULTS)
             .set("enable.idempotence", "true")
@@ -136,20 +162,35 @@ impl Sink {
                 max_backoff: config.sink.retry_max_backoff_ms,
             },
             writer: Writer::new(config)?,
+            viewer,
         })
+    }
+
+    #[doc(hidden)]
+    pub fn stall_handle(&self) -> StallHandle {
+        StallHandle(Arc::downgrade(&self.consumer))
     }
 
     /// Consumes and writes until `shutdown` is cancelled, then flushes and commits what it
     /// has (retrying for at most `sink.shutdown_timeout_ms`).
     #[instrument(skip_all, fields(group_id = %self.config.kafka.group_id))]
-    pub async fn run(self, shutdown: CancellationToken) -> Result<SinkStats, Error> {
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<SinkStats, Error> {
         let mut batch = Batch::default();
         let mut stats = SinkStats::default();
         let flush_interval = self.config.sink.flush_interval_ms;
+        let mut watch = Watch::new(
+            self.config.sink.stall_timeout_ms,
+            tokio::time::Instant::now(),
+        );
+        let mut look = tokio::time::interval(watch.every());
+        look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let views = self.viewer.take().map(|viewer| viewer.spawn(watch.every()));
+        let mut received_total = 0u64;
         loop {
             let flush_due = batch
                 .started
                 .map(|started| tokio::time::Instant::from_std(started + flush_interval));
+            let mut stalled = false;
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
@@ -157,9 +198,24 @@ impl Sink {
                     if !self.flush(&mut batch, &mut stats, &shutdown).await {
                         break;
                     }
+                    watch.busy(tokio::time::Instant::now());
+                }
+                _ = look.tick(), if views.is_some() => {
+                    if let Some(views) = &views {
+                        let view = *views.borrow();
+                        stalled = watch.stalled(tokio::time::Instant::now(), received_total, view);
+                        if stalled {
+                            warn!(
+                                behind = view.map_or(0, |v| v.behind),
+                                "the sink's consumer received nothing while its group was behind \
+                                 and committed nothing; replacing it"
+                            );
+                        }
+                    }
                 }
                 received = self.consumer.recv() => match received {
                     Ok(message) => {
+                        received_total += 1;
                         if !self.take(&message, &mut batch, &mut stats, &shutdown).await {
                             break;
                         }
@@ -175,6 +231,14 @@ impl Sink {
                 && !self.flush(&mut batch, &mut stats, &shutdown).await
             {
                 break;
+            }
+            if stalled {
+                // What it holds is written and committed first, as before a rebalance.
+                if !self.flush(&mut batch, &mut stats, &shutdown).await {
+                    break;
+                }
+                self.replace_consumer(&mut batch, &mut stats);
+                watch.busy(tokio::time::Instant::now());
             }
         }
 
@@ -307,6 +371,26 @@ impl Sink {
         true
     }
 
+    /// A new consumer joins the group in place of the current one, which is closed off the
+    /// async threads (a stuck one may take long to leave).
+    fn replace_consumer(&mut self, batch: &mut Batch, stats: &mut SinkStats) {
+        let new = match subscribe(&self.config, &self.topics) {
+            Ok(new) => new,
+            Err(e) => {
+                warn!(error = %e, "could not create a consumer to replace the stalled one");
+                return;
+            }
+        };
+        let old = std::mem::replace(&mut self.consumer, new);
+        // Its partitions are revoked by the rebalance: their offsets are the new owner's. If
+        // the last batch's (asynchronous) commit is lost with the old consumer, the new one
+        // reads those records again, and the tables' keys absorb them.
+        batch.committed.clear();
+        tokio::task::spawn_blocking(move || drop(old));
+        stats.consumer_replacements += 1;
+        super::metrics::consumer_replaced();
+    }
+
     fn kind_of(&self, topic: &str) -> Option<Kind> {
         self.topics
             .iter()
@@ -359,6 +443,30 @@ impl Sink {
         batch.started = None;
         true
     }
+}
+
+/// The sink's consumer, subscribed to `topics`, with its lag gauge.
+fn subscribe(
+    config: &Config,
+    topics: &[(String, Kind)],
+) -> Result<Arc<StreamConsumer<SinkContext>>, Error> {
+    let consumer: StreamConsumer<SinkContext> = kafka_config(config, CONSUMER_DEFAULTS)
+        .set("group.id", &config.kafka.group_id)
+        // Offsets move only when we commit, after the rows are in ClickHouse.
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        // A new group must read what was produced before it first joined: it is billing.
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .create_with_context(SinkContext)
+        .map_err(Error::KafkaClient)?;
+    let subscribed: Vec<&str> = topics.iter().map(|(t, _)| t.as_str()).collect();
+    consumer
+        .subscribe(&subscribed)
+        .map_err(Error::kafka("subscribe"))?;
+    let consumer = Arc::new(consumer);
+    sluice_schemas::ops::spawn_lag_gauge(&consumer, crate::ops::LAG_EVERY);
+    Ok(consumer)
 }
 
 fn untagged() -> Rejection {

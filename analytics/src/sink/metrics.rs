@@ -53,3 +53,8 @@ pub(super) fn dead_lettered(summary: &str) {
     counter!("sluice_dead_letter_records_total", "service" => "analytics", "reason" => reason)
         .increment(1);
 }
+
+/// The sink replaced a consumer that had stalled (crate::sink::stall).
+pub(super) fn consumer_replaced() {
+    counter!("sluice_sink_consumer_replacements_total").increment(1);
+}

@@ -15,6 +15,7 @@
 //! - `dead_letter`: the dead-letter topic ([`DLQ_REASON`] and the other headers).
 //! - `retry`: the retry policy: transient or permanent, and the backoff.
 //! - `context`: the Kafka clients' settings and log context.
+//! - `stall`: notices a consumer that stopped receiving while its group is behind.
 
 mod batch;
 mod consume;
@@ -23,6 +24,7 @@ mod dead_letter;
 mod insert;
 mod metrics;
 mod retry;
+mod stall;
 
-pub use consume::{run, Sink, SinkStats};
+pub use consume::{run, Sink, SinkStats, StallHandle};
 pub use dead_letter::{DLQ_OFFSET, DLQ_PARTITION, DLQ_REASON, DLQ_TOPIC};

@@ -305,6 +305,8 @@ impl Stack {
         analytics.clickhouse.migrator_user = clickhouse_user();
         analytics.clickhouse.migrator_password = clickhouse_password();
         analytics.sink.flush_interval_ms = Duration::from_millis(200);
+        // A sink consumer stuck after a broker restart is replaced well inside the tests' waits.
+        analytics.sink.stall_timeout_ms = Duration::from_secs(20);
         analytics.alert_webhooks = options.alert_webhooks.clone();
         analytics.webhooks.allowed_hosts = options.alert_allowed_hosts.clone();
         // Tables exist before the test's first query.

@@ -51,6 +51,7 @@ pub const METRICS: &[&str] = &[
     "sluice_sink_insert_duration_seconds",
     "sluice_sink_insert_errors_total",
     "sluice_sink_lag_seconds",
+    "sluice_sink_consumer_replacements_total",
     "sluice_dead_letter_records_total",
 ];
 

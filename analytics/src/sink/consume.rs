@@ -18,7 +18,7 @@ use super::context::{kafka_config, SinkContext, CONSUMER_DEFAULTS, PRODUCER_DEFA
 use super::dead_letter::{DeadLetters, Origin, Rejection};
 use super::insert::Writer;
 use super::retry::FIRST_BACKOFF;
-use super::stall::{Viewer, Watch};
+use super::stall::{GroupView, Viewer, Watch};
 use crate::config::Config;
 use crate::error::Error;
 use crate::tables::{AcceptedRow, ReplayResultRow, ReplayUsageRow, ResultBodyRow};
@@ -182,9 +182,7 @@ impl Sink {
             self.config.sink.stall_timeout_ms,
             tokio::time::Instant::now(),
         );
-        let mut look = tokio::time::interval(watch.every());
-        look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let views = self.viewer.take().map(|viewer| viewer.spawn(watch.every()));
+        let mut views = self.viewer.take().map(|viewer| viewer.spawn(watch.every()));
         let mut received_total = 0u64;
         loop {
             let flush_due = batch
@@ -200,17 +198,14 @@ impl Sink {
                     }
                     watch.busy(tokio::time::Instant::now());
                 }
-                _ = look.tick(), if views.is_some() => {
-                    if let Some(views) = &views {
-                        let view = *views.borrow();
-                        stalled = watch.stalled(tokio::time::Instant::now(), received_total, view);
-                        if stalled {
-                            warn!(
-                                behind = view.map_or(0, |v| v.behind),
-                                "the sink's consumer received nothing while its group was behind \
-                                 and committed nothing; replacing it"
-                            );
-                        }
+                view = next_view(&mut views) => {
+                    stalled = watch.stalled(tokio::time::Instant::now(), received_total, view);
+                    if stalled {
+                        warn!(
+                            behind = view.map_or(0, |v| v.behind),
+                            "the sink's consumer received nothing while its group was behind \
+                             and committed nothing; replacing it"
+                        );
                     }
                 }
                 received = self.consumer.recv() => match received {
@@ -484,6 +479,18 @@ fn offsets(positions: &HashMap<(String, i32), i64>) -> TopicPartitionList {
         }
     }
     offsets
+}
+
+/// The group's next view from the stall watch's reader; never, when the watch is off.
+async fn next_view(
+    views: &mut Option<tokio::sync::watch::Receiver<Option<GroupView>>>,
+) -> Option<GroupView> {
+    if let Some(views) = views {
+        if views.changed().await.is_ok() {
+            return *views.borrow_and_update();
+        }
+    }
+    std::future::pending().await
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

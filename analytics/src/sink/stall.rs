@@ -114,8 +114,8 @@ impl Viewer {
     }
 
     /// Reads the group's view every `every` in a task of its own (the sink loop never
-    /// waits on the broker for it), until the receiver is dropped. None: the broker did not
-    /// answer in time, or nothing was read yet.
+    /// waits on the broker for it) and sends each, until the receiver is dropped. None: the
+    /// broker did not answer in time.
     pub fn spawn(self, every: Duration) -> tokio::sync::watch::Receiver<Option<GroupView>> {
         let (tx, rx) = tokio::sync::watch::channel(None);
         tokio::spawn(async move {
